@@ -1,0 +1,147 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{DEFAULT_PIPELINE, matches, patterns, schema};
+
+/// A ToolJet application and its environment pipeline. Versions of the app are AppVersions; the
+/// version live for end users is `spec.release.version`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tooljet.io",
+    version = "v1alpha1",
+    kind = "ToolJetApp",
+    plural = "tooljetapps",
+    shortname = "tjapp",
+    category = "tooljet",
+    namespaced,
+    status = "ToolJetAppStatus",
+    doc = "A ToolJet application and its environment pipeline (development -> staging -> production by default). \
+           Its versions are AppVersions; spec.release.version is the version live for end users.",
+    printcolumn(name = "Environments", type_ = "string", json_path = ".spec.environments", description = "The ordered environment pipeline"),
+    printcolumn(name = "Released", type_ = "string", json_path = ".status.releasedVersion", description = "The AppVersion live for end users"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.rollout) || self.rollout.all(r, r.environment in self.environments)")
+    .message("spec.rollout[].environment must name a stage of spec.environments; add the stage to the pipeline or fix the name")
+    .field_path(".rollout"))]
+#[serde(rename_all = "camelCase")]
+pub struct ToolJetAppSpec {
+    /// Human-readable name of the application, as shown in ToolJet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub display_name: Option<String>,
+
+    /// The ordered environment pipeline. Versions are created and edited in the first stage,
+    /// promoted one stage at a time, and released from the last. 2-10 unique DNS-label names;
+    /// defaults to [development, staging, production].
+    #[serde(default = "default_pipeline")]
+    #[schemars(schema_with = "schema::pipeline")]
+    #[x_kube(
+        validation = Rule::new("self.all(e, e.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+            .message("spec.environments: every stage must be a DNS label (lowercase letters, digits and '-', e.g. qa)"),
+        validation = Rule::new("self.all(e, self.exists_one(o, o == e))")
+            .message("spec.environments: stage names must be unique; remove the duplicate stage")
+    )]
+    pub environments: Vec<String>,
+
+    /// The release: which AppVersion end users get. Rollback is pointing it at an older version
+    /// that is in the last stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+
+    /// Workloads that consume an environment's configuration. The operator stamps that
+    /// environment's config hash on their pod template so they restart when its values change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["environment".into()]))]
+    pub rollout: Vec<RolloutTarget>,
+}
+
+pub fn default_pipeline() -> Vec<String> {
+    DEFAULT_PIPELINE.iter().map(|s| s.to_string()).collect()
+}
+
+/// Which AppVersion is live for end users.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    /// Name of an AppVersion of this app that is in the last stage of the pipeline.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = matches(patterns::DNS_SUBDOMAIN, "spec.release.version must be the metadata.name of an AppVersion (lowercase letters, digits, '-' and '.')"))]
+    pub version: String,
+}
+
+/// The workloads that run with one environment's configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.deployments) > 0 || has(self.selector)")
+    .message("spec.rollout[]: name the workloads with deployments, selector or both"))]
+pub struct RolloutTarget {
+    /// The stage whose configuration the workloads consume.
+    #[schemars(length(min = 1, max = 63))]
+    pub environment: String,
+
+    /// Deployments (in this namespace) to restart when the stage's configuration changes.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::deployment_names")]
+    pub deployments: Vec<String>,
+
+    /// Deployments (in this namespace) selected by label, restarted likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Observed state of a ToolJetApp.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolJetAppStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The versions in each stage, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<EnvironmentVersions>,
+
+    /// The AppVersion live for end users (the last valid spec.release.version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_version: Option<String>,
+
+    /// The most recent releases and rollbacks, newest last (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release_history: Vec<ReleaseRecord>,
+
+    /// `Ready`: the release points at a version in the last stage and every stage is consistent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The versions of an app in one stage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentVersions {
+    /// The stage.
+    pub name: String,
+    /// The AppVersions (metadata.name) in it, sorted.
+    #[serde(default)]
+    pub versions: Vec<String>,
+}
+
+/// One release or rollback.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRecord {
+    /// The AppVersion released.
+    pub version: String,
+    /// When it was released.
+    pub at: Time,
+    /// Who released it (the requesting user, as the admission webhook recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Whether this release went back to a version released before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+}

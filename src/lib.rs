@@ -1,0 +1,5 @@
+//! tooljet-operator: ToolJet's multi-environment lifecycle (development -> staging -> production)
+//! as Kubernetes custom resources.
+
+pub mod api;
+pub mod telemetry;

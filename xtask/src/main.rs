@@ -1,0 +1,245 @@
+//! `cargo xtask`: the project's developer tasks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use testenv::{Binary, ControlPlane, Mode, cluster, local_dir};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for tooljet-operator")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build, start, stop or inspect the local Kubernetes control plane.
+    ControlPlane {
+        #[command(subcommand)]
+        action: ControlPlaneAction,
+    },
+    /// The main job: control plane + CRDs + operator + examples, then `kubectl get tooljet -A`.
+    Up {
+        /// Run the operator in the background (log in the control plane's logs/ directory)
+        /// instead of in the foreground until Ctrl-C.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// The test command: binaries present, fmt, clippy, then every test of the workspace.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--workspace`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate the CRD YAML under crds/ from the Rust types.
+    Crdgen,
+}
+
+#[derive(Subcommand)]
+enum ControlPlaneAction {
+    /// Build the pinned binaries that are missing from the cache.
+    Build,
+    /// Start etcd, kube-apiserver and kube-controller-manager on loopback (detached).
+    Start,
+    /// Stop the detached control plane (and an operator started by `up --detach`).
+    Stop,
+    /// Print the shell exports that point kubectl and helm at the local control plane.
+    Env,
+    /// Say whether the control plane is running and where its files are.
+    Status,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::ControlPlane { action } => match action {
+            ControlPlaneAction::Build => testenv::binaries::build_missing(),
+            ControlPlaneAction::Start => start().map(|_| ()),
+            ControlPlaneAction::Stop => stop(),
+            ControlPlaneAction::Env => {
+                print!("{}", env_exports());
+                Ok(())
+            }
+            ControlPlaneAction::Status => status(),
+        },
+        Task::Up { detach } => up(detach),
+        Task::Test { args } => test(&args),
+        Task::Crdgen => crdgen(),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn kubeconfig() -> PathBuf {
+    local_dir().join("kubeconfig")
+}
+
+fn env_exports() -> String {
+    let dirs: Vec<String> = [Binary::Kubectl, Binary::Helm]
+        .iter()
+        .map(|b| b.path().parent().unwrap().display().to_string())
+        .collect();
+    format!(
+        "export KUBECONFIG={}\nexport PATH={}:$PATH\n",
+        kubeconfig().display(),
+        dirs.join(":")
+    )
+}
+
+/// Starts the detached control plane; returns false when it was already running.
+fn start() -> Result<bool> {
+    let dir = local_dir();
+    let running = cluster::running_pids(&dir);
+    if !running.is_empty() {
+        println!(
+            "The local control plane is already running (pids {running:?}); KUBECONFIG={}.\n\
+             Stop it with `cargo xtask control-plane stop`.",
+            kubeconfig().display()
+        );
+        return Ok(false);
+    }
+    let missing = testenv::binaries::missing();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|b| b.name()).collect();
+        println!("Missing binaries ({}); building them first.", names.join(", "));
+        testenv::binaries::build_missing()?;
+    }
+    let started = Instant::now();
+    let cp = ControlPlane::start(&dir, Mode::Detached)?;
+    println!(
+        "Control plane ready at {} in {:.1}s (etcd, kube-apiserver {}, kube-controller-manager).\n\
+         Logs: {}\nPoint your shell at it:\n{}",
+        cp.server,
+        started.elapsed().as_secs_f64(),
+        testenv::KUBERNETES_VERSION,
+        dir.join("logs").display(),
+        env_exports()
+    );
+    Ok(true)
+}
+
+fn stop() -> Result<()> {
+    let n = cluster::stop(&local_dir())?;
+    if n == 0 {
+        println!("The local control plane is not running; nothing to stop.");
+    } else {
+        println!("Stopped {n} processes of the local control plane.");
+    }
+    Ok(())
+}
+
+fn status() -> Result<()> {
+    let pids = cluster::running_pids(&local_dir());
+    if pids.is_empty() {
+        println!("not running (start it with `cargo xtask control-plane start`)");
+    } else {
+        println!("running, pids {pids:?}\n{}", env_exports());
+    }
+    for b in Binary::ALL {
+        let state = if b.is_built() { "built" } else { "missing" };
+        println!("{state:8} {} {} ({})", b.name(), b.version(), b.path().display());
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    testenv::binaries::build_missing()?;
+    let started = Instant::now();
+    println!("cargo fmt --check");
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    println!("cargo clippy --all-targets -- -D warnings");
+    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    println!("cargo test --workspace");
+    run_cmd(cargo().args(["test", "--workspace"]).args(extra))?;
+    println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn crdgen() -> Result<()> {
+    run_cmd(cargo().args(["run", "--quiet", "--bin", "crdgen", "--", "--out"]).arg(root().join("crds")))
+}
+
+fn kubectl(args: &[&str]) -> Result<String> {
+    testenv::kubectl(&kubeconfig(), args)
+}
+
+fn up(detach: bool) -> Result<()> {
+    start()?;
+    let root = root();
+    println!("Installing the CRDs from crds/ ...");
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &root.join("crds").display().to_string()])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=tooljet-operator",
+    ])?;
+    println!("Building the operator ...");
+    run_cmd(cargo().args(["build", "--quiet", "--bin", "tooljet-operator"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("tooljet-operator");
+    let mut operator = Command::new(&bin);
+    operator.env("KUBECONFIG", kubeconfig()).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    let log_path = local_dir().join("logs").join("operator.log");
+    if detach {
+        let log = std::fs::File::create(&log_path)?;
+        operator.stdout(log.try_clone()?).stderr(log);
+    }
+    let mut child = operator.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    std::thread::sleep(Duration::from_secs(1));
+    if let Some(status) = child.try_wait()? {
+        bail!("the operator exited at start ({status}); see {}", log_path.display());
+    }
+    println!("Applying examples/ ...");
+    kubectl(&["apply", "-f", &root.join("examples").join("namespace.yaml").display().to_string()])?;
+    kubectl(&["apply", "-R", "-f", &root.join("examples").display().to_string()])?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("{}", kubectl(&["get", "tooljet", "-A"])?);
+    if detach {
+        let pids_file = local_dir().join("pids");
+        let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
+        pids.push_str(&format!("\n{}", child.id()));
+        std::fs::write(&pids_file, pids)?;
+        println!("The operator runs in the background (log: {}).\n{}", log_path.display(), env_exports());
+        println!("Stop everything with `cargo xtask control-plane stop`.");
+        return Ok(());
+    }
+    println!("The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}", env_exports());
+    let status = child.wait()?;
+    println!("operator exited: {status}");
+    Ok(())
+}
