@@ -19,7 +19,12 @@ pub fn init(level: &str, format: LogFormat) {
     match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(true)).init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .init(),
     }
 }

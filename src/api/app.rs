@@ -18,10 +18,28 @@ use super::{DEFAULT_PIPELINE, matches, patterns, schema};
     status = "ToolJetAppStatus",
     doc = "A ToolJet application and its environment pipeline (development -> staging -> production by default). \
            Its versions are AppVersions; spec.release.version is the version live for end users.",
-    printcolumn(name = "Environments", type_ = "string", json_path = ".spec.environments", description = "The ordered environment pipeline"),
-    printcolumn(name = "Released", type_ = "string", json_path = ".status.releasedVersion", description = "The AppVersion live for end users"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Environments",
+        type_ = "string",
+        json_path = ".spec.environments",
+        description = "The ordered environment pipeline"
+    ),
+    printcolumn(
+        name = "Released",
+        type_ = "string",
+        json_path = ".status.releasedVersion",
+        description = "The AppVersion live for end users"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.rollout) || self.rollout.all(r, r.environment in self.environments)")
     .message("spec.rollout[].environment must name a stage of spec.environments; add the stage to the pipeline or fix the name")

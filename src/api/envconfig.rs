@@ -23,12 +23,40 @@ use super::{SecretValueSource, matches, patterns, schema};
            App-scoped entries override workspace-wide entries of the same name. The operator materialises it as a \
            Secret with ToolJet's TOOLJET_GLOBAL_CONSTANTS__<env>__<NAME> / TOOLJET_SECRET_CONSTANTS__<env>__<NAME> keys \
            and a datasources.json document.",
-    printcolumn(name = "App", type_ = "string", json_path = ".spec.app", description = "The app it configures; empty = workspace-wide"),
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment", description = "The stage it configures"),
-    printcolumn(name = "Data sources", type_ = "integer", json_path = ".status.dataSourceCount", description = "Number of data sources materialised"),
-    printcolumn(name = "Constants", type_ = "integer", json_path = ".status.constantCount", description = "Number of constants materialised"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "App",
+        type_ = "string",
+        json_path = ".spec.app",
+        description = "The app it configures; empty = workspace-wide"
+    ),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environment",
+        description = "The stage it configures"
+    ),
+    printcolumn(
+        name = "Data sources",
+        type_ = "integer",
+        json_path = ".status.dataSourceCount",
+        description = "Number of data sources materialised"
+    ),
+    printcolumn(
+        name = "Constants",
+        type_ = "integer",
+        json_path = ".status.constantCount",
+        description = "Number of constants materialised"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentConfigSpec {

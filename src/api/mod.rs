@@ -4,6 +4,9 @@
 //! (`x-kubernetes-validations`), so the apiserver rejects bad input before anything is stored;
 //! rules that need other objects (the app's pipeline, RBAC) live in the admission webhook.
 
+// Repeated `printcolumn(name = .., type_ = ..)` entries are distinct columns, not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 mod app;
 mod envconfig;
 pub mod schema;
@@ -36,7 +39,8 @@ pub(crate) mod patterns {
     /// RFC 1123 label: stage names (they become parts of env-var names and resource names).
     pub const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     /// RFC 1123 subdomain: names of Kubernetes objects (apps, versions, Secrets, Deployments).
-    pub const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+    pub const DNS_SUBDOMAIN: &str =
+        "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
     /// ToolJet constant names.
     pub const CONSTANT_NAME: &str = "^[a-zA-Z_][a-zA-Z0-9_]*$";
     /// Data source names.
@@ -52,7 +56,9 @@ pub(crate) fn matches(pattern: &str, message: &str) -> Rule {
 }
 
 /// A key of a Secret in the same namespace. Values are only ever referenced, never inlined.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct SecretKeySelector {
     /// Name of the Secret, in the same namespace as the referring object.
     #[x_kube(validation = matches(patterns::DNS_SUBDOMAIN, "secretKeyRef.name must be the name of a Secret in this namespace: lowercase letters, digits, '-' and '.'"))]
@@ -75,20 +81,24 @@ pub struct SecretValueSource {
 /// Every CRD of the API, in a stable order, labelled as part of tooljet-operator, with schema
 /// descriptions reflowed (doc comments wrap at 100 columns; `kubectl explain` wraps on its own).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [ToolJetApp::crd(), AppVersion::crd(), EnvironmentConfig::crd()]
-        .into_iter()
-        .map(|crd| {
-            let mut value = serde_json::to_value(crd).expect("a CRD serializes");
-            tidy_schema(&mut value);
-            let mut crd: CustomResourceDefinition =
-                serde_json::from_value(value).expect("a tidied CRD deserializes");
-            crd.metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert(PART_OF_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
-            crd
-        })
-        .collect()
+    [
+        ToolJetApp::crd(),
+        AppVersion::crd(),
+        EnvironmentConfig::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let mut value = serde_json::to_value(crd).expect("a CRD serializes");
+        tidy_schema(&mut value);
+        let mut crd: CustomResourceDefinition =
+            serde_json::from_value(value).expect("a tidied CRD deserializes");
+        crd.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(PART_OF_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+        crd
+    })
+    .collect()
 }
 
 /// The CRD as YAML, the form committed under `crds/`.
@@ -125,5 +135,8 @@ fn reflow(text: &str) -> String {
 
 /// The file name of a CRD under `crds/`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
-    format!("{}.yaml", crd.metadata.name.as_deref().expect("CRDs are named"))
+    format!(
+        "{}.yaml",
+        crd.metadata.name.as_deref().expect("CRDs are named")
+    )
 }

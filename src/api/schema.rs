@@ -55,7 +55,8 @@ pub fn deployment_names(_: &mut SchemaGenerator) -> Schema {
 
 /// `metav1.Condition`s as a map keyed by `type`, as the API conventions ask.
 pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
-    let item = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    let item =
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
     json_schema!({
         "type": "array",
         "x-kubernetes-list-type": "map",

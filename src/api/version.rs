@@ -18,11 +18,34 @@ use super::{matches, patterns, schema};
     status = "AppVersionStatus",
     doc = "One version of a ToolJet app. Created, edited, renamed and deleted only in the first stage of the \
            app's pipeline (development); promoted one stage at a time by changing spec.environment.",
-    printcolumn(name = "App", type_ = "string", json_path = ".spec.app", description = "The ToolJetApp this is a version of"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".spec.versionName", description = "The version's display name"),
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment", description = "The stage the version is in"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "App",
+        type_ = "string",
+        json_path = ".spec.app",
+        description = "The ToolJetApp this is a version of"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.versionName",
+        description = "The version's display name"
+    ),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environment",
+        description = "The stage the version is in"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AppVersionSpec {

@@ -104,7 +104,12 @@ pub fn build_missing() -> Result<()> {
     let todo = missing();
     if todo.is_empty() {
         for b in Binary::ALL {
-            println!("cached  {} {} at {}", b.name(), b.version(), b.path().display());
+            println!(
+                "cached  {} {} at {}",
+                b.name(),
+                b.version(),
+                b.path().display()
+            );
         }
         return Ok(());
     }
@@ -130,7 +135,11 @@ pub fn build_missing() -> Result<()> {
 }
 
 fn build(binary: Binary) -> Result<()> {
-    let out_dir = binary.path().parent().expect("binary path has a parent").to_path_buf();
+    let out_dir = binary
+        .path()
+        .parent()
+        .expect("binary path has a parent")
+        .to_path_buf();
     fs::create_dir_all(&out_dir)?;
     let tmp = out_dir.join(format!("{}.tmp", binary.name()));
     match binary {
@@ -143,7 +152,11 @@ fn build(binary: Binary) -> Result<()> {
             )?;
             go(
                 &module,
-                &["get", "-tool", &format!("go.etcd.io/etcd/server/v3@{ETCD_VERSION}")],
+                &[
+                    "get",
+                    "-tool",
+                    &format!("go.etcd.io/etcd/server/v3@{ETCD_VERSION}"),
+                ],
             )?;
             go_build(&module, "go.etcd.io/etcd/server/v3", "-s -w", &tmp)?;
         }
@@ -154,8 +167,16 @@ fn build(binary: Binary) -> Result<()> {
                 &format!("helm.sh/helm/v3 {HELM_VERSION}"),
                 &[],
             )?;
-            go(&module, &["get", "-tool", &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}")])?;
-            let ldflags = format!("-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}");
+            go(
+                &module,
+                &[
+                    "get",
+                    "-tool",
+                    &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"),
+                ],
+            )?;
+            let ldflags =
+                format!("-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}");
             go_build(&module, "helm.sh/helm/v3/cmd/helm", &ldflags, &tmp)?;
         }
         _ => {
@@ -189,7 +210,15 @@ fn kubernetes_module() -> Result<PathBuf> {
     }
     fs::create_dir_all(&dir)?;
     // Find the staging modules from the release's own go.mod.
-    let out = go_output(&dir, &["mod", "download", "-json", &format!("k8s.io/kubernetes@{v}")])?;
+    let out = go_output(
+        &dir,
+        &[
+            "mod",
+            "download",
+            "-json",
+            &format!("k8s.io/kubernetes@{v}"),
+        ],
+    )?;
     let gomod = json_string_field(&out, "GoMod")
         .context("`go mod download -json k8s.io/kubernetes` printed no GoMod path")?;
     let upstream = fs::read_to_string(&gomod).with_context(|| format!("reading {gomod}"))?;
@@ -208,7 +237,12 @@ fn kubernetes_module() -> Result<PathBuf> {
     if replaces.is_empty() {
         bail!("found no staging replace directives in {gomod}");
     }
-    write_go_mod(&dir, "kubernetes", &format!("k8s.io/kubernetes {v}"), &replaces)?;
+    write_go_mod(
+        &dir,
+        "kubernetes",
+        &format!("k8s.io/kubernetes {v}"),
+        &replaces,
+    )?;
     let tools: Vec<String> = ["kube-apiserver", "kube-controller-manager", "kubectl"]
         .iter()
         .map(|t| format!("k8s.io/kubernetes/cmd/{t}@{v}"))
@@ -228,7 +262,8 @@ fn go_module(dir_name: &str, name: &str, require: &str, replaces: &[String]) -> 
 }
 
 fn write_go_mod(dir: &Path, name: &str, require: &str, replaces: &[String]) -> Result<()> {
-    let mut gomod = format!("module tooljet-operator/control-plane/{name}\n\ngo 1.24.0\n\nrequire {require}\n");
+    let mut gomod =
+        format!("module tooljet-operator/control-plane/{name}\n\ngo 1.24.0\n\nrequire {require}\n");
     for r in replaces {
         gomod.push_str(&format!("replace {r}\n"));
     }
@@ -240,7 +275,17 @@ fn go_build(module: &Path, pkg: &str, ldflags: &str, out: &Path) -> Result<()> {
     let out = out.to_str().context("non-UTF-8 cache path")?;
     go(
         module,
-        &["build", "-p", "2", "-trimpath", "-ldflags", ldflags, "-o", out, pkg],
+        &[
+            "build",
+            "-p",
+            "2",
+            "-trimpath",
+            "-ldflags",
+            ldflags,
+            "-o",
+            out,
+            pkg,
+        ],
     )
 }
 
@@ -259,7 +304,11 @@ fn go(dir: &Path, args: &[&str]) -> Result<()> {
         "could not run `go`: install Go 1.24 or newer and put it on PATH".to_string()
     })?;
     if !status.success() {
-        bail!("`go {}` in {} exited with {status}", args.join(" "), dir.display());
+        bail!(
+            "`go {}` in {} exited with {status}",
+            args.join(" "),
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -295,14 +344,24 @@ mod tests {
     #[test]
     fn paths_are_versioned_in_the_cache() {
         let p = Binary::KubeApiserver.path();
-        assert!(p.ends_with(format!("kube-apiserver-{KUBERNETES_VERSION}/kube-apiserver")));
-        assert!(Binary::Etcd.path().ends_with(format!("etcd-{ETCD_VERSION}/etcd")));
+        assert!(p.ends_with(format!(
+            "kube-apiserver-{KUBERNETES_VERSION}/kube-apiserver"
+        )));
+        assert!(
+            Binary::Etcd
+                .path()
+                .ends_with(format!("etcd-{ETCD_VERSION}/etcd"))
+        );
     }
 
     #[test]
     fn reads_a_json_field() {
-        let json = "{\n\t\"Path\": \"k8s.io/kubernetes\",\n\t\"GoMod\": \"/m/cache/v1.34.4.mod\"\n}";
-        assert_eq!(json_string_field(json, "GoMod").as_deref(), Some("/m/cache/v1.34.4.mod"));
+        let json =
+            "{\n\t\"Path\": \"k8s.io/kubernetes\",\n\t\"GoMod\": \"/m/cache/v1.34.4.mod\"\n}";
+        assert_eq!(
+            json_string_field(json, "GoMod").as_deref(),
+            Some("/m/cache/v1.34.4.mod")
+        );
         assert_eq!(json_string_field(json, "Dir"), None);
     }
 }

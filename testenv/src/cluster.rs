@@ -63,7 +63,12 @@ impl ControlPlane {
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki_dir)?;
 
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), kubeconfig, server, children: vec![] };
+        let mut cp = ControlPlane {
+            dir: dir.to_path_buf(),
+            kubeconfig,
+            server,
+            children: vec![],
+        };
         let result = (|| {
             let p = |f: &str| pki_dir.join(f).display().to_string();
             cp.spawn(
@@ -177,7 +182,8 @@ impl ControlPlane {
                     );
                 }
             }
-            if self.kubectl(&["get", "--raw", "/readyz", "--request-timeout=2s"])
+            if self
+                .kubectl(&["get", "--raw", "/readyz", "--request-timeout=2s"])
                 .map(|out| out.trim() == "ok")
                 .unwrap_or(false)
             {
@@ -243,7 +249,11 @@ pub fn alive(pid: i32) -> bool {
 
 fn zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -318,12 +328,20 @@ current-context: tooljet-local
 
 fn tail_logs(dir: &Path) -> String {
     let mut out = String::new();
-    for name in ["etcd.log", "kube-apiserver.log", "kube-controller-manager.log"] {
+    for name in [
+        "etcd.log",
+        "kube-apiserver.log",
+        "kube-controller-manager.log",
+    ] {
         if let Ok(text) = fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(15)..];
             if !tail.is_empty() {
-                out.push_str(&format!("--- {name} (last {} lines)\n{}\n", tail.len(), tail.join("\n")));
+                out.push_str(&format!(
+                    "--- {name} (last {} lines)\n{}\n",
+                    tail.len(),
+                    tail.join("\n")
+                ));
             }
         }
     }

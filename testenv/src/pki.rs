@@ -34,10 +34,16 @@ pub fn generate(dir: &Path) -> Result<()> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "tooljet-operator local control plane CA");
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        "tooljet-operator local control plane CA",
+    );
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut ca);
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
@@ -50,9 +56,15 @@ pub fn generate(dir: &Path) -> Result<()> {
         "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),
     ])?;
-    serving.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-    serving.subject_alt_names.push(SanType::IpAddress([10, 0, 0, 1].into()));
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress([10, 0, 0, 1].into()));
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut serving);
     let serving_cert = serving.signed_by(&serving_key, &issuer)?;
@@ -63,7 +75,9 @@ pub fn generate(dir: &Path) -> Result<()> {
     let mut admin = CertificateParams::default();
     admin.distinguished_name = DistinguishedName::new();
     admin.distinguished_name.push(DnType::CommonName, "admin");
-    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut admin);
     let admin_cert = admin.signed_by(&admin_key, &issuer)?;
@@ -77,8 +91,8 @@ pub fn generate(dir: &Path) -> Result<()> {
 }
 
 fn write_private(path: &Path, pem: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .create(true)
         .write(true)

@@ -50,7 +50,11 @@ fn start_shared() -> Result<Shared, String> {
                     *DIR.lock().unwrap() = Some(cp.dir.clone());
                     // SAFETY: registering a plain extern "C" function.
                     unsafe { libc::atexit(teardown) };
-                    let shared = Shared { kubeconfig: cp.kubeconfig.clone(), server: cp.server.clone(), dir: cp.dir.clone() };
+                    let shared = Shared {
+                        kubeconfig: cp.kubeconfig.clone(),
+                        server: cp.server.clone(),
+                        dir: cp.dir.clone(),
+                    };
                     let _ = tx.send(Ok(shared));
                     // Children die with this thread: keep it (and the Child handles) forever.
                     let _keep = cp;
@@ -87,7 +91,9 @@ extern "C" fn teardown() {
 
 /// Removes state directories of test binaries that are no longer running.
 fn sweep_stale(root: &std::path::Path) {
-    let Ok(entries) = fs::read_dir(root) else { return };
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
     for entry in entries.flatten() {
         let stale = entry
             .file_name()

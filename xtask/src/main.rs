@@ -84,7 +84,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn kubeconfig() -> PathBuf {
@@ -118,7 +121,10 @@ fn start() -> Result<bool> {
     let missing = testenv::binaries::missing();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|b| b.name()).collect();
-        println!("Missing binaries ({}); building them first.", names.join(", "));
+        println!(
+            "Missing binaries ({}); building them first.",
+            names.join(", ")
+        );
         testenv::binaries::build_missing()?;
     }
     let started = Instant::now();
@@ -154,7 +160,12 @@ fn status() -> Result<()> {
     }
     for b in Binary::ALL {
         let state = if b.is_built() { "built" } else { "missing" };
-        println!("{state:8} {} {} ({})", b.name(), b.version(), b.path().display());
+        println!(
+            "{state:8} {} {} ({})",
+            b.name(),
+            b.version(),
+            b.path().display()
+        );
     }
     Ok(())
 }
@@ -180,15 +191,29 @@ fn test(extra: &[String]) -> Result<()> {
     println!("cargo fmt --check");
     run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
     println!("cargo clippy --all-targets -- -D warnings");
-    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     println!("cargo test --workspace");
     run_cmd(cargo().args(["test", "--workspace"]).args(extra))?;
-    println!("all checks passed in {:.0}s", started.elapsed().as_secs_f64());
+    println!(
+        "all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn crdgen() -> Result<()> {
-    run_cmd(cargo().args(["run", "--quiet", "--bin", "crdgen", "--", "--out"]).arg(root().join("crds")))
+    run_cmd(
+        cargo()
+            .args(["run", "--quiet", "--bin", "crdgen", "--", "--out"])
+            .arg(root().join("crds")),
+    )
 }
 
 fn kubectl(args: &[&str]) -> Result<String> {
@@ -199,7 +224,13 @@ fn up(detach: bool) -> Result<()> {
     start()?;
     let root = root();
     println!("Installing the CRDs from crds/ ...");
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &root.join("crds").display().to_string()])?;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &root.join("crds").display().to_string(),
+    ])?;
     kubectl(&[
         "wait",
         "--for=condition=Established",
@@ -210,23 +241,46 @@ fn up(detach: bool) -> Result<()> {
     ])?;
     println!("Building the operator ...");
     run_cmd(cargo().args(["build", "--quiet", "--bin", "tooljet-operator"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let bin = target.join("debug").join("tooljet-operator");
     let mut operator = Command::new(&bin);
-    operator.env("KUBECONFIG", kubeconfig()).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    operator.env("KUBECONFIG", kubeconfig()).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     let log_path = local_dir().join("logs").join("operator.log");
     if detach {
         let log = std::fs::File::create(&log_path)?;
         operator.stdout(log.try_clone()?).stderr(log);
     }
-    let mut child = operator.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    let mut child = operator
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
     std::thread::sleep(Duration::from_secs(1));
     if let Some(status) = child.try_wait()? {
-        bail!("the operator exited at start ({status}); see {}", log_path.display());
+        bail!(
+            "the operator exited at start ({status}); see {}",
+            log_path.display()
+        );
     }
     println!("Applying examples/ ...");
-    kubectl(&["apply", "-f", &root.join("examples").join("namespace.yaml").display().to_string()])?;
-    kubectl(&["apply", "-R", "-f", &root.join("examples").display().to_string()])?;
+    kubectl(&[
+        "apply",
+        "-f",
+        &root
+            .join("examples")
+            .join("namespace.yaml")
+            .display()
+            .to_string(),
+    ])?;
+    kubectl(&[
+        "apply",
+        "-R",
+        "-f",
+        &root.join("examples").display().to_string(),
+    ])?;
     std::thread::sleep(Duration::from_secs(2));
     println!("{}", kubectl(&["get", "tooljet", "-A"])?);
     if detach {
@@ -234,11 +288,18 @@ fn up(detach: bool) -> Result<()> {
         let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
         pids.push_str(&format!("\n{}", child.id()));
         std::fs::write(&pids_file, pids)?;
-        println!("The operator runs in the background (log: {}).\n{}", log_path.display(), env_exports());
+        println!(
+            "The operator runs in the background (log: {}).\n{}",
+            log_path.display(),
+            env_exports()
+        );
         println!("Stop everything with `cargo xtask control-plane stop`.");
         return Ok(());
     }
-    println!("The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}", env_exports());
+    println!(
+        "The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}",
+        env_exports()
+    );
     let status = child.wait()?;
     println!("operator exited: {status}");
     Ok(())
