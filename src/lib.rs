@@ -2,4 +2,6 @@
 //! as Kubernetes custom resources.
 
 pub mod api;
+pub mod controller;
+pub mod materialize;
 pub mod telemetry;

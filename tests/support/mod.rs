@@ -70,3 +70,120 @@ pub async fn install_crds(client: &Client) {
         .unwrap();
     }
 }
+
+/// An operator process run from the built binary against this test binary's control plane, with
+/// its log captured to a file. Killed on drop, and by the kernel if the test binary dies.
+pub struct Operator {
+    child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator. Must be called from a thread that outlives it (PR_SET_PDEATHSIG).
+    pub fn start(name: &str) -> Operator {
+        use std::os::unix::process::CommandExt;
+        let shared = testenv::shared();
+        let log = shared.dir.join(format!(
+            "operator-{name}-{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tooljet-operator"));
+        cmd.env("KUBECONFIG", &shared.kubeconfig)
+            .env("RUST_LOG", "info,tooljet_operator=debug")
+            .env("POD_NAME", format!("test-{name}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("the operator binary starts");
+        Operator { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One operator shared by every test of this binary, started on first use.
+pub fn shared_operator() -> &'static std::path::Path {
+    static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let operator = Operator::start("shared");
+            tx.send(operator.log.clone()).unwrap();
+            let _keep = operator;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap()
+    })
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of the apiserver's `apiserver_request_total` for write verbs on `resources`.
+pub fn apiserver_writes(resources: &[&str]) -> u64 {
+    let metrics = kubectl(&["get", "--raw", "/metrics"]).expect("apiserver metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter(|l| {
+            resources
+                .iter()
+                .any(|r| l.contains(&format!("resource=\"{r}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}

@@ -1,0 +1,615 @@
+//! EnvironmentConfig -> the Secret ToolJet consumes for (namespace, app-or-workspace, environment).
+//!
+//! Pipeline: fetch (siblings, referenced Secrets, the existing materialised Secret), validate
+//! (conflicts, ownership), build (pure [`materialize`](crate::materialize)), apply (only when the
+//! content differs), report (status and Events only on change).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::Stream;
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use super::{
+    APP_LABEL, Context, ENVIRONMENT_LABEL, ERROR_REQUEUE, Error, HASH_ANNOTATION, KIND_LABEL,
+    MANAGER, RECHECK, RefIndex, Settings, apply_status, condition, publish, set_condition,
+};
+use crate::{
+    api::{EnvironmentConfig, EnvironmentConfigStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    materialize::{
+        Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
+    },
+};
+
+/// `tooljet.io/kind` of the Secrets this controller materialises.
+pub const SECRET_KIND: &str = "environment-config";
+
+/// The controller, wired to its triggers: its own kind (and, through a second watch, the other
+/// configs of the same key so a conflict is reported on both), the materialised Secrets it owns
+/// (drift), and the Secrets its configs reference (rotation).
+pub fn controller(
+    client: Client,
+    settings: &Settings,
+    refs: Arc<RefIndex>,
+    managed: impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
+    referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+) -> Controller<EnvironmentConfig> {
+    let api = Api::<EnvironmentConfig>::all(client);
+    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let store = controller.store();
+    controller
+        .owns_stream(managed)
+        .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
+            let ns = secret.namespace().unwrap_or_default();
+            refs.referrers(&ns, &secret.name_any())
+                .into_iter()
+                .map(move |name| ObjectRef::new(&name).within(&ns))
+                .collect::<Vec<_>>()
+        })
+        .watches(
+            api,
+            watcher::Config::default().any_semantic(),
+            move |cfg: EnvironmentConfig| {
+                siblings(&store, &cfg)
+                    .into_iter()
+                    .map(|s| ObjectRef::from(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+}
+
+/// The configuration key: two configs with the same key conflict.
+fn key(cfg: &EnvironmentConfig) -> (Option<String>, Option<&str>, &str) {
+    (
+        cfg.namespace(),
+        cfg.spec.app.as_deref(),
+        cfg.spec.environment.as_str(),
+    )
+}
+
+/// Other live configs with the same (namespace, app-or-workspace, environment).
+fn siblings(
+    store: &Store<EnvironmentConfig>,
+    cfg: &EnvironmentConfig,
+) -> Vec<Arc<EnvironmentConfig>> {
+    let mut found: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|other| {
+            other.uid() != cfg.uid()
+                && other.metadata.deletion_timestamp.is_none()
+                && key(other) == key(cfg)
+        })
+        .collect();
+    found.sort_by_key(|o| o.name_any());
+    found
+}
+
+/// What a reconcile found.
+#[derive(Debug)]
+enum Outcome {
+    Materialized {
+        materialized: Materialized,
+        secret: String,
+        change: Option<Change>,
+    },
+    Unresolved(Vec<Unresolved>),
+    Conflict(Vec<String>),
+    SecretTaken(String),
+}
+
+/// Why the Secret was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Created,
+    Updated,
+    DriftReverted,
+}
+
+#[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
+pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cfg.namespace().ok_or(Error::NoNamespace)?;
+    let name = cfg.name_any();
+    if cfg.metadata.deletion_timestamp.is_some() {
+        ctx.refs.remove(&ns, &name);
+        return Ok(Action::await_change());
+    }
+    let referenced = referenced_secrets(&cfg.spec);
+    ctx.refs.set(&ns, &name, referenced.clone());
+
+    let outcome = outcome(&cfg, &ctx, &ns, referenced).await?;
+    report(&cfg, &ctx, &outcome).await?;
+    Ok(match outcome {
+        Outcome::Materialized { .. } => Action::requeue(Duration::from_secs(3600)),
+        Outcome::Conflict(_) | Outcome::SecretTaken(_) => Action::requeue(Duration::from_secs(60)),
+        Outcome::Unresolved(_) => Action::requeue(RECHECK),
+    })
+}
+
+async fn outcome(
+    cfg: &EnvironmentConfig,
+    ctx: &Context,
+    ns: &str,
+    referenced: std::collections::BTreeSet<String>,
+) -> Result<Outcome, Error> {
+    let config_store = &ctx.configs;
+    let conflicting = siblings(config_store, cfg);
+    if !conflicting.is_empty() {
+        return Ok(Outcome::Conflict(
+            conflicting.iter().map(|c| c.name_any()).collect(),
+        ));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut data = SecretData::new();
+    for name in referenced {
+        if let Some(secret) = secrets.get_opt(&name).await? {
+            let values = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            data.insert(name, values);
+        }
+    }
+    let materialized = match materialize(&cfg.spec.environment, &[&cfg.spec], &data) {
+        Ok(m) => m,
+        Err(problems) => return Ok(Outcome::Unresolved(problems)),
+    };
+
+    let target = secret_name(cfg.spec.app.as_deref(), &cfg.spec.environment);
+    let existing = match ctx.managed_secrets.get(&ObjectRef::new(&target).within(ns)) {
+        Some(s) => Some(s),
+        None => secrets.get_opt(&target).await?.map(Arc::new),
+    };
+    if let Some(existing) = &existing
+        && !is_ours(existing, cfg, config_store)
+    {
+        return Ok(Outcome::SecretTaken(target));
+    }
+
+    let desired = desired_secret(cfg, &target, &materialized);
+    let change = match existing.as_deref() {
+        Some(existing) if up_to_date(existing, &desired) => None,
+        Some(existing)
+            if existing.annotations().get(HASH_ANNOTATION) == Some(&materialized.hash) =>
+        {
+            Some(Change::DriftReverted)
+        }
+        Some(_) => Some(Change::Updated),
+        None => Some(Change::Created),
+    };
+    if change.is_some() {
+        apply_secret(&secrets, &desired).await?;
+        info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret");
+    } else {
+        debug!(secret = %target, "materialised Secret is up to date");
+    }
+
+    // The key changed (another app or environment): the Secret of the old key is no longer wanted.
+    if let Some(previous) = cfg.status.as_ref().and_then(|s| s.secret_name.as_deref())
+        && previous != target
+    {
+        delete_if_owned(&secrets, previous, cfg).await?;
+    }
+    Ok(Outcome::Materialized {
+        materialized,
+        secret: target,
+        change,
+    })
+}
+
+/// A materialised Secret may be (re)written by `cfg` when it carries the managed-by label and its
+/// controller is `cfg` or an EnvironmentConfig that no longer exists (garbage collection pending).
+fn is_ours(secret: &Secret, cfg: &EnvironmentConfig, configs: &Store<EnvironmentConfig>) -> bool {
+    if secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return false;
+    }
+    match secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    {
+        None => true,
+        Some(owner) if Some(&owner.uid) == cfg.metadata.uid.as_ref() => true,
+        Some(owner) => {
+            owner.kind == EnvironmentConfig::kind(&())
+                && !configs
+                    .state()
+                    .iter()
+                    .any(|c| c.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+        }
+    }
+}
+
+fn desired_secret(cfg: &EnvironmentConfig, name: &str, m: &Materialized) -> Secret {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+        (KIND_LABEL.to_string(), SECRET_KIND.to_string()),
+        (ENVIRONMENT_LABEL.to_string(), cfg.spec.environment.clone()),
+    ]);
+    if let Some(app) = cfg.spec.app.as_ref().filter(|a| a.len() <= 63) {
+        labels.insert(APP_LABEL.to_string(), app.clone());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: cfg.namespace(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                HASH_ANNOTATION.to_string(),
+                m.hash.clone(),
+            )])),
+            owner_references: Some(vec![
+                cfg.controller_owner_ref(&())
+                    .expect("a stored object has a uid"),
+            ]),
+            ..Default::default()
+        },
+        data: Some(
+            m.data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// Whether `existing` already holds exactly the desired data, labels, hash and owner.
+fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
+    let labels_ok = desired
+        .labels()
+        .iter()
+        .all(|(k, v)| existing.labels().get(k) == Some(v));
+    existing.data.as_ref().map(|d| d.len()) == desired.data.as_ref().map(|d| d.len())
+        && existing.data == desired.data
+        && labels_ok
+        && existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION)
+        && existing.owner_references() == desired.owner_references()
+}
+
+/// Server-side apply; keys another writer added are then removed, so the Secret holds exactly
+/// the materialised data.
+async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+    let name = desired.name_any();
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+    let wanted = desired.data.as_ref();
+    let foreign: serde_json::Map<String, serde_json::Value> = applied
+        .data
+        .unwrap_or_default()
+        .into_keys()
+        .filter(|k| !wanted.is_some_and(|w| w.contains_key(k)))
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    if !foreign.is_empty() {
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
+            .await?;
+    }
+    Ok(())
+}
+
+async fn delete_if_owned(
+    api: &Api<Secret>,
+    name: &str,
+    cfg: &EnvironmentConfig,
+) -> Result<(), Error> {
+    let Some(old) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let owned = old
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == cfg.metadata.uid.as_ref());
+    if owned {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: old.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        api.delete(name, &params).await?;
+        info!(secret = %name, "deleted the Secret of the config's previous app or environment");
+    }
+    Ok(())
+}
+
+/// The status for an outcome, built on the current one (pure).
+fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConfigStatus {
+    let mut status = cfg.status.clone().unwrap_or_default();
+    let generation = cfg.metadata.generation;
+    status.observed_generation = generation;
+    let ready = match outcome {
+        Outcome::Materialized {
+            materialized,
+            secret,
+            ..
+        } => {
+            status.secret_name = Some(secret.clone());
+            status.hash = Some(materialized.hash.clone());
+            status.data_source_count = Some(materialized.data_sources as i32);
+            status.constant_count = Some(materialized.constants as i32);
+            condition(
+                "Ready",
+                true,
+                "Materialized",
+                format!("materialised into Secret {secret}"),
+                generation,
+            )
+        }
+        Outcome::Unresolved(problems) => condition(
+            "Ready",
+            false,
+            Unresolved::reason(problems),
+            format!(
+                "{}; the last good Secret is kept",
+                Unresolved::describe(problems)
+            ),
+            generation,
+        ),
+        Outcome::Conflict(others) => condition(
+            "Ready",
+            false,
+            "Conflict",
+            format!(
+                "EnvironmentConfig {} also configures {} in environment {} of this namespace; keep one per app \
+                 (or workspace) and environment: merge their entries into one and delete the other",
+                others.join(", "),
+                cfg.spec
+                    .app
+                    .as_deref()
+                    .map(|a| format!("app {a}"))
+                    .unwrap_or_else(|| "the workspace".into()),
+                cfg.spec.environment
+            ),
+            generation,
+        ),
+        Outcome::SecretTaken(secret) => condition(
+            "Ready",
+            false,
+            "Conflict",
+            format!(
+                "Secret {secret} already exists and is not managed by tooljet-operator; the operator never \
+                 overwrites it: rename or delete that Secret"
+            ),
+            generation,
+        ),
+    };
+    set_condition(&mut status.conditions, ready);
+    status
+}
+
+async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
+    let status = desired_status(cfg, outcome);
+    let before = cfg
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let after = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready is set");
+    let transitioned = before.is_none_or(|b| {
+        (&b.status, &b.reason, &b.message) != (&after.status, &after.reason, &after.message)
+    });
+
+    apply_status(&ctx.client, cfg, cfg.status.as_ref(), &status).await?;
+
+    match outcome {
+        Outcome::Materialized {
+            materialized,
+            secret,
+            change: Some(change),
+        } => {
+            let (reason, verb) = match change {
+                Change::Created => ("Materialized", "created"),
+                Change::Updated => ("Materialized", "updated"),
+                Change::DriftReverted => ("DriftReverted", "restored after an outside edit"),
+            };
+            let note = format!(
+                "Secret {secret} {verb}: {} constants, {} data sources (hash {})",
+                materialized.constants,
+                materialized.data_sources,
+                &materialized.hash[..12]
+            );
+            publish(
+                &ctx.recorder,
+                cfg,
+                EventType::Normal,
+                reason,
+                "Materialize",
+                note,
+            )
+            .await;
+        }
+        Outcome::Materialized { change: None, .. } => {}
+        _ if transitioned => {
+            warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");
+            publish(
+                &ctx.recorder,
+                cfg,
+                EventType::Warning,
+                &after.reason,
+                "Materialize",
+                after.message.clone(),
+            )
+            .await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub fn error_policy(cfg: Arc<EnvironmentConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(namespace = cfg.namespace().unwrap_or_default(), name = %cfg.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(ERROR_REQUEUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Constant, ConstantType, EnvironmentConfigSpec};
+
+    fn config(name: &str, uid: &str) -> EnvironmentConfig {
+        let mut cfg = EnvironmentConfig::new(
+            name,
+            EnvironmentConfigSpec {
+                environment: "staging".into(),
+                app: Some("crm".into()),
+                data_sources: vec![],
+                constants: vec![Constant {
+                    name: "A".into(),
+                    type_: ConstantType::Global,
+                    value: Some("1".into()),
+                    value_from: None,
+                }],
+            },
+        );
+        cfg.metadata.namespace = Some("ns".into());
+        cfg.metadata.uid = Some(uid.into());
+        cfg.metadata.generation = Some(3);
+        cfg
+    }
+
+    fn materialized(cfg: &EnvironmentConfig) -> Materialized {
+        materialize("staging", &[&cfg.spec], &SecretData::new()).unwrap()
+    }
+
+    #[test]
+    fn desired_secret_is_labelled_owned_and_hashed() {
+        let cfg = config("crm-staging", "u1");
+        let m = materialized(&cfg);
+        let s = desired_secret(&cfg, "tooljet.staging.crm", &m);
+        assert_eq!(s.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        assert_eq!(s.labels()[KIND_LABEL], SECRET_KIND);
+        assert_eq!(s.labels()[APP_LABEL], "crm");
+        assert_eq!(s.annotations()[HASH_ANNOTATION], m.hash);
+        let owner = &s.owner_references()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u1", Some(true)));
+        assert!(up_to_date(&s, &s));
+    }
+
+    #[test]
+    fn an_edited_or_extended_secret_is_not_up_to_date() {
+        let cfg = config("crm-staging", "u1");
+        let desired = desired_secret(&cfg, "tooljet.staging.crm", &materialized(&cfg));
+        let mut edited = desired.clone();
+        edited.data.as_mut().unwrap().insert(
+            "TOOLJET_GLOBAL_CONSTANTS__staging__A".into(),
+            ByteString(b"2".to_vec()),
+        );
+        assert!(!up_to_date(&edited, &desired));
+        let mut extended = desired.clone();
+        extended
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("EXTRA".into(), ByteString(b"x".to_vec()));
+        assert!(!up_to_date(&extended, &desired));
+        let mut relabelled = desired.clone();
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(MANAGED_BY_LABEL);
+        assert!(!up_to_date(&relabelled, &desired));
+    }
+
+    #[test]
+    fn status_reports_materialisation_and_keeps_last_good_on_failure() {
+        let mut cfg = config("crm-staging", "u1");
+        let m = materialized(&cfg);
+        let hash = m.hash.clone();
+        let ok = desired_status(
+            &cfg,
+            &Outcome::Materialized {
+                materialized: m,
+                secret: "tooljet.staging.crm".into(),
+                change: None,
+            },
+        );
+        assert_eq!(ok.observed_generation, Some(3));
+        assert_eq!(ok.hash.as_deref(), Some(hash.as_str()));
+        assert_eq!(ok.conditions[0].reason, "Materialized");
+        cfg.status = Some(ok);
+
+        let problems = vec![Unresolved::KeyNotFound {
+            secret: "creds".into(),
+            key: "pg".into(),
+            used_by: "constants[A]".into(),
+        }];
+        let failed = desired_status(&cfg, &Outcome::Unresolved(problems));
+        assert_eq!(
+            failed.hash.as_deref(),
+            Some(hash.as_str()),
+            "the last good hash stays"
+        );
+        assert_eq!(failed.secret_name.as_deref(), Some("tooljet.staging.crm"));
+        let ready = &failed.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "KeyNotFound")
+        );
+        assert!(ready.message.contains("key pg not found in Secret creds"));
+    }
+
+    #[test]
+    fn conflict_names_the_other_config_and_the_fix() {
+        let cfg = config("crm-staging", "u1");
+        let status = desired_status(&cfg, &Outcome::Conflict(vec!["crm-staging-2".into()]));
+        let ready = &status.conditions[0];
+        assert_eq!(ready.reason, "Conflict");
+        assert!(
+            ready.message.contains("crm-staging-2")
+                && ready.message.contains("app crm")
+                && ready.message.contains("staging")
+        );
+    }
+
+    #[test]
+    fn unchanged_outcome_gives_an_identical_status() {
+        let mut cfg = config("crm-staging", "u1");
+        let outcome = Outcome::Materialized {
+            materialized: materialized(&cfg),
+            secret: "tooljet.staging.crm".into(),
+            change: None,
+        };
+        cfg.status = Some(desired_status(&cfg, &outcome));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            cfg.status.as_ref(),
+            Some(&desired_status(&cfg, &outcome)),
+            "no write on a converged object"
+        );
+    }
+}

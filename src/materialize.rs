@@ -1,0 +1,520 @@
+//! Pure materialisation: EnvironmentConfig specs and the data of the Secrets they reference in,
+//! the data of the Secret ToolJet consumes out. No client, no clock, no I/O.
+//!
+//! Keys follow ToolJet's own env-var convention, so a ToolJet Deployment can `envFrom` the Secret
+//! unchanged: `TOOLJET_GLOBAL_CONSTANTS__<environment>__<NAME>` and
+//! `TOOLJET_SECRET_CONSTANTS__<environment>__<NAME>`, plus `datasources.json` (data source name ->
+//! kind and options, secret options resolved).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::api::{ConstantType, EnvironmentConfigSpec, SecretKeySelector};
+
+/// The key of the data-source document in a materialised Secret.
+pub const DATASOURCES_KEY: &str = "datasources.json";
+
+/// The data of the Secrets a spec references: Secret name -> key -> value.
+pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// A materialised configuration: the Secret data and a hash of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Materialized {
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// SHA-256 (hex) over every key and value.
+    pub hash: String,
+    pub data_sources: usize,
+    pub constants: usize,
+}
+
+/// Why a reference could not be resolved. Names only, never values.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unresolved {
+    /// The Secret does not exist.
+    SecretNotFound { secret: String, used_by: String },
+    /// The Secret exists but lacks the key.
+    KeyNotFound {
+        secret: String,
+        key: String,
+        used_by: String,
+    },
+    /// The value is not UTF-8 text, which a data source option in JSON must be.
+    NotText {
+        secret: String,
+        key: String,
+        used_by: String,
+    },
+}
+
+impl Unresolved {
+    /// The condition reason for a set of problems: a missing Secret outranks a missing key.
+    pub fn reason(problems: &[Unresolved]) -> &'static str {
+        if problems
+            .iter()
+            .any(|p| matches!(p, Unresolved::SecretNotFound { .. }))
+        {
+            "SecretNotFound"
+        } else if problems
+            .iter()
+            .any(|p| matches!(p, Unresolved::KeyNotFound { .. }))
+        {
+            "KeyNotFound"
+        } else {
+            "InvalidSecretValue"
+        }
+    }
+
+    /// One sentence per problem, for conditions and Events.
+    pub fn describe(problems: &[Unresolved]) -> String {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::SecretNotFound { secret, used_by } => {
+                write!(
+                    f,
+                    "Secret {secret} not found (referenced by {used_by}); create it in this namespace"
+                )
+            }
+            Unresolved::KeyNotFound {
+                secret,
+                key,
+                used_by,
+            } => {
+                write!(
+                    f,
+                    "key {key} not found in Secret {secret} (referenced by {used_by}); add the key or fix the reference"
+                )
+            }
+            Unresolved::NotText {
+                secret,
+                key,
+                used_by,
+            } => write!(
+                f,
+                "key {key} of Secret {secret} is not UTF-8 text (referenced by {used_by}); data source options must be text"
+            ),
+        }
+    }
+}
+
+/// The names of the Secrets a spec references, sorted and unique.
+pub fn referenced_secrets(spec: &EnvironmentConfigSpec) -> BTreeSet<String> {
+    let from_sources = spec.data_sources.iter().flat_map(|ds| {
+        ds.secret_options
+            .values()
+            .map(|s| s.secret_key_ref.name.clone())
+    });
+    let from_constants = spec
+        .constants
+        .iter()
+        .filter_map(|c| c.value_from.as_ref().map(|s| s.secret_key_ref.name.clone()));
+    from_sources.chain(from_constants).collect()
+}
+
+/// The env-var key of a constant, as ToolJet reads it.
+pub fn constant_key(environment: &str, kind: ConstantType, name: &str) -> String {
+    let prefix = match kind {
+        ConstantType::Global => "TOOLJET_GLOBAL_CONSTANTS",
+        ConstantType::Secret => "TOOLJET_SECRET_CONSTANTS",
+    };
+    format!("{prefix}__{environment}__{name}")
+}
+
+/// Merges `layers` (lowest precedence first: workspace-wide, then app-scoped) for `environment`.
+/// Entries of a later layer replace entries of the same name of an earlier one. Every problem is
+/// reported, not just the first.
+pub fn materialize(
+    environment: &str,
+    layers: &[&EnvironmentConfigSpec],
+    secrets: &SecretData,
+) -> Result<Materialized, Vec<Unresolved>> {
+    let mut problems = BTreeSet::new();
+    let lookup = |r: &SecretKeySelector,
+                  used_by: &dyn Fn() -> String,
+                  problems: &mut BTreeSet<Unresolved>| {
+        let Some(data) = secrets.get(&r.name) else {
+            problems.insert(Unresolved::SecretNotFound {
+                secret: r.name.clone(),
+                used_by: used_by(),
+            });
+            return None;
+        };
+        match data.get(&r.key) {
+            Some(v) => Some(v.clone()),
+            None => {
+                problems.insert(Unresolved::KeyNotFound {
+                    secret: r.name.clone(),
+                    key: r.key.clone(),
+                    used_by: used_by(),
+                });
+                None
+            }
+        }
+    };
+
+    // Constants: the last layer that defines a name wins (its type included).
+    let mut constants: BTreeMap<&str, (ConstantType, Vec<u8>)> = BTreeMap::new();
+    for layer in layers {
+        for c in &layer.constants {
+            let value = match (c.type_, &c.value, &c.value_from) {
+                (ConstantType::Global, Some(v), _) => Some(v.clone().into_bytes()),
+                (_, _, Some(src)) => lookup(
+                    &src.secret_key_ref,
+                    &|| format!("constants[{}]", c.name),
+                    &mut problems,
+                ),
+                // The schema makes every other shape impossible; skip rather than guess.
+                _ => None,
+            };
+            if let Some(v) = value {
+                constants.insert(&c.name, (c.type_, v));
+            } else {
+                constants.remove(c.name.as_str());
+            }
+        }
+    }
+
+    // Data sources: the last layer that defines a name wins, as a whole.
+    let mut sources: BTreeMap<&str, Value> = BTreeMap::new();
+    for layer in layers {
+        for ds in &layer.data_sources {
+            let mut options: Map<String, Value> = ds
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (option, src) in &ds.secret_options {
+                let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
+                if let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) {
+                    match String::from_utf8(bytes) {
+                        Ok(text) => {
+                            options.insert(option.clone(), Value::String(text));
+                        }
+                        Err(_) => {
+                            problems.insert(Unresolved::NotText {
+                                secret: src.secret_key_ref.name.clone(),
+                                key: src.secret_key_ref.key.clone(),
+                                used_by: used_by(),
+                            });
+                        }
+                    }
+                }
+            }
+            let mut entry = Map::new();
+            entry.insert("kind".into(), Value::String(ds.kind.clone()));
+            entry.insert("options".into(), Value::Object(options));
+            sources.insert(&ds.name, Value::Object(entry));
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(problems.into_iter().collect());
+    }
+
+    let mut data = BTreeMap::new();
+    for (name, (kind, value)) in &constants {
+        data.insert(constant_key(environment, *kind, name), value.clone());
+    }
+    let document: Map<String, Value> = sources
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    // serde_json's Map is ordered by key here (no preserve_order feature): deterministic bytes.
+    data.insert(
+        DATASOURCES_KEY.to_string(),
+        serde_json::to_vec(&Value::Object(document)).expect("JSON values serialize"),
+    );
+    Ok(Materialized {
+        hash: hash(&data),
+        data,
+        data_sources: sources.len(),
+        constants: constants.len(),
+    })
+}
+
+/// SHA-256 (hex) over the keys and values, each length-prefixed so no two maps collide.
+pub fn hash(data: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name of the materialised Secret for (app-or-workspace, environment).
+///
+/// `tooljet.<environment>` workspace-wide, `tooljet.<environment>.<app>` for an app. Stage names
+/// cannot contain dots, so no two keys share a name. A name that would exceed 253 characters is
+/// shortened with a hash of the full name.
+pub fn secret_name(app: Option<&str>, environment: &str) -> String {
+    let full = match app {
+        Some(app) => format!("tooljet.{environment}.{app}"),
+        None => format!("tooljet.{environment}"),
+    };
+    bounded_name(full)
+}
+
+/// The name of an AppVersion's resolved-config Secret.
+pub fn resolved_secret_name(version: &str) -> String {
+    bounded_name(format!("tooljet-version.{version}"))
+}
+
+fn bounded_name(full: String) -> String {
+    if full.len() <= 253 {
+        return full;
+    }
+    let digest = hex(&Sha256::digest(full.as_bytes()))[..16].to_string();
+    let mut cut = full[..253 - 17].trim_end_matches(['.', '-']).to_string();
+    cut.push('-');
+    cut.push_str(&digest);
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Constant, DataSource, SecretValueSource};
+    use serde_json::json;
+
+    fn secret_ref(name: &str, key: &str) -> SecretValueSource {
+        SecretValueSource {
+            secret_key_ref: SecretKeySelector {
+                name: name.into(),
+                key: key.into(),
+            },
+        }
+    }
+
+    fn global(name: &str, value: &str) -> Constant {
+        Constant {
+            name: name.into(),
+            type_: ConstantType::Global,
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    fn secret_constant(name: &str, secret: &str, key: &str) -> Constant {
+        Constant {
+            name: name.into(),
+            type_: ConstantType::Secret,
+            value: None,
+            value_from: Some(secret_ref(secret, key)),
+        }
+    }
+
+    fn spec() -> EnvironmentConfigSpec {
+        EnvironmentConfigSpec {
+            environment: "staging".into(),
+            app: Some("crm".into()),
+            data_sources: vec![DataSource {
+                name: "crm-db".into(),
+                kind: "postgresql".into(),
+                options: [
+                    ("host".to_string(), json!("db.staging")),
+                    ("port".to_string(), json!(5432)),
+                ]
+                .into(),
+                secret_options: [("password".to_string(), secret_ref("creds", "pg"))].into(),
+            }],
+            constants: vec![
+                global("API_URL", "https://staging"),
+                secret_constant("STRIPE_KEY", "creds", "stripe"),
+            ],
+        }
+    }
+
+    fn secrets() -> SecretData {
+        [(
+            "creds".to_string(),
+            [
+                ("pg".to_string(), b"pg-pass".to_vec()),
+                ("stripe".to_string(), b"sk_test".to_vec()),
+            ]
+            .into(),
+        )]
+        .into()
+    }
+
+    #[test]
+    fn keys_follow_tooljets_env_var_convention() {
+        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let keys: Vec<&str> = m.data.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "TOOLJET_GLOBAL_CONSTANTS__staging__API_URL",
+                "TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY",
+                "datasources.json"
+            ]
+        );
+        assert_eq!(
+            m.data["TOOLJET_GLOBAL_CONSTANTS__staging__API_URL"],
+            b"https://staging"
+        );
+        assert_eq!(
+            m.data["TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY"],
+            b"sk_test"
+        );
+        assert_eq!((m.constants, m.data_sources), (2, 1));
+    }
+
+    #[test]
+    fn datasources_document_resolves_secret_options() {
+        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let doc: Value = serde_json::from_slice(&m.data[DATASOURCES_KEY]).unwrap();
+        assert_eq!(
+            doc,
+            json!({ "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "password": "pg-pass" } } })
+        );
+    }
+
+    #[test]
+    fn hash_is_stable_and_changes_with_any_value() {
+        let a = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let b = materialize("staging", &[&spec()], &secrets()).unwrap();
+        assert_eq!(a.hash, b.hash);
+        let mut rotated = secrets();
+        rotated
+            .get_mut("creds")
+            .unwrap()
+            .insert("pg".into(), b"new".to_vec());
+        assert_ne!(
+            materialize("staging", &[&spec()], &rotated).unwrap().hash,
+            a.hash
+        );
+        assert_eq!(a.hash.len(), 64);
+    }
+
+    #[test]
+    fn every_missing_reference_is_reported_by_name_without_values() {
+        let mut s = spec();
+        s.constants.push(secret_constant("OTHER", "absent", "k"));
+        let mut data = secrets();
+        data.get_mut("creds").unwrap().remove("pg");
+        let problems = materialize("staging", &[&s], &data).unwrap_err();
+        assert_eq!(
+            problems,
+            vec![
+                Unresolved::SecretNotFound {
+                    secret: "absent".into(),
+                    used_by: "constants[OTHER]".into()
+                },
+                Unresolved::KeyNotFound {
+                    secret: "creds".into(),
+                    key: "pg".into(),
+                    used_by: "dataSources[crm-db].secretOptions.password".into()
+                },
+            ]
+        );
+        assert_eq!(Unresolved::reason(&problems), "SecretNotFound");
+        let text = Unresolved::describe(&problems);
+        assert!(
+            text.contains("Secret absent not found")
+                && text.contains("key pg not found in Secret creds")
+        );
+        assert!(!text.contains("sk_test"));
+    }
+
+    #[test]
+    fn binary_secret_values_are_fine_for_constants_but_not_for_data_source_options() {
+        let mut data = secrets();
+        data.get_mut("creds")
+            .unwrap()
+            .insert("stripe".into(), vec![0xff, 0x00]);
+        assert!(materialize("staging", &[&spec()], &data).is_ok());
+        data.get_mut("creds")
+            .unwrap()
+            .insert("pg".into(), vec![0xff, 0x00]);
+        let problems = materialize("staging", &[&spec()], &data).unwrap_err();
+        assert_eq!(Unresolved::reason(&problems), "InvalidSecretValue");
+    }
+
+    #[test]
+    fn later_layers_override_earlier_ones_by_name() {
+        let mut workspace = spec();
+        workspace.app = None;
+        workspace.constants = vec![
+            global("API_URL", "https://workspace"),
+            global("SUPPORT", "help@acme"),
+        ];
+        workspace.data_sources[0].kind = "mysql".into();
+        let app = spec();
+        let m = materialize("staging", &[&workspace, &app], &secrets()).unwrap();
+        assert_eq!(
+            m.data["TOOLJET_GLOBAL_CONSTANTS__staging__API_URL"],
+            b"https://staging"
+        );
+        assert_eq!(
+            m.data["TOOLJET_GLOBAL_CONSTANTS__staging__SUPPORT"],
+            b"help@acme"
+        );
+        let doc: Value = serde_json::from_slice(&m.data[DATASOURCES_KEY]).unwrap();
+        assert_eq!(doc["crm-db"]["kind"], "postgresql");
+        assert_eq!(m.constants, 3);
+    }
+
+    #[test]
+    fn an_override_may_change_a_constants_type() {
+        let mut workspace = spec();
+        workspace.constants = vec![global("STRIPE_KEY", "not-secret")];
+        let m = materialize("staging", &[&workspace, &spec()], &secrets()).unwrap();
+        assert!(
+            !m.data
+                .contains_key("TOOLJET_GLOBAL_CONSTANTS__staging__STRIPE_KEY")
+        );
+        assert_eq!(
+            m.data["TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY"],
+            b"sk_test"
+        );
+    }
+
+    #[test]
+    fn empty_config_still_has_a_datasources_document() {
+        let empty = EnvironmentConfigSpec {
+            environment: "development".into(),
+            app: None,
+            data_sources: vec![],
+            constants: vec![],
+        };
+        let m = materialize("development", &[&empty], &SecretData::new()).unwrap();
+        assert_eq!(m.data[DATASOURCES_KEY], b"{}");
+    }
+
+    #[test]
+    fn referenced_secrets_are_collected_once() {
+        assert_eq!(
+            referenced_secrets(&spec()).into_iter().collect::<Vec<_>>(),
+            ["creds"]
+        );
+    }
+
+    #[test]
+    fn secret_names_are_unambiguous_and_bounded() {
+        assert_eq!(secret_name(Some("crm"), "staging"), "tooljet.staging.crm");
+        assert_eq!(secret_name(None, "staging"), "tooljet.staging");
+        // "a-b" in "c" and "a" in "b-c" must not collide.
+        assert_ne!(secret_name(Some("a-b"), "c"), secret_name(Some("c"), "a-b"));
+        let long = "a".repeat(250);
+        let name = secret_name(Some(&long), "production");
+        assert!(name.len() <= 253, "{}", name.len());
+        assert_ne!(name, secret_name(Some(&"a".repeat(249)), "production"));
+    }
+}

@@ -1,0 +1,102 @@
+//! A restart of the operator on a converged namespace with 100 EnvironmentConfigs writes nothing.
+//! Its own test binary, so its control plane sees no other writer while it counts.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use tooljet_operator::api::EnvironmentConfig;
+
+const CONFIGS: usize = 100;
+const WRITTEN: [&str; 3] = ["secrets", "environmentconfigs", "events"];
+
+#[tokio::test]
+async fn restarting_on_a_converged_namespace_issues_no_writes() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "idle").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let configs: Api<EnvironmentConfig> = Api::namespaced(client.clone(), &ns);
+    let apply = PatchParams::apply("test-user");
+
+    for i in 0..CONFIGS {
+        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": format!("creds-{i}") }, "stringData": { "token": format!("t-{i}") } });
+        secrets
+            .patch(&format!("creds-{i}"), &apply, &Patch::Apply(&secret))
+            .await
+            .unwrap();
+        let config = json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
+            "metadata": { "name": format!("app-{i}") },
+            "spec": {
+                "app": format!("app-{i}"), "environment": "production",
+                "dataSources": [{ "name": "api", "kind": "restapi", "options": { "url": "https://api" },
+                                  "secretOptions": { "token": { "secretKeyRef": { "name": format!("creds-{i}"), "key": "token" } } } }],
+                "constants": [{ "name": "N", "type": "Global", "value": i.to_string() }],
+            },
+        });
+        configs
+            .patch(&format!("app-{i}"), &apply, &Patch::Apply(&config))
+            .await
+            .unwrap();
+    }
+
+    let mut first = support::Operator::start("converge");
+    let configs_for_wait = configs.clone();
+    support::eventually(Duration::from_secs(120), "all 100 configs Ready", || {
+        let configs = configs_for_wait.clone();
+        async move {
+            let list = configs.list(&ListParams::default()).await.unwrap();
+            let ready = list
+                .iter()
+                .filter(|c| {
+                    c.status.as_ref().is_some_and(|s| {
+                        s.observed_generation == c.metadata.generation
+                            && s.conditions
+                                .iter()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            (ready == CONFIGS).then_some(())
+        }
+    })
+    .await;
+    // Let the last status writes' watch events settle, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.stop();
+
+    let before = support::apiserver_writes(&WRITTEN);
+    assert!(
+        before >= 2 * CONFIGS as u64,
+        "the write counter works: {before} writes so far"
+    );
+    let second = support::Operator::start("restart");
+    // Every config is reconciled once after the restart (the debug line is per reconcile).
+    support::eventually(
+        Duration::from_secs(120),
+        "the restarted operator reconciles all 100 configs",
+        || {
+            let log = second.log_text();
+            async move {
+                (log.matches("materialised Secret is up to date").count() >= CONFIGS).then_some(())
+            }
+        },
+    )
+    .await;
+    // And give it a moment to do anything else it might want to do.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = support::apiserver_writes(&WRITTEN);
+    assert_eq!(
+        after - before,
+        0,
+        "the restarted operator wrote {} times to {WRITTEN:?}",
+        after - before
+    );
+}
