@@ -242,6 +242,146 @@ pub fn materialize(
     })
 }
 
+/// A constant key parsed back: (type, environment, name).
+pub fn parse_constant_key(key: &str) -> Option<(ConstantType, &str, &str)> {
+    let (kind, rest) = if let Some(rest) = key.strip_prefix("TOOLJET_GLOBAL_CONSTANTS__") {
+        (ConstantType::Global, rest)
+    } else {
+        (
+            ConstantType::Secret,
+            key.strip_prefix("TOOLJET_SECRET_CONSTANTS__")?,
+        )
+    };
+    // Stage names have no '_', so the first "__" ends the environment.
+    let (environment, name) = rest.split_once("__")?;
+    Some((kind, environment, name))
+}
+
+/// Merges materialised data (of the workspace-wide and the app's EnvironmentConfig, lowest
+/// precedence first) into one configuration: a later layer's constant replaces an earlier one of
+/// the same name (whatever its type), its data source replaces one of the same name.
+pub fn merge_layers(layers: &[&BTreeMap<String, Vec<u8>>]) -> Materialized {
+    let mut constants: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+    let mut sources: Map<String, Value> = Map::new();
+    for layer in layers {
+        for (key, value) in layer.iter() {
+            if let Some((_, _, name)) = parse_constant_key(key) {
+                constants.insert(name.to_string(), (key.clone(), value.clone()));
+            }
+        }
+        if let Some(Value::Object(doc)) = layer
+            .get(DATASOURCES_KEY)
+            .and_then(|d| serde_json::from_slice(d).ok())
+        {
+            sources.extend(doc);
+        }
+    }
+    let mut data: BTreeMap<String, Vec<u8>> = constants.values().cloned().collect();
+    let data_sources = sources.len();
+    data.insert(
+        DATASOURCES_KEY.to_string(),
+        serde_json::to_vec(&Value::Object(sources)).expect("JSON values serialize"),
+    );
+    Materialized {
+        hash: hash(&data),
+        data,
+        data_sources,
+        constants: constants.len(),
+    }
+}
+
+/// The names a version needs and the configuration of its stage lacks, as `kind name` phrases
+/// (`data source crm-api`, `constant API_URL`, `secret STRIPE_KEY`), sorted.
+pub fn missing_requirements(
+    required_sources: &[String],
+    required_constants: &[String],
+    definition: Option<&Value>,
+    resolved: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut globals = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for key in resolved.keys() {
+        match parse_constant_key(key) {
+            Some((ConstantType::Global, _, name)) => globals.insert(name.to_string()),
+            Some((ConstantType::Secret, _, name)) => secrets.insert(name.to_string()),
+            None => false,
+        };
+    }
+    let sources: BTreeSet<String> = match resolved
+        .get(DATASOURCES_KEY)
+        .and_then(|d| serde_json::from_slice(d).ok())
+    {
+        Some(Value::Object(doc)) => doc.keys().cloned().collect(),
+        _ => BTreeSet::new(),
+    };
+    let (ref_constants, ref_secrets) = definition.map(definition_references).unwrap_or_default();
+
+    let mut missing = BTreeSet::new();
+    for s in required_sources.iter().filter(|s| !sources.contains(*s)) {
+        missing.insert(format!("data source {s}"));
+    }
+    for c in required_constants
+        .iter()
+        .filter(|c| !globals.contains(*c) && !secrets.contains(*c))
+    {
+        missing.insert(format!("constant {c}"));
+    }
+    for c in ref_constants.iter().filter(|c| !globals.contains(*c)) {
+        missing.insert(format!("constant {c}"));
+    }
+    for c in ref_secrets.iter().filter(|c| !secrets.contains(*c)) {
+        missing.insert(format!("secret {c}"));
+    }
+    missing.into_iter().collect()
+}
+
+/// The `{{constants.NAME}}` and `{{secrets.NAME}}` references in an app definition: every string
+/// value is searched inside its `{{ ... }}` expressions.
+pub fn definition_references(definition: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut constants = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    let mut stack = vec![definition];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => scan_expressions(s, &mut constants, &mut secrets),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    (constants, secrets)
+}
+
+fn scan_expressions(text: &str, constants: &mut BTreeSet<String>, secrets: &mut BTreeSet<String>) {
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return;
+        };
+        let expr = &after[..close];
+        for (prefix, into) in [("constants.", &mut *constants), ("secrets.", &mut *secrets)] {
+            let mut from = 0;
+            while let Some(pos) = expr[from..].find(prefix) {
+                let start = from + pos;
+                let preceded_by_ident = expr[..start]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+                let name: String = expr[start + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !preceded_by_ident && !name.is_empty() {
+                    into.insert(name);
+                }
+                from = start + prefix.len();
+            }
+        }
+        rest = &after[close + 2..];
+    }
+}
+
 /// SHA-256 (hex) over the keys and values, each length-prefixed so no two maps collide.
 pub fn hash(data: &BTreeMap<String, Vec<u8>>) -> String {
     let mut h = Sha256::new();
@@ -516,5 +656,90 @@ mod tests {
         let name = secret_name(Some(&long), "production");
         assert!(name.len() <= 253, "{}", name.len());
         assert_ne!(name, secret_name(Some(&"a".repeat(249)), "production"));
+    }
+
+    #[test]
+    fn constant_keys_parse_back() {
+        assert_eq!(
+            parse_constant_key("TOOLJET_SECRET_CONSTANTS__my-stage__A__B"),
+            Some((ConstantType::Secret, "my-stage", "A__B"))
+        );
+        assert_eq!(parse_constant_key("datasources.json"), None);
+    }
+
+    #[test]
+    fn merged_layers_let_the_app_override_the_workspace() {
+        let ws = materialize(
+            "staging",
+            &[&EnvironmentConfigSpec {
+                environment: "staging".into(),
+                app: None,
+                data_sources: vec![],
+                constants: vec![global("STRIPE_KEY", "plain"), global("SUPPORT", "help")],
+            }],
+            &SecretData::new(),
+        )
+        .unwrap();
+        let app = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let merged = merge_layers(&[&ws.data, &app.data]);
+        let direct = materialize(
+            "staging",
+            &[
+                &EnvironmentConfigSpec {
+                    environment: "staging".into(),
+                    app: None,
+                    data_sources: vec![],
+                    constants: vec![global("STRIPE_KEY", "plain"), global("SUPPORT", "help")],
+                },
+                &spec(),
+            ],
+            &secrets(),
+        )
+        .unwrap();
+        assert_eq!(
+            merged, direct,
+            "merging materialised layers equals materialising the layered specs"
+        );
+        assert!(
+            !merged
+                .data
+                .contains_key("TOOLJET_GLOBAL_CONSTANTS__staging__STRIPE_KEY")
+        );
+    }
+
+    #[test]
+    fn definition_references_are_found_inside_expressions_only() {
+        let def = json!({
+            "queries": [{ "url": "{{constants.API_URL}}/x", "headers": [["Authorization", "Bearer {{ secrets.STRIPE_KEY }}"]] }],
+            "text": "constants.NOT_AN_EXPRESSION {{ globals.constants.NOPE + constants.B_2 }}",
+            "broken": "{{constants.UNCLOSED",
+        });
+        let (constants, secrets) = definition_references(&def);
+        assert_eq!(
+            constants.into_iter().collect::<Vec<_>>(),
+            ["API_URL", "B_2"]
+        );
+        assert_eq!(secrets.into_iter().collect::<Vec<_>>(), ["STRIPE_KEY"]);
+    }
+
+    #[test]
+    fn missing_requirements_are_named_by_kind() {
+        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let def = json!({ "a": "{{constants.API_URL}} {{secrets.STRIPE_KEY}} {{secrets.API_URL}} {{constants.GONE}}" });
+        let missing = missing_requirements(
+            &["crm-db".into(), "crm-api".into()],
+            &["STRIPE_KEY".into(), "LOG_LEVEL".into()],
+            Some(&def),
+            &m.data,
+        );
+        assert_eq!(
+            missing,
+            [
+                "constant GONE",
+                "constant LOG_LEVEL",
+                "data source crm-api",
+                "secret API_URL"
+            ]
+        );
     }
 }

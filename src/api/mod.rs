@@ -31,6 +31,18 @@ pub const DEFAULT_PIPELINE: [&str; 3] = ["development", "staging", "production"]
 /// Label on every object the operator creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tooljet-operator";
+/// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):
+/// who moved a version into its current stage, and when.
+pub const PROMOTED_BY_ANNOTATION: &str = "tooljet.io/promoted-by";
+pub const PROMOTED_AT_ANNOTATION: &str = "tooljet.io/promoted-at";
+pub const PROMOTED_FROM_ANNOTATION: &str = "tooljet.io/promoted-from";
+/// Who set the app's current `spec.release.version`, when, and which version that was.
+pub const RELEASED_BY_ANNOTATION: &str = "tooljet.io/released-by";
+pub const RELEASED_AT_ANNOTATION: &str = "tooljet.io/released-at";
+pub const RELEASED_VERSION_ANNOTATION: &str = "tooljet.io/released-version";
+/// Prefix of every annotation the operator owns.
+pub const ANNOTATION_PREFIX: &str = "tooljet.io/";
+
 /// Label on the CRDs, so `kubectl wait crd -l app.kubernetes.io/part-of=tooljet-operator` finds them.
 pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 

@@ -4,15 +4,13 @@
 //! (conflicts, ownership), build (pure [`materialize`](crate::materialize)), apply (only when the
 //! content differs), report (status and Events only on change).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::Stream;
-use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, PartialObjectMeta, Preconditions},
     runtime::{
         Controller,
         controller::{self, Action},
@@ -21,12 +19,12 @@ use kube::{
         watcher,
     },
 };
-use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    APP_LABEL, Context, ENVIRONMENT_LABEL, ERROR_REQUEUE, Error, HASH_ANNOTATION, KIND_LABEL,
-    MANAGER, RECHECK, RefIndex, Settings, apply_status, condition, publish, set_condition,
+    Context, ERROR_REQUEUE, Error, RECHECK, RefIndex, Settings, apply_status, condition, publish,
+    secrets::{Change, ensure_secret, managed_secret},
+    set_condition,
 };
 use crate::{
     api::{EnvironmentConfig, EnvironmentConfigStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
@@ -44,15 +42,17 @@ pub const SECRET_KIND: &str = "environment-config";
 pub fn controller(
     client: Client,
     settings: &Settings,
+    (store, main): (
+        Store<EnvironmentConfig>,
+        impl Stream<Item = Result<EnvironmentConfig, watcher::Error>> + Send + 'static,
+    ),
     refs: Arc<RefIndex>,
     managed: impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) -> Controller<EnvironmentConfig> {
     let api = Api::<EnvironmentConfig>::all(client);
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(settings.concurrency));
-    let store = controller.store();
-    controller
+    Controller::for_stream(main, store.clone())
+        .with_config(controller::Config::default().concurrency(settings.concurrency))
         .owns_stream(managed)
         .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
@@ -113,16 +113,9 @@ enum Outcome {
     SecretTaken(String),
 }
 
-/// Why the Secret was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    Created,
-    Updated,
-    DriftReverted,
-}
-
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.wait_for_caches().await;
     let ns = cfg.namespace().ok_or(Error::NoNamespace)?;
     let name = cfg.name_any();
     if cfg.metadata.deletion_timestamp.is_some() {
@@ -184,22 +177,20 @@ async fn outcome(
         return Ok(Outcome::SecretTaken(target));
     }
 
-    let desired = desired_secret(cfg, &target, &materialized);
-    let change = match existing.as_deref() {
-        Some(existing) if up_to_date(existing, &desired) => None,
-        Some(existing)
-            if existing.annotations().get(HASH_ANNOTATION) == Some(&materialized.hash) =>
-        {
-            Some(Change::DriftReverted)
+    let desired = managed_secret(
+        cfg,
+        &target,
+        SECRET_KIND,
+        &cfg.spec.environment,
+        cfg.spec.app.as_deref(),
+        &materialized,
+    );
+    let change = ensure_secret(&secrets, existing.as_deref(), &desired).await?;
+    match change {
+        Some(change) => {
+            info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret")
         }
-        Some(_) => Some(Change::Updated),
-        None => Some(Change::Created),
-    };
-    if change.is_some() {
-        apply_secret(&secrets, &desired).await?;
-        info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret");
-    } else {
-        debug!(secret = %target, "materialised Secret is up to date");
+        None => debug!(secret = %target, "materialised Secret is up to date"),
     }
 
     // The key changed (another app or environment): the Secret of the old key is no longer wanted.
@@ -236,84 +227,6 @@ fn is_ours(secret: &Secret, cfg: &EnvironmentConfig, configs: &Store<Environment
                     .any(|c| c.metadata.uid.as_deref() == Some(owner.uid.as_str()))
         }
     }
-}
-
-fn desired_secret(cfg: &EnvironmentConfig, name: &str, m: &Materialized) -> Secret {
-    let mut labels = BTreeMap::from([
-        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-        (KIND_LABEL.to_string(), SECRET_KIND.to_string()),
-        (ENVIRONMENT_LABEL.to_string(), cfg.spec.environment.clone()),
-    ]);
-    if let Some(app) = cfg.spec.app.as_ref().filter(|a| a.len() <= 63) {
-        labels.insert(APP_LABEL.to_string(), app.clone());
-    }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: cfg.namespace(),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                HASH_ANNOTATION.to_string(),
-                m.hash.clone(),
-            )])),
-            owner_references: Some(vec![
-                cfg.controller_owner_ref(&())
-                    .expect("a stored object has a uid"),
-            ]),
-            ..Default::default()
-        },
-        data: Some(
-            m.data
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                .collect(),
-        ),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
-}
-
-/// Whether `existing` already holds exactly the desired data, labels, hash and owner.
-fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
-    let labels_ok = desired
-        .labels()
-        .iter()
-        .all(|(k, v)| existing.labels().get(k) == Some(v));
-    existing.data.as_ref().map(|d| d.len()) == desired.data.as_ref().map(|d| d.len())
-        && existing.data == desired.data
-        && labels_ok
-        && existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION)
-        && existing.owner_references() == desired.owner_references()
-}
-
-/// Server-side apply; keys another writer added are then removed, so the Secret holds exactly
-/// the materialised data.
-async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
-    let name = desired.name_any();
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(desired),
-        )
-        .await?;
-    let wanted = desired.data.as_ref();
-    let foreign: serde_json::Map<String, serde_json::Value> = applied
-        .data
-        .unwrap_or_default()
-        .into_keys()
-        .filter(|k| !wanted.is_some_and(|w| w.contains_key(k)))
-        .map(|k| (k, serde_json::Value::Null))
-        .collect();
-    if !foreign.is_empty() {
-        let params = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
-        api.patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
-            .await?;
-    }
-    Ok(())
 }
 
 async fn delete_if_owned(
@@ -502,47 +415,6 @@ mod tests {
 
     fn materialized(cfg: &EnvironmentConfig) -> Materialized {
         materialize("staging", &[&cfg.spec], &SecretData::new()).unwrap()
-    }
-
-    #[test]
-    fn desired_secret_is_labelled_owned_and_hashed() {
-        let cfg = config("crm-staging", "u1");
-        let m = materialized(&cfg);
-        let s = desired_secret(&cfg, "tooljet.staging.crm", &m);
-        assert_eq!(s.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
-        assert_eq!(s.labels()[KIND_LABEL], SECRET_KIND);
-        assert_eq!(s.labels()[APP_LABEL], "crm");
-        assert_eq!(s.annotations()[HASH_ANNOTATION], m.hash);
-        let owner = &s.owner_references()[0];
-        assert_eq!((owner.uid.as_str(), owner.controller), ("u1", Some(true)));
-        assert!(up_to_date(&s, &s));
-    }
-
-    #[test]
-    fn an_edited_or_extended_secret_is_not_up_to_date() {
-        let cfg = config("crm-staging", "u1");
-        let desired = desired_secret(&cfg, "tooljet.staging.crm", &materialized(&cfg));
-        let mut edited = desired.clone();
-        edited.data.as_mut().unwrap().insert(
-            "TOOLJET_GLOBAL_CONSTANTS__staging__A".into(),
-            ByteString(b"2".to_vec()),
-        );
-        assert!(!up_to_date(&edited, &desired));
-        let mut extended = desired.clone();
-        extended
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("EXTRA".into(), ByteString(b"x".to_vec()));
-        assert!(!up_to_date(&extended, &desired));
-        let mut relabelled = desired.clone();
-        relabelled
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .remove(MANAGED_BY_LABEL);
-        assert!(!up_to_date(&relabelled, &desired));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The reconcilers and what they share: the context, errors, conditions and status writes.
 
+pub mod app;
+pub mod appversion;
 pub mod envconfig;
 mod refs;
+pub mod secrets;
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,7 +29,7 @@ use tracing::warn;
 
 pub use refs::RefIndex;
 
-use crate::api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tooljet-operator";
@@ -55,8 +58,86 @@ pub struct Context {
     pub managed_secrets: Store<Secret>,
     /// Referenced Secret -> the EnvironmentConfigs that reference it.
     pub refs: Arc<RefIndex>,
-    /// The EnvironmentConfig controller's cache.
+    /// Whether every cache below has its initial list.
+    pub readiness: Arc<Readiness>,
+    /// The controllers' caches.
     pub configs: Store<EnvironmentConfig>,
+    pub versions: Store<AppVersion>,
+    pub apps: Store<ToolJetApp>,
+}
+
+impl Context {
+    /// Waits until every cache has its initial list, so no reconcile acts on a partial view
+    /// (which would write wrong status or Secrets right after a start). Immediate once ready.
+    pub async fn wait_for_caches(&self) {
+        self.readiness.wait().await;
+    }
+}
+
+/// Whether every cache has its initial list. kube's `Store::wait_until_ready` keeps a single
+/// waker, so concurrent waiters (every reconcile, and kube's own applier) lose wake-ups; this gate
+/// is fed by the watch streams themselves and any number of tasks may wait on it.
+pub struct Readiness {
+    pending: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Readiness {
+    pub fn new(caches: &[&'static str]) -> Arc<Readiness> {
+        Arc::new(Readiness {
+            pending: std::sync::Mutex::new(caches.iter().copied().collect()),
+            ready: tokio::sync::watch::Sender::new(caches.is_empty()),
+        })
+    }
+
+    /// Marks `cache` as listed.
+    pub fn listed(&self, cache: &'static str) {
+        let mut pending = self.pending.lock().expect("readiness lock");
+        if pending.remove(cache) && pending.is_empty() {
+            self.ready.send_replace(true);
+            tracing::info!("caches synced");
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+}
+
+/// A cached watch of `api`: the store, and the watch events after the store applied them. The
+/// first complete list marks `name` ready.
+pub fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    readiness: Arc<Readiness>,
+    name: &'static str,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).inspect(
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                readiness.listed(name);
+            }
+        },
+    );
+    (store, stream)
 }
 
 /// Settings of a running operator.
@@ -76,16 +157,18 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     };
     let recorder = Recorder::new(client.clone(), reporter);
 
-    let (managed_secrets, writer) = reflector::store();
-    let managed_stream = reflector::reflector(
-        writer,
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
+    let readiness = Readiness::new(&[
+        "managed Secrets",
+        "EnvironmentConfigs",
+        "AppVersions",
+        "ToolJetApps",
+    ]);
+    let (managed_secrets, managed_events) = cached(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        readiness.clone(),
+        "managed Secrets",
+    );
     // Metadata only, and not the operator's own Secrets: enough to notice a rotation.
     let referenced_stream = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
@@ -93,33 +176,115 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
+    let any = || watcher::Config::default().any_semantic();
+    let (configs, config_events) = cached(
+        Api::<EnvironmentConfig>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "EnvironmentConfigs",
+    );
+    let (versions, version_events) = cached(
+        Api::<AppVersion>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "AppVersions",
+    );
+    let (apps, app_events) = cached(
+        Api::<ToolJetApp>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "ToolJetApps",
+    );
 
     let refs = Arc::new(RefIndex::default());
+    let (fan_out_task, [for_configs, for_versions, for_apps]) =
+        fan_out(managed_events.touched_objects());
     let envconfigs = envconfig::controller(
         client.clone(),
         &settings,
+        (configs.clone(), config_events.applied_objects()),
         refs.clone(),
-        managed_stream,
+        for_configs,
         referenced_stream,
+    );
+    let version_controller = appversion::controller(
+        client.clone(),
+        &settings,
+        (versions.clone(), version_events.applied_objects()),
+        for_versions,
+    );
+    let app_controller = app::controller(
+        client.clone(),
+        &settings,
+        (apps.clone(), app_events.applied_objects()),
+        for_apps,
     );
     let ctx = Arc::new(Context {
         client,
         recorder,
         managed_secrets,
         refs,
-        configs: envconfigs.store(),
+        readiness,
+        configs,
+        versions,
+        apps,
     });
 
-    envconfigs
-        .shutdown_on_signal()
-        .run(envconfig::reconcile, envconfig::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile loop");
-            }
-        })
-        .await;
+    tokio::spawn(fan_out_task);
+    tokio::join!(
+        envconfigs
+            .shutdown_on_signal()
+            .run(envconfig::reconcile, envconfig::error_policy, ctx.clone())
+            .for_each(drain),
+        version_controller
+            .shutdown_on_signal()
+            .run(appversion::reconcile, appversion::error_policy, ctx.clone())
+            .for_each(drain),
+        app_controller
+            .shutdown_on_signal()
+            .run(app::reconcile, app::error_policy, ctx)
+            .for_each(drain),
+    );
     Ok(())
+}
+
+/// Consumes a controller's result stream; reconcile errors are logged by the error policies.
+async fn drain<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "controller stream");
+    }
+}
+
+/// Feeds one watch stream to `N` consumers (each controller triggers on the managed Secrets; the
+/// Secrets are watched and cached once). Watch errors are retried by the source's backoff and are
+/// not forwarded.
+fn fan_out<T: Clone + Send + 'static, const N: usize>(
+    source: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+) -> (
+    impl std::future::Future<Output = ()> + Send,
+    [futures::channel::mpsc::Receiver<Result<T, watcher::Error>>; N],
+) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..N)
+        .map(|_| futures::channel::mpsc::channel(1024))
+        .unzip();
+    let task = async move {
+        let mut senders = senders;
+        let mut source = std::pin::pin!(source);
+        while let Some(item) = source.next().await {
+            match item {
+                Ok(obj) => {
+                    for tx in &mut senders {
+                        let _ = futures::SinkExt::send(tx, Ok(obj.clone())).await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "watch of managed Secrets failed; retrying"),
+            }
+        }
+    };
+    let receivers: [_; N] = receivers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N receivers"));
+    (task, receivers)
 }
 
 /// `Ready`-style condition builder.

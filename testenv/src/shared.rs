@@ -82,6 +82,10 @@ extern "C" fn teardown() {
             }
         }
     }
+    // TOOLJET_TESTENV_KEEP=1 keeps the state directory (logs of every process) for a post-mortem.
+    if std::env::var_os("TOOLJET_TESTENV_KEEP").is_some() {
+        return;
+    }
     if let Ok(dir) = DIR.lock()
         && let Some(dir) = dir.as_ref()
     {
@@ -91,6 +95,9 @@ extern "C" fn teardown() {
 
 /// Removes state directories of test binaries that are no longer running.
 fn sweep_stale(root: &std::path::Path) {
+    if std::env::var_os("TOOLJET_TESTENV_KEEP").is_some() {
+        return;
+    }
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };

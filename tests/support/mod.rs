@@ -90,7 +90,12 @@ impl Operator {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tooljet-operator"));
         cmd.env("KUBECONFIG", &shared.kubeconfig)
-            .env("RUST_LOG", "info,tooljet_operator=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("TOOLJET_TEST_LOG")
+                    .unwrap_or_else(|_| "info,tooljet_operator=debug".into()),
+            )
+            .env("NO_COLOR", "1")
             .env("POD_NAME", format!("test-{name}"))
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -133,9 +138,10 @@ impl Drop for Operator {
 }
 
 /// One operator shared by every test of this binary, started on first use.
+static SHARED_OPERATOR_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 pub fn shared_operator() -> &'static std::path::Path {
-    static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    LOG.get_or_init(|| {
+    SHARED_OPERATOR_LOG.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let operator = Operator::start("shared");
@@ -161,7 +167,15 @@ where
             return v;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            let tail = SHARED_OPERATOR_LOG
+                .get()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|log| {
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(200)..].join("\n")
+                })
+                .unwrap_or_default();
+            panic!("timed out after {timeout:?} waiting for {what}; operator log tail:\n{tail}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
