@@ -3,5 +3,9 @@
 
 pub mod api;
 pub mod controller;
+pub mod leader;
 pub mod materialize;
+pub mod metrics;
+pub mod operator;
 pub mod telemetry;
+pub mod webhook;

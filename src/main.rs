@@ -1,7 +1,12 @@
+use std::{net::SocketAddr, path::PathBuf};
+
 use clap::Parser;
 use tooljet_operator::{
-    controller::{self, Settings},
+    controller::Settings,
+    leader::{Leadership, LeaseSettings},
+    operator::{self, Options, WebhookOptions},
     telemetry::{self, LogFormat},
+    webhook::certs,
 };
 use tracing::info;
 
@@ -18,9 +23,42 @@ struct Args {
     /// How many objects of one kind are reconciled at once.
     #[arg(long, env = "TOOLJET_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
-    /// This replica's name, reported on Events (the pod name in a cluster).
-    #[arg(long, env = "POD_NAME", default_value = "tooljet-operator")]
-    instance: String,
+    /// This replica's name: the lease holder identity and the Events' reporting instance
+    /// (the pod name in a cluster; hostname-pid otherwise).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// The operator's own namespace: its lease and webhook certificate Secret live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tooljet-system")]
+    namespace: String,
+    /// Where /metrics, /healthz and /readyz are served (plain HTTP).
+    #[arg(long, env = "TOOLJET_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: SocketAddr,
+    /// Elect a leader among replicas with a Lease; only the leader reconciles.
+    #[arg(long, env = "TOOLJET_LEADER_ELECT")]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "tooljet-operator")]
+    lease_name: String,
+    /// Do not serve the admission webhook.
+    #[arg(long)]
+    no_webhook: bool,
+    /// Where the admission webhook listens (HTTPS).
+    #[arg(long, env = "TOOLJET_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Serve the webhook with tls.crt/tls.key from this directory (cert-manager, a mounted
+    /// Secret), reloaded when they change. Without it the operator provisions its own.
+    #[arg(long, env = "TOOLJET_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// DNS names or IPs the self-provisioned certificate covers (repeatable). Default:
+    /// tooljet-operator-webhook.<namespace>.svc.
+    #[arg(long = "webhook-host")]
+    webhook_hosts: Vec<String>,
+    /// The Secret (in --namespace) holding the self-provisioned CA and certificate.
+    #[arg(long, default_value = "tooljet-operator-webhook-tls")]
+    webhook_secret: String,
+    /// Validating/Mutating webhook configurations whose caBundle the operator keeps current.
+    #[arg(long = "webhook-configuration", default_value = "tooljet-operator")]
+    webhook_configurations: Vec<String>,
 }
 
 #[tokio::main]
@@ -29,15 +67,46 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
     let client = kube::Client::try_default().await?;
     let version = client.apiserver_version().await?;
-    info!(apiserver = %version.git_version, "tooljet-operator starting");
-    controller::run(
-        client,
-        Settings {
-            concurrency: args.concurrency,
-            instance: args.instance,
+    let instance = args.instance.clone().unwrap_or_else(|| {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    info!(apiserver = %version.git_version, %instance, "tooljet-operator starting");
+
+    let webhook = (!args.no_webhook).then(|| WebhookOptions {
+        addr: args.webhook_addr,
+        certs: match &args.webhook_cert_dir {
+            Some(dir) => certs::Source::Files { dir: dir.clone() },
+            None => certs::Source::SelfManaged {
+                namespace: args.namespace.clone(),
+                secret: args.webhook_secret.clone(),
+                hosts: if args.webhook_hosts.is_empty() {
+                    vec![format!("tooljet-operator-webhook.{}.svc", args.namespace)]
+                } else {
+                    args.webhook_hosts.clone()
+                },
+                configurations: args.webhook_configurations.clone(),
+            },
         },
-    )
-    .await?;
+    });
+    let leadership = if args.leader_elect {
+        Leadership::elect(
+            client.clone(),
+            LeaseSettings::new(&args.namespace, &args.lease_name, &instance),
+        )
+    } else {
+        Leadership::always()
+    };
+    let options = Options {
+        settings: Settings {
+            concurrency: args.concurrency,
+            instance,
+        },
+        health_addr: Some(args.health_addr),
+        webhook,
+    };
+    operator::run(client, options, leadership).await?;
     info!("tooljet-operator stopped");
     Ok(())
 }

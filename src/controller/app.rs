@@ -24,9 +24,9 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::{
-    APP_LABEL, Context, ENVIRONMENT_LABEL, ERROR_REQUEUE, Error, HASH_ANNOTATION, KIND_LABEL,
-    MANAGER, Settings, apply_status, appversion, condition, envconfig, publish,
-    secrets::app_label_value, set_condition,
+    APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER, Settings,
+    apply_status, appversion, condition, envconfig, publish, secrets::app_label_value,
+    set_condition,
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
@@ -176,7 +176,9 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
 
 #[instrument(skip_all, fields(kind = "ToolJetApp", namespace = app.namespace().unwrap_or_default(), name = app.name_any()))]
 pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     ctx.wait_for_caches().await;
+    ctx.may_write()?;
     let ns = app.namespace().ok_or(Error::NoNamespace)?;
     if app.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -196,7 +198,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     }
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout_problems);
-    apply_status(&ctx.client, &*app, app.status.as_ref(), &status).await?;
+    apply_status(&ctx, "tooljetapp", &*app, app.status.as_ref(), &status).await?;
 
     if let Some(record) = record {
         let by = record
@@ -210,6 +212,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
             ("Released", "released")
         };
         info!(version = %record.version, rollback = record.rollback, "release");
+        ctx.metrics.releases.inc();
         publish(
             &ctx.recorder,
             &*app,
@@ -243,6 +246,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
+    ctx.metrics.reconciled("tooljetapp", started.elapsed());
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
@@ -254,7 +258,13 @@ async fn roll_out(
     ns: &str,
     target: &RolloutTarget,
 ) -> Result<Vec<String>, Error> {
-    let hash = appversion::resolve(ctx, ns, &app.name_any(), &target.environment).hash;
+    let hash = appversion::resolve(
+        &ctx.managed_secrets,
+        ns,
+        &app.name_any(),
+        &target.environment,
+    )
+    .hash;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let mut deployments = BTreeMap::new();
     let mut missing = vec![];
@@ -288,12 +298,14 @@ async fn roll_out(
             "metadata": { "name": name },
             "spec": { "template": { "metadata": { "annotations": { HASH_ANNOTATION: hash } } } },
         });
+        ctx.may_write()?;
         api.patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
+        ctx.metrics.wrote("tooljetapp", "deployment");
         info!(deployment = %name, environment = %target.environment, %hash, "rollout: configuration hash stamped");
         publish(
             &ctx.recorder,
@@ -448,9 +460,11 @@ fn desired_status(
     (status, record)
 }
 
-pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = app.namespace().unwrap_or_default(), name = %app.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    if !matches!(error, Error::NotLeader) {
+        warn!(namespace = app.namespace().unwrap_or_default(), name = %app.name_any(), %error, "reconcile failed; retrying");
+    }
+    ctx.error_action("tooljetapp", error)
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    APP_LABEL, Context, ENVIRONMENT_LABEL, ERROR_REQUEUE, Error, KIND_LABEL, Settings,
-    apply_status, condition, envconfig, publish,
+    APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
+    envconfig, publish,
     secrets::{Change, app_label_value, ensure_secret, managed_secret},
     set_condition,
 };
@@ -112,13 +112,13 @@ fn affected_by_secret(versions: &Store<AppVersion>, secret: &Secret) -> Vec<Obje
 
 /// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
 /// first. Reads only the cache.
-pub fn resolve(ctx: &Context, ns: &str, app: &str, environment: &str) -> Materialized {
+pub fn resolve(managed: &Store<Secret>, ns: &str, app: &str, environment: &str) -> Materialized {
     let layers: Vec<BTreeMap<String, Vec<u8>>> = [
         secret_name(None, environment),
         secret_name(Some(app), environment),
     ]
     .iter()
-    .filter_map(|name| ctx.managed_secrets.get(&ObjectRef::new(name).within(ns)))
+    .filter_map(|name| managed.get(&ObjectRef::new(name).within(ns)))
     .map(|s| {
         s.data
             .clone()
@@ -133,7 +133,9 @@ pub fn resolve(ctx: &Context, ns: &str, app: &str, environment: &str) -> Materia
 
 #[instrument(skip_all, fields(kind = "AppVersion", namespace = v.namespace().unwrap_or_default(), name = v.name_any()))]
 pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     ctx.wait_for_caches().await;
+    ctx.may_write()?;
     let ns = v.namespace().ok_or(Error::NoNamespace)?;
     let name = v.name_any();
     if v.metadata.deletion_timestamp.is_some() {
@@ -141,7 +143,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     }
     let environment = v.spec.environment.as_str();
     let app = ctx.apps.get(&ObjectRef::new(&v.spec.app).within(&ns));
-    let resolved = resolve(&ctx, &ns, &v.spec.app, environment);
+    let resolved = resolve(&ctx.managed_secrets, &ns, &v.spec.app, environment);
     let requires = v.spec.requires.clone().unwrap_or_default();
     let missing = missing_requirements(
         &requires.data_sources,
@@ -174,7 +176,8 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
             Some(&v.spec.app),
             &resolved,
         );
-        let change = ensure_secret(&secrets, existing.as_deref(), &desired).await?;
+        let change =
+            ensure_secret(&ctx, "appversion", &secrets, existing.as_deref(), &desired).await?;
         match change {
             Some(c) => {
                 info!(secret = %target, environment, hash = %resolved.hash, change = ?c, "resolved config written")
@@ -186,8 +189,12 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
 
     let (status, promotion) =
         desired_status(&v, app.as_deref(), &resolved, &missing, &target, taken);
-    apply_status(&ctx.client, &*v, v.status.as_ref(), &status).await?;
+    apply_status(&ctx, "appversion", &*v, v.status.as_ref(), &status).await?;
     report(&v, &ctx, &status, promotion.as_ref(), change).await;
+    if promotion.is_some() {
+        ctx.metrics.promotions.inc();
+    }
+    ctx.metrics.reconciled("appversion", started.elapsed());
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
@@ -421,9 +428,11 @@ async fn report(
     }
 }
 
-pub fn error_policy(v: Arc<AppVersion>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = v.namespace().unwrap_or_default(), name = %v.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Action {
+    if !matches!(error, Error::NotLeader) {
+        warn!(namespace = v.namespace().unwrap_or_default(), name = %v.name_any(), %error, "reconcile failed; retrying");
+    }
+    ctx.error_action("appversion", error)
 }
 
 #[cfg(test)]

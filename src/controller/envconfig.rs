@@ -22,7 +22,7 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    Context, ERROR_REQUEUE, Error, RECHECK, RefIndex, Settings, apply_status, condition, publish,
+    Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, publish,
     secrets::{Change, ensure_secret, managed_secret},
     set_condition,
 };
@@ -115,7 +115,9 @@ enum Outcome {
 
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     ctx.wait_for_caches().await;
+    ctx.may_write()?;
     let ns = cfg.namespace().ok_or(Error::NoNamespace)?;
     let name = cfg.name_any();
     if cfg.metadata.deletion_timestamp.is_some() {
@@ -127,6 +129,8 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
 
     let outcome = outcome(&cfg, &ctx, &ns, referenced).await?;
     report(&cfg, &ctx, &outcome).await?;
+    ctx.metrics
+        .reconciled("environmentconfig", started.elapsed());
     Ok(match outcome {
         Outcome::Materialized { .. } => Action::requeue(Duration::from_secs(3600)),
         Outcome::Conflict(_) | Outcome::SecretTaken(_) => Action::requeue(Duration::from_secs(60)),
@@ -185,7 +189,14 @@ async fn outcome(
         cfg.spec.app.as_deref(),
         &materialized,
     );
-    let change = ensure_secret(&secrets, existing.as_deref(), &desired).await?;
+    let change = ensure_secret(
+        ctx,
+        "environmentconfig",
+        &secrets,
+        existing.as_deref(),
+        &desired,
+    )
+    .await?;
     match change {
         Some(change) => {
             info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret")
@@ -197,7 +208,10 @@ async fn outcome(
     if let Some(previous) = cfg.status.as_ref().and_then(|s| s.secret_name.as_deref())
         && previous != target
     {
-        delete_if_owned(&secrets, previous, cfg).await?;
+        ctx.may_write()?;
+        if delete_if_owned(&secrets, previous, cfg).await? {
+            ctx.metrics.wrote("environmentconfig", "secret");
+        }
     }
     Ok(Outcome::Materialized {
         materialized,
@@ -233,9 +247,9 @@ async fn delete_if_owned(
     api: &Api<Secret>,
     name: &str,
     cfg: &EnvironmentConfig,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let Some(old) = api.get_opt(name).await? else {
-        return Ok(());
+        return Ok(false);
     };
     let owned = old
         .owner_references()
@@ -252,7 +266,7 @@ async fn delete_if_owned(
         api.delete(name, &params).await?;
         info!(secret = %name, "deleted the Secret of the config's previous app or environment");
     }
-    Ok(())
+    Ok(owned)
 }
 
 /// The status for an outcome, built on the current one (pure).
@@ -335,7 +349,7 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
         (&b.status, &b.reason, &b.message) != (&after.status, &after.reason, &after.message)
     });
 
-    apply_status(&ctx.client, cfg, cfg.status.as_ref(), &status).await?;
+    apply_status(ctx, "environmentconfig", cfg, cfg.status.as_ref(), &status).await?;
 
     match outcome {
         Outcome::Materialized {
@@ -382,9 +396,11 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
     Ok(())
 }
 
-pub fn error_policy(cfg: Arc<EnvironmentConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = cfg.namespace().unwrap_or_default(), name = %cfg.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(ERROR_REQUEUE)
+pub fn error_policy(cfg: Arc<EnvironmentConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    if !matches!(error, Error::NotLeader) {
+        warn!(namespace = cfg.namespace().unwrap_or_default(), name = %cfg.name_any(), %error, "reconcile failed; retrying");
+    }
+    ctx.error_action("environmentconfig", error)
 }
 
 #[cfg(test)]

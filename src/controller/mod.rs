@@ -16,10 +16,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{PartialObjectMeta, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::{
         WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Recorder},
         reflector::{self, Store},
         watcher,
     },
@@ -29,7 +29,11 @@ use tracing::warn;
 
 pub use refs::RefIndex;
 
-use crate::api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp};
+use crate::{
+    api::{AppVersion, EnvironmentConfig, ToolJetApp},
+    leader::Leadership,
+    metrics::Metrics,
+};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tooljet-operator";
@@ -48,6 +52,21 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no namespace")]
     NoNamespace,
+    /// This replica is not (or no longer) the leader: nothing is written.
+    #[error("not the leader")]
+    NotLeader,
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "ApiError",
+            Error::Kube(_) => "ClientError",
+            Error::NoNamespace => "NoNamespace",
+            Error::NotLeader => "NotLeader",
+        }
+    }
 }
 
 /// What every reconciler gets.
@@ -64,6 +83,8 @@ pub struct Context {
     pub configs: Store<EnvironmentConfig>,
     pub versions: Store<AppVersion>,
     pub apps: Store<ToolJetApp>,
+    pub metrics: Arc<Metrics>,
+    pub leadership: Arc<Leadership>,
 }
 
 impl Context {
@@ -71,6 +92,31 @@ impl Context {
     /// (which would write wrong status or Secrets right after a start). Immediate once ready.
     pub async fn wait_for_caches(&self) {
         self.readiness.wait().await;
+    }
+
+    /// Fencing: every write is preceded by this check.
+    pub fn may_write(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// The shared error policy: transient errors are retried; a follower waits for leadership
+    /// (which reconciles everything again).
+    pub fn error_action(
+        &self,
+        controller: &'static str,
+        error: &Error,
+    ) -> kube::runtime::controller::Action {
+        match error {
+            Error::NotLeader => kube::runtime::controller::Action::await_change(),
+            _ => {
+                self.metrics.failed(controller, error.reason());
+                kube::runtime::controller::Action::requeue(ERROR_REQUEUE)
+            }
+        }
     }
 }
 
@@ -149,116 +195,10 @@ pub struct Settings {
     pub instance: String,
 }
 
-/// Runs every controller until SIGTERM / Ctrl-C.
-pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: Some(settings.instance.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
-
-    let readiness = Readiness::new(&[
-        "managed Secrets",
-        "EnvironmentConfigs",
-        "AppVersions",
-        "ToolJetApps",
-    ]);
-    let (managed_secrets, managed_events) = cached(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        readiness.clone(),
-        "managed Secrets",
-    );
-    // Metadata only, and not the operator's own Secrets: enough to notice a rotation.
-    let referenced_stream = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
-    )
-    .default_backoff()
-    .touched_objects();
-    let any = || watcher::Config::default().any_semantic();
-    let (configs, config_events) = cached(
-        Api::<EnvironmentConfig>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "EnvironmentConfigs",
-    );
-    let (versions, version_events) = cached(
-        Api::<AppVersion>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "AppVersions",
-    );
-    let (apps, app_events) = cached(
-        Api::<ToolJetApp>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "ToolJetApps",
-    );
-
-    let refs = Arc::new(RefIndex::default());
-    let (fan_out_task, [for_configs, for_versions, for_apps]) =
-        fan_out(managed_events.touched_objects());
-    let envconfigs = envconfig::controller(
-        client.clone(),
-        &settings,
-        (configs.clone(), config_events.applied_objects()),
-        refs.clone(),
-        for_configs,
-        referenced_stream,
-    );
-    let version_controller = appversion::controller(
-        client.clone(),
-        &settings,
-        (versions.clone(), version_events.applied_objects()),
-        for_versions,
-    );
-    let app_controller = app::controller(
-        client.clone(),
-        &settings,
-        (apps.clone(), app_events.applied_objects()),
-        for_apps,
-    );
-    let ctx = Arc::new(Context {
-        client,
-        recorder,
-        managed_secrets,
-        refs,
-        readiness,
-        configs,
-        versions,
-        apps,
-    });
-
-    tokio::spawn(fan_out_task);
-    tokio::join!(
-        envconfigs
-            .shutdown_on_signal()
-            .run(envconfig::reconcile, envconfig::error_policy, ctx.clone())
-            .for_each(drain),
-        version_controller
-            .shutdown_on_signal()
-            .run(appversion::reconcile, appversion::error_policy, ctx.clone())
-            .for_each(drain),
-        app_controller
-            .shutdown_on_signal()
-            .run(app::reconcile, app::error_policy, ctx)
-            .for_each(drain),
-    );
-    Ok(())
-}
-
-/// Consumes a controller's result stream; reconcile errors are logged by the error policies.
-async fn drain<T, E: std::fmt::Display>(result: Result<T, E>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "controller stream");
-    }
-}
-
 /// Feeds one watch stream to `N` consumers (each controller triggers on the managed Secrets; the
 /// Secrets are watched and cached once). Watch errors are retried by the source's backoff and are
 /// not forwarded.
-fn fan_out<T: Clone + Send + 'static, const N: usize>(
+pub fn fan_out<T: Clone + Send + 'static, const N: usize>(
     source: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
 ) -> (
     impl std::future::Future<Output = ()> + Send,
@@ -325,9 +265,11 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
     }
 }
 
-/// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`.
+/// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`
+/// (no write on a converged object). Returns whether it wrote.
 pub async fn apply_status<K, S>(
-    client: &Client,
+    ctx: &Context,
+    controller: &'static str,
     obj: &K,
     current: Option<&S>,
     status: &S,
@@ -342,8 +284,9 @@ where
     if current == Some(status) {
         return Ok(false);
     }
+    ctx.may_write()?;
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -355,6 +298,7 @@ where
         &Patch::Apply(&body),
     )
     .await?;
+    ctx.metrics.wrote(controller, "status");
     Ok(true)
 }
 

@@ -13,7 +13,7 @@ use kube::{
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{APP_LABEL, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER};
+use super::{APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER};
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     materialize::Materialized,
@@ -115,13 +115,18 @@ pub fn change(existing: Option<&Secret>, desired: &Secret) -> Option<Change> {
 
 /// Writes `desired` when `existing` differs; returns what changed.
 pub async fn ensure_secret(
+    ctx: &Context,
+    controller: &'static str,
     api: &Api<Secret>,
     existing: Option<&Secret>,
     desired: &Secret,
 ) -> Result<Option<Change>, Error> {
     let change = change(existing, desired);
     if change.is_some() {
+        ctx.may_write()?;
         apply_secret(api, desired).await?;
+        ctx.metrics.wrote(controller, "secret");
+        ctx.metrics.materializations.inc();
     }
     Ok(change)
 }

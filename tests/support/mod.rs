@@ -2,6 +2,8 @@
 //! namespace per test, and the CRDs installed.
 #![allow(dead_code)]
 
+pub mod admission;
+
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -79,8 +81,15 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator. Must be called from a thread that outlives it (PR_SET_PDEATHSIG).
+    /// Starts the operator without a webhook. Must be called from a thread that outlives it
+    /// (PR_SET_PDEATHSIG).
     pub fn start(name: &str) -> Operator {
+        let health = format!("127.0.0.1:{}", free_port());
+        Operator::start_with(name, &["--no-webhook", "--health-addr", &health])
+    }
+
+    /// Starts the operator with these arguments.
+    pub fn start_with(name: &str, args: &[&str]) -> Operator {
         use std::os::unix::process::CommandExt;
         let shared = testenv::shared();
         let log = shared.dir.join(format!(
@@ -89,7 +98,8 @@ impl Operator {
         ));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tooljet-operator"));
-        cmd.env("KUBECONFIG", &shared.kubeconfig)
+        cmd.args(args)
+            .env("KUBECONFIG", &shared.kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("TOOLJET_TEST_LOG")
@@ -137,14 +147,34 @@ impl Drop for Operator {
     }
 }
 
-/// One operator shared by every test of this binary, started on first use.
 static SHARED_OPERATOR_LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One operator shared by every test of this binary, started on first use.
 pub fn shared_operator() -> &'static std::path::Path {
+    shared_operator_with(&[])
+}
+
+/// The shared operator, started with `args` on first use (later calls' args are ignored).
+pub fn shared_operator_with(args: &[&str]) -> &'static std::path::Path {
     SHARED_OPERATOR_LOG.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         std::thread::spawn(move || {
-            let operator = Operator::start("shared");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let operator = if args.is_empty() {
+                Operator::start("shared")
+            } else {
+                Operator::start_with("shared", &args)
+            };
             tx.send(operator.log.clone()).unwrap();
             let _keep = operator;
             loop {
@@ -153,6 +183,18 @@ pub fn shared_operator() -> &'static std::path::Path {
         });
         rx.recv().unwrap()
     })
+}
+
+/// A client that acts as `user` in `groups` (impersonation by the admin).
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let shared = testenv::shared();
+    let kubeconfig = Kubeconfig::read_from(&shared.kubeconfig).expect("kubeconfig is readable");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is valid");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).expect("client builds")
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -220,9 +220,35 @@ fn kubectl(args: &[&str]) -> Result<String> {
     testenv::kubectl(&kubeconfig(), args)
 }
 
+/// Where `cargo xtask up` runs the operator's webhook and health endpoints.
+const WEBHOOK_ADDR: &str = "127.0.0.1:9443";
+const HEALTH_ADDR: &str = "127.0.0.1:8080";
+
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while !check() {
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
 fn up(detach: bool) -> Result<()> {
     start()?;
     let root = root();
+    let local = local_dir();
     println!("Installing the CRDs from crds/ ...");
     kubectl(&[
         "apply",
@@ -239,32 +265,111 @@ fn up(detach: bool) -> Result<()> {
         "-l",
         "app.kubernetes.io/part-of=tooljet-operator",
     ])?;
+    kubectl(&[
+        "create",
+        "namespace",
+        "tooljet-system",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ])
+    .and_then(|yaml| {
+        let path = local.join("namespace.yaml");
+        std::fs::write(&path, yaml)?;
+        kubectl(&["apply", "-f", &path.display().to_string()])
+    })?;
     println!("Building the operator ...");
-    run_cmd(cargo().args(["build", "--quiet", "--bin", "tooljet-operator"]))?;
+    run_cmd(cargo().args([
+        "build",
+        "--quiet",
+        "--bin",
+        "tooljet-operator",
+        "--bin",
+        "crdgen",
+    ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("tooljet-operator");
-    let mut operator = Command::new(&bin);
-    operator.env("KUBECONFIG", kubeconfig()).env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    let bin = |name: &str| target.join("debug").join(name);
+
+    if http_status(HEALTH_ADDR, "/healthz").is_some()
+        || std::net::TcpListener::bind(WEBHOOK_ADDR).is_err()
+    {
+        bail!(
+            "{WEBHOOK_ADDR} or {HEALTH_ADDR} is in use (an operator from an earlier `cargo xtask up`?); stop it first"
+        );
+    }
+    println!(
+        "Registering the admission webhook (https://{WEBHOOK_ADDR}), policy and user roles ..."
     );
-    let log_path = local_dir().join("logs").join("operator.log");
+    let admission = Command::new(bin("crdgen"))
+        .args([
+            "admission",
+            "--webhook-url",
+            &format!("https://{WEBHOOK_ADDR}"),
+        ])
+        .output()?;
+    if !admission.status.success() {
+        bail!(
+            "crdgen admission failed: {}",
+            String::from_utf8_lossy(&admission.stderr)
+        );
+    }
+    let admission_path = local.join("admission.yaml");
+    std::fs::write(&admission_path, &admission.stdout)?;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &admission_path.display().to_string(),
+    ])?;
+
+    let mut operator = Command::new(bin("tooljet-operator"));
+    operator
+        .args([
+            "--namespace",
+            "tooljet-system",
+            "--webhook-addr",
+            WEBHOOK_ADDR,
+            "--webhook-host",
+            "127.0.0.1",
+            "--health-addr",
+            HEALTH_ADDR,
+        ])
+        .env("KUBECONFIG", kubeconfig())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    let log_path = local.join("logs").join("operator.log");
     if detach {
         let log = std::fs::File::create(&log_path)?;
         operator.stdout(log.try_clone()?).stderr(log);
     }
     let mut child = operator
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    std::thread::sleep(Duration::from_secs(1));
+        .with_context(|| "starting the operator".to_string())?;
+    wait_for("the operator's /readyz", Duration::from_secs(60), || {
+        http_status(HEALTH_ADDR, "/readyz") == Some(200) || matches!(child.try_wait(), Ok(Some(_)))
+    })?;
     if let Some(status) = child.try_wait()? {
         bail!(
             "the operator exited at start ({status}); see {}",
             log_path.display()
         );
     }
+    wait_for("the webhook's caBundle", Duration::from_secs(30), || {
+        kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "tooljet-operator",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+        .is_ok_and(|ca| !ca.trim().is_empty())
+    })?;
+
     println!("Applying examples/ ...");
     kubectl(&[
         "apply",
@@ -275,16 +380,38 @@ fn up(detach: bool) -> Result<()> {
             .display()
             .to_string(),
     ])?;
+    // The webhook judges versions against their app: apply the app (and everything else) first.
+    let examples = root.join("examples");
+    for file in [
+        "secrets.yaml",
+        "app.yaml",
+        "environment-configs.yaml",
+        "workspace-configs.yaml",
+    ] {
+        kubectl(&["apply", "-f", &examples.join(file).display().to_string()])?;
+    }
+    wait_for(
+        "the webhook to see app crm",
+        Duration::from_secs(30),
+        || {
+            kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &examples.join("versions.yaml").display().to_string(),
+            ])
+            .is_ok()
+        },
+    )?;
     kubectl(&[
         "apply",
-        "-R",
         "-f",
-        &root.join("examples").display().to_string(),
+        &examples.join("versions.yaml").display().to_string(),
     ])?;
     std::thread::sleep(Duration::from_secs(2));
     println!("{}", kubectl(&["get", "tooljet", "-A"])?);
     if detach {
-        let pids_file = local_dir().join("pids");
+        let pids_file = local.join("pids");
         let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
         pids.push_str(&format!("\n{}", child.id()));
         std::fs::write(&pids_file, pids)?;

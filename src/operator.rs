@@ -1,0 +1,241 @@
+//! The operator process: caches, controllers, admission webhook, health and metrics, wired
+//! together. Every replica keeps the caches and serves the webhook; only the leader reconciles.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Result;
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::PartialObjectMeta,
+    runtime::{
+        WatchStreamExt,
+        events::{Recorder, Reporter},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp},
+    controller::{
+        self, Context, MANAGER, Readiness, RefIndex, Settings, app, appversion, cached, envconfig,
+    },
+    leader::Leadership,
+    metrics::Metrics,
+    webhook::{certs, server},
+};
+
+/// The admission webhook's listener and certificate.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    pub addr: SocketAddr,
+    pub certs: certs::Source,
+}
+
+/// Everything the process needs to know.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub settings: Settings,
+    /// `/metrics`, `/healthz`, `/readyz` (plain HTTP).
+    pub health_addr: Option<SocketAddr>,
+    pub webhook: Option<WebhookOptions>,
+}
+
+/// Runs until SIGTERM / Ctrl-C (graceful) or until a component fails.
+pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) -> Result<()> {
+    let settings = options.settings.clone();
+    let metrics = Arc::new(Metrics::default());
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(settings.instance.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+
+    let readiness = Readiness::new(&[
+        "managed Secrets",
+        "EnvironmentConfigs",
+        "AppVersions",
+        "ToolJetApps",
+    ]);
+    let (managed_secrets, managed_events) = cached(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        readiness.clone(),
+        "managed Secrets",
+    );
+    // Metadata only, and not the operator's own Secrets: enough to notice a rotation.
+    let referenced_stream = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
+    )
+    .default_backoff()
+    .touched_objects();
+    let any = || watcher::Config::default().any_semantic();
+    let (configs, config_events) = cached(
+        Api::<EnvironmentConfig>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "EnvironmentConfigs",
+    );
+    let (versions, version_events) = cached(
+        Api::<AppVersion>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "AppVersions",
+    );
+    let (apps, app_events) = cached(
+        Api::<ToolJetApp>::all(client.clone()),
+        any(),
+        readiness.clone(),
+        "ToolJetApps",
+    );
+
+    // The webhook and the health endpoints, on every replica.
+    let resolver = Arc::new(certs::ReloadingResolver::default());
+    if let Some(webhook) = &options.webhook {
+        let state = Arc::new(server::WebhookState {
+            client: client.clone(),
+            versions: versions.clone(),
+            apps: apps.clone(),
+            managed_secrets: managed_secrets.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+        });
+        let cert_client = client.clone();
+        let source = webhook.certs.clone();
+        let cert_resolver = resolver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = certs::run(cert_client, source, cert_resolver).await {
+                tracing::error!(error = %format!("{e:#}"), "webhook certificate unavailable; the webhook cannot serve");
+            }
+        });
+        let addr = webhook.addr;
+        let router = server::router(state);
+        let serving = resolver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(addr, router, serving).await {
+                tracing::error!(error = %format!("{e:#}"), "admission webhook stopped");
+                std::process::exit(1);
+            }
+        });
+    }
+    if let Some(addr) = options.health_addr {
+        let health = Arc::new(Health {
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            resolver: options.webhook.as_ref().map(|_| resolver.clone()),
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(async move {
+            let app = Router::new()
+                .route("/metrics", get(metrics_text))
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(ready))
+                .with_state(health);
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "health server stopped");
+            }
+        });
+    }
+
+    let refs = Arc::new(RefIndex::default());
+    let (fan_out_task, [for_configs, for_versions, for_apps]) =
+        controller::fan_out(managed_events.touched_objects());
+    let envconfigs = envconfig::controller(
+        client.clone(),
+        &settings,
+        (configs.clone(), config_events.applied_objects()),
+        refs.clone(),
+        for_configs,
+        referenced_stream,
+    );
+    let version_controller = appversion::controller(
+        client.clone(),
+        &settings,
+        (versions.clone(), version_events.applied_objects()),
+        for_versions,
+    );
+    let app_controller = app::controller(
+        client.clone(),
+        &settings,
+        (apps.clone(), app_events.applied_objects()),
+        for_apps,
+    );
+    let ctx = Arc::new(Context {
+        client,
+        recorder,
+        managed_secrets,
+        refs,
+        readiness,
+        configs,
+        versions,
+        apps,
+        metrics,
+        leadership: leadership.clone(),
+    });
+
+    tokio::spawn(fan_out_task);
+    // When this replica becomes the leader, everything is reconciled once.
+    let all = || leadership.acquisitions();
+    tokio::join!(
+        envconfigs
+            .reconcile_all_on(all())
+            .shutdown_on_signal()
+            .run(envconfig::reconcile, envconfig::error_policy, ctx.clone())
+            .for_each(drain),
+        version_controller
+            .reconcile_all_on(all())
+            .shutdown_on_signal()
+            .run(appversion::reconcile, appversion::error_policy, ctx.clone())
+            .for_each(drain),
+        app_controller
+            .reconcile_all_on(all())
+            .shutdown_on_signal()
+            .run(app::reconcile, app::error_policy, ctx)
+            .for_each(drain),
+    );
+    Ok(())
+}
+
+/// Consumes a controller's result stream; reconcile errors are logged by the error policies.
+async fn drain<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "controller stream");
+    }
+}
+
+struct Health {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    resolver: Option<Arc<certs::ReloadingResolver>>,
+}
+
+async fn metrics_text(
+    State(health): State<Arc<Health>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.render(),
+    )
+}
+
+/// Ready when the caches are synced and, with a webhook, its certificate is loaded.
+async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if !health.readiness.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced");
+    }
+    if health.resolver.as_ref().is_some_and(|r| !r.is_loaded()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook certificate not loaded",
+        );
+    }
+    (StatusCode::OK, "ok")
+}

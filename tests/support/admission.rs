@@ -1,0 +1,368 @@
+//! The admission webhook environment shared by the webhook test binaries: the operator with its
+//! webhook, the admission configuration pointing at it, the user roles, and a workspace.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        ValidatingWebhookConfiguration,
+    },
+    core::v1::Namespace,
+    rbac::v1::{ClusterRole, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tooljet_operator::webhook::config::{self, Endpoint};
+
+use super as support;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The operator with its webhook, and the admission configuration pointing at it.
+pub struct WebhookEnv {
+    pub health: String,
+    pub webhook_url: String,
+}
+
+static ENV: tokio::sync::OnceCell<Arc<WebhookEnv>> = tokio::sync::OnceCell::const_new();
+
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub async fn env() -> Arc<WebhookEnv> {
+    ENV.get_or_init(|| async {
+        let client = support::client().await;
+        support::install_crds(&client).await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": "tooljet-system" } })).unwrap();
+        let _ = namespaces.create(&PostParams::default(), &ns).await;
+
+        let webhook_port = support::free_port();
+        let health = format!("127.0.0.1:{}", support::free_port());
+        let addr = format!("127.0.0.1:{webhook_port}");
+        support::shared_operator_with(&[
+            "--webhook-addr",
+            &addr,
+            "--webhook-host",
+            "127.0.0.1",
+            "--namespace",
+            "tooljet-system",
+            "--health-addr",
+            &health,
+        ]);
+
+        let apply = PatchParams::apply("tests").force();
+        let endpoint = Endpoint::Url(format!("https://{addr}"));
+        let validating = config::validating(&endpoint, None);
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .patch(
+                config::CONFIGURATION_NAME,
+                &apply,
+                &Patch::Apply(&with_kind(
+                    &validating,
+                    "admissionregistration.k8s.io/v1",
+                    "ValidatingWebhookConfiguration",
+                )),
+            )
+            .await
+            .unwrap();
+        let mutating = config::mutating(&endpoint, None);
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .patch(
+                config::CONFIGURATION_NAME,
+                &apply,
+                &Patch::Apply(&with_kind(
+                    &mutating,
+                    "admissionregistration.k8s.io/v1",
+                    "MutatingWebhookConfiguration",
+                )),
+            )
+            .await
+            .unwrap();
+        let (policy, binding) = config::policy();
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .patch(
+                config::POLICY_NAME,
+                &apply,
+                &Patch::Apply(&with_kind(
+                    &policy,
+                    "admissionregistration.k8s.io/v1",
+                    "ValidatingAdmissionPolicy",
+                )),
+            )
+            .await
+            .unwrap();
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .patch(
+                config::POLICY_NAME,
+                &apply,
+                &Patch::Apply(&with_kind(
+                    &binding,
+                    "admissionregistration.k8s.io/v1",
+                    "ValidatingAdmissionPolicyBinding",
+                )),
+            )
+            .await
+            .unwrap();
+        for role in config::user_roles() {
+            Api::<ClusterRole>::all(client.clone())
+                .patch(
+                    &role.name_any(),
+                    &apply,
+                    &Patch::Apply(&with_kind(
+                        &role,
+                        "rbac.authorization.k8s.io/v1",
+                        "ClusterRole",
+                    )),
+                )
+                .await
+                .unwrap();
+        }
+
+        // Ready: caches synced and certificate loaded, and the caBundle is in place.
+        let h = health.clone();
+        support::eventually(Duration::from_secs(60), "the operator's /readyz", || {
+            let h = h.clone();
+            async move {
+                http_get(&h, "/readyz")
+                    .await
+                    .filter(|(code, _)| *code == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+        let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+        let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+        support::eventually(WAIT, "caBundle set by the operator", || {
+            let (v, m) = (validating_api.clone(), mutating_api.clone());
+            async move {
+                let v = v.get(config::CONFIGURATION_NAME).await.ok()?;
+                let m = m.get(config::CONFIGURATION_NAME).await.ok()?;
+                let all = v
+                    .webhooks?
+                    .iter()
+                    .all(|w| w.client_config.ca_bundle.is_some())
+                    && m.webhooks?
+                        .iter()
+                        .all(|w| w.client_config.ca_bundle.is_some());
+                all.then_some(())
+            }
+        })
+        .await;
+        Arc::new(WebhookEnv {
+            health,
+            webhook_url: format!("https://{addr}"),
+        })
+    })
+    .await
+    .clone()
+}
+
+pub fn with_kind<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> Value {
+    let mut v = serde_json::to_value(obj).unwrap();
+    v["apiVersion"] = json!(api_version);
+    v["kind"] = json!(kind);
+    v
+}
+
+pub fn ar(kind: &str) -> ApiResource {
+    let plural = match kind {
+        "AppVersion" => "appversions",
+        "ToolJetApp" => "tooljetapps",
+        "EnvironmentConfig" => "environmentconfigs",
+        other => panic!("{other}"),
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("tooljet.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+/// A workspace: app crm (default pipeline), configs for every stage, and versions in each stage.
+pub struct Workspace {
+    pub ns: String,
+    pub admin: Client,
+    pub alice: Client,
+    pub bob: Client,
+    pub carol: Client,
+    pub operator: Client,
+}
+
+impl Workspace {
+    pub async fn new(prefix: &str) -> Workspace {
+        env().await;
+        let admin = support::client().await;
+        let ns = support::namespace(&admin, prefix).await;
+        let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+        for (user, role) in [
+            ("alice", "tooljet-developer"),
+            ("bob", "tooljet-promoter"),
+            ("bob", "tooljet-developer"),
+            ("carol", "tooljet-release-manager"),
+        ] {
+            let binding: RoleBinding = serde_json::from_value(json!({
+                "metadata": { "name": format!("{user}-{role}") },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+                "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
+            }))
+            .unwrap();
+            bindings
+                .create(&PostParams::default(), &binding)
+                .await
+                .unwrap();
+        }
+        let w = Workspace {
+            alice: support::client_as("alice", &["developers"]).await,
+            bob: support::client_as("bob", &["promoters"]).await,
+            carol: support::client_as("carol", &["release-managers"]).await,
+            operator: support::client_as(
+                "system:serviceaccount:tooljet-system:tooljet-operator",
+                &["system:serviceaccounts"],
+            )
+            .await,
+            admin,
+            ns,
+        };
+        w.create(
+            &w.admin,
+            "ToolJetApp",
+            "crm",
+            json!({ "environments": ["development", "staging", "production"] }),
+        )
+        .await
+        .unwrap();
+        for env in ["development", "staging", "production"] {
+            w.create(
+                &w.admin,
+                "EnvironmentConfig",
+                &format!("crm-{env}"),
+                json!({ "app": "crm", "environment": env, "constants": [{ "name": "API_URL", "type": "Global", "value": format!("https://{env}") }] }),
+            )
+            .await
+            .unwrap();
+        }
+        // The webhook reads the app from its cache: wait until it is there.
+        let probe = w.clone_admin();
+        let ns = w.ns.clone();
+        support::eventually(WAIT, "the webhook sees app crm", || {
+            let (probe, ns) = (probe.clone(), ns.clone());
+            async move {
+                let api: Api<DynamicObject> = Api::namespaced_with(probe, &ns, &ar("AppVersion"));
+                let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": "probe" },
+                                   "spec": { "app": "crm", "versionName": "probe" } });
+                let dry = PostParams { dry_run: true, ..Default::default() };
+                api.create(&dry, &serde_json::from_value(body).unwrap()).await.ok().map(|_| ())
+            }
+        })
+        .await;
+        for (name, target) in [
+            ("v-dev", "development"),
+            ("v-stg", "staging"),
+            ("v-prod", "production"),
+        ] {
+            w.create(&w.admin, "AppVersion", name, json!({ "app": "crm", "versionName": name, "description": "d", "definition": { "pages": [] } }))
+                .await
+                .unwrap();
+            for stage in ["staging", "production"] {
+                if target == "development" || (target == "staging" && stage == "production") {
+                    break;
+                }
+                w.promote(&w.admin, name, stage).await.unwrap();
+            }
+        }
+        w
+    }
+
+    pub fn clone_admin(&self) -> Client {
+        self.admin.clone()
+    }
+
+    pub fn api(&self, client: &Client, kind: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.ns, &ar(kind))
+    }
+
+    pub async fn create(
+        &self,
+        client: &Client,
+        kind: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<DynamicObject, String> {
+        let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": kind, "metadata": { "name": name }, "spec": spec });
+        self.api(client, kind)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .map_err(msg)
+    }
+
+    pub async fn merge(
+        &self,
+        client: &Client,
+        kind: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<DynamicObject, String> {
+        self.api(client, kind)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(msg)
+    }
+
+    pub async fn promote(
+        &self,
+        client: &Client,
+        name: &str,
+        to: &str,
+    ) -> Result<DynamicObject, String> {
+        self.merge(
+            client,
+            "AppVersion",
+            name,
+            json!({ "spec": { "environment": to } }),
+        )
+        .await
+    }
+
+    pub async fn get(&self, kind: &str, name: &str) -> Option<DynamicObject> {
+        self.api(&self.admin, kind).get_opt(name).await.unwrap()
+    }
+}
+
+pub fn msg(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message,
+        other => other.to_string(),
+    }
+}
+
+pub fn denied(result: Result<DynamicObject, String>, expect: &str) {
+    match result {
+        Ok(obj) => panic!(
+            "allowed, expected a denial mentioning {expect:?}: {}",
+            obj.name_any()
+        ),
+        Err(m) => assert!(m.contains(expect), "denial {m:?} lacks {expect:?}"),
+    }
+}
