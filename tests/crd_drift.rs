@@ -64,3 +64,23 @@ fn every_schema_property_has_a_description() {
         );
     }
 }
+
+#[test]
+fn the_chart_ships_the_same_crds_and_generated_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for crd in api::crds() {
+        let file = api::crd_file_name(&crd);
+        let chart = std::fs::read_to_string(root.join("charts/tooljet-operator/crds").join(&file))
+            .unwrap_or_default();
+        assert!(
+            chart == api::crd_yaml(&crd),
+            "charts/tooljet-operator/crds/{file} is out of date; run `cargo xtask crdgen`"
+        );
+    }
+    let policy = std::fs::read_to_string(root.join("charts/tooljet-operator/files/policy.yaml"))
+        .unwrap_or_default();
+    assert!(
+        policy == tooljet_operator::webhook::config::policy_yaml(),
+        "charts/tooljet-operator/files/policy.yaml is out of date; run `cargo xtask crdgen`"
+    );
+}

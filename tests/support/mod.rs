@@ -90,6 +90,15 @@ impl Operator {
 
     /// Starts the operator with these arguments.
     pub fn start_with(name: &str, args: &[&str]) -> Operator {
+        Operator::start_with_kubeconfig(name, args, &testenv::shared().kubeconfig)
+    }
+
+    /// Starts the operator with these arguments and kubeconfig.
+    pub fn start_with_kubeconfig(
+        name: &str,
+        args: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
         use std::os::unix::process::CommandExt;
         let shared = testenv::shared();
         let log = shared.dir.join(format!(
@@ -99,7 +108,7 @@ impl Operator {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tooljet-operator"));
         cmd.args(args)
-            .env("KUBECONFIG", &shared.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("TOOLJET_TEST_LOG")
