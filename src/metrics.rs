@@ -114,24 +114,24 @@ impl Default for Metrics {
         // Every series with a known label set starts at zero, so dashboards and alerts see the
         // families before the first event.
         for controller in ["environmentconfig", "appversion", "tooljetapp"] {
-            reconciles.get_or_create(&ControllerLabels { controller });
-            reconcile_duration.get_or_create(&ControllerLabels { controller });
+            let _ = reconciles.get_or_create(&ControllerLabels { controller });
+            let _ = reconcile_duration.get_or_create(&ControllerLabels { controller });
             for reason in ["ApiError", "ClientError"] {
-                reconcile_errors.get_or_create(&ErrorLabels {
+                let _ = reconcile_errors.get_or_create(&ErrorLabels {
                     controller,
                     reason: reason.into(),
                 });
             }
             for object in ["secret", "status"] {
-                writes.get_or_create(&WriteLabels { controller, object });
+                let _ = writes.get_or_create(&WriteLabels { controller, object });
             }
         }
         for webhook in ["validate", "mutate"] {
-            admission_duration.get_or_create(&WebhookLabels { webhook });
+            let _ = admission_duration.get_or_create(&WebhookLabels { webhook });
             for kind in ["AppVersion", "ToolJetApp"] {
                 for operation in ["CREATE", "UPDATE", "DELETE"] {
                     for result in ["allowed", "denied"] {
-                        admission_requests.get_or_create(&AdmissionLabels {
+                        let _ = admission_requests.get_or_create(&AdmissionLabels {
                             webhook,
                             kind: kind.into(),
                             operation: operation.into(),
