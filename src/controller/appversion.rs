@@ -131,6 +131,23 @@ pub fn resolve(managed: &Store<Secret>, ns: &str, app: &str, environment: &str) 
     merge_layers(&layers.iter().collect::<Vec<_>>())
 }
 
+/// Whether an EnvironmentConfig for (app or workspace, environment) exists, healthy, whose Secret
+/// is not in the cache yet.
+fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str) -> bool {
+    ctx.configs.state().iter().any(|c| {
+        c.namespace().as_deref() == Some(ns)
+            && c.spec.environment == environment
+            && c.spec.app.as_deref().is_none_or(|a| a == app)
+            && c.metadata.deletion_timestamp.is_none()
+            // Only configs that can materialise: a failing one must not hold the version back.
+            && c.status.as_ref().is_none_or(|s| s.conditions.iter().all(|c| c.type_ != "Ready" || c.status == "True"))
+            && ctx
+                .managed_secrets
+                .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
+                .is_none()
+    })
+}
+
 #[instrument(skip_all, fields(kind = "AppVersion", namespace = v.namespace().unwrap_or_default(), name = v.name_any()))]
 pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -143,6 +160,16 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     }
     let environment = v.spec.environment.as_str();
     let app = ctx.apps.get(&ObjectRef::new(&v.spec.app).within(&ns));
+    // A configuration of this stage that exists but is not materialised yet (the operator just
+    // started, or it was just created): wait for its Secret (which triggers this version) rather
+    // than write a resolved config that is about to change.
+    if pending_materialization(&ctx, &ns, &v.spec.app, environment) {
+        debug!(
+            environment,
+            "waiting for the stage's configuration to be materialised"
+        );
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
     let resolved = resolve(&ctx.managed_secrets, &ns, &v.spec.app, environment);
     let requires = v.spec.requires.clone().unwrap_or_default();
     let missing = missing_requirements(

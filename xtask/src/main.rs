@@ -41,6 +41,13 @@ enum Task {
     Crdgen,
     /// Lint the Helm chart (strict) and render it with default and non-default values.
     Chart,
+    /// Benchmarks against a fresh local control plane; prints a table, writes
+    /// target/bench/results.json and the results section of docs/benchmarks.md.
+    Bench {
+        /// Arguments for the benchmark (e.g. `--apps 200 --idle-seconds 20`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Crdgen => crdgen(),
         Task::Chart => chart(),
+        Task::Bench { args } => bench(&args),
     }
 }
 
@@ -238,6 +246,34 @@ fn crdgen() -> Result<()> {
     std::fs::write(chart.join("files/policy.yaml"), policy.stdout)?;
     println!("wrote {}", chart.join("files/policy.yaml").display());
     Ok(())
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    testenv::binaries::build_missing()?;
+    let root = root();
+    println!("Building the operator and the benchmark (release) ...");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "tooljet-operator",
+        "--bin",
+        "tooljet-operator",
+    ]))?;
+    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "bench"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    run_cmd(
+        Command::new(target.join("release").join("bench"))
+            .current_dir(&root)
+            .arg("--operator")
+            .arg(target.join("release").join("tooljet-operator"))
+            .arg("--markdown")
+            .arg(root.join("docs/benchmarks.md"))
+            .args(extra),
+    )
 }
 
 /// The value sets `cargo xtask chart` renders.
