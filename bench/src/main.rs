@@ -123,6 +123,11 @@ impl Cluster {
 
     /// Write requests the apiserver has served, by "VERB resource/subresource".
     fn apiserver_writes(&self, resources: &[&str]) -> Result<BTreeMap<String, u64>> {
+        self.apiserver_requests(&["POST", "PUT", "PATCH", "APPLY", "DELETE"], resources)
+    }
+
+    /// Requests the apiserver has served with these verbs, by "VERB resource/subresource".
+    fn apiserver_requests(&self, verbs: &[&str], resources: &[&str]) -> Result<BTreeMap<String, u64>> {
         let metrics = self.cp.kubectl(&["get", "--raw", "/metrics"])?;
         let label = |line: &str, name: &str| -> String {
             line.split(&format!("{name}=\""))
@@ -141,7 +146,7 @@ impl Cluster {
                 label(line, "resource"),
                 label(line, "subresource"),
             );
-            if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&verb.as_str())
+            if !verbs.contains(&verb.as_str())
                 || !resources.contains(&resource.as_str())
             {
                 continue;
@@ -561,6 +566,9 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
     let mut all_expected = w.expected.clone();
     all_expected.extend(w.expected_resolved.clone());
     let log = dir.join("operator.log");
+    let profiled = ["secrets", "environmentconfigs", "appversions", "tooljetapps", "events"];
+    let verbs = ["GET", "POST", "PUT", "PATCH", "APPLY", "DELETE"];
+    let requests_before = cluster.apiserver_requests(&verbs, &profiled)?;
     let started = Instant::now();
     let mut operator = Operator::start(
         &args.operator,
@@ -570,6 +578,12 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
         &log,
     )?;
     let (took, peak_kib) = converge(&client, &all_expected, &operator, started).await?;
+    let requests_after = cluster.apiserver_requests(&verbs, &profiled)?;
+    let converge_requests: BTreeMap<&String, u64> = requests_after
+        .iter()
+        .map(|(k, v)| (k, v - requests_before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let steady_kib = operator.rss_kib("VmRSS:");
     println!(
@@ -583,7 +597,9 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
         "apps": apps, "environment_configs": apps * 3, "app_versions": apps * 2, "secrets_materialized": all_expected.len(),
         "apply_seconds": applied.as_secs_f64(), "converge_seconds": took.as_secs_f64(),
         "rss_peak_mib": peak_kib as f64 / 1024.0, "rss_steady_mib": steady_kib as f64 / 1024.0,
+        "converge_requests": converge_requests,
     });
+    println!("   requests while converging: {converge_requests:?}");
     if !full {
         operator.stop();
         return Ok(result);

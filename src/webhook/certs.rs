@@ -408,40 +408,33 @@ fn serving(hosts: &[String], issuer: &Issuer<'_, &KeyPair>) -> Result<(String, S
 /// (whichever exist), when it differs.
 async fn sync_ca_bundle(client: &Client, name: &str, ca: &[u8]) -> Result<()> {
     let ca = ByteString(ca.to_vec());
-    let params = PatchParams::default();
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(cfg) = validating.get_opt(name).await? {
-        let stale: Vec<usize> = cfg
-            .webhooks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, w)| w.client_config.ca_bundle.as_ref() != Some(&ca))
-            .map(|(i, _)| i)
-            .collect();
-        if !stale.is_empty() {
-            validating
-                .patch(name, &params, &Patch::Json::<()>(ca_patch(&stale, &ca)?))
-                .await?;
-            info!(configuration = %name, "caBundle of ValidatingWebhookConfiguration updated");
-        }
+        let configs = cfg.webhooks.iter().flatten().map(|w| &w.client_config);
+        patch_stale(&validating, name, configs, &ca).await?;
     }
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(cfg) = mutating.get_opt(name).await? {
-        let stale: Vec<usize> = cfg
-            .webhooks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, w)| w.client_config.ca_bundle.as_ref() != Some(&ca))
-            .map(|(i, _)| i)
-            .collect();
-        if !stale.is_empty() {
-            mutating
-                .patch(name, &params, &Patch::Json::<()>(ca_patch(&stale, &ca)?))
-                .await?;
-            info!(configuration = %name, "caBundle of MutatingWebhookConfiguration updated");
-        }
+        let configs = cfg.webhooks.iter().flatten().map(|w| &w.client_config);
+        patch_stale(&mutating, name, configs, &ca).await?;
+    }
+    Ok(())
+}
+
+/// JSON-patches the `caBundle` of each webhook (by index) whose client config lacks `ca`.
+async fn patch_stale<'a, K>(
+    api: &Api<K>,
+    name: &str,
+    configs: impl Iterator<Item = &'a k8s_openapi::api::admissionregistration::v1::WebhookClientConfig>,
+    ca: &ByteString,
+) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let stale: Vec<usize> = configs.enumerate().filter(|(_, c)| c.ca_bundle.as_ref() != Some(ca)).map(|(i, _)| i).collect();
+    if !stale.is_empty() {
+        api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ca_patch(&stale, ca)?)).await?;
+        info!(configuration = %name, kind = %K::kind(&()), "caBundle updated");
     }
     Ok(())
 }
