@@ -13,8 +13,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         events::{Recorder, Reporter},
-        predicates,
-        watcher,
+        predicates, watcher,
     },
 };
 use tracing::{info, warn};
@@ -149,7 +148,12 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
     let envconfigs = envconfig::controller(
         client.clone(),
         &settings,
-        (configs.clone(), config_events.applied_objects().predicate_filter(predicates::generation, Default::default())),
+        (
+            configs.clone(),
+            config_events
+                .applied_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        ),
         refs.clone(),
         for_configs,
         referenced_stream,
@@ -157,7 +161,12 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
     let version_controller = appversion::controller(
         client.clone(),
         &settings,
-        (versions.clone(), version_events.applied_objects().predicate_filter(predicates::generation, Default::default())),
+        (
+            versions.clone(),
+            version_events
+                .applied_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        ),
         for_versions,
     );
     let app_controller = app::controller(

@@ -127,7 +127,11 @@ impl Cluster {
     }
 
     /// Requests the apiserver has served with these verbs, by "VERB resource/subresource".
-    fn apiserver_requests(&self, verbs: &[&str], resources: &[&str]) -> Result<BTreeMap<String, u64>> {
+    fn apiserver_requests(
+        &self,
+        verbs: &[&str],
+        resources: &[&str],
+    ) -> Result<BTreeMap<String, u64>> {
         let metrics = self.cp.kubectl(&["get", "--raw", "/metrics"])?;
         let label = |line: &str, name: &str| -> String {
             line.split(&format!("{name}=\""))
@@ -146,9 +150,7 @@ impl Cluster {
                 label(line, "resource"),
                 label(line, "subresource"),
             );
-            if !verbs.contains(&verb.as_str())
-                || !resources.contains(&resource.as_str())
-            {
+            if !verbs.contains(&verb.as_str()) || !resources.contains(&resource.as_str()) {
                 continue;
             }
             let value = line
@@ -566,7 +568,13 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
     let mut all_expected = w.expected.clone();
     all_expected.extend(w.expected_resolved.clone());
     let log = dir.join("operator.log");
-    let profiled = ["secrets", "environmentconfigs", "appversions", "tooljetapps", "events"];
+    let profiled = [
+        "secrets",
+        "environmentconfigs",
+        "appversions",
+        "tooljetapps",
+        "events",
+    ];
     let verbs = ["GET", "POST", "PUT", "PATCH", "APPLY", "DELETE"];
     let requests_before = cluster.apiserver_requests(&verbs, &profiled)?;
     let started = Instant::now();

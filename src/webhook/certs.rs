@@ -431,9 +431,18 @@ async fn patch_stale<'a, K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let stale: Vec<usize> = configs.enumerate().filter(|(_, c)| c.ca_bundle.as_ref() != Some(ca)).map(|(i, _)| i).collect();
+    let stale: Vec<usize> = configs
+        .enumerate()
+        .filter(|(_, c)| c.ca_bundle.as_ref() != Some(ca))
+        .map(|(i, _)| i)
+        .collect();
     if !stale.is_empty() {
-        api.patch(name, &PatchParams::default(), &Patch::Json::<()>(ca_patch(&stale, ca)?)).await?;
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(ca_patch(&stale, ca)?),
+        )
+        .await?;
         info!(configuration = %name, kind = %K::kind(&()), "caBundle updated");
     }
     Ok(())
