@@ -95,14 +95,25 @@ async fn adversarial_changes_are_denied_with_a_useful_message() {
             .map_err(msg),
         "edits (spec.",
     );
-    // 6. full update (replace) renaming in staging
-    let mut replaced = w.get("AppVersion", "v-stg").await.unwrap();
-    replaced.data["spec"]["versionName"] = json!("renamed");
-    check(
-        versions
+    // 6. full update (replace) renaming in staging. A replace carries the resourceVersion it
+    // read; the operator's status writes can bump it in between (409): read again and retry.
+    let mut replace_result = Err(String::new());
+    for _ in 0..10 {
+        let mut replaced = w.get("AppVersion", "v-stg").await.unwrap();
+        replaced.data["spec"]["versionName"] = json!("renamed");
+        replace_result = versions
             .replace("v-stg", &PostParams::default(), &replaced)
             .await
-            .map_err(msg),
+            .map_err(msg);
+        if !replace_result
+            .as_ref()
+            .is_err_and(|e| e.contains("the object has been modified"))
+        {
+            break;
+        }
+    }
+    check(
+        replace_result,
         "AppVersion v-stg is in staging: renames (spec.versionName) are only allowed in development",
     );
     // 7. delete in production

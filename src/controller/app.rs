@@ -25,7 +25,7 @@ use tracing::{info, instrument, warn};
 
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER, Settings,
-    apply_status, appversion, condition, envconfig, publish, secrets::app_label_value,
+    apply_status, appversion, condition, envconfig, new_failure, publish, secrets::app_label_value,
     set_condition,
 };
 use crate::api::{
@@ -223,18 +223,8 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
-    let before = app
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let after = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready is set");
-    if after.status != "True"
-        && before.is_none_or(|b| (&b.reason, &b.message) != (&after.reason, &after.message))
-    {
+    let old = app.status.as_ref().map(|s| s.conditions.as_slice());
+    if let Some(after) = new_failure(old, &status.conditions, "Ready") {
         warn!(reason = %after.reason, message = %after.message, "app not ready");
         publish(
             &ctx.recorder,

@@ -24,7 +24,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
-    envconfig, publish,
+    envconfig, new_failure, publish,
     secrets::{Change, app_label_value, ensure_secret, managed_secret},
     set_condition,
 };
@@ -431,17 +431,8 @@ async fn report(
         };
         publish(&ctx.recorder, v, EventType::Normal, reason, "Resolve", note).await;
     }
-    let before = v
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "ConfigResolved"));
-    if let Some(after) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ConfigResolved")
-        && after.status != "True"
-        && before.is_none_or(|b| (&b.reason, &b.message) != (&after.reason, &after.message))
-    {
+    let old = v.status.as_ref().map(|s| s.conditions.as_slice());
+    if let Some(after) = new_failure(old, &status.conditions, "ConfigResolved") {
         warn!(reason = %after.reason, message = %after.message, "version configuration incomplete");
         publish(
             &ctx.recorder,

@@ -22,7 +22,7 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, publish,
+    Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, new_failure, publish,
     secrets::{Change, ensure_secret, managed_secret},
     set_condition,
 };
@@ -336,19 +336,11 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
 
 async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
     let status = desired_status(cfg, outcome);
-    let before = cfg
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let after = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready is set");
-    let transitioned = before.is_none_or(|b| {
-        (&b.status, &b.reason, &b.message) != (&after.status, &after.reason, &after.message)
-    });
-
+    let failure = new_failure(
+        cfg.status.as_ref().map(|s| s.conditions.as_slice()),
+        &status.conditions,
+        "Ready",
+    );
     apply_status(ctx, "environmentconfig", cfg, cfg.status.as_ref(), &status).await?;
 
     match outcome {
@@ -379,19 +371,20 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
             .await;
         }
         Outcome::Materialized { change: None, .. } => {}
-        _ if transitioned => {
-            warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");
-            publish(
-                &ctx.recorder,
-                cfg,
-                EventType::Warning,
-                &after.reason,
-                "Materialize",
-                after.message.clone(),
-            )
-            .await;
+        _ => {
+            if let Some(after) = failure {
+                warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");
+                publish(
+                    &ctx.recorder,
+                    cfg,
+                    EventType::Warning,
+                    &after.reason,
+                    "Materialize",
+                    after.message.clone(),
+                )
+                .await;
+            }
         }
-        _ => {}
     }
     Ok(())
 }

@@ -245,6 +245,21 @@ pub fn condition(
     }
 }
 
+/// The condition `type_` of `new` when it is not `True` and differs from the same condition in
+/// `old`: a failure worth a Warning Event (once, not on every reconcile).
+pub fn new_failure<'a>(
+    old: Option<&[Condition]>,
+    new: &'a [Condition],
+    type_: &str,
+) -> Option<&'a Condition> {
+    let after = new.iter().find(|c| c.type_ == type_)?;
+    let before = old.and_then(|o| o.iter().find(|c| c.type_ == type_));
+    let changed = before.is_none_or(|b| {
+        (&b.status, &b.reason, &b.message) != (&after.status, &after.reason, &after.message)
+    });
+    (after.status != "True" && changed).then_some(after)
+}
+
 /// Puts `new` into `conditions`, keeping the old transition time when the status did not change.
 /// Returns whether the condition's status, reason or message changed.
 pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
