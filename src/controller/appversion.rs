@@ -25,7 +25,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
     envconfig, new_failure, publish,
-    secrets::{Change, app_label_value, ensure_secret, managed_secret},
+    secrets::{Change, app_label_value, create_secret, ensure_secret, managed_secret},
     set_condition,
 };
 use crate::{
@@ -182,37 +182,39 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     // The resolved Secret, unless a Secret of that name exists that the operator does not manage.
     let target = resolved_secret_name(&name);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = match ctx
+    let desired = managed_secret(
+        &*v,
+        &target,
+        SECRET_KIND,
+        environment,
+        Some(&v.spec.app),
+        &resolved,
+    );
+    // Not in the cache: create it (one request); a 409 means one exists: read and judge it.
+    let cached = ctx
         .managed_secrets
-        .get(&ObjectRef::new(&target).within(&ns))
-    {
-        Some(s) => Some(s),
-        None => secrets.get_opt(&target).await?.map(Arc::new),
+        .get(&ObjectRef::new(&target).within(&ns));
+    let (existing, created) = match cached {
+        Some(s) => (Some(s), false),
+        None if create_secret(&ctx, "appversion", &secrets, &desired).await? => (None, true),
+        None => (secrets.get_opt(&target).await?.map(Arc::new), false),
     };
     let taken = existing.as_ref().is_some_and(|s| {
         s.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE)
     });
     let change = if taken {
         None
+    } else if created {
+        Some(Change::Created)
     } else {
-        let desired = managed_secret(
-            &*v,
-            &target,
-            SECRET_KIND,
-            environment,
-            Some(&v.spec.app),
-            &resolved,
-        );
-        let change =
-            ensure_secret(&ctx, "appversion", &secrets, existing.as_deref(), &desired).await?;
-        match change {
-            Some(c) => {
-                info!(secret = %target, environment, hash = %resolved.hash, change = ?c, "resolved config written")
-            }
-            None => debug!(secret = %target, "resolved config is up to date"),
-        }
-        change
+        ensure_secret(&ctx, "appversion", &secrets, existing.as_deref(), &desired).await?
     };
+    match change {
+        Some(c) => {
+            info!(secret = %target, environment, hash = %resolved.hash, change = ?c, "resolved config written")
+        }
+        None => debug!(secret = %target, "resolved config is up to date"),
+    }
 
     let (status, promotion) =
         desired_status(&v, app.as_deref(), &resolved, &missing, &target, taken);

@@ -23,7 +23,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, new_failure, publish,
-    secrets::{Change, ensure_secret, managed_secret},
+    secrets::{Change, create_secret, ensure_secret, managed_secret},
     set_condition,
 };
 use crate::{
@@ -171,16 +171,6 @@ async fn outcome(
     };
 
     let target = secret_name(cfg.spec.app.as_deref(), &cfg.spec.environment);
-    let existing = match ctx.managed_secrets.get(&ObjectRef::new(&target).within(ns)) {
-        Some(s) => Some(s),
-        None => secrets.get_opt(&target).await?.map(Arc::new),
-    };
-    if let Some(existing) = &existing
-        && !is_ours(existing, cfg, config_store)
-    {
-        return Ok(Outcome::SecretTaken(target));
-    }
-
     let desired = managed_secret(
         cfg,
         &target,
@@ -189,14 +179,25 @@ async fn outcome(
         cfg.spec.app.as_deref(),
         &materialized,
     );
-    let change = ensure_secret(
-        ctx,
-        "environmentconfig",
-        &secrets,
-        existing.as_deref(),
-        &desired,
-    )
-    .await?;
+    // Not in the cache: create it (one request). A 409 means a Secret of that name exists (an
+    // unmanaged one, or the cache lags): read it and judge it below.
+    let cached = ctx.managed_secrets.get(&ObjectRef::new(&target).within(ns));
+    let existing = match cached {
+        Some(s) => Some(s),
+        None if create_secret(ctx, "environmentconfig", &secrets, &desired).await? => None,
+        None => secrets.get_opt(&target).await?.map(Arc::new),
+    };
+    if let Some(existing) = &existing
+        && !is_ours(existing, cfg, config_store)
+    {
+        return Ok(Outcome::SecretTaken(target));
+    }
+    let change = match &existing {
+        None => Some(Change::Created),
+        Some(existing) => {
+            ensure_secret(ctx, "environmentconfig", &secrets, Some(existing), &desired).await?
+        }
+    };
     match change {
         Some(change) => {
             info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret")

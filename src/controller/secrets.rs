@@ -131,6 +131,30 @@ pub async fn ensure_secret(
     Ok(change)
 }
 
+/// Creates `desired` (POST) when no Secret of its name exists. Returns whether it did; `false`
+/// means one exists (409), which the caller reads and judges: nothing that exists is touched here.
+pub async fn create_secret(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<Secret>,
+    desired: &Secret,
+) -> Result<bool, Error> {
+    ctx.may_write()?;
+    let params = kube::api::PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, desired).await {
+        Ok(_) => {
+            ctx.metrics.wrote(controller, "secret");
+            ctx.metrics.materializations.inc();
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Server-side apply; keys another writer added are then removed, so the Secret holds exactly the
 /// materialised data.
 async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
