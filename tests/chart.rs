@@ -281,6 +281,18 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() {
         .patch("creds", &apply, &Patch::Apply(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "creds" }, "stringData": { "k": "v2" } })))
         .await
         .unwrap();
+    // Drift: delete the materialised Secret (once it is there: it is written asynchronously).
+    support::eventually(WAIT, "the materialised production Secret", || {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt("tooljet.production.crm")
+                .await
+                .ok()?
+                .map(|_| ())
+        }
+    })
+    .await;
     secrets
         .delete("tooljet.production.crm", &DeleteParams::default())
         .await
