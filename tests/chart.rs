@@ -16,7 +16,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
-use support::admission::{WAIT, http_get};
+use support::admission::{WAIT, wait_ok};
 use tooljet_operator::{
     api::{AppVersion, ToolJetApp},
     webhook::config::{self, Endpoint},
@@ -163,20 +163,7 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() {
         ];
         support::Operator::start_with_kubeconfig("chart-rbac", &args, &kubeconfig)
     };
-    support::eventually(
-        Duration::from_secs(60),
-        "/readyz under the chart's RBAC",
-        || {
-            let health = health.clone();
-            async move {
-                http_get(&health, "/readyz")
-                    .await
-                    .filter(|(c, _)| *c == 200)
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
+    wait_ok(&health, "/readyz", Duration::from_secs(60)).await;
 
     // The lifecycle: configs, versions, promotion, release, rollout, rotation, drift, deletion.
     let ns = support::namespace(&client, "chart").await;

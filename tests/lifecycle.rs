@@ -24,10 +24,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str) -> Fixture {
-        let client = support::client().await;
-        support::install_crds(&client).await;
-        support::shared_operator();
-        let ns = support::namespace(&client, prefix).await;
+        let (client, ns) = support::operator_namespace(prefix).await;
         Fixture { client, ns }
     }
 

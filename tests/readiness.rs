@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::admission::http_get;
+use support::admission::{http_get, wait_ok};
 
 #[tokio::test]
 async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
@@ -15,16 +15,7 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
     let _operator =
         support::Operator::start_with("readiness", &["--no-webhook", "--health-addr", &health]);
 
-    support::eventually(Duration::from_secs(30), "/healthz", || {
-        let health = health.clone();
-        async move {
-            http_get(&health, "/healthz")
-                .await
-                .filter(|(c, _)| *c == 200)
-                .map(|_| ())
-        }
-    })
-    .await;
+    wait_ok(&health, "/healthz", Duration::from_secs(30)).await;
     // Without the CRDs, the caches cannot sync: not ready (for a while, not just once).
     for _ in 0..5 {
         let (code, body) = http_get(&health, "/readyz").await.unwrap();
@@ -33,20 +24,7 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
     }
 
     support::install_crds(&client).await;
-    support::eventually(
-        Duration::from_secs(90),
-        "/readyz once the caches sync",
-        || {
-            let health = health.clone();
-            async move {
-                http_get(&health, "/readyz")
-                    .await
-                    .filter(|(c, _)| *c == 200)
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
+    wait_ok(&health, "/readyz", Duration::from_secs(90)).await;
 
     let (code, metrics) = http_get(&health, "/metrics").await.unwrap();
     assert_eq!(code, 200);

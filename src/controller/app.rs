@@ -451,10 +451,7 @@ fn desired_status(
 }
 
 pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    if !matches!(error, Error::NotLeader) {
-        warn!(namespace = app.namespace().unwrap_or_default(), name = %app.name_any(), %error, "reconcile failed; retrying");
-    }
-    ctx.error_action("tooljetapp", error)
+    ctx.error_action("tooljetapp", &*app, error)
 }
 
 #[cfg(test)]

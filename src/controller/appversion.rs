@@ -449,10 +449,7 @@ async fn report(
 }
 
 pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Action {
-    if !matches!(error, Error::NotLeader) {
-        warn!(namespace = v.namespace().unwrap_or_default(), name = %v.name_any(), %error, "reconcile failed; retrying");
-    }
-    ctx.error_action("appversion", error)
+    ctx.error_action("appversion", &*v, error)
 }
 
 #[cfg(test)]

@@ -391,10 +391,7 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
 }
 
 pub fn error_policy(cfg: Arc<EnvironmentConfig>, error: &Error, ctx: Arc<Context>) -> Action {
-    if !matches!(error, Error::NotLeader) {
-        warn!(namespace = cfg.namespace().unwrap_or_default(), name = %cfg.name_any(), %error, "reconcile failed; retrying");
-    }
-    ctx.error_action("environmentconfig", error)
+    ctx.error_action("environmentconfig", &*cfg, error)
 }
 
 #[cfg(test)]

@@ -105,14 +105,16 @@ impl Context {
 
     /// The shared error policy: transient errors are retried; a follower waits for leadership
     /// (which reconciles everything again).
-    pub fn error_action(
+    pub fn error_action<K: Resource>(
         &self,
         controller: &'static str,
+        obj: &K,
         error: &Error,
     ) -> kube::runtime::controller::Action {
         match error {
             Error::NotLeader => kube::runtime::controller::Action::await_change(),
             _ => {
+                warn!(controller, namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any(), %error, "reconcile failed; retrying");
                 self.metrics.failed(controller, error.reason());
                 kube::runtime::controller::Action::requeue(ERROR_REQUEUE)
             }

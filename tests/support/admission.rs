@@ -31,6 +31,17 @@ pub struct WebhookEnv {
 
 static ENV: tokio::sync::OnceCell<Arc<WebhookEnv>> = tokio::sync::OnceCell::const_new();
 
+/// Waits until `GET path` on `addr` answers 200.
+pub async fn wait_ok(addr: &str, path: &str, timeout: Duration) {
+    support::eventually(timeout, &format!("{path} on {addr}"), || async move {
+        http_get(addr, path)
+            .await
+            .filter(|(code, _)| *code == 200)
+            .map(|_| ())
+    })
+    .await;
+}
+
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream
@@ -139,17 +150,7 @@ pub async fn env() -> Arc<WebhookEnv> {
         }
 
         // Ready: caches synced and certificate loaded, and the caBundle is in place.
-        let h = health.clone();
-        support::eventually(Duration::from_secs(60), "the operator's /readyz", || {
-            let h = h.clone();
-            async move {
-                http_get(&h, "/readyz")
-                    .await
-                    .filter(|(code, _)| *code == 200)
-                    .map(|_| ())
-            }
-        })
-        .await;
+        wait_ok(&health, "/readyz", Duration::from_secs(60)).await;
         let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
         let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
         support::eventually(WAIT, "caBundle set by the operator", || {

@@ -54,6 +54,15 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// A client, the CRDs, the shared operator running, and a fresh namespace `<prefix>-<n>`.
+pub async fn operator_namespace(prefix: &str) -> (Client, String) {
+    let client = client().await;
+    install_crds(&client).await;
+    shared_operator();
+    let ns = namespace(&client, prefix).await;
+    (client, ns)
+}
+
 /// Installs (server-side applies) every CRD and waits until each is Established.
 pub async fn install_crds(client: &Client) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
