@@ -37,16 +37,26 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
         )
         .await
         .unwrap();
-    denied(
-        w.merge(
-            &admin,
-            "AppVersion",
-            "v-dev",
-            json!({ "spec": { "description": "allowed by the rules" } }),
-        )
-        .await,
-        "failed calling webhook",
-    );
+    // The apiserver picks the new configuration up from its informer: wait for it.
+    let refusal = support::eventually(
+        support::admission::WAIT,
+        "the dead webhook in effect",
+        || {
+            let w = &w;
+            async move {
+                w.merge(
+                    &w.admin,
+                    "AppVersion",
+                    "v-dev",
+                    json!({ "spec": { "description": "allowed by the rules" } }),
+                )
+                .await
+                .err()
+            }
+        },
+    )
+    .await;
+    assert!(refusal.contains("failed calling webhook"), "{refusal}");
 
     // 2. No webhook configuration at all: the policy still holds.
     validating
