@@ -27,7 +27,8 @@ struct Args {
     /// (the pod name in a cluster; hostname-pid otherwise).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
-    /// The operator's own namespace: its lease and webhook certificate Secret live there.
+    /// The operator's own namespace: its lease, webhook certificate Secret and content-hash key
+    /// Secret live there (it must exist).
     #[arg(long, env = "POD_NAMESPACE", default_value = "tooljet-system")]
     namespace: String,
     /// Where /metrics, /healthz and /readyz are served (plain HTTP).
@@ -115,6 +116,7 @@ async fn run() -> anyhow::Result<()> {
             concurrency: args.concurrency,
             instance,
         },
+        namespace: args.namespace.clone(),
         health_addr: Some(args.health_addr),
         webhook,
     };

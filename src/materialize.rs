@@ -5,9 +5,14 @@
 //! unchanged: `TOOLJET_GLOBAL_CONSTANTS__<environment>__<NAME>` and
 //! `TOOLJET_SECRET_CONSTANTS__<environment>__<NAME>`, plus `datasources.json` (data source name ->
 //! kind and options, secret options resolved).
+//!
+//! The content hashes users can read (status, the `tooljet.io/config-hash` annotations) are keyed
+//! with the installation's [`HashKey`]: a plain digest of a low-entropy secret value could be
+//! guessed offline by hashing candidates; a keyed one cannot without the key.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -19,11 +24,50 @@ pub const DATASOURCES_KEY: &str = "datasources.json";
 /// The data of the Secrets a spec references: Secret name -> key -> value.
 pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
+/// The per-installation key of the content hashes (HMAC-SHA256). Every replica of one
+/// installation uses the same key, so hashes agree between replicas and across restarts (no
+/// rewrites), while nobody without the key can test a guessed secret value against a hash.
+///
+/// `Debug` never shows the key.
+#[derive(Clone)]
+pub struct HashKey {
+    /// HMAC keyed once; each hash starts from a clone of it.
+    mac: Hmac<Sha256>,
+}
+
+/// Why bytes are not a usable [`HashKey`]. Carries the length only, never the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a content-hash key must be {} bytes, found {len}", HashKey::LEN)]
+pub struct InvalidHashKey {
+    pub len: usize,
+}
+
+impl HashKey {
+    /// The key length: 256 bits, SHA-256's output size.
+    pub const LEN: usize = 32;
+
+    /// The key made of exactly [`HashKey::LEN`] bytes.
+    pub fn new(bytes: &[u8]) -> Result<HashKey, InvalidHashKey> {
+        let invalid = InvalidHashKey { len: bytes.len() };
+        if bytes.len() != Self::LEN {
+            return Err(invalid);
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(bytes).map_err(|_| invalid)?;
+        Ok(HashKey { mac })
+    }
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(<redacted>)")
+    }
+}
+
 /// A materialised configuration: the Secret data and a hash of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Materialized {
     pub data: BTreeMap<String, Vec<u8>>,
-    /// SHA-256 (hex) over every key and value.
+    /// HMAC-SHA256 (hex) over every key and value, keyed with the installation's [`HashKey`].
     pub hash: String,
     pub data_sources: usize,
     pub constants: usize,
@@ -130,10 +174,11 @@ pub fn constant_key(environment: &str, kind: ConstantType, name: &str) -> String
     format!("{prefix}__{environment}__{name}")
 }
 
-/// Merges `layers` (lowest precedence first: workspace-wide, then app-scoped) for `environment`.
-/// Entries of a later layer replace entries of the same name of an earlier one. Every problem is
-/// reported, not just the first.
+/// Merges `layers` (lowest precedence first: workspace-wide, then app-scoped) for `environment`,
+/// hashed with `key`. Entries of a later layer replace entries of the same name of an earlier one.
+/// Every problem is reported, not just the first.
 pub fn materialize(
+    key: &HashKey,
     environment: &str,
     layers: &[&EnvironmentConfigSpec],
     secrets: &SecretData,
@@ -235,7 +280,7 @@ pub fn materialize(
         serde_json::to_vec(&Value::Object(document)).expect("JSON values serialize"),
     );
     Ok(Materialized {
-        hash: hash(&data),
+        hash: hash(key, &data),
         data,
         data_sources: sources.len(),
         constants: constants.len(),
@@ -259,8 +304,9 @@ pub fn parse_constant_key(key: &str) -> Option<(ConstantType, &str, &str)> {
 
 /// Merges materialised data (of the workspace-wide and the app's EnvironmentConfig, lowest
 /// precedence first) into one configuration: a later layer's constant replaces an earlier one of
-/// the same name (whatever its type), its data source replaces one of the same name.
-pub fn merge_layers(layers: &[&BTreeMap<String, Vec<u8>>]) -> Materialized {
+/// the same name (whatever its type), its data source replaces one of the same name. Hashed with
+/// `key`, as [`materialize`] hashes.
+pub fn merge_layers(key: &HashKey, layers: &[&BTreeMap<String, Vec<u8>>]) -> Materialized {
     let mut constants: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
     let mut sources: Map<String, Value> = Map::new();
     for layer in layers {
@@ -283,7 +329,7 @@ pub fn merge_layers(layers: &[&BTreeMap<String, Vec<u8>>]) -> Materialized {
         serde_json::to_vec(&Value::Object(sources)).expect("JSON values serialize"),
     );
     Materialized {
-        hash: hash(&data),
+        hash: hash(key, &data),
         data,
         data_sources,
         constants: constants.len(),
@@ -382,16 +428,17 @@ fn scan_expressions(text: &str, constants: &mut BTreeSet<String>, secrets: &mut 
     }
 }
 
-/// SHA-256 (hex) over the keys and values, each length-prefixed so no two maps collide.
-pub fn hash(data: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = Sha256::new();
+/// HMAC-SHA256 (hex) with `key` over the keys and values, each length-prefixed so no two maps
+/// collide. Keyed so that a hash users can read does not let them test guesses of a value.
+pub fn hash(key: &HashKey, data: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut h = key.mac.clone();
     for (k, v) in data {
-        h.update((k.len() as u64).to_be_bytes());
+        h.update(&(k.len() as u64).to_be_bytes());
         h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
+        h.update(&(v.len() as u64).to_be_bytes());
         h.update(v);
     }
-    hex(&h.finalize())
+    hex(&h.finalize().into_bytes())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -432,6 +479,10 @@ mod tests {
     use super::*;
     use crate::api::{Constant, DataSource, SecretValueSource};
     use serde_json::json;
+
+    fn key() -> HashKey {
+        HashKey::new(&[7; HashKey::LEN]).unwrap()
+    }
 
     fn secret_ref(name: &str, key: &str) -> SecretValueSource {
         SecretValueSource {
@@ -495,7 +546,7 @@ mod tests {
 
     #[test]
     fn keys_follow_tooljets_env_var_convention() {
-        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         let keys: Vec<&str> = m.data.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -518,7 +569,7 @@ mod tests {
 
     #[test]
     fn datasources_document_resolves_secret_options() {
-        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         let doc: Value = serde_json::from_slice(&m.data[DATASOURCES_KEY]).unwrap();
         assert_eq!(
             doc,
@@ -528,8 +579,8 @@ mod tests {
 
     #[test]
     fn hash_is_stable_and_changes_with_any_value() {
-        let a = materialize("staging", &[&spec()], &secrets()).unwrap();
-        let b = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let a = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
+        let b = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         assert_eq!(a.hash, b.hash);
         let mut rotated = secrets();
         rotated
@@ -537,10 +588,55 @@ mod tests {
             .unwrap()
             .insert("pg".into(), b"new".to_vec());
         assert_ne!(
-            materialize("staging", &[&spec()], &rotated).unwrap().hash,
+            materialize(&key(), "staging", &[&spec()], &rotated)
+                .unwrap()
+                .hash,
             a.hash
         );
         assert_eq!(a.hash.len(), 64);
+    }
+
+    #[test]
+    fn the_hash_is_keyed_same_key_same_hash_other_key_other_hash() {
+        let data = materialize(&key(), "staging", &[&spec()], &secrets())
+            .unwrap()
+            .data;
+        let other = HashKey::new(&[8; HashKey::LEN]).unwrap();
+        assert_eq!(hash(&key(), &data), hash(&key(), &data));
+        assert_ne!(hash(&key(), &data), hash(&other, &data));
+        assert_ne!(
+            materialize(&key(), "staging", &[&spec()], &secrets())
+                .unwrap()
+                .hash,
+            materialize(&other, "staging", &[&spec()], &secrets())
+                .unwrap()
+                .hash,
+        );
+    }
+
+    #[test]
+    fn the_hash_is_not_a_plain_digest_of_the_content() {
+        let data: BTreeMap<String, Vec<u8>> = [("PIN".to_string(), b"1234".to_vec())].into();
+        let mut plain = Sha256::new();
+        plain.update(3u64.to_be_bytes());
+        plain.update(b"PIN");
+        plain.update(4u64.to_be_bytes());
+        plain.update(b"1234");
+        let keyed = hash(&key(), &data);
+        assert_eq!(keyed.len(), 64);
+        assert_ne!(keyed, hex(&plain.finalize()));
+        assert_ne!(keyed, hex(&Sha256::digest(b"1234")));
+    }
+
+    #[test]
+    fn a_hash_key_has_exactly_32_bytes_and_never_shows_them() {
+        assert_eq!(
+            HashKey::new(&[1; 31]).unwrap_err(),
+            InvalidHashKey { len: 31 }
+        );
+        assert!(HashKey::new(&[1; 33]).is_err());
+        let shown = format!("{:?}", HashKey::new(&[0xab; 32]).unwrap());
+        assert_eq!(shown, "HashKey(<redacted>)");
     }
 
     #[test]
@@ -549,7 +645,7 @@ mod tests {
         s.constants.push(secret_constant("OTHER", "absent", "k"));
         let mut data = secrets();
         data.get_mut("creds").unwrap().remove("pg");
-        let problems = materialize("staging", &[&s], &data).unwrap_err();
+        let problems = materialize(&key(), "staging", &[&s], &data).unwrap_err();
         assert_eq!(
             problems,
             vec![
@@ -579,11 +675,11 @@ mod tests {
         data.get_mut("creds")
             .unwrap()
             .insert("stripe".into(), vec![0xff, 0x00]);
-        assert!(materialize("staging", &[&spec()], &data).is_ok());
+        assert!(materialize(&key(), "staging", &[&spec()], &data).is_ok());
         data.get_mut("creds")
             .unwrap()
             .insert("pg".into(), vec![0xff, 0x00]);
-        let problems = materialize("staging", &[&spec()], &data).unwrap_err();
+        let problems = materialize(&key(), "staging", &[&spec()], &data).unwrap_err();
         assert_eq!(Unresolved::reason(&problems), "InvalidSecretValue");
     }
 
@@ -597,7 +693,7 @@ mod tests {
         ];
         workspace.data_sources[0].kind = "mysql".into();
         let app = spec();
-        let m = materialize("staging", &[&workspace, &app], &secrets()).unwrap();
+        let m = materialize(&key(), "staging", &[&workspace, &app], &secrets()).unwrap();
         assert_eq!(
             m.data["TOOLJET_GLOBAL_CONSTANTS__staging__API_URL"],
             b"https://staging"
@@ -615,7 +711,7 @@ mod tests {
     fn an_override_may_change_a_constants_type() {
         let mut workspace = spec();
         workspace.constants = vec![global("STRIPE_KEY", "not-secret")];
-        let m = materialize("staging", &[&workspace, &spec()], &secrets()).unwrap();
+        let m = materialize(&key(), "staging", &[&workspace, &spec()], &secrets()).unwrap();
         assert!(
             !m.data
                 .contains_key("TOOLJET_GLOBAL_CONSTANTS__staging__STRIPE_KEY")
@@ -634,7 +730,7 @@ mod tests {
             data_sources: vec![],
             constants: vec![],
         };
-        let m = materialize("development", &[&empty], &SecretData::new()).unwrap();
+        let m = materialize(&key(), "development", &[&empty], &SecretData::new()).unwrap();
         assert_eq!(m.data[DATASOURCES_KEY], b"{}");
     }
 
@@ -670,6 +766,7 @@ mod tests {
     #[test]
     fn merged_layers_let_the_app_override_the_workspace() {
         let ws = materialize(
+            &key(),
             "staging",
             &[&EnvironmentConfigSpec {
                 environment: "staging".into(),
@@ -680,9 +777,10 @@ mod tests {
             &SecretData::new(),
         )
         .unwrap();
-        let app = materialize("staging", &[&spec()], &secrets()).unwrap();
-        let merged = merge_layers(&[&ws.data, &app.data]);
+        let app = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
+        let merged = merge_layers(&key(), &[&ws.data, &app.data]);
         let direct = materialize(
+            &key(),
             "staging",
             &[
                 &EnvironmentConfigSpec {
@@ -724,7 +822,7 @@ mod tests {
 
     #[test]
     fn missing_requirements_are_named_by_kind() {
-        let m = materialize("staging", &[&spec()], &secrets()).unwrap();
+        let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         let def = json!({ "a": "{{constants.API_URL}} {{secrets.STRIPE_KEY}} {{secrets.API_URL}} {{constants.GONE}}" });
         let missing = missing_requirements(
             &["crm-db".into(), "crm-api".into()],

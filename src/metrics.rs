@@ -1,12 +1,19 @@
 //! Prometheus metrics. Labels carry kinds, reasons and results, never object contents.
+//!
+//! Every label value of the admission metrics comes from a closed set (the enums below): the
+//! webhook port answers whoever reaches it, and a label copied from a request would let any caller
+//! create series without bound.
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
+use kube::core::admission::Operation;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
+
+use crate::api::GROUP;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -25,17 +32,112 @@ pub struct WriteLabels {
     pub object: &'static str,
 }
 
+/// An enum whose variants are the only values a label can take, encoded as the given text.
+macro_rules! closed_label {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_label! {
+    /// Which admission webhook answered.
+    Webhook {
+        Validate => "validate",
+        Mutate => "mutate",
+    }
+}
+
+closed_label! {
+    /// The kind under review: one of ours, or `other` for anything else (and for a body that
+    /// could not be decoded).
+    AdmissionKind {
+        AppVersion => "AppVersion",
+        ToolJetApp => "ToolJetApp",
+        EnvironmentConfig => "EnvironmentConfig",
+        Other => "other",
+    }
+}
+
+closed_label! {
+    /// The operation under review; `other` when the body could not be decoded.
+    AdmissionOperation {
+        Create => "CREATE",
+        Update => "UPDATE",
+        Delete => "DELETE",
+        Connect => "CONNECT",
+        Other => "other",
+    }
+}
+
+closed_label! {
+    /// What the webhook answered: `invalid` is a body that is not an AdmissionReview (HTTP 4xx),
+    /// never decided.
+    AdmissionResult {
+        Allowed => "allowed",
+        Denied => "denied",
+        Invalid => "invalid",
+    }
+}
+
+impl AdmissionKind {
+    /// The label for a request's kind. Only our group's kinds are named: an `AppVersion` of
+    /// another group is a different kind.
+    pub fn of(group: &str, kind: &str) -> AdmissionKind {
+        if group != GROUP {
+            return AdmissionKind::Other;
+        }
+        match kind {
+            "AppVersion" => AdmissionKind::AppVersion,
+            "ToolJetApp" => AdmissionKind::ToolJetApp,
+            "EnvironmentConfig" => AdmissionKind::EnvironmentConfig,
+            _ => AdmissionKind::Other,
+        }
+    }
+}
+
+impl From<&Operation> for AdmissionOperation {
+    fn from(operation: &Operation) -> AdmissionOperation {
+        match operation {
+            Operation::Create => AdmissionOperation::Create,
+            Operation::Update => AdmissionOperation::Update,
+            Operation::Delete => AdmissionOperation::Delete,
+            Operation::Connect => AdmissionOperation::Connect,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    pub webhook: &'static str,
-    pub kind: String,
-    pub operation: String,
-    pub result: &'static str,
+    pub webhook: Webhook,
+    pub kind: AdmissionKind,
+    pub operation: AdmissionOperation,
+    pub result: AdmissionResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    pub webhook: &'static str,
+    pub webhook: Webhook,
 }
 
 /// Every metric the operator exports.
@@ -126,20 +228,26 @@ impl Default for Metrics {
                 let _ = writes.get_or_create(&WriteLabels { controller, object });
             }
         }
-        for webhook in ["validate", "mutate"] {
+        for &webhook in Webhook::ALL {
             let _ = admission_duration.get_or_create(&WebhookLabels { webhook });
-            for kind in ["AppVersion", "ToolJetApp"] {
-                for operation in ["CREATE", "UPDATE", "DELETE"] {
-                    for result in ["allowed", "denied"] {
+            for kind in [AdmissionKind::AppVersion, AdmissionKind::ToolJetApp] {
+                for operation in [
+                    AdmissionOperation::Create,
+                    AdmissionOperation::Update,
+                    AdmissionOperation::Delete,
+                ] {
+                    for result in [AdmissionResult::Allowed, AdmissionResult::Denied] {
                         let _ = admission_requests.get_or_create(&AdmissionLabels {
                             webhook,
-                            kind: kind.into(),
-                            operation: operation.into(),
+                            kind,
+                            operation,
                             result,
                         });
                     }
                 }
             }
+            // Undecodable bodies have one series per webhook, so an alert on them sees it at 0.
+            let _ = admission_requests.get_or_create(&AdmissionLabels::invalid(webhook));
         }
         Metrics {
             registry,
@@ -152,6 +260,18 @@ impl Default for Metrics {
             releases,
             admission_requests,
             admission_duration,
+        }
+    }
+}
+
+impl AdmissionLabels {
+    /// The labels of a body that is not an AdmissionReview: nothing in it is trusted.
+    pub fn invalid(webhook: Webhook) -> AdmissionLabels {
+        AdmissionLabels {
+            webhook,
+            kind: AdmissionKind::Other,
+            operation: AdmissionOperation::Other,
+            result: AdmissionResult::Invalid,
         }
     }
 }
@@ -202,15 +322,15 @@ mod tests {
         m.materializations.inc();
         m.admission_requests
             .get_or_create(&AdmissionLabels {
-                webhook: "validate",
-                kind: "AppVersion".into(),
-                operation: "UPDATE".into(),
-                result: "denied",
+                webhook: Webhook::Validate,
+                kind: AdmissionKind::AppVersion,
+                operation: AdmissionOperation::Update,
+                result: AdmissionResult::Denied,
             })
             .inc();
         m.admission_duration
             .get_or_create(&WebhookLabels {
-                webhook: "validate",
+                webhook: Webhook::Validate,
             })
             .observe(0.0004);
         let text = m.render();
@@ -227,5 +347,101 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn only_our_groups_kinds_are_named() {
+        assert_eq!(
+            AdmissionKind::of("tooljet.io", "AppVersion"),
+            AdmissionKind::AppVersion
+        );
+        assert_eq!(
+            AdmissionKind::of("tooljet.io", "ToolJetApp"),
+            AdmissionKind::ToolJetApp
+        );
+        assert_eq!(
+            AdmissionKind::of("tooljet.io", "EnvironmentConfig"),
+            AdmissionKind::EnvironmentConfig
+        );
+        for (group, kind) in [
+            ("", "Pod"),
+            ("apps", "AppVersion"),
+            ("tooljet.io", "appversion"),
+            ("tooljet.io", "Canary-7f3a"),
+            ("tooljet.io", ""),
+        ] {
+            assert_eq!(
+                AdmissionKind::of(group, kind),
+                AdmissionKind::Other,
+                "{group}/{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_operation_has_its_label() {
+        for (operation, label) in [
+            (Operation::Create, "CREATE"),
+            (Operation::Update, "UPDATE"),
+            (Operation::Delete, "DELETE"),
+            (Operation::Connect, "CONNECT"),
+        ] {
+            assert_eq!(AdmissionOperation::from(&operation).as_str(), label);
+        }
+    }
+
+    #[test]
+    fn admission_label_values_are_the_closed_sets() {
+        assert_eq!(
+            Webhook::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+            ["validate", "mutate"]
+        );
+        assert_eq!(
+            AdmissionKind::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+            ["AppVersion", "ToolJetApp", "EnvironmentConfig", "other"]
+        );
+        assert_eq!(
+            AdmissionOperation::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+            ["CREATE", "UPDATE", "DELETE", "CONNECT", "other"]
+        );
+        assert_eq!(
+            AdmissionResult::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+            ["allowed", "denied", "invalid"]
+        );
+    }
+
+    #[test]
+    fn admission_labels_render_as_their_text() {
+        let m = Metrics::default();
+        m.admission_requests
+            .get_or_create(&AdmissionLabels {
+                webhook: Webhook::Mutate,
+                kind: AdmissionKind::EnvironmentConfig,
+                operation: AdmissionOperation::Connect,
+                result: AdmissionResult::Allowed,
+            })
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "tooljet_operator_admission_requests_total{webhook=\"mutate\",kind=\"EnvironmentConfig\",operation=\"CONNECT\",result=\"allowed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tooljet_operator_admission_requests_total{webhook=\"validate\",kind=\"other\",operation=\"other\",result=\"invalid\"} 0"
+            ),
+            "{text}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -25,7 +25,7 @@ use crate::{
     },
     leader::Leadership,
     metrics::Metrics,
-    webhook::{certs, server},
+    webhook::{certs, http, server},
 };
 
 /// The admission webhook's listener and certificate.
@@ -39,6 +39,8 @@ pub struct WebhookOptions {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub settings: Settings,
+    /// The operator's own namespace: the content-hash key Secret lives there.
+    pub namespace: String,
     /// `/metrics`, `/healthz`, `/readyz` (plain HTTP).
     pub health_addr: Option<SocketAddr>,
     pub webhook: Option<WebhookOptions>,
@@ -46,6 +48,13 @@ pub struct Options {
 
 /// Runs until SIGTERM / Ctrl-C (graceful) or until a component fails.
 pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) -> Result<()> {
+    // The content-hash key first: every hash this process computes or checks (reconciles and
+    // admission reviews) uses it, so nothing that hashes may start without it.
+    let hash_key = Arc::new(
+        controller::secrets::load_or_create_hash_key(&client, &options.namespace)
+            .await
+            .context("loading the installation's content-hash key")?,
+    );
     let settings = options.settings.clone();
     let metrics = Arc::new(Metrics::default());
     let reporter = Reporter {
@@ -100,7 +109,9 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             client: client.clone(),
             versions: versions.clone(),
             apps: apps.clone(),
+            configs: configs.clone(),
             managed_secrets: managed_secrets.clone(),
+            hash_key: hash_key.clone(),
             readiness: readiness.clone(),
             metrics: metrics.clone(),
         });
@@ -113,10 +124,10 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             }
         });
         let addr = webhook.addr;
-        let router = server::router(state);
+        let router = http::router(state);
         let serving = resolver.clone();
         tokio::spawn(async move {
-            if let Err(e) = server::serve(addr, router, serving).await {
+            if let Err(e) = http::serve(addr, router, serving).await {
                 tracing::error!(error = %format!("{e:#}"), "admission webhook stopped");
                 std::process::exit(1);
             }
@@ -186,6 +197,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         apps,
         metrics,
         leadership: leadership.clone(),
+        hash_key,
     });
 
     tokio::spawn(fan_out_task);

@@ -1,6 +1,6 @@
 //! The EnvironmentConfig controller against the real kube-apiserver, with the operator binary
-//! running: materialisation, rotation, drift, missing references, conflicts, deletion, and no
-//! secret value anywhere it does not belong.
+//! running: materialisation, rotation, drift, missing references, conflicts, deletion, ownership
+//! by UID (never by label), keyed content hashes, and no secret value anywhere it does not belong.
 
 mod support;
 
@@ -12,7 +12,11 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use tooljet_operator::api::EnvironmentConfig;
+use sha2::{Digest, Sha256};
+use tooljet_operator::{
+    api::EnvironmentConfig,
+    materialize::{self, HashKey},
+};
 
 /// A value that must never appear in logs, Events or status.
 const CANARY: &str = "canary-5d1f0e-never-log-me";
@@ -48,6 +52,29 @@ impl Fixture {
                 name,
                 &PatchParams::apply("test-user").force(),
                 &Patch::Apply(&with_kind(secret)),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A Secret created by someone else that copies the operator's labels.
+    async fn put_labelled_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let string_data: BTreeMap<&str, &str> = data.iter().copied().collect();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name, "labels": {
+                "app.kubernetes.io/managed-by": "tooljet-operator",
+                "tooljet.io/kind": "environment-config",
+                "tooljet.io/environment": "staging",
+                "tooljet.io/app": "crm",
+            } },
+            "stringData": string_data,
+        });
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply("test-user").force(),
+                &Patch::Apply(&secret),
             )
             .await
             .unwrap();
@@ -446,7 +473,8 @@ async fn an_unmanaged_secret_of_the_same_name_is_never_overwritten() {
     f.apply_config("crm-staging", crm_spec("staging")).await;
     let (_, message) = f.wait_ready("crm-staging", "Conflict").await;
     assert!(
-        message.contains("not managed by tooljet-operator"),
+        message.contains("Secret tooljet.staging.crm")
+            && message.contains("not owned by this EnvironmentConfig"),
         "{message}"
     );
     let kept = text(&f.secrets().get("tooljet.staging.crm").await.unwrap());
@@ -454,6 +482,247 @@ async fn an_unmanaged_secret_of_the_same_name_is_never_overwritten() {
         kept,
         BTreeMap::from([("mine".to_string(), "do-not-touch".to_string())])
     );
+}
+
+#[tokio::test]
+async fn a_secret_that_only_carries_the_managed_by_label_is_never_adopted_overwritten_or_deleted() {
+    let f = Fixture::new("label").await;
+    f.put_labelled_secret("tooljet.staging.crm", &[("mine", "do-not-touch")])
+        .await;
+    let planted = f.secrets().get("tooljet.staging.crm").await.unwrap();
+    f.put_secret("creds", &[("pg", CANARY), ("stripe", "sk_1")])
+        .await;
+    f.apply_config("crm-staging", crm_spec("staging")).await;
+
+    let (status, message) = f.wait_ready("crm-staging", "Conflict").await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("Secret tooljet.staging.crm")
+            && message.contains("not owned by this EnvironmentConfig")
+            && message.contains("delete or rename"),
+        "{message}"
+    );
+    // A spec change reconciles again: still hands off.
+    let mut spec = crm_spec("staging");
+    spec["constants"][0]["value"] = json!("https://changed.example");
+    f.apply_config("crm-staging", spec).await;
+    f.wait_ready("crm-staging", "Conflict").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = f.secrets().get("tooljet.staging.crm").await.unwrap();
+    assert_eq!(after.uid(), planted.uid(), "not deleted and recreated");
+    assert_eq!(after.data, planted.data, "not overwritten");
+    assert!(after.owner_references().is_empty(), "not adopted");
+    assert!(
+        f.configs()
+            .get("crm-staging")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .hash
+            .is_none(),
+        "nothing was materialised"
+    );
+    f.assert_no_leak().await;
+}
+
+#[tokio::test]
+async fn deleting_a_clashing_labelled_secret_lets_the_config_materialise() {
+    let f = Fixture::new("unblock").await;
+    f.put_labelled_secret("tooljet.staging.crm", &[("mine", "do-not-touch")])
+        .await;
+    f.put_secret("creds", &[("pg", CANARY), ("stripe", "sk_1")])
+        .await;
+    f.apply_config("crm-staging", crm_spec("staging")).await;
+    f.wait_ready("crm-staging", "Conflict").await;
+
+    f.secrets()
+        .delete("tooljet.staging.crm", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Event-driven (the deletion triggers the config), well before the 60 s recheck.
+    f.wait_ready("crm-staging", "Materialized").await;
+    let secret = f
+        .wait_secret("tooljet.staging.crm", "the config's own Secret", |d| {
+            d.contains_key("TOOLJET_GLOBAL_CONSTANTS__staging__API_URL")
+        })
+        .await;
+    let cfg = f.configs().get("crm-staging").await.unwrap();
+    assert_eq!(
+        secret.owner_references()[0].uid,
+        cfg.uid().unwrap(),
+        "controlled by the config"
+    );
+    assert!(!text(&secret).contains_key("mine"));
+    f.assert_no_leak().await;
+}
+
+#[tokio::test]
+async fn a_secret_left_by_a_deleted_config_is_not_adopted_by_the_next_config() {
+    let f = Fixture::new("successor").await;
+    f.put_secret("creds", &[("pg", CANARY), ("stripe", "sk_1")])
+        .await;
+    f.apply_config("crm-old", crm_spec("staging")).await;
+    f.wait_ready("crm-old", "Materialized").await;
+    // A finalizer holds the old Secret after its config is gone, as a slow garbage collector
+    // would: the window in which the next config must not take it over.
+    let hold = json!({ "metadata": { "finalizers": ["tooljet.io/test-hold"] } });
+    f.secrets()
+        .patch(
+            "tooljet.staging.crm",
+            &PatchParams::default(),
+            &Patch::Merge(&hold),
+        )
+        .await
+        .unwrap();
+    let old = f.secrets().get("tooljet.staging.crm").await.unwrap();
+    let old_owner = f.configs().get("crm-old").await.unwrap().uid().unwrap();
+
+    f.configs()
+        .delete("crm-old", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.apply_config("crm-new", crm_spec("staging")).await;
+    let (_, message) = support::eventually(WAIT, "crm-new reports the old Secret", || {
+        let configs = f.configs();
+        async move {
+            let ready = configs
+                .get("crm-new")
+                .await
+                .unwrap()
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            ready
+                .message
+                .contains("not owned by this EnvironmentConfig")
+                .then_some((ready.reason, ready.message))
+        }
+    })
+    .await;
+    assert!(message.contains("Secret tooljet.staging.crm"), "{message}");
+    let held = f.secrets().get("tooljet.staging.crm").await.unwrap();
+    assert_eq!(held.uid(), old.uid());
+    assert_eq!(held.owner_references()[0].uid, old_owner, "not adopted");
+    assert_eq!(held.data, old.data, "not overwritten");
+
+    // Released, the old Secret goes (kube-controller-manager's garbage collector may need its
+    // 30 s discovery resync for the CRD), and its deletion lets the new config materialise.
+    let release = json!({ "metadata": { "finalizers": null } });
+    f.secrets()
+        .patch(
+            "tooljet.staging.crm",
+            &PatchParams::default(),
+            &Patch::Merge(&release),
+        )
+        .await
+        .unwrap();
+    let secrets = f.secrets();
+    let configs = f.configs();
+    let new = support::eventually(
+        Duration::from_secs(90),
+        "the new config's own Secret",
+        || {
+            let (secrets, configs) = (secrets.clone(), configs.clone());
+            async move {
+                let s = secrets.get_opt("tooljet.staging.crm").await.unwrap()?;
+                let cfg = configs.get("crm-new").await.unwrap();
+                (s.owner_references().first()?.uid == cfg.uid()?).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_ne!(
+        new.uid(),
+        old.uid(),
+        "a new Secret, not the old one adopted"
+    );
+    f.wait_ready("crm-new", "Materialized").await;
+    f.assert_no_leak().await;
+}
+
+/// The hash of the operator's first version: a plain SHA-256 of the length-prefixed content.
+fn plain_sha256(data: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The installation's key, as the operator stored it.
+async fn installation_key(client: &Client) -> Vec<u8> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "tooljet-system");
+    let secret = secrets.get("tooljet-operator-hash-key").await.unwrap();
+    assert_eq!(secret.immutable, Some(true));
+    secret.data.unwrap()["key"].0.clone()
+}
+
+#[tokio::test]
+async fn the_status_hash_is_keyed_with_the_installation_key_not_a_plain_digest() {
+    let f = Fixture::new("keyed").await;
+    f.put_secret("creds", &[("pg", CANARY), ("stripe", "1234")])
+        .await;
+    f.apply_config("crm-staging", crm_spec("staging")).await;
+    f.wait_ready("crm-staging", "Materialized").await;
+    let secret = f.secrets().get("tooljet.staging.crm").await.unwrap();
+    let hash = f
+        .configs()
+        .get("crm-staging")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .hash
+        .unwrap();
+    assert_eq!(hash, secret.annotations()["tooljet.io/config-hash"]);
+    assert_ne!(
+        hash,
+        plain_sha256(&text(&secret)),
+        "not guessable offline from the content"
+    );
+
+    let key = installation_key(&f.client).await;
+    assert_eq!(key.len(), 32);
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    assert_eq!(
+        hash,
+        materialize::hash(&HashKey::new(&key).unwrap(), &data),
+        "HMAC-SHA256 with the installation's key"
+    );
+    let log = std::fs::read_to_string(support::shared_operator()).unwrap();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let base64 = serde_json::to_value(ByteString(key.clone())).unwrap();
+    assert!(
+        !log.contains(&hex) && !log.contains(base64.as_str().unwrap()),
+        "the operator log holds the key"
+    );
+    f.assert_no_leak().await;
+}
+
+#[tokio::test]
+async fn the_same_content_in_two_namespaces_has_the_same_hash() {
+    let mut hashes = vec![];
+    for prefix in ["same-a", "same-b"] {
+        let f = Fixture::new(prefix).await;
+        f.put_secret("creds", &[("pg", CANARY), ("stripe", "sk_same")])
+            .await;
+        f.apply_config("crm-staging", crm_spec("staging")).await;
+        f.wait_ready("crm-staging", "Materialized").await;
+        let cfg = f.configs().get("crm-staging").await.unwrap();
+        hashes.push(cfg.status.unwrap().hash.unwrap());
+    }
+    assert_eq!(hashes[0], hashes[1], "one installation, one key");
 }
 
 #[tokio::test]

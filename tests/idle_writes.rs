@@ -1,5 +1,7 @@
-//! A restart of the operator on a converged namespace with 100 EnvironmentConfigs writes nothing.
-//! Its own test binary, so its control plane sees no other writer while it counts.
+//! A restart of the operator on a converged namespace with 100 EnvironmentConfigs writes nothing:
+//! in particular the restarted operator hashes with the same installation key (read from its
+//! Secret, not generated anew), so no content hash changes. Its own test binary, so its control
+//! plane sees no other writer while it counts.
 
 mod support;
 
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -71,6 +73,14 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
     // Let the last status writes' watch events settle, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     first.stop();
+    let hashes =
+        |list: kube::core::ObjectList<EnvironmentConfig>| -> Vec<(String, Option<String>)> {
+            list.iter()
+                .map(|c| (c.name_any(), c.status.as_ref().and_then(|s| s.hash.clone())))
+                .collect()
+        };
+    let hashes_before = hashes(configs.list(&ListParams::default()).await.unwrap());
+    assert!(hashes_before.iter().all(|(_, h)| h.is_some()));
 
     let before = support::apiserver_writes(&WRITTEN);
     assert!(
@@ -98,5 +108,10 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
         0,
         "the restarted operator wrote {} times to {WRITTEN:?}",
         after - before
+    );
+    assert_eq!(
+        hashes(configs.list(&ListParams::default()).await.unwrap()),
+        hashes_before,
+        "the content hashes are stable across a restart"
     );
 }

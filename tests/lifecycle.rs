@@ -1,18 +1,19 @@
 //! The version lifecycle against the real kube-apiserver, with the operator running: promotion
 //! switches a version's resolved config, release and rollback are recorded, workloads named in
-//! `spec.rollout` restart exactly when their stage's configuration changes.
+//! `spec.rollout` restart exactly when their stage's configuration changes, and a Secret merely
+//! named and labelled like a stage configuration never configures a version.
 
 mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret, events::v1::Event};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use tooljet_operator::api::{AppVersion, ToolJetApp};
+use tooljet_operator::api::{AppVersion, EnvironmentConfig, ToolJetApp};
 
 const WAIT: Duration = Duration::from_secs(20);
 const CANARY: &str = "canary-91ab-lifecycle";
@@ -581,4 +582,115 @@ async fn a_missing_required_constant_is_named_in_config_resolved() {
         },
     )
     .await;
+}
+
+/// A value planted in Secrets named like stage configurations: it must never configure a version.
+const FORGED: &str = "canary-forged-stage-3e7a";
+
+#[tokio::test]
+async fn a_labelled_secret_named_like_a_stage_configuration_is_never_used() {
+    let f = Fixture::new("forged").await;
+    f.setup().await;
+    let configs: Api<EnvironmentConfig> = Api::namespaced(f.client.clone(), &f.ns);
+    let app_config = configs.get("crm-staging").await.unwrap();
+    let forged_data = json!({
+        "TOOLJET_GLOBAL_CONSTANTS__staging__API_URL": FORGED,
+        "TOOLJET_GLOBAL_CONSTANTS__staging__INJECTED": FORGED,
+        "TOOLJET_GLOBAL_CONSTANTS__production__API_URL": FORGED,
+        "TOOLJET_GLOBAL_CONSTANTS__production__INJECTED": FORGED,
+        "datasources.json": json!({ "evil": { "kind": "restapi", "options": { "url": FORGED } } }).to_string(),
+    });
+    let labels = |env: &str| {
+        json!({
+            "app.kubernetes.io/managed-by": "tooljet-operator",
+            "tooljet.io/kind": "environment-config",
+            "tooljet.io/environment": env,
+        })
+    };
+    // The workspace-wide staging name, labelled, and even controlled by a live config (of another
+    // key: the app's), whose uid anyone who can read it can copy.
+    f.apply(
+        "v1",
+        "Secret",
+        "secrets",
+        "tooljet.staging",
+        json!({
+            "metadata": { "labels": labels("staging"), "ownerReferences": [{
+                "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
+                "name": "crm-staging", "uid": app_config.metadata.uid, "controller": true,
+            }] },
+            "stringData": forged_data,
+        }),
+    )
+    .await;
+    // The workspace-wide production name, with the label only.
+    f.apply(
+        "v1",
+        "Secret",
+        "secrets",
+        "tooljet.production",
+        json!({ "metadata": { "labels": labels("production") }, "stringData": forged_data }),
+    )
+    .await;
+
+    f.version(
+        "crm-v1",
+        json!({ "dataSources": ["crm-db"], "constants": ["API_URL"] }),
+    )
+    .await;
+    f.resolved("crm-v1", "development config", |d| {
+        d.contains_key("TOOLJET_GLOBAL_CONSTANTS__development__API_URL")
+    })
+    .await;
+    for (stage, url) in [
+        ("staging", "https://staging.example"),
+        ("production", "https://production.example"),
+    ] {
+        f.promote("crm-v1", stage).await;
+        let key = format!("TOOLJET_GLOBAL_CONSTANTS__{stage}__API_URL");
+        f.resolved("crm-v1", &format!("the real {stage} config"), |d| {
+            d.get(&key).map(String::as_str) == Some(url)
+        })
+        .await;
+        // Give a wrong layer every chance to show up.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let resolved = f
+            .resolved("crm-v1", &format!("{stage} config, again"), |_| true)
+            .await;
+        assert_eq!(resolved[&key], url);
+        assert!(
+            !resolved.values().any(|v| v.contains(FORGED)),
+            "a forged value reached the resolved config: {resolved:?}"
+        );
+        let doc: Value = serde_json::from_str(&resolved["datasources.json"]).unwrap();
+        assert!(doc.get("evil").is_none(), "{doc}");
+        assert_eq!(
+            resolved.keys().filter(|k| k.contains("INJECTED")).count(),
+            0
+        );
+    }
+
+    let versions: Api<AppVersion> = Api::namespaced(f.client.clone(), &f.ns);
+    let status = serde_json::to_string(&versions.get("crm-v1").await.unwrap().status).unwrap();
+    assert!(!status.contains(FORGED), "{status}");
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    for e in events.list(&ListParams::default()).await.unwrap() {
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(
+            !text.contains(FORGED),
+            "an Event holds a forged value: {text}"
+        );
+    }
+    let log = std::fs::read_to_string(support::shared_operator()).unwrap();
+    assert!(
+        !log.contains(FORGED),
+        "the operator log holds a forged value"
+    );
+    // And the planted Secrets are left as they are: never adopted, overwritten or deleted.
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    for name in ["tooljet.staging", "tooljet.production"] {
+        let s = secrets.get(name).await.unwrap();
+        let value = &s.data.unwrap()["TOOLJET_GLOBAL_CONSTANTS__staging__INJECTED"];
+        assert_eq!(value.0, FORGED.as_bytes());
+    }
 }

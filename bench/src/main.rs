@@ -183,7 +183,7 @@ struct Workload {
     outputs: Vec<BTreeMap<String, Vec<u8>>>,
 }
 
-fn workload(apps: usize) -> Result<Workload> {
+fn workload(key: &materialize::HashKey, apps: usize) -> Result<Workload> {
     let mut w = Workload {
         secrets: vec![],
         apps: vec![],
@@ -234,7 +234,7 @@ fn workload(apps: usize) -> Result<Workload> {
                     .collect(),
             )]
             .into();
-            let m = materialize::materialize(stage, &[&typed], &data)
+            let m = materialize::materialize(key, stage, &[&typed], &data)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             w.expected
                 .insert(materialize::secret_name(Some(&app), stage), m.hash.clone());
@@ -247,7 +247,7 @@ fn workload(apps: usize) -> Result<Workload> {
             w.versions.push(json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
                 "spec": { "app": app, "versionName": format!("v{v}"), "environment": "development",
                           "definition": { "queries": [{ "url": "{{constants.C0}}/x", "auth": "{{secrets.S0}}" }] } } }));
-            let resolved = materialize::merge_layers(&[&by_stage["development"]]);
+            let resolved = materialize::merge_layers(key, &[&by_stage["development"]]);
             w.expected_resolved.insert(
                 materialize::resolved_secret_name(&name),
                 resolved.hash.clone(),
@@ -549,7 +549,12 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
     );
     let cluster = Cluster::start(dir).await?;
     let client = cluster.client.clone();
-    let w = workload(apps)?;
+    // The installation's hash key, made now (the operator then reads it), so that the expected
+    // hashes can be computed before it starts.
+    let key =
+        tooljet_operator::controller::secrets::load_or_create_hash_key(&client, "tooljet-system")
+            .await?;
+    let w = workload(&key, apps)?;
     let objects: Vec<Value> = w
         .secrets
         .iter()
@@ -684,7 +689,7 @@ async fn scenario(args: &Args, apps: usize, full: bool, dir: &Path) -> Result<Va
         .map(|v| {
             (
                 materialize::resolved_secret_name(v),
-                materialize::merge_layers(&[&data]).hash,
+                materialize::merge_layers(&key, &[&data]).hash,
             )
         })
         .collect();

@@ -1,5 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, core::Selector};
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_PIPELINE, matches, patterns, schema};
@@ -75,6 +75,77 @@ pub struct ToolJetAppSpec {
     #[schemars(length(max = 10))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["environment".into()]))]
     pub rollout: Vec<RolloutTarget>,
+}
+
+impl ToolJetApp {
+    /// The stage where versions are created and edited.
+    pub fn first_stage(&self) -> &str {
+        self.spec
+            .environments
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The stage whose versions can be released.
+    pub fn last_stage(&self) -> &str {
+        self.spec
+            .environments
+            .last()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The released version, if any.
+    pub fn released(&self) -> Option<&str> {
+        self.spec.release.as_ref().map(|r| r.version.as_str())
+    }
+}
+
+impl RolloutTarget {
+    /// The selector as kube's [`Selector`], the same value used to match labels and to build the
+    /// list query, so the two never disagree. `Ok(None)`: no selector. An error names the problem:
+    /// an unknown operator, `In`/`NotIn` without values, `Exists`/`DoesNotExist` with values, or a
+    /// selector that selects every Deployment.
+    pub fn parsed_selector(&self) -> Result<Option<Selector>, String> {
+        let Some(selector) = &self.selector else {
+            return Ok(None);
+        };
+        for e in selector.match_expressions.iter().flatten() {
+            let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+            match e.operator.as_str() {
+                "In" | "NotIn" if !has_values => {
+                    return Err(format!(
+                        "matchExpressions key {} with operator {} needs at least one value",
+                        e.key, e.operator
+                    ));
+                }
+                "Exists" | "DoesNotExist" if has_values => {
+                    return Err(format!(
+                        "matchExpressions key {} with operator {} takes no values",
+                        e.key, e.operator
+                    ));
+                }
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => {
+                    return Err(format!(
+                        "matchExpressions key {} has operator {other}; use In, NotIn, Exists or DoesNotExist \
+                         (operators are case-sensitive)",
+                        e.key
+                    ));
+                }
+            }
+        }
+        let parsed = Selector::try_from(selector.clone()).map_err(|e| e.to_string())?;
+        if parsed.selects_all() {
+            return Err(
+                "an empty selector selects every Deployment of the namespace; name the Deployments or give \
+                 matchLabels"
+                    .into(),
+            );
+        }
+        Ok(Some(parsed))
+    }
 }
 
 pub fn default_pipeline() -> Vec<String> {

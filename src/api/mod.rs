@@ -40,6 +40,10 @@ pub const PROMOTED_FROM_ANNOTATION: &str = "tooljet.io/promoted-from";
 pub const RELEASED_BY_ANNOTATION: &str = "tooljet.io/released-by";
 pub const RELEASED_AT_ANNOTATION: &str = "tooljet.io/released-at";
 pub const RELEASED_VERSION_ANNOTATION: &str = "tooljet.io/released-version";
+/// The stages a version has been in, in order, comma-separated (`development,staging`). Stamped
+/// by the mutating webhook on create and on every promotion; the ValidatingAdmissionPolicy reads
+/// it to enforce the stage rules of any pipeline when the webhook is unavailable.
+pub const STAGES_ANNOTATION: &str = "tooljet.io/stages";
 /// Prefix of every annotation the operator owns.
 pub const ANNOTATION_PREFIX: &str = "tooljet.io/";
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures::Stream;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -30,8 +30,9 @@ use super::{
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
-    RELEASED_VERSION_ANNOTATION, ReleaseRecord, RolloutTarget, ToolJetApp, ToolJetAppStatus,
+    RELEASED_VERSION_ANNOTATION, ReleaseRecord, ToolJetApp, ToolJetAppStatus,
 };
+use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
 pub const RELEASE_HISTORY: usize = 20;
@@ -106,31 +107,14 @@ fn apps_rolling_out(
             a.namespace() == d.namespace()
                 && a.spec.rollout.iter().any(|r| {
                     r.deployments.contains(&name)
-                        || r.selector.as_ref().is_some_and(|s| selects(s, d.labels()))
+                        || r.parsed_selector()
+                            .ok()
+                            .flatten()
+                            .is_some_and(|s| s.matches(d.labels()))
                 })
         })
         .map(|a| ObjectRef::from(&*a))
         .collect()
-}
-
-/// Whether a label selector matches a label set.
-pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    });
-    by_labels && by_expressions
 }
 
 /// The release as the spec asks it, checked against the versions.
@@ -192,10 +176,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         .collect();
     let release = check_release(&app, &versions);
 
-    let mut rollout_problems = vec![];
-    for target in &app.spec.rollout {
-        rollout_problems.extend(roll_out(&ctx, &app, &ns, target).await?);
-    }
+    let rollout_problems = roll_out(&ctx, &app, &ns).await?;
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout_problems);
     apply_status(&ctx, "tooljetapp", &*app, app.status.as_ref(), &status).await?;
@@ -240,42 +221,78 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-/// Stamps the stage's configuration hash on the pod template of each Deployment of `target`,
-/// when it differs. Returns the names of Deployments that were named but not found.
-async fn roll_out(
-    ctx: &Context,
-    app: &ToolJetApp,
-    ns: &str,
-    target: &RolloutTarget,
-) -> Result<Vec<String>, Error> {
-    let hash = appversion::resolve(
-        &ctx.managed_secrets,
-        ns,
-        &app.name_any(),
-        &target.environment,
-    )
-    .hash;
+/// What keeps a rollout from being in sync.
+#[derive(Debug, Default, PartialEq)]
+struct RolloutProblems {
+    /// `stage/name` of Deployments named but not found.
+    missing: Vec<String>,
+    /// Why some Deployments were left alone: a malformed selector, or a Deployment that two
+    /// stages claim (restarting it for both would flip it back and forth forever).
+    invalid: Vec<String>,
+}
+
+/// Stamps each stage's configuration hash on the pod template of the Deployments its rollout
+/// entry names or selects, when it differs. A Deployment claimed by two stages is not touched.
+async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutProblems, Error> {
+    let mut problems = RolloutProblems::default();
+    if app.spec.rollout.is_empty() {
+        return Ok(problems);
+    }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let mut deployments = BTreeMap::new();
-    let mut missing = vec![];
-    for name in &target.deployments {
-        match api.get_opt(name).await? {
-            Some(d) => {
-                deployments.insert(name.clone(), d);
+    // Which stages claim each Deployment, and the Deployments themselves.
+    let mut claims: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
+    for target in &app.spec.rollout {
+        let stage = target.environment.as_str();
+        let mut claim = |name: String, d: Deployment| {
+            let stages = claims.entry(name.clone()).or_default();
+            if !stages.contains(&stage) {
+                stages.push(stage);
             }
-            None => missing.push(name.clone()),
+            deployments.insert(name, d);
+        };
+        for name in &target.deployments {
+            match api.get_opt(name).await? {
+                Some(d) => claim(name.clone(), d),
+                None => problems.missing.push(format!("{stage}/{name}")),
+            }
+        }
+        match target.parsed_selector() {
+            Ok(Some(selector)) => {
+                for d in api
+                    .list(&ListParams::default().labels_from(&selector))
+                    .await?
+                {
+                    claim(d.name_any(), d);
+                }
+            }
+            Ok(None) => {}
+            Err(problem) => problems
+                .invalid
+                .push(format!("the selector of the {stage} entry: {problem}")),
         }
     }
-    if let Some(selector) = &target.selector {
-        let selector = selector_string(selector);
-        for d in api.list(&ListParams::default().labels(&selector)).await? {
-            deployments.insert(d.name_any(), d);
+    for (name, stages) in &claims {
+        if stages.len() > 1 {
+            problems.invalid.push(format!(
+                "Deployment {name} is in the rollouts of {}; keep it in one",
+                stages.join(" and ")
+            ));
+            continue;
         }
-    }
-    for (name, d) in deployments {
-        let current = d
-            .spec
-            .as_ref()
+        let stage = stages[0];
+        let hash = appversion::resolve(
+            &ctx.hash_key,
+            &ctx.managed_secrets,
+            &ctx.configs,
+            ns,
+            &app.name_any(),
+            stage,
+        )
+        .hash;
+        let current = deployments
+            .get(name)
+            .and_then(|d| d.spec.as_ref())
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(HASH_ANNOTATION));
@@ -290,50 +307,24 @@ async fn roll_out(
         });
         ctx.may_write()?;
         api.patch(
-            &name,
+            name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
         ctx.metrics.wrote("tooljetapp", "deployment");
-        info!(deployment = %name, environment = %target.environment, %hash, "rollout: configuration hash stamped");
+        info!(deployment = %name, environment = %stage, %hash, "rollout: configuration hash stamped");
         publish(
             &ctx.recorder,
             app,
             EventType::Normal,
             "RolloutTriggered",
             "Rollout",
-            format!(
-                "Deployment {name} restarts with the changed {} configuration",
-                target.environment
-            ),
+            format!("Deployment {name} restarts with the changed {stage} configuration"),
         )
         .await;
     }
-    Ok(missing
-        .into_iter()
-        .map(|m| format!("{}/{m}", target.environment))
-        .collect())
-}
-
-/// A label selector in the `key=value,key in (a,b)` form list calls take.
-fn selector_string(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.as_deref().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
+    Ok(problems)
 }
 
 /// The status (pure), and the release to record if the released version changed.
@@ -341,7 +332,7 @@ fn desired_status(
     app: &ToolJetApp,
     versions: &[Arc<AppVersion>],
     release: &Release,
-    rollout_missing: &[String],
+    rollout: &RolloutProblems,
 ) -> (ToolJetAppStatus, Option<ReleaseRecord>) {
     let mut status = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
@@ -425,23 +416,34 @@ fn desired_status(
             )
         }
     };
-    let rollout = if rollout_missing.is_empty() {
+    let rollout = if !rollout.invalid.is_empty() {
         condition(
             "RolloutReady",
-            true,
-            "Synced",
-            "every rollout workload carries its stage's configuration hash",
+            false,
+            "InvalidRollout",
+            format!(
+                "spec.rollout: {}; those Deployments are left alone",
+                rollout.invalid.join("; ")
+            ),
             generation,
         )
-    } else {
+    } else if !rollout.missing.is_empty() {
         condition(
             "RolloutReady",
             false,
             "DeploymentNotFound",
             format!(
                 "Deployments named in spec.rollout do not exist: {}",
-                rollout_missing.join(", ")
+                rollout.missing.join(", ")
             ),
+            generation,
+        )
+    } else {
+        condition(
+            "RolloutReady",
+            true,
+            "Synced",
+            "every rollout workload carries its stage's configuration hash",
             generation,
         )
     };
@@ -457,8 +459,8 @@ pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, ctx: Arc<Context>) -> A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AppVersionSpec, Release as ReleaseSpec, ToolJetAppSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use crate::api::{AppVersionSpec, Release as ReleaseSpec, RolloutTarget, ToolJetAppSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn app(release: Option<&str>) -> ToolJetApp {
         let mut a = ToolJetApp::new(
@@ -522,7 +524,12 @@ mod tests {
     #[test]
     fn release_history_records_releases_and_rollbacks_and_keeps_the_last_good_release() {
         let mut a = app(Some("v1"));
-        let (s, r) = desired_status(&a, &versions(), &check_release(&a, &versions()), &[]);
+        let (s, r) = desired_status(
+            &a,
+            &versions(),
+            &check_release(&a, &versions()),
+            &RolloutProblems::default(),
+        );
         assert_eq!(s.released_version.as_deref(), Some("v1"));
         assert!(!r.unwrap().rollback);
         a.status = Some(s);
@@ -530,14 +537,24 @@ mod tests {
         a.spec.release = Some(ReleaseSpec {
             version: "v2".into(),
         });
-        let (s, r) = desired_status(&a, &versions(), &check_release(&a, &versions()), &[]);
+        let (s, r) = desired_status(
+            &a,
+            &versions(),
+            &check_release(&a, &versions()),
+            &RolloutProblems::default(),
+        );
         assert_eq!(r.unwrap().version, "v2");
         a.status = Some(s);
 
         a.spec.release = Some(ReleaseSpec {
             version: "v1".into(),
         });
-        let (s, r) = desired_status(&a, &versions(), &check_release(&a, &versions()), &[]);
+        let (s, r) = desired_status(
+            &a,
+            &versions(),
+            &check_release(&a, &versions()),
+            &RolloutProblems::default(),
+        );
         assert!(
             r.unwrap().rollback,
             "releasing an earlier version is a rollback"
@@ -554,7 +571,12 @@ mod tests {
         a.spec.release = Some(ReleaseSpec {
             version: "v3".into(),
         });
-        let (s, r) = desired_status(&a, &versions(), &check_release(&a, &versions()), &[]);
+        let (s, r) = desired_status(
+            &a,
+            &versions(),
+            &check_release(&a, &versions()),
+            &RolloutProblems::default(),
+        );
         assert!(r.is_none());
         assert_eq!(
             s.released_version.as_deref(),
@@ -572,7 +594,7 @@ mod tests {
     #[test]
     fn versions_are_listed_per_stage_in_pipeline_order() {
         let a = app(None);
-        let (s, _) = desired_status(&a, &versions(), &Release::None, &[]);
+        let (s, _) = desired_status(&a, &versions(), &Release::None, &RolloutProblems::default());
         let listed: Vec<(&str, Vec<&str>)> = s
             .environments
             .iter()
@@ -594,22 +616,77 @@ mod tests {
     }
 
     #[test]
-    fn label_selectors_match_like_the_apiserver() {
+    fn rollout_problems_set_the_rollout_condition() {
+        let a = app(None);
+        let problems = RolloutProblems {
+            missing: vec![],
+            invalid: vec![
+                "Deployment web is in the rollouts of staging and production; keep it in one"
+                    .into(),
+            ],
+        };
+        let (s, _) = desired_status(&a, &versions(), &Release::None, &problems);
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RolloutReady")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidRollout")
+        );
+        assert!(
+            c.message
+                .contains("Deployment web is in the rollouts of staging and production")
+        );
+    }
+
+    #[test]
+    fn rollout_selectors_match_and_query_alike() {
         let labels = BTreeMap::from([
             ("app".to_string(), "tooljet".to_string()),
             ("env".to_string(), "prod".to_string()),
         ]);
+        let target = |selector: LabelSelector| RolloutTarget {
+            environment: "production".into(),
+            deployments: vec![],
+            selector: Some(selector),
+        };
         let mut s = LabelSelector {
             match_labels: Some(BTreeMap::from([("app".into(), "tooljet".into())])),
             match_expressions: None,
         };
-        assert!(selects(&s, &labels));
+        let parsed = target(s.clone()).parsed_selector().unwrap().unwrap();
+        assert!(parsed.matches(&labels));
         s.match_expressions = Some(vec![LabelSelectorRequirement {
             key: "env".into(),
             operator: "In".into(),
             values: Some(vec!["staging".into()]),
         }]);
-        assert!(!selects(&s, &labels));
-        assert_eq!(selector_string(&s), "app=tooljet,env in (staging)");
+        let parsed = target(s.clone()).parsed_selector().unwrap().unwrap();
+        assert!(!parsed.matches(&labels));
+        assert_eq!(parsed.to_string(), "app=tooljet,env in (staging)");
+
+        for (operator, values, problem) in [
+            ("exists", None, "use In, NotIn, Exists or DoesNotExist"),
+            ("In", None, "needs at least one value"),
+            ("In", Some(vec![]), "needs at least one value"),
+            ("Exists", Some(vec!["x".to_string()]), "takes no values"),
+        ] {
+            let bad = LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "env".into(),
+                    operator: operator.into(),
+                    values,
+                }]),
+            };
+            let err = target(bad).parsed_selector().unwrap_err();
+            assert!(err.contains(problem), "{operator}: {err}");
+        }
+        let err = target(LabelSelector::default())
+            .parsed_selector()
+            .unwrap_err();
+        assert!(err.contains("selects every Deployment"), "{err}");
     }
 }

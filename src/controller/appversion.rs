@@ -1,6 +1,11 @@
 //! AppVersion -> its resolved-config Secret: the merged data sources and constants of the stage
 //! the version is in now (workspace-wide entries overridden by the app's). Promotion switches the
 //! content to the target stage's values; a change of that stage's configuration follows.
+//!
+//! A stage Secret (`tooljet.<env>`, `tooljet.<env>.<app>`) is used as configuration only when a
+//! live EnvironmentConfig of that very key controls it by UID: anyone who may create Secrets can
+//! create one of that name carrying the managed-by label, and must not thereby configure a stage
+//! (the operator would be their confused deputy).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -25,16 +30,20 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
     envconfig, new_failure, publish,
-    secrets::{Change, app_label_value, create_secret, ensure_secret, managed_secret},
+    secrets::{
+        Change, app_label_value, controlled_by, controller_of, create_secret, ensure_secret,
+        managed_secret,
+    },
     set_condition,
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PROMOTED_AT_ANNOTATION,
+        AppVersion, AppVersionStatus, EnvironmentConfig, PROMOTED_AT_ANNOTATION,
         PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, Promotion, ResolvedConfig, ToolJetApp,
     },
     materialize::{
-        Materialized, merge_layers, missing_requirements, resolved_secret_name, secret_name,
+        HashKey, Materialized, merge_layers, missing_requirements, resolved_secret_name,
+        secret_name,
     },
 };
 
@@ -79,11 +88,20 @@ pub fn controller(
 }
 
 /// The versions a managed Secret matters to: its owner for a resolved-config Secret, every version
-/// in that stage (of that app, for an app-scoped one) for a stage configuration.
+/// in that stage (of that app, for an app-scoped one) for a stage configuration, and the version
+/// whose resolved-config name it holds (so that a clashing Secret's deletion, or its garbage
+/// collection, lets that version write its own at once). Triggers only: what is read or written
+/// is decided by ownership in the reconcile.
 fn affected_by_secret(versions: &Store<AppVersion>, secret: &Secret) -> Vec<ObjectRef<AppVersion>> {
     let ns = secret.namespace();
     let labels = secret.labels();
-    match labels.get(KIND_LABEL).map(String::as_str) {
+    let mut by_name: Vec<ObjectRef<AppVersion>> = secret
+        .name_any()
+        .strip_prefix("tooljet-version.")
+        .map(|version| ObjectRef::new(version).within(ns.as_deref().unwrap_or_default()))
+        .into_iter()
+        .collect();
+    let by_role = match labels.get(KIND_LABEL).map(String::as_str) {
         Some(SECRET_KIND) => secret
             .owner_references()
             .iter()
@@ -107,32 +125,67 @@ fn affected_by_secret(versions: &Store<AppVersion>, secret: &Secret) -> Vec<Obje
                 .collect()
         }
         _ => vec![],
-    }
+    };
+    by_name.extend(by_role);
+    by_name
 }
 
 /// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
-/// first. Reads only the cache.
-pub fn resolve(managed: &Store<Secret>, ns: &str, app: &str, environment: &str) -> Materialized {
-    let layers: Vec<BTreeMap<String, Vec<u8>>> = [
-        secret_name(None, environment),
-        secret_name(Some(app), environment),
-    ]
-    .iter()
-    .filter_map(|name| managed.get(&ObjectRef::new(name).within(ns)))
-    .map(|s| {
-        s.data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect()
+/// first, hashed with `key`. Reads only the caches. A Secret of a stage's name is a layer only
+/// when [`is_stage_config`] says so; any other is ignored, its content never read.
+pub fn resolve(
+    key: &HashKey,
+    managed: &Store<Secret>,
+    configs: &Store<EnvironmentConfig>,
+    ns: &str,
+    app: &str,
+    environment: &str,
+) -> Materialized {
+    let layers: Vec<BTreeMap<String, Vec<u8>>> = [None, Some(app)]
+        .into_iter()
+        .filter_map(|scope| {
+            let secret =
+                managed.get(&ObjectRef::new(&secret_name(scope, environment)).within(ns))?;
+            let owner = controller_of(&secret)
+                .and_then(|o| configs.get(&ObjectRef::new(&o.name).within(ns)));
+            is_stage_config(&secret, owner.as_deref(), ns, scope, environment).then_some(secret)
+        })
+        .map(|s| {
+            s.data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        })
+        .collect();
+    merge_layers(key, &layers.iter().collect::<Vec<_>>())
+}
+
+/// Whether `secret` is the configuration of (namespace `ns`, app `scope` or the workspace,
+/// `environment`) (pure): its controller ownerReference is `owner`, by UID, and `owner` is a live
+/// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.
+/// The label and the name prove nothing; nor does an ownerReference to a config of another key
+/// (a reference is only a uid anyone can copy, so the key must match too).
+fn is_stage_config(
+    secret: &Secret,
+    owner: Option<&EnvironmentConfig>,
+    ns: &str,
+    scope: Option<&str>,
+    environment: &str,
+) -> bool {
+    owner.is_some_and(|cfg| {
+        controlled_by(secret, cfg.metadata.uid.as_deref())
+            && cfg.metadata.deletion_timestamp.is_none()
+            && cfg.metadata.namespace.as_deref() == Some(ns)
+            && secret.metadata.namespace.as_deref() == Some(ns)
+            && cfg.spec.app.as_deref() == scope
+            && cfg.spec.environment == environment
     })
-    .collect();
-    merge_layers(&layers.iter().collect::<Vec<_>>())
 }
 
 /// Whether an EnvironmentConfig for (app or workspace, environment) exists, healthy, whose Secret
-/// is not in the cache yet.
+/// is not in the cache yet (or not yet as one it controls).
 fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str) -> bool {
     ctx.configs.state().iter().any(|c| {
         c.namespace().as_deref() == Some(ns)
@@ -144,7 +197,7 @@ fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str
             && ctx
                 .managed_secrets
                 .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
-                .is_none()
+                .is_none_or(|s| !controlled_by(&s, c.metadata.uid.as_deref()))
     })
 }
 
@@ -170,7 +223,14 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         );
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
-    let resolved = resolve(&ctx.managed_secrets, &ns, &v.spec.app, environment);
+    let resolved = resolve(
+        &ctx.hash_key,
+        &ctx.managed_secrets,
+        &ctx.configs,
+        &ns,
+        &v.spec.app,
+        environment,
+    );
     let requires = v.spec.requires.clone().unwrap_or_default();
     let missing = missing_requirements(
         &requires.data_sources,
@@ -199,9 +259,11 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         None if create_secret(&ctx, "appversion", &secrets, &desired).await? => (None, true),
         None => (secrets.get_opt(&target).await?.map(Arc::new), false),
     };
-    let taken = existing.as_ref().is_some_and(|s| {
-        s.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE)
-    });
+    // Ours only by UID: a Secret of that name this version does not control (whatever its labels)
+    // is never adopted or overwritten.
+    let taken = existing
+        .as_ref()
+        .is_some_and(|s| !controlled_by(s, v.metadata.uid.as_deref()));
     let change = if taken {
         None
     } else if created {
@@ -224,7 +286,9 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         ctx.metrics.promotions.inc();
     }
     ctx.metrics.reconciled("appversion", started.elapsed());
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    // A clashing Secret without the label sends no event when it goes: look again soon.
+    let recheck = if taken { 60 } else { 3600 };
+    Ok(Action::requeue(Duration::from_secs(recheck)))
 }
 
 /// The status for what was found (pure), and the promotion to record if the stage changed.
@@ -281,7 +345,8 @@ fn desired_status(
             false,
             "SecretExists",
             format!(
-                "Secret {secret} already exists and is not managed by tooljet-operator; rename or delete it"
+                "Secret {secret} already exists and is not owned by this AppVersion (whatever its labels \
+                 say); the operator never adopts or overwrites it: delete or rename Secret {secret}"
             ),
             generation,
         )
@@ -456,6 +521,7 @@ pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Act
 mod tests {
     use super::*;
     use crate::api::{AppVersionSpec, ToolJetAppSpec, ToolJetAppStatus};
+    use kube::Resource;
     use std::collections::BTreeMap as Map;
 
     fn version(env: &str) -> AppVersion {
@@ -493,7 +559,11 @@ mod tests {
     }
 
     fn empty() -> Materialized {
-        merge_layers(&[])
+        merge_layers(&key(), &[])
+    }
+
+    fn key() -> HashKey {
+        HashKey::new(&[4; HashKey::LEN]).unwrap()
     }
 
     fn reason<'a>(s: &'a AppVersionStatus, t: &str) -> (&'a str, &'a str) {
@@ -592,5 +662,195 @@ mod tests {
         let (s, _) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
         assert_eq!(reason(&s, "Ready"), ("True", "Ready"));
         assert_eq!(s.resolved_config.unwrap().environment, "staging");
+    }
+
+    fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> EnvironmentConfig {
+        let mut cfg = EnvironmentConfig::new(
+            name,
+            crate::api::EnvironmentConfigSpec {
+                environment: env.into(),
+                app: app.map(String::from),
+                data_sources: vec![],
+                constants: vec![],
+            },
+        );
+        cfg.metadata.namespace = Some("ns".into());
+        cfg.metadata.uid = Some(uid.into());
+        cfg
+    }
+
+    /// A labelled stage Secret named for (app, env) holding constant `C` = `value`, controlled by
+    /// `owner` when given.
+    fn stage_secret(
+        app: Option<&str>,
+        env: &str,
+        value: &str,
+        owner: Option<&EnvironmentConfig>,
+    ) -> Secret {
+        let scope = stage_config("x", "x", app, env);
+        let mut secret = managed_secret(
+            &scope,
+            &secret_name(app, env),
+            envconfig::SECRET_KIND,
+            env,
+            app,
+            &merge_layers(
+                &key(),
+                &[&Map::from([(
+                    format!("TOOLJET_GLOBAL_CONSTANTS__{env}__C"),
+                    value.as_bytes().to_vec(),
+                )])],
+            ),
+        );
+        secret.metadata.owner_references =
+            owner.map(|o| vec![o.controller_owner_ref(&()).unwrap()]);
+        secret
+    }
+
+    fn stores(
+        secrets: &[Secret],
+        configs: &[&EnvironmentConfig],
+    ) -> (Store<Secret>, Store<EnvironmentConfig>) {
+        let (secret_store, mut w) = kube::runtime::reflector::store();
+        for s in secrets {
+            w.apply_watcher_event(&watcher::Event::Apply(s.clone()));
+        }
+        let (config_store, mut w) = kube::runtime::reflector::store();
+        for c in configs {
+            w.apply_watcher_event(&watcher::Event::Apply((*c).clone()));
+        }
+        (secret_store, config_store)
+    }
+
+    fn constant(m: &Materialized) -> Option<&str> {
+        m.data
+            .get("TOOLJET_GLOBAL_CONSTANTS__staging__C")
+            .map(|v| std::str::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn a_stage_secret_controlled_by_its_live_config_is_a_layer() {
+        let ws = stage_config("ws-staging", "u-ws", None, "staging");
+        let app = stage_config("crm-staging", "u-app", Some("crm"), "staging");
+        let (secrets, configs) = stores(
+            &[
+                stage_secret(None, "staging", "from-workspace", Some(&ws)),
+                stage_secret(Some("crm"), "staging", "from-app", Some(&app)),
+            ],
+            &[&ws, &app],
+        );
+        let m = resolve(&key(), &secrets, &configs, "ns", "crm", "staging");
+        assert_eq!(constant(&m), Some("from-app"));
+        let m = resolve(&key(), &secrets, &configs, "ns", "other-app", "staging");
+        assert_eq!(constant(&m), Some("from-workspace"));
+    }
+
+    #[test]
+    fn a_labelled_secret_of_a_stage_name_without_an_owner_is_never_a_layer() {
+        let (secrets, configs) = stores(&[stage_secret(None, "staging", "canary", None)], &[]);
+        let m = resolve(&key(), &secrets, &configs, "ns", "crm", "staging");
+        assert_eq!(constant(&m), None);
+        assert_eq!(m, merge_layers(&key(), &[]));
+    }
+
+    #[test]
+    fn an_owner_reference_to_a_config_of_another_key_is_not_enough() {
+        // A forged reference to the app's config on the workspace Secret's name.
+        let app = stage_config("crm-staging", "u-app", Some("crm"), "staging");
+        let prod = stage_config("ws-prod", "u-prod", None, "production");
+        let forged = stage_secret(None, "staging", "canary", Some(&app));
+        let (secrets, configs) = stores(std::slice::from_ref(&forged), &[&app, &prod]);
+        assert_eq!(
+            constant(&resolve(&key(), &secrets, &configs, "ns", "crm", "staging")),
+            None
+        );
+        assert!(!is_stage_config(&forged, Some(&app), "ns", None, "staging"));
+        assert!(!is_stage_config(
+            &forged,
+            Some(&prod),
+            "ns",
+            None,
+            "staging"
+        ));
+    }
+
+    #[test]
+    fn a_reference_to_a_deleted_or_recreated_config_is_not_enough() {
+        let old = stage_config("ws-staging", "u-old", None, "staging");
+        let secret = stage_secret(None, "staging", "stale", Some(&old));
+        assert!(
+            !is_stage_config(&secret, None, "ns", None, "staging"),
+            "no such config"
+        );
+        let recreated = stage_config("ws-staging", "u-new", None, "staging");
+        assert!(
+            !is_stage_config(&secret, Some(&recreated), "ns", None, "staging"),
+            "same name, another uid"
+        );
+        let mut deleting = old.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(!is_stage_config(
+            &secret,
+            Some(&deleting),
+            "ns",
+            None,
+            "staging"
+        ));
+        assert!(is_stage_config(&secret, Some(&old), "ns", None, "staging"));
+        assert!(
+            !is_stage_config(&secret, Some(&old), "other-ns", None, "staging"),
+            "another namespace"
+        );
+    }
+
+    #[test]
+    fn a_resolved_secret_is_taken_unless_the_version_controls_it() {
+        let mut v = version("development");
+        v.metadata.uid = Some("v-uid".into());
+        let mine = managed_secret(
+            &v,
+            "tooljet-version.crm-v4",
+            SECRET_KIND,
+            "development",
+            Some("crm"),
+            &empty(),
+        );
+        assert!(controlled_by(&mine, v.metadata.uid.as_deref()));
+        let mut labelled_only = mine.clone();
+        labelled_only.metadata.owner_references = None;
+        assert!(!controlled_by(&labelled_only, v.metadata.uid.as_deref()));
+        let (s, _) = desired_status(
+            &v,
+            Some(&app(None)),
+            &empty(),
+            &[],
+            "tooljet-version.crm-v4",
+            true,
+        );
+        assert_eq!(reason(&s, "ConfigResolved"), ("False", "SecretExists"));
+        assert!(s.conditions.iter().any(|c| {
+            c.message.contains("not owned by this AppVersion")
+                && c.message
+                    .contains("delete or rename Secret tooljet-version.crm-v4")
+        }));
+        assert!(
+            s.resolved_config.is_none(),
+            "no hash of content that is not ours"
+        );
+    }
+
+    #[test]
+    fn a_secret_holding_a_versions_resolved_name_triggers_that_version() {
+        let (versions, _writer) = kube::runtime::reflector::store::<AppVersion>();
+        let mut foreign = stage_secret(None, "staging", "x", None);
+        foreign.metadata.name = Some(resolved_secret_name("crm-v4"));
+        foreign.metadata.labels = Some(Map::from([(
+            crate::api::MANAGED_BY_LABEL.to_string(),
+            crate::api::MANAGED_BY_VALUE.to_string(),
+        )]));
+        assert_eq!(
+            affected_by_secret(&versions, &foreign),
+            vec![ObjectRef::new("crm-v4").within("ns")]
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! Pipeline: fetch (siblings, referenced Secrets, the existing materialised Secret), validate
 //! (conflicts, ownership), build (pure [`materialize`](crate::materialize)), apply (only when the
 //! content differs), report (status and Events only on change).
+//!
+//! Ownership is by ownerReference UID only: a Secret of the target name that this config does not
+//! control (whatever its labels say) is never adopted, overwritten or deleted; the config reports
+//! the clash instead.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,11 +27,11 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, new_failure, publish,
-    secrets::{Change, create_secret, ensure_secret, managed_secret},
+    secrets::{Change, controlled_by, create_secret, ensure_secret, managed_secret},
     set_condition,
 };
 use crate::{
-    api::{EnvironmentConfig, EnvironmentConfigStatus, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    api::{EnvironmentConfig, EnvironmentConfigStatus},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -38,7 +42,8 @@ pub const SECRET_KIND: &str = "environment-config";
 
 /// The controller, wired to its triggers: its own kind (and, through a second watch, the other
 /// configs of the same key so a conflict is reported on both), the materialised Secrets it owns
-/// (drift), and the Secrets its configs reference (rotation).
+/// (drift), the Secrets its configs reference (rotation), and a Secret that blocks a config's
+/// target name (so its deletion, or garbage collection, lets the config materialise at once).
 pub fn controller(
     client: Client,
     settings: &Settings,
@@ -51,15 +56,23 @@ pub fn controller(
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) -> Controller<EnvironmentConfig> {
     let api = Api::<EnvironmentConfig>::all(client);
+    let for_managed = store.clone();
+    let for_referenced = store.clone();
     Controller::for_stream(main, store.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .owns_stream(managed)
+        .watches_stream(managed, move |secret: Secret| {
+            configs_for_managed_secret(&for_managed, &secret)
+        })
         .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
-            refs.referrers(&ns, &secret.name_any())
+            let name = secret.name_any();
+            let mut found: Vec<_> = refs
+                .referrers(&ns, &name)
                 .into_iter()
-                .map(move |name| ObjectRef::new(&name).within(&ns))
-                .collect::<Vec<_>>()
+                .map(|referrer| ObjectRef::new(&referrer).within(&ns))
+                .collect();
+            found.extend(configs_targeting(&for_referenced, &ns, &name));
+            found
         })
         .watches(
             api,
@@ -71,6 +84,63 @@ pub fn controller(
                     .collect::<Vec<_>>()
             },
         )
+}
+
+/// The configs a managed (labelled) Secret matters to: its controlling EnvironmentConfig (drift);
+/// and, when no live config controls it (a foreign Secret carrying the label, or one whose config
+/// was deleted and that garbage collection is removing), the configs whose target name it holds.
+/// A trigger only: what is written is decided by ownership in the reconcile.
+fn configs_for_managed_secret(
+    store: &Store<EnvironmentConfig>,
+    secret: &Secret,
+) -> Vec<ObjectRef<EnvironmentConfig>> {
+    let ns = secret.namespace().unwrap_or_default();
+    let owners: Vec<ObjectRef<EnvironmentConfig>> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| {
+            o.kind == EnvironmentConfig::kind(&())
+                && o.api_version.split('/').next() == Some(&*EnvironmentConfig::group(&()))
+        })
+        .map(|o| ObjectRef::new(&o.name).within(&ns))
+        .collect();
+    let live_controller = owners.iter().any(|owner| {
+        store
+            .get(owner)
+            .is_some_and(|c| controlled_by(secret, c.metadata.uid.as_deref()))
+    });
+    if live_controller {
+        return owners;
+    }
+    let mut found = owners;
+    found.extend(configs_targeting(store, &ns, &secret.name_any()));
+    found
+}
+
+/// The configs of `ns` whose materialised Secret is named `name`.
+fn configs_targeting(
+    store: &Store<EnvironmentConfig>,
+    ns: &str,
+    name: &str,
+) -> Vec<ObjectRef<EnvironmentConfig>> {
+    // Only names of the `tooljet.<environment>[.<app>]` shape can be targets; most Secret events
+    // are not, and cost no scan.
+    let Some(environment) = name
+        .strip_prefix("tooljet.")
+        .and_then(|rest| rest.split('.').next())
+    else {
+        return vec![];
+    };
+    store
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.spec.environment == environment
+                && c.namespace().as_deref() == Some(ns)
+                && secret_name(c.spec.app.as_deref(), &c.spec.environment) == name
+        })
+        .map(|c| ObjectRef::from(&*c))
+        .collect()
 }
 
 /// The configuration key: two configs with the same key conflict.
@@ -165,7 +235,8 @@ async fn outcome(
             data.insert(name, values);
         }
     }
-    let materialized = match materialize(&cfg.spec.environment, &[&cfg.spec], &data) {
+    let materialized = match materialize(&ctx.hash_key, &cfg.spec.environment, &[&cfg.spec], &data)
+    {
         Ok(m) => m,
         Err(problems) => return Ok(Outcome::Unresolved(problems)),
     };
@@ -188,7 +259,7 @@ async fn outcome(
         None => secrets.get_opt(&target).await?.map(Arc::new),
     };
     if let Some(existing) = &existing
-        && !is_ours(existing, cfg, config_store)
+        && !is_ours(existing, cfg)
     {
         return Ok(Outcome::SecretTaken(target));
     }
@@ -221,29 +292,17 @@ async fn outcome(
     })
 }
 
-/// A materialised Secret may be (re)written by `cfg` when it carries the managed-by label and its
-/// controller is `cfg` or an EnvironmentConfig that no longer exists (garbage collection pending).
-fn is_ours(secret: &Secret, cfg: &EnvironmentConfig, configs: &Store<EnvironmentConfig>) -> bool {
-    if secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
-        return false;
-    }
-    match secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-    {
-        None => true,
-        Some(owner) if Some(&owner.uid) == cfg.metadata.uid.as_ref() => true,
-        Some(owner) => {
-            owner.kind == EnvironmentConfig::kind(&())
-                && !configs
-                    .state()
-                    .iter()
-                    .any(|c| c.metadata.uid.as_deref() == Some(owner.uid.as_str()))
-        }
-    }
+/// A Secret may be (re)written by `cfg` only when `cfg` is its controller, by UID. Not by the
+/// managed-by label or the name, which anyone who may create Secrets can copy: adopting such a
+/// Secret would let them plant content or have the operator overwrite (or delete) their data. A
+/// Secret left by a deleted config is not adopted either: garbage collection removes it, and its
+/// deletion triggers this config again (see [`configs_for_managed_secret`]).
+fn is_ours(secret: &Secret, cfg: &EnvironmentConfig) -> bool {
+    controlled_by(secret, cfg.metadata.uid.as_deref())
 }
 
+/// Deletes Secret `name` when `cfg` controls it (by UID, checked again by the apiserver through a
+/// UID precondition). Returns whether it did.
 async fn delete_if_owned(
     api: &Api<Secret>,
     name: &str,
@@ -252,10 +311,7 @@ async fn delete_if_owned(
     let Some(old) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    let owned = old
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == cfg.metadata.uid.as_ref());
+    let owned = is_ours(&old, cfg);
     if owned {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -325,8 +381,9 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
             false,
             "Conflict",
             format!(
-                "Secret {secret} already exists and is not managed by tooljet-operator; the operator never \
-                 overwrites it: rename or delete that Secret"
+                "Secret {secret} already exists and is not owned by this EnvironmentConfig (whatever its \
+                 labels say); the operator never adopts, overwrites or deletes a Secret it does not own: \
+                 delete or rename Secret {secret} and this config materialises into it"
             ),
             generation,
         ),
@@ -421,7 +478,107 @@ mod tests {
     }
 
     fn materialized(cfg: &EnvironmentConfig) -> Materialized {
-        materialize("staging", &[&cfg.spec], &SecretData::new()).unwrap()
+        let key = crate::materialize::HashKey::new(&[5; 32]).unwrap();
+        materialize(&key, "staging", &[&cfg.spec], &SecretData::new()).unwrap()
+    }
+
+    /// A Secret named like `cfg`'s target, labelled managed-by, controlled by `owner_uid` (if any).
+    fn secret(cfg: &EnvironmentConfig, owner_uid: Option<&str>) -> Secret {
+        let mut s = crate::controller::secrets::managed_secret(
+            cfg,
+            "tooljet.staging.crm",
+            SECRET_KIND,
+            "staging",
+            Some("crm"),
+            &materialized(cfg),
+        );
+        s.metadata.owner_references = owner_uid.map(|uid| {
+            let mut owner = cfg.controller_owner_ref(&()).unwrap();
+            owner.uid = uid.into();
+            vec![owner]
+        });
+        s
+    }
+
+    fn store(configs: &[&EnvironmentConfig]) -> Store<EnvironmentConfig> {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        for c in configs {
+            writer.apply_watcher_event(&watcher::Event::Apply((*c).clone()));
+        }
+        reader
+    }
+
+    #[test]
+    fn a_labelled_secret_without_an_owner_is_not_ours() {
+        let cfg = config("crm-staging", "u1");
+        let s = secret(&cfg, None);
+        assert_eq!(
+            s.labels()[crate::api::MANAGED_BY_LABEL],
+            crate::api::MANAGED_BY_VALUE
+        );
+        assert!(!is_ours(&s, &cfg));
+    }
+
+    #[test]
+    fn a_secret_controlled_by_another_or_a_deleted_config_is_not_ours() {
+        let cfg = config("crm-staging", "u1");
+        assert!(!is_ours(&secret(&cfg, Some("u-deleted")), &cfg));
+        let mut not_controller = secret(&cfg, Some("u1"));
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!is_ours(&not_controller, &cfg));
+    }
+
+    #[test]
+    fn a_secret_controlled_by_the_configs_uid_is_ours() {
+        let cfg = config("crm-staging", "u1");
+        assert!(is_ours(&secret(&cfg, Some("u1")), &cfg));
+    }
+
+    #[test]
+    fn an_owned_secret_triggers_its_owner_only() {
+        let a = config("crm-staging", "u1");
+        let b = config("crm-staging-2", "u2");
+        let store = store(&[&a, &b]);
+        let triggered = configs_for_managed_secret(&store, &secret(&a, Some("u1")));
+        assert_eq!(triggered, vec![ObjectRef::new("crm-staging").within("ns")]);
+    }
+
+    #[test]
+    fn a_foreign_or_orphaned_secret_triggers_the_configs_that_target_its_name() {
+        let a = config("crm-staging", "u1");
+        let mut other_env = config("crm-prod", "u3");
+        other_env.spec.environment = "production".into();
+        let store = store(&[&a, &other_env]);
+        let foreign = configs_for_managed_secret(&store, &secret(&a, None));
+        assert_eq!(foreign, vec![ObjectRef::new("crm-staging").within("ns")]);
+        let mut orphan = secret(&a, Some("u-deleted"));
+        orphan.metadata.owner_references.as_mut().unwrap()[0].name = "old".into();
+        let triggered = configs_for_managed_secret(&store, &orphan);
+        assert!(triggered.contains(&ObjectRef::new("crm-staging").within("ns")));
+        assert!(!triggered.contains(&ObjectRef::new("crm-prod").within("ns")));
+        assert!(configs_targeting(&store, "ns", "creds").is_empty());
+        assert!(configs_targeting(&store, "other-ns", "tooljet.staging.crm").is_empty());
+    }
+
+    #[test]
+    fn a_taken_secret_is_named_with_the_reason_and_the_fix() {
+        let cfg = config("crm-staging", "u1");
+        let status = desired_status(&cfg, &Outcome::SecretTaken("tooljet.staging.crm".into()));
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Conflict")
+        );
+        assert!(
+            ready.message.contains("Secret tooljet.staging.crm")
+                && ready
+                    .message
+                    .contains("not owned by this EnvironmentConfig")
+                && ready.message.contains("delete or rename"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.hash, None, "nothing was materialised");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub use refs::RefIndex;
 use crate::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
     leader::Leadership,
+    materialize::HashKey,
     metrics::Metrics,
 };
 
@@ -85,6 +86,8 @@ pub struct Context {
     pub apps: Store<ToolJetApp>,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,
+    /// The installation's content-hash key (every hash users can read is keyed with it).
+    pub hash_key: Arc<HashKey>,
 }
 
 impl Context {

@@ -1,23 +1,38 @@
 //! The Secrets the operator materialises: how they look, when they are up to date, how they are
-//! written. Shared by the EnvironmentConfig and AppVersion controllers.
+//! written, and which ones are the operator's. Shared by the EnvironmentConfig and AppVersion
+//! controllers.
+//!
+//! A Secret is the operator's by its controller ownerReference UID, never by label or name: anyone
+//! who may create Secrets can copy a label or pick a name, while a UID is assigned by the
+//! apiserver. Also here: the installation's content-hash key, kept in a Secret of the operator's
+//! namespace so that every replica, and every restart, hashes alike.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
 };
+use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tracing::info;
 
 use super::{APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER};
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
-    materialize::Materialized,
+    materialize::{HashKey, InvalidHashKey, Materialized},
 };
+
+/// The Secret, in the operator's namespace, that holds the installation's content-hash key.
+pub const HASH_KEY_SECRET: &str = "tooljet-operator-hash-key";
+/// The data key of the hash key in [`HASH_KEY_SECRET`].
+pub const HASH_KEY_DATA: &str = "key";
 
 /// Why a Secret was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +99,21 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
         type_: Some("Opaque".into()),
         ..Default::default()
     }
+}
+
+/// The controller ownerReference of `secret`, if any.
+pub fn controller_of(secret: &Secret) -> Option<&OwnerReference> {
+    secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// Whether `secret`'s controller is the object with `uid`: the only test of ownership. A label
+/// or a name proves nothing (anyone who may create Secrets can copy them); an object without a
+/// uid (not stored yet) owns nothing.
+pub fn controlled_by(secret: &Secret, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| controller_of(secret).is_some_and(|o| o.uid == uid))
 }
 
 /// Whether `existing` already holds exactly the desired data, our labels, hash and owner.
@@ -185,11 +215,133 @@ async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> 
     Ok(())
 }
 
+/// Why the content-hash key could not be had. Names the Secret and the step, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum HashKeyError {
+    #[error("reading Secret {namespace}/{HASH_KEY_SECRET} (the content-hash key) failed: {source}")]
+    Read {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error(
+        "creating Secret {namespace}/{HASH_KEY_SECRET} (the content-hash key) failed: {source}; \
+         the namespace must exist (--namespace) and the operator needs get and create on Secrets there"
+    )]
+    Create {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("the system's random number generator failed while generating the content-hash key")]
+    Random,
+    #[error(
+        "Secret {namespace}/{HASH_KEY_SECRET} has no usable key `{HASH_KEY_DATA}` ({reason}); \
+         delete it and restart the operator, which generates a new one (every content hash then changes once)"
+    )]
+    Invalid { namespace: String, reason: String },
+}
+
+/// The installation's content-hash key, read from Secret [`HASH_KEY_SECRET`] in `namespace`, or
+/// generated (32 bytes from the system's CSPRNG) and stored there when there is none. Replicas
+/// race safely: the first create wins, a loser (409) reads the winner's key. The Secret is
+/// immutable, so the key cannot be edited in place (which would silently change every hash).
+pub async fn load_or_create_hash_key(
+    client: &Client,
+    namespace: &str,
+) -> Result<HashKey, HashKeyError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = |source| HashKeyError::Read {
+        namespace: namespace.to_string(),
+        source,
+    };
+    if let Some(existing) = api.get_opt(HASH_KEY_SECRET).await.map_err(read)? {
+        return key_from_secret(&existing, namespace);
+    }
+    let mut bytes = [0u8; HashKey::LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| HashKeyError::Random)?;
+    let secret = hash_key_secret(namespace, &bytes);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(_) => {
+            info!(
+                namespace,
+                secret = HASH_KEY_SECRET,
+                "generated the content-hash key"
+            );
+            key_from_data(&bytes, namespace)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            // Another replica created it first: use its key.
+            let winner = api.get(HASH_KEY_SECRET).await.map_err(read)?;
+            key_from_secret(&winner, namespace)
+        }
+        Err(source) => Err(HashKeyError::Create {
+            namespace: namespace.to_string(),
+            source,
+        }),
+    }
+}
+
+/// The Secret that stores a new key (pure).
+fn hash_key_secret(namespace: &str, key: &[u8]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(HASH_KEY_SECRET.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/name".to_string(),
+                    "tooljet-operator".to_string(),
+                ),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "content-hash-key".to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            HASH_KEY_DATA.to_string(),
+            ByteString(key.to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// The key stored in `secret` (pure).
+fn key_from_secret(secret: &Secret, namespace: &str) -> Result<HashKey, HashKeyError> {
+    match secret.data.as_ref().and_then(|d| d.get(HASH_KEY_DATA)) {
+        Some(bytes) => key_from_data(&bytes.0, namespace),
+        None => Err(HashKeyError::Invalid {
+            namespace: namespace.to_string(),
+            reason: "the key is missing".into(),
+        }),
+    }
+}
+
+fn key_from_data(bytes: &[u8], namespace: &str) -> Result<HashKey, HashKeyError> {
+    HashKey::new(bytes).map_err(|e: InvalidHashKey| HashKeyError::Invalid {
+        namespace: namespace.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The installation's key, once [`install_hash_key`] ran.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{EnvironmentConfig, EnvironmentConfigSpec};
     use crate::materialize::{SecretData, materialize};
+
+    fn key() -> HashKey {
+        HashKey::new(&[3; HashKey::LEN]).unwrap()
+    }
 
     fn owner() -> EnvironmentConfig {
         let mut cfg = EnvironmentConfig::new(
@@ -208,7 +360,7 @@ mod tests {
 
     fn desired() -> Secret {
         let cfg = owner();
-        let m = materialize("staging", &[&cfg.spec], &SecretData::new()).unwrap();
+        let m = materialize(&key(), "staging", &[&cfg.spec], &SecretData::new()).unwrap();
         managed_secret(
             &cfg,
             "tooljet.staging.crm",
@@ -270,5 +422,80 @@ mod tests {
         let b = app_label_value(&format!("{}b", "a".repeat(99)));
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
+    }
+
+    fn owned(uid: &str, controller: Option<bool>) -> Secret {
+        let mut s = desired();
+        s.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "tooljet.io/v1alpha1".into(),
+            kind: "EnvironmentConfig".into(),
+            name: "crm-staging".into(),
+            uid: uid.into(),
+            controller,
+            block_owner_deletion: None,
+        }]);
+        s
+    }
+
+    #[test]
+    fn the_managed_by_label_alone_does_not_make_a_secret_ours() {
+        let mut labelled = desired();
+        labelled.metadata.owner_references = None;
+        assert_eq!(labelled.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        assert!(!controlled_by(&labelled, Some("u1")));
+    }
+
+    #[test]
+    fn only_a_controller_reference_with_the_owners_uid_makes_a_secret_ours() {
+        assert!(controlled_by(&owned("u1", Some(true)), Some("u1")));
+        assert!(
+            !controlled_by(&owned("u2", Some(true)), Some("u1")),
+            "another object's Secret"
+        );
+        assert!(
+            !controlled_by(&owned("u1", None), Some("u1")),
+            "an owner that is not the controller"
+        );
+        assert!(
+            !controlled_by(&owned("u1", Some(false)), Some("u1")),
+            "an owner that is not the controller"
+        );
+        assert!(
+            !controlled_by(&owned("u1", Some(true)), None),
+            "an object without a uid owns nothing"
+        );
+    }
+
+    #[test]
+    fn a_stored_hash_key_reads_back_and_a_bad_one_is_named_without_its_bytes() {
+        let stored = hash_key_secret("tooljet-system", &[9; HashKey::LEN]);
+        assert_eq!(stored.immutable, Some(true));
+        assert_eq!(stored.name_any(), HASH_KEY_SECRET);
+        let read = key_from_secret(&stored, "tooljet-system").unwrap();
+        let data = BTreeMap::from([("A".to_string(), b"1".to_vec())]);
+        assert_eq!(
+            crate::materialize::hash(&read, &data),
+            crate::materialize::hash(&HashKey::new(&[9; HashKey::LEN]).unwrap(), &data)
+        );
+
+        let short = hash_key_secret("tooljet-system", b"sixteen-byte-key");
+        let error = key_from_secret(&short, "tooljet-system")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tooljet-system/tooljet-operator-hash-key")
+                && error.contains("must be 32 bytes, found 16")
+                && error.contains("delete it"),
+            "{error}"
+        );
+        assert!(!error.contains("sixteen"), "{error}");
+        let mut empty = stored;
+        empty.data = None;
+        assert!(
+            key_from_secret(&empty, "tooljet-system")
+                .unwrap_err()
+                .to_string()
+                .contains("the key is missing")
+        );
     }
 }

@@ -1,24 +1,31 @@
 //! The admission configuration objects: the validating and mutating webhook configurations (fail
-//! closed), and a ValidatingAdmissionPolicy that enforces the rules needing no other object for
-//! the default pipeline, so they hold even if the webhook configuration is deleted.
+//! closed), and ValidatingAdmissionPolicies that keep the most important rules (no edits outside
+//! the first stage, no demotion, and promotion, release and configuration only with their verbs)
+//! even if the webhook configuration is deleted.
 
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
-        MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-        ServiceReference, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, ValidatingWebhook,
-        ValidatingWebhookConfiguration, Validation, WebhookClientConfig,
+        MatchCondition, MatchResources, MutatingWebhook, MutatingWebhookConfiguration,
+        NamedRuleWithOperations, RuleWithOperations, ServiceReference, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+        ValidatingAdmissionPolicySpec, ValidatingWebhook, ValidatingWebhookConfiguration,
+        Validation, Variable, WebhookClientConfig,
     },
 };
 use kube::api::ObjectMeta;
 
-use crate::api::{GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use super::rules::{CONFIGURE, PROMOTE, RELEASE, UNPROTECT};
+use crate::api::{DEFAULT_PIPELINE, GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGES_ANNOTATION};
 
 /// The name of both webhook configurations (the operator keeps their `caBundle` current).
 pub const CONFIGURATION_NAME: &str = "tooljet-operator";
-/// The name of the policy and its binding.
+/// The name of the version policy and its binding.
 pub const POLICY_NAME: &str = "tooljet-operator-stage-rules";
+/// The name of the ToolJetApp policy (releases, pipelines, rollouts) and its binding.
+pub const APP_POLICY_NAME: &str = "tooljet-operator-app-rules";
+/// The name of the EnvironmentConfig policy and its binding.
+pub const CONFIG_POLICY_NAME: &str = "tooljet-operator-config-rules";
 
 /// How the apiserver reaches the webhook.
 #[derive(Clone, Debug)]
@@ -76,8 +83,9 @@ fn rule(resource: &str, operations: &[&str]) -> RuleWithOperations {
     }
 }
 
-/// Every AppVersion and ToolJetApp create, update and delete goes through the rules. Status
-/// updates (`/status`) are not matched, so the operator's own status writes are not intercepted.
+/// Every AppVersion, ToolJetApp and EnvironmentConfig create, update and delete goes through the
+/// rules. Status updates (`/status`) are not matched, so the operator's own status writes are not
+/// intercepted.
 pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWebhookConfiguration {
     let webhook = |name: &str, resource: &str| ValidatingWebhook {
         name: name.to_string(),
@@ -95,11 +103,16 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
         webhooks: Some(vec![
             webhook("appversions.validate.tooljet.io", "appversions"),
             webhook("tooljetapps.validate.tooljet.io", "tooljetapps"),
+            webhook(
+                "environmentconfigs.validate.tooljet.io",
+                "environmentconfigs",
+            ),
         ]),
     }
 }
 
-/// Only promotions and releases are sent to the mutating webhook, which stamps who made them.
+/// Only new versions, promotions and releases are sent to the mutating webhook, which stamps the
+/// stages a version has been in and who promoted or released.
 pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhookConfiguration {
     let webhook =
         |name: &str, resource: &str, operations: &[&str], condition: &str| MutatingWebhook {
@@ -124,8 +137,8 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
             webhook(
                 "appversions.mutate.tooljet.io",
                 "appversions",
-                &["UPDATE"],
-                "object.spec.environment != oldObject.spec.environment",
+                &["CREATE", "UPDATE"],
+                "request.operation == 'CREATE' || object.spec.environment != oldObject.spec.environment",
             ),
             webhook(
                 "tooljetapps.mutate.tooljet.io",
@@ -146,10 +159,72 @@ fn unchanged(field: &str) -> String {
     )
 }
 
-/// The stage rules that need no other object, for the default pipeline's later stages
-/// (`staging`, `production`): no create, edit, rename or delete there. A second line of defence:
-/// it holds while the webhook is down or its configuration deleted.
-pub fn policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+/// A CEL check that the requester holds `verb` on `resource` named `name` (a CEL expression) in
+/// the request's namespace: the same question the webhook's SubjectAccessReviews ask.
+fn authorized(group: &str, resource: &str, name: &str, verb: &str) -> String {
+    format!(
+        "authorizer.group('{group}').resource('{resource}').namespace(request.namespace).name({name}).check('{verb}').allowed()"
+    )
+}
+
+fn validation(expression: String, message: String) -> Validation {
+    Validation {
+        expression,
+        message_expression: Some(message),
+        reason: Some("Forbidden".into()),
+        ..Default::default()
+    }
+}
+
+fn variable(name: &str, expression: &str) -> Variable {
+    Variable {
+        name: name.into(),
+        expression: expression.into(),
+    }
+}
+
+fn policy_for(
+    name: &str,
+    resource: &str,
+    variables: Vec<Variable>,
+    validations: Vec<Validation>,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let policy = ValidatingAdmissionPolicy {
+        metadata: meta(name),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: Some(vec![GROUP.into()]),
+                    api_versions: Some(vec!["*".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]),
+                    resources: Some(vec![resource.into()]),
+                    scope: Some("Namespaced".into()),
+                    resource_names: None,
+                }]),
+                ..Default::default()
+            }),
+            variables: Some(variables),
+            validations: Some(validations),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let binding = ValidatingAdmissionPolicyBinding {
+        metadata: meta(name),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(name.into()),
+            validation_actions: Some(vec!["Deny".into()]),
+            ..Default::default()
+        }),
+    };
+    (policy, binding)
+}
+
+/// The version rules, for any pipeline: they hold while the webhook is down or its configuration
+/// deleted. A version's stages come from its `tooljet.io/stages` stamp (the first is its
+/// pipeline's first stage); an unstamped version is judged by the default pipeline's names.
+pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let later = "['staging', 'production']";
     let frozen = [
         "definition",
@@ -160,90 +235,242 @@ pub fn policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)
     ]
     .map(unchanged)
     .join(" && ");
-    let validations = vec![
-        Validation {
-            expression: format!("request.operation != 'CREATE' || !(object.spec.environment in {later})"),
-            message_expression: Some(
-                "'AppVersion ' + object.metadata.name + ' cannot be created in ' + object.spec.environment + \
-                 ': versions are created only in development; create it in development and promote it'"
-                    .into(),
+    let annotation = |obj: &str| {
+        format!(
+            "has({obj}.metadata.annotations) && '{STAGES_ANNOTATION}' in {obj}.metadata.annotations ? \
+             {obj}.metadata.annotations['{STAGES_ANNOTATION}'] : ''"
+        )
+    };
+    let variables = vec![
+        // The stages the stored version has been in ([] when unstamped or on CREATE).
+        variable(
+            "oldStages",
+            &format!(
+                "request.operation == 'CREATE' ? [] : ({}).split(',').filter(s, s != '')",
+                annotation("oldObject")
             ),
-            reason: Some("Forbidden".into()),
-            ..Default::default()
-        },
-        Validation {
-            expression: format!("request.operation != 'UPDATE' || !(oldObject.spec.environment in {later}) || ({frozen})"),
+        ),
+        variable(
+            "newStages",
+            &format!(
+                "request.operation == 'DELETE' ? '' : ({})",
+                annotation("object")
+            ),
+        ),
+        // Whether the stored version is past its first stage: by its stamp, or else by name.
+        variable(
+            "advanced",
+            &format!(
+                "request.operation != 'CREATE' && (size(variables.oldStages) > 0 ? \
+                 variables.oldStages[0] != oldObject.spec.environment : oldObject.spec.environment in {later})"
+            ),
+        ),
+        variable(
+            "first",
+            "size(variables.oldStages) > 0 ? variables.oldStages[0] : 'development'",
+        ),
+        variable(
+            "moved",
+            "request.operation == 'UPDATE' && object.spec.environment != oldObject.spec.environment",
+        ),
+    ];
+    let validations = vec![
+        validation(
+            format!("request.operation != 'CREATE' || !(object.spec.environment in {later})"),
+            "'AppVersion ' + object.metadata.name + ' cannot be created in ' + object.spec.environment + \
+             ': versions are created only in development; create it in development and promote it'"
+                .into(),
+        ),
+        validation(
+            "request.operation != 'CREATE' || variables.newStages == '' || variables.newStages == object.spec.environment".into(),
+            format!(
+                "'AppVersion ' + object.metadata.name + ': annotation {STAGES_ANNOTATION} must name the stage it is \
+                 created in; remove it (tooljet-operator stamps it)'"
+            ),
+        ),
+        validation(
+            format!("request.operation != 'UPDATE' || !variables.advanced || ({frozen})"),
             // The same words as the webhook's denial, naming the first changed field.
-            message_expression: Some(format!(
+            format!(
                 "'AppVersion ' + object.metadata.name + ' is in ' + oldObject.spec.environment + ': ' + \
                  (!{d} ? 'edits (spec.definition) are' : !{s} ? 'edits (spec.description) are' : \
                  !{r} ? 'edits (spec.requires) are' : !{n} ? 'renames (spec.versionName) are' : 'changes of spec.app are') + \
-                 ' only allowed in development; create a new version in development'",
+                 ' only allowed in ' + variables.first + '; create a new version in ' + variables.first",
                 d = unchanged("definition"),
                 s = unchanged("description"),
                 r = unchanged("requires"),
                 n = unchanged("versionName"),
-            )),
-            reason: Some("Forbidden".into()),
-            ..Default::default()
-        },
-        Validation {
-            expression: format!(
-                "request.operation != 'DELETE' || !(oldObject.spec.environment in {later}) || \
-                 has(namespaceObject.metadata.deletionTimestamp)"
             ),
-            message_expression: Some(
-                "'AppVersion ' + oldObject.metadata.name + ' is in ' + oldObject.spec.environment + \
-                 ': deletion is only allowed in development; versions that left development are kept as the \
-                 app\\'s release and rollback history (deleting the namespace removes the whole workspace)'"
-                    .into(),
+        ),
+        validation(
+            "!variables.moved || size(variables.oldStages) == 0 || \
+             !(object.spec.environment in variables.oldStages)"
+                .into(),
+            "'AppVersion ' + object.metadata.name + ' cannot move back from ' + oldObject.spec.environment + \
+             ' to ' + object.spec.environment + ': promotion only moves forward (it has been in ' + \
+             object.spec.environment + ' before); create a new version in ' + variables.first + ' instead'"
+                .into(),
+        ),
+        validation(
+            // An unstamped version (stored before the stamp existed): the default pipeline's order.
+            "!variables.moved || size(variables.oldStages) > 0 || \
+             !((oldObject.spec.environment == 'production' && object.spec.environment in ['development', 'staging']) || \
+               (oldObject.spec.environment == 'staging' && object.spec.environment == 'development'))"
+                .into(),
+            "'AppVersion ' + object.metadata.name + ' cannot move back from ' + oldObject.spec.environment + \
+             ' to ' + object.spec.environment + ': promotion only moves forward'"
+                .into(),
+        ),
+        validation(
+            "!variables.moved || size(variables.oldStages) == 0 || \
+             variables.newStages == variables.oldStages.join(',') + ',' + object.spec.environment"
+                .into(),
+            format!(
+                "'AppVersion ' + object.metadata.name + ': a promotion must record the stage in annotation \
+                 {STAGES_ANNOTATION} (' + variables.oldStages.join(',') + ',' + object.spec.environment + \
+                 '); tooljet-operator\\'s mutating webhook stamps it: check that it is installed'"
             ),
-            reason: Some("Forbidden".into()),
-            ..Default::default()
-        },
+        ),
+        validation(
+            format!(
+                "variables.moved ? {} : (request.operation != 'UPDATE' || variables.newStages == \
+                 ({}))",
+                authorized(GROUP, "environments", "object.spec.environment", "promote"),
+                annotation("oldObject"),
+            ),
+            "variables.moved ? 'user ' + request.userInfo.username + ' may not promote AppVersion ' + \
+             object.metadata.name + ' to ' + object.spec.environment + ': promoting into ' + \
+             object.spec.environment + ' needs verb promote on resource environments named ' + \
+             object.spec.environment + ' (group tooljet.io) in namespace ' + request.namespace : \
+             'AppVersion ' + object.metadata.name + ': annotation tooljet.io/stages is recorded by \
+             tooljet-operator and cannot be changed by users; remove it from your change'"
+                .into(),
+        ),
+        validation(
+            "request.operation != 'DELETE' || !variables.advanced || \
+             has(namespaceObject.metadata.deletionTimestamp)"
+                .into(),
+            "'AppVersion ' + oldObject.metadata.name + ' is in ' + oldObject.spec.environment + \
+             ': deletion is only allowed in ' + variables.first + '; versions that left ' + variables.first + \
+             ' are kept as the app\\'s release and rollback history (deleting the namespace removes the whole workspace)'"
+                .into(),
+        ),
     ];
-    let policy = ValidatingAdmissionPolicy {
-        metadata: meta(POLICY_NAME),
-        spec: Some(ValidatingAdmissionPolicySpec {
-            failure_policy: Some("Fail".into()),
-            match_constraints: Some(
-                k8s_openapi::api::admissionregistration::v1::MatchResources {
-                    resource_rules: Some(vec![
-                        k8s_openapi::api::admissionregistration::v1::NamedRuleWithOperations {
-                            api_groups: Some(vec![GROUP.into()]),
-                            api_versions: Some(vec!["*".into()]),
-                            operations: Some(vec![
-                                "CREATE".into(),
-                                "UPDATE".into(),
-                                "DELETE".into(),
-                            ]),
-                            resources: Some(vec!["appversions".into()]),
-                            scope: Some("Namespaced".into()),
-                            resource_names: None,
-                        },
-                    ]),
-                    ..Default::default()
-                },
+    policy_for(POLICY_NAME, "appversions", variables, validations)
+}
+
+/// Releases and pipeline or rollout changes need the same verbs as in the webhook.
+pub fn app_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let variables = vec![
+        variable(
+            "oldRelease",
+            "request.operation == 'CREATE' || !has(oldObject.spec.release) ? '' : oldObject.spec.release.version",
+        ),
+        variable(
+            "newRelease",
+            "request.operation == 'DELETE' || !has(object.spec.release) ? '' : object.spec.release.version",
+        ),
+        variable(
+            "oldRollout",
+            "request.operation == 'CREATE' || !has(oldObject.spec.rollout) ? [] : oldObject.spec.rollout",
+        ),
+        variable(
+            "newRollout",
+            "request.operation == 'DELETE' || !has(object.spec.rollout) ? [] : object.spec.rollout",
+        ),
+    ];
+    let last = "object.spec.environments[size(object.spec.environments) - 1]";
+    let validations = vec![
+        validation(
+            format!(
+                "request.operation == 'DELETE' || variables.oldRelease == variables.newRelease || {}",
+                authorized(GROUP, "environments", last, "release")
             ),
-            validations: Some(validations),
-            ..Default::default()
-        }),
-        status: None,
+            format!(
+                "'user ' + request.userInfo.username + ' may not ' + (variables.newRelease == '' ? \
+                 'remove the release of' : 'release') + ' ToolJetApp ' + object.metadata.name + ': setting, \
+                 changing or removing a release needs verb release on resource environments named ' + {last} + \
+                 ' (group tooljet.io) in namespace ' + request.namespace"
+            ),
+        ),
+        validation(
+            format!(
+                "request.operation == 'DELETE' || ((request.operation == 'CREATE' || \
+                 object.spec.environments == oldObject.spec.environments) && \
+                 variables.oldRollout == variables.newRollout) || {}",
+                authorized(GROUP, "tooljetapps", "object.metadata.name", "configure")
+            ),
+            // The same words as the webhook's denial.
+            "'user ' + request.userInfo.username + ' may not change ' + \
+             (request.operation == 'UPDATE' && object.spec.environments != oldObject.spec.environments ? \
+               (variables.oldRollout != variables.newRollout ? 'spec.environments and spec.rollout' : 'spec.environments') : \
+               'spec.rollout') + \
+             ' of ToolJetApp ' + object.metadata.name + ': changing an app\\'s pipeline or rollout needs verb configure \
+             on resource tooljetapps named ' + object.metadata.name + ' (group tooljet.io) in namespace ' + \
+             request.namespace"
+                .into(),
+        ),
+    ];
+    policy_for(APP_POLICY_NAME, "tooljetapps", variables, validations)
+}
+
+/// A stage's configuration is created, changed and deleted only with `configure` on the stage.
+pub fn config_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let configure = |stage: &str| authorized(GROUP, "environments", stage, "configure");
+    let variables = vec![variable(
+        "changed",
+        "request.operation != 'UPDATE' || object.spec != oldObject.spec || \
+         (has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []) != \
+         (has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : [])",
+    )];
+    let message = |stage: &str, verb: &str, obj: &str| {
+        format!(
+            "'user ' + request.userInfo.username + ' may not {verb} EnvironmentConfig ' + {obj}.metadata.name + \
+             ': configuring ' + {stage} + ' needs verb configure on resource environments named ' + {stage} + \
+             ' (group tooljet.io) in namespace ' + request.namespace"
+        )
     };
-    let binding = ValidatingAdmissionPolicyBinding {
-        metadata: meta(POLICY_NAME),
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(POLICY_NAME.into()),
-            validation_actions: Some(vec!["Deny".into()]),
-            ..Default::default()
-        }),
-    };
-    (policy, binding)
+    let validations = vec![
+        validation(
+            format!(
+                "request.operation == 'DELETE' || !variables.changed || {}",
+                configure("object.spec.environment")
+            ),
+            message(
+                "object.spec.environment",
+                "' + (request.operation == 'CREATE' ? 'create' : 'change') + '",
+                "object",
+            ),
+        ),
+        validation(
+            format!(
+                "request.operation == 'CREATE' || !variables.changed || \
+                 (request.operation == 'DELETE' && has(namespaceObject.metadata.deletionTimestamp)) || {}",
+                configure("oldObject.spec.environment")
+            ),
+            message(
+                "oldObject.spec.environment",
+                "' + (request.operation == 'DELETE' ? 'delete' : 'change') + '",
+                "oldObject",
+            ),
+        ),
+    ];
+    policy_for(
+        CONFIG_POLICY_NAME,
+        "environmentconfigs",
+        variables,
+        validations,
+    )
+}
+
+/// Every policy and its binding.
+pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    vec![version_policy(), app_policy(), config_policy()]
 }
 
 /// Example ClusterRoles for the people who work with ToolJet apps. Bind them with RoleBindings
 /// in a workspace namespace (or ClusterRoleBindings for every workspace). To let someone promote
-/// only into some stages, copy `tooljet-promoter` and list the stages in `resourceNames`.
+/// into or configure only some stages, copy a role and list the stages in `resourceNames`.
 pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
     use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
     let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
@@ -268,12 +495,21 @@ pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
         rules: Some(rules),
         ..Default::default()
     };
+    let configure_stages = |stages: &[&str]| PolicyRule {
+        api_groups: Some(vec![GROUP.into()]),
+        resources: Some(vec!["environments".into()]),
+        verbs: vec![CONFIGURE.into()],
+        resource_names: Some(stages.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    };
     vec![
         role(
             "tooljet-developer",
             vec![
                 rule(&["appversions", "environmentconfigs"], &write),
                 rule(&["tooljetapps"], &read),
+                // The default pipeline's first stage only; see README for custom pipelines.
+                configure_stages(&[DEFAULT_PIPELINE[0]]),
             ],
         ),
         role(
@@ -299,14 +535,26 @@ pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
             ],
         ),
         role(
+            "tooljet-environment-admin",
+            vec![
+                rule(&["environmentconfigs"], &write),
+                rule(
+                    &["tooljetapps"],
+                    &["get", "list", "watch", "create", "update", "patch"],
+                ),
+                rule(&["appversions"], &read),
+                rule(&["environments", "tooljetapps"], &[CONFIGURE]),
+            ],
+        ),
+        role(
             "tooljet-admin",
             vec![
                 rule(
                     &["tooljetapps", "appversions", "environmentconfigs"],
                     &write,
                 ),
-                rule(&["environments"], &["promote", "release"]),
-                rule(&["tooljetapps"], &["unprotect"]),
+                rule(&["environments"], &[PROMOTE, RELEASE, CONFIGURE]),
+                rule(&["tooljetapps"], &[UNPROTECT, CONFIGURE]),
             ],
         ),
     ]
@@ -323,20 +571,21 @@ pub fn document<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> 
 /// The policy, its binding and the user roles as YAML: what the Helm chart ships
 /// (`charts/tooljet-operator/files/policy.yaml`).
 pub fn policy_yaml() -> String {
-    let (policy, binding) = policy();
     let mut out = String::from(
         "# Generated by `cargo xtask crdgen` from src/webhook/config.rs. Do not edit.\n",
     );
-    out += &document(
-        &policy,
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicy",
-    );
-    out += &document(
-        &binding,
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicyBinding",
-    );
+    for (policy, binding) in policies() {
+        out += &document(
+            &policy,
+            "admissionregistration.k8s.io/v1",
+            "ValidatingAdmissionPolicy",
+        );
+        out += &document(
+            &binding,
+            "admissionregistration.k8s.io/v1",
+            "ValidatingAdmissionPolicyBinding",
+        );
+    }
     for role in user_roles() {
         out += &document(&role, "rbac.authorization.k8s.io/v1", "ClusterRole");
     }

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod http;
 #[cfg(test)]
 mod proptests;
 pub mod rules;

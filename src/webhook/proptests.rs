@@ -7,8 +7,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::{
+    http::decode,
     rules::{self, AppFact, Facts, Op, VersionFact},
-    server::{decode, stamp},
+    server::stamp,
 };
 use crate::api::{AppVersion, ToolJetApp};
 
@@ -85,7 +86,7 @@ fn facts() -> impl Strategy<Value = Facts> {
         prop::collection::vec(".{0,10}", 0..3),
     )
         .prop_map(
-            |(app, namespace_terminating, permitted, may_unprotect, missing_in_target)| Facts {
+            |(app, namespace_terminating, promote, unprotect, missing_in_target)| Facts {
                 app: app.map(|(environments, versions)| AppFact {
                     name: "crm".into(),
                     environments,
@@ -100,9 +101,15 @@ fn facts() -> impl Strategy<Value = Facts> {
                         .collect(),
                 }),
                 namespace_terminating,
-                permitted,
-                may_unprotect,
+                granted: [
+                    promote.map(|g| (rules::Access::environment(rules::PROMOTE, "staging"), g)),
+                    unprotect.map(|g| (rules::Access::app(rules::UNPROTECT, "crm"), g)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
                 missing_in_target,
+                ..Default::default()
             },
         )
 }

@@ -1,17 +1,23 @@
 //! The environment rules as pure functions: (operation, old, new, the app's pipeline and
 //! versions, permission answers) -> allow or deny with a message that says what was tried, which
 //! rule forbids it and what to do instead. No client, no clock (the caller passes `now`).
+//!
+//! Every door to an environment is authorized the same way: the `needed_*` functions say which
+//! [`Access`]es a request needs, the server asks the apiserver (a SubjectAccessReview per access,
+//! on the requester) and puts the answers in [`Facts::granted`], and the `review_*` functions
+//! judge. An access that was not asked counts as refused, so the rules fail closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
-use kube::ResourceExt;
+use kube::{ResourceExt, core::SelectorExt};
 use serde_json::Value;
 
 use crate::api::{
-    ANNOTATION_PREFIX, AppVersion, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
-    PROMOTED_FROM_ANNOTATION, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
-    RELEASED_VERSION_ANNOTATION, ToolJetApp,
+    ANNOTATION_PREFIX, AppVersion, EnvironmentConfig, EnvironmentConfigSpec, GROUP,
+    PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION,
+    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, STAGES_ANNOTATION,
+    ToolJetApp,
 };
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
@@ -22,12 +28,103 @@ pub const DELETION_PROTECTION_ANNOTATION: &str = "tooljet.io/deletion-protection
 pub const MALFORMED: &str =
     "malformed admission request: the object or old object its operation needs is missing";
 
+/// Verb on `environments` (name = stage): move a version into the stage.
+pub const PROMOTE: &str = "promote";
+/// Verb on `environments` (name = last stage): set, change or remove an app's release.
+pub const RELEASE: &str = "release";
+/// Verb on `environments` (name = stage): create, change or delete the stage's configuration;
+/// and on `tooljetapps` (name = app): change an app's pipeline or rollout.
+pub const CONFIGURE: &str = "configure";
+/// Verb on `tooljetapps` (name = app): switch an app's deletion protection off.
+pub const UNPROTECT: &str = "unprotect";
+
+/// Largest `spec.definition` of an AppVersion, serialized (bytes). ToolJet app exports are
+/// typically tens of KiB; the operator caches every version, so one workspace cannot exhaust
+/// its memory (and, the webhook failing closed, block every namespace).
+pub const MAX_DEFINITION_BYTES: usize = 512 * 1024;
+/// Deepest nesting of `spec.definition` and of data source `options`.
+pub const MAX_JSON_DEPTH: usize = 32;
+/// Largest `options` of one data source, serialized (bytes).
+pub const MAX_OPTIONS_BYTES: usize = 16 * 1024;
+
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Create,
     Update,
     Delete,
+}
+
+/// A permission the requester needs, asked of the apiserver as a SubjectAccessReview.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    pub verb: &'static str,
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub resource: &'static str,
+    /// The object's name; `None`: every object of the resource in the namespace.
+    pub name: Option<String>,
+}
+
+impl Access {
+    /// `verb` on the virtual resource `environments` named `stage`.
+    pub fn environment(verb: &'static str, stage: &str) -> Access {
+        Access {
+            verb,
+            group: GROUP,
+            resource: "environments",
+            name: Some(stage.to_string()),
+        }
+    }
+
+    /// `verb` on the ToolJetApp `name`.
+    pub fn app(verb: &'static str, name: &str) -> Access {
+        Access {
+            verb,
+            group: GROUP,
+            resource: "tooljetapps",
+            name: Some(name.to_string()),
+        }
+    }
+
+    /// Reading the Secret `name`.
+    pub fn read_secret(name: &str) -> Access {
+        Access {
+            verb: "get",
+            group: "",
+            resource: "secrets",
+            name: Some(name.to_string()),
+        }
+    }
+
+    /// Patching the Deployment `name`, or every Deployment of the namespace.
+    pub fn patch_deployment(name: Option<&str>) -> Access {
+        Access {
+            verb: "patch",
+            group: "apps",
+            resource: "deployments",
+            name: name.map(str::to_string),
+        }
+    }
+
+    /// `verb promote on resource environments named staging (group tooljet.io)`.
+    pub fn describe(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
+        match &self.name {
+            Some(name) => format!(
+                "verb {} on resource {} named {name} (group {group})",
+                self.verb, self.resource
+            ),
+            None => format!(
+                "verb {} on every object of resource {} (group {group})",
+                self.verb, self.resource
+            ),
+        }
+    }
 }
 
 /// A version of the app, as the rules need it.
@@ -70,12 +167,21 @@ pub struct Facts {
     pub app: Option<AppFact>,
     /// The namespace is being deleted (its contents go with it, whatever their stage).
     pub namespace_terminating: bool,
-    /// The SubjectAccessReview answer for the promotion or release the request makes.
-    pub permitted: Option<bool>,
-    /// The SubjectAccessReview answer for changing the deletion protection.
-    pub may_unprotect: Option<bool>,
+    /// The SubjectAccessReview answers for the accesses the request needs. Not asked: refused.
+    pub granted: BTreeMap<Access, bool>,
     /// For a promotion: what the target stage's configuration lacks of what the version needs.
     pub missing_in_target: Vec<String>,
+    /// For an EnvironmentConfig: another live config with the same (app-or-workspace, stage).
+    pub rival: Option<String>,
+    /// For a rollout change with selectors: the namespace's Deployments (name, labels).
+    pub deployments: Vec<(String, BTreeMap<String, String>)>,
+}
+
+impl Facts {
+    /// Whether the requester holds `access`.
+    pub fn may(&self, access: &Access) -> bool {
+        self.granted.get(access) == Some(&true)
+    }
 }
 
 /// The verdict.
@@ -87,21 +193,206 @@ pub enum Verdict {
 
 use Verdict::{Allow, Deny};
 
+/// The denial for a missing permission: who, what, the access it needs, and whom to ask.
+fn forbidden(user: &str, what: &str, needs: &str, access: &Access, ns: &str, ask: &str) -> Verdict {
+    Deny(format!(
+        "user {user} may not {what}: {needs} needs {} in namespace {ns}; {ask}",
+        access.describe()
+    ))
+}
+
 /// The promotion an AppVersion update makes, if any: (from, to).
 pub fn promotion<'a>(old: &'a AppVersion, new: &'a AppVersion) -> Option<(&'a str, &'a str)> {
     (old.spec.environment != new.spec.environment)
         .then_some((old.spec.environment.as_str(), new.spec.environment.as_str()))
 }
 
-/// The release a ToolJetApp change makes, if any: the new `spec.release.version`.
+/// The release a ToolJetApp change sets, if any: the new `spec.release.version`.
 pub fn release<'a>(old: Option<&'a ToolJetApp>, new: &'a ToolJetApp) -> Option<&'a str> {
-    let before = old
-        .and_then(|o| o.spec.release.as_ref())
-        .map(|r| r.version.as_str());
-    let after = new.spec.release.as_ref().map(|r| r.version.as_str());
+    let before = old.and_then(ToolJetApp::released);
+    let after = new.released();
     (after.is_some() && after != before)
         .then_some(after)
         .flatten()
+}
+
+/// Whether a ToolJetApp change sets, changes or removes the release.
+pub fn release_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+    old.and_then(ToolJetApp::released) != new.released()
+}
+
+fn pipeline_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+    old.is_some_and(|o| o.spec.environments != new.spec.environments)
+}
+
+fn rollout_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+    old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default() != new.spec.rollout.as_slice()
+}
+
+fn protection_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+    let before = old.and_then(|o| o.annotations().get(DELETION_PROTECTION_ANNOTATION));
+    new.annotations().get(DELETION_PROTECTION_ANNOTATION) != before
+}
+
+/// The stages a version has been in, as stamped; a version stamped before the stamp existed
+/// counts as having been only where it is.
+pub fn stages_of(v: &AppVersion) -> String {
+    v.annotations()
+        .get(STAGES_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| v.spec.environment.clone())
+}
+
+/// What an AppVersion request needs: `promote` into the target stage for a promotion.
+pub fn needed_for_version(old: Option<&AppVersion>, new: Option<&AppVersion>) -> Vec<Access> {
+    match (old, new) {
+        (Some(old), Some(new)) => promotion(old, new)
+            .map(|(_, to)| vec![Access::environment(PROMOTE, to)])
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+/// What a ToolJetApp request needs: `release` on the last stage for any change of the release;
+/// `configure` on the app for a change of its pipeline or rollout; `unprotect` for a change of
+/// its deletion protection; `patch` on every Deployment a new rollout entry names (on every
+/// Deployment of the namespace for a new selector, which may select Deployments created later).
+pub fn needed_for_app(old: Option<&ToolJetApp>, new: Option<&ToolJetApp>) -> Vec<Access> {
+    let Some(new) = new else {
+        return vec![];
+    };
+    let name = new.name_any();
+    let mut needed = BTreeSet::new();
+    if release_changed(old, new) {
+        needed.insert(Access::environment(RELEASE, new.last_stage()));
+    }
+    if pipeline_changed(old, new) || rollout_changed(old, new) {
+        needed.insert(Access::app(CONFIGURE, &name));
+    }
+    if protection_changed(old, new) {
+        needed.insert(Access::app(UNPROTECT, &name));
+    }
+    let before = old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default();
+    let named_before: BTreeSet<&String> = before.iter().flat_map(|t| &t.deployments).collect();
+    for target in &new.spec.rollout {
+        for d in &target.deployments {
+            if !named_before.contains(d) {
+                needed.insert(Access::patch_deployment(Some(d)));
+            }
+        }
+        if target.selector.is_some()
+            && !before
+                .iter()
+                .any(|b| b.environment == target.environment && b.selector == target.selector)
+        {
+            needed.insert(Access::patch_deployment(None));
+        }
+    }
+    needed.into_iter().collect()
+}
+
+/// Every Secret reference of a config: (Secret, key) -> where in the spec it is.
+pub fn secret_references(spec: &EnvironmentConfigSpec) -> BTreeMap<(String, String), String> {
+    let mut refs = BTreeMap::new();
+    for ds in &spec.data_sources {
+        for (option, source) in &ds.secret_options {
+            let r = &source.secret_key_ref;
+            refs.entry((r.name.clone(), r.key.clone()))
+                .or_insert_with(|| {
+                    format!(
+                        "spec.dataSources[{}].secretOptions.{option}.secretKeyRef",
+                        ds.name
+                    )
+                });
+        }
+    }
+    for c in &spec.constants {
+        if let Some(source) = &c.value_from {
+            let r = &source.secret_key_ref;
+            refs.entry((r.name.clone(), r.key.clone()))
+                .or_insert_with(|| format!("spec.constants[{}].valueFrom.secretKeyRef", c.name));
+        }
+    }
+    refs
+}
+
+/// References of `new` that `old` does not have (all of them for a new config).
+fn new_references(
+    old: Option<&EnvironmentConfig>,
+    new: &EnvironmentConfig,
+) -> Vec<((String, String), String)> {
+    let before = old.map(|o| secret_references(&o.spec)).unwrap_or_default();
+    secret_references(&new.spec)
+        .into_iter()
+        .filter(|(r, _)| !before.contains_key(r))
+        .collect()
+}
+
+/// Whether an update reaches the stage's configuration: its spec, or its owner references (an
+/// owner's deletion would have the garbage collector delete it).
+fn config_changed(old: &EnvironmentConfig, new: &EnvironmentConfig) -> bool {
+    old.spec != new.spec || old.owner_references() != new.owner_references()
+}
+
+/// What an EnvironmentConfig request needs: `configure` on its stage (on both stages when it
+/// moves), and `get` on every Secret a new or changed reference names.
+pub fn needed_for_config(
+    op: Op,
+    old: Option<&EnvironmentConfig>,
+    new: Option<&EnvironmentConfig>,
+) -> Vec<Access> {
+    let mut needed = BTreeSet::new();
+    match (op, old, new) {
+        (Op::Create, _, Some(new)) => {
+            needed.insert(Access::environment(CONFIGURE, &new.spec.environment));
+        }
+        (Op::Update, Some(old), Some(new)) if config_changed(old, new) => {
+            needed.insert(Access::environment(CONFIGURE, &old.spec.environment));
+            needed.insert(Access::environment(CONFIGURE, &new.spec.environment));
+        }
+        (Op::Delete, Some(old), _) => {
+            needed.insert(Access::environment(CONFIGURE, &old.spec.environment));
+        }
+        _ => {}
+    }
+    if op != Op::Delete
+        && let Some(new) = new
+    {
+        for ((secret, _), _) in new_references(old, new) {
+            needed.insert(Access::read_secret(&secret));
+        }
+    }
+    needed.into_iter().collect()
+}
+
+/// How deep a JSON value nests (a scalar: 1). Iterative: a hostile document cannot overflow
+/// the stack.
+pub fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// A free-form JSON value beyond the documented bounds: the problem, for a denial.
+fn oversized(value: &Value, max_bytes: usize) -> Option<String> {
+    let depth = json_depth(value);
+    if depth > MAX_JSON_DEPTH {
+        return Some(format!(
+            "nests {depth} levels deep (at most {MAX_JSON_DEPTH})"
+        ));
+    }
+    let bytes = serde_json::to_vec(value)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    (bytes > max_bytes).then(|| format!("is {bytes} bytes (at most {max_bytes})"))
 }
 
 fn reserved_annotations(obj: &impl ResourceExt) -> BTreeMap<&String, &String> {
@@ -137,6 +428,17 @@ fn forged_message(kind: &str, name: &str, keys: &[&String]) -> String {
          changed by users; remove it from your change",
         keys.join(", ")
     )
+}
+
+const NOT_STAMPED: &str = "tooljet-operator's mutating webhook did not run, or the stamp was altered; check that \
+     MutatingWebhookConfiguration tooljet-operator is installed";
+
+fn definition_too_large(name: &str, v: &AppVersion) -> Option<Verdict> {
+    let problem = oversized(v.spec.definition.as_ref()?, MAX_DEFINITION_BYTES)?;
+    Some(Deny(format!(
+        "AppVersion {name}: spec.definition {problem}; split the app or move large static content out of the \
+         definition"
+    )))
 }
 
 /// The rules for an AppVersion request.
@@ -190,7 +492,15 @@ pub fn review_version(
                     new.spec.version_name, other.name, app.name
                 ));
             }
-            let keys = forged(None::<&AppVersion>, new, &[]);
+            if let Some(verdict) = definition_too_large(&name, new) {
+                return verdict;
+            }
+            if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment) {
+                return Deny(format!(
+                    "AppVersion {name}: annotation {STAGES_ANNOTATION} is not stamped; {NOT_STAMPED}"
+                ));
+            }
+            let keys = forged(None::<&AppVersion>, new, &[STAGES_ANNOTATION]);
             if !keys.is_empty() {
                 return Deny(forged_message("AppVersion", &name, &keys));
             }
@@ -278,13 +588,16 @@ fn review_version_update(
                 app.pipeline()
             ));
         }
-        if facts.permitted != Some(true) {
-            return Deny(format!(
-                "user {user} may not promote AppVersion {name} to {to}: promoting into {to} needs verb promote on \
-                 resource environments named {to} (group tooljet.io) in namespace {}; ask an admin for a role that \
-                 grants it (e.g. tooljet-promoter)",
-                new.namespace().unwrap_or_default()
-            ));
+        let access = Access::environment(PROMOTE, to);
+        if !facts.may(&access) {
+            return forbidden(
+                user,
+                &format!("promote AppVersion {name} to {to}"),
+                &format!("promoting into {to}"),
+                &access,
+                &new.namespace().unwrap_or_default(),
+                "ask an admin for a role that grants it (e.g. tooljet-promoter)",
+            );
         }
         if !facts.missing_in_target.is_empty() {
             return Deny(format!(
@@ -297,21 +610,22 @@ fn review_version_update(
             PROMOTED_BY_ANNOTATION,
             PROMOTED_AT_ANNOTATION,
             PROMOTED_FROM_ANNOTATION,
+            STAGES_ANNOTATION,
         ];
         let annotations = new.annotations();
+        let stages = format!("{},{to}", stages_of(old));
         let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
             && annotations
                 .get(PROMOTED_FROM_ANNOTATION)
                 .map(String::as_str)
                 == Some(from)
+            && annotations.get(STAGES_ANNOTATION) == Some(&stages)
             && annotations
                 .get(PROMOTED_AT_ANNOTATION)
                 .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
         if !stamp_ok {
             return Deny(format!(
-                "AppVersion {name}: the promotion is not stamped with who made it (tooljet-operator's mutating \
-                 webhook did not run, or the stamp was altered); check that MutatingWebhookConfiguration \
-                 tooljet-operator is installed"
+                "AppVersion {name}: the promotion is not stamped with who made it ({NOT_STAMPED})"
             ));
         }
         let keys = forged(Some(old), new, &stamped);
@@ -348,6 +662,11 @@ fn review_version_update(
             new.spec.version_name, other.name, app.name
         ));
     }
+    if old.spec.definition != new.spec.definition
+        && let Some(verdict) = definition_too_large(name, new)
+    {
+        return verdict;
+    }
     let keys = forged(Some(old), new, &[]);
     if !keys.is_empty() {
         return Deny(forged_message("AppVersion", name, &keys));
@@ -367,6 +686,7 @@ pub fn review_app(
         return Deny(MALFORMED.into());
     };
     let name = subject.name_any();
+    let ns = subject.namespace().unwrap_or_default();
     let versions = facts
         .app
         .as_ref()
@@ -380,12 +700,7 @@ pub fn review_app(
             let Some(old) = old else {
                 return Deny(MALFORMED.into());
             };
-            let first = old
-                .spec
-                .environments
-                .first()
-                .map(String::as_str)
-                .unwrap_or_default();
+            let first = old.first_stage();
             let advanced: Vec<String> = versions
                 .iter()
                 .filter(|v| v.environment != first)
@@ -411,26 +726,58 @@ pub fn review_app(
             let Some(new) = new else {
                 return Deny(MALFORMED.into());
             };
+            let changes: Vec<&str> = [
+                ("spec.environments", pipeline_changed(old, new)),
+                ("spec.rollout", rollout_changed(old, new)),
+            ]
+            .into_iter()
+            .filter_map(|(field, changed)| changed.then_some(field))
+            .collect();
+            if !changes.is_empty() {
+                let access = Access::app(CONFIGURE, &name);
+                if !facts.may(&access) {
+                    return forbidden(
+                        user,
+                        &format!("change {} of ToolJetApp {name}", changes.join(" and ")),
+                        "changing an app's pipeline or rollout",
+                        &access,
+                        &ns,
+                        "ask an admin for a role that grants it (e.g. tooljet-environment-admin)",
+                    );
+                }
+            }
             if let Some(verdict) = review_pipeline_change(old, new, versions) {
                 return verdict;
             }
-            let before = old.and_then(|o| o.annotations().get(DELETION_PROTECTION_ANNOTATION));
-            if new.annotations().get(DELETION_PROTECTION_ANNOTATION) != before
-                && facts.may_unprotect != Some(true)
+            if rollout_changed(old, new)
+                && let Some(verdict) = review_rollout(old, new, user, facts)
             {
+                return verdict;
+            }
+            if protection_changed(old, new) && !facts.may(&Access::app(UNPROTECT, &name)) {
                 return Deny(format!(
                     "user {user} may not change annotation {DELETION_PROTECTION_ANNOTATION} of ToolJetApp {name}: it \
                      needs verb unprotect on resource tooljetapps named {name} (group tooljet.io); ask a cluster admin"
                 ));
             }
+            let last = new.last_stage();
+            let release_access = Access::environment(RELEASE, last);
+            if release_changed(old, new) && !facts.may(&release_access) {
+                let what = match new.released() {
+                    Some(_) => format!("release ToolJetApp {name}"),
+                    None => format!("remove the release of ToolJetApp {name}"),
+                };
+                return forbidden(
+                    user,
+                    &what,
+                    "setting, changing or removing a release",
+                    &release_access,
+                    &ns,
+                    "ask an admin for a role that grants it (e.g. tooljet-release-manager)",
+                );
+            }
             let mut stamped: Vec<&str> = vec![];
             if let Some(version) = release(old, new) {
-                let last = new
-                    .spec
-                    .environments
-                    .last()
-                    .map(String::as_str)
-                    .unwrap_or_default();
                 match versions.iter().find(|v| v.name == version) {
                     None => {
                         return Deny(format!(
@@ -447,14 +794,6 @@ pub fn review_app(
                     }
                     Some(_) => {}
                 }
-                if facts.permitted != Some(true) {
-                    return Deny(format!(
-                        "user {user} may not release ToolJetApp {name}: releasing needs verb release on resource \
-                         environments named {last} (group tooljet.io) in namespace {}; ask an admin for a role that \
-                         grants it (e.g. tooljet-release-manager)",
-                        new.namespace().unwrap_or_default()
-                    ));
-                }
                 let annotations = new.annotations();
                 let stamp_ok = annotations.get(RELEASED_BY_ANNOTATION).map(String::as_str)
                     == Some(user)
@@ -467,9 +806,7 @@ pub fn review_app(
                         .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
                 if !stamp_ok {
                     return Deny(format!(
-                        "ToolJetApp {name}: the release is not stamped with who made it (tooljet-operator's mutating \
-                         webhook did not run, or the stamp was altered); check that MutatingWebhookConfiguration \
-                         tooljet-operator is installed"
+                        "ToolJetApp {name}: the release is not stamped with who made it ({NOT_STAMPED})"
                     ));
                 }
                 stamped = vec![
@@ -485,6 +822,79 @@ pub fn review_app(
             Allow
         }
     }
+}
+
+/// The rollout of `new`: every selector well-formed and not empty, no Deployment in two stages'
+/// rollouts (named, or selected among `facts.deployments`), and every Deployment it newly names
+/// or selects patchable by the requester (the operator patches them on the user's behalf).
+fn review_rollout(
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+    user: &str,
+    facts: &Facts,
+) -> Option<Verdict> {
+    let name = new.name_any();
+    let ns = new.namespace().unwrap_or_default();
+    if let Err(problem) = rollout_claims(new, &facts.deployments) {
+        return Some(Deny(format!("ToolJetApp {name}: spec.rollout {problem}")));
+    }
+    for access in needed_for_app(old, Some(new)) {
+        if access.resource != "deployments" || facts.may(&access) {
+            continue;
+        }
+        let what = match &access.name {
+            Some(d) => format!("name Deployment {d} in spec.rollout of ToolJetApp {name}"),
+            None => format!("select Deployments by label in spec.rollout of ToolJetApp {name}"),
+        };
+        let needs = match &access.name {
+            Some(_) => "the operator restarts it on your behalf, which".to_string(),
+            None => "a selector may select any Deployment of the namespace, now or later, so it"
+                .to_string(),
+        };
+        return Some(forbidden(
+            user,
+            &what,
+            &needs,
+            &access,
+            &ns,
+            "name only Deployments you may patch, or ask an admin to set up the rollout",
+        ));
+    }
+    None
+}
+
+/// Which stage's rollout claims each Deployment: named ones, and those among `deployments`
+/// (name, labels) that a selector selects. An error: a malformed or empty selector, or a
+/// Deployment claimed by two stages (it would be restarted for both, back and forth).
+pub fn rollout_claims(
+    app: &ToolJetApp,
+    deployments: &[(String, BTreeMap<String, String>)],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut claims: BTreeMap<String, String> = BTreeMap::new();
+    for target in &app.spec.rollout {
+        let selector = target
+            .parsed_selector()
+            .map_err(|problem| format!("entry for {}: selector: {problem}", target.environment))?;
+        let selected = deployments
+            .iter()
+            .filter(|(_, labels)| selector.as_ref().is_some_and(|s| s.matches(labels)))
+            .map(|(d, _)| d);
+        for d in target.deployments.iter().chain(selected) {
+            match claims.get(d) {
+                Some(stage) if stage != &target.environment => {
+                    return Err(format!(
+                        "puts Deployment {d} in the rollouts of both {stage} and {}; a workload runs with one \
+                         stage's configuration: keep it in one entry (narrow the selector or remove the name)",
+                        target.environment
+                    ));
+                }
+                _ => {
+                    claims.insert(d.clone(), target.environment.clone());
+                }
+            }
+        }
+    }
+    Ok(claims)
 }
 
 /// A pipeline change must keep every stage that holds versions, in the same order and the same
@@ -547,6 +957,99 @@ fn review_pipeline_change(
     None
 }
 
+/// The rules for an EnvironmentConfig request: `configure` on its stage(s), `get` on the Secrets
+/// it newly references (the operator reads them on the requester's behalf), one config per
+/// (app-or-workspace, stage), and bounded data source options.
+pub fn review_config(
+    op: Op,
+    old: Option<&EnvironmentConfig>,
+    new: Option<&EnvironmentConfig>,
+    user: &str,
+    facts: &Facts,
+) -> Verdict {
+    let Some(subject) = new.or(old) else {
+        return Deny(MALFORMED.into());
+    };
+    let name = subject.name_any();
+    let ns = subject.namespace().unwrap_or_default();
+    if op == Op::Delete && facts.namespace_terminating {
+        return Allow;
+    }
+    let (verb, stages): (&str, Vec<&str>) = match (op, old, new) {
+        (Op::Create, _, Some(new)) => ("create", vec![new.spec.environment.as_str()]),
+        (Op::Update, Some(old), Some(new)) if config_changed(old, new) => (
+            "change",
+            if old.spec.environment == new.spec.environment {
+                vec![new.spec.environment.as_str()]
+            } else {
+                vec![old.spec.environment.as_str(), new.spec.environment.as_str()]
+            },
+        ),
+        (Op::Update, Some(_), Some(_)) => ("change", vec![]),
+        (Op::Delete, Some(old), _) => ("delete", vec![old.spec.environment.as_str()]),
+        _ => return Deny(MALFORMED.into()),
+    };
+    for stage in stages {
+        let access = Access::environment(CONFIGURE, stage);
+        if !facts.may(&access) {
+            return forbidden(
+                user,
+                &format!("{verb} EnvironmentConfig {name}"),
+                &format!("configuring {stage}"),
+                &access,
+                &ns,
+                "ask an admin for a role that grants it (tooljet-developer may configure development; \
+                 tooljet-environment-admin every stage)",
+            );
+        }
+    }
+    let Some(new) = new else {
+        return Allow;
+    };
+    if let Some(rival) = &facts.rival {
+        let scope = new
+            .spec
+            .app
+            .as_deref()
+            .map(|a| format!("app {a}"))
+            .unwrap_or_else(|| "the workspace".into());
+        return Deny(format!(
+            "EnvironmentConfig {name} cannot configure {scope} in {}: EnvironmentConfig {rival} already does (one \
+             per app or workspace and stage); edit {rival} instead, or delete it first",
+            new.spec.environment
+        ));
+    }
+    for ((secret, key), path) in new_references(old, new) {
+        let access = Access::read_secret(&secret);
+        if !facts.may(&access) {
+            return forbidden(
+                user,
+                &format!("reference Secret {secret} (key {key}) from EnvironmentConfig {name}"),
+                &format!(
+                    "{path} makes the operator copy that value into the stage's configuration, which"
+                ),
+                &access,
+                &ns,
+                "reference a Secret you may read, or ask whoever manages that Secret to add the reference",
+            );
+        }
+    }
+    if op == Op::Update && old.is_some_and(|o| o.spec.data_sources == new.spec.data_sources) {
+        return Allow;
+    }
+    for ds in &new.spec.data_sources {
+        let options = Value::Object(ds.options.clone().into_iter().collect());
+        if let Some(problem) = oversized(&options, MAX_OPTIONS_BYTES) {
+            return Deny(format!(
+                "EnvironmentConfig {name}: spec.dataSources[{}].options {problem}; keep options to connection \
+                 settings",
+                ds.name
+            ));
+        }
+    }
+    Allow
+}
+
 /// The JSON patch the mutating webhook returns: the stamp of who promoted or released, and when.
 pub fn stamp(
     annotations: &BTreeMap<String, String>,
@@ -577,14 +1080,23 @@ pub fn stamp(
     Patch(ops)
 }
 
-/// The mutation for a request, if any.
+/// The stamp of a new version: the stage it starts in.
+pub fn mutation_for_new_version(new: &AppVersion) -> Patch {
+    stamp(
+        new.annotations(),
+        new.metadata.annotations.is_some(),
+        &[(STAGES_ANNOTATION, new.spec.environment.clone())],
+    )
+}
+
+/// The stamp of a promotion: who, when, from where, and the stages the version has been in.
 pub fn mutation_for_version(
     old: &AppVersion,
     new: &AppVersion,
     user: &str,
     now: &str,
 ) -> Option<Patch> {
-    let (from, _) = promotion(old, new)?;
+    let (from, to) = promotion(old, new)?;
     Some(stamp(
         new.annotations(),
         new.metadata.annotations.is_some(),
@@ -592,6 +1104,7 @@ pub fn mutation_for_version(
             (PROMOTED_BY_ANNOTATION, user.to_string()),
             (PROMOTED_AT_ANNOTATION, now.to_string()),
             (PROMOTED_FROM_ANNOTATION, from.to_string()),
+            (STAGES_ANNOTATION, format!("{},{to}", stages_of(old))),
         ],
     ))
 }
@@ -659,12 +1172,40 @@ mod tests {
         }
     }
 
+    /// Every promotion and release of `pipeline`, and configuring the app, granted.
+    fn grants(pipeline: &[&str]) -> BTreeMap<Access, bool> {
+        let mut granted: BTreeMap<Access, bool> = pipeline
+            .iter()
+            .map(|s| (Access::environment(PROMOTE, s), true))
+            .collect();
+        granted.insert(
+            Access::environment(RELEASE, pipeline[pipeline.len() - 1]),
+            true,
+        );
+        granted.insert(Access::app(CONFIGURE, "crm"), true);
+        granted
+    }
+
     fn facts(pipeline: &[&str]) -> Facts {
         Facts {
             app: Some(app_fact(pipeline, &[])),
-            permitted: Some(true),
+            granted: grants(pipeline),
             ..Default::default()
         }
+    }
+
+    fn refusing(f: &Facts, access: Access) -> Facts {
+        let mut f = f.clone();
+        f.granted.insert(access, false);
+        f
+    }
+
+    /// Applies the mutating webhook's stamp to a new version, then reviews its creation.
+    fn create(v: &AppVersion, f: &Facts) -> Verdict {
+        let mut doc = serde_json::to_value(v).unwrap();
+        json_patch::patch(&mut doc, &mutation_for_new_version(v)).unwrap();
+        let v: AppVersion = serde_json::from_value(doc).unwrap();
+        review_version(Op::Create, None, Some(&v), USER, f)
     }
 
     /// Applies what the mutating webhook would to `new`, then reviews it.
@@ -707,11 +1248,13 @@ mod tests {
                     }
                 };
 
-                expect(
-                    "create",
-                    review_version(Op::Create, None, Some(&v), USER, &f),
-                    in_first,
-                );
+                expect("create", create(&v, &f), in_first);
+                if in_first {
+                    denied_with(
+                        review_version(Op::Create, None, Some(&v), USER, &f),
+                        "is not stamped",
+                    );
+                }
 
                 let mut edited = v.clone();
                 edited.spec.definition = Some(json!({ "pages": [{ "name": "new" }] }));
@@ -775,10 +1318,7 @@ mod tests {
                     let mut promoted = v.clone();
                     promoted.spec.environment = next.to_string();
                     expect("promote to the next stage", update(&v, &promoted, &f), true);
-                    let no_rbac = Facts {
-                        permitted: Some(false),
-                        ..f.clone()
-                    };
+                    let no_rbac = refusing(&f, Access::environment(PROMOTE, next));
                     denied_with(
                         update(&v, &promoted, &no_rbac),
                         &format!("needs verb promote on resource environments named {next}"),
@@ -835,7 +1375,7 @@ mod tests {
         let mut v = version("development");
         v.spec.version_name = "v3".into();
         denied_with(
-            review_version(Op::Create, None, Some(&v), USER, &f),
+            create(&v, &f),
             "versionName v3 is already used by AppVersion crm-v3",
         );
         let old = version("development");
@@ -845,10 +1385,7 @@ mod tests {
     #[test]
     fn a_version_of_a_missing_app_cannot_be_created_but_can_be_deleted() {
         let f = Facts::default();
-        denied_with(
-            review_version(Op::Create, None, Some(&version("development")), USER, &f),
-            "does not exist",
-        );
+        denied_with(create(&version("development"), &f), "does not exist");
         assert_eq!(
             review_version(Op::Delete, Some(&version("production")), None, USER, &f),
             Allow
@@ -882,7 +1419,7 @@ mod tests {
     fn app_facts(versions: &[(&str, &str, &str)]) -> Facts {
         Facts {
             app: Some(app_fact(PIPELINES[0], versions)),
-            permitted: Some(true),
+            granted: grants(PIPELINES[0]),
             ..Default::default()
         }
     }
@@ -903,10 +1440,7 @@ mod tests {
             app_update(&old, &app(PIPELINES[0], Some("crm-v9")), &f),
             "not an AppVersion of app crm",
         );
-        let no_rbac = Facts {
-            permitted: Some(false),
-            ..f.clone()
-        };
+        let no_rbac = refusing(&f, Access::environment(RELEASE, "production"));
         denied_with(
             app_update(&old, &app(PIPELINES[0], Some("crm-v1")), &no_rbac),
             "needs verb release on resource environments named production",
@@ -977,10 +1511,8 @@ mod tests {
 
         // Turning the protection off needs its own permission.
         denied_with(app_update(&a, &unprotected, &f), "needs verb unprotect");
-        let may = Facts {
-            may_unprotect: Some(true),
-            ..f.clone()
-        };
+        let mut may = f.clone();
+        may.granted.insert(Access::app(UNPROTECT, "crm"), true);
         assert_eq!(app_update(&a, &unprotected, &may), Allow);
     }
 
@@ -1081,6 +1613,399 @@ mod tests {
         assert!(
             mutation_for_version(&old, &old, USER, NOW).is_none(),
             "no promotion, no patch"
+        );
+    }
+
+    fn rollout_app(rollout: serde_json::Value) -> ToolJetApp {
+        let mut a = app(PIPELINES[0], None);
+        a.spec.rollout = serde_json::from_value(rollout).unwrap();
+        a
+    }
+
+    #[test]
+    fn removing_a_release_needs_the_release_verb() {
+        let f = app_facts(&[("crm-v1", "v1", "production")]);
+        let released = {
+            let old = app(PIPELINES[0], None);
+            let mut a = app(PIPELINES[0], Some("crm-v1"));
+            let patch = mutation_for_app(Some(&old), &a, USER, NOW).unwrap();
+            let mut doc = serde_json::to_value(&a).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+            a = serde_json::from_value(doc).unwrap();
+            a
+        };
+        let mut unreleased = released.clone();
+        unreleased.spec.release = None;
+        assert_eq!(
+            needed_for_app(Some(&released), Some(&unreleased)),
+            [Access::environment(RELEASE, "production")]
+        );
+        let no_rbac = refusing(&f, Access::environment(RELEASE, "production"));
+        denied_with(
+            review_app(
+                Op::Update,
+                Some(&released),
+                Some(&unreleased),
+                USER,
+                &no_rbac,
+            ),
+            "user alice may not remove the release of ToolJetApp crm: setting, changing or removing a release needs \
+             verb release on resource environments named production",
+        );
+        assert_eq!(
+            review_app(Op::Update, Some(&released), Some(&unreleased), USER, &f),
+            Allow
+        );
+    }
+
+    #[test]
+    fn pipeline_and_rollout_changes_need_configure_on_the_app() {
+        let f = app_facts(&[]);
+        let no_rbac = refusing(&f, Access::app(CONFIGURE, "crm"));
+        let old = app(PIPELINES[0], None);
+        let shorter = app(&["development", "production"], None);
+        assert_eq!(
+            needed_for_app(Some(&old), Some(&shorter)),
+            [Access::app(CONFIGURE, "crm")]
+        );
+        denied_with(
+            app_update(&old, &shorter, &no_rbac),
+            "user alice may not change spec.environments of ToolJetApp crm: changing an app's pipeline or rollout \
+             needs verb configure on resource tooljetapps named crm (group tooljet.io) in namespace acme",
+        );
+        assert_eq!(app_update(&old, &shorter, &f), Allow);
+
+        let rolled = rollout_app(json!([{ "environment": "production", "deployments": ["web"] }]));
+        denied_with(
+            app_update(&old, &rolled, &no_rbac),
+            "may not change spec.rollout",
+        );
+        denied_with(
+            app_update(&old, &rolled, &f),
+            "may not name Deployment web in spec.rollout of ToolJetApp crm: the operator restarts it on your \
+             behalf, which needs verb patch on resource deployments named web (group apps)",
+        );
+        let mut may_patch = f.clone();
+        may_patch
+            .granted
+            .insert(Access::patch_deployment(Some("web")), true);
+        assert_eq!(app_update(&old, &rolled, &may_patch), Allow);
+        // Unchanged rollout, other edits: nothing more is asked.
+        let mut renamed = rolled.clone();
+        renamed.spec.display_name = Some("CRM".into());
+        assert!(needed_for_app(Some(&rolled), Some(&renamed)).is_empty());
+        assert_eq!(app_update(&rolled, &renamed, &app_facts(&[])), Allow);
+    }
+
+    #[test]
+    fn a_rollout_selector_needs_patch_on_every_deployment_and_a_sound_shape() {
+        let f = app_facts(&[]);
+        let old = app(PIPELINES[0], None);
+        let selecting = rollout_app(
+            json!([{ "environment": "staging", "selector": { "matchLabels": { "tier": "staging" } } }]),
+        );
+        assert_eq!(
+            needed_for_app(Some(&old), Some(&selecting)),
+            [
+                Access::app(CONFIGURE, "crm"),
+                Access::patch_deployment(None)
+            ]
+        );
+        denied_with(
+            app_update(&old, &selecting, &f),
+            "may not select Deployments by label in spec.rollout of ToolJetApp crm: a selector may select any \
+             Deployment of the namespace, now or later, so it needs verb patch on every object of resource deployments",
+        );
+        let mut may = f.clone();
+        may.granted.insert(Access::patch_deployment(None), true);
+        assert_eq!(app_update(&old, &selecting, &may), Allow);
+
+        for (selector, problem) in [
+            (json!({}), "an empty selector selects every Deployment"),
+            (
+                json!({ "matchExpressions": [{ "key": "tier", "operator": "exists" }] }),
+                "has operator exists; use In, NotIn, Exists or DoesNotExist",
+            ),
+            (
+                json!({ "matchExpressions": [{ "key": "tier", "operator": "In", "values": [] }] }),
+                "needs at least one value",
+            ),
+        ] {
+            let bad = rollout_app(json!([{ "environment": "staging", "selector": selector }]));
+            let verdict = app_update(&old, &bad, &may);
+            denied_with(
+                verdict.clone(),
+                "ToolJetApp crm: spec.rollout entry for staging: selector: ",
+            );
+            denied_with(verdict, problem);
+        }
+
+        let twice = rollout_app(json!([
+            { "environment": "staging", "deployments": ["web"] },
+            { "environment": "production", "deployments": ["web"] },
+        ]));
+        denied_with(
+            app_update(&old, &twice, &may),
+            "puts Deployment web in the rollouts of both staging and production",
+        );
+        let overlapping = rollout_app(json!([
+            { "environment": "staging", "selector": { "matchLabels": { "app": "tooljet" } } },
+            { "environment": "production", "deployments": ["web"] },
+        ]));
+        let mut with_web = may.clone();
+        with_web
+            .granted
+            .insert(Access::patch_deployment(Some("web")), true);
+        assert_eq!(app_update(&old, &overlapping, &with_web), Allow);
+        with_web.deployments = vec![(
+            "web".into(),
+            BTreeMap::from([("app".to_string(), "tooljet".to_string())]),
+        )];
+        denied_with(
+            app_update(&old, &overlapping, &with_web),
+            "puts Deployment web in the rollouts of both staging and production",
+        );
+    }
+
+    fn config(env: &str, spec: serde_json::Value) -> EnvironmentConfig {
+        let mut spec = spec;
+        spec["environment"] = json!(env);
+        let mut c = EnvironmentConfig::new("crm-cfg", serde_json::from_value(spec).unwrap());
+        c.metadata.namespace = Some("acme".into());
+        c
+    }
+
+    fn config_facts(stages: &[&str], secrets: &[&str]) -> Facts {
+        let mut granted: BTreeMap<Access, bool> = stages
+            .iter()
+            .map(|s| (Access::environment(CONFIGURE, s), true))
+            .collect();
+        granted.extend(secrets.iter().map(|s| (Access::read_secret(s), true)));
+        Facts {
+            granted,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn configuring_a_stage_needs_configure_on_it_and_moving_needs_both() {
+        let dev = config("development", json!({ "app": "crm" }));
+        let prod = config("production", json!({ "app": "crm" }));
+        let developer = config_facts(&["development"], &[]);
+        assert_eq!(
+            review_config(Op::Create, None, Some(&dev), USER, &developer),
+            Allow
+        );
+        for (op, old, new, verb) in [
+            (Op::Create, None, Some(&prod), "create"),
+            (Op::Delete, Some(&prod), None, "delete"),
+        ] {
+            denied_with(
+                review_config(op, old, new, USER, &developer),
+                &format!(
+                    "user alice may not {verb} EnvironmentConfig crm-cfg: configuring production needs verb \
+                     configure on resource environments named production (group tooljet.io) in namespace acme"
+                ),
+            );
+        }
+        let mut edited = prod.clone();
+        edited.spec.constants =
+            serde_json::from_value(json!([{ "name": "A", "type": "Global", "value": "1" }]))
+                .unwrap();
+        denied_with(
+            review_config(Op::Update, Some(&prod), Some(&edited), USER, &developer),
+            "may not change EnvironmentConfig crm-cfg: configuring production",
+        );
+        // Moving to another stage needs both.
+        assert_eq!(
+            needed_for_config(Op::Update, Some(&dev), Some(&prod)),
+            [
+                Access::environment(CONFIGURE, "development"),
+                Access::environment(CONFIGURE, "production")
+            ]
+        );
+        denied_with(
+            review_config(Op::Update, Some(&dev), Some(&prod), USER, &developer),
+            "configuring production",
+        );
+        denied_with(
+            review_config(
+                Op::Update,
+                Some(&dev),
+                Some(&prod),
+                USER,
+                &config_facts(&["production"], &[]),
+            ),
+            "configuring development",
+        );
+        // Labels do not reach the stage; owner references do (their deletion deletes it).
+        let mut labelled = prod.clone();
+        labelled.metadata.labels = Some([("team".to_string(), "crm".to_string())].into());
+        assert!(needed_for_config(Op::Update, Some(&prod), Some(&labelled)).is_empty());
+        assert_eq!(
+            review_config(Op::Update, Some(&prod), Some(&labelled), USER, &developer),
+            Allow
+        );
+        let mut owned = prod.clone();
+        owned.metadata.owner_references = Some(vec![Default::default()]);
+        denied_with(
+            review_config(Op::Update, Some(&prod), Some(&owned), USER, &developer),
+            "configuring production",
+        );
+        // The namespace's deletion takes every config with it.
+        let terminating = Facts {
+            namespace_terminating: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            review_config(Op::Delete, Some(&prod), None, USER, &terminating),
+            Allow
+        );
+    }
+
+    #[test]
+    fn a_new_secret_reference_needs_read_access_to_that_secret() {
+        let referencing = config(
+            "development",
+            json!({ "app": "crm",
+                    "dataSources": [{ "name": "pg", "kind": "postgresql",
+                                      "secretOptions": { "password": { "secretKeyRef": { "name": "db-admin", "key": "password" } } } }],
+                    "constants": [{ "name": "K", "type": "Secret", "valueFrom": { "secretKeyRef": { "name": "stripe", "key": "k" } } }] }),
+        );
+        assert_eq!(
+            needed_for_config(Op::Create, None, Some(&referencing)),
+            [
+                Access::environment(CONFIGURE, "development"),
+                Access::read_secret("db-admin"),
+                Access::read_secret("stripe")
+            ]
+        );
+        denied_with(
+            review_config(
+                Op::Create,
+                None,
+                Some(&referencing),
+                USER,
+                &config_facts(&["development"], &["stripe"]),
+            ),
+            "user alice may not reference Secret db-admin (key password) from EnvironmentConfig crm-cfg: \
+             spec.dataSources[pg].secretOptions.password.secretKeyRef makes the operator copy that value into the \
+             stage's configuration, which needs verb get on resource secrets named db-admin (group core)",
+        );
+        let all = config_facts(&["development"], &["stripe", "db-admin"]);
+        assert_eq!(
+            review_config(Op::Create, None, Some(&referencing), USER, &all),
+            Allow
+        );
+        // Existing references are not asked again; a new key of the same Secret is.
+        let mut other_key = referencing.clone();
+        other_key.spec.constants[0]
+            .value_from
+            .as_mut()
+            .unwrap()
+            .secret_key_ref
+            .key = "k2".into();
+        assert_eq!(
+            needed_for_config(Op::Update, Some(&referencing), Some(&other_key)),
+            [
+                Access::environment(CONFIGURE, "development"),
+                Access::read_secret("stripe")
+            ]
+        );
+        denied_with(
+            review_config(
+                Op::Update,
+                Some(&referencing),
+                Some(&other_key),
+                USER,
+                &config_facts(&["development"], &[]),
+            ),
+            "may not reference Secret stripe (key k2)",
+        );
+    }
+
+    #[test]
+    fn a_rival_config_for_the_same_stage_is_refused() {
+        let dev = config("development", json!({ "app": "crm" }));
+        let mut f = config_facts(&["development"], &[]);
+        f.rival = Some("crm-dev".into());
+        denied_with(
+            review_config(Op::Create, None, Some(&dev), USER, &f),
+            "EnvironmentConfig crm-cfg cannot configure app crm in development: EnvironmentConfig crm-dev already \
+             does",
+        );
+        let workspace = config("development", json!({}));
+        denied_with(
+            review_config(Op::Create, None, Some(&workspace), USER, &f),
+            "cannot configure the workspace in development",
+        );
+    }
+
+    #[test]
+    fn oversized_free_form_json_is_refused_with_the_bound() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            deep = json!([deep]);
+        }
+        assert_eq!(json_depth(&deep), MAX_JSON_DEPTH + 1);
+        let f = facts(PIPELINES[0]);
+        let mut v = version("development");
+        v.spec.definition = Some(json!({ "pages": deep }));
+        denied_with(
+            create(&v, &f),
+            &format!(
+                "spec.definition nests {} levels deep (at most {MAX_JSON_DEPTH})",
+                MAX_JSON_DEPTH + 2
+            ),
+        );
+        v.spec.definition = Some(json!({ "blob": "x".repeat(MAX_DEFINITION_BYTES) }));
+        denied_with(create(&v, &f), "bytes (at most 524288)");
+        let old = version("development");
+        denied_with(update(&old, &v, &f), "bytes (at most 524288)");
+
+        let big = config(
+            "development",
+            json!({ "dataSources": [{ "name": "api", "kind": "restapi", "options": { "headers": "x".repeat(MAX_OPTIONS_BYTES) } }] }),
+        );
+        denied_with(
+            review_config(
+                Op::Create,
+                None,
+                Some(&big),
+                USER,
+                &config_facts(&["development"], &[]),
+            ),
+            "spec.dataSources[api].options is",
+        );
+    }
+
+    #[test]
+    fn versions_carry_the_stages_they_have_been_in() {
+        let v = version("development");
+        let mut doc = serde_json::to_value(&v).unwrap();
+        json_patch::patch(&mut doc, &mutation_for_new_version(&v)).unwrap();
+        let created: AppVersion = serde_json::from_value(doc).unwrap();
+        assert_eq!(stages_of(&created), "development");
+        let mut promoted = created.clone();
+        promoted.spec.environment = "staging".into();
+        let patch = mutation_for_version(&created, &promoted, USER, NOW).unwrap();
+        let mut doc = serde_json::to_value(&promoted).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        let promoted: AppVersion = serde_json::from_value(doc).unwrap();
+        assert_eq!(stages_of(&promoted), "development,staging");
+        // Users cannot rewrite the record.
+        let mut forged = promoted.clone();
+        forged
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(STAGES_ANNOTATION.into(), "staging".into());
+        let mut f = facts(PIPELINES[0]);
+        f.app = Some(app_fact(PIPELINES[0], &[]));
+        denied_with(
+            update(&promoted, &forged, &f),
+            "annotation tooljet.io/stages is recorded by tooljet-operator",
         );
     }
 }

@@ -1,20 +1,13 @@
-//! The HTTPS admission server: decodes AdmissionReviews, gathers the facts the rules need (from
-//! the caches, plus SubjectAccessReviews for promotions and releases), applies the pure rules and
-//! encodes the answer. Fails closed: anything it cannot decide is denied with the reason.
+//! The admission decisions: gathers the facts the rules need (from the caches, plus a
+//! SubjectAccessReview on the requester for every access the request needs) and applies the pure
+//! [`rules`]. Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
+//! is [`super::http`].
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc};
 
-use anyhow::{Context as _, Result};
-use axum::{
-    Router, body::Bytes, extract::State, http::StatusCode, response::IntoResponse, routing::post,
-};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use k8s_openapi::{
     api::{
+        apps::v1::Deployment,
         authentication::v1::UserInfo,
         authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
         core::v1::{Namespace, Secret},
@@ -23,24 +16,19 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DynamicObject, PostParams},
-    core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+    api::{DynamicObject, ListParams, PartialObjectMeta, PostParams},
+    core::admission::{AdmissionRequest, AdmissionResponse, Operation},
     runtime::reflector::{ObjectRef, Store},
 };
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{
-    certs::ReloadingResolver,
-    rules::{self, AppFact, DELETION_PROTECTION_ANNOTATION, Facts, Op, Verdict, VersionFact},
-};
+use super::rules::{self, AppFact, Facts, Op, Verdict, VersionFact};
 use crate::{
-    api::{AppVersion, GROUP, ToolJetApp},
+    api::{AppVersion, EnvironmentConfig, ToolJetApp},
     controller::{Readiness, appversion},
-    materialize::missing_requirements,
-    metrics::{AdmissionLabels, Metrics, WebhookLabels},
+    materialize::{HashKey, missing_requirements},
+    metrics::Metrics,
 };
 
 /// What the handlers share.
@@ -48,160 +36,12 @@ pub struct WebhookState {
     pub client: Client,
     pub versions: Store<AppVersion>,
     pub apps: Store<ToolJetApp>,
+    pub configs: Store<EnvironmentConfig>,
     pub managed_secrets: Store<Secret>,
+    /// The installation's content-hash key.
+    pub hash_key: Arc<HashKey>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
-}
-
-pub fn router(state: Arc<WebhookState>) -> Router {
-    Router::new()
-        .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
-        .with_state(state)
-}
-
-/// Serves `router` over TLS on `addr` with the (reloadable) certificate of `resolver`.
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    resolver: Arc<ReloadingResolver>,
-) -> Result<()> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the webhook to {addr}"))?;
-    info!(%addr, "admission webhook listening");
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                warn!(error = %e, "webhook accept failed");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
-            };
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
-}
-
-/// Decodes an AdmissionReview body into its request.
-pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not an AdmissionReview: {e}"))?;
-    review
-        .try_into()
-        .map_err(|e| format!("the AdmissionReview carries no request: {e}"))
-}
-
-fn respond(response: AdmissionResponse) -> axum::response::Response {
-    (StatusCode::OK, axum::Json(response.into_review())).into_response()
-}
-
-async fn validate(State(state): State<Arc<WebhookState>>, body: Bytes) -> axum::response::Response {
-    let started = Instant::now();
-    let (response, kind, operation) = match decode(&body) {
-        Err(reason) => (
-            AdmissionResponse::invalid(reason),
-            String::new(),
-            String::new(),
-        ),
-        Ok(req) => {
-            let response = review(&state, &req).await;
-            (
-                response,
-                req.kind.kind.clone(),
-                format!("{:?}", req.operation).to_uppercase(),
-            )
-        }
-    };
-    record(
-        &state.metrics,
-        "validate",
-        kind,
-        operation,
-        &response,
-        started,
-    );
-    respond(response)
-}
-
-async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> axum::response::Response {
-    let started = Instant::now();
-    let (response, kind, operation) = match decode(&body) {
-        Err(reason) => (
-            AdmissionResponse::invalid(reason),
-            String::new(),
-            String::new(),
-        ),
-        Ok(req) => {
-            let response = stamp(&req);
-            (
-                response,
-                req.kind.kind.clone(),
-                format!("{:?}", req.operation).to_uppercase(),
-            )
-        }
-    };
-    record(
-        &state.metrics,
-        "mutate",
-        kind,
-        operation,
-        &response,
-        started,
-    );
-    respond(response)
-}
-
-fn record(
-    metrics: &Metrics,
-    webhook: &'static str,
-    kind: String,
-    operation: String,
-    response: &AdmissionResponse,
-    started: Instant,
-) {
-    let result = if response.allowed {
-        "allowed"
-    } else {
-        "denied"
-    };
-    metrics
-        .admission_requests
-        .get_or_create(&AdmissionLabels {
-            webhook,
-            kind,
-            operation,
-            result,
-        })
-        .inc();
-    metrics
-        .admission_duration
-        .get_or_create(&WebhookLabels { webhook })
-        .observe(started.elapsed().as_secs_f64());
 }
 
 fn typed<K: DeserializeOwned>(obj: &Option<DynamicObject>) -> Result<Option<K>, String> {
@@ -222,12 +62,17 @@ fn op(operation: &Operation) -> Option<Op> {
     }
 }
 
-/// The stamp of who promoted or released (mutating webhook).
+/// The mutating webhook: stamps the stages of a new version, and who promoted or released.
 pub fn stamp(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     let user = req.user_info.username.as_deref().unwrap_or("unknown");
     let now = Timestamp::now().to_string();
     let patch = match (req.kind.kind.as_str(), &req.operation) {
+        ("AppVersion", Operation::Create) => match typed::<AppVersion>(&req.object) {
+            Ok(Some(new)) => Some(rules::mutation_for_new_version(&new)),
+            Err(e) => return response.deny(e),
+            Ok(None) => None,
+        },
         ("AppVersion", Operation::Update) => match (
             typed::<AppVersion>(&req.old_object),
             typed::<AppVersion>(&req.object),
@@ -271,7 +116,11 @@ pub async fn review(
     let verdict = match req.kind.kind.as_str() {
         "AppVersion" => review_version(state, req, op).await,
         "ToolJetApp" => review_app(state, req, op).await,
-        _ => Ok(Verdict::Allow),
+        "EnvironmentConfig" => review_config(state, req, op).await,
+        // Registered only for the kinds above: anything else is a misconfiguration. Fail closed.
+        other => Err(format!(
+            "tooljet-operator's webhook does not judge kind {other}; remove it from the webhook configuration"
+        )),
     };
     match verdict {
         Ok(Verdict::Allow) => response,
@@ -309,48 +158,81 @@ fn versions_of(
         .collect()
 }
 
+/// What every request's facts start from: namespace and user.
+struct Request<'a, K> {
+    req: &'a AdmissionRequest<DynamicObject>,
+    old: Option<K>,
+    new: Option<K>,
+    ns: String,
+    user: String,
+}
+
+impl<'a, K: DeserializeOwned> Request<'a, K> {
+    fn decode(req: &'a AdmissionRequest<DynamicObject>) -> Result<Self, String> {
+        let old: Option<K> = typed(&req.old_object)?;
+        let new: Option<K> = typed(&req.object)?;
+        if old.is_none() && new.is_none() {
+            return Err(format!("the request carries no {}", req.kind.kind));
+        }
+        Ok(Request {
+            req,
+            old,
+            new,
+            ns: req.namespace.clone().unwrap_or_default(),
+            user: req.user_info.username.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Asks the apiserver, concurrently, whether the requester holds each access.
+    async fn grants(
+        &self,
+        state: &WebhookState,
+        needed: Vec<rules::Access>,
+    ) -> Result<BTreeMap<rules::Access, bool>, String> {
+        let answers = futures::future::try_join_all(
+            needed
+                .iter()
+                .map(|a| access(&state.client, &self.req.user_info, &self.ns, a)),
+        )
+        .await?;
+        Ok(needed.into_iter().zip(answers).collect())
+    }
+}
+
 async fn review_version(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
-    let old: Option<AppVersion> = typed(&req.old_object)?;
-    let new: Option<AppVersion> = typed(&req.object)?;
-    let subject = new
-        .as_ref()
-        .or(old.as_ref())
-        .ok_or("the request carries no AppVersion")?;
-    let ns = req.namespace.clone().unwrap_or_default();
-    let user = req.user_info.username.clone().unwrap_or_default();
+    let r = Request::<AppVersion>::decode(req)?;
+    let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
+    let subject = new.or(old).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
     if let Some(app) = state
         .apps
-        .get(&ObjectRef::new(&subject.spec.app).within(&ns))
+        .get(&ObjectRef::new(&subject.spec.app).within(ns))
     {
         facts.app = Some(AppFact {
             name: app.name_any(),
             environments: app.spec.environments.clone(),
-            versions: versions_of(state, &ns, &subject.spec.app, Some(&req.name)),
+            versions: versions_of(state, ns, &subject.spec.app, Some(&req.name)),
         });
     }
     if op == Op::Delete {
-        facts.namespace_terminating = namespace_terminating(&state.client, &ns).await?;
+        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    if let (Some(old), Some(new)) = (&old, &new)
+    facts.granted = r.grants(state, rules::needed_for_version(old, new)).await?;
+    if let (Some(old), Some(new)) = (old, new)
         && let Some((_, to)) = rules::promotion(old, new)
     {
-        facts.permitted = Some(
-            access(
-                &state.client,
-                &req.user_info,
-                &ns,
-                "promote",
-                "environments",
-                to,
-            )
-            .await?,
+        let resolved = appversion::resolve(
+            &state.hash_key,
+            &state.managed_secrets,
+            &state.configs,
+            ns,
+            &new.spec.app,
+            to,
         );
-        let resolved = appversion::resolve(&state.managed_secrets, &ns, &new.spec.app, to);
         let requires = new.spec.requires.clone().unwrap_or_default();
         facts.missing_in_target = missing_requirements(
             &requires.data_sources,
@@ -359,13 +241,7 @@ async fn review_version(
             &resolved.data,
         );
     }
-    Ok(rules::review_version(
-        op,
-        old.as_ref(),
-        new.as_ref(),
-        &user,
-        &facts,
-    ))
+    Ok(rules::review_version(op, old, new, &r.user, &facts))
 }
 
 async fn review_app(
@@ -373,64 +249,80 @@ async fn review_app(
     req: &AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
-    let old: Option<ToolJetApp> = typed(&req.old_object)?;
-    let new: Option<ToolJetApp> = typed(&req.object)?;
-    let subject = old
-        .as_ref()
-        .or(new.as_ref())
-        .ok_or("the request carries no ToolJetApp")?;
-    let ns = req.namespace.clone().unwrap_or_default();
-    let user = req.user_info.username.clone().unwrap_or_default();
+    let r = Request::<ToolJetApp>::decode(req)?;
+    let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
+    let subject = old.or(new).ok_or(rules::MALFORMED)?;
     let mut facts = Facts {
         app: Some(AppFact {
             name: req.name.clone(),
             environments: subject.spec.environments.clone(),
-            versions: versions_of(state, &ns, &req.name, None),
+            versions: versions_of(state, ns, &req.name, None),
         }),
         ..Default::default()
     };
     if op == Op::Delete {
-        facts.namespace_terminating = namespace_terminating(&state.client, &ns).await?;
+        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    if let Some(new) = &new {
-        if rules::release(old.as_ref(), new).is_some() {
-            let last = new.spec.environments.last().cloned().unwrap_or_default();
-            facts.permitted = Some(
-                access(
-                    &state.client,
-                    &req.user_info,
-                    &ns,
-                    "release",
-                    "environments",
-                    &last,
-                )
-                .await?,
-            );
-        }
-        let before = old
-            .as_ref()
-            .and_then(|o| o.annotations().get(DELETION_PROTECTION_ANNOTATION));
-        if new.annotations().get(DELETION_PROTECTION_ANNOTATION) != before {
-            facts.may_unprotect = Some(
-                access(
-                    &state.client,
-                    &req.user_info,
-                    &ns,
-                    "unprotect",
-                    "tooljetapps",
-                    &req.name,
-                )
-                .await?,
-            );
+    if let Some(new) = new {
+        // A changed rollout with selectors is judged against the Deployments that exist now.
+        let rollout_changed = old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default()
+            != new.spec.rollout.as_slice();
+        if rollout_changed && new.spec.rollout.iter().any(|t| t.selector.is_some()) {
+            facts.deployments = deployments(&state.client, ns).await?;
         }
     }
-    Ok(rules::review_app(
-        op,
-        old.as_ref(),
-        new.as_ref(),
-        &user,
-        &facts,
-    ))
+    facts.granted = r.grants(state, rules::needed_for_app(old, new)).await?;
+    Ok(rules::review_app(op, old, new, &r.user, &facts))
+}
+
+async fn review_config(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    op: Op,
+) -> Result<Verdict, String> {
+    let r = Request::<EnvironmentConfig>::decode(req)?;
+    let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
+    let mut facts = Facts::default();
+    if op == Op::Delete {
+        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
+    }
+    if let Some(new) = new {
+        facts.rival = state
+            .configs
+            .state()
+            .iter()
+            .find(|c| {
+                c.namespace().as_deref() == Some(ns.as_str())
+                    && c.name_any() != req.name
+                    && c.metadata.deletion_timestamp.is_none()
+                    && c.spec.app == new.spec.app
+                    && c.spec.environment == new.spec.environment
+            })
+            .map(|c| c.name_any());
+    }
+    facts.granted = r
+        .grants(state, rules::needed_for_config(op, old, new))
+        .await?;
+    Ok(rules::review_config(op, old, new, &r.user, &facts))
+}
+
+/// The namespace's Deployments, names and labels (metadata only).
+async fn deployments(
+    client: &Client,
+    ns: &str,
+) -> Result<Vec<(String, BTreeMap<String, String>)>, String> {
+    let api: Api<PartialObjectMeta<Deployment>> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(|e| {
+            format!("could not list the Deployments of namespace {ns} to check spec.rollout: {e}")
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|d| (d.name_any(), d.labels().clone()))
+        .collect())
 }
 
 async fn namespace_terminating(client: &Client, ns: &str) -> Result<bool, String> {
@@ -443,15 +335,13 @@ async fn namespace_terminating(client: &Client, ns: &str) -> Result<bool, String
     }
 }
 
-/// Asks the apiserver whether the requesting user may `verb` the `resource` named `name`
-/// (group tooljet.io) in `ns`.
+/// Asks the apiserver whether the requesting user holds `access` in `ns` (a SubjectAccessReview
+/// carrying the user's name, uid, groups and extra).
 async fn access(
     client: &Client,
     user: &UserInfo,
     ns: &str,
-    verb: &str,
-    resource: &str,
-    name: &str,
+    access: &rules::Access,
 ) -> Result<bool, String> {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
@@ -461,10 +351,10 @@ async fn access(
             extra: user.extra.clone(),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.to_string()),
-                group: Some(GROUP.to_string()),
-                resource: Some(resource.to_string()),
-                verb: Some(verb.to_string()),
-                name: Some(name.to_string()),
+                group: Some(access.group.to_string()),
+                resource: Some(access.resource.to_string()),
+                verb: Some(access.verb.to_string()),
+                name: access.name.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -475,7 +365,8 @@ async fn access(
     match api.create(&PostParams::default(), &review).await {
         Ok(answer) => Ok(answer.status.is_some_and(|s| s.allowed)),
         Err(e) => Err(format!(
-            "could not check permission to {verb} {resource}/{name}: {e}"
+            "could not check whether the requester holds {}: {e}",
+            access.describe()
         )),
     }
 }

@@ -109,31 +109,32 @@ pub async fn env() -> Arc<WebhookEnv> {
             )
             .await
             .unwrap();
-        let (policy, binding) = config::policy();
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .patch(
-                config::POLICY_NAME,
-                &apply,
-                &Patch::Apply(&with_kind(
-                    &policy,
-                    "admissionregistration.k8s.io/v1",
-                    "ValidatingAdmissionPolicy",
-                )),
-            )
-            .await
-            .unwrap();
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .patch(
-                config::POLICY_NAME,
-                &apply,
-                &Patch::Apply(&with_kind(
-                    &binding,
-                    "admissionregistration.k8s.io/v1",
-                    "ValidatingAdmissionPolicyBinding",
-                )),
-            )
-            .await
-            .unwrap();
+        for (policy, binding) in config::policies() {
+            Api::<ValidatingAdmissionPolicy>::all(client.clone())
+                .patch(
+                    &policy.name_any(),
+                    &apply,
+                    &Patch::Apply(&with_kind(
+                        &policy,
+                        "admissionregistration.k8s.io/v1",
+                        "ValidatingAdmissionPolicy",
+                    )),
+                )
+                .await
+                .unwrap();
+            Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                .patch(
+                    &binding.name_any(),
+                    &apply,
+                    &Patch::Apply(&with_kind(
+                        &binding,
+                        "admissionregistration.k8s.io/v1",
+                        "ValidatingAdmissionPolicyBinding",
+                    )),
+                )
+                .await
+                .unwrap();
+        }
         for role in config::user_roles() {
             Api::<ClusterRole>::all(client.clone())
                 .patch(

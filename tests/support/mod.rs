@@ -110,6 +110,7 @@ impl Operator {
     ) -> Operator {
         use std::os::unix::process::CommandExt;
         let shared = testenv::shared();
+        ensure_operator_namespace(args);
         let log = shared.dir.join(format!(
             "operator-{name}-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
@@ -162,6 +163,28 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Creates the operator's own namespace (`--namespace`, default `tooljet-system`) as the admin,
+/// when missing: the operator keeps its content-hash key there and does not start without it.
+fn ensure_operator_namespace(args: &[&str]) {
+    let ns = args
+        .windows(2)
+        .find(|w| w[0] == "--namespace")
+        .map(|w| w[1])
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--namespace=")))
+        .unwrap_or("tooljet-system");
+    let admin = &testenv::shared().kubeconfig;
+    if testenv::kubectl(admin, &["get", "namespace", ns]).is_ok() {
+        return;
+    }
+    if let Err(e) = testenv::kubectl(admin, &["create", "namespace", ns]) {
+        // Another test of this binary may have created it meanwhile.
+        assert!(
+            e.to_string().contains("AlreadyExists") || e.to_string().contains("already exists"),
+            "creating the operator's namespace {ns}: {e}"
+        );
     }
 }
 

@@ -284,6 +284,9 @@ const CHART_VALUE_SETS: &[&[&str]] = &[
         "metrics.serviceMonitor.enabled=true",
         "replicaCount=3",
         "logging.format=text",
+        "networkPolicy.enabled=true",
+        "networkPolicy.webhook.from[0].ipBlock.cidr=10.0.0.0/24",
+        "networkPolicy.metrics.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
     ],
     &[
         "webhook.enabled=false",
@@ -291,6 +294,8 @@ const CHART_VALUE_SETS: &[&[&str]] = &[
         "replicaCount=1",
         "admissionPolicy.enabled=false",
         "userRoles.enabled=false",
+        // No source at all: the policy admits nothing but the node.
+        "networkPolicy.enabled=true",
     ],
     &[
         "webhook.url=https://127.0.0.1:9443",
@@ -304,17 +309,21 @@ fn chart() -> Result<()> {
     testenv::binaries::build_missing()?;
     let helm = Binary::Helm.path();
     let chart = root().join("charts/tooljet-operator");
-    run_cmd(
-        Command::new(&helm)
-            .args([
-                "lint",
-                "--strict",
-                "--kube-version",
-                testenv::KUBERNETES_VERSION,
-            ])
-            .arg(&chart),
-    )?;
     for (i, set) in CHART_VALUE_SETS.iter().enumerate() {
+        // Linted with each value set, so templates that only render with non-default values
+        // (e.g. the NetworkPolicy) are linted too.
+        let mut lint = Command::new(&helm);
+        lint.args([
+            "lint",
+            "--strict",
+            "--kube-version",
+            testenv::KUBERNETES_VERSION,
+        ])
+        .arg(&chart);
+        for value in *set {
+            lint.args(["--set", value]);
+        }
+        run_cmd(&mut lint)?;
         let mut cmd = Command::new(&helm);
         cmd.args([
             "template",

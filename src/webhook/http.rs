@@ -1,0 +1,731 @@
+//! The admission webhook's HTTP layer: TLS, decoding AdmissionReviews and encoding the answers,
+//! and the admission metrics. It decides nothing: [`super::server`] gathers facts and applies
+//! the pure [`super::rules`].
+//!
+//! The port answers whoever can reach it (a NetworkPolicy in the chart narrows that, off by
+//! default), so every caller is bounded: connections, header and request time, body size, reviews
+//! in flight; a body that is not an AdmissionReview gets a 4xx without reaching the rules; and
+//! metric labels come from closed sets, never from the request.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, Request, State},
+    http::{StatusCode, header::CONTENT_LENGTH},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use hyper::server::conn::{http1, http2};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use kube::{
+    api::DynamicObject,
+    core::admission::{
+        AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
+    },
+};
+use serde_json::error::Category;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::{
+    certs::ReloadingResolver,
+    server::{WebhookState, review, stamp},
+};
+use crate::metrics::{
+    AdmissionKind, AdmissionLabels, AdmissionOperation, AdmissionResult, Metrics, Webhook,
+    WebhookLabels,
+};
+
+/// The largest body accepted. An AdmissionReview carries `object` and `oldObject`, each at most
+/// the apiserver's request limit (3 MiB), plus the request's metadata: 8 MiB holds the largest
+/// legitimate review with room to spare, and is all a caller can make us buffer per request.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Time for a TLS handshake, so a connection that never completes one does not hold its slot.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time for an HTTP/1 request's headers. hyper starts the clock when it waits for the next
+/// request, so this also closes idle keep-alive connections; the apiserver then reconnects.
+/// (HTTP/2 has no such bound in hyper: see [`H2_KEEP_ALIVE_INTERVAL`].)
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time for a whole request, body and decision included. The apiserver waits `timeoutSeconds`
+/// (5 s in the chart and the generated configurations) and then gives up, so a request still
+/// running after twice that has no one waiting for it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; further ones wait in the listen backlog until one ends. The
+/// apiserver needs a few (HTTP/2 multiplexes its reviews); the bound caps memory and descriptors.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Reviews read and decided at once, across connections: with [`MAX_BODY_BYTES`] it bounds the
+/// bodies buffered at any moment (16 x 8 MiB). Further requests wait, within [`REQUEST_TIMEOUT`].
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// HTTP/2 streams per connection (hyper's default is 200).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// HTTP/2 pings on a quiet connection, so a peer that vanished (no FIN) frees its slot: HTTP/2
+/// has no header timeout to do it.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// `/validate` and `/mutate`, bounded.
+pub fn router(state: Arc<WebhookState>) -> Router {
+    let routes = Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .with_state(state);
+    bounded(routes, REQUEST_TIMEOUT)
+}
+
+/// What the [`limit`] middleware shares across requests.
+#[derive(Clone)]
+struct Limits {
+    in_flight: Arc<Semaphore>,
+    request_timeout: Duration,
+}
+
+/// Bounds every route of `routes`: body size, reviews in flight, time per request.
+fn bounded(routes: Router, request_timeout: Duration) -> Router {
+    let limits = Limits {
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        request_timeout,
+    };
+    routes
+        .layer(middleware::from_fn_with_state(limits, limit))
+        // Read by the `Bytes` extraction in `read`; axum's default (2 MB) is too small for a
+        // review of a large object.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Waits for a slot among [`MAX_IN_FLIGHT`] and runs the request, all within the timeout: a
+/// request that waits, sends its body slowly or is decided slowly is answered 503 and dropped.
+async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let work = async {
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(_slot) = limits.in_flight.acquire().await else {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        };
+        next.run(request).await
+    };
+    match tokio::time::timeout(limits.request_timeout, work).await {
+        Ok(response) => response,
+        Err(_) => {
+            warn!(
+                timeout = ?limits.request_timeout,
+                "admission request abandoned: not answered in time"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the admission review was not answered within {}s",
+                    limits.request_timeout.as_secs_f64()
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Serves `router` over TLS on `addr` with the (reloadable) certificate of `resolver`.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    resolver: Arc<ReloadingResolver>,
+) -> Result<()> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    // The protocol is the one ALPN negotiated, not sniffed from the first bytes: sniffing has no
+    // timeout, so a client that sent a few bytes and stalled would hold its connection forever.
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the webhook to {addr}"))?;
+    info!(%addr, "admission webhook listening");
+    loop {
+        // A slot first, then accept: at the bound, new connections wait in the backlog.
+        let slot = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the webhook's connection semaphore is closed")?;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(error = %e, "webhook accept failed");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
+                Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
+            };
+            let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let io = TokioIo::new(tls);
+            let served = if negotiated_h2 {
+                h2.serve_connection(io, service).await
+            } else {
+                h1.serve_connection(io, service).await
+            };
+            if let Err(e) = served {
+                debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Why a request gets no decision. The text goes back to the caller and into the log: it says
+/// what is wrong and where, never what the body contains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("the body is larger than {} MiB", MAX_BODY_BYTES / (1024 * 1024))]
+    TooLarge,
+    #[error("the body could not be read")]
+    Unreadable,
+    #[error("the body is not JSON (line {line}, column {column})")]
+    NotJson { line: usize, column: usize },
+    #[error(
+        "the body is not an AdmissionReview: a field is missing or has the wrong type \
+         (line {line}, column {column})"
+    )]
+    NotAReview { line: usize, column: usize },
+    #[error("the body is not an admission.k8s.io/v1 AdmissionReview")]
+    WrongType,
+    #[error("the AdmissionReview carries no request")]
+    NoRequest,
+    #[error("the AdmissionReview's request has no uid")]
+    NoUid,
+}
+
+impl Invalid {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Invalid::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Decodes an `admission.k8s.io/v1` AdmissionReview body into its request.
+pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Invalid> {
+    // serde's messages quote the offending values, so only the category and position are kept.
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        match e.classify() {
+            Category::Data => Invalid::NotAReview { line, column },
+            Category::Syntax | Category::Eof | Category::Io => Invalid::NotJson { line, column },
+        }
+    })?;
+    if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
+        return Err(Invalid::WrongType);
+    }
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| Invalid::NoRequest)?;
+    // The uid is what the answer is matched by: without one, no answer can be valid.
+    if request.uid.is_empty() {
+        return Err(Invalid::NoUid);
+    }
+    Ok(request)
+}
+
+/// The body, bounded: a declared length over [`MAX_BODY_BYTES`] is refused before a byte is
+/// read; an undeclared one (chunked, HTTP/2) is cut off at the bound by [`DefaultBodyLimit`].
+async fn read(request: Request) -> Result<Bytes, Invalid> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(Invalid::TooLarge);
+    }
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Invalid::TooLarge
+            } else {
+                Invalid::Unreadable
+            }
+        })
+}
+
+/// One admission review end to end: read and decode the body, let `decide` answer a valid
+/// review, count the answer and encode it. Anything else is answered 4xx with the reason and
+/// counted as `invalid`; it never reaches `decide`.
+async fn admit<F, Fut>(metrics: &Metrics, webhook: Webhook, request: Request, decide: F) -> Response
+where
+    F: FnOnce(AdmissionRequest<DynamicObject>) -> Fut,
+    Fut: Future<Output = AdmissionResponse>,
+{
+    let body = read(request).await;
+    // Timed from here: the histogram measures deciding a review, not receiving it.
+    let started = Instant::now();
+    let decoded = body.and_then(|body| decode(&body));
+    let req = match decoded {
+        Ok(req) => req,
+        Err(invalid) => {
+            debug!(webhook = webhook.as_str(), reason = %invalid, "admission request refused");
+            record(metrics, AdmissionLabels::invalid(webhook), started);
+            return (invalid.status(), invalid.to_string()).into_response();
+        }
+    };
+    let kind = AdmissionKind::of(&req.kind.group, &req.kind.kind);
+    let operation = AdmissionOperation::from(&req.operation);
+    let response = decide(req).await;
+    let result = if response.allowed {
+        AdmissionResult::Allowed
+    } else {
+        AdmissionResult::Denied
+    };
+    let labels = AdmissionLabels {
+        webhook,
+        kind,
+        operation,
+        result,
+    };
+    record(metrics, labels, started);
+    respond(response)
+}
+
+fn respond(response: AdmissionResponse) -> Response {
+    (StatusCode::OK, axum::Json(response.into_review())).into_response()
+}
+
+async fn validate(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    let shared = &state;
+    admit(
+        &state.metrics,
+        Webhook::Validate,
+        request,
+        |req| async move { review(shared, &req).await },
+    )
+    .await
+}
+
+async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    admit(&state.metrics, Webhook::Mutate, request, |req| async move {
+        stamp(&req)
+    })
+    .await
+}
+
+fn record(metrics: &Metrics, labels: AdmissionLabels, started: Instant) {
+    let webhook = labels.webhook;
+    metrics.admission_requests.get_or_create(&labels).inc();
+    metrics
+        .admission_duration
+        .get_or_create(&WebhookLabels { webhook })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn review_json(group: &str, kind: &str, operation: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": { "group": group, "version": "v1alpha1", "kind": kind },
+                "resource": { "group": group, "version": "v1alpha1", "resource": "appversions" },
+                "name": "v", "namespace": "ns", "operation": operation,
+                "userInfo": { "username": "alice" },
+                "object": { "apiVersion": "tooljet.io/v1alpha1", "kind": kind, "metadata": { "name": "v" } },
+                "oldObject": null,
+            },
+        })
+    }
+
+    fn bytes(value: &Value) -> Vec<u8> {
+        serde_json::to_vec(value).unwrap()
+    }
+
+    #[test]
+    fn a_v1_review_with_a_request_decodes() {
+        let req = decode(&bytes(&review_json("tooljet.io", "AppVersion", "CREATE"))).unwrap();
+        assert_eq!(req.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(req.kind.kind, "AppVersion");
+    }
+
+    #[test]
+    fn anything_but_a_v1_review_with_a_request_and_uid_is_invalid() {
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut v = review_json("tooljet.io", "AppVersion", "CREATE");
+            f(&mut v);
+            bytes(&v)
+        };
+        // (what, body, whether the error is the expected one)
+        type Case = (&'static str, Vec<u8>, fn(Invalid) -> bool);
+        let cases: Vec<Case> = vec![
+            ("empty", vec![], |e| matches!(e, Invalid::NotJson { .. })),
+            ("not JSON", b"hello".to_vec(), |e| {
+                matches!(e, Invalid::NotJson { .. })
+            }),
+            ("truncated", b"{\"apiVersion\":".to_vec(), |e| {
+                matches!(e, Invalid::NotJson { .. })
+            }),
+            ("a JSON array", b"[]".to_vec(), |e| {
+                matches!(e, Invalid::NotAReview { .. })
+            }),
+            (
+                "v1beta1",
+                with(&|v| v["apiVersion"] = json!("admission.k8s.io/v1beta1")),
+                |e| e == Invalid::WrongType,
+            ),
+            (
+                "another kind",
+                with(&|v| v["kind"] = json!("ConversionReview")),
+                |e| e == Invalid::WrongType,
+            ),
+            (
+                "no apiVersion",
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("apiVersion");
+                }),
+                |e| matches!(e, Invalid::NotAReview { .. }),
+            ),
+            (
+                "no request",
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("request");
+                }),
+                |e| e == Invalid::NoRequest,
+            ),
+            (
+                "a null request",
+                with(&|v| v["request"] = Value::Null),
+                |e| e == Invalid::NoRequest,
+            ),
+            (
+                "no uid",
+                with(&|v| {
+                    v["request"].as_object_mut().unwrap().remove("uid");
+                }),
+                |e| matches!(e, Invalid::NotAReview { .. }),
+            ),
+            (
+                "an empty uid",
+                with(&|v| v["request"]["uid"] = json!("")),
+                |e| e == Invalid::NoUid,
+            ),
+            (
+                "an unknown operation",
+                with(&|v| v["request"]["operation"] = json!("PATCH")),
+                |e| matches!(e, Invalid::NotAReview { .. }),
+            ),
+        ];
+        for (case, body, expected) in cases {
+            match decode(&body) {
+                Ok(_) => panic!("{case}: decoded"),
+                Err(e) => {
+                    assert!(expected(e), "{case}: {e:?}");
+                    assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_never_quote_the_body() {
+        let canary = "canary-7f3a9c";
+        let mut bodies = vec![
+            canary.as_bytes().to_vec(),
+            format!("{{\"{canary}\": ").into_bytes(),
+        ];
+        for (path, value) in [
+            ("apiVersion", json!(canary)),
+            ("kind", json!(canary)),
+            ("request", json!(canary)),
+        ] {
+            let mut v = review_json("tooljet.io", "AppVersion", "CREATE");
+            v[path] = value;
+            bodies.push(bytes(&v));
+        }
+        for (field, value) in [
+            ("operation", json!(canary)),
+            ("uid", json!([canary])),
+            ("kind", json!(canary)),
+            ("userInfo", json!({ "username": [canary] })),
+        ] {
+            let mut v = review_json("tooljet.io", "AppVersion", "CREATE");
+            v["request"][field] = value;
+            bodies.push(bytes(&v));
+        }
+        for body in bodies {
+            let reason = decode(&body).map(|_| ()).unwrap_err().to_string();
+            assert!(!reason.contains(canary), "{reason}");
+        }
+    }
+
+    /// The real layering and `admit`, with a decision that counts its calls.
+    fn app(
+        metrics: Arc<Metrics>,
+        decided: Arc<AtomicUsize>,
+        decision: fn(&AdmissionRequest<DynamicObject>) -> Option<AdmissionResponse>,
+        request_timeout: Duration,
+    ) -> Router {
+        let handler = move |webhook: Webhook| {
+            let (metrics, decided) = (metrics.clone(), decided.clone());
+            move |request: Request| {
+                let (metrics, decided) = (metrics.clone(), decided.clone());
+                async move {
+                    admit(&metrics, webhook, request, |req| async move {
+                        decided.fetch_add(1, Ordering::SeqCst);
+                        match decision(&req) {
+                            Some(response) => response,
+                            // A decision that never comes.
+                            None => std::future::pending().await,
+                        }
+                    })
+                    .await
+                }
+            }
+        };
+        let routes = Router::new()
+            .route("/validate", post(handler(Webhook::Validate)))
+            .route("/mutate", post(handler(Webhook::Mutate)));
+        bounded(routes, request_timeout)
+    }
+
+    fn allow(req: &AdmissionRequest<DynamicObject>) -> Option<AdmissionResponse> {
+        Some(AdmissionResponse::from(req))
+    }
+
+    fn deny(req: &AdmissionRequest<DynamicObject>) -> Option<AdmissionResponse> {
+        Some(AdmissionResponse::from(req).deny("no"))
+    }
+
+    fn never(_: &AdmissionRequest<DynamicObject>) -> Option<AdmissionResponse> {
+        None
+    }
+
+    async fn call(
+        app: Router,
+        path: &str,
+        request: axum::http::request::Builder,
+        body: Body,
+    ) -> (StatusCode, String, String) {
+        let response = app
+            .oneshot(request.method("POST").uri(path).body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn series(
+        metrics: &Metrics,
+        webhook: &str,
+        kind: &str,
+        operation: &str,
+        result: &str,
+    ) -> String {
+        let wanted = format!(
+            "tooljet_operator_admission_requests_total{{webhook=\"{webhook}\",kind=\"{kind}\",operation=\"{operation}\",result=\"{result}\"}} "
+        );
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&wanted).map(str::to_string))
+            .unwrap_or_else(|| "absent".into())
+    }
+
+    #[tokio::test]
+    async fn a_valid_review_is_decided_and_counted_under_its_kind() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), deny, REQUEST_TIMEOUT);
+        let body = bytes(&review_json("tooljet.io", "AppVersion", "UPDATE"));
+        let (status, content_type, text) = call(
+            app,
+            "/validate",
+            axum::http::Request::builder(),
+            Body::from(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "application/json");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["response"]["allowed"], json!(false));
+        assert_eq!(
+            answer["response"]["uid"],
+            json!("705ab4f5-6393-11e8-b7cc-42010a800002")
+        );
+        assert_eq!(decided.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            series(&metrics, "validate", "AppVersion", "UPDATE", "denied"),
+            "1"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kind_is_counted_as_other() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        let body = bytes(&review_json("tooljet.io", "Canary-7f3a9c", "CREATE"));
+        let (status, _, _) = call(
+            app,
+            "/mutate",
+            axum::http::Request::builder(),
+            Body::from(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            series(&metrics, "mutate", "other", "CREATE", "allowed"),
+            "1"
+        );
+        assert!(!metrics.render().contains("Canary"));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_a_review_gets_400_and_is_never_decided() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        for body in [
+            "canary-7f3a9c".to_string(),
+            json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview" }).to_string(),
+            json!({ "kind": "canary-7f3a9c" }).to_string(),
+        ] {
+            let (status, content_type, text) = call(
+                app.clone(),
+                "/validate",
+                axum::http::Request::builder(),
+                Body::from(body),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+            assert!(content_type.starts_with("text/plain"), "{content_type}");
+            assert!(!text.contains("canary"), "{text}");
+        }
+        assert_eq!(decided.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            series(&metrics, "validate", "other", "other", "invalid"),
+            "3"
+        );
+        assert!(!metrics.render().contains("canary"));
+    }
+
+    #[tokio::test]
+    async fn a_declared_oversized_body_gets_413_before_it_is_read() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        let request =
+            axum::http::Request::builder().header(CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string());
+        // The body never ends: only the declared length can have refused it.
+        let endless =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let (status, _, text) = call(app, "/validate", request, endless).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        assert_eq!(text, "the body is larger than 8 MiB");
+        assert_eq!(decided.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            series(&metrics, "validate", "other", "other", "invalid"),
+            "1"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_oversized_body_is_cut_off_with_413() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        let chunk = Bytes::from(vec![b' '; 1024 * 1024]);
+        let chunks = (0..MAX_BODY_BYTES / chunk.len() + 1)
+            .map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let (status, _, _) = call(app, "/mutate", axum::http::Request::builder(), body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(decided.load(Ordering::SeqCst), 0);
+        assert_eq!(series(&metrics, "mutate", "other", "other", "invalid"), "1");
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_bound_is_read() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        let mut body = bytes(&review_json("tooljet.io", "ToolJetApp", "DELETE"));
+        // Trailing whitespace is valid JSON: the largest accepted body.
+        body.resize(MAX_BODY_BYTES, b' ');
+        let request = axum::http::Request::builder().header(CONTENT_LENGTH, body.len().to_string());
+        let (status, _, _) = call(app, "/validate", request, Body::from(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            series(&metrics, "validate", "ToolJetApp", "DELETE", "allowed"),
+            "1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_gets_503() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        // The decision never comes, so only the timeout can answer; its length does not matter.
+        let app = app(
+            metrics.clone(),
+            decided.clone(),
+            never,
+            Duration::from_millis(50),
+        );
+        let body = bytes(&review_json("tooljet.io", "AppVersion", "CREATE"));
+        let (status, _, text) = call(
+            app,
+            "/validate",
+            axum::http::Request::builder(),
+            Body::from(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("not answered within"), "{text}");
+        assert_eq!(decided.load(Ordering::SeqCst), 1);
+    }
+}
