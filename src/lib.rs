@@ -7,5 +7,6 @@ pub mod leader;
 pub mod materialize;
 pub mod metrics;
 pub mod operator;
+pub mod state;
 pub mod telemetry;
 pub mod webhook;

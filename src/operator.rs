@@ -13,18 +13,17 @@ use kube::{
     runtime::{
         WatchStreamExt,
         events::{Recorder, Reporter},
-        predicates, watcher,
+        watcher,
     },
 };
 use tracing::{info, warn};
 
 use crate::{
     api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp},
-    controller::{
-        self, Context, MANAGER, Readiness, RefIndex, Settings, app, appversion, cached, envconfig,
-    },
+    controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig},
     leader::Leadership,
     metrics::Metrics,
+    state::{self, Echoes, Readiness},
     webhook::{certs, http, server},
 };
 
@@ -69,7 +68,8 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         "AppVersions",
         "ToolJetApps",
     ]);
-    let (managed_secrets, managed_events) = cached(
+    // One watch and one cache per kind, shared by the controllers and the webhook.
+    let (managed_secrets, mut managed_hub) = state::watch(
         Api::<Secret>::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
         readiness.clone(),
@@ -81,21 +81,22 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
     )
     .default_backoff()
+    .modify(state::strip)
     .touched_objects();
     let any = || watcher::Config::default().any_semantic();
-    let (configs, config_events) = cached(
+    let (configs, mut config_hub) = state::watch(
         Api::<EnvironmentConfig>::all(client.clone()),
         any(),
         readiness.clone(),
         "EnvironmentConfigs",
     );
-    let (versions, version_events) = cached(
+    let (versions, mut version_hub) = state::watch(
         Api::<AppVersion>::all(client.clone()),
         any(),
         readiness.clone(),
         "AppVersions",
     );
-    let (apps, app_events) = cached(
+    let (apps, mut app_hub) = state::watch(
         Api::<ToolJetApp>::all(client.clone()),
         any(),
         readiness.clone(),
@@ -154,38 +155,42 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
     }
 
     let refs = Arc::new(RefIndex::default());
-    let (fan_out_task, [for_configs, for_versions, for_apps]) =
-        controller::fan_out(managed_events.touched_objects());
+    let echoes = Arc::new(Echoes::default());
     let envconfigs = envconfig::controller(
-        client.clone(),
         &settings,
+        configs.clone(),
         (
-            configs.clone(),
-            config_events
-                .applied_objects()
-                .predicate_filter(predicates::generation, Default::default()),
+            state::changes(config_hub.subscribe(), state::generation),
+            state::changes(config_hub.subscribe(), envconfig::key_of),
         ),
-        refs.clone(),
-        for_configs,
+        (refs.clone(), echoes.clone()),
+        state::forgetting(managed_hub.subscribe(), echoes.clone()),
         referenced_stream,
     );
     let version_controller = appversion::controller(
-        client.clone(),
         &settings,
-        (
-            versions.clone(),
-            version_events
-                .applied_objects()
-                .predicate_filter(predicates::generation, Default::default()),
-        ),
-        for_versions,
+        versions.clone(),
+        state::changes(version_hub.subscribe(), state::generation),
+        echoes.clone(),
+        state::all(managed_hub.subscribe()),
+        state::changes(app_hub.subscribe(), appversion::app_facts),
     );
     let app_controller = app::controller(
         client.clone(),
         &settings,
-        (apps.clone(), app_events.applied_objects()),
-        for_apps,
+        apps.clone(),
+        state::changes(app_hub.subscribe(), state::generation),
+        state::changes(version_hub.subscribe(), app::version_facts),
+        state::all(managed_hub.subscribe()),
     );
+    for hub in [
+        tokio::spawn(managed_hub.run()),
+        tokio::spawn(config_hub.run()),
+        tokio::spawn(version_hub.run()),
+        tokio::spawn(app_hub.run()),
+    ] {
+        drop(hub);
+    }
     let ctx = Arc::new(Context {
         client,
         recorder,
@@ -198,9 +203,9 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         metrics,
         leadership: leadership.clone(),
         hash_key,
+        echoes,
     });
 
-    tokio::spawn(fan_out_task);
     // When this replica becomes the leader, everything is reconciled once.
     let all = || leadership.acquisitions();
     tokio::join!(

@@ -1,7 +1,7 @@
 //! ToolJetApp: versions per stage, the release (and its history), and the rollout trigger that
 //! restarts an environment's workloads when, and only when, its configuration changes.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use futures::Stream;
 use k8s_openapi::{
@@ -42,25 +42,20 @@ pub const RELEASE_HISTORY: usize = 20;
 pub fn controller(
     client: Client,
     settings: &Settings,
-    (store, main): (
-        Store<ToolJetApp>,
-        impl Stream<Item = Result<ToolJetApp, watcher::Error>> + Send + 'static,
-    ),
-    managed: impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
+    store: Store<ToolJetApp>,
+    main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+    versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
+    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
     let apps = store.clone();
     let apps_for_deployments = store.clone();
-    Controller::for_stream(main, store)
+    Controller::for_shared_stream(main, store)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches(
-            Api::<AppVersion>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            |v: AppVersion| {
-                v.namespace()
-                    .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
-            },
-        )
-        .watches_stream(managed, move |secret: Secret| {
+        .watches_shared_stream(versions, |v: Arc<AppVersion>| {
+            v.namespace()
+                .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
+        })
+        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
             apps_with_rollout_for_secret(&apps, &secret)
         })
         .watches_stream(
@@ -72,6 +67,12 @@ pub fn controller(
             .touched_objects(),
             move |d: PartialObjectMeta<Deployment>| apps_rolling_out(&apps_for_deployments, &d),
         )
+}
+
+/// What of a version its app depends on: which app, which stage (the app's status lists versions
+/// per stage), and whether it exists.
+pub fn version_facts(v: &AppVersion) -> (String, String) {
+    (v.spec.app.clone(), v.spec.environment.clone())
 }
 
 fn apps_with_rollout_for_secret(
@@ -218,7 +219,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     ctx.metrics.reconciled("tooljetapp", started.elapsed());
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    Ok(Action::await_change())
 }
 
 /// What keeps a rollout from being in sync.

@@ -7,8 +7,10 @@
 //! create one of that name carrying the managed-by label, and must not thereby configure a stage
 //! (the operator would be their confused deputy).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
+use super::{PENDING_RECHECK, RECHECK};
+use crate::state::Echoes;
 use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret,
@@ -16,13 +18,12 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{
         Controller,
         controller::{self, Action},
         events::EventType,
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
 use tracing::{debug, info, instrument, warn};
@@ -56,35 +57,45 @@ pub const PROMOTION_HISTORY: usize = 20;
 /// and the materialised Secrets (its own resolved Secrets for drift; the stage configurations'
 /// Secrets for config changes).
 pub fn controller(
-    client: Client,
     settings: &Settings,
-    (store, main): (
-        Store<AppVersion>,
-        impl Stream<Item = Result<AppVersion, watcher::Error>> + Send + 'static,
-    ),
-    managed: impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
+    store: Store<AppVersion>,
+    main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
+    echoes: Arc<Echoes>,
+    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
+    apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
 ) -> Controller<AppVersion> {
     let versions = store.clone();
     let by_app = store.clone();
-    Controller::for_stream(main, store)
+    Controller::for_shared_stream(main, store)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_stream(managed, move |secret: Secret| {
+        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
+            // A version's own resolved Secret, as its last write left it: nothing to do. (A
+            // stage Secret's change always matters to the versions in that stage.)
+            let own = secret.labels().get(KIND_LABEL).map(String::as_str) == Some(SECRET_KIND);
+            if own && echoes.is_echo(&*secret) {
+                return vec![];
+            }
             affected_by_secret(&versions, &secret)
         })
-        .watches(
-            Api::<ToolJetApp>::all(client),
-            watcher::Config::default().any_semantic(),
-            move |app: ToolJetApp| {
-                let ns = app.namespace();
-                let name = app.name_any();
-                by_app
-                    .state()
-                    .into_iter()
-                    .filter(|v| v.namespace() == ns && v.spec.app == name)
-                    .map(|v| ObjectRef::from(&*v))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(apps, move |app: Arc<ToolJetApp>| {
+            let ns = app.namespace();
+            let name = app.name_any();
+            by_app
+                .state()
+                .into_iter()
+                .filter(|v| v.namespace() == ns && v.spec.app == name)
+                .map(|v| ObjectRef::from(&*v))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What of an app its versions depend on: its pipeline and its released version (a version's
+/// `Released` condition), and whether it exists.
+pub fn app_facts(app: &ToolJetApp) -> (Vec<String>, Option<String>) {
+    (
+        app.spec.environments.clone(),
+        app.status.as_ref().and_then(|s| s.released_version.clone()),
+    )
 }
 
 /// The versions a managed Secret matters to: its owner for a resolved-config Secret, every version
@@ -221,7 +232,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
             environment,
             "waiting for the stage's configuration to be materialised"
         );
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Action::requeue(PENDING_RECHECK));
     }
     let resolved = resolve(
         &ctx.hash_key,
@@ -286,9 +297,12 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         ctx.metrics.promotions.inc();
     }
     ctx.metrics.reconciled("appversion", started.elapsed());
-    // A clashing Secret without the label sends no event when it goes: look again soon.
-    let recheck = if taken { 60 } else { 3600 };
-    Ok(Action::requeue(Duration::from_secs(recheck)))
+    Ok(if taken {
+        // Waiting for the clashing Secret to go; its deletion normally wakes this version.
+        Action::requeue(RECHECK)
+    } else {
+        Action::await_change()
+    })
 }
 
 /// The status for what was found (pure), and the promotion to record if the stage changed.
@@ -473,30 +487,18 @@ async fn report(
         )
         .await;
     }
-    if let Some(change) = change {
-        let environment = &v.spec.environment;
-        let (reason, note) = match (change, promotion) {
-            (Change::DriftReverted, _) => (
-                "DriftReverted",
-                "resolved-config Secret restored after an outside edit".to_string(),
-            ),
-            (_, Some(p)) => (
-                "ConfigSwitched",
-                format!(
-                    "now running with the {} configuration (was {})",
-                    p.to, p.from
-                ),
-            ),
-            (Change::Created, None) => (
-                "ConfigResolved",
-                format!("resolved the {environment} configuration"),
-            ),
-            (Change::Updated, None) => (
-                "ConfigUpdated",
-                format!("the {environment} configuration changed"),
-            ),
-        };
-        publish(&ctx.recorder, v, EventType::Normal, reason, "Resolve", note).await;
+    // Routine writes (the first resolution, a stage's config changing, the switch a promotion
+    // makes) publish nothing: the promotion's Event and the status say it. Outside edits do.
+    if change == Some(Change::DriftReverted) {
+        publish(
+            &ctx.recorder,
+            v,
+            EventType::Normal,
+            "DriftReverted",
+            "Resolve",
+            "resolved-config Secret restored after an outside edit".to_string(),
+        )
+        .await;
     }
     let old = v.status.as_ref().map(|s| s.conditions.as_slice());
     if let Some(after) = new_failure(old, &status.conditions, "ConfigResolved") {
@@ -713,11 +715,11 @@ mod tests {
     ) -> (Store<Secret>, Store<EnvironmentConfig>) {
         let (secret_store, mut w) = kube::runtime::reflector::store();
         for s in secrets {
-            w.apply_watcher_event(&watcher::Event::Apply(s.clone()));
+            w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s.clone()));
         }
         let (config_store, mut w) = kube::runtime::reflector::store();
         for c in configs {
-            w.apply_watcher_event(&watcher::Event::Apply((*c).clone()));
+            w.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*c).clone()));
         }
         (secret_store, config_store)
     }

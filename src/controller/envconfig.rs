@@ -8,12 +8,14 @@
 //! control (whatever its labels say) is never adopted, overwritten or deleted; the config reports
 //! the clash instead.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
+use super::Cached;
+use crate::state::Echoes;
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{DeleteParams, PartialObjectMeta, Preconditions},
     runtime::{
         Controller,
@@ -45,27 +47,32 @@ pub const SECRET_KIND: &str = "environment-config";
 /// (drift), the Secrets its configs reference (rotation), and a Secret that blocks a config's
 /// target name (so its deletion, or garbage collection, lets the config materialise at once).
 pub fn controller(
-    client: Client,
     settings: &Settings,
-    (store, main): (
-        Store<EnvironmentConfig>,
-        impl Stream<Item = Result<EnvironmentConfig, watcher::Error>> + Send + 'static,
+    store: Store<EnvironmentConfig>,
+    (main, keys): (
+        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
+        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
     ),
-    refs: Arc<RefIndex>,
-    managed: impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
+    (refs, echoes): (Arc<RefIndex>, Arc<Echoes>),
+    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) -> Controller<EnvironmentConfig> {
-    let api = Api::<EnvironmentConfig>::all(client);
     let for_managed = store.clone();
     let for_referenced = store.clone();
-    Controller::for_stream(main, store.clone())
+    let for_siblings = store.clone();
+    Controller::for_shared_stream(main, store)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_stream(managed, move |secret: Secret| {
+        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
+            // The event of this controller's own write: it already knows the result.
+            if echoes.is_echo(&*secret) {
+                return vec![];
+            }
             configs_for_managed_secret(&for_managed, &secret)
         })
         .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
             let name = secret.name_any();
+            refs.observed(&ns, &name, secret.resource_version());
             let mut found: Vec<_> = refs
                 .referrers(&ns, &name)
                 .into_iter()
@@ -74,16 +81,24 @@ pub fn controller(
             found.extend(configs_targeting(&for_referenced, &ns, &name));
             found
         })
-        .watches(
-            api,
-            watcher::Config::default().any_semantic(),
-            move |cfg: EnvironmentConfig| {
-                siblings(&store, &cfg)
-                    .into_iter()
-                    .map(|s| ObjectRef::from(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
+        // A config's key changed, or it came or went: the others of the same key (conflicts).
+        .watches_shared_stream(keys, move |cfg: Arc<EnvironmentConfig>| {
+            siblings(&for_siblings, &cfg)
+                .into_iter()
+                .map(|s| ObjectRef::from(&*s))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What makes two configs conflict, and whether this one is going: a change of it wakes the
+/// configs of the same key.
+pub fn key_of(cfg: &EnvironmentConfig) -> (Option<String>, Option<String>, String, bool) {
+    (
+        cfg.namespace(),
+        cfg.spec.app.clone(),
+        cfg.spec.environment.clone(),
+        cfg.metadata.deletion_timestamp.is_some(),
+    )
 }
 
 /// The configs a managed (labelled) Secret matters to: its controlling EnvironmentConfig (drift);
@@ -202,9 +217,12 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
     ctx.metrics
         .reconciled("environmentconfig", started.elapsed());
     Ok(match outcome {
-        Outcome::Materialized { .. } => Action::requeue(Duration::from_secs(3600)),
-        Outcome::Conflict(_) | Outcome::SecretTaken(_) => Action::requeue(Duration::from_secs(60)),
-        Outcome::Unresolved(_) => Action::requeue(RECHECK),
+        // Converged: the next change of the config, its Secrets or its siblings wakes it.
+        Outcome::Materialized { .. } => Action::await_change(),
+        // Waiting states that events end; the recheck is a safety net for a missed event.
+        Outcome::Conflict(_) | Outcome::SecretTaken(_) | Outcome::Unresolved(_) => {
+            Action::requeue(RECHECK)
+        }
     })
 }
 
@@ -225,14 +243,25 @@ async fn outcome(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut data = SecretData::new();
     for name in referenced {
-        if let Some(secret) = secrets.get_opt(&name).await? {
-            let values = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            data.insert(name, values);
+        // Read from the API only what changed since it was last read.
+        let values = match ctx.refs.cached(ns, &name) {
+            Cached::Fresh(values) => Some(values),
+            Cached::Stale => {
+                let found = secrets.get_opt(&name).await?.map(|secret| {
+                    let rv = secret.resource_version().unwrap_or_default();
+                    let values = secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    (rv, values)
+                });
+                ctx.refs.read(ns, &name, found)
+            }
+        };
+        if let Some(values) = values {
+            data.insert(name, (*values).clone());
         }
     }
     let materialized = match materialize(&ctx.hash_key, &cfg.spec.environment, &[&cfg.spec], &data)
@@ -402,18 +431,15 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
     apply_status(ctx, "environmentconfig", cfg, cfg.status.as_ref(), &status).await?;
 
     match outcome {
+        // Events for what people want to know about, not for every routine write: a reverted
+        // outside edit, and failures (below).
         Outcome::Materialized {
             materialized,
             secret,
-            change: Some(change),
+            change: Some(Change::DriftReverted),
         } => {
-            let (reason, verb) = match change {
-                Change::Created => ("Materialized", "created"),
-                Change::Updated => ("Materialized", "updated"),
-                Change::DriftReverted => ("DriftReverted", "restored after an outside edit"),
-            };
             let note = format!(
-                "Secret {secret} {verb}: {} constants, {} data sources (hash {})",
+                "Secret {secret} restored after an outside edit: {} constants, {} data sources (hash {})",
                 materialized.constants,
                 materialized.data_sources,
                 &materialized.hash[..12]
@@ -422,13 +448,13 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
                 &ctx.recorder,
                 cfg,
                 EventType::Normal,
-                reason,
+                "DriftReverted",
                 "Materialize",
                 note,
             )
             .await;
         }
-        Outcome::Materialized { change: None, .. } => {}
+        Outcome::Materialized { .. } => {}
         _ => {
             if let Some(after) = failure {
                 warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");
@@ -641,7 +667,7 @@ mod tests {
             change: None,
         };
         cfg.status = Some(desired_status(&cfg, &outcome));
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(
             cfg.status.as_ref(),
             Some(&desired_status(&cfg, &outcome)),

@@ -8,7 +8,6 @@ pub mod secrets;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -18,22 +17,21 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        WatchStreamExt,
         events::{Event, EventType, Recorder},
-        reflector::{self, Store},
-        watcher,
+        reflector::Store,
     },
 };
 use serde::Serialize;
 use tracing::warn;
 
-pub use refs::RefIndex;
+pub use refs::{Cached, RefIndex};
 
 use crate::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
+    state::{Echoes, Readiness},
 };
 
 /// The field manager of every write the operator makes.
@@ -88,6 +86,8 @@ pub struct Context {
     pub leadership: Arc<Leadership>,
     /// The installation's content-hash key (every hash users can read is keyed with it).
     pub hash_key: Arc<HashKey>,
+    /// The operator's own Secret writes, so their watch events do not wake their writer.
+    pub echoes: Arc<Echoes>,
 }
 
 impl Context {
@@ -125,72 +125,6 @@ impl Context {
     }
 }
 
-/// Whether every cache has its initial list. kube's `Store::wait_until_ready` keeps a single
-/// waker, so concurrent waiters (every reconcile, and kube's own applier) lose wake-ups; this gate
-/// is fed by the watch streams themselves and any number of tasks may wait on it.
-pub struct Readiness {
-    pending: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
-    ready: tokio::sync::watch::Sender<bool>,
-}
-
-impl Readiness {
-    pub fn new(caches: &[&'static str]) -> Arc<Readiness> {
-        Arc::new(Readiness {
-            pending: std::sync::Mutex::new(caches.iter().copied().collect()),
-            ready: tokio::sync::watch::Sender::new(caches.is_empty()),
-        })
-    }
-
-    /// Marks `cache` as listed.
-    pub fn listed(&self, cache: &'static str) {
-        let mut pending = self.pending.lock().expect("readiness lock");
-        if pending.remove(cache) && pending.is_empty() {
-            self.ready.send_replace(true);
-            tracing::info!("caches synced");
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
-    }
-
-    pub async fn wait(&self) {
-        let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|ready| *ready).await;
-    }
-}
-
-/// A cached watch of `api`: the store, and the watch events after the store applied them. The
-/// first complete list marks `name` ready.
-pub fn cached<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    readiness: Arc<Readiness>,
-    name: &'static str,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).inspect(
-        move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
-                readiness.listed(name);
-            }
-        },
-    );
-    (store, stream)
-}
-
 /// Settings of a running operator.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -198,38 +132,6 @@ pub struct Settings {
     pub concurrency: u16,
     /// Reported as the Events' reporting instance (the pod name in a cluster).
     pub instance: String,
-}
-
-/// Feeds one watch stream to `N` consumers (each controller triggers on the managed Secrets; the
-/// Secrets are watched and cached once). Watch errors are retried by the source's backoff and are
-/// not forwarded.
-pub fn fan_out<T: Clone + Send + 'static, const N: usize>(
-    source: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-) -> (
-    impl std::future::Future<Output = ()> + Send,
-    [futures::channel::mpsc::Receiver<Result<T, watcher::Error>>; N],
-) {
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..N)
-        .map(|_| futures::channel::mpsc::channel(1024))
-        .unzip();
-    let task = async move {
-        let mut senders = senders;
-        let mut source = std::pin::pin!(source);
-        while let Some(item) = source.next().await {
-            match item {
-                Ok(obj) => {
-                    for tx in &mut senders {
-                        let _ = futures::SinkExt::send(tx, Ok(obj.clone())).await;
-                    }
-                }
-                Err(e) => warn!(error = %e, "watch of managed Secrets failed; retrying"),
-            }
-        }
-    };
-    let receivers: [_; N] = receivers
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("N receivers"));
-    (task, receivers)
 }
 
 /// `Ready`-style condition builder.
@@ -345,5 +247,9 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
 
 /// Requeue delay after a transient error.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(5);
-/// Safety net for waiting states that events normally end (a missing Secret appears).
+/// Safety net for waiting states that events normally end (a missing Secret appears, a rival or
+/// a clashing Secret goes). Converged objects are not requeued: events wake them.
 pub const RECHECK: Duration = Duration::from_secs(300);
+/// A version waiting for its stage's configuration to be materialised (whose Secret's creation
+/// normally wakes it).
+pub const PENDING_RECHECK: Duration = Duration::from_secs(60);

@@ -1,9 +1,14 @@
 //! An index from a referenced Secret to the objects that reference it, so a rotation re-triggers
-//! exactly those objects without caching any Secret's data.
+//! exactly those objects; and the data of referenced Secrets, keyed by resourceVersion, so a
+//! reconcile reads a Secret from the API only when it changed since it was last read.
+//!
+//! Only Secrets that something references are tracked. The metadata watch of Secrets reports each
+//! one's latest resourceVersion ([`RefIndex::observed`]); cached data is used only while its
+//! resourceVersion is that latest one, so a rotation (or a read that raced one) is read again.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Mutex,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
 };
 
 type Key = (String, String);
@@ -18,6 +23,26 @@ pub struct RefIndex {
 struct Inner {
     by_secret: HashMap<Key, BTreeSet<String>>,
     by_referrer: HashMap<Key, BTreeSet<String>>,
+    /// Referenced Secret -> what is known of it.
+    secrets: HashMap<Key, Known>,
+}
+
+/// A referenced Secret's latest resourceVersion (from the watch) and the data last read.
+#[derive(Default)]
+struct Known {
+    latest: Option<String>,
+    read: Option<(String, Arc<SecretValues>)>,
+}
+
+/// A Secret's data: key -> value.
+pub type SecretValues = BTreeMap<String, Vec<u8>>;
+
+/// A referenced Secret, as the cache knows it.
+pub enum Cached {
+    /// Read at the latest resourceVersion: use it.
+    Fresh(Arc<SecretValues>),
+    /// Not read, or changed since: read it.
+    Stale,
 }
 
 impl RefIndex {
@@ -42,6 +67,13 @@ impl RefIndex {
                 .or_default()
                 .insert(referrer.to_string());
         }
+        // What nothing references any more is forgotten, data included.
+        let Inner {
+            by_secret,
+            secrets: known,
+            ..
+        } = &mut *inner;
+        known.retain(|k, _| k.0 != namespace || by_secret.contains_key(k));
         if !secrets.is_empty() {
             inner.by_referrer.insert(key, secrets);
         }
@@ -50,6 +82,53 @@ impl RefIndex {
     /// Forgets a referrer (deleted).
     pub fn remove(&self, namespace: &str, referrer: &str) {
         self.set(namespace, referrer, BTreeSet::new());
+    }
+
+    /// The watch saw Secret `name` at `resource_version` (or deleted: a new resourceVersion
+    /// too). Tracked only while something references it.
+    pub fn observed(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+        let mut inner = self.inner.lock().expect("ref index lock");
+        let key = (namespace.to_string(), name.to_string());
+        if !inner.by_secret.contains_key(&key) {
+            return;
+        }
+        inner.secrets.entry(key).or_default().latest = resource_version;
+    }
+
+    /// The data of Secret `name`, if it was read at its latest resourceVersion.
+    pub fn cached(&self, namespace: &str, name: &str) -> Cached {
+        let inner = self.inner.lock().expect("ref index lock");
+        match inner
+            .secrets
+            .get(&(namespace.to_string(), name.to_string()))
+        {
+            Some(Known {
+                latest: Some(latest),
+                read: Some((rv, data)),
+            }) if latest == rv => Cached::Fresh(data.clone()),
+            _ => Cached::Stale,
+        }
+    }
+
+    /// Records what a read of Secret `name` returned (`None`: it does not exist).
+    pub fn read(
+        &self,
+        namespace: &str,
+        name: &str,
+        found: Option<(String, SecretValues)>,
+    ) -> Option<Arc<SecretValues>> {
+        let mut inner = self.inner.lock().expect("ref index lock");
+        let key = (namespace.to_string(), name.to_string());
+        let data = found.map(|(rv, data)| (rv, Arc::new(data)));
+        let result = data.as_ref().map(|(_, d)| d.clone());
+        if inner.by_secret.contains_key(&key) {
+            let known = inner.secrets.entry(key).or_default();
+            if known.latest.is_none() {
+                known.latest = data.as_ref().map(|(rv, _)| rv.clone());
+            }
+            known.read = data;
+        }
+        result
     }
 
     /// The referrers of a Secret.
@@ -84,6 +163,35 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn data_is_used_only_at_the_latest_resource_version() {
+        let idx = RefIndex::default();
+        let data = || SecretValues::from([("k".to_string(), b"v".to_vec())]);
+        // Not referenced: not tracked.
+        idx.observed("ns", "creds", Some("1".into()));
+        idx.read("ns", "creds", Some(("1".into(), data())));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+
+        idx.set("ns", "cfg", set(&["creds"]));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        idx.read("ns", "creds", Some(("1".into(), data())));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
+        idx.observed("ns", "creds", Some("1".into()));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
+        // Rotated: read again.
+        idx.observed("ns", "creds", Some("2".into()));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        // A read that raced the rotation (older data) is not trusted either.
+        idx.read("ns", "creds", Some(("1".into(), data())));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        idx.read("ns", "creds", Some(("2".into(), data())));
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
+        // No longer referenced: forgotten.
+        idx.remove("ns", "cfg");
+        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        assert!(idx.inner.lock().unwrap().secrets.is_empty());
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub async fn ensure_secret(
     let change = change(existing, desired);
     if change.is_some() {
         ctx.may_write()?;
-        apply_secret(api, desired).await?;
+        let written = apply_secret(api, desired).await?;
+        ctx.echoes.record(&written);
         ctx.metrics.wrote(controller, "secret");
         ctx.metrics.materializations.inc();
     }
@@ -175,7 +176,8 @@ pub async fn create_secret(
         ..Default::default()
     };
     match api.create(&params, desired).await {
-        Ok(_) => {
+        Ok(created) => {
+            ctx.echoes.record(&created);
             ctx.metrics.wrote(controller, "secret");
             ctx.metrics.materializations.inc();
             Ok(true)
@@ -186,8 +188,8 @@ pub async fn create_secret(
 }
 
 /// Server-side apply; keys another writer added are then removed, so the Secret holds exactly the
-/// materialised data.
-async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+/// materialised data. Returns the Secret as written last.
+async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<Secret, Error> {
     let name = desired.name_any();
     let applied = api
         .patch(
@@ -199,20 +201,22 @@ async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<(), Error> 
     let wanted = desired.data.as_ref();
     let foreign: serde_json::Map<String, serde_json::Value> = applied
         .data
-        .unwrap_or_default()
-        .into_keys()
-        .filter(|k| !wanted.is_some_and(|w| w.contains_key(k)))
-        .map(|k| (k, serde_json::Value::Null))
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| !wanted.is_some_and(|w| w.contains_key(*k)))
+        .map(|k| (k.clone(), serde_json::Value::Null))
         .collect();
-    if !foreign.is_empty() {
-        let params = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        };
-        api.patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
-            .await?;
+    if foreign.is_empty() {
+        return Ok(applied);
     }
-    Ok(())
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    Ok(api
+        .patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
+        .await?)
 }
 
 /// Why the content-hash key could not be had. Names the Secret and the step, never the key.

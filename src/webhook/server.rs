@@ -26,9 +26,10 @@ use tracing::{info, warn};
 use super::rules::{self, AppFact, Facts, Op, Verdict, VersionFact};
 use crate::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
-    controller::{Readiness, appversion},
+    controller::appversion,
     materialize::{HashKey, missing_requirements},
     metrics::Metrics,
+    state::Readiness,
 };
 
 /// What the handlers share.
