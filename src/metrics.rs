@@ -218,12 +218,11 @@ impl Default for Metrics {
         for controller in ["environmentconfig", "appversion", "tooljetapp"] {
             let _ = reconciles.get_or_create(&ControllerLabels { controller });
             let _ = reconcile_duration.get_or_create(&ControllerLabels { controller });
-            for reason in ["ApiError", "ClientError"] {
-                let _ = reconcile_errors.get_or_create(&ErrorLabels {
-                    controller,
-                    reason: reason.into(),
-                });
-            }
+            // The step every controller takes (errors are labelled by the failed step).
+            let _ = reconcile_errors.get_or_create(&ErrorLabels {
+                controller,
+                reason: crate::controller::Step::WriteStatus.label().into(),
+            });
             for object in ["secret", "status"] {
                 let _ = writes.get_or_create(&WriteLabels { controller, object });
             }
@@ -284,6 +283,16 @@ impl Metrics {
         out
     }
 
+    /// Counts one reconcile pass of `controller` when the returned guard drops: every pass,
+    /// whether it converged, returned early or failed.
+    pub fn reconcile(self: &std::sync::Arc<Self>, controller: &'static str) -> ReconcileGuard {
+        ReconcileGuard {
+            metrics: self.clone(),
+            controller,
+            started: std::time::Instant::now(),
+        }
+    }
+
     pub fn reconciled(&self, controller: &'static str, took: Duration) {
         self.reconciles
             .get_or_create(&ControllerLabels { controller })
@@ -306,6 +315,20 @@ impl Metrics {
         self.writes
             .get_or_create(&WriteLabels { controller, object })
             .inc();
+    }
+}
+
+/// Counts a reconcile pass and its duration when dropped (see [`Metrics::reconcile`]).
+pub struct ReconcileGuard {
+    metrics: std::sync::Arc<Metrics>,
+    controller: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .reconciled(self.controller, self.started.elapsed());
     }
 }
 

@@ -1,5 +1,7 @@
 //! The operator process: caches, controllers, admission webhook, health and metrics, wired
 //! together. Every replica keeps the caches and serves the webhook; only the leader reconciles.
+//! Every task runs in one `JoinSet`: the process ends (and the pod restarts) when any of them
+//! ends, except the controllers' graceful shutdown on SIGTERM.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -13,17 +15,20 @@ use kube::{
     runtime::{
         WatchStreamExt,
         events::{Recorder, Reporter},
+        reflector::Store,
         watcher,
     },
 };
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tracing::info;
 
 use crate::{
     api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp},
     controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig},
     leader::Leadership,
+    materialize::HashKey,
     metrics::Metrics,
-    state::{self, Echoes, Readiness},
+    state::{self, Echoes, Hub, Readiness},
     webhook::{certs, http, server},
 };
 
@@ -54,178 +59,276 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             .await
             .context("loading the installation's content-hash key")?,
     );
-    let settings = options.settings.clone();
     let metrics = Arc::new(Metrics::default());
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: Some(settings.instance.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
-
-    let readiness = Readiness::new(&[
-        "managed Secrets",
-        "EnvironmentConfigs",
-        "AppVersions",
-        "ToolJetApps",
-    ]);
-    // One watch and one cache per kind, shared by the controllers and the webhook.
-    let (managed_secrets, mut managed_hub) = state::watch(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        readiness.clone(),
-        "managed Secrets",
+    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    let caches = Caches::watch(&client);
+    let resolver = Arc::new(certs::ReloadingResolver::default());
+    if let Some(webhook) = &options.webhook {
+        serve_webhook(
+            &mut tasks, &client, webhook, &caches, &hash_key, &metrics, &resolver,
+        );
+    }
+    if let Some(addr) = options.health_addr {
+        let health = Health {
+            metrics: metrics.clone(),
+            readiness: caches.readiness.clone(),
+            resolver: options.webhook.as_ref().map(|_| resolver.clone()),
+        };
+        serve_health(&mut tasks, addr, health).await?;
+    }
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(options.settings.instance.clone()),
+            },
+        ),
+        managed_secrets: caches.managed_secrets.clone(),
+        refs: Arc::new(RefIndex::default()),
+        readiness: caches.readiness.clone(),
+        configs: caches.configs.clone(),
+        versions: caches.versions.clone(),
+        apps: caches.apps.clone(),
+        metrics,
+        leadership: leadership.clone(),
+        hash_key,
+        echoes: Arc::new(Echoes::default()),
+    });
+    run_controllers(
+        &mut tasks,
+        &client,
+        &options.settings,
+        caches,
+        ctx,
+        &leadership,
     );
+    supervise(tasks).await
+}
+
+/// Every kind's cache, and the hubs that hand their changes to the controllers (subscribe, then
+/// run them).
+struct Caches {
+    readiness: Arc<Readiness>,
+    managed_secrets: Store<Secret>,
+    configs: Store<EnvironmentConfig>,
+    versions: Store<AppVersion>,
+    apps: Store<ToolJetApp>,
+    managed_hub: Hub<Secret>,
+    config_hub: Hub<EnvironmentConfig>,
+    version_hub: Hub<AppVersion>,
+    app_hub: Hub<ToolJetApp>,
+}
+
+impl Caches {
+    /// One watch and one cache per kind, shared by the controllers and the webhook.
+    fn watch(client: &Client) -> Caches {
+        let readiness = Readiness::new(&[
+            "managed Secrets",
+            "EnvironmentConfigs",
+            "AppVersions",
+            "ToolJetApps",
+        ]);
+        let any = || watcher::Config::default().any_semantic();
+        let (managed_secrets, managed_hub) = state::watch(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+            readiness.clone(),
+            "managed Secrets",
+        );
+        let (configs, config_hub) = state::watch(
+            Api::<EnvironmentConfig>::all(client.clone()),
+            any(),
+            readiness.clone(),
+            "EnvironmentConfigs",
+        );
+        let (versions, version_hub) = state::watch(
+            Api::<AppVersion>::all(client.clone()),
+            any(),
+            readiness.clone(),
+            "AppVersions",
+        );
+        let (apps, app_hub) = state::watch(
+            Api::<ToolJetApp>::all(client.clone()),
+            any(),
+            readiness.clone(),
+            "ToolJetApps",
+        );
+        Caches {
+            readiness,
+            managed_secrets,
+            configs,
+            versions,
+            apps,
+            managed_hub,
+            config_hub,
+            version_hub,
+            app_hub,
+        }
+    }
+}
+
+/// The admission webhook and its certificate, on every replica.
+fn serve_webhook(
+    tasks: &mut JoinSet<(&'static str, Result<()>)>,
+    client: &Client,
+    webhook: &WebhookOptions,
+    caches: &Caches,
+    hash_key: &Arc<HashKey>,
+    metrics: &Arc<Metrics>,
+    resolver: &Arc<certs::ReloadingResolver>,
+) {
+    let state = Arc::new(server::WebhookState {
+        client: client.clone(),
+        versions: caches.versions.clone(),
+        apps: caches.apps.clone(),
+        configs: caches.configs.clone(),
+        managed_secrets: caches.managed_secrets.clone(),
+        hash_key: hash_key.clone(),
+        readiness: caches.readiness.clone(),
+        metrics: metrics.clone(),
+    });
+    let (client, source, cert_resolver) = (client.clone(), webhook.certs.clone(), resolver.clone());
+    tasks.spawn(async move {
+        let result = certs::run(client, source, cert_resolver)
+            .await
+            .context("the webhook certificate is unavailable; the webhook cannot serve");
+        ("webhook certificate", result)
+    });
+    let (addr, router, serving) = (webhook.addr, http::router(state), resolver.clone());
+    tasks.spawn(async move {
+        let result = http::serve(addr, router, serving).await;
+        ("admission webhook", result)
+    });
+}
+
+/// `/metrics`, `/healthz` and `/readyz`.
+async fn serve_health(
+    tasks: &mut JoinSet<(&'static str, Result<()>)>,
+    addr: SocketAddr,
+    health: Health,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health endpoints to {addr}"))?;
+    info!(%addr, "serving /metrics, /healthz and /readyz");
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(Arc::new(health));
+    tasks.spawn(async move {
+        let result = axum::serve(listener, app)
+            .await
+            .context("the health endpoints stopped");
+        ("health endpoints", result)
+    });
+    Ok(())
+}
+
+/// The three controllers, wired to the caches' changes, and the watches that feed them. When
+/// this replica becomes the leader, everything is reconciled once.
+fn run_controllers(
+    tasks: &mut JoinSet<(&'static str, Result<()>)>,
+    client: &Client,
+    settings: &Settings,
+    mut caches: Caches,
+    ctx: Arc<Context>,
+    leadership: &Arc<Leadership>,
+) {
     // Metadata only, and not the operator's own Secrets: enough to notice a rotation.
-    let referenced_stream = watcher(
+    let referenced = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
     )
     .default_backoff()
     .modify(state::strip)
     .touched_objects();
-    let any = || watcher::Config::default().any_semantic();
-    let (configs, mut config_hub) = state::watch(
-        Api::<EnvironmentConfig>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "EnvironmentConfigs",
-    );
-    let (versions, mut version_hub) = state::watch(
-        Api::<AppVersion>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "AppVersions",
-    );
-    let (apps, mut app_hub) = state::watch(
-        Api::<ToolJetApp>::all(client.clone()),
-        any(),
-        readiness.clone(),
-        "ToolJetApps",
-    );
-
-    // The webhook and the health endpoints, on every replica.
-    let resolver = Arc::new(certs::ReloadingResolver::default());
-    if let Some(webhook) = &options.webhook {
-        let state = Arc::new(server::WebhookState {
-            client: client.clone(),
-            versions: versions.clone(),
-            apps: apps.clone(),
-            configs: configs.clone(),
-            managed_secrets: managed_secrets.clone(),
-            hash_key: hash_key.clone(),
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-        });
-        let cert_client = client.clone();
-        let source = webhook.certs.clone();
-        let cert_resolver = resolver.clone();
-        tokio::spawn(async move {
-            if let Err(e) = certs::run(cert_client, source, cert_resolver).await {
-                tracing::error!(error = %format!("{e:#}"), "webhook certificate unavailable; the webhook cannot serve");
-            }
-        });
-        let addr = webhook.addr;
-        let router = http::router(state);
-        let serving = resolver.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, router, serving).await {
-                tracing::error!(error = %format!("{e:#}"), "admission webhook stopped");
-                std::process::exit(1);
-            }
-        });
-    }
-    if let Some(addr) = options.health_addr {
-        let health = Arc::new(Health {
-            metrics: metrics.clone(),
-            readiness: readiness.clone(),
-            resolver: options.webhook.as_ref().map(|_| resolver.clone()),
-        });
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        info!(%addr, "serving /metrics, /healthz and /readyz");
-        tokio::spawn(async move {
-            let app = Router::new()
-                .route("/metrics", get(metrics_text))
-                .route("/healthz", get(|| async { "ok" }))
-                .route("/readyz", get(ready))
-                .with_state(health);
-            if let Err(e) = axum::serve(listener, app).await {
-                warn!(error = %e, "health server stopped");
-            }
-        });
-    }
-
-    let refs = Arc::new(RefIndex::default());
-    let echoes = Arc::new(Echoes::default());
     let envconfigs = envconfig::controller(
-        &settings,
-        configs.clone(),
+        settings,
+        caches.configs.clone(),
         (
-            state::changes(config_hub.subscribe(), state::generation),
-            state::changes(config_hub.subscribe(), envconfig::key_of),
+            state::changes(caches.config_hub.subscribe(), state::generation),
+            state::changes(caches.config_hub.subscribe(), envconfig::key_of),
         ),
-        (refs.clone(), echoes.clone()),
-        state::forgetting(managed_hub.subscribe(), echoes.clone()),
-        referenced_stream,
+        (ctx.refs.clone(), ctx.echoes.clone()),
+        state::forgetting(caches.managed_hub.subscribe(), ctx.echoes.clone()),
+        referenced,
     );
-    let version_controller = appversion::controller(
-        &settings,
-        versions.clone(),
-        state::changes(version_hub.subscribe(), state::generation),
-        echoes.clone(),
-        state::all(managed_hub.subscribe()),
-        state::changes(app_hub.subscribe(), appversion::app_facts),
+    let versions = appversion::controller(
+        settings,
+        caches.versions.clone(),
+        state::changes(caches.version_hub.subscribe(), state::generation),
+        ctx.echoes.clone(),
+        state::all(caches.managed_hub.subscribe()),
+        state::changes(caches.app_hub.subscribe(), appversion::app_facts),
     );
-    let app_controller = app::controller(
+    let apps = app::controller(
         client.clone(),
-        &settings,
-        apps.clone(),
-        state::changes(app_hub.subscribe(), state::generation),
-        state::changes(version_hub.subscribe(), app::version_facts),
-        state::all(managed_hub.subscribe()),
+        settings,
+        caches.apps.clone(),
+        state::changes(caches.app_hub.subscribe(), state::generation),
+        state::changes(caches.version_hub.subscribe(), app::version_facts),
+        state::all(caches.managed_hub.subscribe()),
     );
-    for hub in [
-        tokio::spawn(managed_hub.run()),
-        tokio::spawn(config_hub.run()),
-        tokio::spawn(version_hub.run()),
-        tokio::spawn(app_hub.run()),
-    ] {
-        drop(hub);
-    }
-    let ctx = Arc::new(Context {
-        client,
-        recorder,
-        managed_secrets,
-        refs,
-        readiness,
-        configs,
-        versions,
-        apps,
-        metrics,
-        leadership: leadership.clone(),
-        hash_key,
-        echoes,
+    let Caches {
+        managed_hub,
+        config_hub,
+        version_hub,
+        app_hub,
+        ..
+    } = caches;
+    tasks.spawn(hub("watch of managed Secrets", managed_hub.run()));
+    tasks.spawn(hub("watch of EnvironmentConfigs", config_hub.run()));
+    tasks.spawn(hub("watch of AppVersions", version_hub.run()));
+    tasks.spawn(hub("watch of ToolJetApps", app_hub.run()));
+    let leadership = leadership.clone();
+    tasks.spawn(async move {
+        let all = || leadership.acquisitions();
+        tokio::join!(
+            envconfigs
+                .reconcile_all_on(all())
+                .shutdown_on_signal()
+                .run(envconfig::reconcile, envconfig::error_policy, ctx.clone())
+                .for_each(drain),
+            versions
+                .reconcile_all_on(all())
+                .shutdown_on_signal()
+                .run(appversion::reconcile, appversion::error_policy, ctx.clone())
+                .for_each(drain),
+            apps.reconcile_all_on(all())
+                .shutdown_on_signal()
+                .run(app::reconcile, app::error_policy, ctx)
+                .for_each(drain),
+        );
+        (CONTROLLERS, Ok(()))
     });
+}
 
-    // When this replica becomes the leader, everything is reconciled once.
-    let all = || leadership.acquisitions();
-    tokio::join!(
-        envconfigs
-            .reconcile_all_on(all())
-            .shutdown_on_signal()
-            .run(envconfig::reconcile, envconfig::error_policy, ctx.clone())
-            .for_each(drain),
-        version_controller
-            .reconcile_all_on(all())
-            .shutdown_on_signal()
-            .run(appversion::reconcile, appversion::error_policy, ctx.clone())
-            .for_each(drain),
-        app_controller
-            .reconcile_all_on(all())
-            .shutdown_on_signal()
-            .run(app::reconcile, app::error_policy, ctx)
-            .for_each(drain),
-    );
-    Ok(())
+/// The name of the task that ends on SIGTERM / Ctrl-C (the controllers shut down gracefully).
+const CONTROLLERS: &str = "controllers";
+
+async fn hub(
+    name: &'static str,
+    run: impl std::future::Future<Output = ()>,
+) -> (&'static str, Result<()>) {
+    run.await;
+    (name, Err(anyhow::anyhow!("the watch ended")))
+}
+
+/// Waits for the first task to end: the controllers after a shutdown signal (a clean exit);
+/// anything else ending is a failure of the process (the pod restarts).
+async fn supervise(mut tasks: JoinSet<(&'static str, Result<()>)>) -> Result<()> {
+    let outcome = match tasks.join_next().await {
+        Some(Ok((CONTROLLERS, Ok(())))) => Ok(()),
+        Some(Ok((name, Ok(())))) => Err(anyhow::anyhow!("{name} ended unexpectedly")),
+        Some(Ok((name, Err(e)))) => Err(e.context(format!("{name} failed"))),
+        Some(Err(e)) => Err(anyhow::anyhow!("a task panicked or was cancelled: {e}")),
+        None => Ok(()),
+    };
+    tasks.abort_all();
+    outcome
 }
 
 /// Consumes a controller's result stream; reconcile errors are logged by the error policies.

@@ -74,7 +74,8 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
                     &w.admin,
                     "AppVersion",
                     "v-dev",
-                    json!({ "spec": { "description": "allowed by the rules" } }),
+                    // A definition edit: the webhook judges its size, so it is called.
+                    json!({ "spec": { "definition": { "pages": ["allowed by the rules"] } } }),
                 )
                 .await
                 .err()

@@ -24,9 +24,9 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::{
-    APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER, Settings,
-    apply_status, appversion, condition, envconfig, new_failure, publish, secrets::app_label_value,
-    set_condition,
+    APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
+    Settings, Step, apply_status, appversion, condition, envconfig, new_failure, publish,
+    secrets::app_label_value, set_condition,
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
@@ -161,7 +161,7 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
 
 #[instrument(skip_all, fields(kind = "ToolJetApp", namespace = app.namespace().unwrap_or_default(), name = app.name_any()))]
 pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
+    let _pass = ctx.metrics.reconcile("tooljetapp");
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = app.namespace().ok_or(Error::NoNamespace)?;
@@ -218,7 +218,6 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
-    ctx.metrics.reconciled("tooljetapp", started.elapsed());
     Ok(Action::await_change())
 }
 
@@ -253,7 +252,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             deployments.insert(name, d);
         };
         for name in &target.deployments {
-            match api.get_opt(name).await? {
+            match api.get_opt(name).await.at(Step::ReadDeployment)? {
                 Some(d) => claim(name.clone(), d),
                 None => problems.missing.push(format!("{stage}/{name}")),
             }
@@ -262,7 +261,8 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             Ok(Some(selector)) => {
                 for d in api
                     .list(&ListParams::default().labels_from(&selector))
-                    .await?
+                    .await
+                    .at(Step::ListDeployments)?
                 {
                     claim(d.name_any(), d);
                 }
@@ -312,7 +312,8 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await?;
+        .await
+        .at(Step::PatchDeployment)?;
         ctx.metrics.wrote("tooljetapp", "deployment");
         info!(deployment = %name, environment = %stage, %hash, "rollout: configuration hash stamped");
         publish(

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{PENDING_RECHECK, RECHECK};
+use super::{AtStep, PENDING_RECHECK, RECHECK, Step};
 use crate::state::Echoes;
 use futures::Stream;
 use k8s_openapi::{
@@ -214,7 +214,7 @@ fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str
 
 #[instrument(skip_all, fields(kind = "AppVersion", namespace = v.namespace().unwrap_or_default(), name = v.name_any()))]
 pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
+    let _pass = ctx.metrics.reconcile("appversion");
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = v.namespace().ok_or(Error::NoNamespace)?;
@@ -268,7 +268,14 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     let (existing, created) = match cached {
         Some(s) => (Some(s), false),
         None if create_secret(&ctx, "appversion", &secrets, &desired).await? => (None, true),
-        None => (secrets.get_opt(&target).await?.map(Arc::new), false),
+        None => (
+            secrets
+                .get_opt(&target)
+                .await
+                .at(Step::ReadSecret)?
+                .map(Arc::new),
+            false,
+        ),
     };
     // Ours only by UID: a Secret of that name this version does not control (whatever its labels)
     // is never adopted or overwritten.
@@ -296,7 +303,6 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     if promotion.is_some() {
         ctx.metrics.promotions.inc();
     }
-    ctx.metrics.reconciled("appversion", started.elapsed());
     Ok(if taken {
         // Waiting for the clashing Secret to go; its deletion normally wakes this version.
         Action::requeue(RECHECK)

@@ -28,7 +28,8 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    Context, Error, RECHECK, RefIndex, Settings, apply_status, condition, new_failure, publish,
+    AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition,
+    new_failure, publish,
     secrets::{Change, controlled_by, create_secret, ensure_secret, managed_secret},
     set_condition,
 };
@@ -200,7 +201,7 @@ enum Outcome {
 
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
+    let _pass = ctx.metrics.reconcile("environmentconfig");
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = cfg.namespace().ok_or(Error::NoNamespace)?;
@@ -214,8 +215,6 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
 
     let outcome = outcome(&cfg, &ctx, &ns, referenced).await?;
     report(&cfg, &ctx, &outcome).await?;
-    ctx.metrics
-        .reconciled("environmentconfig", started.elapsed());
     Ok(match outcome {
         // Converged: the next change of the config, its Secrets or its siblings wakes it.
         Outcome::Materialized { .. } => Action::await_change(),
@@ -247,16 +246,20 @@ async fn outcome(
         let values = match ctx.refs.cached(ns, &name) {
             Cached::Fresh(values) => Some(values),
             Cached::Stale => {
-                let found = secrets.get_opt(&name).await?.map(|secret| {
-                    let rv = secret.resource_version().unwrap_or_default();
-                    let values = secret
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    (rv, values)
-                });
+                let found = secrets
+                    .get_opt(&name)
+                    .await
+                    .at(Step::ReadReferencedSecret)?
+                    .map(|secret| {
+                        let rv = secret.resource_version().unwrap_or_default();
+                        let values = secret
+                            .data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect();
+                        (rv, values)
+                    });
                 ctx.refs.read(ns, &name, found)
             }
         };
@@ -285,7 +288,11 @@ async fn outcome(
     let existing = match cached {
         Some(s) => Some(s),
         None if create_secret(ctx, "environmentconfig", &secrets, &desired).await? => None,
-        None => secrets.get_opt(&target).await?.map(Arc::new),
+        None => secrets
+            .get_opt(&target)
+            .await
+            .at(Step::ReadSecret)?
+            .map(Arc::new),
     };
     if let Some(existing) = &existing
         && !is_ours(existing, cfg)
@@ -337,7 +344,7 @@ async fn delete_if_owned(
     name: &str,
     cfg: &EnvironmentConfig,
 ) -> Result<bool, Error> {
-    let Some(old) = api.get_opt(name).await? else {
+    let Some(old) = api.get_opt(name).await.at(Step::ReadSecret)? else {
         return Ok(false);
     };
     let owned = is_ours(&old, cfg);
@@ -349,7 +356,7 @@ async fn delete_if_owned(
             }),
             ..Default::default()
         };
-        api.delete(name, &params).await?;
+        api.delete(name, &params).await.at(Step::DeleteSecret)?;
         info!(secret = %name, "deleted the Secret of the config's previous app or environment");
     }
     Ok(owned)

@@ -47,8 +47,13 @@ pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
 /// problems with a spec are reported in its status, not returned.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
+    /// A call to the API failed; `step` says which.
+    #[error("{} failed: {source}", step.describe())]
+    Kube {
+        step: Step,
+        #[source]
+        source: kube::Error,
+    },
     #[error("object has no namespace")]
     NoNamespace,
     /// This replica is not (or no longer) the leader: nothing is written.
@@ -56,12 +61,73 @@ pub enum Error {
     NotLeader,
 }
 
+/// The API calls a reconcile makes: named in error messages and in the metric's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    ReadReferencedSecret,
+    ReadSecret,
+    CreateSecret,
+    ApplySecret,
+    RemoveForeignKeys,
+    DeleteSecret,
+    WriteStatus,
+    ReadDeployment,
+    ListDeployments,
+    PatchDeployment,
+}
+
+impl Step {
+    /// The metric label (`reconcile_errors_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::ReadReferencedSecret => "ReadReferencedSecret",
+            Step::ReadSecret => "ReadSecret",
+            Step::CreateSecret => "CreateSecret",
+            Step::ApplySecret => "ApplySecret",
+            Step::RemoveForeignKeys => "RemoveForeignKeys",
+            Step::DeleteSecret => "DeleteSecret",
+            Step::WriteStatus => "WriteStatus",
+            Step::ReadDeployment => "ReadDeployment",
+            Step::ListDeployments => "ListDeployments",
+            Step::PatchDeployment => "PatchDeployment",
+        }
+    }
+
+    /// The step in words, for log lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::ReadReferencedSecret => "reading a referenced Secret",
+            Step::ReadSecret => "reading a materialised Secret",
+            Step::CreateSecret => "creating a materialised Secret",
+            Step::ApplySecret => "applying a materialised Secret",
+            Step::RemoveForeignKeys => {
+                "removing keys another writer added to a materialised Secret"
+            }
+            Step::DeleteSecret => "deleting a previous materialised Secret",
+            Step::WriteStatus => "writing the status",
+            Step::ReadDeployment => "reading a rollout Deployment",
+            Step::ListDeployments => "listing the Deployments a rollout selects",
+            Step::PatchDeployment => "stamping a rollout Deployment",
+        }
+    }
+}
+
+/// Names the step of a failed API call.
+pub trait AtStep<T> {
+    fn at(self, step: Step) -> Result<T, Error>;
+}
+
+impl<T> AtStep<T> for Result<T, kube::Error> {
+    fn at(self, step: Step) -> Result<T, Error> {
+        self.map_err(|source| Error::Kube { step, source })
+    }
+}
+
 impl Error {
-    /// A short label for metrics.
+    /// A short label for metrics: the failed step.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(_)) => "ApiError",
-            Error::Kube(_) => "ClientError",
+            Error::Kube { step, .. } => step.label(),
             Error::NoNamespace => "NoNamespace",
             Error::NotLeader => "NotLeader",
         }
@@ -219,7 +285,8 @@ where
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&body),
     )
-    .await?;
+    .await
+    .at(Step::WriteStatus)?;
     ctx.metrics.wrote(controller, "status");
     Ok(true)
 }

@@ -23,7 +23,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use super::{APP_LABEL, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER};
+use super::{
+    APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
+    Step,
+};
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     materialize::{HashKey, InvalidHashKey, Materialized},
@@ -183,7 +186,10 @@ pub async fn create_secret(
             Ok(true)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(source) => Err(Error::Kube {
+            step: Step::CreateSecret,
+            source,
+        }),
     }
 }
 
@@ -197,7 +203,8 @@ async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<Secret, Err
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(desired),
         )
-        .await?;
+        .await
+        .at(Step::ApplySecret)?;
     let wanted = desired.data.as_ref();
     let foreign: serde_json::Map<String, serde_json::Value> = applied
         .data
@@ -214,9 +221,9 @@ async fn apply_secret(api: &Api<Secret>, desired: &Secret) -> Result<Secret, Err
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    Ok(api
-        .patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
-        .await?)
+    api.patch(&name, &params, &Patch::Merge(json!({ "data": foreign })))
+        .await
+        .at(Step::RemoveForeignKeys)
 }
 
 /// Why the content-hash key could not be had. Names the Secret and the step, never the key.
