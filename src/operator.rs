@@ -28,7 +28,7 @@ use crate::{
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
-    state::{self, Echoes, Hub, Readiness},
+    state::{self, Echoes, Hub, Lookups, Readiness},
     webhook::{certs, http, server},
 };
 
@@ -91,6 +91,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         configs: caches.configs.clone(),
         versions: caches.versions.clone(),
         apps: caches.apps.clone(),
+        lookups: caches.lookups.clone(),
         metrics,
         leadership: leadership.clone(),
         hash_key,
@@ -111,6 +112,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
 /// run them).
 struct Caches {
     readiness: Arc<Readiness>,
+    lookups: Lookups,
     managed_secrets: Store<Secret>,
     configs: Store<EnvironmentConfig>,
     versions: Store<AppVersion>,
@@ -137,26 +139,32 @@ impl Caches {
             readiness.clone(),
             "managed Secrets",
         );
-        let (configs, config_hub) = state::watch(
+        let (configs, mut config_hub) = state::watch(
             Api::<EnvironmentConfig>::all(client.clone()),
             any(),
             readiness.clone(),
             "EnvironmentConfigs",
         );
-        let (versions, version_hub) = state::watch(
+        let (versions, mut version_hub) = state::watch(
             Api::<AppVersion>::all(client.clone()),
             any(),
             readiness.clone(),
             "AppVersions",
         );
-        let (apps, app_hub) = state::watch(
+        let (apps, mut app_hub) = state::watch(
             Api::<ToolJetApp>::all(client.clone()),
             any(),
             readiness.clone(),
             "ToolJetApps",
         );
+        let lookups = Lookups::new(
+            (&configs, &mut config_hub),
+            (&versions, &mut version_hub),
+            (&apps, &mut app_hub),
+        );
         Caches {
             readiness,
+            lookups,
             managed_secrets,
             configs,
             versions,
@@ -181,9 +189,7 @@ fn serve_webhook(
 ) {
     let state = Arc::new(server::WebhookState {
         client: client.clone(),
-        versions: caches.versions.clone(),
-        apps: caches.apps.clone(),
-        configs: caches.configs.clone(),
+        lookups: caches.lookups.clone(),
         managed_secrets: caches.managed_secrets.clone(),
         hash_key: hash_key.clone(),
         readiness: caches.readiness.clone(),
@@ -247,7 +253,7 @@ fn run_controllers(
     .touched_objects();
     let envconfigs = envconfig::controller(
         settings,
-        caches.configs.clone(),
+        &caches.lookups,
         (
             state::changes(caches.config_hub.subscribe(), state::generation),
             state::changes(caches.config_hub.subscribe(), envconfig::key_of),
@@ -258,7 +264,7 @@ fn run_controllers(
     );
     let versions = appversion::controller(
         settings,
-        caches.versions.clone(),
+        &caches.lookups,
         state::changes(caches.version_hub.subscribe(), state::generation),
         ctx.echoes.clone(),
         state::all(caches.managed_hub.subscribe()),
@@ -267,7 +273,7 @@ fn run_controllers(
     let apps = app::controller(
         client.clone(),
         settings,
-        caches.apps.clone(),
+        &caches.lookups,
         state::changes(caches.app_hub.subscribe(), state::generation),
         state::changes(caches.version_hub.subscribe(), app::version_facts),
         state::all(caches.managed_hub.subscribe()),

@@ -25,6 +25,8 @@ use kube::{
 };
 use tracing::warn;
 
+use crate::api::{AppVersion, EnvironmentConfig, ToolJetApp};
+
 /// kubectl's client-side-apply record: a full copy of the object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -114,6 +116,14 @@ pub struct Hub<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     events: Events<K>,
     subscribers: Vec<mpsc::Sender<Change<K>>>,
+    indexes: Vec<Arc<dyn Indexer<K>>>,
+}
+
+/// Something kept in step with a cache: updated with every change before any subscriber hears
+/// of it, and rebuilt after every (re)list.
+pub trait Indexer<K>: Send + Sync {
+    fn apply(&self, change: &Change<K>);
+    fn rebuild(&self, all: &[Arc<K>]);
 }
 
 /// A subscription to a [`Hub`].
@@ -123,6 +133,11 @@ impl<K> Hub<K>
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
+    /// Keeps `index` in step with the cache.
+    pub fn index(&mut self, index: Arc<dyn Indexer<K>>) {
+        self.indexes.push(index);
+    }
+
     pub fn subscribe(&mut self) -> Subscription<K> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         self.subscribers.push(tx);
@@ -135,6 +150,7 @@ where
             store,
             events,
             mut subscribers,
+            indexes,
         } = self;
         let mut events = events;
         while let Some(event) = events.next().await {
@@ -148,7 +164,11 @@ where
                 // A (re)list is complete: every object, as cached now. Objects that vanished
                 // during a relist are not reported; the controllers' own triggers cover them.
                 Ok(watcher::Event::InitDone) => {
-                    store.state().into_iter().map(Change::Applied).collect()
+                    let all = store.state();
+                    for index in &indexes {
+                        index.rebuild(&all);
+                    }
+                    all.into_iter().map(Change::Applied).collect()
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => vec![],
                 Err(e) => {
@@ -157,6 +177,9 @@ where
                 }
             };
             for change in changes {
+                for index in &indexes {
+                    index.apply(&change);
+                }
                 for tx in &mut subscribers {
                     // A closed subscriber (its controller stopped) is skipped.
                     let _ = futures::SinkExt::send(tx, change.clone()).await;
@@ -199,8 +222,101 @@ where
             store,
             events: events.boxed(),
             subscribers: vec![],
+            indexes: vec![],
         },
     )
+}
+
+/// The objects of one kind by a key derived from each (an object may have several keys), kept in
+/// step with the cache by its [`Hub`]: lookups by key instead of scans of the whole cache.
+pub struct Index<K: Resource<DynamicType = ()> + 'static, Q> {
+    keys: fn(&K) -> Vec<Q>,
+    inner: std::sync::RwLock<IndexMaps<K, Q>>,
+}
+
+struct IndexMaps<K: Resource<DynamicType = ()> + 'static, Q> {
+    by_key: HashMap<Q, BTreeSet<String>>,
+    keys_of: HashMap<ObjectRef<K>, Vec<Q>>,
+}
+
+impl<K, Q> Index<K, Q>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    Q: Hash + Eq + Clone,
+{
+    pub fn new(keys: fn(&K) -> Vec<Q>) -> Arc<Self> {
+        Arc::new(Index {
+            keys,
+            inner: std::sync::RwLock::new(IndexMaps {
+                by_key: HashMap::new(),
+                keys_of: HashMap::new(),
+            }),
+        })
+    }
+
+    fn remove(maps: &mut IndexMaps<K, Q>, reference: &ObjectRef<K>) {
+        for key in maps.keys_of.remove(reference).unwrap_or_default() {
+            if let Some(names) = maps.by_key.get_mut(&key) {
+                names.remove(&reference.name);
+                if names.is_empty() {
+                    maps.by_key.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn insert(&self, maps: &mut IndexMaps<K, Q>, obj: &K) {
+        let reference = ObjectRef::from(obj);
+        let keys = (self.keys)(obj);
+        for key in &keys {
+            maps.by_key
+                .entry(key.clone())
+                .or_default()
+                .insert(reference.name.clone());
+        }
+        maps.keys_of.insert(reference, keys);
+    }
+
+    /// The names of the objects under `key` (in the key's namespace), sorted.
+    pub fn names(&self, key: &Q) -> Vec<String> {
+        let maps = self.inner.read().expect("index lock");
+        maps.by_key
+            .get(key)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The cached objects under `key`, in namespace `ns`, sorted by name.
+    pub fn objects(&self, store: &Store<K>, ns: &str, key: &Q) -> Vec<Arc<K>> {
+        self.names(key)
+            .iter()
+            .filter_map(|name| store.get(&ObjectRef::new(name).within(ns)))
+            .collect()
+    }
+}
+
+impl<K, Q> Indexer<K> for Index<K, Q>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    Q: Hash + Eq + Clone + Send + Sync,
+{
+    fn apply(&self, change: &Change<K>) {
+        let mut maps = self.inner.write().expect("index lock");
+        let reference = ObjectRef::from(&**change.object());
+        Self::remove(&mut maps, &reference);
+        if let Change::Applied(obj) = change {
+            self.insert(&mut maps, obj);
+        }
+    }
+
+    fn rebuild(&self, all: &[Arc<K>]) {
+        let mut maps = self.inner.write().expect("index lock");
+        maps.by_key.clear();
+        maps.keys_of.clear();
+        for obj in all {
+            self.insert(&mut maps, obj);
+        }
+    }
 }
 
 /// The objects of a subscription whose `key` changed (or that are new, or deleted): what a
@@ -306,6 +422,176 @@ impl Echoes {
     }
 }
 
+/// A hub with no watch behind it (tests).
+#[cfg(test)]
+fn watch_nothing<K>() -> (Store<K>, Hub<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (store, _writer) = reflector::store();
+    (
+        store.clone(),
+        Hub {
+            store,
+            events: futures::stream::empty().boxed(),
+            subscribers: vec![],
+            indexes: vec![],
+        },
+    )
+}
+
+/// (namespace, app or none for workspace-wide, stage): what makes two EnvironmentConfigs rivals.
+pub type ConfigKey = (String, Option<String>, String);
+
+/// The lookups the controllers and the admission webhook make, by index rather than by scanning
+/// a whole cache: configurations by key and by stage, versions by app and by stage, apps that
+/// roll workloads out.
+#[derive(Clone)]
+pub struct Lookups {
+    pub configs: Store<EnvironmentConfig>,
+    pub versions: Store<AppVersion>,
+    pub apps: Store<ToolJetApp>,
+    configs_by_key: Arc<Index<EnvironmentConfig, ConfigKey>>,
+    configs_by_stage: Arc<Index<EnvironmentConfig, (String, String)>>,
+    versions_by_app: Arc<Index<AppVersion, (String, String)>>,
+    versions_by_stage: Arc<Index<AppVersion, (String, String)>>,
+    apps_with_rollout: Arc<Index<ToolJetApp, String>>,
+}
+
+impl Lookups {
+    /// The lookups over these caches; their hubs keep the indexes in step.
+    pub fn new(
+        (configs, config_hub): (&Store<EnvironmentConfig>, &mut Hub<EnvironmentConfig>),
+        (versions, version_hub): (&Store<AppVersion>, &mut Hub<AppVersion>),
+        (apps, app_hub): (&Store<ToolJetApp>, &mut Hub<ToolJetApp>),
+    ) -> Lookups {
+        let configs_by_key = Index::new(|c: &EnvironmentConfig| {
+            vec![(
+                c.namespace().unwrap_or_default(),
+                c.spec.app.clone(),
+                c.spec.environment.clone(),
+            )]
+        });
+        let configs_by_stage = Index::new(|c: &EnvironmentConfig| {
+            vec![(
+                c.namespace().unwrap_or_default(),
+                c.spec.environment.clone(),
+            )]
+        });
+        let versions_by_app = Index::new(|v: &AppVersion| {
+            vec![(v.namespace().unwrap_or_default(), v.spec.app.clone())]
+        });
+        let versions_by_stage = Index::new(|v: &AppVersion| {
+            vec![(
+                v.namespace().unwrap_or_default(),
+                v.spec.environment.clone(),
+            )]
+        });
+        let apps_with_rollout = Index::new(|a: &ToolJetApp| {
+            if a.spec.rollout.is_empty() {
+                vec![]
+            } else {
+                vec![a.namespace().unwrap_or_default()]
+            }
+        });
+        config_hub.index(configs_by_key.clone());
+        config_hub.index(configs_by_stage.clone());
+        version_hub.index(versions_by_app.clone());
+        version_hub.index(versions_by_stage.clone());
+        app_hub.index(apps_with_rollout.clone());
+        Lookups {
+            configs: configs.clone(),
+            versions: versions.clone(),
+            apps: apps.clone(),
+            configs_by_key,
+            configs_by_stage,
+            versions_by_app,
+            versions_by_stage,
+            apps_with_rollout,
+        }
+    }
+
+    /// Lookups over fixed objects (unit tests of mappers and reconcile helpers).
+    #[cfg(test)]
+    pub fn of(
+        configs: &[EnvironmentConfig],
+        versions: &[AppVersion],
+        apps: &[ToolJetApp],
+    ) -> Lookups {
+        fn cache<K>(objects: &[K]) -> (Store<K>, Vec<Arc<K>>)
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (reader, mut writer) = reflector::store();
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+            }
+            let all = reader.state();
+            (reader, all)
+        }
+        let (configs, all_configs) = cache(configs);
+        let (versions, all_versions) = cache(versions);
+        let (apps, all_apps) = cache(apps);
+        let (_, mut config_hub) = watch_nothing::<EnvironmentConfig>();
+        let (_, mut version_hub) = watch_nothing::<AppVersion>();
+        let (_, mut app_hub) = watch_nothing::<ToolJetApp>();
+        let lookups = Lookups::new(
+            (&configs, &mut config_hub),
+            (&versions, &mut version_hub),
+            (&apps, &mut app_hub),
+        );
+        for index in &config_hub.indexes {
+            index.rebuild(&all_configs);
+        }
+        for index in &version_hub.indexes {
+            index.rebuild(&all_versions);
+        }
+        for index in &app_hub.indexes {
+            index.rebuild(&all_apps);
+        }
+        lookups
+    }
+
+    /// The live configs of (namespace, app or workspace, stage): one, or rivals.
+    pub fn configs_for(
+        &self,
+        ns: &str,
+        app: Option<&str>,
+        stage: &str,
+    ) -> Vec<Arc<EnvironmentConfig>> {
+        let key = (ns.to_string(), app.map(str::to_string), stage.to_string());
+        self.configs_by_key
+            .objects(&self.configs, ns, &key)
+            .into_iter()
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// Every config of a stage in a namespace (workspace-wide and every app's).
+    pub fn configs_in(&self, ns: &str, stage: &str) -> Vec<Arc<EnvironmentConfig>> {
+        let key = (ns.to_string(), stage.to_string());
+        self.configs_by_stage.objects(&self.configs, ns, &key)
+    }
+
+    /// The versions of an app.
+    pub fn versions_of(&self, ns: &str, app: &str) -> Vec<Arc<AppVersion>> {
+        let key = (ns.to_string(), app.to_string());
+        self.versions_by_app.objects(&self.versions, ns, &key)
+    }
+
+    /// The versions in a stage (of every app of the namespace).
+    pub fn versions_in(&self, ns: &str, stage: &str) -> Vec<Arc<AppVersion>> {
+        let key = (ns.to_string(), stage.to_string());
+        self.versions_by_stage.objects(&self.versions, ns, &key)
+    }
+
+    /// The apps of a namespace with a rollout.
+    pub fn apps_with_rollout(&self, ns: &str) -> Vec<Arc<ToolJetApp>> {
+        self.apps_with_rollout
+            .objects(&self.apps, ns, &ns.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +648,35 @@ mod tests {
             [Some("1".into()), Some("3".into()), Some("3".into())],
             "the status-only change is filtered; the delete passes"
         );
+    }
+
+    #[test]
+    fn an_index_follows_changes_deletions_and_relists() {
+        fn by_label(cm: &ConfigMap) -> Vec<(String, String)> {
+            cm.labels()
+                .get("team")
+                .map(|t| vec![(cm.namespace().unwrap_or_default(), t.clone())])
+                .unwrap_or_default()
+        }
+        let index = Index::new(by_label);
+        let labelled = |name: &str, team: &str| {
+            let mut cm = config_map(name, 1, "1");
+            cm.metadata.labels = Some([("team".to_string(), team.to_string())].into());
+            Arc::new(cm)
+        };
+        let key = |team: &str| ("ns".to_string(), team.to_string());
+        index.apply(&Change::Applied(labelled("a", "crm")));
+        index.apply(&Change::Applied(labelled("b", "crm")));
+        assert_eq!(index.names(&key("crm")), ["a", "b"]);
+        // A key change moves it.
+        index.apply(&Change::Applied(labelled("a", "billing")));
+        assert_eq!(index.names(&key("crm")), ["b"]);
+        assert_eq!(index.names(&key("billing")), ["a"]);
+        index.apply(&Change::Deleted(labelled("b", "crm")));
+        assert!(index.names(&key("crm")).is_empty());
+        index.rebuild(&[labelled("c", "crm")]);
+        assert_eq!(index.names(&key("crm")), ["c"]);
+        assert!(index.names(&key("billing")).is_empty());
     }
 
     #[test]

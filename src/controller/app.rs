@@ -16,7 +16,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -32,6 +32,7 @@ use crate::api::{
     AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
     RELEASED_VERSION_ANNOTATION, ReleaseRecord, ToolJetApp, ToolJetAppStatus,
 };
+use crate::state::Lookups;
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
@@ -42,21 +43,21 @@ pub const RELEASE_HISTORY: usize = 20;
 pub fn controller(
     client: Client,
     settings: &Settings,
-    store: Store<ToolJetApp>,
+    lookups: &Lookups,
     main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
-    let apps = store.clone();
-    let apps_for_deployments = store.clone();
-    Controller::for_shared_stream(main, store)
+    let for_secrets = lookups.clone();
+    let for_deployments = lookups.clone();
+    Controller::for_shared_stream(main, lookups.apps.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .watches_shared_stream(versions, |v: Arc<AppVersion>| {
             v.namespace()
                 .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
         })
         .watches_shared_stream(managed, move |secret: Arc<Secret>| {
-            apps_with_rollout_for_secret(&apps, &secret)
+            apps_with_rollout_for_secret(&for_secrets, &secret)
         })
         .watches_stream(
             watcher(
@@ -65,7 +66,7 @@ pub fn controller(
             )
             .default_backoff()
             .touched_objects(),
-            move |d: PartialObjectMeta<Deployment>| apps_rolling_out(&apps_for_deployments, &d),
+            move |d: PartialObjectMeta<Deployment>| apps_rolling_out(&for_deployments, &d),
         )
 }
 
@@ -75,10 +76,7 @@ pub fn version_facts(v: &AppVersion) -> (String, String) {
     (v.spec.app.clone(), v.spec.environment.clone())
 }
 
-fn apps_with_rollout_for_secret(
-    apps: &Store<ToolJetApp>,
-    secret: &Secret,
-) -> Vec<ObjectRef<ToolJetApp>> {
+fn apps_with_rollout_for_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<ToolJetApp>> {
     let labels = secret.labels();
     if labels.get(KIND_LABEL).map(String::as_str) != Some(envconfig::SECRET_KIND) {
         return vec![];
@@ -86,11 +84,11 @@ fn apps_with_rollout_for_secret(
     let (Some(environment), app) = (labels.get(ENVIRONMENT_LABEL), labels.get(APP_LABEL)) else {
         return vec![];
     };
-    apps.state()
+    lookups
+        .apps_with_rollout(&secret.namespace().unwrap_or_default())
         .into_iter()
         .filter(|a| {
-            a.namespace() == secret.namespace()
-                && app.is_none_or(|l| *l == app_label_value(&a.name_any()))
+            app.is_none_or(|l| *l == app_label_value(&a.name_any()))
                 && a.spec.rollout.iter().any(|r| &r.environment == environment)
         })
         .map(|a| ObjectRef::from(&*a))
@@ -98,21 +96,21 @@ fn apps_with_rollout_for_secret(
 }
 
 fn apps_rolling_out(
-    apps: &Store<ToolJetApp>,
+    lookups: &Lookups,
     d: &PartialObjectMeta<Deployment>,
 ) -> Vec<ObjectRef<ToolJetApp>> {
     let name = d.name_any();
-    apps.state()
+    lookups
+        .apps_with_rollout(&d.namespace().unwrap_or_default())
         .into_iter()
         .filter(|a| {
-            a.namespace() == d.namespace()
-                && a.spec.rollout.iter().any(|r| {
-                    r.deployments.contains(&name)
-                        || r.parsed_selector()
-                            .ok()
-                            .flatten()
-                            .is_some_and(|s| s.matches(d.labels()))
-                })
+            a.spec.rollout.iter().any(|r| {
+                r.deployments.contains(&name)
+                    || r.parsed_selector()
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.matches(d.labels()))
+            })
         })
         .map(|a| ObjectRef::from(&*a))
         .collect()
@@ -169,12 +167,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     }
     let name = app.name_any();
-    let versions: Vec<Arc<AppVersion>> = ctx
-        .versions
-        .state()
-        .into_iter()
-        .filter(|v| v.namespace().as_deref() == Some(ns.as_str()) && v.spec.app == name)
-        .collect();
+    let versions = ctx.lookups.versions_of(&ns, &name);
     let release = check_release(&app, &versions);
 
     let rollout_problems = roll_out(&ctx, &app, &ns).await?;

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{AtStep, PENDING_RECHECK, RECHECK, Step};
-use crate::state::Echoes;
+use crate::state::{Echoes, Lookups};
 use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret,
@@ -58,15 +58,15 @@ pub const PROMOTION_HISTORY: usize = 20;
 /// Secrets for config changes).
 pub fn controller(
     settings: &Settings,
-    store: Store<AppVersion>,
+    lookups: &Lookups,
     main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     echoes: Arc<Echoes>,
     managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
     apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
 ) -> Controller<AppVersion> {
-    let versions = store.clone();
-    let by_app = store.clone();
-    Controller::for_shared_stream(main, store)
+    let for_secrets = lookups.clone();
+    let by_app = lookups.clone();
+    Controller::for_shared_stream(main, lookups.versions.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .watches_shared_stream(managed, move |secret: Arc<Secret>| {
             // A version's own resolved Secret, as its last write left it: nothing to do. (A
@@ -75,16 +75,13 @@ pub fn controller(
             if own && echoes.is_echo(&*secret) {
                 return vec![];
             }
-            affected_by_secret(&versions, &secret)
+            affected_by_secret(&for_secrets, &secret)
         })
         .watches_shared_stream(apps, move |app: Arc<ToolJetApp>| {
-            let ns = app.namespace();
-            let name = app.name_any();
             by_app
-                .state()
-                .into_iter()
-                .filter(|v| v.namespace() == ns && v.spec.app == name)
-                .map(|v| ObjectRef::from(&*v))
+                .versions_of(&app.namespace().unwrap_or_default(), &app.name_any())
+                .iter()
+                .map(|v| ObjectRef::from(&**v))
                 .collect::<Vec<_>>()
         })
 }
@@ -103,7 +100,7 @@ pub fn app_facts(app: &ToolJetApp) -> (Vec<String>, Option<String>) {
 /// whose resolved-config name it holds (so that a clashing Secret's deletion, or its garbage
 /// collection, lets that version write its own at once). Triggers only: what is read or written
 /// is decided by ownership in the reconcile.
-fn affected_by_secret(versions: &Store<AppVersion>, secret: &Secret) -> Vec<ObjectRef<AppVersion>> {
+fn affected_by_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<AppVersion>> {
     let ns = secret.namespace();
     let labels = secret.labels();
     let mut by_name: Vec<ObjectRef<AppVersion>> = secret
@@ -124,14 +121,10 @@ fn affected_by_secret(versions: &Store<AppVersion>, secret: &Secret) -> Vec<Obje
                 return vec![];
             };
             let app = labels.get(APP_LABEL);
-            versions
-                .state()
+            lookups
+                .versions_in(ns.as_deref().unwrap_or_default(), environment)
                 .into_iter()
-                .filter(|v| {
-                    v.namespace() == ns
-                        && &v.spec.environment == environment
-                        && app.is_none_or(|a| *a == app_label_value(&v.spec.app))
-                })
+                .filter(|v| app.is_none_or(|a| *a == app_label_value(&v.spec.app)))
                 .map(|v| ObjectRef::from(&*v))
                 .collect()
         }
@@ -198,17 +191,19 @@ fn is_stage_config(
 /// Whether an EnvironmentConfig for (app or workspace, environment) exists, healthy, whose Secret
 /// is not in the cache yet (or not yet as one it controls).
 fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str) -> bool {
-    ctx.configs.state().iter().any(|c| {
-        c.namespace().as_deref() == Some(ns)
-            && c.spec.environment == environment
-            && c.spec.app.as_deref().is_none_or(|a| a == app)
-            && c.metadata.deletion_timestamp.is_none()
-            // Only configs that can materialise: a failing one must not hold the version back.
-            && c.status.as_ref().is_none_or(|s| s.conditions.iter().all(|c| c.type_ != "Ready" || c.status == "True"))
-            && ctx
-                .managed_secrets
-                .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
-                .is_none_or(|s| !controlled_by(&s, c.metadata.uid.as_deref()))
+    let configs = [None, Some(app)]
+        .into_iter()
+        .flat_map(|scope| ctx.lookups.configs_for(ns, scope, environment));
+    configs.into_iter().any(|c| {
+        // Only configs that can materialise: a failing one must not hold the version back.
+        c.status.as_ref().is_none_or(|s| {
+            s.conditions
+                .iter()
+                .all(|c| c.type_ != "Ready" || c.status == "True")
+        }) && ctx
+            .managed_secrets
+            .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
+            .is_none_or(|s| !controlled_by(&s, c.metadata.uid.as_deref()))
     })
 }
 
@@ -849,7 +844,7 @@ mod tests {
 
     #[test]
     fn a_secret_holding_a_versions_resolved_name_triggers_that_version() {
-        let (versions, _writer) = kube::runtime::reflector::store::<AppVersion>();
+        let versions = Lookups::of(&[], &[], &[]);
         let mut foreign = stage_secret(None, "staging", "x", None);
         foreign.metadata.name = Some(resolved_secret_name("crm-v4"));
         foreign.metadata.labels = Some(Map::from([(

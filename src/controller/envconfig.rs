@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::Cached;
-use crate::state::Echoes;
+use crate::state::{Echoes, Lookups};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -21,7 +21,7 @@ use kube::{
         Controller,
         controller::{self, Action},
         events::EventType,
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -49,7 +49,7 @@ pub const SECRET_KIND: &str = "environment-config";
 /// target name (so its deletion, or garbage collection, lets the config materialise at once).
 pub fn controller(
     settings: &Settings,
-    store: Store<EnvironmentConfig>,
+    lookups: &Lookups,
     (main, keys): (
         impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
         impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
@@ -58,10 +58,10 @@ pub fn controller(
     managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) -> Controller<EnvironmentConfig> {
-    let for_managed = store.clone();
-    let for_referenced = store.clone();
-    let for_siblings = store.clone();
-    Controller::for_shared_stream(main, store)
+    let for_managed = lookups.clone();
+    let for_referenced = lookups.clone();
+    let for_siblings = lookups.clone();
+    Controller::for_shared_stream(main, lookups.configs.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .watches_shared_stream(managed, move |secret: Arc<Secret>| {
             // The event of this controller's own write: it already knows the result.
@@ -107,7 +107,7 @@ pub fn key_of(cfg: &EnvironmentConfig) -> (Option<String>, Option<String>, Strin
 /// was deleted and that garbage collection is removing), the configs whose target name it holds.
 /// A trigger only: what is written is decided by ownership in the reconcile.
 fn configs_for_managed_secret(
-    store: &Store<EnvironmentConfig>,
+    lookups: &Lookups,
     secret: &Secret,
 ) -> Vec<ObjectRef<EnvironmentConfig>> {
     let ns = secret.namespace().unwrap_or_default();
@@ -121,7 +121,8 @@ fn configs_for_managed_secret(
         .map(|o| ObjectRef::new(&o.name).within(&ns))
         .collect();
     let live_controller = owners.iter().any(|owner| {
-        store
+        lookups
+            .configs
             .get(owner)
             .is_some_and(|c| controlled_by(secret, c.metadata.uid.as_deref()))
     });
@@ -129,16 +130,12 @@ fn configs_for_managed_secret(
         return owners;
     }
     let mut found = owners;
-    found.extend(configs_targeting(store, &ns, &secret.name_any()));
+    found.extend(configs_targeting(lookups, &ns, &secret.name_any()));
     found
 }
 
 /// The configs of `ns` whose materialised Secret is named `name`.
-fn configs_targeting(
-    store: &Store<EnvironmentConfig>,
-    ns: &str,
-    name: &str,
-) -> Vec<ObjectRef<EnvironmentConfig>> {
+fn configs_targeting(lookups: &Lookups, ns: &str, name: &str) -> Vec<ObjectRef<EnvironmentConfig>> {
     // Only names of the `tooljet.<environment>[.<app>]` shape can be targets; most Secret events
     // are not, and cost no scan.
     let Some(environment) = name
@@ -147,43 +144,25 @@ fn configs_targeting(
     else {
         return vec![];
     };
-    store
-        .state()
+    lookups
+        .configs_in(ns, environment)
         .into_iter()
-        .filter(|c| {
-            c.spec.environment == environment
-                && c.namespace().as_deref() == Some(ns)
-                && secret_name(c.spec.app.as_deref(), &c.spec.environment) == name
-        })
+        .filter(|c| secret_name(c.spec.app.as_deref(), &c.spec.environment) == name)
         .map(|c| ObjectRef::from(&*c))
         .collect()
 }
 
-/// The configuration key: two configs with the same key conflict.
-fn key(cfg: &EnvironmentConfig) -> (Option<String>, Option<&str>, &str) {
-    (
-        cfg.namespace(),
-        cfg.spec.app.as_deref(),
-        cfg.spec.environment.as_str(),
-    )
-}
-
 /// Other live configs with the same (namespace, app-or-workspace, environment).
-fn siblings(
-    store: &Store<EnvironmentConfig>,
-    cfg: &EnvironmentConfig,
-) -> Vec<Arc<EnvironmentConfig>> {
-    let mut found: Vec<_> = store
-        .state()
+fn siblings(lookups: &Lookups, cfg: &EnvironmentConfig) -> Vec<Arc<EnvironmentConfig>> {
+    lookups
+        .configs_for(
+            &cfg.namespace().unwrap_or_default(),
+            cfg.spec.app.as_deref(),
+            &cfg.spec.environment,
+        )
         .into_iter()
-        .filter(|other| {
-            other.uid() != cfg.uid()
-                && other.metadata.deletion_timestamp.is_none()
-                && key(other) == key(cfg)
-        })
-        .collect();
-    found.sort_by_key(|o| o.name_any());
-    found
+        .filter(|other| other.uid() != cfg.uid())
+        .collect()
 }
 
 /// What a reconcile found.
@@ -231,8 +210,7 @@ async fn outcome(
     ns: &str,
     referenced: std::collections::BTreeSet<String>,
 ) -> Result<Outcome, Error> {
-    let config_store = &ctx.configs;
-    let conflicting = siblings(config_store, cfg);
+    let conflicting = siblings(&ctx.lookups, cfg);
     if !conflicting.is_empty() {
         return Ok(Outcome::Conflict(
             conflicting.iter().map(|c| c.name_any()).collect(),
@@ -533,12 +511,9 @@ mod tests {
         s
     }
 
-    fn store(configs: &[&EnvironmentConfig]) -> Store<EnvironmentConfig> {
-        let (reader, mut writer) = kube::runtime::reflector::store();
-        for c in configs {
-            writer.apply_watcher_event(&watcher::Event::Apply((*c).clone()));
-        }
-        reader
+    fn store(configs: &[&EnvironmentConfig]) -> Lookups {
+        let configs: Vec<EnvironmentConfig> = configs.iter().map(|c| (*c).clone()).collect();
+        Lookups::of(&configs, &[], &[])
     }
 
     #[test]

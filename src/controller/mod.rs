@@ -31,7 +31,7 @@ use crate::{
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
-    state::{Echoes, Readiness},
+    state::{Echoes, Lookups, Readiness},
 };
 
 /// The field manager of every write the operator makes.
@@ -148,6 +148,8 @@ pub struct Context {
     pub configs: Store<EnvironmentConfig>,
     pub versions: Store<AppVersion>,
     pub apps: Store<ToolJetApp>,
+    /// Lookups by index over those caches.
+    pub lookups: Lookups,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,
     /// The installation's content-hash key (every hash users can read is keyed with it).

@@ -29,15 +29,14 @@ use crate::{
     controller::appversion,
     materialize::{HashKey, missing_requirements},
     metrics::Metrics,
-    state::Readiness,
+    state::{Lookups, Readiness},
 };
 
 /// What the handlers share.
 pub struct WebhookState {
     pub client: Client,
-    pub versions: Store<AppVersion>,
-    pub apps: Store<ToolJetApp>,
-    pub configs: Store<EnvironmentConfig>,
+    /// The caches, and lookups by index over them.
+    pub lookups: Lookups,
     pub managed_secrets: Store<Secret>,
     /// The installation's content-hash key.
     pub hash_key: Arc<HashKey>,
@@ -143,14 +142,10 @@ fn versions_of(
     except: Option<&str>,
 ) -> Vec<VersionFact> {
     state
-        .versions
-        .state()
+        .lookups
+        .versions_of(ns, app)
         .into_iter()
-        .filter(|v| {
-            v.namespace().as_deref() == Some(ns)
-                && v.spec.app == app
-                && Some(v.name_any().as_str()) != except
-        })
+        .filter(|v| Some(v.name_any().as_str()) != except)
         .map(|v| VersionFact {
             name: v.name_any(),
             version_name: v.spec.version_name.clone(),
@@ -210,6 +205,7 @@ async fn review_version(
     let subject = new.or(old).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
     if let Some(app) = state
+        .lookups
         .apps
         .get(&ObjectRef::new(&subject.spec.app).within(ns))
     {
@@ -229,7 +225,7 @@ async fn review_version(
         let resolved = appversion::resolve(
             &state.hash_key,
             &state.managed_secrets,
-            &state.configs,
+            &state.lookups.configs,
             ns,
             &new.spec.app,
             to,
@@ -289,16 +285,10 @@ async fn review_config(
     }
     if let Some(new) = new {
         facts.rival = state
-            .configs
-            .state()
+            .lookups
+            .configs_for(ns, new.spec.app.as_deref(), &new.spec.environment)
             .iter()
-            .find(|c| {
-                c.namespace().as_deref() == Some(ns.as_str())
-                    && c.name_any() != req.name
-                    && c.metadata.deletion_timestamp.is_none()
-                    && c.spec.app == new.spec.app
-                    && c.spec.environment == new.spec.environment
-            })
+            .find(|c| c.name_any() != req.name)
             .map(|c| c.name_any());
     }
     facts.granted = r
