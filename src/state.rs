@@ -25,7 +25,14 @@ use kube::{
 };
 use tracing::warn;
 
-use crate::api::{AppVersion, EnvironmentConfig, ToolJetApp};
+use std::collections::BTreeMap;
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+
+use crate::{
+    api::{AppVersion, EnvironmentConfig, ToolJetApp},
+    materialize::{HashKey, Materialized, merge_layers, secret_name},
+};
 
 /// kubectl's client-side-apply record: a full copy of the object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -590,6 +597,77 @@ impl Lookups {
         self.apps_with_rollout
             .objects(&self.apps, ns, &ns.to_string())
     }
+}
+
+// Ownership and stage configurations: what the controllers and the webhook both judge by.
+
+/// The controller ownerReference of `secret`, if any.
+pub fn controller_of(secret: &Secret) -> Option<&OwnerReference> {
+    secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// Whether `secret`'s controller is the object with `uid`: the only test of ownership. A label
+/// or a name proves nothing (anyone who may create Secrets can copy them); an object without a
+/// uid (not stored yet) owns nothing.
+pub fn controlled_by(secret: &Secret, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| controller_of(secret).is_some_and(|o| o.uid == uid))
+}
+
+/// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
+/// first, hashed with `key`. Reads only the caches. A Secret of a stage's name is a layer only
+/// when [`is_stage_config`] says so; any other is ignored, its content never read.
+pub fn resolve(
+    key: &HashKey,
+    managed: &Store<Secret>,
+    configs: &Store<EnvironmentConfig>,
+    ns: &str,
+    app: &str,
+    environment: &str,
+) -> Materialized {
+    let layers: Vec<BTreeMap<String, Vec<u8>>> = [None, Some(app)]
+        .into_iter()
+        .filter_map(|scope| {
+            let secret =
+                managed.get(&ObjectRef::new(&secret_name(scope, environment)).within(ns))?;
+            let owner = controller_of(&secret)
+                .and_then(|o| configs.get(&ObjectRef::new(&o.name).within(ns)));
+            is_stage_config(&secret, owner.as_deref(), ns, scope, environment).then_some(secret)
+        })
+        .map(|s| {
+            s.data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        })
+        .collect();
+    merge_layers(key, &layers.iter().collect::<Vec<_>>())
+}
+
+/// Whether `secret` is the configuration of (namespace `ns`, app `scope` or the workspace,
+/// `environment`) (pure): its controller ownerReference is `owner`, by UID, and `owner` is a live
+/// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.
+/// The label and the name prove nothing; nor does an ownerReference to a config of another key
+/// (a reference is only a uid anyone can copy, so the key must match too).
+pub(crate) fn is_stage_config(
+    secret: &Secret,
+    owner: Option<&EnvironmentConfig>,
+    ns: &str,
+    scope: Option<&str>,
+    environment: &str,
+) -> bool {
+    owner.is_some_and(|cfg| {
+        controlled_by(secret, cfg.metadata.uid.as_deref())
+            && cfg.metadata.deletion_timestamp.is_none()
+            && cfg.metadata.namespace.as_deref() == Some(ns)
+            && secret.metadata.namespace.as_deref() == Some(ns)
+            && cfg.spec.app.as_deref() == scope
+            && cfg.spec.environment == environment
+    })
 }
 
 #[cfg(test)]

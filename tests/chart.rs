@@ -120,6 +120,7 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() {
                     w.rules.clone(),
                     w.failure_policy.clone(),
                     w.client_config.url.clone(),
+                    w.match_conditions.clone(),
                 )
             })
             .collect::<Vec<_>>()

@@ -549,3 +549,334 @@ async fn the_webhook_reports_its_decisions_in_metrics() {
     assert!(body.contains("tooljet_operator_admission_duration_seconds_bucket"));
     assert!(body.contains("tooljet_operator_reconciles_total"));
 }
+
+/// The apiserver's count of calls to the validating webhook for AppVersion updates (summed over
+/// `rejected`/`type`; the count is recorded before the request is answered).
+fn validating_version_update_calls() -> u64 {
+    let metrics = support::kubectl(&["get", "--raw", "/metrics"]).expect("apiserver metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_admission_webhook_admission_duration_seconds_count{"))
+        .filter(|l| {
+            l.contains("name=\"appversions.validate.tooljet.io\"")
+                && l.contains("operation=\"UPDATE\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The count is global, the other tests of this binary write AppVersions concurrently, and the
+/// apiserver admits a write again when it retries it on a conflict (the operator's status writes):
+/// runs `writes` in up to 10 windows until one shows exactly `expected` calls. All of these only
+/// add calls, so fewer than `expected` fails at once, and `expected` is only seen when the writes
+/// made at most that many.
+async fn calls_during<F, Fut>(expected: u64, what: &str, mut writes: F)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut windows = vec![];
+    for attempt in 0..10 {
+        let before = validating_version_update_calls();
+        writes(attempt).await;
+        let calls = validating_version_update_calls() - before;
+        assert!(
+            calls >= expected,
+            "{what}: {calls} webhook calls, expected {expected}"
+        );
+        windows.push(calls);
+        if calls == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{what}: never exactly {expected} webhook calls (windows: {windows:?})");
+}
+
+/// A stamped first-stage version's edits of what the rules do not judge there (description,
+/// requires, labels, other annotations) never call the validating webhook; what they judge still
+/// does, and the policy still holds outside the first stage.
+#[tokio::test]
+async fn first_stage_edits_the_rules_cannot_refuse_skip_the_webhook() {
+    let w = Workspace::new("skip").await;
+    let alice = &w.alice;
+    assert_eq!(
+        w.get("AppVersion", "v-dev").await.unwrap().annotations()["tooljet.io/stages"],
+        "development"
+    );
+
+    calls_during(
+        0,
+        "20 description edits and free metadata edits",
+        |attempt| {
+            let w = &w;
+            async move {
+                for i in 0..20 {
+                    w.merge(
+                        &w.alice,
+                        "AppVersion",
+                        "v-dev",
+                        json!({ "spec": { "description": format!("edit {attempt}.{i}") } }),
+                    )
+                    .await
+                    .unwrap();
+                }
+                for patch in [
+                    json!({ "spec": { "requires": { "constants": [format!("C{attempt}")] } } }),
+                    json!({ "metadata": { "labels": { "team": format!("t{attempt}") } } }),
+                    json!({ "metadata": { "annotations": { "note": format!("n{attempt}") } } }),
+                ] {
+                    w.merge(&w.alice, "AppVersion", "v-dev", patch)
+                        .await
+                        .unwrap();
+                }
+            }
+        },
+    )
+    .await;
+
+    calls_during(2, "a definition edit and a rename", |attempt| {
+        let w = &w;
+        async move {
+            w.merge(
+                &w.alice,
+                "AppVersion",
+                "v-dev",
+                json!({ "spec": { "definition": { "pages": [{ "name": format!("p{attempt}") }] } } }),
+            )
+            .await
+            .unwrap();
+            // Past the operator's status write for the edit (fewer conflict retries).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            w.merge(
+                &w.alice,
+                "AppVersion",
+                "v-dev",
+                json!({ "spec": { "versionName": format!("v-dev-{attempt}") } }),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+
+    // Outside the first stage the webhook is called, but the policy (which sees every request,
+    // before the webhooks) refuses first.
+    denied(
+        w.merge(
+            alice,
+            "AppVersion",
+            "v-stg",
+            json!({ "spec": { "description": "in staging" } }),
+        )
+        .await,
+        "ValidatingAdmissionPolicy 'tooljet-operator-stage-rules' with binding 'tooljet-operator-stage-rules' \
+         denied request: AppVersion v-stg is in staging: edits (spec.description) are only allowed in development",
+    );
+    // A reserved annotation in the first stage: the webhook is called and refuses the forgery.
+    denied(
+        w.merge(
+            alice,
+            "AppVersion",
+            "v-dev",
+            json!({ "metadata": { "annotations": { PROMOTED_BY_ANNOTATION: "mallory" } } }),
+        )
+        .await,
+        "annotation tooljet.io/promoted-by is recorded by tooljet-operator's admission webhook",
+    );
+}
+
+/// The validating webhook's matchCondition, evaluated by the apiserver on every shape a stored
+/// version can have: the expected answer, never an error (which applies failurePolicy Fail).
+/// AppVersions here are always stamped, so a look-alike resource carries the shapes (unstamped,
+/// no annotations, no definition, ...), and a policy with the very same matchCondition refuses
+/// whatever the webhook would be called for.
+#[tokio::test]
+async fn the_skip_condition_answers_every_version_shape_without_error() {
+    use k8s_openapi::{
+        api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        },
+        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    };
+    use kube::api::{ApiResource, GroupVersionKind};
+    use tooljet_operator::webhook::config::{self, Endpoint};
+
+    const CALLED: &str = "the validating webhook would be called";
+    let admin = support::client().await;
+    let condition = config::validating(&Endpoint::Url("https://unused".into()), None)
+        .webhooks
+        .unwrap()
+        .remove(0)
+        .match_conditions
+        .unwrap();
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": { "name": "versionshapes.probe.tooljet.io" },
+        "spec": { "group": "probe.tooljet.io", "scope": "Namespaced",
+            "names": { "plural": "versionshapes", "singular": "versionshape", "kind": "VersionShape" },
+            "versions": [{ "name": "v1", "served": true, "storage": true, "schema": { "openAPIV3Schema": {
+                "type": "object",
+                "properties": { "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } } } }] }
+    }))
+    .unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(admin.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let established = kube::runtime::wait::await_condition(
+        crds,
+        "versionshapes.probe.tooljet.io",
+        kube::runtime::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(WAIT, established)
+        .await
+        .unwrap()
+        .unwrap();
+    let ns = support::namespace(&admin, "shapes").await;
+    let shapes: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("probe.tooljet.io", "v1", "VersionShape"),
+            "versionshapes",
+        ),
+    );
+    let object = |name: &str, annotations: serde_json::Value, spec: serde_json::Value| {
+        let mut metadata = json!({ "name": name });
+        if !annotations.is_null() {
+            metadata["annotations"] = annotations;
+        }
+        serde_json::from_value::<DynamicObject>(json!({ "apiVersion": "probe.tooljet.io/v1",
+            "kind": "VersionShape", "metadata": metadata, "spec": spec }))
+        .unwrap()
+    };
+    let stamped = json!({ "tooljet.io/stages": "development" });
+    let spec = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": { "pages": [] } });
+    let bare = json!({ "app": "crm", "versionName": "v1", "environment": "development" });
+    let described = json!({ "spec": { "description": "edited" } });
+    let staging = json!({ "app": "crm", "versionName": "v1", "environment": "staging" });
+    let null_definition = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": null });
+    let two_reserved =
+        json!({ "tooljet.io/stages": "development", "tooljet.io/promoted-by": "bob" });
+    // [name, stored annotations (null: none), stored spec, merge patch, whether it is called]
+    let cases = json!([
+        ["stamped-description", stamped, spec, described, false],
+        ["stamped-requires", stamped, spec, { "spec": { "requires": { "constants": ["A"] } } }, false],
+        ["stamped-labels-and-notes", stamped, spec,
+            { "metadata": { "labels": { "team": "crm" }, "annotations": { "note": "x" } } }, false],
+        ["no-definition-either-side", stamped, bare, described, false],
+        ["null-definition-both-sides", stamped, null_definition, described, false],
+        ["no-annotations", null, spec, described, true],
+        ["annotations-without-stamp", { "note": "x" }, spec, described, true],
+        ["empty-stamp", { "tooljet.io/stages": "" }, spec, described, true],
+        ["stamp-past-first-stage", { "tooljet.io/stages": "development,staging" }, staging, described, true],
+        ["no-environment", stamped, { "app": "crm", "versionName": "v1" }, described, true],
+        ["definition-added", stamped, bare, { "spec": { "definition": {} } }, true],
+        ["definition-removed", stamped, spec, { "spec": { "definition": null } }, true],
+        ["definition-changed", stamped, spec, { "spec": { "definition": { "pages": [1] } } }, true],
+        ["renamed", stamped, spec, { "spec": { "versionName": "v2" } }, true],
+        ["app-changed", stamped, spec, { "spec": { "app": "billing" } }, true],
+        ["promoted", stamped, spec, { "spec": { "environment": "staging" } }, true],
+        ["reserved-annotation-added", stamped, spec,
+            { "metadata": { "annotations": { "tooljet.io/promoted-by": "mallory" } } }, true],
+        ["stamp-changed", stamped, spec,
+            { "metadata": { "annotations": { "tooljet.io/stages": "development,x" } } }, true],
+        ["reserved-annotation-removed", two_reserved, spec,
+            { "metadata": { "annotations": { "tooljet.io/promoted-by": null } } }, true],
+        ["all-annotations-removed", stamped, spec, { "metadata": { "annotations": null } }, true],
+    ]);
+    let cases = cases.as_array().unwrap();
+    // Stored before the probe policy exists (it refuses every CREATE).
+    for c in cases {
+        let (name, annotations, spec) = (c[0].as_str().unwrap(), &c[1], &c[2]);
+        shapes
+            .create(
+                &PostParams::default(),
+                &object(name, annotations.clone(), spec.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    shapes
+        .create(
+            &PostParams::default(),
+            &object("sentinel", serde_json::Value::Null, spec.clone()),
+        )
+        .await
+        .unwrap();
+
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": { "name": "version-shapes-probe" },
+        "spec": { "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [{ "apiGroups": ["probe.tooljet.io"], "apiVersions": ["*"],
+                "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["versionshapes"] }] },
+            "matchConditions": condition,
+            "validations": [{ "expression": "false", "message": CALLED }] }
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": { "name": "version-shapes-probe" },
+        "spec": { "policyName": "version-shapes-probe", "validationActions": ["Deny"] }
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    // The apiserver picks the policy up from its informer.
+    support::eventually(WAIT, "the probe policy in effect", || {
+        let shapes = shapes.clone();
+        async move {
+            let patch =
+                json!({ "spec": { "description": format!("{:?}", std::time::Instant::now()) } });
+            shapes
+                .patch("sentinel", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .err()
+                .map(msg)
+                .filter(|m| m.contains(CALLED))
+        }
+    })
+    .await;
+
+    let mut wrong = vec![];
+    for c in cases {
+        let (name, patch, called) = (c[0].as_str().unwrap(), &c[3], c[4] == true);
+        let result = shapes
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| "allowed")
+            .map_err(msg);
+        match (result, called) {
+            (Ok(_), false) => {}
+            (Err(m), true) if m.contains(CALLED) => {}
+            (outcome, _) => wrong.push(format!(
+                "{name}: expected {}, got {outcome:?}",
+                if called { "a call" } else { "no call" }
+            )),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Every CREATE and DELETE is called.
+    denied(
+        shapes
+            .create(
+                &PostParams::default(),
+                &object("new", stamped.clone(), spec.clone()),
+            )
+            .await
+            .map_err(msg),
+        CALLED,
+    );
+    denied(
+        shapes
+            .delete("stamped-description", &DeleteParams::default())
+            .await
+            .map(|_| object("deleted", serde_json::Value::Null, json!({})))
+            .map_err(msg),
+        CALLED,
+    );
+}

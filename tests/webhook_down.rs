@@ -104,7 +104,9 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
                     &w.admin,
                     "AppVersion",
                     "v-dev",
-                    json!({ "spec": { "description": "now allowed" } }),
+                    // A definition edit calls the webhook (a description edit of a first-stage
+                    // version would skip it and prove nothing).
+                    json!({ "spec": { "definition": { "pages": ["now allowed"] } } }),
                 )
                 .await
                 .ok()

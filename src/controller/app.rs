@@ -25,7 +25,7 @@ use tracing::{info, instrument, warn};
 
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
-    Settings, Step, apply_status, appversion, condition, envconfig, new_failure, publish,
+    Settings, Step, apply_status, condition, envconfig, new_failure, publish,
     secrets::app_label_value, set_condition,
 };
 use crate::api::{
@@ -275,7 +275,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             continue;
         }
         let stage = stages[0];
-        let hash = appversion::resolve(
+        let hash = crate::state::resolve(
             &ctx.hash_key,
             &ctx.managed_secrets,
             &ctx.configs,

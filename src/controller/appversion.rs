@@ -7,10 +7,10 @@
 //! create one of that name carrying the managed-by label, and must not thereby configure a stage
 //! (the operator would be their confused deputy).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use super::{AtStep, PENDING_RECHECK, RECHECK, Step};
-use crate::state::{Echoes, Lookups};
+use crate::state::{Echoes, Lookups, resolve};
 use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret,
@@ -23,7 +23,7 @@ use kube::{
         Controller,
         controller::{self, Action},
         events::EventType,
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
     },
 };
 use tracing::{debug, info, instrument, warn};
@@ -32,20 +32,16 @@ use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
     envconfig, new_failure, publish,
     secrets::{
-        Change, app_label_value, controlled_by, controller_of, create_secret, ensure_secret,
-        managed_secret,
+        Change, app_label_value, controlled_by, create_secret, ensure_secret, managed_secret,
     },
     set_condition,
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, EnvironmentConfig, PROMOTED_AT_ANNOTATION,
-        PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, Promotion, ResolvedConfig, ToolJetApp,
+        AppVersion, AppVersionStatus, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
+        PROMOTED_FROM_ANNOTATION, Promotion, ResolvedConfig, ToolJetApp,
     },
-    materialize::{
-        HashKey, Materialized, merge_layers, missing_requirements, resolved_secret_name,
-        secret_name,
-    },
+    materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
 };
 
 /// `tooljet.io/kind` of the resolved-config Secrets.
@@ -132,60 +128,6 @@ fn affected_by_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<AppVe
     };
     by_name.extend(by_role);
     by_name
-}
-
-/// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
-/// first, hashed with `key`. Reads only the caches. A Secret of a stage's name is a layer only
-/// when [`is_stage_config`] says so; any other is ignored, its content never read.
-pub fn resolve(
-    key: &HashKey,
-    managed: &Store<Secret>,
-    configs: &Store<EnvironmentConfig>,
-    ns: &str,
-    app: &str,
-    environment: &str,
-) -> Materialized {
-    let layers: Vec<BTreeMap<String, Vec<u8>>> = [None, Some(app)]
-        .into_iter()
-        .filter_map(|scope| {
-            let secret =
-                managed.get(&ObjectRef::new(&secret_name(scope, environment)).within(ns))?;
-            let owner = controller_of(&secret)
-                .and_then(|o| configs.get(&ObjectRef::new(&o.name).within(ns)));
-            is_stage_config(&secret, owner.as_deref(), ns, scope, environment).then_some(secret)
-        })
-        .map(|s| {
-            s.data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        })
-        .collect();
-    merge_layers(key, &layers.iter().collect::<Vec<_>>())
-}
-
-/// Whether `secret` is the configuration of (namespace `ns`, app `scope` or the workspace,
-/// `environment`) (pure): its controller ownerReference is `owner`, by UID, and `owner` is a live
-/// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.
-/// The label and the name prove nothing; nor does an ownerReference to a config of another key
-/// (a reference is only a uid anyone can copy, so the key must match too).
-fn is_stage_config(
-    secret: &Secret,
-    owner: Option<&EnvironmentConfig>,
-    ns: &str,
-    scope: Option<&str>,
-    environment: &str,
-) -> bool {
-    owner.is_some_and(|cfg| {
-        controlled_by(secret, cfg.metadata.uid.as_deref())
-            && cfg.metadata.deletion_timestamp.is_none()
-            && cfg.metadata.namespace.as_deref() == Some(ns)
-            && secret.metadata.namespace.as_deref() == Some(ns)
-            && cfg.spec.app.as_deref() == scope
-            && cfg.spec.environment == environment
-    })
 }
 
 /// Whether an EnvironmentConfig for (app or workspace, environment) exists, healthy, whose Secret
@@ -523,8 +465,11 @@ pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Act
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AppVersionSpec, ToolJetAppSpec, ToolJetAppStatus};
+    use crate::api::{AppVersionSpec, EnvironmentConfig, ToolJetAppSpec, ToolJetAppStatus};
+    use crate::materialize::{HashKey, merge_layers};
+    use crate::state::is_stage_config;
     use kube::Resource;
+    use kube::runtime::reflector::Store;
     use std::collections::BTreeMap as Map;
 
     fn version(env: &str) -> AppVersion {

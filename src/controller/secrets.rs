@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    ByteString,
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -104,20 +102,7 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// The controller ownerReference of `secret`, if any.
-pub fn controller_of(secret: &Secret) -> Option<&OwnerReference> {
-    secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-}
-
-/// Whether `secret`'s controller is the object with `uid`: the only test of ownership. A label
-/// or a name proves nothing (anyone who may create Secrets can copy them); an object without a
-/// uid (not stored yet) owns nothing.
-pub fn controlled_by(secret: &Secret, uid: Option<&str>) -> bool {
-    uid.is_some_and(|uid| controller_of(secret).is_some_and(|o| o.uid == uid))
-}
+pub use crate::state::{controlled_by, controller_of};
 
 /// Whether `existing` already holds exactly the desired data, our labels, hash and owner.
 pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
@@ -437,14 +422,16 @@ mod tests {
 
     fn owned(uid: &str, controller: Option<bool>) -> Secret {
         let mut s = desired();
-        s.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "tooljet.io/v1alpha1".into(),
-            kind: "EnvironmentConfig".into(),
-            name: "crm-staging".into(),
-            uid: uid.into(),
-            controller,
-            block_owner_deletion: None,
-        }]);
+        s.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "tooljet.io/v1alpha1".into(),
+                kind: "EnvironmentConfig".into(),
+                name: "crm-staging".into(),
+                uid: uid.into(),
+                controller,
+                block_owner_deletion: None,
+            },
+        ]);
         s
     }
 

@@ -84,28 +84,75 @@ fn rule(resource: &str, operations: &[&str]) -> RuleWithOperations {
 }
 
 /// Every AppVersion, ToolJetApp and EnvironmentConfig create, update and delete goes through the
-/// rules. Status updates (`/status`) are not matched, so the operator's own status writes are not
+/// rules, except AppVersion updates they cannot refuse (matchCondition `judged-requests-only`).
+/// Status updates (`/status`) are not matched, so the operator's own status writes are not
 /// intercepted.
 pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWebhookConfiguration {
-    let webhook = |name: &str, resource: &str| ValidatingWebhook {
-        name: name.to_string(),
-        client_config: client_config(endpoint, "/validate", ca_bundle),
-        rules: Some(vec![rule(resource, &["CREATE", "UPDATE", "DELETE"])]),
-        failure_policy: Some("Fail".into()),
-        match_policy: Some("Equivalent".into()),
-        side_effects: "None".into(),
-        timeout_seconds: Some(5),
-        admission_review_versions: vec!["v1".into()],
-        ..Default::default()
+    let webhook =
+        |name: &str, resource: &str, conditions: Option<Vec<MatchCondition>>| ValidatingWebhook {
+            name: name.to_string(),
+            client_config: client_config(endpoint, "/validate", ca_bundle),
+            rules: Some(vec![rule(resource, &["CREATE", "UPDATE", "DELETE"])]),
+            failure_policy: Some("Fail".into()),
+            match_policy: Some("Equivalent".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            admission_review_versions: vec!["v1".into()],
+            match_conditions: conditions,
+            ..Default::default()
+        };
+    // The common path (editing a version in its first stage) costs no webhook call. On an update
+    // that is not a promotion, `rules::review_version_update` judges only: spec.app (immutable);
+    // definition, description, requires and versionName outside the first stage; versionName
+    // uniqueness; the definition's bounds when it changes; and `tooljet.io/` annotations
+    // (forgery); nothing else. So an update of a version provably in its first stage (its stage
+    // record starts with where it is; that stays the app's first stage, as a stage that holds
+    // versions keeps its role: `review_pipeline_change`) that leaves environment, app,
+    // versionName, definition and every `tooljet.io/` annotation as they were cannot be refused:
+    // description, requires, labels and other annotations are free there. Unstamped versions (no
+    // record) are always judged. What CEL cannot see is the app itself: `review_version` refuses
+    // any update of a version whose ToolJetApp is missing, so an orphan's free edits now pass (an
+    // orphan reaches no stage). Every CREATE and DELETE is judged; `oldObject` is read only on
+    // UPDATE, and every key is tested before it is read (an error would apply failurePolicy Fail).
+    let prefix = crate::api::ANNOTATION_PREFIX;
+    let first_stage = format!(
+        "has(oldObject.metadata.annotations) && '{STAGES_ANNOTATION}' in oldObject.metadata.annotations && \
+         has(oldObject.spec.environment) && \
+         oldObject.metadata.annotations['{STAGES_ANNOTATION}'].split(',')[0] == oldObject.spec.environment"
+    );
+    let judged_fields = ["environment", "app", "versionName", "definition"]
+        .map(unchanged)
+        .join(" && ");
+    // A `tooljet.io/` annotation of `a` that `b` lacks or holds with another value.
+    let reserved_differs = |a: &str, b: &str| {
+        format!(
+            "(has({a}.metadata.annotations) && {a}.metadata.annotations.exists(k, k.startsWith('{prefix}') && \
+             !(has({b}.metadata.annotations) && k in {b}.metadata.annotations && \
+             {b}.metadata.annotations[k] == {a}.metadata.annotations[k])))"
+        )
+    };
+    let judged_version_requests = format!(
+        "request.operation != 'UPDATE' || !({first_stage}) || !({judged_fields}) || {} || {}",
+        reserved_differs("object", "oldObject"),
+        reserved_differs("oldObject", "object"),
+    );
+    let versions = MatchCondition {
+        name: "judged-requests-only".into(),
+        expression: judged_version_requests,
     };
     ValidatingWebhookConfiguration {
         metadata: meta(CONFIGURATION_NAME),
         webhooks: Some(vec![
-            webhook("appversions.validate.tooljet.io", "appversions"),
-            webhook("tooljetapps.validate.tooljet.io", "tooljetapps"),
+            webhook(
+                "appversions.validate.tooljet.io",
+                "appversions",
+                Some(vec![versions]),
+            ),
+            webhook("tooljetapps.validate.tooljet.io", "tooljetapps", None),
             webhook(
                 "environmentconfigs.validate.tooljet.io",
                 "environmentconfigs",
+                None,
             ),
         ]),
     }
@@ -590,4 +637,63 @@ pub fn policy_yaml() -> String {
         out += &document(&role, "rbac.authorization.k8s.io/v1", "ClusterRole");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validating_webhooks() -> Vec<ValidatingWebhook> {
+        let endpoint = Endpoint::Url("https://127.0.0.1:9443".into());
+        validating(&endpoint, None).webhooks.unwrap()
+    }
+
+    #[test]
+    fn only_version_updates_the_rules_cannot_refuse_skip_the_validating_webhook() {
+        let webhooks = validating_webhooks();
+        let versions = &webhooks[0];
+        assert_eq!(versions.name, "appversions.validate.tooljet.io");
+        let [condition] = versions.match_conditions.as_deref().unwrap() else {
+            panic!("one match condition");
+        };
+        assert_eq!(condition.name, "judged-requests-only");
+        let e = &condition.expression;
+        // CREATE and DELETE always call it, and oldObject is read only after this guard.
+        assert!(e.starts_with("request.operation != 'UPDATE' || "), "{e}");
+        // The stored version must be provably in its first stage: its stage record's first entry.
+        assert!(e.contains(
+            "has(oldObject.metadata.annotations) && 'tooljet.io/stages' in oldObject.metadata.annotations"
+        ));
+        assert!(e.contains(
+            "oldObject.metadata.annotations['tooljet.io/stages'].split(',')[0] == oldObject.spec.environment"
+        ));
+        // Every field the rules judge on such an update, absent counting as a value.
+        for field in ["environment", "app", "versionName", "definition"] {
+            assert!(
+                e.contains(&format!(
+                    "has(object.spec.{field}) == has(oldObject.spec.{field})"
+                )) && e.contains(&format!("object.spec.{field} == oldObject.spec.{field}")),
+                "{field} missing from {e}"
+            );
+        }
+        // Reserved annotations added, changed or removed, on either side possibly without any
+        // annotations at all.
+        for (a, b) in [("object", "oldObject"), ("oldObject", "object")] {
+            assert!(e.contains(&format!(
+                "(has({a}.metadata.annotations) && {a}.metadata.annotations.exists(k, k.startsWith('tooljet.io/') && \
+                 !(has({b}.metadata.annotations) && k in {b}.metadata.annotations && \
+                 {b}.metadata.annotations[k] == {a}.metadata.annotations[k])))"
+            )));
+        }
+        // What the rules do not judge in the first stage is not named.
+        for free in ["description", "requires", "labels"] {
+            assert!(!e.contains(free), "{free} in {e}");
+        }
+        // The other validating webhooks see every request; all keep failing closed, quickly.
+        assert!(webhooks[1..].iter().all(|w| w.match_conditions.is_none()));
+        for w in &webhooks {
+            assert_eq!(w.failure_policy.as_deref(), Some("Fail"));
+            assert_eq!(w.timeout_seconds, Some(5));
+        }
+    }
 }

@@ -26,7 +26,6 @@ use tracing::{info, warn};
 use super::rules::{self, AppFact, Facts, Op, Verdict, VersionFact};
 use crate::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
-    controller::appversion,
     materialize::{HashKey, missing_requirements},
     metrics::Metrics,
     state::{Lookups, Readiness},
@@ -222,7 +221,7 @@ async fn review_version(
     if let (Some(old), Some(new)) = (old, new)
         && let Some((_, to)) = rules::promotion(old, new)
     {
-        let resolved = appversion::resolve(
+        let resolved = crate::state::resolve(
             &state.hash_key,
             &state.managed_secrets,
             &state.lookups.configs,
