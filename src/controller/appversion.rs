@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{AtStep, PENDING_RECHECK, RECHECK, Step};
+use super::{PENDING_RECHECK, RECHECK};
 use crate::state::{Echoes, Lookups, resolve};
 use futures::Stream;
 use k8s_openapi::{
@@ -31,9 +31,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
     envconfig, new_failure, publish,
-    secrets::{
-        Change, app_label_value, controlled_by, create_secret, ensure_secret, managed_secret,
-    },
+    secrets::{Change, Synced, app_label_value, controlled_by, managed_secret, sync},
     set_condition,
 };
 use crate::{
@@ -198,33 +196,20 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         Some(&v.spec.app),
         &resolved,
     );
-    // Not in the cache: create it (one request); a 409 means one exists: read and judge it.
-    let cached = ctx
-        .managed_secrets
-        .get(&ObjectRef::new(&target).within(&ns));
-    let (existing, created) = match cached {
-        Some(s) => (Some(s), false),
-        None if create_secret(&ctx, "appversion", &secrets, &desired).await? => (None, true),
-        None => (
-            secrets
-                .get_opt(&target)
-                .await
-                .at(Step::ReadSecret)?
-                .map(Arc::new),
-            false,
-        ),
-    };
     // Ours only by UID: a Secret of that name this version does not control (whatever its labels)
     // is never adopted or overwritten.
-    let taken = existing
-        .as_ref()
-        .is_some_and(|s| !controlled_by(s, v.metadata.uid.as_deref()));
-    let change = if taken {
-        None
-    } else if created {
-        Some(Change::Created)
-    } else {
-        ensure_secret(&ctx, "appversion", &secrets, existing.as_deref(), &desired).await?
+    let synced = sync(
+        &ctx,
+        "appversion",
+        &secrets,
+        v.metadata.uid.as_deref(),
+        &desired,
+    )
+    .await?;
+    let taken = synced == Synced::Taken;
+    let change = match synced {
+        Synced::Ours(change) => change,
+        Synced::Taken => None,
     };
     match change {
         Some(c) => {

@@ -30,7 +30,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition,
     new_failure, publish,
-    secrets::{Change, controlled_by, create_secret, ensure_secret, managed_secret},
+    secrets::{Change, Synced, controlled_by, managed_secret, sync},
     set_condition,
 };
 use crate::{
@@ -260,28 +260,17 @@ async fn outcome(
         cfg.spec.app.as_deref(),
         &materialized,
     );
-    // Not in the cache: create it (one request). A 409 means a Secret of that name exists (an
-    // unmanaged one, or the cache lags): read it and judge it below.
-    let cached = ctx.managed_secrets.get(&ObjectRef::new(&target).within(ns));
-    let existing = match cached {
-        Some(s) => Some(s),
-        None if create_secret(ctx, "environmentconfig", &secrets, &desired).await? => None,
-        None => secrets
-            .get_opt(&target)
-            .await
-            .at(Step::ReadSecret)?
-            .map(Arc::new),
-    };
-    if let Some(existing) = &existing
-        && !is_ours(existing, cfg)
+    let change = match sync(
+        ctx,
+        "environmentconfig",
+        &secrets,
+        cfg.metadata.uid.as_deref(),
+        &desired,
+    )
+    .await?
     {
-        return Ok(Outcome::SecretTaken(target));
-    }
-    let change = match &existing {
-        None => Some(Change::Created),
-        Some(existing) => {
-            ensure_secret(ctx, "environmentconfig", &secrets, Some(existing), &desired).await?
-        }
+        Synced::Taken => return Ok(Outcome::SecretTaken(target)),
+        Synced::Ours(change) => change,
     };
     match change {
         Some(change) => {

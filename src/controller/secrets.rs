@@ -131,8 +131,52 @@ pub fn change(existing: Option<&Secret>, desired: &Secret) -> Option<Change> {
     }
 }
 
+/// What [`sync`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// The Secret is ours and now holds the desired content; `Some` when it was written.
+    Ours(Option<Change>),
+    /// A Secret of that name exists that the owner does not control (by UID): left alone.
+    Taken,
+}
+
+/// The one way a managed Secret is written: from the cache, or (not cached) created with one
+/// POST; a 409 means a Secret of that name exists (another writer's, or the cache lags), which is
+/// read and judged. It is ours only when its controller ownerReference is `owner_uid`; then it is
+/// applied when it differs. Anything else is never adopted, overwritten or deleted.
+pub async fn sync(
+    ctx: &Context,
+    controller: &'static str,
+    api: &Api<Secret>,
+    owner_uid: Option<&str>,
+    desired: &Secret,
+) -> Result<Synced, Error> {
+    let name = desired.name_any();
+    let ns = desired.namespace().unwrap_or_default();
+    let existing = match ctx
+        .managed_secrets
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+    {
+        Some(cached) => Some(cached),
+        None if create_secret(ctx, controller, api, desired).await? => {
+            return Ok(Synced::Ours(Some(Change::Created)));
+        }
+        None => api
+            .get_opt(&name)
+            .await
+            .at(Step::ReadSecret)?
+            .map(std::sync::Arc::new),
+    };
+    match existing {
+        Some(existing) if !controlled_by(&existing, owner_uid) => Ok(Synced::Taken),
+        existing => Ok(Synced::Ours(
+            ensure_secret(ctx, controller, api, existing.as_deref(), desired).await?,
+        )),
+    }
+}
+
 /// Writes `desired` when `existing` differs; returns what changed.
-pub async fn ensure_secret(
+async fn ensure_secret(
     ctx: &Context,
     controller: &'static str,
     api: &Api<Secret>,
@@ -152,7 +196,7 @@ pub async fn ensure_secret(
 
 /// Creates `desired` (POST) when no Secret of its name exists. Returns whether it did; `false`
 /// means one exists (409), which the caller reads and judges: nothing that exists is touched here.
-pub async fn create_secret(
+async fn create_secret(
     ctx: &Context,
     controller: &'static str,
     api: &Api<Secret>,
