@@ -25,7 +25,7 @@ use tracing::{info, instrument, warn};
 
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
-    Settings, Step, apply_status, condition, envconfig, new_failure, publish,
+    Settings, Step, apply_status, condition, conditions, envconfig, new_failure, publish,
     secrets::app_label_value, set_condition,
 };
 use crate::api::{
@@ -199,7 +199,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     let old = app.status.as_ref().map(|s| s.conditions.as_slice());
-    if let Some(after) = new_failure(old, &status.conditions, "Ready") {
+    if let Some(after) = new_failure(old, &status.conditions, conditions::READY) {
         warn!(reason = %after.reason, message = %after.message, "app not ready");
         publish(
             &ctx.recorder,
@@ -355,9 +355,9 @@ fn desired_status(
         Release::None => {
             status.released_version = None;
             condition(
-                "Ready",
+                conditions::READY,
                 true,
-                "NoRelease",
+                conditions::NO_RELEASE,
                 "no version is released yet",
                 generation,
             )
@@ -389,9 +389,9 @@ fn desired_status(
                 record = Some(r);
             }
             condition(
-                "Ready",
+                conditions::READY,
                 true,
-                "Released",
+                conditions::RELEASED_REASON,
                 format!("{version} is live for end users"),
                 generation,
             )
@@ -403,7 +403,7 @@ fn desired_status(
                 .map(|v| format!("; {v} stays released"))
                 .unwrap_or_default();
             condition(
-                "Ready",
+                conditions::READY,
                 false,
                 reason,
                 format!("{message}{kept}"),
@@ -413,9 +413,9 @@ fn desired_status(
     };
     let rollout = if !rollout.invalid.is_empty() {
         condition(
-            "RolloutReady",
+            conditions::ROLLOUT_READY,
             false,
-            "InvalidRollout",
+            conditions::INVALID_ROLLOUT,
             format!(
                 "spec.rollout: {}; those Deployments are left alone",
                 rollout.invalid.join("; ")
@@ -424,9 +424,9 @@ fn desired_status(
         )
     } else if !rollout.missing.is_empty() {
         condition(
-            "RolloutReady",
+            conditions::ROLLOUT_READY,
             false,
-            "DeploymentNotFound",
+            conditions::DEPLOYMENT_NOT_FOUND,
             format!(
                 "Deployments named in spec.rollout do not exist: {}",
                 rollout.missing.join(", ")
@@ -435,9 +435,9 @@ fn desired_status(
         )
     } else {
         condition(
-            "RolloutReady",
+            conditions::ROLLOUT_READY,
             true,
-            "Synced",
+            conditions::SYNCED,
             "every rollout workload carries its stage's configuration hash",
             generation,
         )

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{PENDING_RECHECK, RECHECK};
+use super::{PENDING_RECHECK, RECHECK, conditions};
 use crate::state::{Echoes, Lookups, resolve};
 use futures::Stream;
 use k8s_openapi::{
@@ -139,7 +139,7 @@ fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str
         c.status.as_ref().is_none_or(|s| {
             s.conditions
                 .iter()
-                .all(|c| c.type_ != "Ready" || c.status == "True")
+                .all(|c| c.type_ != conditions::READY || c.status == "True")
         }) && ctx
             .managed_secrets
             .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
@@ -283,9 +283,9 @@ fn desired_status(
 
     let config = if taken {
         condition(
-            "ConfigResolved",
+            conditions::CONFIG_RESOLVED,
             false,
-            "SecretExists",
+            conditions::SECRET_EXISTS,
             format!(
                 "Secret {secret} already exists and is not owned by this AppVersion (whatever its labels \
                  say); the operator never adopts or overwrites it: delete or rename Secret {secret}"
@@ -294,9 +294,9 @@ fn desired_status(
         )
     } else if missing.is_empty() {
         condition(
-            "ConfigResolved",
+            conditions::CONFIG_RESOLVED,
             true,
-            "Resolved",
+            conditions::RESOLVED,
             format!(
                 "{} constants and {} data sources of {environment} in Secret {secret}",
                 resolved.constants, resolved.data_sources
@@ -305,9 +305,9 @@ fn desired_status(
         )
     } else {
         condition(
-            "ConfigResolved",
+            conditions::CONFIG_RESOLVED,
             false,
-            "MissingRequirements",
+            conditions::MISSING_REQUIREMENTS,
             format!(
                 "environment {environment} lacks {}; add them to an EnvironmentConfig for {environment}",
                 missing.join(", ")
@@ -321,17 +321,17 @@ fn desired_status(
         == Some(v.name_any().as_str());
     let released_condition = if released {
         condition(
-            "Released",
+            conditions::RELEASED,
             true,
-            "Released",
+            conditions::RELEASED_REASON,
             "this version is live for end users",
             generation,
         )
     } else {
         condition(
-            "Released",
+            conditions::RELEASED,
             false,
-            "NotReleased",
+            conditions::NOT_RELEASED,
             "another version (or none) is released",
             generation,
         )
@@ -351,9 +351,9 @@ fn ready_condition(
 ) -> Condition {
     let Some(app) = app else {
         return condition(
-            "Ready",
+            conditions::READY,
             false,
-            "AppNotFound",
+            conditions::APP_NOT_FOUND,
             format!(
                 "ToolJetApp {} does not exist in this namespace; create it or fix spec.app",
                 v.spec.app
@@ -363,9 +363,9 @@ fn ready_condition(
     };
     if !app.spec.environments.contains(&v.spec.environment) {
         return condition(
-            "Ready",
+            conditions::READY,
             false,
-            "EnvironmentNotInPipeline",
+            conditions::ENVIRONMENT_NOT_IN_PIPELINE,
             format!(
                 "environment {} is not a stage of ToolJetApp {} ({})",
                 v.spec.environment,
@@ -377,7 +377,7 @@ fn ready_condition(
     }
     if config.status != "True" {
         return condition(
-            "Ready",
+            conditions::READY,
             false,
             &config.reason,
             config.message.clone(),
@@ -385,9 +385,9 @@ fn ready_condition(
         );
     }
     condition(
-        "Ready",
+        conditions::READY,
         true,
-        "Ready",
+        conditions::READY_REASON,
         format!("running with the {} configuration", v.spec.environment),
         generation,
     )
@@ -429,7 +429,7 @@ async fn report(
         .await;
     }
     let old = v.status.as_ref().map(|s| s.conditions.as_slice());
-    if let Some(after) = new_failure(old, &status.conditions, "ConfigResolved") {
+    if let Some(after) = new_failure(old, &status.conditions, conditions::CONFIG_RESOLVED) {
         warn!(reason = %after.reason, message = %after.message, "version configuration incomplete");
         publish(
             &ctx.recorder,

@@ -28,7 +28,7 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition,
+    AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition, conditions,
     new_failure, publish,
     secrets::{Change, Synced, controlled_by, managed_secret, sync},
     set_condition,
@@ -345,9 +345,9 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
             status.data_source_count = Some(materialized.data_sources as i32);
             status.constant_count = Some(materialized.constants as i32);
             condition(
-                "Ready",
+                conditions::READY,
                 true,
-                "Materialized",
+                conditions::MATERIALIZED,
                 format!("materialised into Secret {secret}"),
                 generation,
             )
@@ -363,9 +363,9 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
             generation,
         ),
         Outcome::Conflict(others) => condition(
-            "Ready",
+            conditions::READY,
             false,
-            "Conflict",
+            conditions::CONFLICT,
             format!(
                 "EnvironmentConfig {} also configures {} in environment {} of this namespace; keep one per app \
                  (or workspace) and environment: merge their entries into one and delete the other",
@@ -380,9 +380,9 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
             generation,
         ),
         Outcome::SecretTaken(secret) => condition(
-            "Ready",
+            conditions::READY,
             false,
-            "Conflict",
+            conditions::CONFLICT,
             format!(
                 "Secret {secret} already exists and is not owned by this EnvironmentConfig (whatever its \
                  labels say); the operator never adopts, overwrites or deletes a Secret it does not own: \
@@ -400,7 +400,7 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
     let failure = new_failure(
         cfg.status.as_ref().map(|s| s.conditions.as_slice()),
         &status.conditions,
-        "Ready",
+        conditions::READY,
     );
     apply_status(ctx, "environmentconfig", cfg, cfg.status.as_ref(), &status).await?;
 
