@@ -153,59 +153,24 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = v.namespace().ok_or(Error::NoNamespace)?;
-    let name = v.name_any();
     if v.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let environment = v.spec.environment.as_str();
-    let app = ctx.apps.get(&ObjectRef::new(&v.spec.app).within(&ns));
-    // A configuration of this stage that exists but is not materialised yet (the operator just
-    // started, or it was just created): wait for its Secret (which triggers this version) rather
-    // than write a resolved config that is about to change.
-    if pending_materialization(&ctx, &ns, &v.spec.app, environment) {
+    // Gather (caches only).
+    let Some(found) = gather(&v, &ctx, &ns) else {
         debug!(
-            environment,
+            environment = %v.spec.environment,
             "waiting for the stage's configuration to be materialised"
         );
         return Ok(Action::requeue(PENDING_RECHECK));
-    }
-    let resolved = resolve(
-        &ctx.hash_key,
-        &ctx.managed_secrets,
-        &ctx.configs,
-        &ns,
-        &v.spec.app,
-        environment,
-    );
-    let requires = v.spec.requires.clone().unwrap_or_default();
-    let missing = missing_requirements(
-        &requires.data_sources,
-        &requires.constants,
-        v.spec.definition.as_ref(),
-        &resolved.data,
-    );
-
-    // The resolved Secret, unless a Secret of that name exists that the operator does not manage.
-    let target = resolved_secret_name(&name);
+    };
+    // Decide (pure).
+    let plan = decide(&v, &found);
+    // Apply: the resolved Secret, unless a Secret of that name exists that this version does not
+    // control (by UID, whatever its labels), which is never adopted or overwritten.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let desired = managed_secret(
-        &*v,
-        &target,
-        SECRET_KIND,
-        environment,
-        Some(&v.spec.app),
-        &resolved,
-    );
-    // Ours only by UID: a Secret of that name this version does not control (whatever its labels)
-    // is never adopted or overwritten.
-    let synced = sync(
-        &ctx,
-        "appversion",
-        &secrets,
-        v.metadata.uid.as_deref(),
-        &desired,
-    )
-    .await?;
+    let uid = v.metadata.uid.as_deref();
+    let synced = sync(&ctx, "appversion", &secrets, uid, &plan.secret).await?;
     let taken = synced == Synced::Taken;
     let change = match synced {
         Synced::Ours(change) => change,
@@ -213,13 +178,19 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     };
     match change {
         Some(c) => {
-            info!(secret = %target, environment, hash = %resolved.hash, change = ?c, "resolved config written")
+            info!(secret = %plan.target, environment = %v.spec.environment, hash = %found.resolved.hash, change = ?c, "resolved config written")
         }
-        None => debug!(secret = %target, "resolved config is up to date"),
+        None => debug!(secret = %plan.target, "resolved config is up to date"),
     }
-
-    let (status, promotion) =
-        desired_status(&v, app.as_deref(), &resolved, &missing, &target, taken);
+    // Report.
+    let (status, promotion) = desired_status(
+        &v,
+        found.app.as_deref(),
+        &found.resolved,
+        &plan.missing,
+        &plan.target,
+        taken,
+    );
     apply_status(&ctx, "appversion", &*v, v.status.as_ref(), &status).await?;
     report(&v, &ctx, &status, promotion.as_ref(), change).await;
     if promotion.is_some() {
@@ -231,6 +202,64 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     } else {
         Action::await_change()
     })
+}
+
+/// What a version's reconcile reads: its app, and its stage's merged configuration.
+struct Found {
+    app: Option<Arc<ToolJetApp>>,
+    resolved: Materialized,
+}
+
+/// Reads the caches. `None` while a configuration of the version's stage exists but is not
+/// materialised yet (the operator just started, or it was just created): its Secret's creation
+/// wakes the version, which then resolves once rather than twice.
+fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
+    let environment = v.spec.environment.as_str();
+    if pending_materialization(ctx, ns, &v.spec.app, environment) {
+        return None;
+    }
+    Some(Found {
+        app: ctx.apps.get(&ObjectRef::new(&v.spec.app).within(ns)),
+        resolved: resolve(
+            &ctx.hash_key,
+            &ctx.managed_secrets,
+            &ctx.configs,
+            ns,
+            &v.spec.app,
+            environment,
+        ),
+    })
+}
+
+/// What the version should have: its resolved Secret, and what its stage lacks.
+struct Plan {
+    target: String,
+    secret: Secret,
+    missing: Vec<String>,
+}
+
+fn decide(v: &AppVersion, found: &Found) -> Plan {
+    let requires = v.spec.requires.clone().unwrap_or_default();
+    let missing = missing_requirements(
+        &requires.data_sources,
+        &requires.constants,
+        v.spec.definition.as_ref(),
+        &found.resolved.data,
+    );
+    let target = resolved_secret_name(&v.name_any());
+    let secret = managed_secret(
+        v,
+        &target,
+        SECRET_KIND,
+        &v.spec.environment,
+        Some(&v.spec.app),
+        &found.resolved,
+    );
+    Plan {
+        target,
+        secret,
+        missing,
+    }
 }
 
 /// The status for what was found (pure), and the promotion to record if the stage changed.
