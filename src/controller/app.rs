@@ -30,7 +30,7 @@ use super::{
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
-    RELEASED_VERSION_ANNOTATION, ReleaseRecord, ToolJetApp, ToolJetAppStatus,
+    RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, ToolJetApp, ToolJetAppStatus,
 };
 use crate::state::Lookups;
 use kube::core::SelectorExt;
@@ -131,29 +131,29 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
     let Some(release) = &app.spec.release else {
         return Release::None;
     };
-    let last = app
-        .spec
-        .environments
-        .last()
-        .map(String::as_str)
-        .unwrap_or_default();
+    let last = app.last_stage();
     let wanted = &release.version;
-    match versions.iter().find(|v| &v.name_any() == wanted) {
-        None => Release::Invalid {
+    let stage_of = |name: &str| {
+        versions
+            .iter()
+            .find(|v| v.name_any() == name)
+            .map(|v| v.spec.environment.as_str())
+    };
+    match app.release_check(wanted, stage_of) {
+        ReleaseCheck::NotAVersion => Release::Invalid {
             reason: "ReleaseVersionNotFound",
             message: format!(
                 "spec.release.version {wanted} is not an AppVersion of app {} in this namespace",
                 app.name_any()
             ),
         },
-        Some(v) if v.spec.environment != last => Release::Invalid {
+        ReleaseCheck::NotInLastStage { stage } => Release::Invalid {
             reason: "ReleaseVersionNotInLastStage",
             message: format!(
-                "spec.release.version {wanted} is in {}, not in {last}; promote it to {last} first, or release a {last} version",
-                v.spec.environment
+                "spec.release.version {wanted} is in {stage}, not in {last}; promote it to {last} first, or release a {last} version"
             ),
         },
-        Some(_) => Release::Valid(wanted.clone()),
+        ReleaseCheck::Releasable => Release::Valid(wanted.clone()),
     }
 }
 

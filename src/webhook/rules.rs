@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::api::{
     ANNOTATION_PREFIX, AppVersion, EnvironmentConfig, EnvironmentConfigSpec, GROUP,
     PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION,
-    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, STAGES_ANNOTATION,
-    ToolJetApp,
+    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck,
+    STAGES_ANNOTATION, ToolJetApp,
 };
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
@@ -778,21 +778,26 @@ pub fn review_app(
             }
             let mut stamped: Vec<&str> = vec![];
             if let Some(version) = release(old, new) {
-                match versions.iter().find(|v| v.name == version) {
-                    None => {
+                let stage_of = |wanted: &str| {
+                    versions
+                        .iter()
+                        .find(|v| v.name == wanted)
+                        .map(|v| v.environment.as_str())
+                };
+                match new.release_check(version, stage_of) {
+                    ReleaseCheck::NotAVersion => {
                         return Deny(format!(
                             "ToolJetApp {name} cannot release {version}: it is not an AppVersion of app {name} in this \
                              namespace; release one of its {last} versions"
                         ));
                     }
-                    Some(v) if v.environment != last => {
+                    ReleaseCheck::NotInLastStage { stage } => {
                         return Deny(format!(
-                            "ToolJetApp {name} cannot release {version}: it is in {}, and only {last} versions can be \
-                             released; promote it to {last} first",
-                            v.environment
+                            "ToolJetApp {name} cannot release {version}: it is in {stage}, and only {last} versions can be \
+                             released; promote it to {last} first"
                         ));
                     }
-                    Some(_) => {}
+                    ReleaseCheck::Releasable => {}
                 }
                 let annotations = new.annotations();
                 let stamp_ok = annotations.get(RELEASED_BY_ANNOTATION).map(String::as_str)
