@@ -41,10 +41,12 @@ enum Task {
     Crdgen,
     /// Lint the Helm chart (strict) and render it with default and non-default values.
     Chart,
-    /// Benchmarks against a fresh local control plane; prints a table, writes
-    /// target/bench/results.json and the results section of docs/benchmarks.md.
+    /// Benchmarks against a fresh local control plane; prints a table and writes
+    /// target/bench/results.json; a run at the reference sizes (the defaults) also rewrites the
+    /// results section of docs/benchmarks.md.
     Bench {
-        /// Arguments for the benchmark (e.g. `--apps 200 --idle-seconds 20`).
+        /// Arguments for the benchmark (e.g. `--large 5000`, or a quick `--apps 50 --small 20
+        /// --changes 30 --admission 30 --promotions 30 --idle-seconds 10`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -265,6 +267,8 @@ fn bench(extra: &[String]) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
+    // The bench rewrites the Markdown only when its sizes are the reference ones, so a quick run
+    // never replaces the published figures.
     run_cmd(
         Command::new(target.join("release").join("bench"))
             .current_dir(&root)

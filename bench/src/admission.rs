@@ -1,0 +1,432 @@
+//! Admission cost, with the operator serving its webhooks and the configurations the operator's
+//! library builds (`webhook::config::{validating, mutating}`) registered by URL:
+//!
+//! - (a) first-stage edits: merge patches of an AppVersion's description in development, one at
+//!   a time with quiet spacing, with the webhooks registered and then without; client-side
+//!   percentiles of both. The versions edited are created through the webhooks, like a user's;
+//! - (b) promotions (development -> staging, then staging -> production), one at a time with
+//!   quiet spacing: the validating webhook asks SubjectAccessReviews, the mutating one stamps.
+//!
+//! Apiserver-side, per webhook name and operation, from the apiserver's own
+//! `apiserver_admission_webhook_admission_duration_seconds` (the difference of two scrapes around
+//! each series): calls (`_count`) and p50/p99 estimated from the buckets. Beside it the
+//! operator's own decision time (`tooljet_operator_admission_duration_seconds`).
+
+use std::{collections::BTreeMap, time::Duration, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tooljet_operator::webhook::config as admission;
+
+use crate::{
+    cluster::{Cluster, NS, label},
+    converge::ready,
+    latency::{Spaced, spaced},
+    operator::Operator,
+    prom::{Histogram, Quantile, Scrape},
+    workload::{Kind, STAGES},
+};
+
+const APISERVER_HISTOGRAM: &str = "apiserver_admission_webhook_admission_duration_seconds";
+const OPERATOR_HISTOGRAM: &str = "tooljet_operator_admission_duration_seconds";
+/// The webhook that judges AppVersions.
+pub const VALIDATING_APPVERSIONS: &str = "appversions.validate.tooljet.io";
+/// The AppVersions edited in (a): created through the webhooks, so that the mutating webhook
+/// stamps their stage record as it does for every version created with the operator installed
+/// (the workload's versions were applied before any webhook existed: unstamped versions are
+/// always judged); first stage, never promoted.
+const EDITED_WITH: &str = "app-0-edited";
+const EDITED_WITHOUT: &str = "app-1-edited";
+/// The version patched to see that the webhooks are in use.
+const PROBE: &str = "app-0-v1";
+/// The annotation the mutating webhook stamps a version's stage record into.
+const STAGES_ANNOTATION: &str = "tooljet.io/stages";
+
+/// The cost of one webhook (or of the operator's side of one) over a series of requests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct WebhookCost {
+    /// The webhook's name (apiserver side) or `validate`/`mutate` (operator side).
+    pub name: String,
+    /// `UPDATE`, ... (apiserver side).
+    pub operation: String,
+    /// `validating` or `admit` (apiserver side), `operator` for the operator's own histogram.
+    pub kind: String,
+    pub calls: u64,
+    pub mean_ms: Option<f64>,
+    pub p50: Option<Quantile>,
+    pub p99: Option<Quantile>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Admission {
+    /// (a) client-side, with the webhooks registered.
+    pub edit_with: Spaced,
+    /// (a) client-side, with no webhook configuration.
+    pub edit_without: Spaced,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    /// (a) apiserver side, per webhook and operation.
+    pub edit_webhooks: Vec<WebhookCost>,
+    /// (a) the operator's side.
+    pub edit_operator: Vec<WebhookCost>,
+    /// (a) calls of the AppVersion validating webhook (target: none).
+    pub validating_calls_on_edits: u64,
+    /// Whether the edited versions carry the stage record the mutating webhook stamps on CREATE.
+    #[serde(default)]
+    pub edited_versions_stamped: bool,
+    /// Webhook calls while no configuration was registered (must be 0: the comparison is fair).
+    pub calls_without: u64,
+    /// (b) client-side.
+    pub promotion: Spaced,
+    /// (b) apiserver side, per webhook and operation.
+    pub promotion_webhooks: Vec<WebhookCost>,
+    /// (b) the operator's side.
+    pub promotion_operator: Vec<WebhookCost>,
+}
+
+impl Admission {
+    /// The apiserver-side cost of `webhook` in the promotions.
+    pub fn promotion_cost(&self, webhook: &str) -> Option<&WebhookCost> {
+        self.promotion_webhooks
+            .iter()
+            .find(|c| c.name == webhook && c.operation == "UPDATE")
+    }
+}
+
+/// A typed admissionregistration object with its apiVersion and kind.
+fn admission_json<T: Serialize>(obj: &T, kind: &str) -> Result<Value> {
+    let mut v = serde_json::to_value(obj)?;
+    v["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    v["kind"] = kind.into();
+    Ok(v)
+}
+
+/// Registers the webhooks at `https://127.0.0.1:<port>` and waits until the apiserver uses them
+/// (the operator has put its CA into them and a patch passes).
+async fn register(cluster: &Cluster, port: u16) -> Result<()> {
+    let client = &cluster.client;
+    let endpoint = admission::Endpoint::Url(format!("https://127.0.0.1:{port}"));
+    let apply = PatchParams::apply("bench").force();
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    validating
+        .patch(
+            admission::CONFIGURATION_NAME,
+            &apply,
+            &Patch::Apply(admission_json(
+                &admission::validating(&endpoint, None),
+                "ValidatingWebhookConfiguration",
+            )?),
+        )
+        .await?;
+    mutating
+        .patch(
+            admission::CONFIGURATION_NAME,
+            &apply,
+            &Patch::Apply(admission_json(
+                &admission::mutating(&endpoint, None),
+                "MutatingWebhookConfiguration",
+            )?),
+        )
+        .await?;
+    let versions = Kind::AppVersion.api(client, NS);
+    let started = Instant::now();
+    loop {
+        let v = validating.get(admission::CONFIGURATION_NAME).await?;
+        let has_ca = v
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.client_config.ca_bundle.is_some());
+        if has_ca && describe(&versions, PROBE, "warm").await.is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the webhook did not become ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn unregister(cluster: &Cluster) -> Result<()> {
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
+    validating
+        .delete(admission::CONFIGURATION_NAME, &DeleteParams::default())
+        .await?;
+    mutating
+        .delete(admission::CONFIGURATION_NAME, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+/// A first-stage edit: a merge patch of the description. Returns its client-side time.
+async fn describe(api: &Api<DynamicObject>, version: &str, text: &str) -> Result<Duration> {
+    let started = Instant::now();
+    api.patch(
+        version,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "description": text } })),
+    )
+    .await
+    .with_context(|| format!("editing the description of AppVersion {version}"))?;
+    Ok(started.elapsed())
+}
+
+/// Creates the versions edited in (a) through the webhooks and waits until they are Ready.
+/// Returns whether both carry the stage record.
+async fn create_edited(cluster: &Cluster) -> Result<bool> {
+    let api = Kind::AppVersion.api(&cluster.client, NS);
+    for (name, app) in [(EDITED_WITH, "app-0"), (EDITED_WITHOUT, "app-1")] {
+        let version: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
+            "spec": { "app": app, "versionName": "edited", "environment": "development",
+                      "definition": { "queries": [{ "url": "{{constants.C0}}/x", "auth": "{{secrets.S0}}" }] } },
+        }))?;
+        api.create(&PostParams::default(), &version)
+            .await
+            .with_context(|| format!("creating AppVersion {name}"))?;
+    }
+    let started = Instant::now();
+    let mut stamped = true;
+    for name in [EDITED_WITH, EDITED_WITHOUT] {
+        loop {
+            let v = api.get(name).await?;
+            if ready(&v) {
+                stamped &= v.annotations().contains_key(STAGES_ANNOTATION);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("AppVersion {name} was not Ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(stamped)
+}
+
+async fn edits(
+    cluster: &Cluster,
+    operator: &Operator,
+    version: &'static str,
+    tag: &'static str,
+    n: usize,
+) -> Result<Spaced> {
+    let client = cluster.client.clone();
+    spaced(cluster, operator, n, move |k| {
+        let api = Kind::AppVersion.api(&client, NS);
+        Box::pin(async move { describe(&api, version, &format!("{tag} {k}")).await })
+    })
+    .await
+}
+
+/// The promotions to make: versions of apps 2.. (apps 0 and 1 are edited), development ->
+/// staging, then staging -> production.
+fn promotion_plan(apps: usize, n: usize) -> Vec<(String, &'static str)> {
+    let versions: Vec<String> = (2..apps)
+        .flat_map(|i| (1..=2).map(move |v| format!("app-{i}-v{v}")))
+        .collect();
+    STAGES[1..]
+        .iter()
+        .flat_map(|to| versions.iter().map(move |v| (v.clone(), *to)))
+        .take(n)
+        .collect()
+}
+
+/// Per (webhook name, operation, type), the apiserver's histogram between two scrapes.
+fn apiserver_costs(before: &Scrape, after: &Scrape) -> Vec<WebhookCost> {
+    let earlier = before.histograms(APISERVER_HISTOGRAM, |_| true);
+    let mut grouped: BTreeMap<(String, String, String), Histogram> = BTreeMap::new();
+    for (labels, h) in after.histograms(APISERVER_HISTOGRAM, |_| true) {
+        let delta = h.minus(&earlier.get(&labels).cloned().unwrap_or_default());
+        if delta.count <= 0.0 {
+            continue;
+        }
+        let key = (
+            label(&labels, "name").to_string(),
+            label(&labels, "operation").to_string(),
+            label(&labels, "type").to_string(),
+        );
+        // `rejected` true and false are one webhook's calls.
+        grouped
+            .entry(key)
+            .and_modify(|sum| *sum = sum.plus(&delta))
+            .or_insert(delta);
+    }
+    grouped
+        .into_iter()
+        .map(|((name, operation, kind), h)| cost(name, operation, kind, &h))
+        .collect()
+}
+
+/// Per webhook (`validate`, `mutate`), the operator's decision time between two scrapes.
+fn operator_costs(before: Option<&Scrape>, after: Option<&Scrape>) -> Vec<WebhookCost> {
+    let (Some(before), Some(after)) = (before, after) else {
+        return vec![];
+    };
+    let earlier = before.histograms(OPERATOR_HISTOGRAM, |_| true);
+    after
+        .histograms(OPERATOR_HISTOGRAM, |_| true)
+        .into_iter()
+        .filter_map(|(labels, h)| {
+            let delta = h.minus(&earlier.get(&labels).cloned().unwrap_or_default());
+            (delta.count > 0.0).then(|| {
+                cost(
+                    label(&labels, "webhook").to_string(),
+                    String::new(),
+                    "operator".into(),
+                    &delta,
+                )
+            })
+        })
+        .collect()
+}
+
+fn cost(name: String, operation: String, kind: String, h: &Histogram) -> WebhookCost {
+    WebhookCost {
+        name,
+        operation,
+        kind,
+        calls: h.count.round() as u64,
+        mean_ms: h.mean_ms(),
+        p50: h.quantile(0.5),
+        p99: h.quantile(0.99),
+    }
+}
+
+fn calls(costs: &[WebhookCost], name: Option<&str>) -> u64 {
+    costs
+        .iter()
+        .filter(|c| name.is_none_or(|n| c.name == n))
+        .map(|c| c.calls)
+        .sum()
+}
+
+/// Measures (a) and (b) with an operator that serves its webhooks on `port`.
+pub async fn measure(
+    cluster: &Cluster,
+    operator: &Operator,
+    port: u16,
+    apps: usize,
+    edits_n: usize,
+    promotions_n: usize,
+) -> Result<Admission> {
+    register(cluster, port).await?;
+    let versions = Kind::AppVersion.api(&cluster.client, NS);
+    let edited_versions_stamped = create_edited(cluster).await?;
+    if !edited_versions_stamped {
+        println!(
+            "   the edited versions carry no {STAGES_ANNOTATION}: every edit of them is judged"
+        );
+    }
+    for k in 0..20 {
+        describe(&versions, EDITED_WITH, &format!("warmup {k}")).await?;
+    }
+
+    let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
+    let edit_with = edits(cluster, operator, EDITED_WITH, "with", edits_n).await?;
+    let (api_mid, op_mid) = (cluster.metrics().await?, operator.metrics().await);
+    let edit_webhooks = apiserver_costs(&api_before, &api_mid);
+    let edit_operator = operator_costs(op_before.as_ref(), op_mid.as_ref());
+
+    let plan = promotion_plan(apps, promotions_n);
+    if plan.len() < promotions_n {
+        println!(
+            "   only {} promotions possible with {apps} apps (asked {promotions_n})",
+            plan.len()
+        );
+    }
+    let client = cluster.client.clone();
+    let promotion = spaced(cluster, operator, plan.len(), move |k| {
+        let api = Kind::AppVersion.api(&client, NS);
+        let (version, to) = plan[k].clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            api.patch(
+                &version,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "environment": to } })),
+            )
+            .await
+            .with_context(|| format!("promoting AppVersion {version} to {to}"))?;
+            Ok(started.elapsed())
+        })
+    })
+    .await?;
+    let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
+    let promotion_webhooks = apiserver_costs(&api_mid, &api_after);
+    let promotion_operator = operator_costs(op_mid.as_ref(), op_after.as_ref());
+
+    // Without: until an edit no longer reaches the webhook (the apiserver's view of the
+    // configurations lags their deletion).
+    unregister(cluster).await?;
+    let started = Instant::now();
+    loop {
+        let before = cluster.metrics().await?;
+        describe(&versions, EDITED_WITHOUT, "unregistered?").await?;
+        let after = cluster.metrics().await?;
+        if calls(&apiserver_costs(&before, &after), None) == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the apiserver still calls the webhooks 60 s after their configurations were deleted"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for k in 0..20 {
+        describe(&versions, EDITED_WITHOUT, &format!("warmup {k}")).await?;
+    }
+    let before = cluster.metrics().await?;
+    let edit_without = edits(cluster, operator, EDITED_WITHOUT, "without", edits_n).await?;
+    let after = cluster.metrics().await?;
+    let calls_without = calls(&apiserver_costs(&before, &after), None);
+
+    Ok(Admission {
+        added_p50_ms: edit_with.latency.p50_ms - edit_without.latency.p50_ms,
+        added_p99_ms: edit_with.latency.p99_ms - edit_without.latency.p99_ms,
+        validating_calls_on_edits: edit_webhooks
+            .iter()
+            .filter(|c| c.name == VALIDATING_APPVERSIONS && c.kind == "validating")
+            .map(|c| c.calls)
+            .sum(),
+        edit_with,
+        edit_without,
+        edit_webhooks,
+        edit_operator,
+        edited_versions_stamped,
+        calls_without,
+        promotion,
+        promotion_webhooks,
+        promotion_operator,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotions_skip_the_edited_apps_and_go_one_stage_at_a_time() {
+        let plan = promotion_plan(3, 10);
+        assert_eq!(
+            plan,
+            [
+                ("app-2-v1".to_string(), "staging"),
+                ("app-2-v2".to_string(), "staging"),
+                ("app-2-v1".to_string(), "production"),
+                ("app-2-v2".to_string(), "production"),
+            ]
+        );
+        assert_eq!(promotion_plan(100, 5).len(), 5);
+    }
+}

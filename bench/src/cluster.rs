@@ -1,0 +1,188 @@
+//! A fresh local control plane (testenv's etcd + kube-apiserver + kube-controller-manager) with
+//! the CRDs and the benchmark's namespaces, its processes for CPU accounting, and the apiserver's
+//! own metrics.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{conditions, wait::await_condition},
+};
+use serde_json::json;
+use testenv::{ControlPlane, Mode};
+use tooljet_operator::api;
+
+use crate::{cpu::Process, prom::Scrape};
+
+/// The namespace of the workload the operator reconciles.
+pub const NS: &str = "bench";
+/// The operator's own namespace (its hash key, its webhook certificate).
+pub const OPERATOR_NS: &str = "tooljet-system";
+
+pub struct Cluster {
+    cp: ControlPlane,
+    pub client: Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.cp.kill();
+    }
+}
+
+impl Cluster {
+    /// Starts a control plane with state under `dir`, installs the CRDs and creates `namespaces`.
+    pub async fn start(dir: &Path, namespaces: &[&str]) -> Result<Cluster> {
+        // Attached: the control plane dies with this (main) thread whatever happens.
+        let cp = ControlPlane::start(dir, Mode::Attached)?;
+        let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig)?;
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        config.read_timeout = Some(Duration::from_secs(300));
+        let client = Client::try_from(config)?;
+        let cluster = Cluster { cp, client };
+        let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+        for crd in api::crds() {
+            let name = crd.name_any();
+            crds.patch(
+                &name,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(&crd),
+            )
+            .await?;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(crds.clone(), &name, conditions::is_crd_established()),
+            )
+            .await??;
+        }
+        for ns in namespaces {
+            cluster.create_namespace(ns).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.cp.kubeconfig
+    }
+
+    pub async fn create_namespace(&self, name: &str) -> Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+        namespaces.create(&PostParams::default(), &ns).await?;
+        Ok(())
+    }
+
+    /// Deletes the namespaces and waits until they are gone (the kube-controller-manager's
+    /// namespace controller deletes their objects first). Returns how long that took.
+    pub async fn delete_namespaces(&self, names: &[&str], timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for name in names {
+            namespaces.delete(name, &DeleteParams::default()).await?;
+        }
+        for name in names {
+            while namespaces.get_opt(name).await?.is_some() {
+                if started.elapsed() > timeout {
+                    bail!("namespace {name} was not deleted within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// The control plane's processes (named after their binaries) and this benchmark's own.
+    pub fn processes(&self) -> Vec<Process> {
+        let mut processes: Vec<Process> = self
+            .cp
+            .children
+            .iter()
+            .map(|child| Process {
+                name: binary_name(child.id()).unwrap_or_else(|| format!("pid {}", child.id())),
+                pid: child.id(),
+            })
+            .collect();
+        processes.push(Process {
+            name: "bench".into(),
+            pid: std::process::id(),
+        });
+        processes
+    }
+
+    /// One scrape of the apiserver's `/metrics`.
+    pub async fn metrics(&self) -> Result<Scrape> {
+        let request = http::Request::get("/metrics").body(vec![])?;
+        Ok(Scrape::parse(&self.client.request_text(request).await?))
+    }
+
+    /// Requests the apiserver has served with these verbs on these resources, by
+    /// `VERB resource[/subresource]`, from its `apiserver_request_total`.
+    pub async fn requests(
+        &self,
+        verbs: &[&str],
+        resources: &[&str],
+    ) -> Result<BTreeMap<String, u64>> {
+        let scrape = self.metrics().await?;
+        let mut counts = BTreeMap::new();
+        for (labels, value) in scrape.series("apiserver_request_total", |l| {
+            verbs.contains(&label(l, "verb")) && resources.contains(&label(l, "resource"))
+        }) {
+            let (verb, resource, sub) = (
+                label(&labels, "verb"),
+                label(&labels, "resource"),
+                label(&labels, "subresource"),
+            );
+            let key = if sub.is_empty() {
+                format!("{verb} {resource}")
+            } else {
+                format!("{verb} {resource}/{sub}")
+            };
+            *counts.entry(key).or_insert(0) += value as u64;
+        }
+        Ok(counts)
+    }
+}
+
+/// The verbs the apiserver counts as writes.
+pub const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+
+/// `after - before`, keeping the keys that changed.
+pub fn difference(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+pub fn label<'a>(labels: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    labels.get(name).map(String::as_str).unwrap_or_default()
+}
+
+/// The file name of a process' executable (`etcd`, `kube-apiserver`, ...), from its command line.
+fn binary_name(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next()?;
+    let path = Path::new(std::str::from_utf8(argv0).ok()?);
+    Some(path.file_name()?.to_string_lossy().into_owned())
+}

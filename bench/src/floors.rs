@@ -1,0 +1,285 @@
+//! The two floors the operator's convergence is compared with, measured back to back while the
+//! operator is stopped, in namespaces of their own that are deleted before it starts (so that
+//! nothing they write is found by the operator later):
+//!
+//! - the Secret floor: the same Secrets (names and data) server-side applied by a tight client
+//!   loop, `--concurrency` at once;
+//! - the contract floor: what the operator's contract asks for each object, no more: the same
+//!   Secrets with the operator's labels, hash annotation and controller ownerReference, and one
+//!   server-side apply of a status shaped like the operator's on the status subresource of every
+//!   EnvironmentConfig, AppVersion and ToolJetApp; same client, concurrency and sizes.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anyhow::{Context as _, Result};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{
+    cluster::Cluster,
+    cpu::{PhaseCpu, Snapshot},
+    workload::{Kind, Output, Workload, apply_all},
+};
+
+pub const SECRET_FLOOR_NS: &str = "floor-secrets";
+pub const CONTRACT_FLOOR_NS: &str = "floor-contract";
+const FLOOR_MANAGER: &str = "bench-floor";
+
+/// One floor: its writes, their time, and the CPU they cost.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Floor {
+    pub seconds: f64,
+    pub writes: usize,
+    pub cpu: PhaseCpu,
+}
+
+/// The Secret floor: the operator's Secrets, data only.
+pub async fn secret_floor(cluster: &Cluster, w: &Workload, concurrency: usize) -> Result<Floor> {
+    let objects: Vec<Value> = w
+        .outputs
+        .iter()
+        .map(|o| {
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": o.secret }, "type": "Opaque", "data": secret_data(o) })
+        })
+        .collect();
+    let processes = cluster.processes();
+    let before = Snapshot::take(&processes);
+    let took = apply_all(&cluster.client, SECRET_FLOOR_NS, &objects, concurrency).await?;
+    Ok(Floor {
+        seconds: took.as_secs_f64(),
+        writes: objects.len(),
+        cpu: Snapshot::take(&processes).since(&before),
+    })
+}
+
+/// One object's share of the contract: its Secret (if it has one), then its status.
+struct Unit {
+    kind: Kind,
+    name: String,
+    secret: Option<Value>,
+    status: Value,
+}
+
+/// The contract floor. Returns it and the mean status size it wrote per kind (bytes of JSON).
+pub async fn contract_floor(
+    cluster: &Cluster,
+    w: &Workload,
+    concurrency: usize,
+) -> Result<(Floor, BTreeMap<String, f64>)> {
+    let client = &cluster.client;
+    // Untimed: the owners exist, with the uids and generations the writes refer to.
+    apply_all(client, CONTRACT_FLOOR_NS, &w.sources(), concurrency).await?;
+    let mut owners: BTreeMap<(Kind, String), (String, i64)> = BTreeMap::new();
+    for kind in Kind::SOURCES {
+        for obj in kind
+            .api(client, CONTRACT_FLOOR_NS)
+            .list(&ListParams::default())
+            .await?
+        {
+            let uid = obj.uid().context("a stored object without a uid")?;
+            let generation = obj.metadata.generation.unwrap_or(1);
+            owners.insert((kind, obj.name_any()), (uid, generation));
+        }
+    }
+    let owner = |kind: Kind, name: &str| {
+        owners
+            .get(&(kind, name.to_string()))
+            .cloned()
+            .with_context(|| format!("{} {name} was not applied", kind.name()))
+    };
+    let at = serde_json::to_value(Time(Timestamp::now()))?;
+    let mut units = vec![];
+    for o in &w.outputs {
+        let (uid, generation) = owner(o.owner_kind, &o.owner)?;
+        let status = match o.owner_kind {
+            Kind::EnvironmentConfig => config_status(o, generation, &at),
+            _ => version_status(o, generation, &at),
+        };
+        units.push(Unit {
+            kind: o.owner_kind,
+            name: o.owner.clone(),
+            secret: Some(managed_secret(o, &uid)),
+            status,
+        });
+    }
+    for app in w.names(Kind::ToolJetApp) {
+        let (_, generation) = owner(Kind::ToolJetApp, &app)?;
+        let versions: Vec<String> = w
+            .outputs
+            .iter()
+            .filter(|o| o.owner_kind == Kind::AppVersion && o.app == app)
+            .map(|o| o.owner.clone())
+            .collect();
+        units.push(Unit {
+            kind: Kind::ToolJetApp,
+            name: app,
+            secret: None,
+            status: app_status(&versions, generation, &at),
+        });
+    }
+    let mut bytes: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for u in &units {
+        let entry = bytes.entry(u.kind.name().to_string()).or_default();
+        entry.0 += serde_json::to_string(&u.status)?.len() as f64;
+        entry.1 += 1.0;
+    }
+    let writes = units
+        .iter()
+        .map(|u| 1 + usize::from(u.secret.is_some()))
+        .sum();
+
+    let processes = cluster.processes();
+    let before = Snapshot::take(&processes);
+    let started = Instant::now();
+    let apply = PatchParams::apply(FLOOR_MANAGER).force();
+    stream::iter(units.iter())
+        .map(|u| {
+            let apply = apply.clone();
+            async move {
+                if let Some(secret) = &u.secret {
+                    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+                    Kind::Secret
+                        .api(client, CONTRACT_FLOOR_NS)
+                        .patch(name, &apply, &Patch::Apply(secret))
+                        .await
+                        .with_context(|| format!("applying Secret {name}"))?;
+                }
+                let body = json!({ "apiVersion": u.kind.api_version(), "kind": u.kind.name(), "status": u.status });
+                u.kind
+                    .api(client, CONTRACT_FLOOR_NS)
+                    .patch_status(&u.name, &apply, &Patch::Apply(&body))
+                    .await
+                    .with_context(|| format!("applying the status of {} {}", u.kind.name(), u.name))?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let floor = Floor {
+        seconds: started.elapsed().as_secs_f64(),
+        writes,
+        cpu: Snapshot::take(&processes).since(&before),
+    };
+    let means = bytes
+        .into_iter()
+        .map(|(kind, (total, n))| (kind, total / n))
+        .collect();
+    Ok((floor, means))
+}
+
+/// The mean size (bytes of JSON) of the statuses of the ToolJet objects in `ns`, per kind.
+pub async fn status_bytes(client: &Client, ns: &str) -> Result<BTreeMap<String, f64>> {
+    let mut means = BTreeMap::new();
+    for kind in Kind::SOURCES {
+        let list = kind.api(client, ns).list(&ListParams::default()).await?;
+        let sizes: Vec<usize> = list
+            .items
+            .iter()
+            .filter_map(|o| o.data.get("status"))
+            .map(|s| serde_json::to_string(s).map(|s| s.len()).unwrap_or(0))
+            .collect();
+        if !sizes.is_empty() {
+            means.insert(
+                kind.name().to_string(),
+                sizes.iter().sum::<usize>() as f64 / sizes.len() as f64,
+            );
+        }
+    }
+    Ok(means)
+}
+
+fn secret_data(o: &Output) -> BTreeMap<&String, ByteString> {
+    o.data
+        .iter()
+        .map(|(k, v)| (k, ByteString(v.clone())))
+        .collect()
+}
+
+/// The Secret as the operator writes it (`controller::secrets::managed_secret`): its labels, the
+/// content-hash annotation and a controller ownerReference to the object it is written for.
+fn managed_secret(o: &Output, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {
+            "name": o.secret,
+            "labels": {
+                "app.kubernetes.io/managed-by": "tooljet-operator",
+                "tooljet.io/kind": o.kind_label,
+                "tooljet.io/environment": o.environment,
+                "tooljet.io/app": o.app,
+            },
+            "annotations": { "tooljet.io/config-hash": o.hash },
+            "ownerReferences": [{
+                "apiVersion": "tooljet.io/v1alpha1", "kind": o.owner_kind.name(), "name": o.owner,
+                "uid": owner_uid, "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "data": secret_data(o),
+    })
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    at: &Value,
+) -> Value {
+    json!({
+        "type": type_, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
+        "observedGeneration": generation, "lastTransitionTime": at,
+    })
+}
+
+/// An EnvironmentConfig's status once materialised, as the operator words it.
+fn config_status(o: &Output, generation: i64, at: &Value) -> Value {
+    json!({
+        "observedGeneration": generation,
+        "secretName": o.secret,
+        "hash": o.hash,
+        "dataSourceCount": o.data_sources,
+        "constantCount": o.constants,
+        "conditions": [condition("Ready", true, "Materialized", format!("materialised into Secret {}", o.secret), generation, at)],
+    })
+}
+
+/// An AppVersion's status once resolved in its stage.
+fn version_status(o: &Output, generation: i64, at: &Value) -> Value {
+    let env = &o.environment;
+    json!({
+        "observedGeneration": generation,
+        "environment": env,
+        "resolvedConfig": { "secretName": o.secret, "hash": o.hash, "environment": env },
+        "conditions": [
+            condition("ConfigResolved", true, "Resolved",
+                format!("{} constants and {} data sources of {env} in Secret {}", o.constants, o.data_sources, o.secret), generation, at),
+            condition("Released", false, "NotReleased", "another version (or none) is released".into(), generation, at),
+            condition("Ready", true, "Ready", format!("running with the {env} configuration"), generation, at),
+        ],
+    })
+}
+
+/// A ToolJetApp's status without a release: its versions by stage.
+fn app_status(versions: &[String], generation: i64, at: &Value) -> Value {
+    let environments: Vec<Value> = crate::workload::STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| json!({ "name": stage, "versions": if i == 0 { versions.to_vec() } else { vec![] } }))
+        .collect();
+    json!({
+        "observedGeneration": generation,
+        "environments": environments,
+        "conditions": [
+            condition("Ready", true, "NoRelease", "no version is released yet".into(), generation, at),
+            condition("RolloutReady", true, "Synced", "every rollout workload carries its stage's configuration hash".into(), generation, at),
+        ],
+    })
+}

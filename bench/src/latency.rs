@@ -1,0 +1,209 @@
+//! Change latency on the converged system: the time from a write until a watch on the
+//! materialised Secret sees its effect. After each sample the benchmark waits until the operator
+//! is quiet (its write and reconcile counters still for 200 ms), so that one change's trailing
+//! writes (status, the versions' resolved Secrets, Events) never overlap the next change.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use futures::{StreamExt, TryStreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    cluster::{Cluster, NS},
+    cpu::{PhaseCpu, Snapshot},
+    operator::Operator,
+    workload::{Kind, Workload},
+};
+
+/// Percentiles of a set of samples.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Summary {
+    /// Nearest-rank percentiles.
+    pub fn of(mut samples: Vec<Duration>) -> Summary {
+        samples.sort();
+        let at = |p: f64| {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((samples.len() as f64) * p).ceil().max(1.0) as usize;
+            samples[rank.min(samples.len()) - 1].as_secs_f64() * 1000.0
+        };
+        Summary {
+            n: samples.len(),
+            p50_ms: at(0.5),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// Samples taken with quiet spacing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Spaced {
+    pub latency: Summary,
+    /// Mean wait for quiet after a sample.
+    pub mean_quiet_ms: f64,
+    /// Samples after which the operator was not quiet within 15 s.
+    pub quiet_timeouts: usize,
+    pub cpu: PhaseCpu,
+}
+
+/// Runs `sample(k)` `n` times, waiting for the operator to be quiet before each.
+pub async fn spaced<F>(
+    cluster: &Cluster,
+    operator: &Operator,
+    n: usize,
+    mut sample: F,
+) -> Result<Spaced>
+where
+    F: FnMut(usize) -> BoxFuture<'static, Result<Duration>>,
+{
+    let mut processes = cluster.processes();
+    processes.push(operator.process());
+    operator.wait_quiet().await;
+    let before = Snapshot::take(&processes);
+    let (mut samples, mut quiet, mut timeouts) = (vec![], Duration::ZERO, 0);
+    for k in 0..n {
+        samples.push(sample(k).await?);
+        let q = operator.wait_quiet().await;
+        quiet += q.waited;
+        timeouts += usize::from(q.timed_out);
+    }
+    Ok(Spaced {
+        latency: Summary::of(samples),
+        mean_quiet_ms: quiet.as_secs_f64() * 1000.0 / n.max(1) as f64,
+        quiet_timeouts: timeouts,
+        cpu: Snapshot::take(&processes).since(&before),
+    })
+}
+
+/// Waits on `watch` until the Secret's `key` holds `value`.
+async fn seen(
+    watch: &mut (impl futures::Stream<Item = Result<Secret, watcher::Error>> + Unpin),
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(30), watch.try_next())
+            .await
+            .context("the change did not reach the Secret within 30 s")??
+            .context("the watch ended")?;
+        if s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .is_some_and(|v| v.0 == value.as_bytes())
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// A watch of one Secret, established (its initial list seen) before the first change, so that
+/// no sample includes setting it up.
+async fn watch_secret(
+    client: &Client,
+    name: &str,
+) -> Result<impl futures::Stream<Item = Result<Secret, watcher::Error>> + Unpin + Send + 'static> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut watch = watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .boxed();
+    tokio::time::timeout(Duration::from_secs(30), watch.try_next())
+        .await
+        .with_context(|| format!("Secret {name} was not listed within 30 s"))??
+        .with_context(|| format!("the watch of Secret {name} ended"))?;
+    Ok(watch)
+}
+
+/// The materialised Secret of app-0 in development, and its config.
+const TARGET: &str = "tooljet.development.app-0";
+const CONFIG: &str = "app-0-development";
+const CREDS: &str = "creds-0-development";
+
+/// A constant of one EnvironmentConfig changed (server-side apply of its spec), `n` times.
+pub async fn config_changes(
+    cluster: &Cluster,
+    operator: &Operator,
+    w: &Workload,
+    n: usize,
+) -> Result<Spaced> {
+    let client = cluster.client.clone();
+    let spec = w
+        .configs
+        .iter()
+        .find(|c| c["metadata"]["name"] == CONFIG)
+        .map(|c| c["spec"].clone())
+        .context("the workload has no app-0-development")?;
+    let configs = Kind::EnvironmentConfig.api(&client, NS);
+    let watch = std::sync::Arc::new(tokio::sync::Mutex::new(
+        watch_secret(&client, TARGET).await?,
+    ));
+    spaced(cluster, operator, n, move |k| {
+        let (configs, watch, mut spec) = (configs.clone(), watch.clone(), spec.clone());
+        Box::pin(async move {
+            let value = format!("changed-{k}");
+            spec["constants"][0]["value"] = json!(value);
+            let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig", "metadata": { "name": CONFIG }, "spec": spec });
+            let mut watch = watch.lock().await;
+            let started = Instant::now();
+            configs
+                .patch(CONFIG, &PatchParams::apply("bench").force(), &Patch::Apply(&body))
+                .await?;
+            seen(&mut *watch, "TOOLJET_GLOBAL_CONSTANTS__development__C0", &value).await?;
+            Ok(started.elapsed())
+        })
+    })
+    .await
+}
+
+/// A key of a referenced Secret rotated (merge patch of that key), `n` times.
+pub async fn rotations(cluster: &Cluster, operator: &Operator, n: usize) -> Result<Spaced> {
+    let client = cluster.client.clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let watch = std::sync::Arc::new(tokio::sync::Mutex::new(
+        watch_secret(&client, TARGET).await?,
+    ));
+    spaced(cluster, operator, n, move |k| {
+        let (secrets, watch) = (secrets.clone(), watch.clone());
+        Box::pin(async move {
+            let value = format!("rotated-{k}");
+            let mut watch = watch.lock().await;
+            let started = Instant::now();
+            secrets
+                .patch(
+                    CREDS,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "stringData": { "s0": value } })),
+                )
+                .await?;
+            seen(
+                &mut *watch,
+                "TOOLJET_SECRET_CONSTANTS__development__S0",
+                &value,
+            )
+            .await?;
+            Ok(started.elapsed())
+        })
+    })
+    .await
+}

@@ -1,0 +1,587 @@
+//! The typed results (written to `target/bench/results.json`), the targets they are judged by,
+//! and the table printed and written into `docs/benchmarks.md`.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    admission::{Admission, VALIDATING_APPVERSIONS, WebhookCost},
+    cpu::PhaseCpu,
+    floors::Floor,
+    idle::Idle,
+    latency::{Spaced, Summary},
+    prom::Quantile,
+};
+
+/// The targets of issue 12.
+pub mod target {
+    /// Convergence over the contract floor, at N=1000 and N=5000.
+    pub const CONVERGENCE_OVER_CONTRACT_FLOOR: f64 = 1.25;
+    /// Steady RSS at N=1000 (MiB), strictly below.
+    pub const RSS_STEADY_MIB: f64 = 48.0;
+    /// Steady RSS growth per managed object from N=1000 to N=5000 (bytes; 3 KB).
+    pub const GROWTH_BYTES_PER_OBJECT: f64 = 3000.0;
+    /// Config change and Secret rotation p99 (ms), strictly below.
+    pub const CHANGE_P99_MS: f64 = 50.0;
+    /// Validating-webhook calls on first-stage edits.
+    pub const VALIDATING_CALLS_ON_EDIT: f64 = 0.0;
+    /// Client-side p99 the webhooks add to a first-stage edit (ms), strictly below.
+    pub const EDIT_ADDED_P99_MS: f64 = 2.0;
+    /// Apiserver-side p99 of each AppVersion webhook on a promotion (ms), strictly below.
+    pub const PROMOTION_WEBHOOK_P99_MS: f64 = 10.0;
+    /// Writes in the idle window after a restart.
+    pub const IDLE_WRITES: f64 = 0.0;
+    /// Operator CPU seconds in the idle window after a restart, strictly below.
+    pub const IDLE_CPU_SECONDS: f64 = 1.0;
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kubernetes: String,
+}
+
+impl Machine {
+    pub fn this() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let mem_kib = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        Machine {
+            cpu,
+            cores: crate::cpu::cores(),
+            memory_gib: (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kubernetes: testenv::KUBERNETES_VERSION.to_string(),
+        }
+    }
+}
+
+/// Which scale point: `--small`, `--apps` (every phase) or `--large`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Small,
+    Main,
+    Large,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Convergence {
+    pub seconds: f64,
+    pub over_contract_floor: f64,
+    pub over_secret_floor: f64,
+    pub cpu: PhaseCpu,
+    /// Requests the apiserver served while converging, by `VERB resource[/subresource]`.
+    pub requests: BTreeMap<String, u64>,
+    pub rss_peak_mib: f64,
+    /// 5 s after the operator went quiet.
+    pub rss_steady_mib: f64,
+}
+
+/// Mean bytes of a status (JSON), as the contract floor wrote it and as the operator did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatusBytes {
+    pub floor: f64,
+    pub operator: Option<f64>,
+}
+
+/// One scale point, on a fresh control plane.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ScalePoint {
+    pub role: Role,
+    pub apps: usize,
+    pub environment_configs: usize,
+    pub app_versions: usize,
+    pub tooljet_apps: usize,
+    /// Secrets the operator writes (materialised and resolved).
+    pub secrets: usize,
+    /// Objects the operator reconciles or writes.
+    pub managed_objects: usize,
+    pub apply_seconds: f64,
+    pub secret_floor: Floor,
+    pub contract_floor: Floor,
+    /// Deleting the floors' namespaces before the operator starts (not measured against).
+    pub floor_cleanup_seconds: f64,
+    pub convergence: Convergence,
+    pub status_bytes: BTreeMap<String, StatusBytes>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Changes {
+    pub config: Spaced,
+    pub rotation: Spaced,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Results {
+    pub date: String,
+    pub machine: Machine,
+    pub concurrency: usize,
+    /// Whether the sizes are the reference ones (only those go into docs/benchmarks.md).
+    pub reference: bool,
+    pub points: Vec<ScalePoint>,
+    pub changes: Option<Changes>,
+    pub idle: Option<Idle>,
+    pub admission: Option<Admission>,
+}
+
+/// A measure, its result, its target and whether it was met (by how much it was missed).
+struct Row {
+    measure: String,
+    result: String,
+    target: String,
+    verdict: String,
+}
+
+fn info(measure: String, result: String) -> Row {
+    Row {
+        measure,
+        result,
+        target: String::new(),
+        verdict: String::new(),
+    }
+}
+
+/// `met`, or by how much `value` exceeds the bound `target` (`strict`: must stay below it).
+fn judge_at_most(value: f64, target: f64, strict: bool, unit: &str) -> String {
+    if value.is_nan() {
+        return "not measured".into();
+    }
+    let met = if strict {
+        value < target
+    } else {
+        value <= target
+    };
+    if met {
+        return "met".into();
+    }
+    let by = value - target;
+    if by <= 0.0 {
+        return "missed (must stay below the bound)".into();
+    }
+    let by = format!("{}{unit}", fmt_num(by));
+    if target > 0.0 {
+        format!("missed by {by} ({:.1}x the target)", value / target)
+    } else {
+        format!("missed by {by}")
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn quantile(q: &Option<Quantile>) -> String {
+    match q {
+        None => "-".into(),
+        Some(q) => match q.bucket_upper_ms {
+            Some(upper) => format!(
+                "~{} (bucket {}-{})",
+                fmt_num(q.estimate_ms),
+                fmt_num(q.bucket_lower_ms),
+                fmt_num(upper)
+            ),
+            None => format!("> {}", fmt_num(q.bucket_lower_ms)),
+        },
+    }
+}
+
+/// A p99 from buckets against a bound: certain when the whole bucket is on one side.
+fn judge_quantile(q: &Option<Quantile>, target: f64) -> String {
+    match q {
+        None => "not measured".into(),
+        Some(q) => match q.bucket_upper_ms {
+            Some(upper) if upper < target => "met".into(),
+            _ if q.bucket_lower_ms >= target => {
+                judge_at_most(q.bucket_lower_ms, target, true, " ms")
+            }
+            _ => {
+                let verdict = judge_at_most(q.estimate_ms, target, true, " ms");
+                format!("{verdict} (estimated inside the bucket)")
+            }
+        },
+    }
+}
+
+fn latency(s: &Summary) -> String {
+    format!(
+        "{} / {} / {} ms (n = {})",
+        fmt_num(s.p50_ms),
+        fmt_num(s.p95_ms),
+        fmt_num(s.p99_ms),
+        s.n
+    )
+}
+
+fn cost(c: &WebhookCost) -> String {
+    format!(
+        "{} / {} ms, mean {} ms ({} calls)",
+        quantile(&c.p50),
+        quantile(&c.p99),
+        c.mean_ms.map(fmt_num).unwrap_or("-".into()),
+        c.calls
+    )
+}
+
+fn growth(from: &ScalePoint, to: &ScalePoint) -> f64 {
+    (to.convergence.rss_steady_mib - from.convergence.rss_steady_mib) * 1024.0 * 1024.0
+        / (to.managed_objects as f64 - from.managed_objects as f64)
+}
+
+impl Results {
+    fn point(&self, role: Role) -> Option<&ScalePoint> {
+        self.points.iter().find(|p| p.role == role)
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = vec![];
+        for p in &self.points {
+            let n = p.apps;
+            let c = &p.convergence;
+            rows.push(info(
+                format!(
+                    "convergence, N={n} ({} Secrets, {} statuses)",
+                    p.secrets,
+                    p.environment_configs + p.app_versions + p.tooljet_apps
+                ),
+                format!(
+                    "{:.2} s; Secret floor {:.2} s, contract floor {:.2} s ({} writes)",
+                    c.seconds,
+                    p.secret_floor.seconds,
+                    p.contract_floor.seconds,
+                    p.contract_floor.writes
+                ),
+            ));
+            let result = format!(
+                "{:.2}x (over the Secret floor {:.2}x)",
+                c.over_contract_floor, c.over_secret_floor
+            );
+            let t = target::CONVERGENCE_OVER_CONTRACT_FLOOR;
+            rows.push(if p.role == Role::Small {
+                info(format!("convergence / contract floor, N={n}"), result)
+            } else {
+                Row {
+                    measure: format!("convergence / contract floor, N={n}"),
+                    result,
+                    target: format!("<= {t}x"),
+                    verdict: judge_at_most(c.over_contract_floor, t, false, "x"),
+                }
+            });
+            if p.role != Role::Small {
+                rows.push(info(
+                    format!("CPU s in convergence, N={n}"),
+                    c.cpu.describe(),
+                ));
+                rows.push(info(
+                    format!("CPU s in the contract floor, N={n}"),
+                    p.contract_floor.cpu.describe(),
+                ));
+                rows.push(info(
+                    format!("CPU s in the Secret floor, N={n}"),
+                    p.secret_floor.cpu.describe(),
+                ));
+            }
+            let rss = format!("{:.1} / {:.1} MiB", c.rss_peak_mib, c.rss_steady_mib);
+            rows.push(if p.role == Role::Main {
+                Row {
+                    measure: format!("RSS peak / steady, N={n}"),
+                    result: rss,
+                    target: format!("steady < {} MiB", target::RSS_STEADY_MIB),
+                    verdict: judge_at_most(c.rss_steady_mib, target::RSS_STEADY_MIB, true, " MiB"),
+                }
+            } else {
+                info(format!("RSS peak / steady, N={n}"), rss)
+            });
+        }
+        if let (Some(small), Some(main)) = (self.point(Role::Small), self.point(Role::Main)) {
+            rows.push(info(
+                format!(
+                    "steady RSS per managed object, N={} -> {}",
+                    small.apps, main.apps
+                ),
+                format!("{:.0} bytes", growth(small, main)),
+            ));
+        }
+        if let Some(main) = self.point(Role::Main) {
+            let t = target::GROWTH_BYTES_PER_OBJECT;
+            let measure = "steady RSS per managed object, N=1000 -> 5000".to_string();
+            rows.push(match self.point(Role::Large) {
+                Some(large) => {
+                    let g = growth(main, large);
+                    Row {
+                        measure: format!(
+                            "steady RSS per managed object, N={} -> {}",
+                            main.apps, large.apps
+                        ),
+                        result: format!("{g:.0} bytes"),
+                        target: format!("<= {t:.0} bytes"),
+                        verdict: judge_at_most(g, t, false, " bytes"),
+                    }
+                }
+                None => Row {
+                    measure,
+                    result: "not run (add --large 5000)".into(),
+                    target: format!("<= {t:.0} bytes"),
+                    verdict: "not run".into(),
+                },
+            });
+            if !main.status_bytes.is_empty() {
+                let each: Vec<String> = main
+                    .status_bytes
+                    .iter()
+                    .map(|(kind, b)| {
+                        format!(
+                            "{kind} {:.0} / {}",
+                            b.floor,
+                            b.operator.map(|o| format!("{o:.0}")).unwrap_or("-".into())
+                        )
+                    })
+                    .collect();
+                rows.push(info(
+                    format!("status bytes, contract floor / operator, N={}", main.apps),
+                    each.join(", "),
+                ));
+            }
+        }
+        if let Some(ch) = &self.changes {
+            let t = target::CHANGE_P99_MS;
+            for (what, s) in [
+                ("config change", &ch.config),
+                ("Secret rotation", &ch.rotation),
+            ] {
+                rows.push(Row {
+                    measure: format!("{what} latency p50 / p95 / p99"),
+                    result: latency(&s.latency),
+                    target: format!("p99 < {t} ms"),
+                    verdict: judge_at_most(s.latency.p99_ms, t, true, " ms"),
+                });
+                rows.push(info(
+                    format!("CPU s in {} {what}s (quiet-spaced)", s.latency.n),
+                    s.cpu.describe(),
+                ));
+            }
+        }
+        if let Some(idle) = &self.idle {
+            let by: Vec<String> = idle
+                .writes_by_request
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            rows.push(Row {
+                measure: format!("writes in {} s after a restart (converged)", idle.seconds),
+                result: if by.is_empty() {
+                    "0".into()
+                } else {
+                    format!("{} ({})", idle.writes, by.join(", "))
+                },
+                target: "0".into(),
+                verdict: judge_at_most(idle.writes as f64, target::IDLE_WRITES, false, " writes"),
+            });
+            rows.push(Row {
+                measure: format!("operator CPU in {} s after a restart", idle.seconds),
+                result: format!("{:.2} s", idle.operator_cpu_seconds),
+                target: format!("< {} s", target::IDLE_CPU_SECONDS),
+                verdict: judge_at_most(
+                    idle.operator_cpu_seconds,
+                    target::IDLE_CPU_SECONDS,
+                    true,
+                    " s",
+                ),
+            });
+            rows.push(info(
+                format!("CPU s in {} s after a restart", idle.seconds),
+                idle.cpu.describe(),
+            ));
+        }
+        if let Some(a) = &self.admission {
+            rows.push(Row {
+                measure: format!(
+                    "{VALIDATING_APPVERSIONS} calls on {} first-stage edits",
+                    a.edit_with.latency.n
+                ),
+                result: if a.edited_versions_stamped {
+                    a.validating_calls_on_edits.to_string()
+                } else {
+                    format!(
+                        "{} (the edited versions carry no stage record)",
+                        a.validating_calls_on_edits
+                    )
+                },
+                target: "0".into(),
+                verdict: judge_at_most(
+                    a.validating_calls_on_edits as f64,
+                    target::VALIDATING_CALLS_ON_EDIT,
+                    false,
+                    " calls",
+                ),
+            });
+            rows.push(info(
+                "first-stage edit p50 / p99, with / without webhooks (client)".into(),
+                format!(
+                    "{} / {} ms; {} / {} ms",
+                    fmt_num(a.edit_with.latency.p50_ms),
+                    fmt_num(a.edit_with.latency.p99_ms),
+                    fmt_num(a.edit_without.latency.p50_ms),
+                    fmt_num(a.edit_without.latency.p99_ms)
+                ),
+            ));
+            rows.push(Row {
+                measure: "webhooks' added p50 / p99 on a first-stage edit (client)".into(),
+                result: format!(
+                    "{} / {} ms",
+                    fmt_num(a.added_p50_ms),
+                    fmt_num(a.added_p99_ms)
+                ),
+                target: format!("p99 < {} ms", target::EDIT_ADDED_P99_MS),
+                verdict: judge_at_most(a.added_p99_ms, target::EDIT_ADDED_P99_MS, true, " ms"),
+            });
+            for c in &a.edit_webhooks {
+                rows.push(info(
+                    format!(
+                        "first-stage edit, {} {}, apiserver p50 / p99",
+                        c.name, c.operation
+                    ),
+                    cost(c),
+                ));
+            }
+            for c in a
+                .promotion_webhooks
+                .iter()
+                .filter(|c| c.name.starts_with("appversions."))
+            {
+                rows.push(Row {
+                    measure: format!("promotion, {} {}, apiserver p50 / p99", c.name, c.operation),
+                    result: cost(c),
+                    target: format!("p99 < {} ms", target::PROMOTION_WEBHOOK_P99_MS),
+                    verdict: judge_quantile(&c.p99, target::PROMOTION_WEBHOOK_P99_MS),
+                });
+            }
+            if a.promotion_cost(VALIDATING_APPVERSIONS).is_none() {
+                rows.push(Row {
+                    measure: format!(
+                        "promotion, {VALIDATING_APPVERSIONS} UPDATE, apiserver p50 / p99"
+                    ),
+                    result: "no call seen".into(),
+                    target: format!("p99 < {} ms", target::PROMOTION_WEBHOOK_P99_MS),
+                    verdict: "not measured".into(),
+                });
+            }
+            rows.push(info(
+                "promotion p50 / p95 / p99 (client)".into(),
+                latency(&a.promotion.latency),
+            ));
+            for (what, costs) in [
+                ("first-stage edit", &a.edit_operator),
+                ("promotion", &a.promotion_operator),
+            ] {
+                let each: Vec<String> = costs
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, cost(c)))
+                    .collect();
+                if !each.is_empty() {
+                    rows.push(info(
+                        format!("{what}, operator's decision p50 / p99"),
+                        each.join("; "),
+                    ));
+                }
+            }
+        }
+        rows
+    }
+
+    /// The table (Markdown).
+    pub fn table(&self) -> String {
+        let mut t = String::from("| measure | result | target | verdict |\n|---|---|---|---|\n");
+        for r in self.rows() {
+            t += &format!(
+                "| {} | {} | {} | {} |\n",
+                r.measure, r.result, r.target, r.verdict
+            );
+        }
+        t
+    }
+
+    /// Rewrites the results section of `md` (between the markers) with this run's table.
+    pub fn write_markdown(&self, md: &Path) -> Result<()> {
+        let doc = std::fs::read_to_string(md)?;
+        let (begin, end) = ("<!-- results:begin -->", "<!-- results:end -->");
+        let (Some(a), Some(b)) = (doc.find(begin), doc.find(end)) else {
+            bail!("{} has no {begin} ... {end} section", md.display());
+        };
+        let m = &self.machine;
+        let block = format!(
+            "{begin}\nMeasured {} on {} ({} cores, {} GiB), Kubernetes {}, concurrency {}.\n\n{}{end}",
+            self.date,
+            m.cpu,
+            m.cores,
+            m.memory_gib,
+            m.kubernetes,
+            self.concurrency,
+            self.table()
+        );
+        std::fs::write(
+            md,
+            format!("{}{}{}", &doc[..a], block, &doc[b + end.len()..]),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_bound_says_by_how_much() {
+        assert_eq!(judge_at_most(1.0, 1.25, false, "x"), "met");
+        assert_eq!(
+            judge_at_most(5.0, 1.25, false, "x"),
+            "missed by 3.75x (4.0x the target)"
+        );
+        assert_eq!(
+            judge_at_most(3.0, 0.0, false, " writes"),
+            "missed by 3 writes"
+        );
+        assert_eq!(
+            judge_at_most(50.0, 50.0, true, " ms"),
+            "missed (must stay below the bound)"
+        );
+    }
+
+    #[test]
+    fn a_bucketed_p99_is_certain_only_when_the_bucket_is() {
+        let q = |est, lo, hi| {
+            Some(Quantile {
+                estimate_ms: est,
+                bucket_lower_ms: lo,
+                bucket_upper_ms: hi,
+            })
+        };
+        assert_eq!(judge_quantile(&q(3.0, 0.0, Some(5.0)), 10.0), "met");
+        assert_eq!(
+            judge_quantile(&q(8.0, 5.0, Some(25.0)), 10.0),
+            "met (estimated inside the bucket)"
+        );
+        assert!(judge_quantile(&q(30.0, 25.0, Some(100.0)), 10.0).starts_with("missed by 15 ms"));
+        assert_eq!(judge_quantile(&None, 10.0), "not measured");
+    }
+}
