@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
 
+use sha2::{Digest, Sha256};
+
 use crate::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
     materialize::{HashKey, Materialized, merge_layers, secret_name},
@@ -462,6 +464,7 @@ pub struct Lookups {
     configs_by_stage: Arc<Index<EnvironmentConfig, (String, String)>>,
     versions_by_app: Arc<Index<AppVersion, (String, String)>>,
     versions_by_stage: Arc<Index<AppVersion, (String, String)>>,
+    versions_by_app_stage: Arc<Index<AppVersion, (String, String, String)>>,
     apps_with_rollout: Arc<Index<ToolJetApp, String>>,
 }
 
@@ -494,6 +497,13 @@ impl Lookups {
                 v.spec.environment.clone(),
             )]
         });
+        let versions_by_app_stage = Index::new(|v: &AppVersion| {
+            vec![(
+                v.namespace().unwrap_or_default(),
+                app_label_value(&v.spec.app),
+                v.spec.environment.clone(),
+            )]
+        });
         let apps_with_rollout = Index::new(|a: &ToolJetApp| {
             if a.spec.rollout.is_empty() {
                 vec![]
@@ -505,6 +515,7 @@ impl Lookups {
         config_hub.index(configs_by_stage.clone());
         version_hub.index(versions_by_app.clone());
         version_hub.index(versions_by_stage.clone());
+        version_hub.index(versions_by_app_stage.clone());
         app_hub.index(apps_with_rollout.clone());
         Lookups {
             configs: configs.clone(),
@@ -514,6 +525,7 @@ impl Lookups {
             configs_by_stage,
             versions_by_app,
             versions_by_stage,
+            versions_by_app_stage,
             apps_with_rollout,
         }
     }
@@ -592,11 +604,37 @@ impl Lookups {
         self.versions_by_stage.objects(&self.versions, ns, &key)
     }
 
+    /// The versions of the app whose `tooljet.io/app` label value is `app_label` (see
+    /// [`app_label_value`]) in a stage: what an app-scoped stage Secret's change matters to.
+    pub fn versions_of_app_in(
+        &self,
+        ns: &str,
+        app_label: &str,
+        stage: &str,
+    ) -> Vec<Arc<AppVersion>> {
+        let key = (ns.to_string(), app_label.to_string(), stage.to_string());
+        self.versions_by_app_stage.objects(&self.versions, ns, &key)
+    }
+
     /// The apps of a namespace with a rollout.
     pub fn apps_with_rollout(&self, ns: &str) -> Vec<Arc<ToolJetApp>> {
         self.apps_with_rollout
             .objects(&self.apps, ns, &ns.to_string())
     }
+}
+
+/// The value of the `tooljet.io/app` label for an app: the name when it fits a label value (63
+/// characters), else a prefix and a hash of the whole name.
+pub fn app_label_value(app: &str) -> String {
+    if app.len() <= 63 {
+        return app.to_string();
+    }
+    let digest: String = Sha256::digest(app.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{digest}", app[..46].trim_end_matches(['.', '-']))
 }
 
 // Ownership and stage configurations: what the controllers and the webhook both judge by.

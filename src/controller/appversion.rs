@@ -31,7 +31,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
     envconfig, new_failure, publish,
-    secrets::{Change, Synced, app_label_value, controlled_by, managed_secret, sync},
+    secrets::{Change, Synced, controlled_by, managed_secret, sync},
     set_condition,
 };
 use crate::{
@@ -114,13 +114,14 @@ fn affected_by_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<AppVe
             let Some(environment) = labels.get(ENVIRONMENT_LABEL) else {
                 return vec![];
             };
-            let app = labels.get(APP_LABEL);
-            lookups
-                .versions_in(ns.as_deref().unwrap_or_default(), environment)
-                .into_iter()
-                .filter(|v| app.is_none_or(|a| *a == app_label_value(&v.spec.app)))
-                .map(|v| ObjectRef::from(&*v))
-                .collect()
+            let ns = ns.as_deref().unwrap_or_default();
+            // An app's stage: that app's versions there (an index lookup, not a scan of the
+            // stage); the workspace's: every version in the stage.
+            let versions = match labels.get(APP_LABEL) {
+                Some(app) => lookups.versions_of_app_in(ns, app, environment),
+                None => lookups.versions_in(ns, environment),
+            };
+            versions.iter().map(|v| ObjectRef::from(&**v)).collect()
         }
         _ => vec![],
     };

@@ -18,7 +18,6 @@ use kube::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::{
@@ -44,19 +43,7 @@ pub enum Change {
     DriftReverted,
 }
 
-/// The value of the `tooljet.io/app` label for an app: the name when it fits a label value (63
-/// characters), else a prefix and a hash of the whole name.
-pub fn app_label_value(app: &str) -> String {
-    if app.len() <= 63 {
-        return app.to_string();
-    }
-    let digest: String = Sha256::digest(app.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{}-{digest}", app[..46].trim_end_matches(['.', '-']))
-}
+pub use crate::state::app_label_value;
 
 /// A managed Secret holding `m`, controlled by `owner`.
 pub fn managed_secret<K: Resource<DynamicType = ()>>(
