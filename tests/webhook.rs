@@ -17,6 +17,30 @@ use tooljet_operator::api::{
     AppVersion, PROMOTED_BY_ANNOTATION, RELEASED_BY_ANNOTATION, ToolJetApp,
 };
 
+/// The staging and production versions before a series of refused attempts: they must be
+/// exactly so after it.
+struct Before {
+    stg: DynamicObject,
+    prod: DynamicObject,
+}
+
+impl Before {
+    async fn take(w: &Workspace) -> Before {
+        Before {
+            stg: w.get("AppVersion", "v-stg").await.unwrap(),
+            prod: w.get("AppVersion", "v-prod").await.unwrap(),
+        }
+    }
+
+    async fn assert_unchanged(&self, w: &Workspace) {
+        let stg = w.get("AppVersion", "v-stg").await.unwrap();
+        let prod = w.get("AppVersion", "v-prod").await.unwrap();
+        assert_eq!(stg.data["spec"], self.stg.data["spec"]);
+        assert_eq!(prod.data["spec"], self.prod.data["spec"]);
+        assert_eq!(stg.annotations(), self.stg.annotations());
+    }
+}
+
 /// Edits, renames and deletes outside the first stage through every write path (merge, JSON and
 /// strategic patches, server-side apply, replace, delete, deletecollection, kubectl, the
 /// operator's own identity): denied, with their message, nothing changed.
@@ -25,9 +49,8 @@ async fn edits_outside_the_first_stage_are_denied_on_every_write_path() {
     let w = Workspace::new("edits").await;
     let admin = &w.admin;
     let versions = w.api(admin, "AppVersion");
-    let before_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let before_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    let before_stg_annotations = before_stg.annotations().clone();
+    let before = Before::take(&w).await;
+    let before_prod = before.prod.clone();
     let mut attempts = 0;
     let mut check = |result: Result<DynamicObject, String>, expect: &str| {
         attempts += 1;
@@ -170,12 +193,7 @@ async fn edits_outside_the_first_stage_are_denied_on_every_write_path() {
         "forbidden",
     );
     assert_eq!(attempts, 10);
-    // Nothing changed.
-    let after_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let after_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    assert_eq!(after_stg.data["spec"], before_stg.data["spec"]);
-    assert_eq!(after_prod.data["spec"], before_prod.data["spec"]);
-    assert_eq!(after_stg.annotations(), &before_stg_annotations);
+    before.assert_unchanged(&w).await;
 }
 
 /// Creation outside the first stage, skipping, demotion, moves to another app, forged stamps,
@@ -184,9 +202,7 @@ async fn edits_outside_the_first_stage_are_denied_on_every_write_path() {
 async fn versions_are_created_first_and_move_one_stage_forward_with_the_verb_only() {
     let w = Workspace::new("versions").await;
     let (admin, alice, bob) = (&w.admin, &w.alice, &w.bob);
-    let before_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let before_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    let before_stg_annotations = before_stg.annotations().clone();
+    let before = Before::take(&w).await;
     let mut attempts = 0;
     let mut check = |result: Result<DynamicObject, String>, expect: &str| {
         attempts += 1;
@@ -330,12 +346,7 @@ async fn versions_are_created_first_and_move_one_stage_forward_with_the_verb_onl
         "archive is not a stage of ToolJetApp crm",
     );
     assert_eq!(attempts, 14);
-    // Nothing changed.
-    let after_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let after_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    assert_eq!(after_stg.data["spec"], before_stg.data["spec"]);
-    assert_eq!(after_prod.data["spec"], before_prod.data["spec"]);
-    assert_eq!(after_stg.annotations(), &before_stg_annotations);
+    before.assert_unchanged(&w).await;
     assert!(
         w.get("AppVersion", "v-new").await.is_none()
             && w.get("AppVersion", "v-orphan").await.is_none()
@@ -349,9 +360,8 @@ async fn versions_are_created_first_and_move_one_stage_forward_with_the_verb_onl
 async fn apps_keep_their_versions_and_releases_need_the_verb() {
     let w = Workspace::new("apps").await;
     let (admin, bob, carol) = (&w.admin, &w.bob, &w.carol);
-    let before_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let before_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    let before_stg_annotations = before_stg.annotations().clone();
+    let before = Before::take(&w).await;
+    let before_prod = before.prod.clone();
     let mut attempts = 0;
     let mut check = |result: Result<DynamicObject, String>, expect: &str| {
         attempts += 1;
@@ -452,12 +462,7 @@ async fn apps_keep_their_versions_and_releases_need_the_verb() {
     );
 
     assert_eq!(attempts, 9);
-    // Nothing changed.
-    let after_stg = w.get("AppVersion", "v-stg").await.unwrap();
-    let after_prod = w.get("AppVersion", "v-prod").await.unwrap();
-    assert_eq!(after_stg.data["spec"], before_stg.data["spec"]);
-    assert_eq!(after_prod.data["spec"], before_prod.data["spec"]);
-    assert_eq!(after_stg.annotations(), &before_stg_annotations);
+    before.assert_unchanged(&w).await;
     assert!(
         w.get("ToolJetApp", "crm").await.unwrap().data["spec"]
             .get("release")
