@@ -64,18 +64,21 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
         .await
         .unwrap();
     // The apiserver picks the new configuration up from its informer: wait for it.
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
     let refusal = support::eventually(
         support::admission::WAIT,
         "the dead webhook in effect",
         || {
-            let w = &w;
+            let (w, attempt) = (&w, &attempt);
             async move {
+                // A definition edit (the webhook judges its size, so it is called), different
+                // each time: an unchanged definition would skip the webhook.
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 w.merge(
                     &w.admin,
                     "AppVersion",
                     "v-dev",
-                    // A definition edit: the webhook judges its size, so it is called.
-                    json!({ "spec": { "definition": { "pages": ["allowed by the rules"] } } }),
+                    json!({ "spec": { "definition": { "pages": [format!("allowed by the rules {n}")] } } }),
                 )
                 .await
                 .err()

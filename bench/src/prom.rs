@@ -175,27 +175,16 @@ pub struct Quantile {
 impl Histogram {
     /// The observations made between `before` and `self` (two scrapes of one series).
     pub fn minus(&self, before: &Histogram) -> Histogram {
-        let earlier = |le: f64| {
-            before
-                .buckets
-                .iter()
-                .find(|(l, _)| *l == le)
-                .map(|(_, c)| *c)
-                .unwrap_or(0.0)
-        };
-        Histogram {
-            buckets: self
-                .buckets
-                .iter()
-                .map(|(le, c)| (*le, c - earlier(*le)))
-                .collect(),
-            count: self.count - before.count,
-            sum: self.sum - before.sum,
-        }
+        self.combine(before, -1.0)
     }
 
     /// Two series' observations together (same buckets).
     pub fn plus(&self, other: &Histogram) -> Histogram {
+        self.combine(other, 1.0)
+    }
+
+    /// `self + sign * other`, bucket by bucket (a bucket `other` lacks counts as 0).
+    fn combine(&self, other: &Histogram, sign: f64) -> Histogram {
         let theirs = |le: f64| {
             other
                 .buckets
@@ -208,10 +197,10 @@ impl Histogram {
             buckets: self
                 .buckets
                 .iter()
-                .map(|(le, c)| (*le, c + theirs(*le)))
+                .map(|(le, c)| (*le, c + sign * theirs(*le)))
                 .collect(),
-            count: self.count + other.count,
-            sum: self.sum + other.sum,
+            count: self.count + sign * other.count,
+            sum: self.sum + sign * other.sum,
         }
     }
 

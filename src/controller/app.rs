@@ -266,6 +266,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                 .push(format!("the selector of the {stage} entry: {problem}")),
         }
     }
+    let mut hashes: BTreeMap<&str, String> = BTreeMap::new();
     for (name, stages) in &claims {
         if stages.len() > 1 {
             problems.invalid.push(format!(
@@ -275,15 +276,19 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             continue;
         }
         let stage = stages[0];
-        let hash = crate::state::resolve(
-            &ctx.hash_key,
-            &ctx.managed_secrets,
-            &ctx.configs,
-            ns,
-            &app.name_any(),
-            stage,
-        )
-        .hash;
+        // Each stage's configuration is merged and hashed once, however many Deployments it has.
+        let hash = hashes.entry(stage).or_insert_with(|| {
+            crate::state::resolve(
+                &ctx.hash_key,
+                &ctx.managed_secrets,
+                &ctx.lookups.configs,
+                ns,
+                &app.name_any(),
+                stage,
+            )
+            .hash
+        });
+        let hash = hash.clone();
         let current = deployments
             .get(name)
             .and_then(|d| d.spec.as_ref())

@@ -220,11 +220,14 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
         return None;
     }
     Some(Found {
-        app: ctx.apps.get(&ObjectRef::new(&v.spec.app).within(ns)),
+        app: ctx
+            .lookups
+            .apps
+            .get(&ObjectRef::new(&v.spec.app).within(ns)),
         resolved: resolve(
             &ctx.hash_key,
             &ctx.managed_secrets,
-            &ctx.configs,
+            &ctx.lookups.configs,
             ns,
             &v.spec.app,
             environment,

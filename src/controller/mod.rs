@@ -27,7 +27,6 @@ use tracing::warn;
 pub use refs::{Cached, RefIndex};
 
 use crate::{
-    api::{AppVersion, EnvironmentConfig, ToolJetApp},
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
@@ -170,11 +169,7 @@ pub struct Context {
     pub refs: Arc<RefIndex>,
     /// Whether every cache below has its initial list.
     pub readiness: Arc<Readiness>,
-    /// The controllers' caches.
-    pub configs: Store<EnvironmentConfig>,
-    pub versions: Store<AppVersion>,
-    pub apps: Store<ToolJetApp>,
-    /// Lookups by index over those caches.
+    /// The caches of the three kinds, and lookups by index over them.
     pub lookups: Lookups,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,

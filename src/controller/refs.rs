@@ -56,7 +56,9 @@ impl RefIndex {
             if let Some(set) = inner.by_secret.get_mut(&skey) {
                 set.remove(referrer);
                 if set.is_empty() {
+                    // Nothing references it any more: forgotten, data included.
                     inner.by_secret.remove(&skey);
+                    inner.secrets.remove(&skey);
                 }
             }
         }
@@ -67,13 +69,6 @@ impl RefIndex {
                 .or_default()
                 .insert(referrer.to_string());
         }
-        // What nothing references any more is forgotten, data included.
-        let Inner {
-            by_secret,
-            secrets: known,
-            ..
-        } = &mut *inner;
-        known.retain(|k, _| k.0 != namespace || by_secret.contains_key(k));
         if !secrets.is_empty() {
             inner.by_referrer.insert(key, secrets);
         }

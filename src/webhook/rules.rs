@@ -225,7 +225,7 @@ fn pipeline_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     old.is_some_and(|o| o.spec.environments != new.spec.environments)
 }
 
-fn rollout_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+pub fn rollout_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default() != new.spec.rollout.as_slice()
 }
 
@@ -272,6 +272,14 @@ pub fn needed_for_app(old: Option<&ToolJetApp>, new: Option<&ToolJetApp>) -> Vec
     if protection_changed(old, new) {
         needed.insert(Access::app(UNPROTECT, &name));
     }
+    needed.extend(needed_for_rollout(old, new));
+    needed.into_iter().collect()
+}
+
+/// `patch` on every Deployment a rollout newly names, and on every Deployment of the namespace
+/// for a new selector (it may select Deployments created later).
+fn needed_for_rollout(old: Option<&ToolJetApp>, new: &ToolJetApp) -> BTreeSet<Access> {
+    let mut needed = BTreeSet::new();
     let before = old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default();
     let named_before: BTreeSet<&String> = before.iter().flat_map(|t| &t.deployments).collect();
     for target in &new.spec.rollout {
@@ -288,7 +296,7 @@ pub fn needed_for_app(old: Option<&ToolJetApp>, new: Option<&ToolJetApp>) -> Vec
             needed.insert(Access::patch_deployment(None));
         }
     }
-    needed.into_iter().collect()
+    needed
 }
 
 /// Every Secret reference of a config: (Secret, key) -> where in the spec it is.
@@ -843,8 +851,8 @@ fn review_rollout(
     if let Err(problem) = rollout_claims(new, &facts.deployments) {
         return Some(Deny(format!("ToolJetApp {name}: spec.rollout {problem}")));
     }
-    for access in needed_for_app(old, Some(new)) {
-        if access.resource != "deployments" || facts.may(&access) {
+    for access in needed_for_rollout(old, new) {
+        if facts.may(&access) {
             continue;
         }
         let what = match &access.name {

@@ -261,9 +261,8 @@ async fn review_app(
     }
     if let Some(new) = new {
         // A changed rollout with selectors is judged against the Deployments that exist now.
-        let rollout_changed = old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default()
-            != new.spec.rollout.as_slice();
-        if rollout_changed && new.spec.rollout.iter().any(|t| t.selector.is_some()) {
+        if rules::rollout_changed(old, new) && new.spec.rollout.iter().any(|t| t.selector.is_some())
+        {
             facts.deployments = deployments(&state.client, ns).await?;
         }
     }
