@@ -7,6 +7,7 @@ pub mod leader;
 pub mod materialize;
 pub mod metrics;
 pub mod operator;
+pub mod policy;
 pub mod state;
 pub mod telemetry;
 pub mod webhook;

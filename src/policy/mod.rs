@@ -1,0 +1,1 @@
+//! Promotion policies: the pure parts (window arithmetic, approval counting).
