@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod gate;
 pub mod leader;
 pub mod materialize;
 pub mod metrics;

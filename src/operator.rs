@@ -23,7 +23,10 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::{
-    api::{AppVersion, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ToolJetApp},
+    api::{
+        AppVersion, Approval, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+        PromotionPolicy, ToolJetApp,
+    },
     controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig},
     leader::Leadership,
     materialize::HashKey,
@@ -115,6 +118,8 @@ struct Caches {
     config_hub: Hub<EnvironmentConfig>,
     version_hub: Hub<AppVersion>,
     app_hub: Hub<ToolJetApp>,
+    policy_hub: Hub<PromotionPolicy>,
+    approval_hub: Hub<Approval>,
 }
 
 impl Caches {
@@ -125,6 +130,8 @@ impl Caches {
             "EnvironmentConfigs",
             "AppVersions",
             "ToolJetApps",
+            "PromotionPolicies",
+            "Approvals",
         ]);
         let any = || watcher::Config::default().any_semantic();
         let (managed_secrets, managed_hub) = state::watch(
@@ -151,10 +158,24 @@ impl Caches {
             readiness.clone(),
             "ToolJetApps",
         );
+        let (policies, mut policy_hub) = state::watch(
+            Api::<PromotionPolicy>::all(client.clone()),
+            any(),
+            readiness.clone(),
+            "PromotionPolicies",
+        );
+        let (approvals, mut approval_hub) = state::watch(
+            Api::<Approval>::all(client.clone()),
+            any(),
+            readiness.clone(),
+            "Approvals",
+        );
         let lookups = Lookups::new(
             (&configs, &mut config_hub),
             (&versions, &mut version_hub),
             (&apps, &mut app_hub),
+            (&policies, &mut policy_hub),
+            (&approvals, &mut approval_hub),
         );
         Caches {
             readiness,
@@ -164,6 +185,8 @@ impl Caches {
             config_hub,
             version_hub,
             app_hub,
+            policy_hub,
+            approval_hub,
         }
     }
 }
@@ -274,12 +297,16 @@ fn run_controllers(
         config_hub,
         version_hub,
         app_hub,
+        policy_hub,
+        approval_hub,
         ..
     } = caches;
     tasks.spawn(hub("watch of managed Secrets", managed_hub.run()));
     tasks.spawn(hub("watch of EnvironmentConfigs", config_hub.run()));
     tasks.spawn(hub("watch of AppVersions", version_hub.run()));
     tasks.spawn(hub("watch of ToolJetApps", app_hub.run()));
+    tasks.spawn(hub("watch of PromotionPolicies", policy_hub.run()));
+    tasks.spawn(hub("watch of Approvals", approval_hub.run()));
     let leadership = leadership.clone();
     tasks.spawn(async move {
         let all = || leadership.acquisitions();

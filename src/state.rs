@@ -32,7 +32,7 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Owne
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{AppVersion, EnvironmentConfig, ToolJetApp},
+    api::{AppVersion, Approval, EnvironmentConfig, PromotionPolicy, ToolJetApp},
     materialize::{HashKey, Materialized, merge_layers, secret_name},
 };
 
@@ -460,12 +460,16 @@ pub struct Lookups {
     pub configs: Store<EnvironmentConfig>,
     pub versions: Store<AppVersion>,
     pub apps: Store<ToolJetApp>,
+    pub policies: Store<PromotionPolicy>,
+    pub approvals: Store<Approval>,
     configs_by_key: Arc<Index<EnvironmentConfig, ConfigKey>>,
     configs_by_stage: Arc<Index<EnvironmentConfig, (String, String)>>,
     versions_by_app: Arc<Index<AppVersion, (String, String)>>,
     versions_by_stage: Arc<Index<AppVersion, (String, String)>>,
     versions_by_app_stage: Arc<Index<AppVersion, (String, String, String)>>,
     apps_with_rollout: Arc<Index<ToolJetApp, String>>,
+    policies_by_namespace: Arc<Index<PromotionPolicy, String>>,
+    approvals_by_version: Arc<Index<Approval, (String, String)>>,
 }
 
 impl Lookups {
@@ -474,6 +478,8 @@ impl Lookups {
         (configs, config_hub): (&Store<EnvironmentConfig>, &mut Hub<EnvironmentConfig>),
         (versions, version_hub): (&Store<AppVersion>, &mut Hub<AppVersion>),
         (apps, app_hub): (&Store<ToolJetApp>, &mut Hub<ToolJetApp>),
+        (policies, policy_hub): (&Store<PromotionPolicy>, &mut Hub<PromotionPolicy>),
+        (approvals, approval_hub): (&Store<Approval>, &mut Hub<Approval>),
     ) -> Lookups {
         let configs_by_key = Index::new(|c: &EnvironmentConfig| {
             vec![(
@@ -511,6 +517,13 @@ impl Lookups {
                 vec![a.namespace().unwrap_or_default()]
             }
         });
+        let policies_by_namespace =
+            Index::new(|p: &PromotionPolicy| vec![p.namespace().unwrap_or_default()]);
+        let approvals_by_version = Index::new(|a: &Approval| {
+            vec![(a.namespace().unwrap_or_default(), a.spec.version.clone())]
+        });
+        policy_hub.index(policies_by_namespace.clone());
+        approval_hub.index(approvals_by_version.clone());
         config_hub.index(configs_by_key.clone());
         config_hub.index(configs_by_stage.clone());
         version_hub.index(versions_by_app.clone());
@@ -521,12 +534,16 @@ impl Lookups {
             configs: configs.clone(),
             versions: versions.clone(),
             apps: apps.clone(),
+            policies: policies.clone(),
+            approvals: approvals.clone(),
             configs_by_key,
             configs_by_stage,
             versions_by_app,
             versions_by_stage,
             versions_by_app_stage,
             apps_with_rollout,
+            policies_by_namespace,
+            approvals_by_version,
         }
     }
 
@@ -554,10 +571,14 @@ impl Lookups {
         let (_, mut config_hub) = watch_nothing::<EnvironmentConfig>();
         let (_, mut version_hub) = watch_nothing::<AppVersion>();
         let (_, mut app_hub) = watch_nothing::<ToolJetApp>();
+        let (policies, mut policy_hub) = watch_nothing::<PromotionPolicy>();
+        let (approvals, mut approval_hub) = watch_nothing::<Approval>();
         let lookups = Lookups::new(
             (&configs, &mut config_hub),
             (&versions, &mut version_hub),
             (&apps, &mut app_hub),
+            (&policies, &mut policy_hub),
+            (&approvals, &mut approval_hub),
         );
         for index in &config_hub.indexes {
             index.rebuild(&all_configs);
@@ -614,6 +635,18 @@ impl Lookups {
     ) -> Vec<Arc<AppVersion>> {
         let key = (ns.to_string(), app_label.to_string(), stage.to_string());
         self.versions_by_app_stage.objects(&self.versions, ns, &key)
+    }
+
+    /// The PromotionPolicies of a namespace.
+    pub fn policies_in(&self, ns: &str) -> Vec<Arc<PromotionPolicy>> {
+        self.policies_by_namespace
+            .objects(&self.policies, ns, &ns.to_string())
+    }
+
+    /// The Approvals naming a version (by metadata.name; callers check the owner UID).
+    pub fn approvals_of(&self, ns: &str, version: &str) -> Vec<Arc<Approval>> {
+        let key = (ns.to_string(), version.to_string());
+        self.approvals_by_version.objects(&self.approvals, ns, &key)
     }
 
     /// The apps of a namespace with a rollout.

@@ -228,6 +228,10 @@ pub struct ToolJetAppStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub release_history: Vec<ReleaseRecord>,
 
+    /// The gates on entering each guarded stage (PromotionPolicies selecting the app).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<StageGate>,
+
     /// `Ready`: the release points at a version in the last stage and every stage is consistent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
@@ -245,6 +249,31 @@ pub struct EnvironmentVersions {
     pub versions: Vec<String>,
 }
 
+/// The gate on entering one stage of an app: every PromotionPolicy selecting the app and
+/// guarding the stage, combined strictly (the highest `required`, every window).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageGate {
+    /// The stage.
+    pub environment: String,
+    /// The PromotionPolicies guarding it, sorted.
+    pub policies: Vec<String>,
+    /// Distinct approvals required to enter it (0: none).
+    #[serde(default)]
+    pub required_approvals: u32,
+    /// Whether the windows let promotions (and, for the last stage, releases) in now.
+    pub open: bool,
+    /// While closed: when it opens next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_open: Option<Time>,
+    /// While open and a window will close it: when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_close: Option<Time>,
+    /// While closed: which window closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+}
+
 /// One release or rollback.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +285,10 @@ pub struct ReleaseRecord {
     /// Who released it (the requesting user, as the admission webhook recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Set when the release passed a closed promotion window by break-glass override: the reason
+    /// given (`tooljet.io/override-reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
     /// Whether this release went back to a version released before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,

@@ -1,4 +1,5 @@
-//! The `tooljet.io/v1alpha1` API: ToolJetApp, AppVersion and EnvironmentConfig.
+//! The `tooljet.io/v1alpha1` API: ToolJetApp, AppVersion and EnvironmentConfig; PromotionPolicy and
+//! Approval for the gates on entering a stage.
 //!
 //! Validation that needs no other object lives in the schema and in CEL rules
 //! (`x-kubernetes-validations`), so the apiserver rejects bad input before anything is stored;
@@ -9,11 +10,13 @@
 
 mod app;
 mod envconfig;
+mod policy;
 pub mod schema;
 mod version;
 
 pub use app::*;
 pub use envconfig::*;
+pub use policy::*;
 pub use version::*;
 
 use kube::{CustomResourceExt, KubeSchema, core::Rule};
@@ -44,6 +47,22 @@ pub const RELEASED_VERSION_ANNOTATION: &str = "tooljet.io/released-version";
 /// by the mutating webhook on create and on every promotion; the ValidatingAdmissionPolicy reads
 /// it to enforce the stage rules of any pipeline when the webhook is unavailable.
 pub const STAGES_ANNOTATION: &str = "tooljet.io/stages";
+/// Who created a version and who last edited its spec (stamped by the mutating webhook): the
+/// facts separation of duties is judged on.
+pub const CREATED_BY_ANNOTATION: &str = "tooljet.io/created-by";
+pub const LAST_EDITED_BY_ANNOTATION: &str = "tooljet.io/last-edited-by";
+/// Who approved (an Approval), when, and the version's `metadata.generation` approved: an
+/// approval counts only for the content it saw.
+pub const APPROVED_BY_ANNOTATION: &str = "tooljet.io/approved-by";
+pub const APPROVED_AT_ANNOTATION: &str = "tooljet.io/approved-at";
+pub const APPROVED_GENERATION_ANNOTATION: &str = "tooljet.io/approved-generation";
+/// Break-glass: set by a user in the same request as a promotion or release to pass a closed
+/// window (needs verb `override`). The mutating webhook consumes it into the three `overridden-`
+/// stamps below, so a reason never outlives its request.
+pub const OVERRIDE_REASON_ANNOTATION: &str = "tooljet.io/override-reason";
+pub const OVERRIDDEN_BY_ANNOTATION: &str = "tooljet.io/overridden-by";
+pub const OVERRIDDEN_AT_ANNOTATION: &str = "tooljet.io/overridden-at";
+pub const OVERRIDDEN_REASON_ANNOTATION: &str = "tooljet.io/overridden-reason";
 /// Prefix of every annotation the operator owns.
 pub const ANNOTATION_PREFIX: &str = "tooljet.io/";
 
@@ -101,6 +120,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ToolJetApp::crd(),
         AppVersion::crd(),
         EnvironmentConfig::crd(),
+        PromotionPolicy::crd(),
+        Approval::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -33,6 +33,17 @@ pub fn pipeline(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A set of stage names (1-10).
+pub fn stage_set(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 10,
+        "x-kubernetes-list-type": "set",
+        "items": { "type": "string", "maxLength": 63 },
+    })
+}
+
 /// A set of names (data sources or constants), at most 200, each at most 100 characters.
 pub fn name_set(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -37,6 +37,13 @@ use super::{matches, patterns, schema};
         description = "The stage the version is in"
     ),
     printcolumn(
+        name = "Approvals",
+        type_ = "string",
+        json_path = ".status.approvals.summary",
+        description = "Approvals for the next stage, when a policy requires them",
+        priority = 1
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -129,6 +136,10 @@ pub struct AppVersionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub promotions: Vec<Promotion>,
 
+    /// Approvals for the next stage, when a PromotionPolicy requires them there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<StageApprovals>,
+
     /// The Secret holding the merged data sources and constants of the current stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_config: Option<ResolvedConfig>,
@@ -153,6 +164,26 @@ pub struct Promotion {
     /// Who promoted it (the requesting user, as the admission webhook recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Set when the promotion passed a closed promotion window by break-glass override: the
+    /// reason given (`tooljet.io/override-reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+}
+
+/// The approvals of a version for the stage after the one it is in, as a guarding policy counts
+/// them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageApprovals {
+    /// The stage the version may enter next.
+    pub environment: String,
+    /// Distinct approvals required by the policies guarding it.
+    pub required: u32,
+    /// The approvers that count, sorted.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// `2/2`: counted of required.
+    pub summary: String,
 }
 
 /// The resolved-config Secret of a version.

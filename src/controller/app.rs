@@ -385,6 +385,9 @@ fn desired_status(
                     by: stamped
                         .then(|| annotations.get(RELEASED_BY_ANNOTATION).cloned())
                         .flatten(),
+                    override_reason: stamped
+                        .then(|| super::appversion::overridden(annotations, RELEASED_AT_ANNOTATION))
+                        .flatten(),
                     rollback: status.release_history.iter().any(|h| &h.version == version),
                 };
                 status.release_history.push(r.clone());

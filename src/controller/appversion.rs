@@ -36,8 +36,9 @@ use super::{
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
-        PROMOTED_FROM_ANNOTATION, Promotion, ResolvedConfig, ToolJetApp,
+        AppVersion, AppVersionStatus, OVERRIDDEN_AT_ANNOTATION, OVERRIDDEN_REASON_ANNOTATION,
+        PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, Promotion,
+        ResolvedConfig, ToolJetApp,
     },
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
 };
@@ -267,6 +268,17 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
 }
 
 /// The status for what was found (pure), and the promotion to record if the stage changed.
+/// The reason of a break-glass override stamped in the same request as the stamp `at_key`.
+pub(crate) fn overridden(
+    annotations: &std::collections::BTreeMap<String, String>,
+    at_key: &str,
+) -> Option<String> {
+    let at = annotations.get(at_key)?;
+    (annotations.get(OVERRIDDEN_AT_ANNOTATION) == Some(at))
+        .then(|| annotations.get(OVERRIDDEN_REASON_ANNOTATION).cloned())
+        .flatten()
+}
+
 fn desired_status(
     v: &AppVersion,
     app: Option<&ToolJetApp>,
@@ -298,6 +310,9 @@ fn desired_status(
             at: Time(at),
             by: stamped
                 .then(|| annotations.get(PROMOTED_BY_ANNOTATION).cloned())
+                .flatten(),
+            override_reason: stamped
+                .then(|| overridden(annotations, PROMOTED_AT_ANNOTATION))
                 .flatten(),
         };
         status.promotions.push(record.clone());

@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
-use super::rules::{CONFIGURE, PROMOTE, RELEASE, UNPROTECT};
+use super::rules::{APPROVE, CONFIGURE, OVERRIDE, PROMOTE, RELEASE, UNPROTECT};
 use crate::api::{DEFAULT_PIPELINE, GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGES_ANNOTATION};
 
 /// The name of both webhook configurations (the operator keeps their `caBundle` current).
@@ -26,6 +26,8 @@ pub const POLICY_NAME: &str = "tooljet-operator-stage-rules";
 pub const APP_POLICY_NAME: &str = "tooljet-operator-app-rules";
 /// The name of the EnvironmentConfig policy and its binding.
 pub const CONFIG_POLICY_NAME: &str = "tooljet-operator-config-rules";
+/// The ValidatingAdmissionPolicy guarding PromotionPolicies and the creation of Approvals.
+pub const GATE_POLICY_NAME: &str = "tooljet-operator-gate-rules";
 
 /// How the apiserver reaches the webhook.
 #[derive(Clone, Debug)]
@@ -154,12 +156,19 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
                 "environmentconfigs",
                 None,
             ),
+            webhook("approvals.validate.tooljet.io", "approvals", None),
+            webhook(
+                "promotionpolicies.validate.tooljet.io",
+                "promotionpolicies",
+                None,
+            ),
         ]),
     }
 }
 
-/// Only new versions, promotions and releases are sent to the mutating webhook, which stamps the
-/// stages a version has been in and who promoted or released.
+/// Only new versions, their spec changes (promotions and edits), releases and new Approvals are
+/// sent to the mutating webhook, which stamps the stages a version has been in, who created and
+/// last edited it, who promoted or released (and a break-glass override), and who approved.
 pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhookConfiguration {
     let webhook =
         |name: &str, resource: &str, operations: &[&str], condition: &str| MutatingWebhook {
@@ -185,7 +194,8 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
                 "appversions.mutate.tooljet.io",
                 "appversions",
                 &["CREATE", "UPDATE"],
-                "request.operation == 'CREATE' || object.spec.environment != oldObject.spec.environment",
+                // New versions (stages, creator), promotions (who, when) and edits (last editor).
+                "request.operation == 'CREATE' || object.spec != oldObject.spec",
             ),
             webhook(
                 "tooljetapps.mutate.tooljet.io",
@@ -193,6 +203,12 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
                 &["CREATE", "UPDATE"],
                 "has(object.spec.release) && (request.operation == 'CREATE' || !has(oldObject.spec.release) || \
                  object.spec.release.version != oldObject.spec.release.version)",
+            ),
+            webhook(
+                "approvals.mutate.tooljet.io",
+                "approvals",
+                &["CREATE"],
+                "true",
             ),
         ]),
     }
@@ -510,9 +526,71 @@ pub fn config_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyB
     )
 }
 
+/// PromotionPolicies are created, changed and deleted only with `configure` on every stage they
+/// guard (before and after). Approvals are created only with `approve` on their stage. (Revoking
+/// also needs `approve`, but the garbage collector deletes the Approvals of a deleted version,
+/// and only the webhook can tell that the version is gone: the webhook judges deletions.)
+pub fn gate_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let configure = |stage: &str| authorized(GROUP, "environments", stage, "configure");
+    let validations = vec![
+        validation(
+            format!(
+                "request.resource.resource != 'promotionpolicies' || request.operation == 'DELETE' || \
+                 (request.operation == 'UPDATE' && object.spec == oldObject.spec) || \
+                 object.spec.environments.all(s, {})",
+                configure("s")
+            ),
+            "'user ' + request.userInfo.username + ' may not create or change PromotionPolicy ' + \
+             object.metadata.name + ': it needs verb configure on resource environments named ' + \
+             object.spec.environments.join(', ') + ' (group tooljet.io) in namespace ' + request.namespace"
+                .into(),
+        ),
+        validation(
+            format!(
+                "request.resource.resource != 'promotionpolicies' || request.operation == 'CREATE' || \
+                 (request.operation == 'UPDATE' && object.spec == oldObject.spec) || \
+                 (request.operation == 'DELETE' && has(namespaceObject.metadata.deletionTimestamp)) || \
+                 oldObject.spec.environments.all(s, {})",
+                configure("s")
+            ),
+            "'user ' + request.userInfo.username + ' may not change or delete PromotionPolicy ' + \
+             oldObject.metadata.name + ': it guards ' + oldObject.spec.environments.join(', ') + \
+             ', which needs verb configure on resource environments named each (group tooljet.io) in namespace ' + \
+             request.namespace"
+                .into(),
+        ),
+        validation(
+            format!(
+                "request.resource.resource != 'approvals' || request.operation != 'CREATE' || {}",
+                authorized(GROUP, "environments", "object.spec.environment", "approve")
+            ),
+            "'user ' + request.userInfo.username + ' may not approve for ' + object.spec.environment + \
+             ': it needs verb approve on resource environments named ' + object.spec.environment + \
+             ' (group tooljet.io) in namespace ' + request.namespace"
+                .into(),
+        ),
+    ];
+    let (mut policy, binding) =
+        policy_for(GATE_POLICY_NAME, "promotionpolicies", vec![], validations);
+    if let Some(rules) = policy
+        .spec
+        .as_mut()
+        .and_then(|s| s.match_constraints.as_mut())
+        .and_then(|m| m.resource_rules.as_mut())
+    {
+        rules[0].resources = Some(vec!["promotionpolicies".into(), "approvals".into()]);
+    }
+    (policy, binding)
+}
+
 /// Every policy and its binding.
 pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
-    vec![version_policy(), app_policy(), config_policy()]
+    vec![
+        version_policy(),
+        app_policy(),
+        config_policy(),
+        gate_policy(),
+    ]
 }
 
 /// Example ClusterRoles for the people who work with ToolJet apps. Bind them with RoleBindings
@@ -594,13 +672,30 @@ pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
             ],
         ),
         role(
+            "tooljet-approver",
+            vec![
+                rule(
+                    &["approvals"],
+                    &["get", "list", "watch", "create", "delete"],
+                ),
+                rule(&["tooljetapps", "appversions", "promotionpolicies"], &read),
+                rule(&["environments"], &[APPROVE]),
+            ],
+        ),
+        role(
             "tooljet-admin",
             vec![
                 rule(
-                    &["tooljetapps", "appversions", "environmentconfigs"],
+                    &[
+                        "tooljetapps",
+                        "appversions",
+                        "environmentconfigs",
+                        "promotionpolicies",
+                    ],
                     &write,
                 ),
-                rule(&["environments"], &[PROMOTE, RELEASE, CONFIGURE]),
+                rule(&["approvals"], &read),
+                rule(&["environments"], &[PROMOTE, RELEASE, CONFIGURE, OVERRIDE]),
                 rule(&["tooljetapps"], &[UNPROTECT, CONFIGURE]),
             ],
         ),

@@ -336,8 +336,9 @@ async fn validate(State(state): State<Arc<WebhookState>>, request: Request) -> R
 }
 
 async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    let shared = &state;
     admit(&state.metrics, Webhook::Mutate, request, |req| async move {
-        stamp(&req)
+        stamp(shared, &req)
     })
     .await
 }

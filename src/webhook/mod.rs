@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod gates;
 pub mod http;
 #[cfg(test)]
 mod proptests;

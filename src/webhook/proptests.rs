@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{
     http::decode,
     rules::{self, AppFact, Facts, Op, VersionFact},
-    server::stamp,
+    server::stamp_with,
 };
 use crate::api::{AppVersion, ToolJetApp};
 
@@ -141,13 +141,13 @@ proptest! {
 
     #[test]
     fn the_decoder_and_stamp_never_panic_on_reviews(
-        kind in prop_oneof![Just("AppVersion"), Just("ToolJetApp"), Just("Other")],
+        kind in prop_oneof![Just("AppVersion"), Just("ToolJetApp"), Just("Approval"), Just("PromotionPolicy"), Just("Other")],
         operation in prop_oneof![Just("CREATE"), Just("UPDATE"), Just("DELETE"), Just("CONNECT"), Just("BOGUS")],
         object in prop_oneof![Just(Value::Null), Just(json!({})), version().prop_map(|v| serde_json::to_value(v).unwrap()), app().prop_map(|a| serde_json::to_value(a).unwrap()), Just(json!({ "spec": 7 }))],
         old in prop_oneof![Just(Value::Null), version().prop_map(|v| serde_json::to_value(v).unwrap()), app().prop_map(|a| serde_json::to_value(a).unwrap())],
     ) {
         if let Ok(req) = decode(&review_body(kind, operation, object, old)) {
-            let _ = stamp(&req);
+            let _ = stamp_with(&req, |_, _| Ok(None));
         }
     }
 

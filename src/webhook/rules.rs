@@ -14,10 +14,12 @@ use kube::{ResourceExt, core::SelectorExt};
 use serde_json::Value;
 
 use crate::api::{
-    ANNOTATION_PREFIX, AppVersion, EnvironmentConfig, EnvironmentConfigSpec, GROUP,
-    PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION,
-    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck,
-    STAGES_ANNOTATION, ToolJetApp,
+    ANNOTATION_PREFIX, AppVersion, CREATED_BY_ANNOTATION, EnvironmentConfig, EnvironmentConfigSpec,
+    GROUP, LAST_EDITED_BY_ANNOTATION, OVERRIDDEN_AT_ANNOTATION, OVERRIDDEN_BY_ANNOTATION,
+    OVERRIDDEN_REASON_ANNOTATION, OVERRIDE_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION,
+    PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, RELEASED_AT_ANNOTATION,
+    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, STAGES_ANNOTATION,
+    ToolJetApp,
 };
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
@@ -37,6 +39,12 @@ pub const RELEASE: &str = "release";
 pub const CONFIGURE: &str = "configure";
 /// Verb on `tooljetapps` (name = app): switch an app's deletion protection off.
 pub const UNPROTECT: &str = "unprotect";
+/// Verb on `environments` (name = stage): approve versions entering the stage (create or
+/// delete an Approval).
+pub const APPROVE: &str = "approve";
+/// Verb on `environments` (name = stage): promote or release through a closed promotion window
+/// (break-glass), with `tooljet.io/override-reason` in the same request.
+pub const OVERRIDE: &str = "override";
 
 /// Largest `spec.definition` of an AppVersion, serialized (bytes). ToolJet app exports are
 /// typically tens of KiB; the operator caches every version, so one workspace cannot exhaust
@@ -175,6 +183,11 @@ pub struct Facts {
     pub rival: Option<String>,
     /// For a rollout change with selectors: the namespace's Deployments (name, labels).
     pub deployments: Vec<(String, BTreeMap<String, String>)>,
+    /// For a promotion or a release: the gate on the stage entered, when a PromotionPolicy
+    /// guards it. For an Approval: the gate on the stage it approves entry to.
+    pub gate: Option<super::gates::GateFacts>,
+    /// For an Approval: the version it names, as stored.
+    pub approved: Option<super::gates::ApprovedVersion>,
 }
 
 impl Facts {
@@ -194,7 +207,14 @@ pub enum Verdict {
 use Verdict::{Allow, Deny};
 
 /// The denial for a missing permission: who, what, the access it needs, and whom to ask.
-fn forbidden(user: &str, what: &str, needs: &str, access: &Access, ns: &str, ask: &str) -> Verdict {
+pub(super) fn forbidden(
+    user: &str,
+    what: &str,
+    needs: &str,
+    access: &Access,
+    ns: &str,
+    ask: &str,
+) -> Verdict {
     Deny(format!(
         "user {user} may not {what}: {needs} needs {} in namespace {ns}; {ask}",
         access.describe()
@@ -244,20 +264,53 @@ pub fn stages_of(v: &AppVersion) -> String {
 }
 
 /// What an AppVersion request needs: `promote` into the target stage for a promotion.
-pub fn needed_for_version(old: Option<&AppVersion>, new: Option<&AppVersion>) -> Vec<Access> {
+/// With a break-glass override in the same request, `override` too.
+pub fn needed_for_version(
+    old: Option<&AppVersion>,
+    new: Option<&AppVersion>,
+    user: &str,
+) -> Vec<Access> {
     match (old, new) {
         (Some(old), Some(new)) => promotion(old, new)
-            .map(|(_, to)| vec![Access::environment(PROMOTE, to)])
+            .map(|(_, to)| {
+                let mut needed = vec![Access::environment(PROMOTE, to)];
+                if overridden(new, PROMOTED_AT_ANNOTATION, user).is_some() {
+                    needed.push(Access::environment(OVERRIDE, to));
+                }
+                needed
+            })
             .unwrap_or_default(),
         _ => vec![],
     }
 }
 
+/// The reason of a break-glass override the mutating webhook stamped for this request by `user`
+/// (its `overridden-at` equals the request's stamp `at_key`, so an older one never counts).
+pub fn overridden<'a>(obj: &'a impl ResourceExt, at_key: &str, user: &str) -> Option<&'a str> {
+    let a = obj.annotations();
+    let at = a.get(at_key)?;
+    (a.get(OVERRIDDEN_AT_ANNOTATION) == Some(at)
+        && a.get(OVERRIDDEN_BY_ANNOTATION).map(String::as_str) == Some(user))
+    .then(|| a.get(OVERRIDDEN_REASON_ANNOTATION).map(String::as_str))
+    .flatten()
+    .filter(|r| !r.trim().is_empty())
+}
+
+const OVERRIDE_STAMPS: [&str; 3] = [
+    OVERRIDDEN_BY_ANNOTATION,
+    OVERRIDDEN_AT_ANNOTATION,
+    OVERRIDDEN_REASON_ANNOTATION,
+];
+
 /// What a ToolJetApp request needs: `release` on the last stage for any change of the release;
 /// `configure` on the app for a change of its pipeline or rollout; `unprotect` for a change of
 /// its deletion protection; `patch` on every Deployment a new rollout entry names (on every
 /// Deployment of the namespace for a new selector, which may select Deployments created later).
-pub fn needed_for_app(old: Option<&ToolJetApp>, new: Option<&ToolJetApp>) -> Vec<Access> {
+pub fn needed_for_app(
+    old: Option<&ToolJetApp>,
+    new: Option<&ToolJetApp>,
+    user: &str,
+) -> Vec<Access> {
     let Some(new) = new else {
         return vec![];
     };
@@ -265,6 +318,9 @@ pub fn needed_for_app(old: Option<&ToolJetApp>, new: Option<&ToolJetApp>) -> Vec
     let mut needed = BTreeSet::new();
     if release_changed(old, new) {
         needed.insert(Access::environment(RELEASE, new.last_stage()));
+        if release(old, new).is_some() && overridden(new, RELEASED_AT_ANNOTATION, user).is_some() {
+            needed.insert(Access::environment(OVERRIDE, new.last_stage()));
+        }
     }
     if pipeline_changed(old, new) || rollout_changed(old, new) {
         needed.insert(Access::app(CONFIGURE, &name));
@@ -414,7 +470,7 @@ fn reserved_annotations(obj: &impl ResourceExt) -> BTreeMap<&String, &String> {
 
 /// Reserved annotations a user changed: every `tooljet.io/` key whose value differs from the
 /// stored object, except those `stamped` by the mutating webhook for this request.
-fn forged<'a>(
+pub(super) fn forged<'a>(
     old: Option<&'a impl ResourceExt>,
     new: &'a impl ResourceExt,
     stamped: &[&str],
@@ -429,7 +485,7 @@ fn forged<'a>(
         .collect()
 }
 
-fn forged_message(kind: &str, name: &str, keys: &[&String]) -> String {
+pub(super) fn forged_message(kind: &str, name: &str, keys: &[&String]) -> String {
     let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
     format!(
         "{kind} {name}: annotation {} is recorded by tooljet-operator's admission webhook and cannot be set or \
@@ -438,7 +494,7 @@ fn forged_message(kind: &str, name: &str, keys: &[&String]) -> String {
     )
 }
 
-const NOT_STAMPED: &str = "tooljet-operator's mutating webhook did not run, or the stamp was altered; check that \
+pub(super) const NOT_STAMPED: &str = "tooljet-operator's mutating webhook did not run, or the stamp was altered; check that \
      MutatingWebhookConfiguration tooljet-operator is installed";
 
 fn definition_too_large(name: &str, v: &AppVersion) -> Option<Verdict> {
@@ -503,12 +559,23 @@ pub fn review_version(
             if let Some(verdict) = definition_too_large(&name, new) {
                 return verdict;
             }
-            if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment) {
+            if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment)
+                || new
+                    .annotations()
+                    .get(CREATED_BY_ANNOTATION)
+                    .map(String::as_str)
+                    != Some(user)
+            {
                 return Deny(format!(
-                    "AppVersion {name}: annotation {STAGES_ANNOTATION} is not stamped; {NOT_STAMPED}"
+                    "AppVersion {name} is not stamped with its stage and creator (annotations \
+                     {STAGES_ANNOTATION}, {CREATED_BY_ANNOTATION}); {NOT_STAMPED}"
                 ));
             }
-            let keys = forged(None::<&AppVersion>, new, &[STAGES_ANNOTATION]);
+            let keys = forged(
+                None::<&AppVersion>,
+                new,
+                &[STAGES_ANNOTATION, CREATED_BY_ANNOTATION],
+            );
             if !keys.is_empty() {
                 return Deny(forged_message("AppVersion", &name, &keys));
             }
@@ -614,12 +681,23 @@ fn review_version_update(
                 facts.missing_in_target.join(", ")
             ));
         }
-        let stamped = [
+        let ns = new.namespace().unwrap_or_default();
+        let override_reason = overridden(new, PROMOTED_AT_ANNOTATION, user);
+        let what = format!("AppVersion {name} cannot be promoted to {to}");
+        if let Some(verdict) =
+            super::gates::judge(&what, to, true, override_reason, user, &ns, facts)
+        {
+            return verdict;
+        }
+        let mut stamped = vec![
             PROMOTED_BY_ANNOTATION,
             PROMOTED_AT_ANNOTATION,
             PROMOTED_FROM_ANNOTATION,
             STAGES_ANNOTATION,
         ];
+        if override_reason.is_some() {
+            stamped.extend(OVERRIDE_STAMPS);
+        }
         let annotations = new.annotations();
         let stages = format!("{},{to}", stages_of(old));
         let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
@@ -675,11 +753,40 @@ fn review_version_update(
     {
         return verdict;
     }
-    let keys = forged(Some(old), new, &[]);
+    let mut stamped = vec![];
+    if old.spec != new.spec {
+        if new
+            .annotations()
+            .get(LAST_EDITED_BY_ANNOTATION)
+            .map(String::as_str)
+            != Some(user)
+        {
+            return Deny(format!(
+                "AppVersion {name}: the edit is not stamped with who made it (annotation \
+                 {LAST_EDITED_BY_ANNOTATION}); {NOT_STAMPED}"
+            ));
+        }
+        stamped.push(LAST_EDITED_BY_ANNOTATION);
+    }
+    if let Some(verdict) = reason_outside_request("AppVersion", name, new) {
+        return verdict;
+    }
+    let keys = forged(Some(old), new, &stamped);
     if !keys.is_empty() {
         return Deny(forged_message("AppVersion", name, &keys));
     }
     Allow
+}
+
+/// `tooljet.io/override-reason` left in an object: the mutating webhook consumes it on a
+/// promotion or release, so it is set without one (or the mutating webhook did not run).
+fn reason_outside_request(kind: &str, name: &str, obj: &impl ResourceExt) -> Option<Verdict> {
+    obj.annotations().contains_key(OVERRIDE_REASON_ANNOTATION).then(|| {
+        Deny(format!(
+            "{kind} {name}: annotation {OVERRIDE_REASON_ANNOTATION} only takes effect in the same request as a \
+             promotion (spec.environment) or a release (spec.release); remove it, or set it in that request"
+        ))
+    })
 }
 
 /// The rules for a ToolJetApp request. `facts.app` is the stored app with its versions.
@@ -827,6 +934,23 @@ pub fn review_app(
                     RELEASED_AT_ANNOTATION,
                     RELEASED_VERSION_ANNOTATION,
                 ];
+            }
+            // Setting or changing the release (a release or a rollback) passes the gate of the
+            // last stage; removing it does not release anything.
+            if let Some(version) = release(old, new) {
+                let override_reason = overridden(new, RELEASED_AT_ANNOTATION, user);
+                let what = format!("ToolJetApp {name} cannot release {version}");
+                if let Some(verdict) =
+                    super::gates::judge(&what, last, false, override_reason, user, &ns, facts)
+                {
+                    return verdict;
+                }
+                if override_reason.is_some() {
+                    stamped.extend(OVERRIDE_STAMPS);
+                }
+            }
+            if let Some(verdict) = reason_outside_request("ToolJetApp", &name, new) {
+                return verdict;
             }
             let keys = forged(old, new, &stamped);
             if !keys.is_empty() {
@@ -1063,15 +1187,16 @@ pub fn review_config(
     Allow
 }
 
-/// The JSON patch the mutating webhook returns: the stamp of who promoted or released, and when.
+/// The JSON patch the mutating webhook returns: `set` these annotations, `remove` those.
 pub fn stamp(
     annotations: &BTreeMap<String, String>,
     has_annotations: bool,
-    values: &[(&str, String)],
+    set: &[(&str, String)],
+    remove: &[&str],
 ) -> Patch {
     let mut ops = vec![];
     if !has_annotations {
-        let map: serde_json::Map<String, Value> = values
+        let map: serde_json::Map<String, Value> = set
             .iter()
             .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
             .collect();
@@ -1081,7 +1206,7 @@ pub fn stamp(
         }));
         return Patch(ops);
     }
-    for (key, value) in values {
+    for (key, value) in set {
         let path = PointerBuf::from_tokens(["metadata", "annotations", key]);
         let value = Value::String(value.clone());
         ops.push(if annotations.contains_key(*key) {
@@ -1090,38 +1215,76 @@ pub fn stamp(
             PatchOperation::Add(AddOperation { path, value })
         });
     }
+    for key in remove {
+        if annotations.contains_key(*key) {
+            ops.push(PatchOperation::Remove(json_patch::RemoveOperation {
+                path: PointerBuf::from_tokens(["metadata", "annotations", key]),
+            }));
+        }
+    }
     Patch(ops)
 }
 
-/// The stamp of a new version: the stage it starts in.
-pub fn mutation_for_new_version(new: &AppVersion) -> Patch {
+/// A break-glass reason in the request becomes the `overridden-` stamps (who, when: the same
+/// `now` as the promotion's or release's stamp) and is removed, so it never outlives the request.
+fn consume_override(obj: &impl ResourceExt, user: &str, now: &str) -> Vec<(&'static str, String)> {
+    match obj.annotations().get(OVERRIDE_REASON_ANNOTATION) {
+        Some(reason) if !reason.trim().is_empty() => vec![
+            (OVERRIDDEN_BY_ANNOTATION, user.to_string()),
+            (OVERRIDDEN_AT_ANNOTATION, now.to_string()),
+            (OVERRIDDEN_REASON_ANNOTATION, reason.clone()),
+        ],
+        _ => vec![],
+    }
+}
+
+/// The stamp of a new version: the stage it starts in and who created it.
+pub fn mutation_for_new_version(new: &AppVersion, user: &str) -> Patch {
     stamp(
         new.annotations(),
         new.metadata.annotations.is_some(),
-        &[(STAGES_ANNOTATION, new.spec.environment.clone())],
+        &[
+            (STAGES_ANNOTATION, new.spec.environment.clone()),
+            (CREATED_BY_ANNOTATION, user.to_string()),
+        ],
+        &[],
     )
 }
 
-/// The stamp of a promotion: who, when, from where, and the stages the version has been in.
+/// The stamp of a promotion (who, when, from where, the stages the version has been in, and a
+/// break-glass override), or of an edit (who edited last).
 pub fn mutation_for_version(
     old: &AppVersion,
     new: &AppVersion,
     user: &str,
     now: &str,
 ) -> Option<Patch> {
-    let (from, to) = promotion(old, new)?;
+    let Some((from, to)) = promotion(old, new) else {
+        return (old.spec != new.spec).then(|| {
+            stamp(
+                new.annotations(),
+                new.metadata.annotations.is_some(),
+                &[(LAST_EDITED_BY_ANNOTATION, user.to_string())],
+                &[],
+            )
+        });
+    };
+    let mut set = vec![
+        (PROMOTED_BY_ANNOTATION, user.to_string()),
+        (PROMOTED_AT_ANNOTATION, now.to_string()),
+        (PROMOTED_FROM_ANNOTATION, from.to_string()),
+        (STAGES_ANNOTATION, format!("{},{to}", stages_of(old))),
+    ];
+    set.extend(consume_override(new, user, now));
     Some(stamp(
         new.annotations(),
         new.metadata.annotations.is_some(),
-        &[
-            (PROMOTED_BY_ANNOTATION, user.to_string()),
-            (PROMOTED_AT_ANNOTATION, now.to_string()),
-            (PROMOTED_FROM_ANNOTATION, from.to_string()),
-            (STAGES_ANNOTATION, format!("{},{to}", stages_of(old))),
-        ],
+        &set,
+        &[OVERRIDE_REASON_ANNOTATION],
     ))
 }
 
+/// The stamp of a release (who, when, which version, and a break-glass override).
 pub fn mutation_for_app(
     old: Option<&ToolJetApp>,
     new: &ToolJetApp,
@@ -1129,14 +1292,17 @@ pub fn mutation_for_app(
     now: &str,
 ) -> Option<Patch> {
     let version = release(old, new)?;
+    let mut set = vec![
+        (RELEASED_BY_ANNOTATION, user.to_string()),
+        (RELEASED_AT_ANNOTATION, now.to_string()),
+        (RELEASED_VERSION_ANNOTATION, version.to_string()),
+    ];
+    set.extend(consume_override(new, user, now));
     Some(stamp(
         new.annotations(),
         new.metadata.annotations.is_some(),
-        &[
-            (RELEASED_BY_ANNOTATION, user.to_string()),
-            (RELEASED_AT_ANNOTATION, now.to_string()),
-            (RELEASED_VERSION_ANNOTATION, version.to_string()),
-        ],
+        &set,
+        &[OVERRIDE_REASON_ANNOTATION],
     ))
 }
 
@@ -1216,7 +1382,7 @@ mod tests {
     /// Applies the mutating webhook's stamp to a new version, then reviews its creation.
     fn create(v: &AppVersion, f: &Facts) -> Verdict {
         let mut doc = serde_json::to_value(v).unwrap();
-        json_patch::patch(&mut doc, &mutation_for_new_version(v)).unwrap();
+        json_patch::patch(&mut doc, &mutation_for_new_version(v, USER)).unwrap();
         let v: AppVersion = serde_json::from_value(doc).unwrap();
         review_version(Op::Create, None, Some(&v), USER, f)
     }
@@ -1650,7 +1816,7 @@ mod tests {
         let mut unreleased = released.clone();
         unreleased.spec.release = None;
         assert_eq!(
-            needed_for_app(Some(&released), Some(&unreleased)),
+            needed_for_app(Some(&released), Some(&unreleased), USER),
             [Access::environment(RELEASE, "production")]
         );
         let no_rbac = refusing(&f, Access::environment(RELEASE, "production"));
@@ -1678,7 +1844,7 @@ mod tests {
         let old = app(PIPELINES[0], None);
         let shorter = app(&["development", "production"], None);
         assert_eq!(
-            needed_for_app(Some(&old), Some(&shorter)),
+            needed_for_app(Some(&old), Some(&shorter), USER),
             [Access::app(CONFIGURE, "crm")]
         );
         denied_with(
@@ -1706,7 +1872,7 @@ mod tests {
         // Unchanged rollout, other edits: nothing more is asked.
         let mut renamed = rolled.clone();
         renamed.spec.display_name = Some("CRM".into());
-        assert!(needed_for_app(Some(&rolled), Some(&renamed)).is_empty());
+        assert!(needed_for_app(Some(&rolled), Some(&renamed), USER).is_empty());
         assert_eq!(app_update(&rolled, &renamed, &app_facts(&[])), Allow);
     }
 
@@ -1718,7 +1884,7 @@ mod tests {
             json!([{ "environment": "staging", "selector": { "matchLabels": { "tier": "staging" } } }]),
         );
         assert_eq!(
-            needed_for_app(Some(&old), Some(&selecting)),
+            needed_for_app(Some(&old), Some(&selecting), USER),
             [
                 Access::app(CONFIGURE, "crm"),
                 Access::patch_deployment(None)
@@ -1996,7 +2162,7 @@ mod tests {
     fn versions_carry_the_stages_they_have_been_in() {
         let v = version("development");
         let mut doc = serde_json::to_value(&v).unwrap();
-        json_patch::patch(&mut doc, &mutation_for_new_version(&v)).unwrap();
+        json_patch::patch(&mut doc, &mutation_for_new_version(&v, USER)).unwrap();
         let created: AppVersion = serde_json::from_value(doc).unwrap();
         assert_eq!(stages_of(&created), "development");
         let mut promoted = created.clone();

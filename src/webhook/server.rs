@@ -23,9 +23,15 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::rules::{self, AppFact, Facts, Op, Verdict, VersionFact};
+use super::{
+    gates,
+    rules::{self, AppFact, Facts, Op, Verdict, VersionFact},
+};
 use crate::{
-    api::{AppVersion, EnvironmentConfig, ToolJetApp},
+    api::{
+        AppVersion, Approval, CREATED_BY_ANNOTATION, EnvironmentConfig, LAST_EDITED_BY_ANNOTATION,
+        PromotionPolicy, ToolJetApp,
+    },
     materialize::{HashKey, missing_requirements},
     metrics::Metrics,
     state::{Lookups, Readiness},
@@ -61,14 +67,28 @@ fn op(operation: &Operation) -> Option<Op> {
     }
 }
 
-/// The mutating webhook: stamps the stages of a new version, and who promoted or released.
-pub fn stamp(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+/// The mutating webhook: stamps the stages and creator of a new version, its last editor, who
+/// promoted or released (and a break-glass override), and who approved.
+pub fn stamp(state: &WebhookState, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    stamp_with(req, |ns, name| {
+        if !state.readiness.is_ready() {
+            return Err(NOT_READY.to_string());
+        }
+        Ok(approved_version(state, ns, name))
+    })
+}
+
+/// [`stamp`], with the lookup of the version an Approval names given.
+pub fn stamp_with(
+    req: &AdmissionRequest<DynamicObject>,
+    approved: impl Fn(&str, &str) -> Result<Option<gates::ApprovedVersion>, String>,
+) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     let user = req.user_info.username.as_deref().unwrap_or("unknown");
     let now = Timestamp::now().to_string();
     let patch = match (req.kind.kind.as_str(), &req.operation) {
         ("AppVersion", Operation::Create) => match typed::<AppVersion>(&req.object) {
-            Ok(Some(new)) => Some(rules::mutation_for_new_version(&new)),
+            Ok(Some(new)) => Some(rules::mutation_for_new_version(&new, user)),
             Err(e) => return response.deny(e),
             Ok(None) => None,
         },
@@ -90,6 +110,23 @@ pub fn stamp(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
                 _ => None,
             }
         }
+        ("Approval", Operation::Create) => match typed::<Approval>(&req.object) {
+            Ok(Some(new)) => {
+                let ns = req.namespace.clone().unwrap_or_default();
+                match approved(&ns, &new.spec.version) {
+                    Err(e) => return response.deny(e),
+                    Ok(Some(v)) => Some(gates::mutation_for_approval(&new, &v, user, &now)),
+                    Ok(None) => {
+                        return response.deny(format!(
+                            "Approval {}: AppVersion {} does not exist in namespace {ns}; approve an existing version",
+                            req.name, new.spec.version
+                        ));
+                    }
+                }
+            }
+            Err(e) => return response.deny(e),
+            Ok(None) => None,
+        },
         _ => None,
     };
     match patch {
@@ -98,6 +135,66 @@ pub fn stamp(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
             .unwrap_or_else(|e| AdmissionResponse::invalid(e.to_string())),
         None => response,
     }
+}
+
+const NOT_READY: &str =
+    "tooljet-operator is starting and has not synced its caches yet; retry in a few seconds";
+
+/// The version an Approval names, with the facts approving needs.
+fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates::ApprovedVersion> {
+    let v = state
+        .lookups
+        .versions
+        .get(&ObjectRef::new(name).within(ns))?;
+    let app = state
+        .lookups
+        .apps
+        .get(&ObjectRef::new(&v.spec.app).within(ns));
+    let next_stage = app.as_ref().and_then(|a| {
+        let i = a
+            .spec
+            .environments
+            .iter()
+            .position(|s| *s == v.spec.environment)?;
+        a.spec.environments.get(i + 1).cloned()
+    });
+    let a = v.annotations();
+    Some(gates::ApprovedVersion {
+        name: v.name_any(),
+        uid: v.uid().unwrap_or_default(),
+        generation: v.metadata.generation.unwrap_or_default(),
+        stage: v.spec.environment.clone(),
+        next_stage,
+        app: v.spec.app.clone(),
+        creator: a.get(CREATED_BY_ANNOTATION).cloned(),
+        last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
+        deleting: v.metadata.deletion_timestamp.is_some(),
+    })
+}
+
+/// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
+/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release).
+fn gate_facts(
+    state: &WebhookState,
+    app: &ToolJetApp,
+    stage: &str,
+    version: Option<(&AppVersion, &str)>,
+) -> Option<gates::GateFacts> {
+    let gate = crate::gate::stage_gate(&state.lookups, app, stage)?;
+    let window = gate.windows_at(crate::gate::to_chrono(Timestamp::now()));
+    let approvals = version.and_then(|(v, promoter)| {
+        gate.tally(&state.lookups, v, Some(promoter))
+            .map(|t| (t.satisfied(), t.describe()))
+    });
+    Some(gates::GateFacts {
+        separation_of_duties: gate
+            .requirement
+            .as_ref()
+            .is_some_and(|r| r.separation_of_duties),
+        policies: gate.policies,
+        approvals,
+        closed: window.closed,
+    })
 }
 
 /// The validating decision.
@@ -110,12 +207,14 @@ pub async fn review(
         return response;
     };
     if !state.readiness.is_ready() {
-        return response.deny("tooljet-operator is starting and has not synced its caches yet; retry in a few seconds");
+        return response.deny(NOT_READY);
     }
     let verdict = match req.kind.kind.as_str() {
         "AppVersion" => review_version(state, req, op).await,
         "ToolJetApp" => review_app(state, req, op).await,
         "EnvironmentConfig" => review_config(state, req, op).await,
+        "Approval" => review_approval(state, req, op).await,
+        "PromotionPolicy" => review_policy(state, req, op).await,
         // Registered only for the kinds above: anything else is a misconfiguration. Fail closed.
         other => Err(format!(
             "tooljet-operator's webhook does not judge kind {other}; remove it from the webhook configuration"
@@ -217,10 +316,19 @@ async fn review_version(
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    facts.granted = r.grants(state, rules::needed_for_version(old, new)).await?;
+    facts.granted = r
+        .grants(state, rules::needed_for_version(old, new, &r.user))
+        .await?;
     if let (Some(old), Some(new)) = (old, new)
         && let Some((_, to)) = rules::promotion(old, new)
     {
+        if let Some(app) = state
+            .lookups
+            .apps
+            .get(&ObjectRef::new(&new.spec.app).within(ns))
+        {
+            facts.gate = gate_facts(state, &app, to, Some((old, &r.user)));
+        }
         let resolved = crate::state::resolve(
             &state.hash_key,
             &state.managed_secrets,
@@ -266,7 +374,14 @@ async fn review_app(
             facts.deployments = deployments(&state.client, ns).await?;
         }
     }
-    facts.granted = r.grants(state, rules::needed_for_app(old, new)).await?;
+    facts.granted = r
+        .grants(state, rules::needed_for_app(old, new, &r.user))
+        .await?;
+    if let Some(new) = new
+        && rules::release(old, new).is_some()
+    {
+        facts.gate = gate_facts(state, new, new.last_stage(), None);
+    }
     Ok(rules::review_app(op, old, new, &r.user, &facts))
 }
 
@@ -293,6 +408,53 @@ async fn review_config(
         .grants(state, rules::needed_for_config(op, old, new))
         .await?;
     Ok(rules::review_config(op, old, new, &r.user, &facts))
+}
+
+async fn review_approval(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    op: Op,
+) -> Result<Verdict, String> {
+    let r = Request::<Approval>::decode(req)?;
+    let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
+    let subject = new.or(old).ok_or(rules::MALFORMED)?;
+    let mut facts = Facts {
+        approved: approved_version(state, ns, &subject.spec.version),
+        ..Default::default()
+    };
+    if op == Op::Delete {
+        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
+    }
+    if op == Op::Create
+        && let Some(v) = &facts.approved
+        && let Some(app) = state.lookups.apps.get(&ObjectRef::new(&v.app).within(ns))
+    {
+        facts.gate = gate_facts(state, &app, &subject.spec.environment, None);
+    }
+    facts.granted = r
+        .grants(state, gates::needed_for_approval(old, new))
+        .await?;
+    Ok(gates::review_approval(op, old, new, &r.user, &facts))
+}
+
+async fn review_policy(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    op: Op,
+) -> Result<Verdict, String> {
+    let r = Request::<PromotionPolicy>::decode(req)?;
+    let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
+    let mut facts = Facts::default();
+    if op == Op::Delete {
+        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
+    }
+    let problems = new.map(crate::gate::problems).unwrap_or_default();
+    facts.granted = r
+        .grants(state, gates::needed_for_policy(op, old, new))
+        .await?;
+    Ok(gates::review_policy(
+        op, old, new, &r.user, &problems, &facts,
+    ))
 }
 
 /// The namespace's Deployments, names and labels (metadata only).

@@ -1,0 +1,241 @@
+//! The gate on entering a stage of an app: the PromotionPolicies that guard it, gathered from
+//! the caches and evaluated with [`crate::policy`]. The admission webhook judges promotions,
+//! releases and Approvals with it; the controllers report it in status.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kube::{ResourceExt, core::SelectorExt};
+
+use crate::{
+    api::{
+        APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, AppVersion, CREATED_BY_ANNOTATION,
+        LAST_EDITED_BY_ANNOTATION, PromotionPolicy, ToolJetApp, WindowKind as ApiWindowKind,
+    },
+    policy::{self, ApprovalFact, Excluded, Requirement, Tally, Window, WindowKind, WindowSpec},
+    state::Lookups,
+};
+
+/// Every policy guarding one stage of one app, combined strictly: the highest `required`,
+/// separation of duties if any asks for it, every window.
+#[derive(Debug, Default)]
+pub struct StageGate {
+    pub stage: String,
+    /// The guarding policies' names, sorted.
+    pub policies: Vec<String>,
+    /// Approvals required (`None`: no guarding policy requires any).
+    pub requirement: Option<Requirement>,
+    pub windows: Vec<Window>,
+    /// What could not be evaluated (an invalid window or selector of a stored policy): the stage
+    /// stays closed until it is fixed (fail closed).
+    pub invalid: Vec<String>,
+}
+
+/// Whether the stage is open now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowState {
+    pub open: bool,
+    pub next_open: Option<DateTime<Utc>>,
+    pub next_close: Option<DateTime<Utc>>,
+    /// While closed: why, and until when.
+    pub closed: Option<String>,
+}
+
+impl StageGate {
+    /// The windows' verdict at `now`.
+    pub fn windows_at(&self, now: DateTime<Utc>) -> WindowState {
+        if !self.invalid.is_empty() {
+            return WindowState {
+                open: false,
+                next_open: None,
+                next_close: None,
+                closed: Some(format!(
+                    "closed because a guarding policy cannot be evaluated ({}); fix the policy",
+                    self.invalid.join("; ")
+                )),
+            };
+        }
+        let gate = policy::gate(&self.windows, now);
+        WindowState {
+            open: gate.open,
+            next_open: gate.next_open,
+            next_close: gate.next_close,
+            closed: (!gate.open).then(|| gate.describe()),
+        }
+    }
+
+    /// The approvals that count for `version` entering this stage, promoted by `promoter`.
+    pub fn tally(
+        &self,
+        lookups: &Lookups,
+        version: &AppVersion,
+        promoter: Option<&str>,
+    ) -> Option<Tally> {
+        let requirement = self.requirement.as_ref()?;
+        let ns = version.namespace().unwrap_or_default();
+        let facts = approval_facts(lookups, &ns, version);
+        let a = version.annotations();
+        let excluded = Excluded {
+            creator: a.get(CREATED_BY_ANNOTATION).cloned(),
+            last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
+            promoter: promoter.map(str::to_string),
+        };
+        Some(policy::count(
+            requirement,
+            &facts,
+            &version.name_any(),
+            &self.stage,
+            &excluded,
+        ))
+    }
+}
+
+/// The Approvals of `version` that approve its current content: owned by this version (by UID,
+/// so a deleted version's approvals never count for a new one of the same name) and stamped
+/// with its current generation (an edit after approval voids it).
+pub fn approval_facts(lookups: &Lookups, ns: &str, version: &AppVersion) -> Vec<ApprovalFact> {
+    let uid = version.uid().unwrap_or_default();
+    let generation = version.metadata.generation.unwrap_or_default().to_string();
+    lookups
+        .approvals_of(ns, &version.name_any())
+        .into_iter()
+        .filter(|a| {
+            a.owner_references()
+                .iter()
+                .any(|o| o.kind == "AppVersion" && o.uid == uid)
+                && a.annotations().get(APPROVED_GENERATION_ANNOTATION) == Some(&generation)
+        })
+        .filter_map(|a| {
+            Some(ApprovalFact {
+                name: a.name_any(),
+                approver: a.annotations().get(APPROVED_BY_ANNOTATION)?.clone(),
+                version: a.spec.version.clone(),
+                environment: a.spec.environment.clone(),
+                created: a.metadata.creation_timestamp.as_ref().and_then(|t| {
+                    DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
+                }),
+                deleting: a.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `policy` selects `app` (an absent or empty selector selects every app).
+pub fn selects(policy: &PromotionPolicy, app: &ToolJetApp) -> Result<bool, String> {
+    let Some(selector) = &policy.spec.app_selector else {
+        return Ok(true);
+    };
+    let selector = kube::core::Selector::try_from(selector.clone())
+        .map_err(|e| format!("spec.appSelector: {e}"))?;
+    Ok(selector.matches(app.labels()))
+}
+
+/// The windows of a policy, parsed; an error names the field (`spec.windows[1].schedule: ...`).
+pub fn windows_of(policy: &PromotionPolicy) -> Result<Vec<Window>, String> {
+    let name = policy.name_any();
+    policy
+        .spec
+        .windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let label = w
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("windows[{i}]"));
+            Window::parse(&WindowSpec {
+                kind: match w.kind {
+                    ApiWindowKind::Allow => WindowKind::Allow,
+                    ApiWindowKind::Deny => WindowKind::Deny,
+                },
+                schedule: w.schedule.clone(),
+                duration: w.duration.clone(),
+                time_zone: w.time_zone.clone(),
+                description: Some(format!("{label} of PromotionPolicy {name}")),
+            })
+            .map_err(|e| format!("spec.windows[{i}].{}: {e}", e.field()))
+        })
+        .collect()
+}
+
+/// What is wrong with a policy's spec beyond its schema: each problem names its field.
+pub fn problems(policy: &PromotionPolicy) -> Vec<String> {
+    let mut problems = vec![];
+    if let Some(selector) = &policy.spec.app_selector
+        && let Err(e) = kube::core::Selector::try_from(selector.clone())
+    {
+        problems.push(format!(
+            "spec.appSelector: {e}; use In, NotIn, Exists or DoesNotExist"
+        ));
+    }
+    if let Err(e) = windows_of(policy) {
+        problems.push(e);
+    }
+    problems
+}
+
+/// The gate on `stage` of `app`, `None` when no policy guards it.
+pub fn stage_gate(lookups: &Lookups, app: &ToolJetApp, stage: &str) -> Option<StageGate> {
+    let ns = app.namespace().unwrap_or_default();
+    stage_gate_among(&lookups.policies_in(&ns), app, stage)
+}
+
+/// [`stage_gate`] over given policies.
+pub fn stage_gate_among(
+    policies: &[Arc<PromotionPolicy>],
+    app: &ToolJetApp,
+    stage: &str,
+) -> Option<StageGate> {
+    if !app.spec.environments.iter().any(|s| s == stage) {
+        return None;
+    }
+    let mut gate = StageGate {
+        stage: stage.to_string(),
+        ..Default::default()
+    };
+    let mut requirements = vec![];
+    for p in policies {
+        if p.metadata.deletion_timestamp.is_some()
+            || !p.spec.environments.iter().any(|s| s == stage)
+        {
+            continue;
+        }
+        let name = p.name_any();
+        match selects(p, app) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                gate.policies.push(name.clone());
+                gate.invalid.push(format!("PromotionPolicy {name}: {e}"));
+                continue;
+            }
+        }
+        gate.policies.push(name.clone());
+        if let Some(a) = &p.spec.approvals {
+            requirements.push((name.clone(), a.required, a.separation_of_duties));
+        }
+        match windows_of(p) {
+            Ok(windows) => gate.windows.extend(windows),
+            Err(e) => gate.invalid.push(format!("PromotionPolicy {name}: {e}")),
+        }
+    }
+    if gate.policies.is_empty() {
+        return None;
+    }
+    gate.policies.sort();
+    gate.requirement = Requirement::combine(requirements);
+    Some(gate)
+}
+
+/// Converts Kubernetes' timestamp.
+pub fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32).unwrap_or_default()
+}
+
+/// And back.
+pub fn to_time(t: DateTime<Utc>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
+            .unwrap_or_default(),
+    )
+}
