@@ -554,9 +554,9 @@ pub fn gate_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBin
                 configure("s")
             ),
             "'user ' + request.userInfo.username + ' may not change or delete PromotionPolicy ' + \
-             oldObject.metadata.name + ': it guards ' + oldObject.spec.environments.join(', ') + \
-             ', which needs verb configure on resource environments named each (group tooljet.io) in namespace ' + \
-             request.namespace"
+             oldObject.metadata.name + ': a policy guarding ' + oldObject.spec.environments.join(', ') + \
+             ' needs verb configure on resource environments named ' + oldObject.spec.environments.join(', ') + \
+             ' (group tooljet.io) in namespace ' + request.namespace"
                 .into(),
         ),
         validation(

@@ -191,6 +191,8 @@ pub fn ar(kind: &str) -> ApiResource {
         "AppVersion" => "appversions",
         "ToolJetApp" => "tooljetapps",
         "EnvironmentConfig" => "environmentconfigs",
+        "PromotionPolicy" => "promotionpolicies",
+        "Approval" => "approvals",
         other => panic!("{other}"),
     };
     ApiResource::from_gvk_with_plural(

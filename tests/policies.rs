@@ -1,0 +1,481 @@
+//! Promotion policies as the real kube-apiserver enforces them through the webhook, with the
+//! shipped ClusterRoles and impersonated users: required approvals with separation of duties,
+//! revocation, promotion windows (deny open now, allow closed now) for promotions and releases,
+//! break-glass override recorded in the histories, and policies that the people they constrain
+//! cannot lift.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::{api::rbac::v1::RoleBinding, jiff::Timestamp};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, DynamicObject, PostParams},
+};
+use serde_json::{Value, json};
+use support::admission::{WAIT, Workspace, denied};
+
+/// Binds `user` to the ClusterRole `role` in the workspace.
+async fn bind(w: &Workspace, user: &str, role: &str) {
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": format!("{user}-{role}") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+async fn user(name: &str) -> Client {
+    support::client_as(name, &["tooljet-users"]).await
+}
+
+async fn approve(
+    w: &Workspace,
+    client: &Client,
+    name: &str,
+    version: &str,
+    stage: &str,
+) -> Result<DynamicObject, String> {
+    w.create(
+        client,
+        "Approval",
+        name,
+        json!({ "version": version, "environment": stage, "comment": "QA sign-off, ticket 123" }),
+    )
+    .await
+}
+
+/// Retries `attempt` until its denial mentions `expect` (the webhook's caches, and RBAC, catch
+/// up within moments of a change); panics if it is allowed.
+async fn until_denied(
+    what: &str,
+    expect: &str,
+    attempt: impl AsyncFn() -> Result<DynamicObject, String>,
+) -> String {
+    support::eventually(WAIT, what, || async {
+        match attempt().await {
+            Ok(obj) => panic!(
+                "{what}: allowed ({}), expected a denial mentioning {expect:?}",
+                obj.name_any()
+            ),
+            Err(m) => m.contains(expect).then_some(m),
+        }
+    })
+    .await
+}
+
+/// Retries `attempt` until it is allowed.
+async fn until_allowed(what: &str, attempt: impl AsyncFn() -> Result<DynamicObject, String>) {
+    let mut last = String::new();
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            match attempt().await {
+                Ok(_) => return,
+                Err(m) => last = m,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "{what}: still denied: {last}");
+}
+
+fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {
+    obj.annotations().get(key).cloned()
+}
+
+/// A version `name` created by alice (the developer) and promoted to staging by bob.
+async fn version_in_staging(w: &Workspace, name: &str) {
+    w.create(
+        &w.alice,
+        "AppVersion",
+        name,
+        json!({ "app": "crm", "versionName": name, "definition": { "pages": [] } }),
+    )
+    .await
+    .unwrap();
+    w.promote(&w.bob, name, "staging").await.unwrap();
+}
+
+#[tokio::test]
+async fn two_distinct_approvals_gate_a_promotion_with_separation_of_duties() {
+    let w = Workspace::new("policy-approvals").await;
+    for approver in ["alice", "dave", "erin"] {
+        bind(&w, approver, "tooljet-approver").await;
+    }
+    let (dave, erin, bob_promoter) = (user("dave").await, user("erin").await, w.bob.clone());
+    version_in_staging(&w, "v-new").await;
+    let created = w.get("AppVersion", "v-new").await.unwrap();
+    assert_eq!(
+        annotation(&created, "tooljet.io/created-by").as_deref(),
+        Some("alice")
+    );
+
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "prod-gate",
+        json!({ "environments": ["production"], "approvals": { "required": 2, "separationOfDuties": true } }),
+    )
+    .await
+    .unwrap();
+    let m = until_denied("promotion without approvals", "0 of 2", || {
+        w.promote(&bob_promoter, "v-new", "production")
+    })
+    .await;
+    assert!(m.contains("PromotionPolicy prod-gate"), "{m}");
+
+    // The creator may not approve her own version; nobody approves without the verb; an
+    // approval is for the stage right after the version's.
+    denied(
+        approve(&w, &w.alice, "by-alice", "v-new", "production").await,
+        "alice created AppVersion v-new",
+    );
+    denied(
+        approve(&w, &bob_promoter, "by-bob", "v-new", "production").await,
+        "forbidden",
+    );
+    denied(
+        approve(&w, &dave, "early", "v-new", "staging").await,
+        "approve it for production",
+    );
+
+    // One approver twice counts once.
+    let first = approve(&w, &dave, "by-dave", "v-new", "production")
+        .await
+        .unwrap();
+    assert_eq!(
+        annotation(&first, "tooljet.io/approved-by").as_deref(),
+        Some("dave")
+    );
+    let owner = &first.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("AppVersion", "v-new")
+    );
+    assert_eq!(owner.uid, created.uid().unwrap());
+    approve(&w, &dave, "by-dave-again", "v-new", "production")
+        .await
+        .unwrap();
+    until_denied("promotion with one approver", "1 of 2", || {
+        w.promote(&bob_promoter, "v-new", "production")
+    })
+    .await;
+
+    // Approvals are immutable; forging the approver is refused.
+    denied(
+        w.merge(
+            &w.admin,
+            "Approval",
+            "by-dave",
+            json!({ "spec": { "comment": "changed" } }),
+        )
+        .await,
+        "immutable",
+    );
+    denied(
+        w.merge(
+            &w.admin,
+            "Approval",
+            "by-dave",
+            json!({ "metadata": { "annotations": { "tooljet.io/approved-by": "erin" } } }),
+        )
+        .await,
+        "tooljet.io/approved-by",
+    );
+
+    // Two distinct approvers: the promotion passes.
+    approve(&w, &erin, "by-erin", "v-new", "production")
+        .await
+        .unwrap();
+    // Revoking one (dave's two objects) counts him out again.
+    for name in ["by-dave", "by-dave-again"] {
+        w.api(&dave, "Approval")
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    until_denied("promotion after a revocation", "1 of 2", || {
+        w.promote(&bob_promoter, "v-new", "production")
+    })
+    .await;
+    approve(&w, &dave, "by-dave-3", "v-new", "production")
+        .await
+        .unwrap();
+    until_allowed("promotion with two approvers", || {
+        w.promote(&bob_promoter, "v-new", "production")
+    })
+    .await;
+    let promoted = w.get("AppVersion", "v-new").await.unwrap();
+    assert_eq!(
+        promoted.data["spec"]["environment"],
+        json!("production"),
+        "promoted"
+    );
+}
+
+#[tokio::test]
+async fn a_deny_window_open_now_refuses_promotions_and_releases_until_an_override() {
+    let w = Workspace::new("policy-freeze").await;
+    bind(&w, "olivia", "tooljet-admin").await;
+    let olivia = user("olivia").await;
+    // Active at every minute for two hours: closed now, whenever the test runs.
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "freeze",
+        json!({ "environments": ["production"],
+                "windows": [{ "kind": "Deny", "schedule": "* * * * *", "duration": "2h", "description": "release freeze" }] }),
+    )
+    .await
+    .unwrap();
+    let m = until_denied("promotion in a freeze", "release freeze", || {
+        w.promote(&w.bob, "v-stg", "production")
+    })
+    .await;
+    assert!(m.contains("tooljet.io/override-reason"), "{m}");
+    // Releases and rollbacks of the last stage too.
+    denied(
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "crm",
+            json!({ "spec": { "release": { "version": "v-prod" } } }),
+        )
+        .await,
+        "release freeze",
+    );
+
+    // A reason without the verb override is refused; a reason outside a promotion too.
+    let with_reason = |reason: &str| {
+        json!({ "metadata": { "annotations": { "tooljet.io/override-reason": reason } },
+                "spec": { "environment": "production" } })
+    };
+    denied(
+        w.merge(&w.bob, "AppVersion", "v-stg", with_reason("hotfix"))
+            .await,
+        "verb override on resource environments named production",
+    );
+    denied(
+        w.merge(
+            &olivia,
+            "AppVersion",
+            "v-dev",
+            json!({ "metadata": { "annotations": { "tooljet.io/override-reason": "x" } } }),
+        )
+        .await,
+        "only takes effect in the same request",
+    );
+
+    // Break-glass by an admin: passes, the reason is consumed into the stamps and the history.
+    let promoted = w
+        .merge(
+            &olivia,
+            "AppVersion",
+            "v-stg",
+            with_reason("INC-42 security hotfix"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(annotation(&promoted, "tooljet.io/override-reason"), None);
+    assert_eq!(
+        annotation(&promoted, "tooljet.io/overridden-reason").as_deref(),
+        Some("INC-42 security hotfix")
+    );
+    assert_eq!(
+        annotation(&promoted, "tooljet.io/overridden-by").as_deref(),
+        Some("olivia")
+    );
+    support::eventually(
+        WAIT,
+        "the promotion history records the override",
+        || async {
+            let v = w.get("AppVersion", "v-stg").await?;
+            let last = v.data["status"]["promotions"].as_array()?.last()?.clone();
+            (last["overrideReason"] == json!("INC-42 security hotfix")
+                && last["by"] == json!("olivia"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    let released = w
+        .merge(
+            &olivia,
+            "ToolJetApp",
+            "crm",
+            json!({ "metadata": { "annotations": { "tooljet.io/override-reason": "INC-42 rollout" } },
+                    "spec": { "release": { "version": "v-stg" } } }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        annotation(&released, "tooljet.io/overridden-reason").as_deref(),
+        Some("INC-42 rollout")
+    );
+    support::eventually(WAIT, "the release history records the override", || async {
+        let app = w.get("ToolJetApp", "crm").await?;
+        let last = app.data["status"]["releaseHistory"]
+            .as_array()?
+            .last()?
+            .clone();
+        (last["version"] == json!("v-stg") && last["overrideReason"] == json!("INC-42 rollout"))
+            .then_some(())
+    })
+    .await;
+
+    // The next promotion without a reason is judged by the window again: a used reason never
+    // carries over.
+    version_in_staging(&w, "v-next").await;
+    denied(
+        w.promote(&olivia, "v-next", "production").await,
+        "release freeze",
+    );
+}
+
+#[tokio::test]
+async fn an_allow_window_closed_now_refuses_and_an_unguarded_app_passes() {
+    let w = Workspace::new("policy-allow").await;
+    // Opens for one hour, twelve hours from now: closed for the next eleven.
+    let hour = (Timestamp::now()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .hour()
+        + 12)
+        % 24;
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "business-hours",
+        json!({ "environments": ["production"], "appSelector": { "matchLabels": { "tier": "critical" } },
+                "windows": [{ "kind": "Allow", "schedule": format!("0 {hour} * * *"), "duration": "1h", "timeZone": "UTC" }] }),
+    )
+    .await
+    .unwrap();
+    // Not selected yet: promotions pass.
+    version_in_staging(&w, "v-a").await;
+    until_allowed("promotion of an unselected app", || {
+        w.promote(&w.bob, "v-a", "production")
+    })
+    .await;
+    w.merge(
+        &w.admin,
+        "ToolJetApp",
+        "crm",
+        json!({ "metadata": { "labels": { "tier": "critical" } } }),
+    )
+    .await
+    .unwrap();
+    let m = until_denied("promotion outside the allow window", "Allow", || {
+        w.promote(&w.bob, "v-stg", "production")
+    })
+    .await;
+    assert!(m.contains("business-hours"), "{m}");
+}
+
+#[tokio::test]
+async fn the_people_a_policy_constrains_cannot_lift_it() {
+    let w = Workspace::new("policy-edit").await;
+    // alice may write PromotionPolicies as far as RBAC goes, but configures only development.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": { "name": "policy-writer" },
+        "rules": [{ "apiGroups": ["tooljet.io"], "resources": ["promotionpolicies"],
+                    "verbs": ["get", "list", "create", "update", "patch", "delete"] }],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(w.admin.clone(), &w.ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "policy-writer" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "policy-writer" },
+        "subjects": [{ "kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io" }],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let gate = |stages: Value| json!({ "environments": stages, "approvals": { "required": 1 } });
+
+    let m = until_denied(
+        "alice creating a production policy",
+        "verb configure",
+        || {
+            w.create(
+                &w.alice,
+                "PromotionPolicy",
+                "mine",
+                gate(json!(["production"])),
+            )
+        },
+    )
+    .await;
+    assert!(m.contains("named production"), "{m}");
+    until_allowed("alice guarding her own stage", || {
+        w.create(
+            &w.alice,
+            "PromotionPolicy",
+            "dev-gate",
+            gate(json!(["development"])),
+        )
+    })
+    .await;
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "prod-gate",
+        gate(json!(["production"])),
+    )
+    .await
+    .unwrap();
+    denied(
+        w.merge(
+            &w.alice,
+            "PromotionPolicy",
+            "prod-gate",
+            json!({ "spec": { "environments": ["development"] } }),
+        )
+        .await,
+        "named production",
+    );
+    let deleted = w
+        .api(&w.alice, "PromotionPolicy")
+        .delete("prod-gate", &DeleteParams::default())
+        .await;
+    let message = match deleted {
+        Ok(_) => panic!("alice deleted a production policy"),
+        Err(e) => support::admission::msg(e),
+    };
+    assert!(message.contains("named production"), "{message}");
+    assert!(w.get("PromotionPolicy", "prod-gate").await.is_some());
+
+    // A window that does not parse is refused with its field.
+    let m = w
+        .create(
+            &w.admin,
+            "PromotionPolicy",
+            "bad",
+            json!({ "environments": ["production"],
+                    "windows": [{ "kind": "Deny", "schedule": "0 25 * * *", "duration": "1h" }] }),
+        )
+        .await
+        .unwrap_err();
+    assert!(m.contains("spec.windows[0].schedule"), "{m}");
+    let m = w
+        .create(
+            &w.admin,
+            "PromotionPolicy",
+            "bad-zone",
+            json!({ "environments": ["production"],
+                    "windows": [{ "kind": "Deny", "schedule": "0 18 * * 5", "duration": "62h", "timeZone": "Mars/Olympus" }] }),
+        )
+        .await
+        .unwrap_err();
+    assert!(m.contains("spec.windows[0].timeZone"), "{m}");
+}
