@@ -27,7 +27,7 @@ use crate::{
         AppVersion, Approval, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         PromotionPolicy, ToolJetApp,
     },
-    controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig},
+    controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
@@ -247,7 +247,7 @@ async fn serve_health(
     Ok(())
 }
 
-/// The three controllers, wired to the caches' changes, and the watches that feed them. When
+/// The four controllers, wired to the caches' changes, and the watches that feed them. When
 /// this replica becomes the leader, everything is reconciled once.
 fn run_controllers(
     tasks: &mut JoinSet<(&'static str, Result<()>)>,
@@ -283,14 +283,25 @@ fn run_controllers(
         ctx.echoes.clone(),
         state::all(caches.managed_hub.subscribe()),
         state::changes(caches.app_hub.subscribe(), appversion::app_facts),
+        (
+            state::changes(caches.approval_hub.subscribe(), state::generation),
+            state::changes(caches.policy_hub.subscribe(), state::generation),
+        ),
     );
     let apps = app::controller(
         client.clone(),
         settings,
         &caches.lookups,
-        state::changes(caches.app_hub.subscribe(), state::generation),
+        state::changes(caches.app_hub.subscribe(), app::own_facts),
         state::changes(caches.version_hub.subscribe(), app::version_facts),
         state::all(caches.managed_hub.subscribe()),
+        state::changes(caches.policy_hub.subscribe(), state::generation),
+    );
+    let policies = policy::controller(
+        settings,
+        &caches.lookups,
+        state::changes(caches.policy_hub.subscribe(), state::generation),
+        state::changes(caches.app_hub.subscribe(), policy::selection_facts),
     );
     let Caches {
         managed_hub,
@@ -323,7 +334,12 @@ fn run_controllers(
                 .for_each(drain),
             apps.reconcile_all_on(all())
                 .shutdown_on_signal()
-                .run(app::reconcile, app::error_policy, ctx)
+                .run(app::reconcile, app::error_policy, ctx.clone())
+                .for_each(drain),
+            policies
+                .reconcile_all_on(all())
+                .shutdown_on_signal()
+                .run(policy::reconcile, policy::error_policy, ctx)
                 .for_each(drain),
         );
         (CONTROLLERS, Ok(()))

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Secret},
@@ -25,21 +26,26 @@ use tracing::{info, instrument, warn};
 
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
-    Settings, Step, apply_status, condition, conditions, envconfig, new_failure, publish,
-    secrets::app_label_value, set_condition,
+    Settings, Step, apply_status, condition, conditions, envconfig, new_failure,
+    policy::{apps_in, at_transition},
+    publish,
+    secrets::app_label_value,
+    set_condition,
 };
 use crate::api::{
-    AppVersion, EnvironmentVersions, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
-    RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, ToolJetApp, ToolJetAppStatus,
+    AppVersion, EnvironmentVersions, PromotionPolicy, RELEASED_AT_ANNOTATION,
+    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, StageGate,
+    ToolJetApp, ToolJetAppStatus,
 };
-use crate::state::Lookups;
+use crate::{gate, state::Lookups};
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
 pub const RELEASE_HISTORY: usize = 20;
 
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
-/// Secrets (rollout), and Deployments (metadata only) that a rollout may name or select.
+/// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
+/// PromotionPolicies of its namespace (its stage gates).
 pub fn controller(
     client: Client,
     settings: &Settings,
@@ -47,9 +53,11 @@ pub fn controller(
     main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
+    policies: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
     let for_secrets = lookups.clone();
     let for_deployments = lookups.clone();
+    let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .watches_shared_stream(versions, |v: Arc<AppVersion>| {
@@ -68,6 +76,20 @@ pub fn controller(
             .touched_objects(),
             move |d: PartialObjectMeta<Deployment>| apps_rolling_out(&for_deployments, &d),
         )
+        // Whom a policy selected before its change is not known here: every app of the
+        // namespace (policies change rarely; an app whose gates did not change writes nothing).
+        .watches_shared_stream(policies, move |p: Arc<PromotionPolicy>| {
+            apps_in(&for_policies, &p.namespace().unwrap_or_default())
+                .iter()
+                .map(|a| ObjectRef::from(&**a))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What of an app its own reconcile reacts to: its spec, its deletion, and its labels (which
+/// PromotionPolicies select it).
+pub fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
+    (crate::state::generation(app), app.labels().clone())
 }
 
 /// What of a version its app depends on: which app, which stage (the app's status lists versions
@@ -170,9 +192,13 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let versions = ctx.lookups.versions_of(&ns, &name);
     let release = check_release(&app, &versions);
 
+    let policies = ctx.lookups.policies_in(&ns);
+    let now = gate::to_chrono(Timestamp::now());
+    let (gates, next_transition) = stage_gates(&app, &policies, now);
+
     let rollout_problems = roll_out(&ctx, &app, &ns).await?;
 
-    let (status, record) = desired_status(&app, &versions, &release, &rollout_problems);
+    let (status, record) = desired_status(&app, &versions, &release, &rollout_problems, gates);
     apply_status(&ctx, "tooljetapp", &*app, app.status.as_ref(), &status).await?;
 
     if let Some(record) = record {
@@ -211,7 +237,40 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
-    Ok(Action::await_change())
+    // A gate's window opening or closing changes the status by itself: wake then.
+    Ok(at_transition(next_transition, now))
+}
+
+/// The gate on each stage of the app's pipeline that some policy guards (pure), in pipeline
+/// order, and the earliest time one of them opens or closes.
+fn stage_gates(
+    app: &ToolJetApp,
+    policies: &[Arc<PromotionPolicy>],
+    now: DateTime<Utc>,
+) -> (Vec<StageGate>, Option<DateTime<Utc>>) {
+    let mut next: Option<DateTime<Utc>> = None;
+    let gates = app
+        .spec
+        .environments
+        .iter()
+        .filter_map(|stage| gate::stage_gate_among(policies, app, stage))
+        .map(|g| {
+            let windows = g.windows_at(now);
+            if let Some(t) = windows.next_open.or(windows.next_close) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+            StageGate {
+                environment: g.stage,
+                policies: g.policies,
+                required_approvals: g.requirement.map_or(0, |r| r.required),
+                open: windows.open,
+                next_open: windows.next_open.map(gate::to_time),
+                next_close: windows.next_close.map(gate::to_time),
+                closed_by: windows.closed,
+            }
+        })
+        .collect();
+    (gates, next)
 }
 
 /// What keeps a rollout from being in sync.
@@ -333,10 +392,12 @@ fn desired_status(
     versions: &[Arc<AppVersion>],
     release: &Release,
     rollout: &RolloutProblems,
+    gates: Vec<StageGate>,
 ) -> (ToolJetAppStatus, Option<ReleaseRecord>) {
     let mut status = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
     status.observed_generation = generation;
+    status.gates = gates;
     status.environments = app
         .spec
         .environments
@@ -532,6 +593,7 @@ mod tests {
             &versions(),
             &check_release(&a, &versions()),
             &RolloutProblems::default(),
+            vec![],
         );
         assert_eq!(s.released_version.as_deref(), Some("v1"));
         assert!(!r.unwrap().rollback);
@@ -545,6 +607,7 @@ mod tests {
             &versions(),
             &check_release(&a, &versions()),
             &RolloutProblems::default(),
+            vec![],
         );
         assert_eq!(r.unwrap().version, "v2");
         a.status = Some(s);
@@ -557,6 +620,7 @@ mod tests {
             &versions(),
             &check_release(&a, &versions()),
             &RolloutProblems::default(),
+            vec![],
         );
         assert!(
             r.unwrap().rollback,
@@ -579,6 +643,7 @@ mod tests {
             &versions(),
             &check_release(&a, &versions()),
             &RolloutProblems::default(),
+            vec![],
         );
         assert!(r.is_none());
         assert_eq!(
@@ -597,7 +662,13 @@ mod tests {
     #[test]
     fn versions_are_listed_per_stage_in_pipeline_order() {
         let a = app(None);
-        let (s, _) = desired_status(&a, &versions(), &Release::None, &RolloutProblems::default());
+        let (s, _) = desired_status(
+            &a,
+            &versions(),
+            &Release::None,
+            &RolloutProblems::default(),
+            vec![],
+        );
         let listed: Vec<(&str, Vec<&str>)> = s
             .environments
             .iter()
@@ -618,6 +689,130 @@ mod tests {
         );
     }
 
+    fn guard(
+        name: &str,
+        stages: &[&str],
+        required: Option<u32>,
+        deny: Option<(&str, &str)>,
+        tier: Option<&str>,
+    ) -> Arc<PromotionPolicy> {
+        let mut p = PromotionPolicy::new(
+            name,
+            crate::api::PromotionPolicySpec {
+                app_selector: tier.map(|t| LabelSelector {
+                    match_labels: Some(BTreeMap::from([("tier".into(), t.into())])),
+                    match_expressions: None,
+                }),
+                environments: stages.iter().map(|s| s.to_string()).collect(),
+                approvals: required.map(|required| crate::api::ApprovalRequirement {
+                    required,
+                    separation_of_duties: true,
+                }),
+                windows: deny
+                    .map(|(schedule, duration)| crate::api::PromotionWindow {
+                        kind: crate::api::WindowKind::Deny,
+                        schedule: schedule.into(),
+                        duration: duration.into(),
+                        time_zone: None,
+                        description: Some("freeze".into()),
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        Arc::new(p)
+    }
+
+    fn at(h: u32) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 3, 4, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn guarded_stages_report_their_combined_gate_in_pipeline_order() {
+        let mut a = app(None);
+        a.metadata.namespace = Some("ns".into());
+        let policies = [
+            guard("two-approvals", &["production"], Some(2), None, None),
+            guard(
+                "one-approval",
+                &["production", "staging"],
+                Some(1),
+                None,
+                None,
+            ),
+            guard(
+                "freeze",
+                &["production"],
+                None,
+                Some(("0 9 * * *", "2h")),
+                None,
+            ),
+            guard(
+                "other-tier",
+                &["development"],
+                Some(3),
+                None,
+                Some("critical"),
+            ),
+        ];
+        let (gates, next) = stage_gates(&a, &policies, at(10));
+        let summary: Vec<(&str, Vec<&str>, u32, bool)> = gates
+            .iter()
+            .map(|g| {
+                (
+                    g.environment.as_str(),
+                    g.policies.iter().map(String::as_str).collect(),
+                    g.required_approvals,
+                    g.open,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("staging", vec!["one-approval"], 1, true),
+                (
+                    "production",
+                    vec!["freeze", "one-approval", "two-approvals"],
+                    2,
+                    false
+                ),
+            ],
+            "the highest requirement, every window; an unselected app is not guarded"
+        );
+        let production = &gates[1];
+        assert_eq!(production.next_open, Some(gate::to_time(at(11))));
+        assert!(
+            production
+                .closed_by
+                .as_deref()
+                .is_some_and(|c| c.contains("freeze of PromotionPolicy freeze")),
+            "{:?}",
+            production.closed_by
+        );
+        assert_eq!(gates[0].closed_by, None);
+        assert_eq!(next, Some(at(11)), "the app wakes when production opens");
+
+        let (s, _) = desired_status(
+            &a,
+            &versions(),
+            &Release::None,
+            &RolloutProblems::default(),
+            gates,
+        );
+        assert_eq!(s.gates.len(), 2);
+    }
+
+    #[test]
+    fn an_app_no_policy_guards_has_no_gates_and_no_requeue() {
+        let a = app(None);
+        let (gates, next) = stage_gates(&a, &[], at(10));
+        assert!(gates.is_empty());
+        assert_eq!(next, None);
+    }
+
     #[test]
     fn rollout_problems_set_the_rollout_condition() {
         let a = app(None);
@@ -628,7 +823,7 @@ mod tests {
                     .into(),
             ],
         };
-        let (s, _) = desired_status(&a, &versions(), &Release::None, &problems);
+        let (s, _) = desired_status(&a, &versions(), &Release::None, &problems, vec![]);
         let c = s
             .conditions
             .iter()

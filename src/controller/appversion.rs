@@ -36,11 +36,14 @@ use super::{
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, OVERRIDDEN_AT_ANNOTATION, OVERRIDDEN_REASON_ANNOTATION,
-        PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, Promotion,
-        ResolvedConfig, ToolJetApp,
+        AppVersion, AppVersionStatus, Approval, OVERRIDDEN_AT_ANNOTATION,
+        OVERRIDDEN_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
+        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, StageApprovals,
+        ToolJetApp,
     },
+    gate,
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
+    policy::Tally,
 };
 
 /// `tooljet.io/kind` of the resolved-config Secrets.
@@ -48,9 +51,10 @@ pub const SECRET_KIND: &str = "resolved-config";
 /// How many promotions a status keeps.
 pub const PROMOTION_HISTORY: usize = 20;
 
-/// The controller and its triggers: its own kind, the ToolJetApps (release and pipeline changes),
-/// and the materialised Secrets (its own resolved Secrets for drift; the stage configurations'
-/// Secrets for config changes).
+/// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
+/// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
+/// configurations' Secrets for config changes), the Approvals (of the version they name) and the
+/// PromotionPolicies (of the versions of their namespace: the approvals a next stage requires).
 pub fn controller(
     settings: &Settings,
     lookups: &Lookups,
@@ -58,9 +62,14 @@ pub fn controller(
     echoes: Arc<Echoes>,
     managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
     apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+    (approvals, policies): (
+        impl Stream<Item = Arc<Approval>> + Send + 'static,
+        impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
+    ),
 ) -> Controller<AppVersion> {
     let for_secrets = lookups.clone();
     let by_app = lookups.clone();
+    let by_policy = lookups.clone();
     Controller::for_shared_stream(main, lookups.versions.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .watches_shared_stream(managed, move |secret: Arc<Secret>| {
@@ -79,14 +88,36 @@ pub fn controller(
                 .map(|v| ObjectRef::from(&**v))
                 .collect::<Vec<_>>()
         })
+        .watches_shared_stream(approvals, |a: Arc<Approval>| {
+            a.namespace()
+                .map(|ns| ObjectRef::new(&a.spec.version).within(&ns))
+        })
+        // Whom a policy selected before its change is not known here: the versions of every
+        // app of the namespace (policies change rarely; an unchanged status is not written).
+        .watches_shared_stream(policies, move |p: Arc<PromotionPolicy>| {
+            let ns = p.namespace().unwrap_or_default();
+            super::policy::apps_in(&by_policy, &ns)
+                .iter()
+                .flat_map(|a| by_policy.versions_of(&ns, &a.name_any()))
+                .map(|v| ObjectRef::from(&*v))
+                .collect::<Vec<_>>()
+        })
 }
 
-/// What of an app its versions depend on: its pipeline and its released version (a version's
-/// `Released` condition), and whether it exists.
-pub fn app_facts(app: &ToolJetApp) -> (Vec<String>, Option<String>) {
+/// What of an app its versions depend on: its pipeline (which stage is next), its released
+/// version (a version's `Released` condition), its labels (which PromotionPolicies guard its
+/// stages), and whether it exists.
+pub fn app_facts(
+    app: &ToolJetApp,
+) -> (
+    Vec<String>,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+) {
     (
         app.spec.environments.clone(),
         app.status.as_ref().and_then(|s| s.released_version.clone()),
+        app.labels().clone(),
     )
 }
 
@@ -192,6 +223,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         &plan.missing,
         &plan.target,
         taken,
+        found.approvals.as_ref(),
     );
     apply_status(&ctx, "appversion", &*v, v.status.as_ref(), &status).await?;
     report(&v, &ctx, &status, promotion.as_ref(), change).await;
@@ -206,10 +238,12 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     })
 }
 
-/// What a version's reconcile reads: its app, and its stage's merged configuration.
+/// What a version's reconcile reads: its app, its stage's merged configuration, and its
+/// approvals for the next stage when a policy requires some there.
 struct Found {
     app: Option<Arc<ToolJetApp>>,
     resolved: Materialized,
+    approvals: Option<Tally>,
 }
 
 /// Reads the caches. `None` while a configuration of the version's stage exists but is not
@@ -220,11 +254,18 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
     if pending_materialization(ctx, ns, &v.spec.app, environment) {
         return None;
     }
+    let app = ctx
+        .lookups
+        .apps
+        .get(&ObjectRef::new(&v.spec.app).within(ns));
+    // Counted as a promotion would count them, less the promoter (not known before it promotes).
+    let approvals = app.as_deref().and_then(|a| {
+        let next = next_stage(a, environment)?;
+        gate::stage_gate(&ctx.lookups, a, next)?.tally(&ctx.lookups, v, None)
+    });
     Some(Found {
-        app: ctx
-            .lookups
-            .apps
-            .get(&ObjectRef::new(&v.spec.app).within(ns)),
+        app,
+        approvals,
         resolved: resolve(
             &ctx.hash_key,
             &ctx.managed_secrets,
@@ -234,6 +275,22 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
             environment,
         ),
     })
+}
+
+/// The stage after `stage` in `app`'s pipeline.
+fn next_stage<'a>(app: &'a ToolJetApp, stage: &str) -> Option<&'a str> {
+    let i = app.spec.environments.iter().position(|s| s == stage)?;
+    app.spec.environments.get(i + 1).map(String::as_str)
+}
+
+/// The status form of a tally: `1/2`, the approvers that count.
+fn stage_approvals(tally: &Tally) -> StageApprovals {
+    StageApprovals {
+        environment: tally.environment.clone(),
+        required: tally.required,
+        approvers: tally.approvers.clone(),
+        summary: format!("{}/{}", tally.counted(), tally.required),
+    }
 }
 
 /// What the version should have: its resolved Secret, and what its stage lacks.
@@ -286,11 +343,13 @@ fn desired_status(
     missing: &[String],
     secret: &str,
     taken: bool,
+    approvals: Option<&Tally>,
 ) -> (AppVersionStatus, Option<Promotion>) {
     let mut status = v.status.clone().unwrap_or_default();
     let generation = v.metadata.generation;
     let environment = v.spec.environment.clone();
     status.observed_generation = generation;
+    status.approvals = approvals.map(stage_approvals);
 
     let mut promotion = None;
     if let Some(previous) = status.environment.clone().filter(|p| *p != environment) {
@@ -555,7 +614,8 @@ mod tests {
     #[test]
     fn a_stage_change_is_recorded_once_with_the_webhooks_stamp() {
         let mut v = version("development");
-        let (status, promotion) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
+        let (status, promotion) =
+            desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         assert!(
             promotion.is_none(),
             "the first observation is not a promotion"
@@ -574,7 +634,8 @@ mod tests {
                 "2026-01-02T03:04:05Z".to_string(),
             ),
         ]));
-        let (status, promotion) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
+        let (status, promotion) =
+            desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         let p = promotion.unwrap();
         assert_eq!(
             (p.from.as_str(), p.to.as_str(), p.by.as_deref()),
@@ -583,7 +644,7 @@ mod tests {
         assert_eq!(p.at.0.to_string(), "2026-01-02T03:04:05Z");
         assert_eq!(status.promotions.len(), 1);
         v.status = Some(status);
-        let (again, none) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
+        let (again, none) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         assert!(none.is_none());
         assert_eq!(again.promotions.len(), 1);
     }
@@ -591,23 +652,23 @@ mod tests {
     #[test]
     fn an_unstamped_promotion_has_no_author() {
         let mut v = version("development");
-        v.status = Some(desired_status(&v, Some(&app(None)), &empty(), &[], "s", false).0);
+        v.status = Some(desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None).0);
         v.spec.environment = "staging".into();
         v.metadata.annotations = Some(Map::from([(
             PROMOTED_FROM_ANNOTATION.to_string(),
             "qa".to_string(),
         )]));
-        let (_, p) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
+        let (_, p) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         assert_eq!(p.unwrap().by, None);
     }
 
     #[test]
     fn promotion_history_is_bounded() {
         let mut v = version("a0");
-        v.status = Some(desired_status(&v, None, &empty(), &[], "s", false).0);
+        v.status = Some(desired_status(&v, None, &empty(), &[], "s", false, None).0);
         for i in 1..=30 {
             v.spec.environment = format!("a{i}");
-            v.status = Some(desired_status(&v, None, &empty(), &[], "s", false).0);
+            v.status = Some(desired_status(&v, None, &empty(), &[], "s", false, None).0);
         }
         let promotions = &v.status.as_ref().unwrap().promotions;
         assert_eq!(promotions.len(), PROMOTION_HISTORY);
@@ -624,6 +685,7 @@ mod tests {
             &["constant API_URL".into()],
             "s",
             false,
+            None,
         );
         assert_eq!(
             reason(&s, "ConfigResolved"),
@@ -636,13 +698,60 @@ mod tests {
         assert_eq!(reason(&s, "Ready"), ("False", "MissingRequirements"));
         assert_eq!(reason(&s, "Released"), ("True", "Released"));
 
-        let (s, _) = desired_status(&v, None, &empty(), &[], "s", false);
+        let (s, _) = desired_status(&v, None, &empty(), &[], "s", false, None);
         assert_eq!(reason(&s, "Ready"), ("False", "AppNotFound"));
-        let (s, _) = desired_status(&version("qa"), Some(&app(None)), &empty(), &[], "s", false);
+        let (s, _) = desired_status(
+            &version("qa"),
+            Some(&app(None)),
+            &empty(),
+            &[],
+            "s",
+            false,
+            None,
+        );
         assert_eq!(reason(&s, "Ready"), ("False", "EnvironmentNotInPipeline"));
-        let (s, _) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false);
+        let (s, _) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         assert_eq!(reason(&s, "Ready"), ("True", "Ready"));
         assert_eq!(s.resolved_config.unwrap().environment, "staging");
+    }
+
+    #[test]
+    fn the_next_stages_approvals_are_summarised() {
+        let v = version("staging");
+        let tally = Tally {
+            version: "crm-v4".into(),
+            environment: "production".into(),
+            required: 2,
+            approvers: vec!["dave".into()],
+            ignored: vec![],
+        };
+        let (s, _) = desired_status(
+            &v,
+            Some(&app(None)),
+            &empty(),
+            &[],
+            "s",
+            false,
+            Some(&tally),
+        );
+        assert_eq!(
+            s.approvals,
+            Some(StageApprovals {
+                environment: "production".into(),
+                required: 2,
+                approvers: vec!["dave".into()],
+                summary: "1/2".into(),
+            })
+        );
+        let (s, _) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
+        assert_eq!(
+            s.approvals, None,
+            "no guarded next stage: no approvals shown"
+        );
+        let a = app(None);
+        assert_eq!(next_stage(&a, "staging"), Some("production"));
+        assert_eq!(next_stage(&a, "production"), None);
+        assert_eq!(next_stage(&a, "qa"), None);
     }
 
     fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> EnvironmentConfig {
@@ -807,6 +916,7 @@ mod tests {
             &[],
             "tooljet-version.crm-v4",
             true,
+            None,
         );
         assert_eq!(reason(&s, "ConfigResolved"), ("False", "SecretExists"));
         assert!(s.conditions.iter().any(|c| {

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod appversion;
 pub mod envconfig;
+pub mod policy;
 mod refs;
 pub mod secrets;
 
@@ -46,7 +47,10 @@ pub mod conditions {
     pub const CONFLICT: &str = "Conflict";
     pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
     pub const ENVIRONMENT_NOT_IN_PIPELINE: &str = "EnvironmentNotInPipeline";
+    pub const EVALUATED: &str = "Evaluated";
     pub const INVALID_ROLLOUT: &str = "InvalidRollout";
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    pub const INVALID_WINDOW: &str = "InvalidWindow";
     pub const MATERIALIZED: &str = "Materialized";
     pub const MISSING_REQUIREMENTS: &str = "MissingRequirements";
     pub const NO_RELEASE: &str = "NoRelease";

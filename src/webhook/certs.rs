@@ -108,15 +108,27 @@ pub enum Source {
     },
 }
 
-/// Loads the certificate once (an error here is fatal at start), then keeps it current: every
-/// `RECHECK`, and at once whenever a webhook configuration it maintains changes (e.g. a
+/// First and longest wait between attempts to load the certificate at start.
+const INITIAL_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Loads the certificate (retrying with backoff until it succeeds), then keeps it current:
+/// every `RECHECK`, and at once whenever a webhook configuration it maintains changes (e.g. a
 /// `helm upgrade` that resets its caBundle).
 pub async fn run(client: Client, source: Source, resolver: Arc<ReloadingResolver>) -> Result<()> {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
-    sync(&client, &source, &resolver)
-        .await
-        .context("loading the webhook serving certificate")?;
+    // A transient API error at start must not leave the replica without a certificate: retry
+    // with backoff until one is loaded (readiness stays false meanwhile, and liveness fails once
+    // the replica has been unready for too long, so a replica that cannot recover is restarted).
+    let mut delay = INITIAL_RETRY;
+    let mut attempts = 0u32;
+    while let Err(e) = sync(&client, &source, &resolver).await {
+        attempts += 1;
+        warn!(error = %format!("{e:#}"), attempts, retry_in = ?delay, "loading the webhook serving certificate failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY);
+    }
     let names = match &source {
         Source::SelfManaged { configurations, .. } => configurations.clone(),
         Source::Files { .. } => vec![],
