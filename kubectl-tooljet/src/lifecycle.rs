@@ -1,0 +1,466 @@
+//! The commands that move versions: `promote`, `release`, `rollback`, `approve`. Each is the JSON
+//! merge patch (or object) the README documents, sent as the user, so the admission webhook and
+//! policies judge it and their verdict is shown as is.
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+};
+use serde::Serialize;
+use serde_json::json;
+use tooljet_operator::api::{AppVersion, ToolJetApp};
+
+use crate::{
+    cluster::{Cluster, approval_resource},
+    error::{Error, Result},
+    output::{self, Format},
+};
+
+/// The field manager of every write.
+pub const MANAGER: &str = "kubectl-tooljet";
+
+/// What a lifecycle command did (or, with --dry-run, would do).
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub action: &'static str,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub dry_run: bool,
+    pub message: String,
+}
+
+fn params(dry_run: bool) -> PatchParams {
+    PatchParams {
+        dry_run,
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+fn report(format: Format, outcome: &Outcome) -> Result<()> {
+    output::print(format, outcome, |o| format!("{}\n", o.message))
+}
+
+/// The stage after `current` in `app`'s pipeline; errors say why there is none.
+pub fn next_stage(app: &ToolJetApp, version: &AppVersion) -> Result<String> {
+    let name = version.name_any();
+    let stages = &app.spec.environments;
+    let current = &version.spec.environment;
+    let at = stages.iter().position(|s| s == current).ok_or_else(|| {
+        Error::Usage(format!(
+            "AppVersion {name} is in {current}, which is not a stage of app {}'s pipeline {stages:?}; fix spec.environment or the pipeline",
+            app.name_any()
+        ))
+    })?;
+    stages.get(at + 1).cloned().ok_or_else(|| {
+        Error::Usage(format!(
+            "AppVersion {name} is already in the last stage ({current}); release it with `kubectl tooljet release {name}`"
+        ))
+    })
+}
+
+pub async fn promote(
+    cluster: &Cluster,
+    name: &str,
+    to: Option<String>,
+    dry_run: bool,
+    format: Format,
+) -> Result<()> {
+    let version = cluster.version(name).await?;
+    let app = cluster.app(&version.spec.app).await?;
+    let from = version.spec.environment.clone();
+    let target = match to {
+        Some(t) => t,
+        None => next_stage(&app, &version)?,
+    };
+    if target == from {
+        return Err(Error::Usage(format!(
+            "AppVersion {name} is already in {from}"
+        )));
+    }
+    // The resourceVersion makes it a promotion from the stage shown here, not from whatever
+    // stage someone else moved the version to meanwhile. A conflict from any other write (the
+    // operator's status updates bump the resourceVersion too) is retried after re-reading.
+    let context = format!("promoting AppVersion {name} to {target}");
+    let mut current = version;
+    for attempt in 0.. {
+        let patch = json!({
+            "metadata": { "resourceVersion": current.resource_version() },
+            "spec": { "environment": target },
+        });
+        match cluster
+            .versions()
+            .patch(name, &params(dry_run), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
+                current = cluster.version(name).await?;
+                if current.spec.environment != from {
+                    return Err(Error::Usage(format!(
+                        "{context}: AppVersion {name} was moved to {} meanwhile; check `kubectl tooljet status {}`",
+                        current.spec.environment,
+                        app.name_any()
+                    )));
+                }
+            }
+            Err(e) => return Err(Error::kube(context, e)),
+        }
+    }
+    let message = if dry_run {
+        format!(
+            "appversion/{name} can be promoted {from} -> {target} (server dry run: admission allowed it; nothing changed)"
+        )
+    } else {
+        format!("appversion/{name} promoted {from} -> {target}")
+    };
+    report(
+        format,
+        &Outcome {
+            action: "promote",
+            namespace: cluster.namespace.clone(),
+            app: app.name_any(),
+            version: name.into(),
+            from: Some(from),
+            to: Some(target),
+            dry_run,
+            message,
+        },
+    )
+}
+
+/// Sets `app`'s release to `version` (release and rollback are the same patch).
+async fn set_release(
+    cluster: &Cluster,
+    app: &ToolJetApp,
+    version: &str,
+    action: &'static str,
+    dry_run: bool,
+    format: Format,
+) -> Result<()> {
+    let name = app.name_any();
+    let from = app.released().map(str::to_string);
+    let patch = json!({ "spec": { "release": { "version": version } } });
+    cluster
+        .apps()
+        .patch(&name, &params(dry_run), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("setting the release of ToolJetApp {name} to {version}"),
+                e,
+            )
+        })?;
+    let was = from
+        .as_deref()
+        .map(|f| format!(" (was {f})"))
+        .unwrap_or_default();
+    let verb = if action == "rollback" {
+        "rolled back to"
+    } else {
+        "released"
+    };
+    let message = if dry_run {
+        format!(
+            "tooljetapp/{name} can be {verb} {version}{was} (server dry run: admission allowed it; nothing changed)"
+        )
+    } else {
+        format!("tooljetapp/{name} {verb} {version}{was}")
+    };
+    report(
+        format,
+        &Outcome {
+            action,
+            namespace: cluster.namespace.clone(),
+            app: name,
+            version: version.into(),
+            from,
+            to: Some(version.into()),
+            dry_run,
+            message,
+        },
+    )
+}
+
+pub async fn release(
+    cluster: &Cluster,
+    version: &str,
+    dry_run: bool,
+    format: Format,
+) -> Result<()> {
+    let v = cluster.version(version).await?;
+    let app = cluster.app(&v.spec.app).await?;
+    if app.released() == Some(version) {
+        return Err(Error::Usage(format!(
+            "AppVersion {version} is already the release of app {}",
+            app.name_any()
+        )));
+    }
+    set_release(cluster, &app, version, "release", dry_run, format).await
+}
+
+/// The app named, or the namespace's only app.
+pub async fn resolve_app(cluster: &Cluster, app: Option<&str>) -> Result<ToolJetApp> {
+    if let Some(name) = app {
+        return cluster.app(name).await;
+    }
+    let mut apps = cluster.list_apps().await?;
+    match apps.len() {
+        1 => Ok(apps.remove(0)),
+        0 => Err(Error::NotFound(format!(
+            "no ToolJetApps in namespace {}",
+            cluster.namespace
+        ))),
+        _ => Err(Error::Usage(format!(
+            "namespace {} has {} apps ({}); name one",
+            cluster.namespace,
+            apps.len(),
+            apps.iter()
+                .map(|a| a.name_any())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The version to roll back to: the newest earlier release that is not the current one and is
+/// still a version of the app in its last stage. Pure.
+pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<String> {
+    let current = app.released();
+    let history = app
+        .status
+        .as_ref()
+        .map(|s| s.release_history.as_slice())
+        .unwrap_or_default();
+    let last = app.last_stage();
+    let releasable = |name: &str| {
+        versions.iter().any(|v| {
+            v.name_any() == name && v.spec.app == app.name_any() && v.spec.environment == last
+        })
+    };
+    history
+        .iter()
+        .rev()
+        .map(|r| r.version.as_str())
+        .find(|v| Some(*v) != current && releasable(v))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "app {} has no earlier release still in {last} to roll back to; name one with --to VERSION",
+                app.name_any()
+            ))
+        })
+}
+
+pub async fn rollback(
+    cluster: &Cluster,
+    app: Option<&str>,
+    to: Option<String>,
+    dry_run: bool,
+    format: Format,
+) -> Result<()> {
+    let app = resolve_app(cluster, app).await?;
+    let target = match to {
+        Some(t) => {
+            cluster.version(&t).await?;
+            t
+        }
+        None => rollback_target(&app, &cluster.list_versions(&cluster.namespace).await?)?,
+    };
+    if app.released() == Some(target.as_str()) {
+        return Err(Error::Usage(format!(
+            "{target} is already the release of app {}",
+            app.name_any()
+        )));
+    }
+    set_release(cluster, &app, &target, "rollback", dry_run, format).await
+}
+
+/// The requesting user's name, as the apiserver sees it (SelfSubjectReview).
+pub async fn whoami(cluster: &Cluster) -> Option<String> {
+    let api: Api<SelfSubjectReview> = Api::all(cluster.client.clone());
+    let review: SelfSubjectReview = serde_json::from_value(json!({})).ok()?;
+    let answer = api.create(&PostParams::default(), &review).await.ok()?;
+    answer.status?.user_info?.username
+}
+
+/// The Approval's name: `<version>-<stage>-<user>`, a DNS subdomain of at most 253 characters.
+pub fn approval_name(version: &str, stage: &str, user: &str) -> String {
+    let user: String = user
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let user = user.trim_matches('-');
+    let name = format!("{version}-{stage}-{user}");
+    let name: String = name.chars().take(253).collect();
+    name.trim_end_matches(['-', '.']).to_string()
+}
+
+pub async fn approve(
+    cluster: &Cluster,
+    version: &str,
+    stage: &str,
+    comment: Option<String>,
+    format: Format,
+) -> Result<()> {
+    let v = cluster.version(version).await?;
+    let app = cluster.app(&v.spec.app).await?;
+    if !app.spec.environments.iter().any(|s| s == stage) {
+        return Err(Error::Usage(format!(
+            "{stage} is not a stage of app {}'s pipeline {:?}",
+            app.name_any(),
+            app.spec.environments
+        )));
+    }
+    // The mutating webhook ties the Approval to its version (ownerReference) and stamps the
+    // approver; the name says who asked, so a second approval by the same person conflicts.
+    let mut metadata = json!({ "labels": { "app.kubernetes.io/part-of": app.name_any() } });
+    match whoami(cluster).await {
+        Some(user) => metadata["name"] = json!(approval_name(version, stage, &user)),
+        None => metadata["generateName"] = json!(format!("{version}-{stage}-")),
+    }
+    let mut spec = json!({ "version": version, "environment": stage });
+    if let Some(c) = comment {
+        spec["comment"] = json!(c);
+    }
+    let ar = approval_resource();
+    let body: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": ar.api_version, "kind": ar.kind, "metadata": metadata, "spec": spec,
+    }))
+    .map_err(|e| Error::Api(format!("building the Approval: {e}")))?;
+    let pp = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    let created = match cluster
+        .approvals(&cluster.namespace)
+        .create(&pp, &body)
+        .await
+    {
+        Ok(o) => o,
+        Err(kube::Error::Api(s))
+            if s.code == 404 && s.reason == "NotFound" && !s.message.contains(version) =>
+        {
+            return Err(Error::NotFound(
+                "this cluster does not serve Approvals (tooljet.io/v1alpha1 approvals); upgrade tooljet-operator's CRDs".into(),
+            ));
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            return Err(Error::Usage(format!(
+                "you have already approved {version} for {stage} (Approval {}); Approvals are immutable",
+                body.name_any()
+            )));
+        }
+        Err(e) => return Err(Error::kube(format!("approving {version} for {stage}"), e)),
+    };
+    report(
+        format,
+        &Outcome {
+            action: "approve",
+            namespace: cluster.namespace.clone(),
+            app: app.name_any(),
+            version: version.into(),
+            from: None,
+            to: Some(stage.into()),
+            dry_run: false,
+            message: format!(
+                "approval/{} created: {version} approved for {stage}",
+                created.name_any()
+            ),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tooljet_operator::api::AppVersionSpec;
+
+    use super::*;
+
+    fn app(release: Option<&str>, history: &[&str]) -> ToolJetApp {
+        serde_json::from_value(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp", "metadata": { "name": "crm" },
+            "spec": { "environments": ["dev", "qa", "prod"], "release": release.map(|v| json!({ "version": v })) },
+            "status": { "releaseHistory": history.iter().map(|v| json!({ "version": v, "at": "2026-01-01T00:00:00Z" })).collect::<Vec<_>>() },
+        }))
+        .unwrap()
+    }
+
+    fn version(name: &str, stage: &str) -> AppVersion {
+        AppVersion::new(
+            name,
+            AppVersionSpec {
+                app: "crm".into(),
+                version_name: name.into(),
+                description: None,
+                environment: stage.into(),
+                definition: None,
+                requires: None,
+            },
+        )
+    }
+
+    #[test]
+    fn promotion_goes_to_the_next_stage_of_the_apps_pipeline() {
+        let a = app(None, &[]);
+        assert_eq!(next_stage(&a, &version("v1", "dev")).unwrap(), "qa");
+        assert_eq!(next_stage(&a, &version("v1", "qa")).unwrap(), "prod");
+        let e = next_stage(&a, &version("v1", "prod")).unwrap_err();
+        assert!(e.to_string().contains("kubectl tooljet release v1"), "{e}");
+        assert!(next_stage(&a, &version("v1", "staging")).is_err());
+    }
+
+    #[test]
+    fn rollback_goes_to_the_newest_earlier_release_still_in_the_last_stage() {
+        let versions = [
+            version("v1", "prod"),
+            version("v2", "prod"),
+            version("v3", "prod"),
+        ];
+        let a = app(Some("v3"), &["v1", "v2", "v3"]);
+        assert_eq!(rollback_target(&a, &versions).unwrap(), "v2");
+        // v2 deleted meanwhile: v1.
+        assert_eq!(
+            rollback_target(&a, &[version("v1", "prod"), version("v3", "prod")]).unwrap(),
+            "v1"
+        );
+        // Nothing earlier.
+        let a = app(Some("v1"), &["v1"]);
+        assert!(
+            rollback_target(&a, &versions)
+                .unwrap_err()
+                .to_string()
+                .contains("--to")
+        );
+    }
+
+    #[test]
+    fn approval_names_are_predictable_object_names() {
+        assert_eq!(
+            approval_name("crm-v2", "staging", "alice"),
+            "crm-v2-staging-alice"
+        );
+        assert_eq!(
+            approval_name("crm-v2", "production", "system:serviceaccount:ci:Deployer"),
+            "crm-v2-production-system-serviceaccount-ci-deployer"
+        );
+        assert_eq!(
+            approval_name("v", "s", "bob@example.com"),
+            "v-s-bob-example-com"
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! `status [APP]`: a board per app — the pipeline left to right, the versions in each stage,
+//! the release, and each version's readiness and missing requirements.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use serde::Serialize;
+use tooljet_operator::{
+    api::{APPROVED_BY_ANNOTATION, AppVersion, PromotionPolicy, ToolJetApp},
+    controller::conditions,
+};
+
+use crate::{
+    cluster::Cluster,
+    error::Result,
+    output::{self, Format},
+};
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AppBoard {
+    pub namespace: String,
+    pub app: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The pipeline, first stage first, with the versions in each stage.
+    pub stages: Vec<Stage>,
+    /// spec.release.version (what end users should get).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// status.releasedVersion (what the operator has made live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_version: Option<String>,
+    pub ready: Readiness,
+    pub versions: Vec<VersionState>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Stage {
+    pub name: String,
+    pub versions: Vec<String>,
+    /// The PromotionPolicies guarding entry into this stage (absent when none, or when the
+    /// cluster does not serve PromotionPolicies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+}
+
+/// One PromotionPolicy guarding a stage, as its status reports it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    pub policy: String,
+    /// Whether its windows let promotions in now (unknown until the operator reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_open: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_close: Option<String>,
+    /// Approvals needed to enter the stage.
+    pub approvals_required: u32,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// True, False or Unknown (not reconciled yet).
+    pub status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionState {
+    pub name: String,
+    pub version_name: String,
+    pub stage: String,
+    pub released: bool,
+    pub ready: Readiness,
+    /// Why the stage's configuration does not satisfy the version (ConfigResolved=False).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+    /// Approvals per stage, once the cluster serves the Approval kind (absent before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<BTreeMap<String, Vec<String>>>,
+}
+
+pub async fn run(cluster: &Cluster, app: Option<&str>, format: Format) -> Result<()> {
+    let apps = match app {
+        Some(name) => vec![cluster.app(name).await?],
+        None => cluster.list_apps().await?,
+    };
+    type Facts = (
+        Vec<AppVersion>,
+        Option<Vec<kube::api::DynamicObject>>,
+        Vec<PromotionPolicy>,
+    );
+    let mut by_namespace: BTreeMap<String, Facts> = BTreeMap::new();
+    let mut boards = Vec::new();
+    for app in &apps {
+        let ns = app.namespace().unwrap_or_default();
+        if !by_namespace.contains_key(&ns) {
+            let versions = cluster.list_versions(&ns).await?;
+            let approvals = cluster.list_approvals(&ns).await?;
+            let policies = cluster.list_policies(&ns).await?;
+            by_namespace.insert(ns.clone(), (versions, approvals, policies));
+        }
+        let (versions, approvals, policies) = &by_namespace[&ns];
+        boards.push(board(app, versions, approvals.as_deref(), policies));
+    }
+    if boards.is_empty() && format == Format::Table {
+        let scope = if cluster.all_namespaces {
+            "any namespace".to_string()
+        } else {
+            format!("namespace {}", cluster.namespace)
+        };
+        eprintln!(
+            "No ToolJetApps in {scope}; import one with `kubectl tooljet import FILE.json --apply`."
+        );
+        return Ok(());
+    }
+    output::print(format, &boards, |boards| {
+        boards.iter().map(render).collect::<Vec<_>>().join("\n")
+    })
+}
+
+/// The board of one app from its versions (any app's, filtered here) and, when the kind is
+/// served, the namespace's Approvals. Pure.
+pub fn board(
+    app: &ToolJetApp,
+    versions: &[AppVersion],
+    approvals: Option<&[kube::api::DynamicObject]>,
+    policies: &[PromotionPolicy],
+) -> AppBoard {
+    let name = app.name_any();
+    let mut mine: Vec<&AppVersion> = versions.iter().filter(|v| v.spec.app == name).collect();
+    mine.sort_by_key(|v| v.name_any());
+    let released = app.status.as_ref().and_then(|s| s.released_version.clone());
+    let stages = app
+        .spec
+        .environments
+        .iter()
+        .map(|stage| Stage {
+            name: stage.clone(),
+            versions: mine
+                .iter()
+                .filter(|v| &v.spec.environment == stage)
+                .map(|v| v.name_any())
+                .collect(),
+            gates: gates(&name, stage, policies),
+        })
+        .collect();
+    let versions = mine
+        .iter()
+        .map(|v| {
+            let conds = v
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            let missing = find(conds, conditions::CONFIG_RESOLVED)
+                .filter(|c| c.status == "False")
+                .map(|c| c.message.clone());
+            VersionState {
+                name: v.name_any(),
+                version_name: v.spec.version_name.clone(),
+                stage: v.spec.environment.clone(),
+                released: released.as_deref() == Some(v.name_any().as_str()),
+                ready: readiness(
+                    conds,
+                    v.metadata.generation,
+                    v.status.as_ref().and_then(|s| s.observed_generation),
+                ),
+                missing,
+                approvals: approvals.map(|all| approvals_of(&v.name_any(), all)),
+            }
+        })
+        .collect();
+    let app_conds = app
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    AppBoard {
+        namespace: app.namespace().unwrap_or_default(),
+        app: name,
+        display_name: app.spec.display_name.clone(),
+        stages,
+        release: app.released().map(str::to_string),
+        released_version: released,
+        ready: readiness(
+            app_conds,
+            app.metadata.generation,
+            app.status.as_ref().and_then(|s| s.observed_generation),
+        ),
+        versions,
+    }
+}
+
+/// The policies guarding `stage` of `app`, as the operator resolved them (status.apps).
+fn gates(app: &str, stage: &str, policies: &[PromotionPolicy]) -> Vec<Gate> {
+    policies
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            let guarded = status
+                .apps
+                .iter()
+                .any(|a| a.name == app && a.environments.iter().any(|e| e == stage));
+            guarded.then(|| Gate {
+                policy: p.name_any(),
+                open: status.open,
+                next_open: status.next_open.as_ref().map(output::time),
+                next_close: status.next_close.as_ref().map(output::time),
+                approvals_required: p.spec.approvals.as_ref().map(|a| a.required).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Approvals of `version`, by stage: the approvers (or object names when not yet stamped).
+fn approvals_of(version: &str, all: &[kube::api::DynamicObject]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in all {
+        let spec = &a.data["spec"];
+        if spec["version"].as_str() != Some(version) {
+            continue;
+        }
+        let stage = spec["environment"].as_str().unwrap_or_default().to_string();
+        let who = a
+            .annotations()
+            .get(APPROVED_BY_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| a.name_any());
+        out.entry(stage).or_default().push(who);
+    }
+    out
+}
+
+fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+fn readiness(conds: &[Condition], generation: Option<i64>, observed: Option<i64>) -> Readiness {
+    match find(conds, conditions::READY) {
+        Some(c) if observed.is_some() && observed == generation => Readiness {
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: if c.status == "True" {
+                String::new()
+            } else {
+                c.message.clone()
+            },
+        },
+        Some(c) => Readiness {
+            status: "Unknown".into(),
+            reason: "Reconciling".into(),
+            message: format!(
+                "the operator has not yet observed the latest change (last: {} {})",
+                c.status, c.reason
+            ),
+        },
+        None => Readiness {
+            status: "Unknown".into(),
+            reason: "NotReconciled".into(),
+            message: "the operator has not reported on it yet".into(),
+        },
+    }
+}
+
+fn mark(v: &VersionState) -> String {
+    let ready = match v.ready.status.as_str() {
+        "True" => "ready",
+        "False" => "not ready",
+        _ => "pending",
+    };
+    if v.released {
+        format!("{} (released, {ready})", v.name)
+    } else {
+        format!("{} ({ready})", v.name)
+    }
+}
+
+/// The board as text: a header, the pipeline as columns, then one line per version.
+pub fn render(b: &AppBoard) -> String {
+    let mut out = format!(
+        "App {}/{}{}  Ready: {}{}\n",
+        b.namespace,
+        b.app,
+        b.display_name
+            .as_ref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        b.ready.status,
+        if b.ready.status == "True" {
+            String::new()
+        } else {
+            format!(" ({}: {})", b.ready.reason, b.ready.message)
+        },
+    );
+    out += &format!(
+        "Released: {}\n\n",
+        b.released_version.as_deref().unwrap_or("<none>")
+    );
+    let depth = b
+        .stages
+        .iter()
+        .map(|s| s.versions.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let by_name: BTreeMap<&str, &VersionState> =
+        b.versions.iter().map(|v| (v.name.as_str(), v)).collect();
+    let headers: Vec<String> = b
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i + 1 < b.stages.len() {
+                format!("{} ->", s.name)
+            } else {
+                s.name.clone()
+            }
+        })
+        .collect();
+    let rows = (0..depth).map(|row| {
+        b.stages
+            .iter()
+            .map(|s| {
+                s.versions
+                    .get(row)
+                    .map(|n| {
+                        by_name
+                            .get(n.as_str())
+                            .map(|v| mark(v))
+                            .unwrap_or_else(|| n.clone())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    });
+    let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+    out += &output::table(&header_refs, rows);
+    let gated: Vec<(&Stage, &Gate)> = b
+        .stages
+        .iter()
+        .flat_map(|s| s.gates.iter().map(move |g| (s, g)))
+        .collect();
+    if !gated.is_empty() {
+        out.push('\n');
+        out += &output::table(
+            &["gate", "policy", "window", "approvals"],
+            gated.iter().map(|(s, g)| {
+                let window = match (g.open, &g.next_close, &g.next_open) {
+                    (Some(true), Some(close), _) => format!("open until {close}"),
+                    (Some(true), None, _) => "open".to_string(),
+                    (Some(false), _, Some(open)) => format!("closed until {open}"),
+                    (Some(false), _, None) => "closed".to_string(),
+                    (None, _, _) => "unknown".to_string(),
+                };
+                [
+                    format!("into {}", s.name),
+                    g.policy.clone(),
+                    window,
+                    g.approvals_required.to_string(),
+                ]
+            }),
+        );
+    }
+    if !b.versions.is_empty() {
+        out.push('\n');
+        let with_approvals = b
+            .versions
+            .iter()
+            .any(|v| v.approvals.as_ref().is_some_and(|a| !a.is_empty()));
+        let mut headers = vec!["version", "name", "stage", "ready", "released", "details"];
+        if with_approvals {
+            headers.push("approvals");
+        }
+        let rows = b.versions.iter().map(|v| {
+            let details = match (&v.missing, v.ready.status.as_str()) {
+                (Some(m), _) => m.clone(),
+                (None, "True") => String::new(),
+                (None, _) => format!("{}: {}", v.ready.reason, v.ready.message),
+            };
+            let mut row = vec![
+                v.name.clone(),
+                v.version_name.clone(),
+                v.stage.clone(),
+                v.ready.status.clone(),
+                if v.released {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
+                details,
+            ];
+            if with_approvals {
+                row.push(
+                    v.approvals
+                        .iter()
+                        .flatten()
+                        .map(|(stage, who)| format!("{stage}: {}", who.join(",")))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                );
+            }
+            row
+        });
+        out += &output::table(&headers, rows);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str) -> serde_json::Value {
+        json!({ "type": type_, "status": status, "reason": reason, "message": message,
+                "lastTransitionTime": "2026-01-01T00:00:00Z" })
+    }
+
+    #[test]
+    fn the_board_shows_stages_in_pipeline_order_readiness_gates_and_approvals() {
+        let app: ToolJetApp = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp",
+            "metadata": { "name": "crm", "namespace": "ws", "generation": 1 },
+            "spec": { "environments": ["dev", "qa", "prod"], "release": { "version": "v1" } },
+            "status": { "observedGeneration": 1, "releasedVersion": "v1",
+                        "conditions": [condition("Ready", "True", "Ready", "")] },
+        }));
+        let version = |name: &str, stage: &str, ready: bool| -> AppVersion {
+            let conds = if ready {
+                vec![
+                    condition("Ready", "True", "Ready", ""),
+                    condition("ConfigResolved", "True", "Resolved", ""),
+                ]
+            } else {
+                vec![
+                    condition(
+                        "Ready",
+                        "False",
+                        "MissingRequirements",
+                        "environment qa lacks constant API_URL",
+                    ),
+                    condition(
+                        "ConfigResolved",
+                        "False",
+                        "MissingRequirements",
+                        "environment qa lacks constant API_URL",
+                    ),
+                ]
+            };
+            obj(json!({
+                "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion",
+                "metadata": { "name": name, "namespace": "ws", "generation": 2 },
+                "spec": { "app": "crm", "versionName": name, "environment": stage },
+                "status": { "observedGeneration": 2, "conditions": conds },
+            }))
+        };
+        let other_app: AppVersion = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": "x1" },
+            "spec": { "app": "other", "versionName": "x1", "environment": "dev" },
+        }));
+        let versions = [
+            version("v2", "qa", false),
+            version("v1", "prod", true),
+            other_app,
+        ];
+        let approval: kube::api::DynamicObject = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "Approval",
+            "metadata": { "name": "v2-prod-dana", "annotations": { APPROVED_BY_ANNOTATION: "dana" } },
+            "spec": { "version": "v2", "environment": "prod" },
+        }));
+        let policy: PromotionPolicy = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "PromotionPolicy", "metadata": { "name": "freeze" },
+            "spec": { "environments": ["prod"], "approvals": { "required": 2 } },
+            "status": { "open": false, "nextOpen": "2026-01-05T08:00:00Z", "selectedApps": 1,
+                        "apps": [{ "name": "crm", "environments": ["prod"] }] },
+        }));
+        let b = board(
+            &app,
+            &versions,
+            Some(std::slice::from_ref(&approval)),
+            &[policy],
+        );
+        let stages: Vec<(&str, &[String])> = b
+            .stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.versions.as_slice()))
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                ("dev", &[][..]),
+                ("qa", &["v2".to_string()][..]),
+                ("prod", &["v1".to_string()][..])
+            ]
+        );
+        assert!(b.stages[1].gates.is_empty());
+        assert_eq!(b.stages[2].gates[0].policy, "freeze");
+        assert_eq!(b.stages[2].gates[0].open, Some(false));
+        assert_eq!(b.stages[2].gates[0].approvals_required, 2);
+        let v2 = b.versions.iter().find(|v| v.name == "v2").unwrap();
+        assert_eq!(v2.ready.status, "False");
+        assert!(v2.missing.as_deref().unwrap().contains("API_URL"));
+        assert_eq!(v2.approvals.as_ref().unwrap()["prod"], ["dana"]);
+        assert!(b.versions.iter().find(|v| v.name == "v1").unwrap().released);
+        assert_eq!(b.versions.len(), 2, "only this app's versions");
+
+        let text = render(&b);
+        assert!(text.contains("Released: v1"), "{text}");
+        assert!(
+            text.contains("v1 (released, ready)") && text.contains("v2 (not ready)"),
+            "{text}"
+        );
+        assert!(text.contains("closed until 2026-01-05T08:00:00Z"), "{text}");
+        assert!(text.contains("prod: dana"), "{text}");
+    }
+
+    #[test]
+    fn a_status_of_an_older_generation_is_not_taken_as_current() {
+        let v: AppVersion = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion",
+            "metadata": { "name": "v1", "generation": 3 },
+            "spec": { "app": "crm", "versionName": "v1", "environment": "dev" },
+            "status": { "observedGeneration": 2, "conditions": [condition("Ready", "True", "Ready", "")] },
+        }));
+        let app: ToolJetApp = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp", "metadata": { "name": "crm" },
+            "spec": { "environments": ["dev", "prod"] },
+        }));
+        let b = board(&app, &[v], None, &[]);
+        assert_eq!(b.versions[0].ready.status, "Unknown");
+        assert_eq!(b.ready.reason, "NotReconciled");
+        assert!(
+            b.versions[0].approvals.is_none(),
+            "no Approval kind: nothing claimed"
+        );
+    }
+}

@@ -1,0 +1,1020 @@
+//! ToolJet app exports <-> tooljet.io objects. Pure: JSON in, objects out (and back), so the
+//! mapping is tested without a cluster.
+//!
+//! A ToolJet export ("Export app") is `{tooljet_version, app: [{definition: {appV2: {...}}}],
+//! tooljet_database}`. `appV2` carries the app (`name`), its versions (`appVersions`,
+//! `editingVersion`), `components`, `pages`, `events`, `dataQueries`, `dataSources`, the
+//! workspace's `appEnvironments` (`name`, `priority`, `enabled`) and `dataSourceOptions` (one per
+//! data source and environment, `options: {key: {value, encrypted}}`; encrypted ones carry a
+//! `credential_id` instead of a value).
+//!
+//! Import gives a ToolJetApp (pipeline = enabled environments by priority), one AppVersion in the
+//! first stage whose `spec.definition` is the export's `app[0].definition`, kept exactly, and one
+//! EnvironmentConfig per stage with that stage's options of every user data source. Export puts
+//! the definition back and replaces the chosen stage's options with the cluster's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value, json};
+use tooljet_operator::api::{
+    AppVersion, AppVersionSpec, DataSource, EnvironmentConfig, EnvironmentConfigSpec, Requirements,
+    SecretKeySelector, SecretValueSource, ToolJetApp, ToolJetAppSpec,
+};
+
+/// Data source kinds ToolJet creates for every app itself; they need no configuration.
+pub const INTERNAL_KINDS: [&str; 4] = ["tooljetdb", "runjs", "runpy", "workflows"];
+
+/// The export's version of ToolJet, kept on the AppVersion so an export can say where it came from.
+pub const SOURCE_VERSION_ANNOTATION: &str = "import.tooljet.io/tooljet-version";
+
+/// What the user chose on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// metadata.name of the ToolJetApp (default: the app's name, as a DNS label).
+    pub app: Option<String>,
+    /// metadata.name of the AppVersion (default: `<app>-<version name>`).
+    pub version: Option<String>,
+}
+
+/// The objects an export becomes, and the Secrets the user must create.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    pub app: ToolJetApp,
+    pub version: AppVersion,
+    pub configs: Vec<EnvironmentConfig>,
+    /// Secret name -> keys the EnvironmentConfigs reference (values never leave ToolJet).
+    pub secrets: BTreeMap<String, BTreeSet<String>>,
+    /// Things the user should know (renamed data sources, skipped ToolJet Database tables, ...).
+    pub notes: Vec<String>,
+}
+
+/// The Secret that holds the encrypted options of `app` in `stage`.
+pub fn secret_name(app: &str, stage: &str) -> String {
+    format!("{app}-{stage}-datasources")
+}
+
+/// The key of an encrypted option in that Secret.
+pub fn secret_key(data_source: &str, option: &str) -> String {
+    format!("{data_source}.{}", sanitize_key(option))
+}
+
+/// Reads an export into objects. Errors name what is missing or invalid.
+pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> {
+    let entry = export
+        .get("app")
+        .and_then(Value::as_array)
+        .and_then(|apps| apps.first())
+        .ok_or("not a ToolJet app export: no app[0] (expected {tooljet_version, app: [{definition: {appV2: ...}}]})")?;
+    let definition = entry
+        .get("definition")
+        .filter(|d| d.is_object())
+        .ok_or("not a ToolJet app export: app[0].definition is missing")?;
+    let app_v2 = definition
+        .get("appV2")
+        .and_then(Value::as_object)
+        .ok_or("app[0].definition.appV2 is missing: exports before ToolJet 2.x are not supported; re-export the app")?;
+    let mut notes = Vec::new();
+
+    let app_name = match &opts.app {
+        Some(name) => dns_name(name, "--app")?,
+        None => {
+            let name = str_field(app_v2, "name").ok_or("appV2.name is missing; pass --app NAME")?;
+            dns_label(name).ok_or_else(|| {
+                format!("the app name {name:?} has no letters or digits; pass --app NAME")
+            })?
+        }
+    };
+
+    // The pipeline: enabled environments by priority.
+    let mut envs: Vec<(i64, String, String)> = Vec::new(); // (priority, id, stage)
+    for env in array_field(app_v2, "appEnvironments") {
+        if env.get("enabled").and_then(Value::as_bool) == Some(false) {
+            continue;
+        }
+        let name = env
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("an appEnvironments entry has no name")?;
+        let stage = dns_label(name)
+            .ok_or_else(|| format!("environment {name:?} cannot become a stage name"))?;
+        if stage != name {
+            notes.push(format!("environment {name:?} becomes stage {stage:?}"));
+        }
+        let id = env.get("id").and_then(Value::as_str).unwrap_or_default();
+        let priority = env
+            .get("priority")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MAX);
+        envs.push((priority, id.to_string(), stage));
+    }
+    envs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    if envs.is_empty() {
+        notes.push(
+            "the export lists no environments; using the default pipeline development, staging, production".into(),
+        );
+        envs = tooljet_operator::api::DEFAULT_PIPELINE
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as i64, String::new(), s.to_string()))
+            .collect();
+    }
+    let stages: Vec<String> = envs.iter().map(|e| e.2.clone()).collect();
+    if stages.len() < 2 || stages.len() > 10 {
+        return Err(format!(
+            "the export's pipeline {stages:?} has {} enabled environments; a ToolJetApp needs 2-10",
+            stages.len()
+        ));
+    }
+    if stages.iter().collect::<BTreeSet<_>>().len() != stages.len() {
+        return Err(format!(
+            "the export's environments {stages:?} are not unique as stage names"
+        ));
+    }
+
+    // The version: the one being edited, else the last one.
+    let versions = array_field(app_v2, "appVersions");
+    let editing_id = app_v2
+        .get("editingVersion")
+        .and_then(|v| v.get("id"))
+        .and_then(Value::as_str);
+    let version = versions
+        .iter()
+        .find(|v| v.get("id").and_then(Value::as_str) == editing_id && editing_id.is_some())
+        .or(versions.last())
+        .or(app_v2.get("editingVersion"));
+    let version_name = version
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("v1")
+        .trim()
+        .to_string();
+    let version_name: String = version_name.chars().take(25).collect();
+    let version_object = match &opts.version {
+        Some(name) => dns_name(name, "--version")?,
+        None => dns_name(
+            &format!(
+                "{app_name}-{}",
+                dns_label(&version_name).unwrap_or("v1".into())
+            ),
+            "the version name",
+        )?,
+    };
+
+    // Data sources: the user's, by id (internal ones stay in the definition only).
+    let mut user_sources: Vec<(String, String, String)> = Vec::new(); // (id, name, kind)
+    let mut seen = BTreeSet::new();
+    for ds in array_field(app_v2, "dataSources") {
+        if is_internal(ds) {
+            continue;
+        }
+        let original = ds.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = data_source_name(original).ok_or_else(|| {
+            format!("data source {original:?} has no letters or digits in its name")
+        })?;
+        if name != original {
+            notes.push(format!(
+                "data source {original:?} is named {name:?} in the EnvironmentConfigs"
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(format!(
+                "two data sources are named {name:?}; rename one in ToolJet and export again"
+            ));
+        }
+        let kind = ds
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let id = ds
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        user_sources.push((id, name, kind));
+    }
+
+    // Requirements: data sources the queries use, constants and secrets the definition names.
+    let mut required_sources = BTreeSet::new();
+    for query in array_field(app_v2, "dataQueries") {
+        let id = query.get("dataSourceId").and_then(Value::as_str);
+        if let Some((_, name, _)) = user_sources
+            .iter()
+            .find(|(ds, _, _)| Some(ds.as_str()) == id)
+        {
+            required_sources.insert(name.clone());
+        }
+    }
+    let constants = referenced_constants(definition);
+
+    // One EnvironmentConfig per stage.
+    let options = array_field(app_v2, "dataSourceOptions");
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut configs = Vec::new();
+    for (_, env_id, stage) in &envs {
+        let mut data_sources = Vec::new();
+        for (ds_id, name, kind) in &user_sources {
+            let found = options.iter().find(|o| {
+                o.get("dataSourceId").and_then(Value::as_str) == Some(ds_id.as_str())
+                    && o.get("environmentId").and_then(Value::as_str) == Some(env_id.as_str())
+            });
+            let mut plain = BTreeMap::new();
+            let mut secret = BTreeMap::new();
+            if let Some(Value::Object(opts)) = found.and_then(|o| o.get("options")) {
+                for (key, option) in opts {
+                    let encrypted = option
+                        .get("encrypted")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    if encrypted {
+                        let secret_name = secret_name(&app_name, stage);
+                        let secret_key = secret_key(name, key);
+                        secrets
+                            .entry(secret_name.clone())
+                            .or_default()
+                            .insert(secret_key.clone());
+                        secret.insert(
+                            key.clone(),
+                            SecretValueSource {
+                                secret_key_ref: SecretKeySelector {
+                                    name: secret_name,
+                                    key: secret_key,
+                                },
+                            },
+                        );
+                    } else if let Some(obj) =
+                        option.as_object().filter(|o| o.contains_key("encrypted"))
+                    {
+                        plain.insert(
+                            key.clone(),
+                            obj.get("value").cloned().unwrap_or(Value::Null),
+                        );
+                    } else {
+                        // Exports before per-option encryption flags: the value itself.
+                        plain.insert(key.clone(), option.clone());
+                    }
+                }
+            }
+            data_sources.push(DataSource {
+                name: name.clone(),
+                kind: kind_name(kind),
+                options: plain,
+                secret_options: secret,
+            });
+        }
+        let mut config = EnvironmentConfig::new(
+            &format!("{app_name}-{stage}"),
+            EnvironmentConfigSpec {
+                environment: stage.clone(),
+                app: Some(app_name.clone()),
+                data_sources,
+                constants: vec![],
+            },
+        );
+        config.metadata.labels = Some(labels(&app_name));
+        configs.push(config);
+    }
+    if !constants.is_empty() {
+        notes.push(format!(
+            "the definition uses constants/secrets {}: add them to each stage's EnvironmentConfig (spec.constants)",
+            constants.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if export
+        .get("tooljet_database")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        notes.push(
+            "the export carries ToolJet Database tables (tooljet_database): they are not part of an app version and are not imported"
+                .into(),
+        );
+    }
+
+    let mut app = ToolJetApp::new(
+        &app_name,
+        ToolJetAppSpec {
+            display_name: str_field(app_v2, "name").map(|n| n.chars().take(255).collect()),
+            environments: stages.clone(),
+            release: None,
+            rollout: vec![],
+        },
+    );
+    app.metadata.labels = Some(labels(&app_name));
+
+    let mut version = AppVersion::new(
+        &version_object,
+        AppVersionSpec {
+            app: app_name.clone(),
+            version_name,
+            description: Some(format!(
+                "imported from a ToolJet export of {:?}",
+                str_field(app_v2, "name").unwrap_or(&app_name)
+            ))
+            .map(|d| d.chars().take(1000).collect()),
+            environment: stages[0].clone(),
+            definition: Some(definition.clone()),
+            requires: Some(Requirements {
+                data_sources: required_sources.into_iter().collect(),
+                constants: constants.into_iter().collect(),
+            }),
+        },
+    );
+    version.metadata.labels = Some(labels(&app_name));
+    if let Some(v) = export.get("tooljet_version").and_then(Value::as_str) {
+        version.metadata.annotations =
+            Some([(SOURCE_VERSION_ANNOTATION.to_string(), v.to_string())].into());
+    }
+    Ok(Imported {
+        app,
+        version,
+        configs,
+        secrets,
+        notes,
+    })
+}
+
+/// A ToolJet export of `version` with `stage`'s data source options from `configs` (the stage's
+/// EnvironmentConfigs, workspace-wide first, then app-scoped: later entries win). Encrypted
+/// options are left empty, as ToolJet's own export does; other environments keep the plain
+/// options the definition was imported with.
+pub fn export(
+    version: &AppVersion,
+    app: Option<&ToolJetApp>,
+    stage: &str,
+    configs: &[EnvironmentConfig],
+) -> Result<Value, String> {
+    let name = version.metadata.name.as_deref().unwrap_or_default();
+    let mut definition = version
+        .spec
+        .definition
+        .clone()
+        .filter(|d| d.get("appV2").is_some_and(Value::is_object))
+        .ok_or_else(|| {
+            format!(
+                "AppVersion {name} has no ToolJet definition (spec.definition.appV2); only versions created by `kubectl tooljet import` or holding an appV2 definition can be exported"
+            )
+        })?;
+    let mut effective: BTreeMap<String, &DataSource> = BTreeMap::new();
+    for config in configs {
+        for ds in &config.spec.data_sources {
+            effective.insert(ds.name.clone(), ds);
+        }
+    }
+    let app_v2 = definition
+        .get_mut("appV2")
+        .and_then(Value::as_object_mut)
+        .ok_or("spec.definition.appV2 is not an object")?;
+
+    // The version's display name may have been changed (a rename in the first stage).
+    let rename = |v: &mut Value| {
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("name".into(), json!(version.spec.version_name));
+        }
+    };
+    app_v2
+        .get_mut("appVersions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .for_each(rename);
+    app_v2
+        .get_mut("editingVersion")
+        .into_iter()
+        .for_each(rename);
+    if let Some(display) = app.and_then(|a| a.spec.display_name.clone()) {
+        app_v2.insert("name".into(), json!(display));
+    }
+
+    let env_ids: Vec<String> = array_field(app_v2, "appEnvironments")
+        .iter()
+        .filter(|e| {
+            e.get("name")
+                .and_then(Value::as_str)
+                .and_then(dns_label)
+                .as_deref()
+                == Some(stage)
+        })
+        .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    let sources: BTreeMap<String, String> = array_field(app_v2, "dataSources")
+        .iter()
+        .filter(|ds| !is_internal(ds))
+        .filter_map(|ds| {
+            let id = ds.get("id")?.as_str()?.to_string();
+            let name = data_source_name(ds.get("name")?.as_str()?)?;
+            Some((id, name))
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for entry in app_v2
+        .get_mut("dataSourceOptions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(obj) = entry.as_object_mut() else {
+            continue;
+        };
+        let Some(ds_name) = obj
+            .get("dataSourceId")
+            .and_then(Value::as_str)
+            .and_then(|id| sources.get(id))
+        else {
+            continue; // an internal data source: nothing to configure
+        };
+        let ours = obj
+            .get("environmentId")
+            .and_then(Value::as_str)
+            .is_some_and(|id| env_ids.iter().any(|e| e == id));
+        let options = if ours {
+            match effective.get(ds_name) {
+                Some(ds) => Some(tooljet_options(ds)),
+                None => {
+                    missing.push(ds_name.clone());
+                    Some(Map::new())
+                }
+            }
+        } else {
+            obj.get("options")
+                .and_then(Value::as_object)
+                .map(blank_encrypted)
+        };
+        obj.insert(
+            "options".into(),
+            options.map(Value::Object).unwrap_or(Value::Null),
+        );
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(format!(
+            "stage {stage} has no configuration for data source(s) {}; add them to the stage's EnvironmentConfig or export another stage",
+            missing.join(", ")
+        ));
+    }
+    let mut app_entry = Map::new();
+    app_entry.insert("definition".into(), definition);
+    if let Some(a) = version
+        .spec
+        .definition
+        .as_ref()
+        .and_then(|d| d.get("appV2"))
+        .and_then(|a| a.get("name"))
+    {
+        app_entry.insert("appName".into(), a.clone());
+    }
+    let source = version
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_VERSION_ANNOTATION))
+        .cloned();
+    let mut out = Map::new();
+    out.insert("tooljet_database".into(), json!([]));
+    out.insert("app".into(), json!([Value::Object(app_entry)]));
+    if let Some(v) = source {
+        out.insert("tooljet_version".into(), json!(v));
+    }
+    Ok(Value::Object(out))
+}
+
+/// A data source's options in ToolJet's `{key: {value, encrypted}}` form; secret options empty.
+fn tooljet_options(ds: &DataSource) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in &ds.options {
+        out.insert(k.clone(), json!({ "value": v, "encrypted": false }));
+    }
+    for k in ds.secret_options.keys() {
+        out.insert(k.clone(), json!({ "value": "", "encrypted": true }));
+    }
+    out
+}
+
+/// Options as stored, with every encrypted option's value or credential reference dropped.
+fn blank_encrypted(options: &Map<String, Value>) -> Map<String, Value> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let encrypted = v.get("encrypted").and_then(Value::as_bool).unwrap_or(false);
+            let v = if encrypted {
+                json!({ "value": "", "encrypted": true })
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Whether ToolJet creates this data source itself (static, or an internal kind).
+pub fn is_internal(ds: &Value) -> bool {
+    let kind = ds.get("kind").and_then(Value::as_str).unwrap_or_default();
+    ds.get("type").and_then(Value::as_str) == Some("static") || INTERNAL_KINDS.contains(&kind)
+}
+
+/// `{{constants.NAME}}` and `{{secrets.NAME}}` references anywhere in `value`'s strings.
+pub fn referenced_constants(value: &Value) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    walk_strings(value, &mut |s| {
+        let mut rest = s;
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { break };
+            let expr = &after[..end];
+            for prefix in ["constants.", "secrets."] {
+                let mut search = expr;
+                while let Some(at) = search.find(prefix) {
+                    let boundary = search[..at]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+                    let name: String = search[at + prefix.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if boundary
+                        && !name.is_empty()
+                        && !name.starts_with(|c: char| c.is_ascii_digit())
+                        && name.len() <= 50
+                    {
+                        found.insert(name);
+                    }
+                    search = &search[at + prefix.len()..];
+                }
+            }
+            rest = &after[end + 2..];
+        }
+    });
+    found
+}
+
+fn walk_strings(value: &Value, f: &mut impl FnMut(&str)) {
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|v| walk_strings(v, f)),
+        Value::Object(map) => map.values().for_each(|v| walk_strings(v, f)),
+        _ => {}
+    }
+}
+
+fn array_field<'a>(obj: &'a Map<String, Value>, key: &str) -> &'a [Value] {
+    obj.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    obj.get(key).and_then(Value::as_str)
+}
+
+fn labels(app: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/part-of".to_string(), app.to_string()),
+        (
+            "app.kubernetes.io/created-by".to_string(),
+            "kubectl-tooljet".to_string(),
+        ),
+    ]
+    .into()
+}
+
+/// A DNS label from free text: lowercase, runs of other characters become one '-', at most 63.
+pub fn dns_label(text: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out: String = out.chars().take(63).collect();
+    let out = out.trim_end_matches('-').to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+/// A name given by the user (or built from one) that must already be a DNS subdomain.
+fn dns_name(name: &str, what: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{what} {name:?} is not a valid object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// A data source name as EnvironmentConfigs accept it: other characters become '_'.
+pub fn data_source_name(name: &str) -> Option<String> {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let trimmed = mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+fn sanitize_key(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A kind as the CRD accepts it (`^[a-z][a-z0-9_-]*$`).
+fn kind_name(kind: &str) -> String {
+    let k: String = kind
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if k.starts_with(|c: char| c.is_ascii_lowercase()) {
+        k
+    } else {
+        format!("x{k}")
+    }
+}
+
+/// The parts of an export that survive a round trip (ToolJet regenerates the rest on import:
+/// see docs/plugin.md): per section, the entries without their regenerated fields.
+pub fn comparable(export: &Value) -> Value {
+    const REGENERATED: [&str; 8] = [
+        "id",
+        "createdAt",
+        "updatedAt",
+        "appVersionId",
+        "organizationId",
+        "credential_id",
+        "slug",
+        "userId",
+    ];
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(k, _)| !REGENERATED.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), strip(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    let app_v2 = &export["app"][0]["definition"]["appV2"];
+    let mut out = Map::new();
+    for section in [
+        "components",
+        "pages",
+        "events",
+        "dataQueries",
+        "dataSources",
+    ] {
+        out.insert(section.into(), strip(&app_v2[section]));
+    }
+    out.insert("name".into(), app_v2["name"].clone());
+    out.insert(
+        "versionNames".into(),
+        json!(
+            array_field(app_v2.as_object().unwrap_or(&Map::new()), "appVersions")
+                .iter()
+                .map(|v| v["name"].clone())
+                .collect::<Vec<_>>()
+        ),
+    );
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    const FIXTURES: [&str; 2] = [
+        "base64-encoder-decoder.json",
+        "business-intelligence-dashboard-postgresql.json",
+    ];
+
+    #[test]
+    fn the_pipeline_is_the_enabled_environments_by_priority() {
+        let imported = import(
+            &fixture("business-intelligence-dashboard-postgresql.json"),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            imported.app.spec.environments,
+            ["development", "staging", "production"]
+        );
+        assert_eq!(
+            imported.app.metadata.name.as_deref(),
+            Some("business-intelligence-dashboard-postgresql")
+        );
+        assert_eq!(
+            imported.app.spec.display_name.as_deref(),
+            Some("Business intelligence dashboard (PostgreSQL)")
+        );
+        assert_eq!(imported.version.spec.environment, "development");
+        assert_eq!(imported.version.spec.version_name, "v1");
+        assert_eq!(
+            imported.version.metadata.name.as_deref(),
+            Some("business-intelligence-dashboard-postgresql-v1")
+        );
+    }
+
+    #[test]
+    fn disabled_environments_are_left_out_and_priority_orders_the_rest() {
+        let mut export = fixture("base64-encoder-decoder.json");
+        let envs = export["app"][0]["definition"]["appV2"]["appEnvironments"]
+            .as_array_mut()
+            .unwrap();
+        envs[1]["enabled"] = json!(false); // staging
+        envs.reverse();
+        let imported = import(&export, &Default::default()).unwrap();
+        assert_eq!(
+            imported.app.spec.environments,
+            ["development", "production"]
+        );
+    }
+
+    #[test]
+    fn the_definition_is_kept_exactly() {
+        for name in FIXTURES {
+            let export = fixture(name);
+            let imported = import(&export, &Default::default()).unwrap();
+            assert_eq!(
+                imported.version.spec.definition.as_ref(),
+                Some(&export["app"][0]["definition"]),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_user_data_source_of_every_environment_is_in_that_stages_config() {
+        let imported = import(
+            &fixture("business-intelligence-dashboard-postgresql.json"),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(imported.configs.len(), 3);
+        for config in &imported.configs {
+            let stage = &config.spec.environment;
+            assert_eq!(
+                config.spec.app.as_deref(),
+                Some("business-intelligence-dashboard-postgresql")
+            );
+            assert_eq!(
+                config.metadata.name.as_deref().unwrap(),
+                format!("business-intelligence-dashboard-postgresql-{stage}")
+            );
+            let names: Vec<_> = config
+                .spec
+                .data_sources
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect();
+            assert_eq!(
+                names,
+                ["business_analytics"],
+                "internal data sources need no entry"
+            );
+            let ds = &config.spec.data_sources[0];
+            assert_eq!(ds.kind, "postgresql");
+            assert_eq!(ds.options["host"], json!("35.202.183.199"));
+            assert_eq!(ds.options["port"], json!(5432));
+            assert_eq!(ds.options["ssl_enabled"], json!(false));
+            assert!(
+                !ds.options.contains_key("password"),
+                "an encrypted option is never a plain option"
+            );
+            let password = &ds.secret_options["password"].secret_key_ref;
+            assert_eq!(
+                password.name,
+                format!("business-intelligence-dashboard-postgresql-{stage}-datasources")
+            );
+            assert_eq!(password.key, "business_analytics.password");
+        }
+        assert_eq!(imported.secrets.len(), 3);
+        assert!(
+            imported
+                .secrets
+                .values()
+                .all(|keys| keys.iter().eq(["business_analytics.password"]))
+        );
+    }
+
+    #[test]
+    fn no_credential_reference_reaches_a_config() {
+        let imported = import(
+            &fixture("business-intelligence-dashboard-postgresql.json"),
+            &Default::default(),
+        )
+        .unwrap();
+        let configs = serde_json::to_string(&imported.configs).unwrap();
+        assert!(!configs.contains("credential_id"));
+        assert!(!configs.contains("465a9112"));
+    }
+
+    #[test]
+    fn requirements_are_the_queries_user_data_sources() {
+        let imported = import(
+            &fixture("business-intelligence-dashboard-postgresql.json"),
+            &Default::default(),
+        )
+        .unwrap();
+        let requires = imported.version.spec.requires.unwrap();
+        assert_eq!(requires.data_sources, ["business_analytics"]);
+        assert!(requires.constants.is_empty());
+
+        let imported =
+            import(&fixture("base64-encoder-decoder.json"), &Default::default()).unwrap();
+        assert!(
+            imported
+                .configs
+                .iter()
+                .all(|c| c.spec.data_sources.is_empty()),
+            "runjs is internal"
+        );
+        assert_eq!(
+            imported.version.spec.requires.unwrap(),
+            Requirements::default()
+        );
+        assert!(imported.secrets.is_empty());
+    }
+
+    #[test]
+    fn constant_and_secret_references_are_found_inside_expressions_only() {
+        let v = json!({ "a": "{{constants.API_URL}}/x", "b": ["{{ secrets.DB_PASS + constants.api_2 }}"],
+                         "c": "constants.NOT_IN_BRACES", "d": "{{myconstants.NO}} {{constants.1BAD}}" });
+        let found: Vec<_> = referenced_constants(&v).into_iter().collect();
+        assert_eq!(found, ["API_URL", "DB_PASS", "api_2"]);
+    }
+
+    #[test]
+    fn names_given_on_the_command_line_are_used_and_checked() {
+        let export = fixture("base64-encoder-decoder.json");
+        let opts = ImportOptions {
+            app: Some("b64".into()),
+            version: Some("b64-first".into()),
+        };
+        let imported = import(&export, &opts).unwrap();
+        assert_eq!(imported.app.metadata.name.as_deref(), Some("b64"));
+        assert_eq!(imported.version.metadata.name.as_deref(), Some("b64-first"));
+        assert_eq!(imported.version.spec.app, "b64");
+        let bad = ImportOptions {
+            app: Some("Not Valid".into()),
+            version: None,
+        };
+        assert!(import(&export, &bad).unwrap_err().contains("--app"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_export_is_refused_with_the_expected_shape() {
+        let e = import(&json!({ "name": "x" }), &Default::default()).unwrap_err();
+        assert!(e.contains("app[0]"), "{e}");
+    }
+
+    #[test]
+    fn export_of_an_import_gives_back_the_original_app() {
+        for name in FIXTURES {
+            let original = fixture(name);
+            let imported = import(&original, &Default::default()).unwrap();
+            for stage in &imported.app.spec.environments {
+                let configs: Vec<_> = imported
+                    .configs
+                    .iter()
+                    .filter(|c| &c.spec.environment == stage)
+                    .cloned()
+                    .collect();
+                let exported =
+                    export(&imported.version, Some(&imported.app), stage, &configs).unwrap();
+                assert_eq!(
+                    comparable(&exported),
+                    comparable(&original),
+                    "{name} via {stage}"
+                );
+                assert_eq!(exported["tooljet_version"], original["tooljet_version"]);
+                // Options: every plain option back, every encrypted one present and empty.
+                let back = &exported["app"][0]["definition"]["appV2"]["dataSourceOptions"];
+                let orig = &original["app"][0]["definition"]["appV2"]["dataSourceOptions"];
+                assert_eq!(
+                    back.as_array().unwrap().len(),
+                    orig.as_array().unwrap().len()
+                );
+                for (b, o) in back
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(orig.as_array().unwrap())
+                {
+                    assert_eq!(b["dataSourceId"], o["dataSourceId"]);
+                    let Some(o_opts) = o["options"].as_object() else {
+                        assert!(b["options"].is_null() || b["options"] == json!({}), "{b}");
+                        continue;
+                    };
+                    for (k, v) in o_opts {
+                        if v["encrypted"] == json!(true) {
+                            assert_eq!(b["options"][k], json!({ "value": "", "encrypted": true }));
+                        } else {
+                            assert_eq!(&b["options"][k], v, "{name} {stage} option {k}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn export_uses_the_stages_configuration_and_a_renamed_version() {
+        let original = fixture("business-intelligence-dashboard-postgresql.json");
+        let mut imported = import(&original, &Default::default()).unwrap();
+        imported.version.spec.version_name = "v2-hotfix".into();
+        let mut staging = imported.configs[1].clone();
+        staging.spec.data_sources[0]
+            .options
+            .insert("host".into(), json!("db.staging.internal"));
+        let exported = export(&imported.version, None, "staging", &[staging]).unwrap();
+        let app_v2 = &exported["app"][0]["definition"]["appV2"];
+        assert_eq!(app_v2["appVersions"][0]["name"], "v2-hotfix");
+        assert_eq!(app_v2["editingVersion"]["name"], "v2-hotfix");
+        let staging_id = "1071e258-9bd6-496c-a11c-9fe8670eedcc";
+        let entry = app_v2["dataSourceOptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| {
+                o["environmentId"] == staging_id
+                    && o["dataSourceId"] == "737a1edf-9ced-46a6-9f05-b747f371ce5e"
+            })
+            .unwrap();
+        assert_eq!(
+            entry["options"]["host"],
+            json!({ "value": "db.staging.internal", "encrypted": false })
+        );
+        assert!(
+            !exported.to_string().contains("credential_id"),
+            "no credential reference leaves the cluster"
+        );
+    }
+
+    #[test]
+    fn export_refuses_a_stage_without_the_data_source() {
+        let imported = import(
+            &fixture("business-intelligence-dashboard-postgresql.json"),
+            &Default::default(),
+        )
+        .unwrap();
+        let e = export(&imported.version, None, "production", &[]).unwrap_err();
+        assert!(
+            e.contains("business_analytics") && e.contains("production"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_become_dns_labels() {
+        assert_eq!(
+            dns_label("Business intelligence dashboard (PostgreSQL)").unwrap(),
+            "business-intelligence-dashboard-postgresql"
+        );
+        assert_eq!(dns_label("  QA  ").unwrap(), "qa");
+        assert_eq!(dns_label("!!!"), None);
+        assert_eq!(data_source_name("My DB (prod)").unwrap(), "My_DB__prod");
+    }
+}

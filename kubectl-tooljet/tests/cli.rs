@@ -1,0 +1,618 @@
+//! The real `kubectl-tooljet` binary against the local control plane, with the operator and its
+//! admission webhook running: status, promote, release, rollback, history, diff, doctor,
+//! import and export, and the exit codes scripts rely on.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use support::{apply, cli, eventually, workspace};
+use tooljet_operator::api::{AppVersion, EnvironmentConfig, ToolJetApp};
+
+const CANARY: &str = "canary-5f1e-plugin";
+
+/// App crm (default pipeline), a configuration per stage, versions v1 and v2 in development.
+async fn crm(prefix: &str) -> (Client, String) {
+    let (admin, ns) = workspace(prefix).await;
+    apply(
+        &admin,
+        &ns,
+        "ToolJetApp",
+        "crm",
+        json!({ "environments": ["development", "staging", "production"] }),
+    )
+    .await;
+    for stage in ["development", "staging", "production"] {
+        let host = if stage == "production" {
+            format!("db.{CANARY}")
+        } else {
+            format!("db.{stage}")
+        };
+        apply(
+            &admin,
+            &ns,
+            "EnvironmentConfig",
+            &format!("crm-{stage}"),
+            json!({ "app": "crm", "environment": stage,
+                    "dataSources": [{ "name": "crm-db", "kind": "postgresql", "options": { "host": host } }],
+                    "constants": [{ "name": "API_URL", "type": "Global", "value": format!("https://{stage}.example") }] }),
+        )
+        .await;
+    }
+    for v in ["v1", "v2"] {
+        apply(
+            &admin,
+            &ns,
+            "AppVersion",
+            v,
+            json!({ "app": "crm", "versionName": v, "requires": { "dataSources": ["crm-db"] },
+                    "definition": { "queries": [{ "url": "{{constants.API_URL}}/customers" }] } }),
+        )
+        .await;
+    }
+    (admin, ns)
+}
+
+/// `status -o json` once `pred` holds for the app's board.
+async fn board_when(ns: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, || {
+        let run = cli(&["-n", ns, "status", "crm", "-o", "json"]);
+        let board = (run.code == 0).then(|| run.json()[0].clone());
+        std::future::ready(board.filter(|b| pred(b)))
+    })
+    .await
+}
+
+fn version_ready(board: &Value, version: &str) -> bool {
+    board["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == version && v["ready"]["status"] == "True")
+}
+
+async fn stage_of(admin: &Client, ns: &str, version: &str) -> String {
+    Api::<AppVersion>::namespaced(admin.clone(), ns)
+        .get(version)
+        .await
+        .unwrap()
+        .spec
+        .environment
+}
+
+/// Promotes `version` through the CLI as bob until it is in `stage`.
+fn promote_to(ns: &str, version: &str, stages: &[&str]) {
+    for stage in stages {
+        let run = cli(&["-n", ns, "--as", "bob", "promote", version]).ok();
+        assert!(run.stdout.contains(&format!("-> {stage}")), "{run:?}");
+    }
+}
+
+#[tokio::test]
+async fn status_shows_the_pipeline_the_versions_and_their_readiness() {
+    let (_, ns) = crm("plugin-status").await;
+    let board = board_when(&ns, "both versions ready", |b| {
+        version_ready(b, "v1") && version_ready(b, "v2")
+    })
+    .await;
+    assert_eq!(board["app"], "crm");
+    let stages: Vec<_> = board["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["development", "staging", "production"]);
+    assert_eq!(board["stages"][0]["versions"], json!(["v1", "v2"]));
+    assert!(board.get("releasedVersion").is_none());
+
+    let table = cli(&["-n", &ns, "status"]).ok().stdout;
+    assert!(table.contains("App ") && table.contains("/crm"), "{table}");
+    let header = table
+        .lines()
+        .find(|l| l.contains("DEVELOPMENT"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        header.find("DEVELOPMENT") < header.find("STAGING")
+            && header.find("STAGING") < header.find("PRODUCTION")
+    );
+    assert!(table.contains("v1 (ready)"), "{table}");
+    assert!(
+        !table.contains(CANARY),
+        "status never shows configuration values"
+    );
+    let as_bob = cli(&["-n", &ns, "--as", "bob", "status", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(as_bob[0]["app"], "crm", "a promoter sees the board too");
+    let everywhere = cli(&["-A", "status", "-o", "json"]).ok().json();
+    assert!(
+        everywhere
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["namespace"] == ns.as_str() && b["app"] == "crm")
+    );
+}
+
+#[tokio::test]
+async fn status_names_what_a_version_is_missing() {
+    let (admin, ns) = crm("plugin-missing").await;
+    apply(&admin, &ns, "AppVersion", "v3",
+        json!({ "app": "crm", "versionName": "v3", "requires": { "constants": ["NOT_CONFIGURED"] } })).await;
+    let board = board_when(&ns, "v3 reported not ready", |b| {
+        b["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "v3" && v["ready"]["status"] == "False")
+    })
+    .await;
+    let v3 = board["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v3")
+        .unwrap()
+        .clone();
+    assert!(
+        v3["missing"].as_str().unwrap().contains("NOT_CONFIGURED"),
+        "{v3}"
+    );
+    let table = cli(&["-n", &ns, "status", "crm"]).ok().stdout;
+    assert!(table.contains("NOT_CONFIGURED"), "{table}");
+}
+
+#[tokio::test]
+async fn promote_moves_a_version_to_the_next_stage_and_history_records_who() {
+    let (admin, ns) = crm("plugin-promote").await;
+    let run = cli(&["-n", &ns, "--as", "bob", "promote", "v1", "-o", "json"]).ok();
+    let outcome = run.json();
+    assert_eq!(
+        (outcome["from"].as_str(), outcome["to"].as_str()),
+        (Some("development"), Some("staging"))
+    );
+    assert_eq!(outcome["dryRun"], false);
+    assert_eq!(stage_of(&admin, &ns, "v1").await, "staging");
+
+    let history = eventually("the promotion in the history", || {
+        let h = cli(&["-n", &ns, "history", "v1", "-o", "json"]).ok().json();
+        std::future::ready((h.as_array().unwrap().len() == 1).then_some(h))
+    })
+    .await;
+    assert_eq!(history[0]["kind"], "promotion");
+    assert_eq!(history[0]["from"], "development");
+    assert_eq!(history[0]["to"], "staging");
+    assert_eq!(history[0]["by"], "bob");
+    let table = cli(&["-n", &ns, "history", "crm"]).ok().stdout;
+    let row = table
+        .lines()
+        .find(|l| l.contains("promotion"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("v1") && row.contains("staging") && row.contains("bob"),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_promotion_is_judged_by_the_server_and_changes_nothing() {
+    let (admin, ns) = crm("plugin-dryrun").await;
+    let before = Api::<AppVersion>::namespaced(admin.clone(), &ns)
+        .get("v1")
+        .await
+        .unwrap();
+    let run = cli(&["-n", &ns, "--as", "bob", "promote", "v1", "--dry-run"]).ok();
+    assert!(
+        run.stdout.contains("dry run") && run.stdout.contains("development -> staging"),
+        "{run:?}"
+    );
+    let after = Api::<AppVersion>::namespaced(admin.clone(), &ns)
+        .get("v1")
+        .await
+        .unwrap();
+    assert_eq!(after.spec.environment, "development");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "nothing was written"
+    );
+
+    // A dry run is judged like the real thing: alice may not promote at all.
+    let run = cli(&["-n", &ns, "--as", "alice", "promote", "v1", "--dry-run"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(stage_of(&admin, &ns, "v1").await, "development");
+}
+
+#[tokio::test]
+async fn a_denied_promotion_shows_the_webhooks_message_and_exits_2() {
+    let (admin, ns) = crm("plugin-denied").await;
+    let run = cli(&[
+        "-n",
+        &ns,
+        "--as",
+        "bob",
+        "promote",
+        "v1",
+        "--to",
+        "production",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.starts_with("error: denied: "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("AppVersion v1"),
+        "the webhook's own message: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("admission webhook"),
+        "not the raw API error: {}",
+        run.stderr
+    );
+    assert_eq!(stage_of(&admin, &ns, "v1").await, "development");
+}
+
+#[tokio::test]
+async fn release_and_rollback_switch_the_live_version_and_are_in_the_history() {
+    let (admin, ns) = crm("plugin-release").await;
+    promote_to(&ns, "v1", &["staging", "production"]);
+    promote_to(&ns, "v2", &["staging", "production"]);
+    let run = cli(&["-n", &ns, "--as", "carol", "release", "v1"]).ok();
+    assert!(run.stdout.contains("released v1"), "{run:?}");
+    let run = cli(&["-n", &ns, "--as", "carol", "release", "v2"]).ok();
+    assert!(run.stdout.contains("released v2 (was v1)"), "{run:?}");
+    board_when(&ns, "v2 live", |b| b["releasedVersion"] == "v2").await;
+
+    let run = cli(&["-n", &ns, "--as", "carol", "rollback", "-o", "json"]).ok();
+    assert_eq!(
+        run.json()["version"],
+        "v1",
+        "the previous release by default"
+    );
+    let app = Api::<ToolJetApp>::namespaced(admin.clone(), &ns)
+        .get("crm")
+        .await
+        .unwrap();
+    assert_eq!(app.released(), Some("v1"));
+    board_when(&ns, "v1 live again", |b| b["releasedVersion"] == "v1").await;
+
+    let history = eventually("three releases in the history", || {
+        let h = cli(&["-n", &ns, "history", "crm", "-o", "json"])
+            .ok()
+            .json();
+        let releases: Vec<(String, String)> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] != "promotion")
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        std::future::ready((releases.len() == 3).then_some(releases))
+    })
+    .await;
+    assert_eq!(
+        history,
+        [
+            ("release".into(), "v1".into()),
+            ("release".into(), "v2".into()),
+            ("rollback".into(), "v1".into())
+        ]
+    );
+    // Bob may promote but not release: refused with exit code 2.
+    let run = cli(&["-n", &ns, "--as", "bob", "release", "v2"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[tokio::test]
+async fn approve_creates_an_approval_named_after_the_approver_and_status_shows_it() {
+    let (admin, ns) = crm("plugin-approve").await;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "dana-approver" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tooljet-approver" },
+        "subjects": [{ "kind": "User", "name": "dana", "apiGroup": "rbac.authorization.k8s.io" }],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let run = cli(&[
+        "-n",
+        &ns,
+        "--as",
+        "dana",
+        "approve",
+        "v1",
+        "--to",
+        "staging",
+        "--comment",
+        "QA ok",
+    ])
+    .ok();
+    assert!(
+        run.stdout.contains("approval/v1-staging-dana created"),
+        "{run:?}"
+    );
+    let again = cli(&[
+        "-n", &ns, "--as", "dana", "approve", "v1", "--to", "staging",
+    ]);
+    assert_eq!(again.code, 1, "one approval per person: {again:?}");
+    let skip = cli(&[
+        "-n",
+        &ns,
+        "--as",
+        "dana",
+        "approve",
+        "v1",
+        "--to",
+        "production",
+    ]);
+    assert_eq!(
+        skip.code, 2,
+        "only the next stage can be approved, says the webhook: {skip:?}"
+    );
+    let board = board_when(&ns, "the approval on the board", |b| {
+        b["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "v1" && v["approvals"]["staging"] == json!(["dana"]))
+    })
+    .await;
+    assert_eq!(board["app"], "crm");
+}
+
+#[tokio::test]
+async fn diff_shows_names_and_hashes_never_values() {
+    let (admin, ns) = crm("plugin-diff").await;
+    apply(&admin, &ns, "EnvironmentConfig", "crm-staging",
+        json!({ "app": "crm", "environment": "staging",
+                "dataSources": [{ "name": "crm-db", "kind": "postgresql", "options": { "host": "db.staging" } },
+                                { "name": "cache", "kind": "redis", "options": { "host": "cache.staging" } }],
+                "constants": [{ "name": "API_URL", "type": "Global", "value": "https://staging.example" }] })).await;
+    let d = cli(&[
+        "-n",
+        &ns,
+        "diff",
+        "staging",
+        "production",
+        "--app",
+        "crm",
+        "-o",
+        "json",
+    ])
+    .ok()
+    .json();
+    let states: Vec<(String, String)> = d["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("API_URL".into(), "differs".into()),
+            ("cache".into(), "missingInB".into()),
+            ("crm-db".into(), "differs".into())
+        ]
+    );
+    let table = cli(&["-n", &ns, "diff", "staging", "production", "--app", "crm"])
+        .ok()
+        .stdout;
+    assert!(
+        table.contains("only in staging") && table.contains("differs"),
+        "{table}"
+    );
+    for out in [table, d.to_string()] {
+        assert!(
+            !out.contains(CANARY) && !out.contains("staging.example"),
+            "values never shown: {out}"
+        );
+    }
+    let run = cli(&["-n", &ns, "diff", "staging", "qa"]);
+    assert_eq!(run.code, 3, "an unconfigured stage is not found: {run:?}");
+}
+
+#[tokio::test]
+async fn doctor_passes_on_a_working_install_and_lists_the_users_verbs() {
+    let (_, ns) = crm("plugin-doctor").await;
+    let run = cli(&["-n", &ns, "doctor", "-o", "json"]);
+    let checks = run.json();
+    let failed: Vec<_> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "fail")
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    let find = |name: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"].as_str().unwrap().starts_with(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {checks}"))
+    };
+    assert_eq!(find("CRD appversions.tooljet.io")["state"], "ok");
+    assert_eq!(find("operator webhook answers")["state"], "ok");
+    assert!(
+        find("validating webhook")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("valid until")
+    );
+    assert_eq!(
+        find("admission policy tooljet-operator-stage-rules")["state"],
+        "ok"
+    );
+    let promote = find("you may promote");
+    assert!(
+        promote["detail"].as_str().unwrap().contains("staging"),
+        "the admin may promote: {promote}"
+    );
+    let bob = cli(&["-n", &ns, "--as", "bob", "doctor", "-o", "json"]).json();
+    let release = bob
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"].as_str().unwrap().starts_with("you may release"))
+        .unwrap()
+        .clone();
+    assert_eq!(release["detail"], "no stage", "bob is no release manager");
+    let table = cli(&["-n", &ns, "doctor"]).stdout;
+    assert!(table.contains("CHECK") && table.contains("OK"), "{table}");
+}
+
+#[tokio::test]
+async fn missing_objects_exit_3_and_bad_flags_exit_1() {
+    let (_, ns) = workspace("plugin-codes").await;
+    let run = cli(&["-n", &ns, "promote", "no-such-version"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("AppVersion no-such-version not found"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(cli(&["-n", &ns, "history", "nothing"]).code, 3);
+    assert_eq!(
+        cli(&["promote"]).code,
+        1,
+        "a missing argument is a usage error"
+    );
+    assert_eq!(cli(&["-o", "xml", "status"]).code, 1);
+    assert!(
+        cli(&["completion", "bash"])
+            .ok()
+            .stdout
+            .contains("kubectl-tooljet")
+    );
+}
+
+#[tokio::test]
+async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist() {
+    let (admin, ns) = workspace("plugin-import").await;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/business-intelligence-dashboard-postgresql.json"
+    );
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+
+    // Printed manifests name the Secrets to create, and hold no credential reference.
+    let printed = cli(&["-n", &ns, "import", fixture]).ok();
+    assert!(
+        printed.stdout.contains("kind: ToolJetApp")
+            && printed.stdout.contains("kind: EnvironmentConfig")
+    );
+    for doc in printed
+        .stdout
+        .split("---\n")
+        .filter(|d| d.contains("kind: EnvironmentConfig"))
+    {
+        assert!(
+            !doc.contains("465a9112") && doc.contains("secretKeyRef"),
+            "options by reference only: {doc}"
+        );
+    }
+    assert!(printed.stderr.contains(&format!(
+        "kubectl -n {ns} create secret generic business-intelligence-dashboard-postgresql-staging-datasources --from-literal=business_analytics.password=..."
+    )), "{}", printed.stderr);
+
+    let run = cli(&["-n", &ns, "import", fixture, "--app", "bi", "--apply"]).ok();
+    assert!(
+        run.stdout.contains("tooljetapp/bi applied")
+            && run.stdout.contains("appversion/bi-v1 applied"),
+        "{run:?}"
+    );
+    let app = Api::<ToolJetApp>::namespaced(admin.clone(), &ns)
+        .get("bi")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.spec.environments,
+        ["development", "staging", "production"]
+    );
+    let version = Api::<AppVersion>::namespaced(admin.clone(), &ns)
+        .get("bi-v1")
+        .await
+        .unwrap();
+    assert_eq!(
+        version.spec.definition.as_ref(),
+        Some(&original["app"][0]["definition"]),
+        "kept exactly by the apiserver"
+    );
+    assert_eq!(
+        version.spec.requires.as_ref().unwrap().data_sources,
+        ["business_analytics"]
+    );
+    let configs = Api::<EnvironmentConfig>::namespaced(admin.clone(), &ns);
+    for stage in ["development", "staging", "production"] {
+        let c = configs.get(&format!("bi-{stage}")).await.unwrap();
+        assert_eq!(c.spec.data_sources.len(), 1);
+        assert_eq!(
+            c.spec.data_sources[0].options["database"],
+            json!("business_analytics_database")
+        );
+    }
+
+    // Not Ready while the Secret is missing; Ready once it exists.
+    board_for(&ns, "bi", "bi-v1 waits for its Secret", |v| {
+        v["ready"]["status"] == "False"
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    for stage in ["development", "staging", "production"] {
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": { "name": format!("bi-{stage}-datasources") },
+            "stringData": { "business_analytics.password": format!("{CANARY}-{stage}") },
+        }))
+        .unwrap();
+        secrets
+            .patch(
+                &format!("bi-{stage}-datasources"),
+                &PatchParams::apply("tests"),
+                &Patch::Apply(&s),
+            )
+            .await
+            .unwrap();
+    }
+    board_for(&ns, "bi", "bi-v1 ready", |v| v["ready"]["status"] == "True").await;
+
+    // Export gives back the original app; no secret value leaves the cluster.
+    let exported = cli(&["-n", &ns, "export", "bi-v1", "--environment", "staging"]).ok();
+    assert!(!exported.stdout.contains(CANARY));
+    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
+    assert_eq!(
+        kubectl_tooljet::transfer::comparable(&exported),
+        kubectl_tooljet::transfer::comparable(&original)
+    );
+}
+
+async fn board_for(ns: &str, app: &str, what: &str, pred: impl Fn(&Value) -> bool) {
+    eventually(what, || {
+        let run = cli(&["-n", ns, "status", app, "-o", "json"]);
+        let ok = run.code == 0
+            && run.json()[0]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(&pred);
+        std::future::ready(ok.then_some(()))
+    })
+    .await;
+}
