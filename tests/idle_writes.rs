@@ -16,7 +16,15 @@ use serde_json::json;
 use tooljet_operator::api::EnvironmentConfig;
 
 const CONFIGS: usize = 100;
-const WRITTEN: [&str; 3] = ["secrets", "environmentconfigs", "events"];
+const WRITTEN: [&str; 7] = [
+    "secrets",
+    "environmentconfigs",
+    "events",
+    "tooljetapps",
+    "appversions",
+    "promotionpolicies",
+    "approvals",
+];
 
 #[tokio::test]
 async fn restarting_on_a_converged_namespace_issues_no_writes() {
@@ -49,7 +57,61 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
             .unwrap();
     }
 
+    // One of each other kind with a status: an app with a version, and a policy guarding its
+    // production with approvals and a window (statuses that depend on the clock).
+    let dynamic = |kind: &str, plural: &str| {
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("tooljet.io", "v1alpha1", kind),
+            plural,
+        );
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &ar)
+    };
+    for (kind, plural, name, spec) in [
+        ("ToolJetApp", "tooljetapps", "app-0", json!({})),
+        (
+            "AppVersion",
+            "appversions",
+            "app-0-v1",
+            json!({ "app": "app-0", "versionName": "v1" }),
+        ),
+        (
+            "PromotionPolicy",
+            "promotionpolicies",
+            "gate",
+            json!({ "environments": ["production"], "approvals": { "required": 2 },
+                    "windows": [{ "kind": "Deny", "schedule": "0 0 24 12 *", "duration": "192h" }] }),
+        ),
+    ] {
+        let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": kind, "metadata": { "name": name }, "spec": spec });
+        dynamic(kind, plural)
+            .patch(name, &apply, &Patch::Apply(&body))
+            .await
+            .unwrap();
+    }
+    let statuses = [
+        dynamic("ToolJetApp", "tooljetapps"),
+        dynamic("AppVersion", "appversions"),
+        dynamic("PromotionPolicy", "promotionpolicies"),
+    ];
+
     let mut first = support::Operator::start("converge");
+    support::eventually(
+        Duration::from_secs(60),
+        "the app, version and policy have a current status",
+        || {
+            let statuses = statuses.clone();
+            async move {
+                for api in &statuses {
+                    for o in api.list(&ListParams::default()).await.ok()? {
+                        let observed = o.data["status"]["observedGeneration"].as_i64();
+                        (observed.is_some() && observed == o.metadata.generation).then_some(())?;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     let configs_for_wait = configs.clone();
     support::eventually(Duration::from_secs(120), "all 100 configs Ready", || {
         let configs = configs_for_wait.clone();
