@@ -170,8 +170,8 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
 /// sent to the mutating webhook, which stamps the stages a version has been in, who created and
 /// last edited it, who promoted or released (and a break-glass override), and who approved.
 pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhookConfiguration {
-    let webhook =
-        |name: &str, resource: &str, operations: &[&str], condition: &str| MutatingWebhook {
+    let webhook = |name: &str, resource: &str, operations: &[&str], condition: Option<&str>| {
+        MutatingWebhook {
             name: name.to_string(),
             client_config: client_config(endpoint, "/mutate", ca_bundle),
             rules: Some(vec![rule(resource, operations)]),
@@ -181,12 +181,15 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
             timeout_seconds: Some(5),
             admission_review_versions: vec!["v1".into()],
             reinvocation_policy: Some("Never".into()),
-            match_conditions: Some(vec![MatchCondition {
-                name: "stamps-only".into(),
-                expression: condition.to_string(),
-            }]),
+            match_conditions: condition.map(|c| {
+                vec![MatchCondition {
+                    name: "stamps-only".into(),
+                    expression: c.to_string(),
+                }]
+            }),
             ..Default::default()
-        };
+        }
+    };
     MutatingWebhookConfiguration {
         metadata: meta(CONFIGURATION_NAME),
         webhooks: Some(vec![
@@ -195,20 +198,22 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
                 "appversions",
                 &["CREATE", "UPDATE"],
                 // New versions (stages, creator), promotions (who, when) and edits (last editor).
-                "request.operation == 'CREATE' || object.spec != oldObject.spec",
+                Some("request.operation == 'CREATE' || object.spec != oldObject.spec"),
             ),
             webhook(
                 "tooljetapps.mutate.tooljet.io",
                 "tooljetapps",
                 &["CREATE", "UPDATE"],
-                "has(object.spec.release) && (request.operation == 'CREATE' || !has(oldObject.spec.release) || \
-                 object.spec.release.version != oldObject.spec.release.version)",
+                Some(
+                    "has(object.spec.release) && (request.operation == 'CREATE' || !has(oldObject.spec.release) || \
+                     object.spec.release.version != oldObject.spec.release.version)",
+                ),
             ),
             webhook(
                 "approvals.mutate.tooljet.io",
                 "approvals",
                 &["CREATE"],
-                "true",
+                None,
             ),
         ]),
     }

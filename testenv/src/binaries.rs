@@ -16,24 +16,43 @@ pub const KUBERNETES_VERSION: &str = "v1.34.4";
 pub const ETCD_VERSION: &str = "v3.6.16";
 /// Helm release; 3.19 is built against the Kubernetes 1.34 client libraries.
 pub const HELM_VERSION: &str = "v3.19.5";
+/// KWOK release (simulated nodes and pods); 0.8 supports Kubernetes 1.34.
+pub const KWOK_VERSION: &str = "v0.8.0";
+/// go-containerregistry release whose `crane` builds and pushes the operator image and serves
+/// the local registry (`crane registry serve`).
+pub const CRANE_VERSION: &str = "v0.22.1";
 
-/// One of the binaries the local control plane needs.
+/// One of the binaries the local control plane, the image build and the tests need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Binary {
     Etcd,
     KubeApiserver,
     KubeControllerManager,
+    KubeScheduler,
     Kubectl,
     Helm,
+    Kwok,
+    Crane,
 }
 
 impl Binary {
-    pub const ALL: [Binary; 5] = [
+    pub const ALL: [Binary; 8] = [
         Binary::Etcd,
         Binary::KubeApiserver,
         Binary::KubeControllerManager,
+        Binary::KubeScheduler,
         Binary::Kubectl,
         Binary::Helm,
+        Binary::Kwok,
+        Binary::Crane,
+    ];
+
+    /// The commands of `k8s.io/kubernetes`, built together by one `go build`.
+    pub const KUBERNETES: [Binary; 4] = [
+        Binary::KubeApiserver,
+        Binary::KubeControllerManager,
+        Binary::KubeScheduler,
+        Binary::Kubectl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,8 +60,11 @@ impl Binary {
             Binary::Etcd => "etcd",
             Binary::KubeApiserver => "kube-apiserver",
             Binary::KubeControllerManager => "kube-controller-manager",
+            Binary::KubeScheduler => "kube-scheduler",
             Binary::Kubectl => "kubectl",
             Binary::Helm => "helm",
+            Binary::Kwok => "kwok",
+            Binary::Crane => "crane",
         }
     }
 
@@ -50,28 +72,41 @@ impl Binary {
         match self {
             Binary::Etcd => ETCD_VERSION,
             Binary::Helm => HELM_VERSION,
+            Binary::Kwok => KWOK_VERSION,
+            Binary::Crane => CRANE_VERSION,
             _ => KUBERNETES_VERSION,
         }
     }
 
-    /// Where the binary lives: `<cache>/<name>-<version>/<name>`.
+    /// The cache key: `<name>-<version>`, plus a suffix when the way a binary is built changes,
+    /// so a binary built the old way is never mistaken for the new one.
+    fn key(self) -> String {
+        match self {
+            // Built with the ldflags of Helm's Makefile (Kubernetes version, commit, tree state);
+            // helms cached before that are plain `helm-<version>` and are not used.
+            Binary::Helm => format!("{}-{}-release", self.name(), self.version()),
+            _ => format!("{}-{}", self.name(), self.version()),
+        }
+    }
+
+    /// Where the binary lives: `<cache>/<key>/<name>` (the key is `<name>-<version>` for all but
+    /// helm, see [`Binary::key`]).
     pub fn path(self) -> PathBuf {
-        cache_dir()
-            .join(format!("{}-{}", self.name(), self.version()))
-            .join(self.name())
+        cache_dir().join(self.key()).join(self.name())
     }
 
     pub fn is_built(self) -> bool {
-        self.path().is_file()
+        self.path().is_file() && (self != Binary::Kwok || kwok_stages().is_file())
     }
 
     /// The path of a built binary, or an error that says how to build it.
     pub fn require(self) -> Result<PathBuf> {
         let path = self.path();
-        if !path.is_file() {
+        if !self.is_built() {
             bail!(
                 "{} {} is not built (expected at {}); run `cargo xtask control-plane build` \
-                 (needs Go; a cold build takes 10-25 minutes on 2 cores)",
+                 (needs Go; a cold build of every binary takes about 15-20 minutes on 2 cores, \
+                 see docs/images-and-pods.md)",
                 self.name(),
                 self.version(),
                 path.display()
@@ -99,7 +134,8 @@ pub fn missing() -> Vec<Binary> {
     Binary::ALL.into_iter().filter(|b| !b.is_built()).collect()
 }
 
-/// Builds every binary that is missing, in dependency-friendly order, printing progress.
+/// Builds every binary that is missing, printing a progress line with the elapsed time per step.
+/// The `k8s.io/kubernetes` commands share one `go build` (their packages compile once).
 pub fn build_missing() -> Result<()> {
     let todo = missing();
     if todo.is_empty() {
@@ -113,73 +149,114 @@ pub fn build_missing() -> Result<()> {
         }
         return Ok(());
     }
-    let total = todo.len();
-    for (i, b) in todo.iter().enumerate() {
+    let kubernetes: Vec<Binary> = todo
+        .iter()
+        .copied()
+        .filter(|b| Binary::KUBERNETES.contains(b))
+        .collect();
+    let mut steps: Vec<Vec<Binary>> = vec![];
+    if !kubernetes.is_empty() {
+        steps.push(kubernetes);
+    }
+    steps.extend(
+        todo.iter()
+            .copied()
+            .filter(|b| !Binary::KUBERNETES.contains(b))
+            .map(|b| vec![b]),
+    );
+    let total = steps.len();
+    let all_started = Instant::now();
+    for (i, step) in steps.iter().enumerate() {
+        let names: Vec<String> = step
+            .iter()
+            .map(|b| format!("{} {}", b.name(), b.version()))
+            .collect();
+        let names = names.join(", ");
         println!(
-            "[{}/{total}] building {} {} (Go, from the module proxy) ...",
-            i + 1,
-            b.name(),
-            b.version()
+            "[{}/{total}] building {names} (Go, from the module proxy) ...",
+            i + 1
         );
         let started = Instant::now();
-        build(*b).with_context(|| format!("building {} {} failed", b.name(), b.version()))?;
+        build(step).with_context(|| format!("building {names} failed"))?;
         println!(
-            "[{}/{total}] built {} in {:.0}s -> {}",
+            "[{}/{total}] built {names} in {:.0}s (total {:.0}s) -> {}",
             i + 1,
-            b.name(),
             started.elapsed().as_secs_f64(),
-            b.path().display()
+            all_started.elapsed().as_secs_f64(),
+            step[0]
+                .path()
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new(""))
+                .display()
         );
     }
     Ok(())
 }
 
-fn build(binary: Binary) -> Result<()> {
-    let out_dir = binary
-        .path()
-        .parent()
-        .expect("binary path has a parent")
-        .to_path_buf();
-    fs::create_dir_all(&out_dir)?;
-    let tmp = out_dir.join(format!("{}.tmp", binary.name()));
-    match binary {
+/// Builds one step: one binary, or several `k8s.io/kubernetes` commands in one `go build`.
+fn build(step: &[Binary]) -> Result<()> {
+    let first = *step.first().context("nothing to build")?;
+    let staging = cache_dir()
+        .join("src")
+        .join(format!(".build-{}", first.key()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(&staging)?;
+    let out = |b: Binary| staging.join(b.name());
+    match first {
         Binary::Etcd => {
-            let module = go_module(
-                &format!("etcd-{ETCD_VERSION}"),
-                "etcd",
-                &format!("go.etcd.io/etcd/server/v3 {ETCD_VERSION}"),
-                &[],
-            )?;
-            go(
+            let module = tool_module("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "")?;
+            go_build(
                 &module,
-                &[
-                    "get",
-                    "-tool",
-                    &format!("go.etcd.io/etcd/server/v3@{ETCD_VERSION}"),
-                ],
+                &["go.etcd.io/etcd/server/v3"],
+                "-s -w",
+                &out(first),
             )?;
-            go_build(&module, "go.etcd.io/etcd/server/v3", "-s -w", &tmp)?;
         }
         Binary::Helm => {
-            let module = go_module(
-                &format!("helm-{HELM_VERSION}"),
-                "helm",
-                &format!("helm.sh/helm/v3 {HELM_VERSION}"),
-                &[],
-            )?;
-            go(
+            let module = tool_module("helm", "helm.sh/helm/v3", HELM_VERSION, "/cmd/helm")?;
+            let ldflags = helm_ldflags(&module)?;
+            go_build(
                 &module,
-                &[
-                    "get",
-                    "-tool",
-                    &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"),
-                ],
+                &["helm.sh/helm/v3/cmd/helm"],
+                &ldflags,
+                &out(first),
             )?;
-            let ldflags =
-                format!("-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}");
-            go_build(&module, "helm.sh/helm/v3/cmd/helm", &ldflags, &tmp)?;
+        }
+        Binary::Kwok => {
+            let module = tool_module("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "/cmd/kwok")?;
+            // kwok's version is a constant of its source (`pkg/consts`): no ldflags to add.
+            go_build(
+                &module,
+                &["sigs.k8s.io/kwok/cmd/kwok"],
+                "-s -w",
+                &out(first),
+            )?;
+            write_kwok_stages(&module)?;
+        }
+        Binary::Crane => {
+            let module = tool_module(
+                "crane",
+                "github.com/google/go-containerregistry",
+                CRANE_VERSION,
+                "/cmd/crane",
+            )?;
+            let ldflags = format!(
+                "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version={CRANE_VERSION}"
+            );
+            go_build(
+                &module,
+                &["github.com/google/go-containerregistry/cmd/crane"],
+                &ldflags,
+                &out(first),
+            )?;
         }
         _ => {
+            if let Some(other) = step.iter().find(|b| !Binary::KUBERNETES.contains(b)) {
+                bail!("{} is not a k8s.io/kubernetes command", other.name());
+            }
             let module = kubernetes_module()?;
             let v = KUBERNETES_VERSION;
             let minor = v.split('.').nth(1).expect("version has a minor");
@@ -192,12 +269,140 @@ fn build(binary: Binary) -> Result<()> {
                  -X k8s.io/client-go/pkg/version.gitMajor=1 \
                  -X k8s.io/client-go/pkg/version.gitMinor={minor}"
             );
-            let pkg = format!("k8s.io/kubernetes/cmd/{}", binary.name());
-            go_build(&module, &pkg, &ldflags, &tmp)?;
+            let pkgs: Vec<String> = step
+                .iter()
+                .map(|b| format!("k8s.io/kubernetes/cmd/{}", b.name()))
+                .collect();
+            let pkgs: Vec<&str> = pkgs.iter().map(String::as_str).collect();
+            // With several packages, `-o` names a directory and each command lands in it under
+            // its own name.
+            let target = if step.len() == 1 {
+                out(first)
+            } else {
+                let mut dir = staging.clone().into_os_string();
+                dir.push("/");
+                PathBuf::from(dir)
+            };
+            go_build(&module, &pkgs, &ldflags, &target)?;
         }
     }
-    fs::rename(&tmp, binary.path())?;
+    for &b in step {
+        let dir = b
+            .path()
+            .parent()
+            .expect("binary path has a parent")
+            .to_path_buf();
+        fs::create_dir_all(&dir)?;
+        fs::rename(out(b), b.path())
+            .with_context(|| format!("moving the built {} into {}", b.name(), dir.display()))?;
+    }
+    fs::remove_dir_all(&staging)?;
     Ok(())
+}
+
+/// The stages KWOK plays nodes and pods by (kwok >= 0.8 starts only with some): the ones
+/// `kwokctl` uses by default, copied from the release's source next to the binary.
+pub fn kwok_stages() -> PathBuf {
+    Binary::Kwok.path().with_file_name("stages.yaml")
+}
+
+/// The release's stage files: node initialisation and heartbeat, pod ready, complete and delete.
+const KWOK_STAGES: [&str; 5] = [
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat/node-heartbeat.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+];
+
+fn write_kwok_stages(module: &Path) -> Result<()> {
+    let dir = go_output(
+        module,
+        &["list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
+    )?;
+    let dir = Path::new(dir.trim());
+    let mut stages = String::new();
+    for file in KWOK_STAGES {
+        let text = fs::read_to_string(dir.join(file))
+            .with_context(|| format!("reading {file} of sigs.k8s.io/kwok {KWOK_VERSION}"))?;
+        stages.push_str("---\n");
+        stages.push_str(text.trim_start_matches("---\n"));
+        if !stages.ends_with('\n') {
+            stages.push('\n');
+        }
+    }
+    let path = kwok_stages();
+    fs::create_dir_all(path.parent().expect("has a parent"))?;
+    fs::write(&path, stages)?;
+    Ok(())
+}
+
+/// A module of our own that requires `module@version` and registers `module<cmd>` as a tool, so
+/// the build uses exactly the dependency versions the release's go.mod names.
+fn tool_module(name: &str, module: &str, version: &str, cmd: &str) -> Result<PathBuf> {
+    let dir = go_module(
+        &format!("{name}-{version}"),
+        name,
+        &format!("{module} {version}"),
+        &[],
+    )?;
+    go(&dir, &["get", "-tool", &format!("{module}{cmd}@{version}")])?;
+    Ok(dir)
+}
+
+/// The ldflags of Helm's Makefile: version, commit and tree state, and the Kubernetes version
+/// (`k8sVersionMajor/Minor` of chartutil and lint/rules) taken from the `k8s.io/client-go` the
+/// release is built with. Without them `helm template` assumes Kubernetes v1.20.
+fn helm_ldflags(module: &Path) -> Result<String> {
+    let client_go = go_output(
+        module,
+        &["list", "-m", "-f", "{{.Version}}", "k8s.io/client-go"],
+    )?;
+    let (major, minor) = k8s_version_of_client_go(client_go.trim())?;
+    let mut flags = vec![
+        "-s -w".to_string(),
+        format!("-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean".to_string(),
+    ];
+    // The module proxy may say which commit a release was cut from (`Origin.Hash`); when it
+    // does not, `helm version` shows an empty GitCommit rather than a made-up one.
+    let info = go_output(
+        module,
+        &[
+            "mod",
+            "download",
+            "-json",
+            &format!("helm.sh/helm/v3@{HELM_VERSION}"),
+        ],
+    )?;
+    if let Some(commit) = json_string_field(&info, "Hash") {
+        flags.push(format!(
+            "-X helm.sh/helm/v3/internal/version.gitCommit={commit}"
+        ));
+    }
+    for pkg in [
+        "helm.sh/helm/v3/pkg/chartutil",
+        "helm.sh/helm/v3/pkg/lint/rules",
+    ] {
+        flags.push(format!("-X {pkg}.k8sVersionMajor={major}"));
+        flags.push(format!("-X {pkg}.k8sVersionMinor={minor}"));
+    }
+    Ok(flags.join(" "))
+}
+
+/// `v0.34.3` -> (1, 34): Helm's Makefile derives the Kubernetes version from client-go's.
+fn k8s_version_of_client_go(version: &str) -> Result<(u32, u32)> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        bail!("unexpected k8s.io/client-go version {version:?}");
+    };
+    let major: u32 = major
+        .parse()
+        .with_context(|| format!("k8s.io/client-go version {version:?}"))?;
+    let minor: u32 = minor
+        .parse()
+        .with_context(|| format!("k8s.io/client-go version {version:?}"))?;
+    Ok((major + 1, minor))
 }
 
 /// A small Go module of our own that requires `k8s.io/kubernetes` and replaces each staging module
@@ -205,7 +410,15 @@ fn build(binary: Binary) -> Result<()> {
 fn kubernetes_module() -> Result<PathBuf> {
     let v = KUBERNETES_VERSION;
     let dir = cache_dir().join("src").join(format!("kubernetes-{v}"));
-    if dir.join("go.sum").is_file() && dir.join(".complete").is_file() {
+    let tools: Vec<String> = Binary::KUBERNETES
+        .iter()
+        .map(|b| format!("k8s.io/kubernetes/cmd/{}@{v}", b.name()))
+        .collect();
+    // The marker lists the registered tools: a module prepared for fewer commands is redone.
+    let marker = tools.join("\n");
+    if dir.join("go.sum").is_file()
+        && fs::read_to_string(dir.join(".complete")).is_ok_and(|m| m == marker)
+    {
         return Ok(dir);
     }
     fs::create_dir_all(&dir)?;
@@ -243,14 +456,10 @@ fn kubernetes_module() -> Result<PathBuf> {
         &format!("k8s.io/kubernetes {v}"),
         &replaces,
     )?;
-    let tools: Vec<String> = ["kube-apiserver", "kube-controller-manager", "kubectl"]
-        .iter()
-        .map(|t| format!("k8s.io/kubernetes/cmd/{t}@{v}"))
-        .collect();
     let mut args = vec!["get", "-tool"];
     args.extend(tools.iter().map(String::as_str));
     go(&dir, &args)?;
-    fs::write(dir.join(".complete"), "")?;
+    fs::write(dir.join(".complete"), marker)?;
     Ok(dir)
 }
 
@@ -271,22 +480,20 @@ fn write_go_mod(dir: &Path, name: &str, require: &str, replaces: &[String]) -> R
     Ok(())
 }
 
-fn go_build(module: &Path, pkg: &str, ldflags: &str, out: &Path) -> Result<()> {
+fn go_build(module: &Path, pkgs: &[&str], ldflags: &str, out: &Path) -> Result<()> {
     let out = out.to_str().context("non-UTF-8 cache path")?;
-    go(
-        module,
-        &[
-            "build",
-            "-p",
-            "2",
-            "-trimpath",
-            "-ldflags",
-            ldflags,
-            "-o",
-            out,
-            pkg,
-        ],
-    )
+    let mut args = vec![
+        "build",
+        "-p",
+        "2",
+        "-trimpath",
+        "-ldflags",
+        ldflags,
+        "-o",
+        out,
+    ];
+    args.extend_from_slice(pkgs);
+    go(module, &args)
 }
 
 fn go_command(dir: &Path, args: &[&str]) -> Command {
@@ -352,6 +559,24 @@ mod tests {
                 .path()
                 .ends_with(format!("etcd-{ETCD_VERSION}/etcd"))
         );
+    }
+
+    #[test]
+    fn helm_built_as_released_has_a_cache_key_of_its_own() {
+        assert!(
+            Binary::Helm
+                .path()
+                .ends_with(format!("helm-{HELM_VERSION}-release/helm"))
+        );
+        assert!(Binary::KubeScheduler.path().ends_with(format!(
+            "kube-scheduler-{KUBERNETES_VERSION}/kube-scheduler"
+        )));
+    }
+
+    #[test]
+    fn helm_derives_the_kubernetes_version_from_client_go() {
+        assert_eq!(k8s_version_of_client_go("v0.34.3").unwrap(), (1, 34));
+        assert!(k8s_version_of_client_go("latest").is_err());
     }
 
     #[test]

@@ -27,12 +27,33 @@ pub enum Mode {
     Attached,
 }
 
+/// What runs besides etcd, kube-apiserver and kube-controller-manager.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// kube-scheduler, KWOK and [`SIMULATED_NODES`] simulated nodes, plus the deployment and
+    /// replicaset controllers: Deployments get pods that reach Running (nothing is executed: KWOK
+    /// plays the kubelet) and roll out through ReplicaSets.
+    pub pods: bool,
+}
+
+impl Options {
+    pub fn with_pods() -> Options {
+        Options { pods: true }
+    }
+}
+
+/// How many simulated nodes a control plane with pods has (`kwok-node-0`, `kwok-node-1`).
+pub const SIMULATED_NODES: usize = 2;
+/// The annotation KWOK manages nodes by, and its value.
+pub const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
+
 /// A running control plane.
 pub struct ControlPlane {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
     pub children: Vec<Child>,
+    pub options: Options,
 }
 
 /// The state directory of the control plane `cargo xtask control-plane start` runs.
@@ -46,10 +67,21 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager with state under `dir` (wiped first)
     /// and waits until the apiserver is ready.
     pub fn start(dir: &Path, mode: Mode) -> Result<ControlPlane> {
+        ControlPlane::start_with(dir, mode, Options::default())
+    }
+
+    /// [`ControlPlane::start`], plus what `options` asks for; with pods, returns once every
+    /// simulated node is Ready.
+    pub fn start_with(dir: &Path, mode: Mode, options: Options) -> Result<ControlPlane> {
         let etcd = Binary::Etcd.require()?;
         let apiserver = Binary::KubeApiserver.require()?;
         let kcm = Binary::KubeControllerManager.require()?;
         Binary::Kubectl.require()?;
+        let pod_binaries = if options.pods {
+            Some((Binary::KubeScheduler.require()?, Binary::Kwok.require()?))
+        } else {
+            None
+        };
 
         if dir.exists() {
             fs::remove_dir_all(dir).with_context(|| format!("cleaning {}", dir.display()))?;
@@ -68,6 +100,7 @@ impl ControlPlane {
             kubeconfig,
             server,
             children: vec![],
+            options,
         };
         let result = (|| {
             let p = |f: &str| pki_dir.join(f).display().to_string();
@@ -112,12 +145,17 @@ impl ControlPlane {
                 &logs.join("kube-apiserver.log"),
             )?;
             cp.wait_ready(Duration::from_secs(90))?;
+            let controllers = if options.pods {
+                "garbagecollector,namespace,deployment,replicaset"
+            } else {
+                "garbagecollector,namespace"
+            };
             cp.spawn(
                 mode,
                 &kcm,
                 &[
                     format!("--kubeconfig={}", cp.kubeconfig.display()),
-                    "--controllers=garbagecollector,namespace".into(),
+                    format!("--controllers={controllers}"),
                     "--leader-elect=false".into(),
                     "--secure-port=0".into(),
                     "--concurrent-gc-syncs=20".into(),
@@ -125,6 +163,9 @@ impl ControlPlane {
                 ],
                 &logs.join("kube-controller-manager.log"),
             )?;
+            if let Some((scheduler, kwok)) = &pod_binaries {
+                cp.start_pods(mode, scheduler, kwok)?;
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -136,6 +177,89 @@ impl ControlPlane {
             fs::write(dir.join(PIDS), pids.join("\n"))?;
         }
         Ok(cp)
+    }
+
+    /// kube-scheduler, KWOK and the simulated nodes; waits until every node is Ready.
+    fn start_pods(&mut self, mode: Mode, scheduler: &Path, kwok: &Path) -> Result<()> {
+        let logs = self.dir.join("logs");
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig.display());
+        self.spawn(
+            mode,
+            scheduler,
+            &[
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                // Serving (health, metrics) is not needed and would take a port.
+                "--secure-port=0".into(),
+                "--v=0".into(),
+            ],
+            &logs.join("kube-scheduler.log"),
+        )?;
+        let (key, value) = KWOK_NODE_ANNOTATION;
+        self.spawn(
+            mode,
+            kwok,
+            &[
+                kubeconfig,
+                format!("--config={}", crate::binaries::kwok_stages().display()),
+                "--manage-all-nodes=false".into(),
+                format!("--manage-nodes-with-annotation-selector={key}={value}"),
+                // Pod IPs come from the service-less pod range; nothing routes to them.
+                "--cidr=10.244.0.1/16".into(),
+                "--node-ip=127.0.0.1".into(),
+                // kwok's own server (logs, exec, port-forward of simulated pods) stays off.
+                "--server-address=".into(),
+                "--v=0".into(),
+            ],
+            &logs.join("kwok.log"),
+        )?;
+        let nodes: String = (0..SIMULATED_NODES).map(simulated_node).collect();
+        let manifest = self.dir.join("simulated-nodes.yaml");
+        fs::write(&manifest, nodes)?;
+        self.kubectl(&["apply", "-f", &manifest.display().to_string()])?;
+        let started = Instant::now();
+        loop {
+            for child in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "a control-plane process exited early ({status}); see the logs in {}:\n{}",
+                        logs.display(),
+                        tail_logs(&logs)
+                    );
+                }
+            }
+            let ready = self.kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+            ])?;
+            if ready.lines().filter(|l| l.trim() == "True").count() >= SIMULATED_NODES {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "the simulated nodes were not Ready after 60s (KWOK: {}):\n{}",
+                    logs.join("kwok.log").display(),
+                    tail_logs(&logs)
+                );
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        // The apiserver taints every new node `node.kubernetes.io/not-ready` (admission plugin
+        // TaintNodesByCondition); the node lifecycle controller, not run here, would lift it once
+        // the node is Ready. KWOK reports them Ready: lift it.
+        for i in 0..SIMULATED_NODES {
+            self.kubectl(&[
+                "patch",
+                "node",
+                &format!("kwok-node-{i}"),
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"taints":null}}"#,
+            ])?;
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, mode: Mode, bin: &Path, args: &[String], log: &Path) -> Result<()> {
@@ -213,6 +337,39 @@ impl ControlPlane {
         }
         self.children.clear();
     }
+}
+
+/// A Node that KWOK manages (by its annotation) and reports Ready, with room for many pods. Not
+/// tainted: it is the only kind of node this cluster has.
+fn simulated_node(i: usize) -> String {
+    let (key, value) = KWOK_NODE_ANNOTATION;
+    format!(
+        "apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-{i}
+  annotations:
+    {key}: {value}
+    node.alpha.kubernetes.io/ttl: \"0\"
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: kwok-node-{i}
+    kubernetes.io/os: linux
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: \"\"
+    type: kwok
+status:
+  allocatable:
+    cpu: \"32\"
+    memory: 256Gi
+    pods: \"110\"
+  capacity:
+    cpu: \"32\"
+    memory: 256Gi
+    pods: \"110\"
+---
+"
+    )
 }
 
 /// Runs kubectl with the given kubeconfig and returns stdout; a failure carries stderr.
@@ -332,6 +489,8 @@ fn tail_logs(dir: &Path) -> String {
         "etcd.log",
         "kube-apiserver.log",
         "kube-controller-manager.log",
+        "kube-scheduler.log",
+        "kwok.log",
     ] {
         if let Ok(text) = fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = text.lines().collect();

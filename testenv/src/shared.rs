@@ -12,7 +12,7 @@ use std::{
     thread,
 };
 
-use crate::cluster::{ControlPlane, Mode, alive};
+use crate::cluster::{ControlPlane, Mode, Options, alive};
 
 /// What tests need to reach the shared control plane.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct Shared {
     pub kubeconfig: PathBuf,
     pub server: String,
     pub dir: PathBuf,
+    /// Whether kube-scheduler, KWOK and simulated nodes run (see [`shared_with_pods`]).
+    pub pods: bool,
 }
 
 static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
@@ -29,13 +31,29 @@ static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// The control plane of this test binary, started on first call. Panics with the exact command to
 /// run when the binaries are missing or the control plane cannot start.
 pub fn shared() -> &'static Shared {
-    match SHARED.get_or_init(start_shared) {
+    match SHARED.get_or_init(|| start_shared(Options::default())) {
         Ok(s) => s,
         Err(e) => panic!("local control plane unavailable: {e}"),
     }
 }
 
-fn start_shared() -> Result<Shared, String> {
+/// The control plane of this test binary with pods: kube-scheduler, KWOK and simulated nodes (see
+/// [`Options::pods`]). Every test of a binary that needs pods calls this before anything else
+/// reaches the control plane; panics if [`shared`] already started it without pods.
+pub fn shared_with_pods() -> &'static Shared {
+    let shared = match SHARED.get_or_init(|| start_shared(Options::with_pods())) {
+        Ok(s) => s,
+        Err(e) => panic!("local control plane unavailable: {e}"),
+    };
+    assert!(
+        shared.pods,
+        "this test binary's control plane was started without pods: call \
+         testenv::shared_with_pods() first in every test of the binary"
+    );
+    shared
+}
+
+fn start_shared(options: Options) -> Result<Shared, String> {
     let root = std::env::temp_dir().join("tooljet-testenv");
     sweep_stale(&root);
     let dir = root.join(std::process::id().to_string());
@@ -44,7 +62,7 @@ fn start_shared() -> Result<Shared, String> {
     thread::Builder::new()
         .name("testenv-keeper".into())
         .spawn(move || {
-            match ControlPlane::start(&keeper_dir, Mode::Attached) {
+            match ControlPlane::start_with(&keeper_dir, Mode::Attached, options) {
                 Ok(cp) => {
                     *PIDS.lock().unwrap() = cp.children.iter().map(|c| c.id() as i32).collect();
                     *DIR.lock().unwrap() = Some(cp.dir.clone());
@@ -54,6 +72,7 @@ fn start_shared() -> Result<Shared, String> {
                         kubeconfig: cp.kubeconfig.clone(),
                         server: cp.server.clone(),
                         dir: cp.dir.clone(),
+                        pods: cp.options.pods,
                     };
                     let _ = tx.send(Ok(shared));
                     // Children die with this thread: keep it (and the Child handles) forever.

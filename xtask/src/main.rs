@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use testenv::{Binary, ControlPlane, Mode, cluster, local_dir};
+use testenv::{Binary, ControlPlane, Mode, Options, cluster, local_dir};
 
 #[derive(Parser)]
 #[command(about = "Developer tasks for tooljet-operator")]
@@ -30,6 +30,20 @@ enum Task {
         /// instead of in the foreground until Ctrl-C.
         #[arg(long)]
         detach: bool,
+        /// Leave out kube-scheduler and KWOK's simulated nodes (no pods).
+        #[arg(long)]
+        no_pods: bool,
+    },
+    /// Build the operator's OCI image without a container engine (static binary, base layer made
+    /// here, crane): target/image/tooljet-operator.tar, reproducible from a commit.
+    Image {
+        /// Also push it to this registry repository (`HOST:PORT/REPO`, optionally `:TAG`; the
+        /// package version is the default tag).
+        #[arg(long, value_name = "HOST:PORT/REPO")]
+        push: Option<String>,
+        /// Where to write the image and build files.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// The test command: binaries present, fmt, clippy, then every test of the workspace.
     Test {
@@ -56,8 +70,13 @@ enum Task {
 enum ControlPlaneAction {
     /// Build the pinned binaries that are missing from the cache.
     Build,
-    /// Start etcd, kube-apiserver and kube-controller-manager on loopback (detached).
-    Start,
+    /// Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK's simulated
+    /// nodes on loopback (detached).
+    Start {
+        /// Leave out kube-scheduler and KWOK's simulated nodes (no pods).
+        #[arg(long)]
+        no_pods: bool,
+    },
     /// Stop the detached control plane (and an operator started by `up --detach`).
     Stop,
     /// Print the shell exports that point kubectl and helm at the local control plane.
@@ -80,7 +99,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.task {
         Task::ControlPlane { action } => match action {
             ControlPlaneAction::Build => testenv::binaries::build_missing(),
-            ControlPlaneAction::Start => start().map(|_| ()),
+            ControlPlaneAction::Start { no_pods } => start(pods(no_pods)).map(|_| ()),
             ControlPlaneAction::Stop => stop(),
             ControlPlaneAction::Env => {
                 print!("{}", env_exports());
@@ -88,7 +107,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             ControlPlaneAction::Status => status(),
         },
-        Task::Up { detach } => up(detach),
+        Task::Up { detach, no_pods } => up(detach, pods(no_pods)),
+        Task::Image { push, out } => image(push.as_deref(), out),
         Task::Test { args } => test(&args),
         Task::Crdgen => crdgen(),
         Task::Chart => chart(),
@@ -119,8 +139,12 @@ fn env_exports() -> String {
     )
 }
 
+fn pods(no_pods: bool) -> Options {
+    Options { pods: !no_pods }
+}
+
 /// Starts the detached control plane; returns false when it was already running.
-fn start() -> Result<bool> {
+fn start(options: Options) -> Result<bool> {
     let dir = local_dir();
     let running = cluster::running_pids(&dir);
     if !running.is_empty() {
@@ -141,9 +165,17 @@ fn start() -> Result<bool> {
         testenv::binaries::build_missing()?;
     }
     let started = Instant::now();
-    let cp = ControlPlane::start(&dir, Mode::Detached)?;
+    let cp = ControlPlane::start_with(&dir, Mode::Detached, options)?;
+    let pods = if options.pods {
+        format!(
+            ", kube-scheduler, KWOK with {} simulated nodes",
+            testenv::cluster::SIMULATED_NODES
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "Control plane ready at {} in {:.1}s (etcd, kube-apiserver {}, kube-controller-manager).\n\
+        "Control plane ready at {} in {:.1}s (etcd, kube-apiserver {}, kube-controller-manager{pods}).\n\
          Logs: {}\nPoint your shell at it:\n{}",
         cp.server,
         started.elapsed().as_secs_f64(),
@@ -199,19 +231,31 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    testenv::binaries::build_missing()?;
     let started = Instant::now();
-    println!("cargo fmt --check");
-    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    println!("cargo clippy --all-targets -- -D warnings");
-    run_cmd(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    // The Go tools build (when missing) while cargo checks and compiles: on a cold machine the two
+    // overlap instead of adding up (each waits on downloads and single-threaded links at times).
+    let go_tools = std::thread::spawn(testenv::binaries::build_missing);
+    let checks = (|| {
+        println!("cargo fmt --check");
+        run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        println!("cargo clippy --all-targets -- -D warnings");
+        run_cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })();
+    go_tools
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the Go tools panicked"))??;
+    checks?;
+    println!(
+        "tools, fmt and clippy done in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     println!("helm lint and template (cargo xtask chart)");
     chart()?;
     println!("cargo test --workspace");
@@ -221,6 +265,89 @@ fn test(extra: &[String]) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn image(push: Option<&str>, out: Option<PathBuf>) -> Result<()> {
+    testenv::binaries::build_missing()?;
+    let root = root();
+    let out = out.unwrap_or_else(|| target_dir().join("image"));
+    let image = testenv::image::build(&root, &out)?;
+    println!(
+        "{} {} (revision {})\n  OCI image layout: {} (`cargo xtask image --push HOST:PORT/REPO`, \
+         or `crane push {} REF`)",
+        image.tag,
+        image.digest,
+        image.revision,
+        image.layout.display(),
+        image.layout.display(),
+    );
+    if let Some(repository) = push {
+        let pushed = testenv::image::push(&image, repository)?;
+        println!("pushed {pushed}");
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The example ToolJet Deployments' pods, once each Deployment carries its stage's config hash and
+/// has rolled out on the simulated nodes.
+fn show_example_pods() -> Result<()> {
+    const NS: &str = "acme-workspace";
+    println!("Waiting for the example ToolJet Deployments' pods (simulated by KWOK) ...");
+    for stage in ["development", "staging", "production"] {
+        let deployment = format!("tooljet-{stage}");
+        wait_for(
+            &format!("the operator to stamp {stage}'s config hash on {deployment}"),
+            Duration::from_secs(60),
+            || {
+                kubectl(&[
+                    "get",
+                    "deployment",
+                    &deployment,
+                    "--namespace",
+                    NS,
+                    "-o",
+                    "jsonpath={.spec.template.metadata.annotations.tooljet\\.io/config-hash}",
+                ])
+                .is_ok_and(|hash| !hash.trim().is_empty())
+            },
+        )?;
+        kubectl(&[
+            "rollout",
+            "status",
+            &format!("deployment/{deployment}"),
+            "--namespace",
+            NS,
+            "--timeout=120s",
+        ])?;
+    }
+    println!(
+        "{}",
+        kubectl(&[
+            "get",
+            "deployments,replicasets,pods",
+            "--namespace",
+            NS,
+            "-o",
+            "wide",
+        ])?
+    );
+    println!(
+        "A stage's pods restart (a new ReplicaSet) only when its configuration changes, e.g.\n  \
+         kubectl -n {NS} patch environmentconfig crm-staging --type json \\\n    \
+         -p '[{{\"op\":\"replace\",\"path\":\"/spec/constants/1/value\",\"value\":\"debug\"}}]'\n  \
+         kubectl -n {NS} get replicasets -l app.kubernetes.io/name=tooljet"
+    );
+    Ok(())
+}
+
+fn has_simulated_nodes() -> bool {
+    kubectl(&["get", "nodes", "-o", "name"]).is_ok_and(|nodes| nodes.contains("node/kwok-node-"))
 }
 
 fn crdgen() -> Result<()> {
@@ -385,8 +512,13 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> R
     Ok(())
 }
 
-fn up(detach: bool) -> Result<()> {
-    start()?;
+fn up(detach: bool, options: Options) -> Result<()> {
+    if !start(options)? && options.pods && !has_simulated_nodes() {
+        bail!(
+            "the running control plane has no simulated nodes (started with --no-pods?); \
+             `cargo xtask control-plane stop` it, or pass --no-pods"
+        );
+    }
     let root = root();
     let local = local_dir();
     println!("Installing the CRDs from crds/ ...");
@@ -548,8 +680,18 @@ fn up(detach: bool) -> Result<()> {
         "-f",
         &examples.join("versions.yaml").display().to_string(),
     ])?;
+    // The ToolJet Deployments the app's spec.rollout targets, once every stage's configuration
+    // is in: each starts, then restarts once with its stage's config hash stamped.
+    kubectl(&[
+        "apply",
+        "-f",
+        &examples.join("deployments.yaml").display().to_string(),
+    ])?;
     std::thread::sleep(Duration::from_secs(2));
     println!("{}", kubectl(&["get", "tooljet", "-A"])?);
+    if options.pods {
+        show_example_pods()?;
+    }
     if detach {
         let pids_file = local.join("pids");
         let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
