@@ -127,10 +127,17 @@ fn kubeconfig() -> PathBuf {
     local_dir().join("kubeconfig")
 }
 
+/// Where `cargo xtask up` links the `kubectl-tooljet` plugin (on the PATH the exports print).
+fn plugin_dir() -> PathBuf {
+    local_dir().join("bin")
+}
+
 fn env_exports() -> String {
     let dirs: Vec<String> = [Binary::Kubectl, Binary::Helm]
         .iter()
-        .map(|b| b.path().parent().unwrap().display().to_string())
+        .map(|b| b.path().parent().unwrap().to_path_buf())
+        .chain([plugin_dir()])
+        .map(|d| d.display().to_string())
         .collect();
     format!(
         "export KUBECONFIG={}\nexport PATH={}:$PATH\n",
@@ -550,19 +557,32 @@ fn up(detach: bool, options: Options) -> Result<()> {
         std::fs::write(&path, yaml)?;
         kubectl(&["apply", "-f", &path.display().to_string()])
     })?;
-    println!("Building the operator ...");
+    println!("Building the operator and the kubectl plugin ...");
     run_cmd(cargo().args([
         "build",
         "--quiet",
+        "-p",
+        "tooljet-operator",
+        "-p",
+        "kubectl-tooljet",
         "--bin",
         "tooljet-operator",
         "--bin",
         "crdgen",
+        "--bin",
+        "kubectl-tooljet",
     ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let bin = |name: &str| target.join("debug").join(name);
+    // `kubectl tooljet`: kubectl finds plugins on PATH; the printed exports put this directory there.
+    let plugin_dir = plugin_dir();
+    std::fs::create_dir_all(&plugin_dir)?;
+    let link = plugin_dir.join("kubectl-tooljet");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin("kubectl-tooljet"), &link)
+        .with_context(|| format!("linking {}", link.display()))?;
 
     if http_status(HEALTH_ADDR, "/healthz").is_some()
         || std::net::TcpListener::bind(WEBHOOK_ADDR).is_err()
@@ -659,6 +679,7 @@ fn up(detach: bool, options: Options) -> Result<()> {
         "app.yaml",
         "environment-configs.yaml",
         "workspace-configs.yaml",
+        "policies.yaml",
     ] {
         kubectl(&["apply", "-f", &examples.join(file).display().to_string()])?;
     }
