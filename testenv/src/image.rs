@@ -71,7 +71,7 @@ pub fn build(root: &Path, out: &Path) -> Result<Image> {
         .unwrap_or(0);
 
     step("building the static operator binary (cargo build --release, +crt-static)");
-    let binary = build_static_binary(root, &out.join("cargo"))?;
+    let binary = build_static_binary(root, &out.join("cargo"), "tooljet-operator")?;
 
     step("writing the base and application layers");
     let ca = fs::read(CA_BUNDLE).with_context(|| {
@@ -295,10 +295,11 @@ fn registry_answers(addr: &str) -> bool {
     response.starts_with("HTTP/1.") && response.contains(" 200")
 }
 
-/// `cargo build --release` of the operator for [`RUST_TARGET`] with `+crt-static`, with paths
-/// remapped so the binary does not depend on where the checkout or the cargo home is. Fails
-/// unless the result is static (no ELF interpreter).
-fn build_static_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
+/// `cargo build --release` of the binary `name` (the package of the same name) for
+/// [`RUST_TARGET`] with `+crt-static`, with paths remapped so the binary does not depend on
+/// where the checkout or the cargo home is. Fails unless the result is static (no ELF
+/// interpreter).
+fn build_static_binary(root: &Path, target_dir: &Path, name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -320,9 +321,9 @@ fn build_static_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
             "--release",
             "--locked",
             "-p",
-            "tooljet-operator",
+            name,
             "--bin",
-            "tooljet-operator",
+            name,
             "--target",
             RUST_TARGET,
         ])
@@ -332,12 +333,9 @@ fn build_static_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
-        bail!("building the static operator binary failed ({status})");
+        bail!("building the static {name} binary failed ({status})");
     }
-    let binary = target_dir
-        .join(RUST_TARGET)
-        .join("release")
-        .join("tooljet-operator");
+    let binary = target_dir.join(RUST_TARGET).join("release").join(name);
     let elf = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     if has_interpreter(&elf)? {
         bail!(
@@ -346,6 +344,98 @@ fn build_static_binary(root: &Path, target_dir: &Path) -> Result<PathBuf> {
         );
     }
     Ok(binary)
+}
+
+/// The krew platform the plugin archive is built for (the only one this machine builds).
+pub const PLUGIN_PLATFORM: (&str, &str) = ("linux", "amd64");
+
+/// A release of the kubectl plugin as krew installs it.
+#[derive(Clone, Debug)]
+pub struct PluginRelease {
+    /// `kubectl-tooljet-linux-amd64.tar.gz`: the static binary, reproducible from a commit.
+    pub archive: PathBuf,
+    pub sha256: String,
+    /// The krew manifest (`kubectl-tooljet/tooljet.yaml` rendered with the archive's address and
+    /// digest).
+    pub manifest: PathBuf,
+}
+
+/// Builds the static `kubectl-tooljet` for linux/amd64 under `out`, packs it as a `.tar.gz` (fixed
+/// owners and mtime, `gzip -n`: the same commit gives the same bytes) and renders the krew
+/// manifest for an archive published under `base_url`.
+pub fn plugin_release(root: &Path, out: &Path, base_url: &str) -> Result<PluginRelease> {
+    fs::create_dir_all(out)?;
+    let epoch: i64 = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .or_else(|| git(root, &["log", "-1", "--format=%ct"]))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let binary = build_static_binary(root, &out.join("cargo"), "kubectl-tooljet")?;
+    let exe = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let mut tar = Tar::new(epoch);
+    tar.file("LICENSE", 0o644, b"Apache-2.0\n");
+    tar.file("kubectl-tooljet", 0o755, &exe);
+    let (os, arch) = PLUGIN_PLATFORM;
+    let archive = out.join(format!("kubectl-tooljet-{os}-{arch}.tar.gz"));
+    let mut gzip = Command::new("gzip")
+        .args(["-n", "-9", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running gzip")?;
+    let bytes = tar.finish();
+    let mut stdin = gzip.stdin.take().expect("piped");
+    let writer = thread::spawn(move || stdin.write_all(&bytes));
+    let output = gzip.wait_with_output().context("running gzip")?;
+    writer.join().expect("the writer thread ends")?;
+    if !output.status.success() {
+        bail!("gzip failed ({})", output.status);
+    }
+    fs::write(&archive, &output.stdout)?;
+    let sha256 = sha256_hex(&archive)?;
+    let template = fs::read_to_string(root.join("kubectl-tooljet/tooljet.yaml"))?;
+    let url = format!(
+        "{}/{}",
+        base_url.trim_end_matches('/'),
+        archive.file_name().unwrap().to_string_lossy()
+    );
+    let manifest = out.join("tooljet.yaml");
+    fs::write(&manifest, render_krew_manifest(&template, &url, &sha256)?)?;
+    Ok(PluginRelease {
+        archive,
+        sha256,
+        manifest,
+    })
+}
+
+/// The krew manifest template with its archive address and SHA-256 filled in.
+pub fn render_krew_manifest(template: &str, url: &str, sha256: &str) -> Result<String> {
+    for placeholder in ["{{ARCHIVE_URL}}", "{{ARCHIVE_SHA256}}"] {
+        if template.matches(placeholder).count() != 1 {
+            bail!("the krew manifest template must hold {placeholder} exactly once");
+        }
+    }
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{sha256:?} is not a SHA-256 in hex");
+    }
+    Ok(template
+        .replace("{{ARCHIVE_URL}}", url)
+        .replace("{{ARCHIVE_SHA256}}", sha256))
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("running sha256sum")?;
+    if !output.status.success() {
+        bail!("sha256sum {} failed", path.display());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Whether `name` is set by cargo for the processes it runs rather than by the user.

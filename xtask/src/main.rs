@@ -45,6 +45,13 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The kubectl plugin for krew: a static linux/amd64 `kubectl-tooljet` in a reproducible
+    /// `.tar.gz` and the krew manifest for it, under target/plugin.
+    PluginRelease {
+        /// Where the archive will be published (the manifest's `uri` is this plus its file name).
+        #[arg(long, value_name = "URL")]
+        base_url: String,
+    },
     /// The test command: binaries present, fmt, clippy, then every test of the workspace.
     Test {
         /// Extra arguments passed to `cargo test` (after `--workspace`).
@@ -109,6 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Task::Up { detach, no_pods } => up(detach, pods(no_pods)),
         Task::Image { push, out } => image(push.as_deref(), out),
+        Task::PluginRelease { base_url } => plugin_release(&base_url),
         Task::Test { args } => test(&args),
         Task::Crdgen => crdgen(),
         Task::Chart => chart(),
@@ -292,6 +300,20 @@ fn image(push: Option<&str>, out: Option<PathBuf>) -> Result<()> {
         let pushed = testenv::image::push(&image, repository)?;
         println!("pushed {pushed}");
     }
+    Ok(())
+}
+
+fn plugin_release(base_url: &str) -> Result<()> {
+    let out = target_dir().join("plugin");
+    let release = testenv::image::plugin_release(&root(), &out, base_url)?;
+    println!(
+        "{}\n  sha256 {}\n  krew manifest: {} (install with `kubectl krew install --manifest={} --archive={}`)",
+        release.archive.display(),
+        release.sha256,
+        release.manifest.display(),
+        release.manifest.display(),
+        release.archive.display(),
+    );
     Ok(())
 }
 
