@@ -3,12 +3,16 @@
 //! when it last saw the lease record change (no trust in other replicas' clocks), as client-go does.
 //!
 //! Fencing: the leader stops reconciling as soon as it has not renewed for `renew_deadline`
-//! (shorter than `lease_duration`, after which another replica may take over). If the election
-//! task itself dies, the process exits rather than reconciling blind.
+//! (shorter than `lease_duration`, after which another replica may take over), counted from when
+//! its last successful renewal was sent. The fence is a deadline checked by every write, not a flag
+//! the election loop must remember to clear: a renewal request that hangs (an apiserver that is
+//! stopped or partitioned away answers nothing, and the client has no read timeout) cannot keep a
+//! replica leading. If the election task itself dies, the process exits rather than reconciling
+//! blind.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -54,6 +58,8 @@ impl LeaseSettings {
 /// Whether this replica may reconcile now.
 pub struct Leadership {
     leader: AtomicBool,
+    /// Elected: until when (on this replica's clock) the last successful renewal lets it write.
+    fence: Mutex<Option<Instant>>,
     acquired: broadcast::Sender<()>,
     /// Without election (a single replica), this replica always leads.
     elected: bool,
@@ -64,6 +70,7 @@ impl Leadership {
     pub fn always() -> Arc<Leadership> {
         Arc::new(Leadership {
             leader: AtomicBool::new(true),
+            fence: Mutex::new(None),
             acquired: broadcast::channel(4).0,
             elected: false,
         })
@@ -73,6 +80,7 @@ impl Leadership {
     pub fn elect(client: Client, settings: LeaseSettings) -> Arc<Leadership> {
         let leadership = Arc::new(Leadership {
             leader: AtomicBool::new(false),
+            fence: Mutex::new(None),
             acquired: broadcast::channel(4).0,
             elected: true,
         });
@@ -90,8 +98,34 @@ impl Leadership {
         leadership
     }
 
+    /// Whether this replica leads now: elected, and within the renew deadline of its last
+    /// successful renewal. Passing the deadline ends the leadership here and now (logged once),
+    /// so that the next renewal counts as a new acquisition and reconciles everything again.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
+        if !self.leader.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.elected && self.remaining().is_zero() {
+            self.set(false);
+            return false;
+        }
+        true
+    }
+
+    /// How long the last renewal still lets this replica write (zero when it does not lead).
+    fn remaining(&self) -> Duration {
+        self.fence
+            .lock()
+            .expect("lock")
+            .map_or(Duration::ZERO, |until| {
+                until.saturating_duration_since(Instant::now())
+            })
+    }
+
+    /// A renewal sent at `sent` succeeded: this replica leads until `sent + renew_deadline`.
+    fn renewed(&self, sent: Instant, renew_deadline: Duration) {
+        *self.fence.lock().expect("lock") = Some(sent + renew_deadline);
+        self.set(true);
     }
 
     pub fn is_elected(&self) -> bool {
@@ -110,6 +144,9 @@ impl Leadership {
     }
 
     fn set(&self, leader: bool) {
+        if !leader {
+            *self.fence.lock().expect("lock") = None;
+        }
         let was = self.leader.swap(leader, Ordering::SeqCst);
         if leader && !was {
             info!("became the leader; reconciling");
@@ -130,23 +167,29 @@ struct Observed {
 async fn campaign(client: Client, settings: LeaseSettings, leadership: Arc<Leadership>) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let mut observed: Option<Observed> = None;
-    let mut last_renewed: Option<Instant> = None;
     loop {
-        match try_acquire_or_renew(&api, &settings, &mut observed).await {
-            Ok(true) => {
-                last_renewed = Some(Instant::now());
-                leadership.set(true);
-            }
-            Ok(false) => {
-                last_renewed = None;
-                leadership.set(false);
-            }
-            Err(e) => {
+        let sent = Instant::now();
+        // A round may not outlive the leadership it renews (nor, when following, the renew
+        // deadline): a request that hangs is abandoned, and the fence has ended the leadership.
+        let budget = if leadership.is_leader() {
+            leadership.remaining()
+        } else {
+            settings.renew_deadline
+        }
+        .max(settings.retry_period);
+        let round =
+            tokio::time::timeout(budget, try_acquire_or_renew(&api, &settings, &mut observed));
+        match round.await {
+            Ok(Ok(true)) => leadership.renewed(sent, settings.renew_deadline),
+            Ok(Ok(false)) => leadership.set(false),
+            // Leading or not is the fence's to say: it ends at the renew deadline.
+            Ok(Err(e)) => {
                 warn!(error = %e, "lease update failed");
-                // Fencing: stop leading once renewal has failed for the renew deadline.
-                if last_renewed.is_none_or(|at| at.elapsed() >= settings.renew_deadline) {
-                    leadership.set(false);
-                }
+                leadership.is_leader();
+            }
+            Err(_) => {
+                warn!(after = ?budget, "lease update timed out");
+                leadership.is_leader();
             }
         }
         tokio::time::sleep(settings.retry_period).await;
@@ -228,5 +271,43 @@ async fn try_acquire_or_renew(
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elected() -> Leadership {
+        Leadership {
+            leader: AtomicBool::new(false),
+            fence: Mutex::new(None),
+            acquired: broadcast::channel(4).0,
+            elected: true,
+        }
+    }
+
+    #[test]
+    fn leadership_ends_at_the_renew_deadline_even_if_the_election_loop_is_stuck() {
+        let leadership = elected();
+        let mut acquisitions = leadership.acquired.subscribe();
+        leadership.renewed(Instant::now(), Duration::from_secs(10));
+        assert!(leadership.is_leader());
+        assert!(acquisitions.try_recv().is_ok(), "an acquisition");
+        // A renewal sent 11 s ago with a 10 s deadline (the next one never came back).
+        leadership.renewed(
+            Instant::now() - Duration::from_secs(11),
+            Duration::from_secs(10),
+        );
+        assert!(!leadership.is_leader(), "fenced at the deadline");
+        // The next successful renewal is a new acquisition: everything is reconciled again.
+        leadership.renewed(Instant::now(), Duration::from_secs(10));
+        assert!(leadership.is_leader());
+        assert!(acquisitions.try_recv().is_ok(), "a second acquisition");
+    }
+
+    #[test]
+    fn a_replica_without_election_always_leads() {
+        assert!(Leadership::always().is_leader());
     }
 }

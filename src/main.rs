@@ -1,10 +1,11 @@
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use tooljet_operator::{
     controller::Settings,
     leader::{Leadership, LeaseSettings},
-    operator::{self, Options, WebhookOptions},
+    operator::{self, Liveness, Options, WebhookOptions},
+    policy::window::parse_duration,
     telemetry::{self, LogFormat},
     webhook::certs,
 };
@@ -40,6 +41,11 @@ struct Args {
     /// The Lease's name.
     #[arg(long, default_value = "tooljet-operator")]
     lease_name: String,
+    /// Liveness (`/healthz`) fails once the replica has been unready (caches not synced, webhook
+    /// certificate not loaded) for longer than this (`90s`, `5m`), so that the kubelet restarts a
+    /// replica that cannot become ready.
+    #[arg(long, env = "TOOLJET_READY_DEADLINE", default_value = "5m", value_parser = parse_deadline)]
+    ready_deadline: Duration,
     /// Do not serve the admission webhook.
     #[arg(long)]
     no_webhook: bool,
@@ -60,6 +66,13 @@ struct Args {
     /// Validating/Mutating webhook configurations whose caBundle the operator keeps current.
     #[arg(long = "webhook-configuration", default_value = "tooljet-operator")]
     webhook_configurations: Vec<String>,
+}
+
+/// A Go-style duration (`90s`, `5m`).
+fn parse_deadline(text: &str) -> Result<Duration, String> {
+    parse_duration(text)?
+        .to_std()
+        .map_err(|e| format!("{text}: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +131,9 @@ async fn run() -> anyhow::Result<()> {
         },
         namespace: args.namespace.clone(),
         health_addr: Some(args.health_addr),
+        liveness: Liveness {
+            ready_deadline: args.ready_deadline,
+        },
         webhook,
     };
     operator::run(client, options, leadership).await?;

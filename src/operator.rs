@@ -3,7 +3,11 @@
 //! Every task runs in one `JoinSet`: the process ends (and the pod restarts) when any of them
 //! ends, except the controllers' graceful shutdown on SIGTERM.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -50,7 +54,30 @@ pub struct Options {
     pub namespace: String,
     /// `/metrics`, `/healthz`, `/readyz` (plain HTTP).
     pub health_addr: Option<SocketAddr>,
+    /// How `/healthz` judges the replica.
+    pub liveness: Liveness,
     pub webhook: Option<WebhookOptions>,
+}
+
+/// How `/healthz` (the liveness probe) judges the replica.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// Liveness fails once the replica has been unready (caches not synced, webhook certificate
+    /// not loaded) for longer than this, so that a replica that cannot become ready is restarted
+    /// instead of sitting unready forever.
+    pub ready_deadline: Duration,
+}
+
+/// Long enough for the initial lists of a large cluster and for the certificate retries' longest
+/// wait, short enough that a stuck replica does not wait for an operator to notice.
+pub const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(300);
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ready_deadline: DEFAULT_READY_DEADLINE,
+        }
+    }
 }
 
 /// Runs until SIGTERM / Ctrl-C (graceful) or until a component fails.
@@ -76,6 +103,8 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             metrics: metrics.clone(),
             readiness: caches.readiness.clone(),
             resolver: options.webhook.as_ref().map(|_| resolver.clone()),
+            liveness: options.liveness,
+            unready_since: Mutex::new(Some(Instant::now())),
         };
         serve_health(&mut tasks, addr, health).await?;
     }
@@ -146,11 +175,12 @@ impl Caches {
             readiness.clone(),
             "EnvironmentConfigs",
         );
-        let (versions, mut version_hub) = state::watch(
+        let (versions, mut version_hub) = state::watch_projected(
             Api::<AppVersion>::all(client.clone()),
             any(),
             readiness.clone(),
             "AppVersions",
+            state::project_version,
         );
         let (apps, mut app_hub) = state::watch(
             Api::<ToolJetApp>::all(client.clone()),
@@ -235,7 +265,7 @@ async fn serve_health(
     info!(%addr, "serving /metrics, /healthz and /readyz");
     let app = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .with_state(Arc::new(health));
     tasks.spawn(async move {
@@ -281,7 +311,10 @@ fn run_controllers(
         &caches.lookups,
         state::changes(caches.version_hub.subscribe(), state::generation),
         ctx.echoes.clone(),
-        state::all(caches.managed_hub.subscribe()),
+        (
+            state::all(caches.managed_hub.subscribe()),
+            state::deletions(caches.config_hub.subscribe()),
+        ),
         state::changes(caches.app_hub.subscribe(), appversion::app_facts),
         (
             state::changes(caches.approval_hub.subscribe(), state::generation),
@@ -382,6 +415,30 @@ struct Health {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     resolver: Option<Arc<certs::ReloadingResolver>>,
+    liveness: Liveness,
+    /// Since when the replica has been seen unready (from the start until it first is ready).
+    unready_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Whether the replica is ready, and if not why and for how long it has been seen unready.
+    fn observe(&self) -> Result<(), (&'static str, Duration)> {
+        let why = if !self.readiness.is_ready() {
+            Some("caches not synced")
+        } else if self.resolver.as_ref().is_some_and(|r| !r.is_loaded()) {
+            Some("webhook certificate not loaded")
+        } else {
+            None
+        };
+        let mut since = self.unready_since.lock().expect("lock");
+        match why {
+            None => {
+                *since = None;
+                Ok(())
+            }
+            Some(why) => Err((why, since.get_or_insert_with(Instant::now).elapsed())),
+        }
+    }
 }
 
 async fn metrics_text(
@@ -398,14 +455,59 @@ async fn metrics_text(
 
 /// Ready when the caches are synced and, with a webhook, its certificate is loaded.
 async fn ready(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if !health.readiness.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "caches not synced");
+    match health.observe() {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err((why, _)) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
-    if health.resolver.as_ref().is_some_and(|r| !r.is_loaded()) {
-        return (
+}
+
+/// Alive while the process runs, unless it has been unready for longer than the ready deadline:
+/// a replica whose caches or certificate never come (a stuck start) is restarted by the kubelet.
+async fn live(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.observe() {
+        Err((why, unready)) if unready > health.liveness.ready_deadline => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "webhook certificate not loaded",
-        );
+            format!(
+                "unready for {}s (longer than the ready deadline of {}s): {why}",
+                unready.as_secs(),
+                health.liveness.ready_deadline.as_secs()
+            ),
+        ),
+        _ => (StatusCode::OK, "ok".into()),
     }
-    (StatusCode::OK, "ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(ready_deadline: Duration) -> (Arc<Health>, Arc<Readiness>) {
+        let readiness = Readiness::new(&["a cache"]);
+        let health = Health {
+            metrics: Arc::new(Metrics::default()),
+            readiness: readiness.clone(),
+            resolver: None,
+            liveness: Liveness { ready_deadline },
+            unready_since: Mutex::new(Some(Instant::now())),
+        };
+        (Arc::new(health), readiness)
+    }
+
+    #[tokio::test]
+    async fn liveness_fails_once_unready_for_longer_than_the_deadline_and_recovers() {
+        let (patient, _) = health(Duration::from_secs(300));
+        assert_eq!(live(State(patient.clone())).await.0, StatusCode::OK);
+        assert_eq!(
+            ready(State(patient)).await,
+            (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        );
+
+        let (stuck, readiness) = health(Duration::ZERO);
+        let (code, why) = live(State(stuck.clone())).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("caches not synced"), "{why}");
+        readiness.listed("a cache");
+        assert_eq!(live(State(stuck.clone())).await.0, StatusCode::OK);
+        assert_eq!(ready(State(stuck)).await.0, StatusCode::OK);
+    }
 }

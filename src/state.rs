@@ -162,6 +162,10 @@ where
             indexes,
         } = self;
         let mut events = events;
+        // What the cache held when a (re)list began: an object deleted while the watch was
+        // broken (e.g. expired, `410 Gone`) is absent from the new list, and no delete event
+        // will ever say so. Reported as deleted once the list is complete.
+        let mut before_list: Vec<Arc<K>> = vec![];
         while let Some(event) = events.next().await {
             let changes: Vec<Change<K>> = match event {
                 Ok(watcher::Event::Apply(obj)) => store
@@ -170,16 +174,30 @@ where
                     .into_iter()
                     .collect(),
                 Ok(watcher::Event::Delete(obj)) => vec![Change::Deleted(Arc::new(obj))],
-                // A (re)list is complete: every object, as cached now. Objects that vanished
-                // during a relist are not reported; the controllers' own triggers cover them.
+                // A (re)list is complete: every object, as cached now, and every object that
+                // vanished since the cache was last complete.
                 Ok(watcher::Event::InitDone) => {
                     let all = store.state();
                     for index in &indexes {
                         index.rebuild(&all);
                     }
-                    all.into_iter().map(Change::Applied).collect()
+                    let present: std::collections::HashSet<ObjectRef<K>> =
+                        all.iter().map(|o| ObjectRef::from(&**o)).collect();
+                    let vanished = std::mem::take(&mut before_list)
+                        .into_iter()
+                        .filter(|o| !present.contains(&ObjectRef::from(&**o)))
+                        .map(Change::Deleted);
+                    vanished
+                        .chain(all.into_iter().map(Change::Applied))
+                        .collect()
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => vec![],
+                // The reflector swaps in the new list only when it is complete: the cache still
+                // holds the previous one here.
+                Ok(watcher::Event::Init) => {
+                    before_list = store.state();
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(_)) => vec![],
                 Err(e) => {
                     warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
                     vec![]
@@ -215,10 +233,34 @@ where
         + Sync
         + 'static,
 {
+    watch_projected(api, config, readiness, name, |_| {})
+}
+
+/// [`watch`], caching each object as `project` leaves it (after [`strip`]): only what the
+/// controllers and the webhook read from the cache.
+pub fn watch_projected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    readiness: Arc<Readiness>,
+    name: &'static str,
+    project: fn(&mut K),
+) -> (Store<K>, Hub<K>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let events = reflector::reflector(
         writer,
-        watcher(api, config).default_backoff().modify(strip::<K>),
+        watcher(api, config).default_backoff().modify(move |o| {
+            strip::<K>(o);
+            project(o);
+        }),
     )
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
@@ -234,6 +276,24 @@ where
             indexes: vec![],
         },
     )
+}
+
+/// What the cache keeps of an AppVersion's `spec.definition`: only its `{{constants.X}}` and
+/// `{{secrets.X}}` references (as a list of those strings), which is all the controllers read from
+/// it (`materialize::definition_references` finds the same references in the projection). The
+/// webhook judges definitions from the request, never from the cache. A definition may be up to
+/// 512 KiB: without this, a namespace of large versions would hold them all in memory.
+pub fn project_version(v: &mut AppVersion) {
+    if let Some(definition) = &v.spec.definition {
+        let (constants, secrets) = crate::materialize::definition_references(definition);
+        let references = constants
+            .iter()
+            .map(|c| format!("{{{{constants.{c}}}}}"))
+            .chain(secrets.iter().map(|s| format!("{{{{secrets.{s}}}}}")))
+            .map(serde_json::Value::String)
+            .collect();
+        v.spec.definition = Some(serde_json::Value::Array(references));
+    }
 }
 
 /// The objects of one kind by a key derived from each (an object may have several keys), kept in
@@ -363,6 +423,19 @@ pub fn all<K: Send + Sync + 'static>(
     subscription: Subscription<K>,
 ) -> impl Stream<Item = Arc<K>> + Send + 'static {
     subscription.map(|change| change.object().clone())
+}
+
+/// The deletions of a subscription, as the objects were last (including those a relist finds
+/// gone).
+pub fn deletions<K: Send + Sync + 'static>(
+    subscription: Subscription<K>,
+) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    subscription.filter_map(|change| {
+        futures::future::ready(match change {
+            Change::Deleted(obj) => Some(obj),
+            Change::Applied(_) => None,
+        })
+    })
 }
 
 /// Every change of a subscription of managed Secrets, as objects; a deleted Secret's echo record
@@ -744,6 +817,30 @@ pub(crate) fn is_stage_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_version_keeps_only_the_references_of_its_definition() {
+        let mut v = AppVersion::new(
+            "crm-v1",
+            crate::api::AppVersionSpec {
+                app: "crm".into(),
+                version_name: "v1".into(),
+                description: None,
+                environment: "development".into(),
+                definition: Some(serde_json::json!({
+                    "pages": [{ "components": [{ "text": "{{constants.API_URL}}/x and {{secrets.TOKEN}}",
+                                                 "padding": "x".repeat(10_000) }] }],
+                    "queries": [{ "url": "{{ constants.API_URL }}" }],
+                })),
+                requires: None,
+            },
+        );
+        let before = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
+        project_version(&mut v);
+        let after = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
+        assert_eq!(before, after);
+        assert!(serde_json::to_vec(&v.spec.definition).unwrap().len() < 100);
+    }
     use k8s_openapi::{
         api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
     };
@@ -796,6 +893,49 @@ mod tests {
             passed,
             [Some("1".into()), Some("3".into()), Some("3".into())],
             "the status-only change is filtered; the delete passes"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_deleted_while_the_watch_was_broken_is_reported_after_the_relist() {
+        use kube::runtime::watcher::Event;
+        let (a, b) = (config_map("a", 1, "1"), config_map("b", 1, "2"));
+        let (store, writer) = kube::runtime::reflector::store::<ConfigMap>();
+        // The first list holds a and b; the relist (after a 410) only b: a was deleted meanwhile.
+        let events = [
+            Event::Init,
+            Event::InitApply(a.clone()),
+            Event::InitApply(b.clone()),
+            Event::InitDone,
+            Event::Init,
+            Event::InitApply(b),
+            Event::InitDone,
+        ]
+        .into_iter()
+        .map(Ok);
+        let mut hub = Hub {
+            store,
+            events: kube::runtime::reflector(writer, futures::stream::iter(events)).boxed(),
+            subscribers: vec![],
+            indexes: vec![],
+        };
+        let rx = hub.subscribe();
+        hub.run().await;
+        let mut seen: Vec<(bool, String)> = rx
+            .map(|c| (matches!(c, Change::Applied(_)), c.object().name_any()))
+            .collect()
+            .await;
+        let (applied, deleted) = (true, false);
+        // The first list, in the cache's order; then the vanished object, then the new list.
+        seen[..2].sort();
+        assert_eq!(
+            seen,
+            [
+                (applied, "a".to_string()),
+                (applied, "b".to_string()),
+                (deleted, "a".to_string()),
+                (applied, "b".to_string()),
+            ]
         );
     }
 

@@ -36,10 +36,10 @@ use super::{
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, Approval, OVERRIDDEN_AT_ANNOTATION,
+        AppVersion, AppVersionStatus, Approval, EnvironmentConfig, OVERRIDDEN_AT_ANNOTATION,
         OVERRIDDEN_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
-        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, StageApprovals,
-        ToolJetApp,
+        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, STAGES_ANNOTATION,
+        StageApprovals, ToolJetApp,
     },
     gate,
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
@@ -53,14 +53,17 @@ pub const PROMOTION_HISTORY: usize = 20;
 
 /// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
 /// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
-/// configurations' Secrets for config changes), the Approvals (of the version they name) and the
+/// configurations' Secrets for config changes), the deleted EnvironmentConfigs, the Approvals (of the version they name) and the
 /// PromotionPolicies (of the versions of their namespace: the approvals a next stage requires).
 pub fn controller(
     settings: &Settings,
     lookups: &Lookups,
     main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     echoes: Arc<Echoes>,
-    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
+    (managed, deleted_configs): (
+        impl Stream<Item = Arc<Secret>> + Send + 'static,
+        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
+    ),
     apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     (approvals, policies): (
         impl Stream<Item = Arc<Approval>> + Send + 'static,
@@ -68,6 +71,7 @@ pub fn controller(
     ),
 ) -> Controller<AppVersion> {
     let for_secrets = lookups.clone();
+    let by_config = lookups.clone();
     let by_app = lookups.clone();
     let by_policy = lookups.clone();
     Controller::for_shared_stream(main, lookups.versions.clone())
@@ -87,6 +91,19 @@ pub fn controller(
                 .iter()
                 .map(|v| ObjectRef::from(&**v))
                 .collect::<Vec<_>>()
+        })
+        // A deleted configuration no longer counts, whether or not its Secret is gone yet (the
+        // garbage collector's pace, or a deletion only a relist revealed): its stage re-resolves.
+        .watches_shared_stream(deleted_configs, move |c: Arc<EnvironmentConfig>| {
+            let ns = c.namespace().unwrap_or_default();
+            let environment = c.spec.environment.as_str();
+            match c.spec.app.as_deref() {
+                Some(app) => by_config.versions_of_app_in(&ns, app, environment),
+                None => by_config.versions_in(&ns, environment),
+            }
+            .iter()
+            .map(|v| ObjectRef::from(&**v))
+            .collect::<Vec<_>>()
         })
         .watches_shared_stream(approvals, |a: Arc<Approval>| {
             a.namespace()
@@ -216,7 +233,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         None => debug!(secret = %plan.target, "resolved config is up to date"),
     }
     // Report.
-    let (status, promotion) = desired_status(
+    let (status, promotions) = desired_status(
         &v,
         found.app.as_deref(),
         &found.resolved,
@@ -226,8 +243,8 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         found.approvals.as_ref(),
     );
     apply_status(&ctx, "appversion", &*v, v.status.as_ref(), &status).await?;
-    report(&v, &ctx, &status, promotion.as_ref(), change).await;
-    if promotion.is_some() {
+    report(&v, &ctx, &status, &promotions, change).await;
+    for _ in &promotions {
         ctx.metrics.promotions.inc();
     }
     Ok(if taken {
@@ -344,17 +361,33 @@ fn desired_status(
     secret: &str,
     taken: bool,
     approvals: Option<&Tally>,
-) -> (AppVersionStatus, Option<Promotion>) {
+) -> (AppVersionStatus, Vec<Promotion>) {
     let mut status = v.status.clone().unwrap_or_default();
     let generation = v.metadata.generation;
     let environment = v.spec.environment.clone();
     status.observed_generation = generation;
     status.approvals = approvals.map(stage_approvals);
 
-    let mut promotion = None;
-    if let Some(previous) = status.environment.clone().filter(|p| *p != environment) {
-        let annotations = v.annotations();
-        let stamped = annotations.get(PROMOTED_FROM_ANNOTATION) == Some(&previous);
+    let annotations = v.annotations();
+    let stamped_path: Vec<&str> = annotations
+        .get(STAGES_ANNOTATION)
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default();
+    let pipeline = app
+        .map(|a| a.spec.environments.as_slice())
+        .unwrap_or_default();
+    let steps = stage_steps(
+        status.environment.as_deref(),
+        &environment,
+        &stamped_path,
+        pipeline,
+    );
+    let mut promotions = vec![];
+    for (from, to) in steps {
+        // The webhook's stamps describe the latest promotion only: the step into the current
+        // stage from the stamped stage. Steps before it (missed while the operator was away)
+        // have no known author; their time is when they were recorded.
+        let stamped = to == environment && annotations.get(PROMOTED_FROM_ANNOTATION) == Some(&from);
         let at = stamped
             .then(|| {
                 annotations
@@ -364,8 +397,8 @@ fn desired_status(
             .flatten()
             .unwrap_or_else(Timestamp::now);
         let record = Promotion {
-            from: previous,
-            to: environment.clone(),
+            from,
+            to,
             at: Time(at),
             by: stamped
                 .then(|| annotations.get(PROMOTED_BY_ANNOTATION).cloned())
@@ -375,10 +408,10 @@ fn desired_status(
                 .flatten(),
         };
         status.promotions.push(record.clone());
-        let excess = status.promotions.len().saturating_sub(PROMOTION_HISTORY);
-        status.promotions.drain(..excess);
-        promotion = Some(record);
+        promotions.push(record);
     }
+    let excess = status.promotions.len().saturating_sub(PROMOTION_HISTORY);
+    status.promotions.drain(..excess);
     status.environment = Some(environment.clone());
     if !taken {
         status.resolved_config = Some(ResolvedConfig {
@@ -447,7 +480,48 @@ fn desired_status(
     set_condition(&mut status.conditions, config);
     set_condition(&mut status.conditions, released_condition);
     set_condition(&mut status.conditions, ready);
-    (status, promotion)
+    (status, promotions)
+}
+
+/// The promotions to record when a version is seen in `current` after `previous` (`None`: never
+/// seen before): one step per stage entered, so that a version promoted twice between two
+/// reconciles, or promoted before its first one (the operator was down or behind), shows every
+/// step rather than a jump or nothing. The path is the webhook's stamp of the stages the version
+/// has been in (`tooljet.io/stages`); without a stamp, the app's pipeline, and only from a stage
+/// seen before (a version first seen outside its first stage may have been created there).
+/// Anything else (a move backwards, a stage off the path) is recorded as the one step it looks
+/// like.
+fn stage_steps(
+    previous: Option<&str>,
+    current: &str,
+    stamped: &[&str],
+    pipeline: &[String],
+) -> Vec<(String, String)> {
+    if previous == Some(current) {
+        return vec![];
+    }
+    let stamped_ok = stamped.last() == Some(&current);
+    let path: Vec<&str> = if stamped_ok {
+        stamped.to_vec()
+    } else if previous.is_some() {
+        pipeline.iter().map(String::as_str).collect()
+    } else {
+        vec![]
+    };
+    let to = path.iter().rposition(|s| *s == current);
+    let from = match previous {
+        Some(p) => to.and_then(|to| path[..to].iter().rposition(|s| *s == p)),
+        None => Some(0),
+    };
+    match (from, to) {
+        (Some(from), Some(to)) => path[from..=to]
+            .windows(2)
+            .map(|w| (w[0].to_string(), w[1].to_string()))
+            .collect(),
+        _ => previous
+            .map(|p| vec![(p.to_string(), current.to_string())])
+            .unwrap_or_default(),
+    }
 }
 
 fn ready_condition(
@@ -504,10 +578,10 @@ async fn report(
     v: &AppVersion,
     ctx: &Context,
     status: &AppVersionStatus,
-    promotion: Option<&Promotion>,
+    promotions: &[Promotion],
     change: Option<Change>,
 ) {
-    if let Some(p) = promotion {
+    for p in promotions {
         let by =
             p.by.as_deref()
                 .map(|b| format!(" by {b}"))
@@ -617,7 +691,7 @@ mod tests {
         let (status, promotion) =
             desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
         assert!(
-            promotion.is_none(),
+            promotion.is_empty(),
             "the first observation is not a promotion"
         );
         v.status = Some(status);
@@ -636,7 +710,9 @@ mod tests {
         ]));
         let (status, promotion) =
             desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
-        let p = promotion.unwrap();
+        let [p] = promotion.as_slice() else {
+            panic!("one promotion: {promotion:?}")
+        };
         assert_eq!(
             (p.from.as_str(), p.to.as_str(), p.by.as_deref()),
             ("development", "staging", Some("alice"))
@@ -645,7 +721,7 @@ mod tests {
         assert_eq!(status.promotions.len(), 1);
         v.status = Some(status);
         let (again, none) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
-        assert!(none.is_none());
+        assert!(none.is_empty());
         assert_eq!(again.promotions.len(), 1);
     }
 
@@ -659,7 +735,45 @@ mod tests {
             "qa".to_string(),
         )]));
         let (_, p) = desired_status(&v, Some(&app(None)), &empty(), &[], "s", false, None);
-        assert_eq!(p.unwrap().by, None);
+        assert_eq!(p[0].by, None);
+    }
+
+    fn steps(previous: Option<&str>, current: &str, stamped: &[&str]) -> Vec<(String, String)> {
+        let pipeline: Vec<String> = ["development", "staging", "production"]
+            .map(String::from)
+            .to_vec();
+        stage_steps(previous, current, stamped, &pipeline)
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_stage_entered_is_one_step_even_when_seen_late() {
+        let all = ["development", "staging", "production"];
+        let both = pairs(&[("development", "staging"), ("staging", "production")]);
+        // Promoted twice between two reconciles: both steps, by the stamp or by the pipeline.
+        assert_eq!(steps(Some("development"), "production", &all), both);
+        assert_eq!(steps(Some("development"), "production", &[]), both);
+        // Promoted before the first reconcile: the stamp says it came from development.
+        assert_eq!(steps(None, "production", &all), both);
+        assert_eq!(
+            steps(None, "staging", &all[..2]),
+            pairs(&[("development", "staging")])
+        );
+        // First seen outside the first stage without a stamp, or created there: no promotion.
+        assert_eq!(steps(None, "production", &[]), vec![]);
+        assert_eq!(steps(None, "production", &["production"]), vec![]);
+        assert_eq!(steps(None, "development", &all[..1]), vec![]);
+        // Unchanged, or a move the path does not explain: as it looks.
+        assert_eq!(steps(Some("staging"), "staging", &all), vec![]);
+        assert_eq!(
+            steps(Some("production"), "staging", &[]),
+            pairs(&[("production", "staging")])
+        );
     }
 
     #[test]

@@ -41,8 +41,10 @@ use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// How often the certificate source is checked for a rotation.
+/// How often the certificate source is checked for a rotation: the Secret (an API read), or the
+/// files (a local read, cheap enough to pick up a cert-manager rotation within seconds).
 pub const RECHECK: Duration = Duration::from_secs(30);
+pub const FILE_RECHECK: Duration = Duration::from_secs(5);
 
 /// The serving certificate, swappable at run time.
 #[derive(Debug, Default)]
@@ -76,8 +78,14 @@ impl ReloadingResolver {
             .map_err(|e| anyhow!("webhook key is not valid PEM: {e}"))?;
         let signing_key =
             any_supported_type(&key).map_err(|e| anyhow!("unsupported webhook key: {e}"))?;
-        *self.current.write().expect("lock") =
-            Some(Arc::new(CertifiedKey::new(certs, signing_key)));
+        let certified = CertifiedKey::new(certs, signing_key);
+        // A certificate and key read while a rotation replaces them may not belong together:
+        // serving them would fail every handshake. Keep the current pair; the next check reads
+        // the new one whole.
+        certified.keys_match().map_err(|e| {
+            anyhow!("the webhook key does not match its certificate (read mid-rotation?): {e}")
+        })?;
+        *self.current.write().expect("lock") = Some(Arc::new(certified));
         *self.pem.write().expect("lock") = Some((cert_pem.to_string(), key_pem.to_string()));
         Ok(true)
     }
@@ -113,7 +121,7 @@ const INITIAL_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Loads the certificate (retrying with backoff until it succeeds), then keeps it current:
-/// every `RECHECK`, and at once whenever a webhook configuration it maintains changes (e.g. a
+/// every `RECHECK` (`FILE_RECHECK` for files), and at once whenever a webhook configuration it maintains changes (e.g. a
 /// `helm upgrade` that resets its caBundle).
 pub async fn run(client: Client, source: Source, resolver: Arc<ReloadingResolver>) -> Result<()> {
     use futures::StreamExt;
@@ -129,9 +137,9 @@ pub async fn run(client: Client, source: Source, resolver: Arc<ReloadingResolver
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(MAX_RETRY);
     }
-    let names = match &source {
-        Source::SelfManaged { configurations, .. } => configurations.clone(),
-        Source::Files { .. } => vec![],
+    let (names, recheck) = match &source {
+        Source::SelfManaged { configurations, .. } => (configurations.clone(), RECHECK),
+        Source::Files { .. } => (vec![], FILE_RECHECK),
     };
     let mut changes = futures::stream::select_all(names.iter().flat_map(|name| {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -156,7 +164,7 @@ pub async fn run(client: Client, source: Source, resolver: Arc<ReloadingResolver
     }));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RECHECK) => {}
+            _ = tokio::time::sleep(recheck) => {}
             Some(()) = changes.next() => {}
         }
         if let Err(e) = sync(&client, &source, &resolver).await {
@@ -503,6 +511,19 @@ mod tests {
         assert_eq!(renewed.ca, b.ca);
         assert_ne!(renewed.cert, b.cert);
         assert!(still_good(&renewed, &["new.svc".to_string()]));
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_rejected_and_the_current_pair_kept() {
+        let (a, b) = (generate(&hosts()).unwrap(), generate(&hosts()).unwrap());
+        let resolver = ReloadingResolver::default();
+        assert!(resolver.install(&a.cert, &a.key).unwrap());
+        let mixed = resolver.install(&b.cert, &a.key).unwrap_err();
+        assert!(mixed.to_string().contains("does not match"), "{mixed:#}");
+        assert!(
+            !resolver.install(&a.cert, &a.key).unwrap(),
+            "the matching pair stays installed"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod admission;
+pub mod faults;
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -138,6 +139,16 @@ impl Operator {
         }
         let child = cmd.spawn().expect("the operator binary starts");
         Operator { child, log }
+    }
+
+    /// The operator's process id (to signal it).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Whether the process still runs (it exits when a component fails).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn log_text(&self) -> String {

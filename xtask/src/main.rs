@@ -52,6 +52,13 @@ enum Task {
         #[arg(long, value_name = "URL")]
         base_url: String,
     },
+    /// The fault suite's long forms (`tests/faults.rs` with TOOLJET_FAULTS_LONG=1): more apps,
+    /// more kill rounds, 300 maximum-size versions. The short forms run in `cargo xtask test`.
+    Faults {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The test command: binaries present, fmt, clippy, then every test of the workspace.
     Test {
         /// Extra arguments passed to `cargo test` (after `--workspace`).
@@ -117,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Up { detach, no_pods } => up(detach, pods(no_pods)),
         Task::Image { push, out } => image(push.as_deref(), out),
         Task::PluginRelease { base_url } => plugin_release(&base_url),
+        Task::Faults { args } => faults(&args),
         Task::Test { args } => test(&args),
         Task::Crdgen => crdgen(),
         Task::Chart => chart(),
@@ -301,6 +309,17 @@ fn image(push: Option<&str>, out: Option<PathBuf>) -> Result<()> {
         println!("pushed {pushed}");
     }
     Ok(())
+}
+
+fn faults(filter: &[String]) -> Result<()> {
+    testenv::binaries::build_missing()?;
+    run_cmd(
+        cargo()
+            .env("TOOLJET_FAULTS_LONG", "1")
+            .args(["test", "-p", "tooljet-operator", "--test", "faults"])
+            .args(filter)
+            .args(["--", "--nocapture", "--test-threads", "1"]),
+    )
 }
 
 fn plugin_release(base_url: &str) -> Result<()> {

@@ -228,6 +228,7 @@ pub async fn environment() {
                             },
                             namespace: "tooljet-system".into(),
                             health_addr: None,
+                            liveness: Default::default(),
                             webhook: Some(WebhookOptions {
                                 addr: addr.parse().unwrap(),
                                 certs: certs::Source::SelfManaged {
