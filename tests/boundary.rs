@@ -5,11 +5,7 @@
 
 mod support;
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::Secret,
-    rbac::v1::{Role, RoleBinding},
-};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Client,
     api::{DeleteParams, PostParams},
@@ -18,40 +14,6 @@ use serde_json::{Value, json};
 use support::admission::{WAIT, Workspace, denied, msg};
 
 const CANARY: &str = "canary-db-admin-password-4f1c";
-
-/// Binds `user` to the ClusterRole `role` in the workspace.
-async fn bind(w: &Workspace, user: &str, role: &str) {
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": format!("{user}-{role}") },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
-        "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
-
-/// Grants `user` a namespaced Role with `rules`.
-async fn grant(w: &Workspace, user: &str, name: &str, rules: Value) {
-    let role: Role =
-        serde_json::from_value(json!({ "metadata": { "name": name }, "rules": rules })).unwrap();
-    Api::<Role>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
-        "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
 
 /// New RBAC bindings take effect once the apiserver's informer has them: retry until allowed.
 async fn until_allowed(what: &str, attempt: impl AsyncFn() -> Result<Value, String>) {
@@ -146,8 +108,7 @@ async fn a_developer_cannot_have_the_operator_read_a_secret_for_them() {
     );
 
     // Whoever may read the Secret may reference it.
-    grant(
-        &w,
+    w.grant(
         "alice",
         "alice-reads-db-admin",
         json!([{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["db-admin"] }]),
@@ -274,7 +235,7 @@ async fn a_developer_configures_development_and_nothing_past_it() {
         .unwrap();
 
     // An environment admin configures every stage.
-    bind(&w, "erin", "tooljet-environment-admin").await;
+    w.bind("erin", "tooljet-environment-admin").await;
     let erin = support::client_as("erin", &["environment-admins"]).await;
     until_allowed("erin configures production", async || {
         w.merge(&erin, "EnvironmentConfig", "crm-production",
@@ -377,7 +338,7 @@ async fn a_release_manager_cannot_reshape_the_pipeline() {
         before.data["spec"]
     );
     // An environment admin may; the rules about stages that hold versions still apply.
-    bind(&w, "erin", "tooljet-environment-admin").await;
+    w.bind("erin", "tooljet-environment-admin").await;
     let erin = support::client_as("erin", &["environment-admins"]).await;
     until_allowed("erin reshapes billing", async || {
         w.merge(
@@ -413,9 +374,8 @@ async fn removing_a_release_needs_the_release_verb() {
     )
     .await
     .unwrap();
-    bind(&w, "dave", "tooljet-developer").await;
-    grant(
-        &w,
+    w.bind("dave", "tooljet-developer").await;
+    w.grant(
         "dave",
         "dave-edits-apps",
         json!([{ "apiGroups": ["tooljet.io"], "resources": ["tooljetapps"], "verbs": ["get", "patch", "update"] }]),
@@ -476,7 +436,7 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
     deployment(&w, "web", json!({ "tier": "production" })).await;
     deployment(&w, "worker", json!({ "tier": "production" })).await;
     deployment(&w, "payroll", json!({ "tier": "finance" })).await;
-    bind(&w, "erin", "tooljet-environment-admin").await;
+    w.bind("erin", "tooljet-environment-admin").await;
     let erin = support::client_as("erin", &["environment-admins"]).await;
     let rollout = |entries: Value| json!({ "spec": { "rollout": entries } });
 
@@ -550,8 +510,7 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
     );
 
     // With patch on web, erin may name web, and the operator stamps it.
-    grant(
-        &w,
+    w.grant(
         "erin",
         "erin-patches-web",
         json!([{ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"], "resourceNames": ["web"] }]),

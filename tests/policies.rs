@@ -8,27 +8,13 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::{api::rbac::v1::RoleBinding, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, PostParams},
+    Client, ResourceExt,
+    api::{DeleteParams, DynamicObject},
 };
 use serde_json::{Value, json};
 use support::admission::{WAIT, Workspace, denied};
-
-/// Binds `user` to the ClusterRole `role` in the workspace.
-async fn bind(w: &Workspace, user: &str, role: &str) {
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": format!("{user}-{role}") },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
-        "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
 
 async fn user(name: &str) -> Client {
     support::client_as(name, &["tooljet-users"]).await
@@ -106,7 +92,7 @@ async fn version_in_staging(w: &Workspace, name: &str) {
 async fn two_distinct_approvals_gate_a_promotion_with_separation_of_duties() {
     let w = Workspace::new("policy-approvals").await;
     for approver in ["alice", "dave", "erin"] {
-        bind(&w, approver, "tooljet-approver").await;
+        w.bind(approver, "tooljet-approver").await;
     }
     let (dave, erin, bob_promoter) = (user("dave").await, user("erin").await, w.bob.clone());
     version_in_staging(&w, "v-new").await;
@@ -222,7 +208,7 @@ async fn two_distinct_approvals_gate_a_promotion_with_separation_of_duties() {
 #[tokio::test]
 async fn a_deny_window_open_now_refuses_promotions_and_releases_until_an_override() {
     let w = Workspace::new("policy-freeze").await;
-    bind(&w, "olivia", "tooljet-admin").await;
+    w.bind("olivia", "tooljet-admin").await;
     let olivia = user("olivia").await;
     // Active at every minute for two hours: closed now, whenever the test runs.
     w.create(
@@ -381,26 +367,13 @@ async fn an_allow_window_closed_now_refuses_and_an_unguarded_app_passes() {
 async fn the_people_a_policy_constrains_cannot_lift_it() {
     let w = Workspace::new("policy-edit").await;
     // alice may write PromotionPolicies as far as RBAC goes, but configures only development.
-    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
-        "metadata": { "name": "policy-writer" },
-        "rules": [{ "apiGroups": ["tooljet.io"], "resources": ["promotionpolicies"],
-                    "verbs": ["get", "list", "create", "update", "patch", "delete"] }],
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "policy-writer" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "policy-writer" },
-        "subjects": [{ "kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io" }],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    w.grant(
+        "alice",
+        "policy-writer",
+        json!([{ "apiGroups": ["tooljet.io"], "resources": ["promotionpolicies"],
+                 "verbs": ["get", "list", "create", "update", "patch", "delete"] }]),
+    )
+    .await;
     let gate = |stages: Value| json!({ "environments": stages, "approvals": { "required": 1 } });
 
     let m = until_denied(

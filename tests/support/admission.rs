@@ -9,7 +9,7 @@ use k8s_openapi::api::{
         ValidatingWebhookConfiguration,
     },
     core::v1::Namespace,
-    rbac::v1::{ClusterRole, RoleBinding},
+    rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -294,6 +294,37 @@ impl Workspace {
             }
         }
         w
+    }
+
+    /// Binds `user` to the ClusterRole `role` in the workspace.
+    pub async fn bind(&self, user: &str, role: &str) {
+        self.bind_to(user, "ClusterRole", role, &format!("{user}-{role}"))
+            .await;
+    }
+
+    /// Grants `user` a namespaced Role `name` with `rules`.
+    pub async fn grant(&self, user: &str, name: &str, rules: Value) {
+        let role: Role =
+            serde_json::from_value(json!({ "metadata": { "name": name }, "rules": rules }))
+                .unwrap();
+        Api::<Role>::namespaced(self.admin.clone(), &self.ns)
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        self.bind_to(user, "Role", name, name).await;
+    }
+
+    async fn bind_to(&self, user: &str, kind: &str, role: &str, binding: &str) {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": binding },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role },
+            "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(self.admin.clone(), &self.ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
     }
 
     pub fn clone_admin(&self) -> Client {
