@@ -707,6 +707,91 @@ pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
     ]
 }
 
+/// Server-side applies (field manager `manager`) both webhook configurations reaching
+/// `endpoint`, every ValidatingAdmissionPolicy with its binding, and the user ClusterRoles: what
+/// an installation without the chart (`cargo xtask up`, tests) registers.
+pub async fn install(
+    client: &kube::Client,
+    endpoint: &Endpoint,
+    manager: &str,
+) -> Result<(), kube::Error> {
+    use kube::{
+        Api, ResourceExt,
+        api::{Patch, PatchParams},
+    };
+    use serde::{Serialize, de::DeserializeOwned};
+    async fn apply<K>(
+        client: &kube::Client,
+        obj: &K,
+        api_version: &str,
+        kind: &str,
+        params: &PatchParams,
+    ) -> Result<(), kube::Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+        value["apiVersion"] = api_version.into();
+        value["kind"] = kind.into();
+        Api::<K>::all(client.clone())
+            .patch(&obj.name_any(), params, &Patch::Apply(&value))
+            .await
+            .map(|_| ())
+    }
+    let params = PatchParams::apply(manager).force();
+    let admission = "admissionregistration.k8s.io/v1";
+    let (validating, mutating) = (validating(endpoint, None), mutating(endpoint, None));
+    apply(
+        client,
+        &validating,
+        admission,
+        "ValidatingWebhookConfiguration",
+        &params,
+    )
+    .await?;
+    apply(
+        client,
+        &mutating,
+        admission,
+        "MutatingWebhookConfiguration",
+        &params,
+    )
+    .await?;
+    for (policy, binding) in policies() {
+        apply(
+            client,
+            &policy,
+            admission,
+            "ValidatingAdmissionPolicy",
+            &params,
+        )
+        .await?;
+        apply(
+            client,
+            &binding,
+            admission,
+            "ValidatingAdmissionPolicyBinding",
+            &params,
+        )
+        .await?;
+    }
+    for role in user_roles() {
+        apply(
+            client,
+            &role,
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            &params,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// One YAML document (`---` first) for an object of `kind`.
 pub fn document<T: serde::Serialize>(obj: &T, api_version: &str, kind: &str) -> String {
     let mut value = serde_json::to_value(obj).expect("serializes");

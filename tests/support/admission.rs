@@ -4,12 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
-    admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        ValidatingWebhookConfiguration,
-    },
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
     core::v1::Namespace,
-    rbac::v1::{ClusterRole, Role, RoleBinding},
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -81,74 +78,8 @@ pub async fn env() -> Arc<WebhookEnv> {
             &health,
         ]);
 
-        let apply = PatchParams::apply("tests").force();
         let endpoint = Endpoint::Url(format!("https://{addr}"));
-        let validating = config::validating(&endpoint, None);
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .patch(
-                config::CONFIGURATION_NAME,
-                &apply,
-                &Patch::Apply(&with_kind(
-                    &validating,
-                    "admissionregistration.k8s.io/v1",
-                    "ValidatingWebhookConfiguration",
-                )),
-            )
-            .await
-            .unwrap();
-        let mutating = config::mutating(&endpoint, None);
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .patch(
-                config::CONFIGURATION_NAME,
-                &apply,
-                &Patch::Apply(&with_kind(
-                    &mutating,
-                    "admissionregistration.k8s.io/v1",
-                    "MutatingWebhookConfiguration",
-                )),
-            )
-            .await
-            .unwrap();
-        for (policy, binding) in config::policies() {
-            Api::<ValidatingAdmissionPolicy>::all(client.clone())
-                .patch(
-                    &policy.name_any(),
-                    &apply,
-                    &Patch::Apply(&with_kind(
-                        &policy,
-                        "admissionregistration.k8s.io/v1",
-                        "ValidatingAdmissionPolicy",
-                    )),
-                )
-                .await
-                .unwrap();
-            Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-                .patch(
-                    &binding.name_any(),
-                    &apply,
-                    &Patch::Apply(&with_kind(
-                        &binding,
-                        "admissionregistration.k8s.io/v1",
-                        "ValidatingAdmissionPolicyBinding",
-                    )),
-                )
-                .await
-                .unwrap();
-        }
-        for role in config::user_roles() {
-            Api::<ClusterRole>::all(client.clone())
-                .patch(
-                    &role.name_any(),
-                    &apply,
-                    &Patch::Apply(&with_kind(
-                        &role,
-                        "rbac.authorization.k8s.io/v1",
-                        "ClusterRole",
-                    )),
-                )
-                .await
-                .unwrap();
-        }
+        config::install(&client, &endpoint, "tests").await.unwrap();
 
         // Ready: caches synced and certificate loaded, and the caBundle is in place.
         wait_ok(&health, "/readyz", Duration::from_secs(60)).await;

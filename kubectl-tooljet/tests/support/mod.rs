@@ -14,14 +14,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{
-        admissionregistration::v1::{
-            MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
-            ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
-        },
-        core::v1::Namespace,
-        rbac::v1::{ClusterRole, RoleBinding},
-    },
+    api::{core::v1::Namespace, rbac::v1::RoleBinding},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -154,67 +147,9 @@ pub async fn environment() {
 
             let addr = format!("127.0.0.1:{}", free_port());
             let endpoint = Endpoint::Url(format!("https://{addr}"));
-            let admission = "admissionregistration.k8s.io/v1";
-            Api::<ValidatingWebhookConfiguration>::all(admin.clone())
-                .patch(
-                    config::CONFIGURATION_NAME,
-                    &apply,
-                    &Patch::Apply(&with_kind(
-                        &config::validating(&endpoint, None),
-                        admission,
-                        "ValidatingWebhookConfiguration",
-                    )),
-                )
+            config::install(&admin, &endpoint, "kubectl-tooljet-tests")
                 .await
                 .unwrap();
-            Api::<MutatingWebhookConfiguration>::all(admin.clone())
-                .patch(
-                    config::CONFIGURATION_NAME,
-                    &apply,
-                    &Patch::Apply(&with_kind(
-                        &config::mutating(&endpoint, None),
-                        admission,
-                        "MutatingWebhookConfiguration",
-                    )),
-                )
-                .await
-                .unwrap();
-            for (policy, binding) in config::policies() {
-                Api::<ValidatingAdmissionPolicy>::all(admin.clone())
-                    .patch(
-                        &policy.name_any(),
-                        &apply,
-                        &Patch::Apply(&with_kind(&policy, admission, "ValidatingAdmissionPolicy")),
-                    )
-                    .await
-                    .unwrap();
-                Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
-                    .patch(
-                        &binding.name_any(),
-                        &apply,
-                        &Patch::Apply(&with_kind(
-                            &binding,
-                            admission,
-                            "ValidatingAdmissionPolicyBinding",
-                        )),
-                    )
-                    .await
-                    .unwrap();
-            }
-            for role in config::user_roles() {
-                Api::<ClusterRole>::all(admin.clone())
-                    .patch(
-                        &role.name_any(),
-                        &apply,
-                        &Patch::Apply(&with_kind(
-                            &role,
-                            "rbac.authorization.k8s.io/v1",
-                            "ClusterRole",
-                        )),
-                    )
-                    .await
-                    .unwrap();
-            }
 
             OPERATOR.get_or_init(|| {
                 let addr = addr.clone();
