@@ -276,7 +276,8 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
     }
     if !constants.is_empty() {
         notes.push(format!(
-            "the definition uses constants/secrets {}: add them to each stage's EnvironmentConfig (spec.constants)",
+            "the definition uses constants/secrets {}: add them to each stage's EnvironmentConfig (spec.constants; \
+             type Global for {{{{constants.X}}}}, type Secret with valueFrom for {{{{secrets.X}}}})",
             constants.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
@@ -725,9 +726,10 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
-    const FIXTURES: [&str; 2] = [
+    const FIXTURES: [&str; 3] = [
         "base64-encoder-decoder.json",
         "business-intelligence-dashboard-postgresql.json",
+        "ai-powered-code-explainer.json",
     ];
 
     #[test]
@@ -876,6 +878,64 @@ mod tests {
             Requirements::default()
         );
         assert!(imported.secrets.is_empty());
+    }
+
+    #[test]
+    fn a_rest_api_app_needs_its_constant_and_no_data_source_configuration() {
+        let export = fixture("ai-powered-code-explainer.json");
+        let imported = import(&export, &Default::default()).unwrap();
+        assert_eq!(
+            imported.app.spec.environments,
+            ["development", "staging", "production"]
+        );
+        assert_eq!(
+            imported.app.metadata.name.as_deref(),
+            Some("ai-code-explainer")
+        );
+        assert_eq!(
+            imported.app.spec.display_name.as_deref(),
+            Some("AI Code Explainer")
+        );
+        assert_eq!(imported.version.spec.environment, "development");
+        assert_eq!(
+            imported.version.metadata.name.as_deref(),
+            Some("ai-code-explainer-v1")
+        );
+        assert_eq!(
+            imported.version.metadata.annotations.as_ref().unwrap()[SOURCE_VERSION_ANNOTATION],
+            "3.0.15-cloud-lts"
+        );
+        // Both queries use ToolJet's own REST API data source (static): nothing to configure.
+        let app_v2 = &export["app"][0]["definition"]["appV2"];
+        for query in app_v2["dataQueries"].as_array().unwrap() {
+            let ds = app_v2["dataSources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == query["dataSourceId"])
+                .unwrap();
+            assert_eq!(ds["kind"], "restapi");
+            assert!(is_internal(ds), "{ds}");
+        }
+        assert_eq!(imported.configs.len(), 3);
+        for (config, stage) in imported.configs.iter().zip(&imported.app.spec.environments) {
+            assert_eq!(&config.spec.environment, stage);
+            assert_eq!(config.spec.app.as_deref(), Some("ai-code-explainer"));
+            assert!(config.spec.data_sources.is_empty(), "{stage}");
+        }
+        assert!(imported.secrets.is_empty());
+        // The API key is a workspace constant, named in a URL and in a URL parameter.
+        let requires = imported.version.spec.requires.unwrap();
+        assert!(requires.data_sources.is_empty());
+        assert_eq!(requires.constants, ["GEMINI_API_KEY"]);
+        assert!(
+            imported
+                .notes
+                .iter()
+                .any(|n| n.contains("GEMINI_API_KEY") && n.contains("spec.constants")),
+            "{:?}",
+            imported.notes
+        );
     }
 
     #[test]

@@ -603,6 +603,81 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     );
 }
 
+#[tokio::test]
+async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
+    let (admin, ns) = workspace("plugin-import-rest").await;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ai-powered-code-explainer.json"
+    );
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+
+    let run = cli(&["-n", &ns, "import", fixture, "--apply"]).ok();
+    assert!(
+        run.stdout.contains("tooljetapp/ai-code-explainer applied")
+            && run
+                .stdout
+                .contains("appversion/ai-code-explainer-v1 applied"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("GEMINI_API_KEY"), "{run:?}");
+    let version = Api::<AppVersion>::namespaced(admin.clone(), &ns)
+        .get("ai-code-explainer-v1")
+        .await
+        .unwrap();
+    assert_eq!(
+        version.spec.definition.as_ref(),
+        Some(&original["app"][0]["definition"]),
+        "kept exactly by the apiserver"
+    );
+    let requires = version.spec.requires.as_ref().unwrap();
+    assert!(requires.data_sources.is_empty());
+    assert_eq!(requires.constants, ["GEMINI_API_KEY"]);
+
+    board_for(
+        &ns,
+        "ai-code-explainer",
+        "ai-code-explainer-v1 waits for its constant",
+        |v| v["ready"]["status"] == "False",
+    )
+    .await;
+    // {{constants.NAME}} is a Global constant in ToolJet ({{secrets.NAME}} would be a Secret one).
+    for stage in ["development", "staging", "production"] {
+        apply(
+            &admin,
+            &ns,
+            "EnvironmentConfig",
+            &format!("ai-code-explainer-{stage}"),
+            json!({ "app": "ai-code-explainer", "environment": stage,
+                    "constants": [{ "name": "GEMINI_API_KEY", "type": "Global", "value": CANARY }] }),
+        )
+        .await;
+    }
+    board_for(
+        &ns,
+        "ai-code-explainer",
+        "ai-code-explainer-v1 ready",
+        |v| v["ready"]["status"] == "True",
+    )
+    .await;
+
+    let exported = cli(&[
+        "-n",
+        &ns,
+        "export",
+        "ai-code-explainer-v1",
+        "--environment",
+        "production",
+    ])
+    .ok();
+    assert!(!exported.stdout.contains(CANARY));
+    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
+    assert_eq!(
+        kubectl_tooljet::transfer::comparable(&exported),
+        kubectl_tooljet::transfer::comparable(&original)
+    );
+}
+
 async fn board_for(ns: &str, app: &str, what: &str, pred: impl Fn(&Value) -> bool) {
     eventually(what, || {
         let run = cli(&["-n", ns, "status", app, "-o", "json"]);
