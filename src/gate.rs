@@ -111,9 +111,11 @@ pub fn approval_facts(lookups: &Lookups, ns: &str, version: &AppVersion) -> Vec<
                 approver: a.annotations().get(APPROVED_BY_ANNOTATION)?.clone(),
                 version: a.spec.version.clone(),
                 environment: a.spec.environment.clone(),
-                created: a.metadata.creation_timestamp.as_ref().and_then(|t| {
-                    DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
-                }),
+                created: a
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| to_chrono(t.0)),
                 deleting: a.metadata.deletion_timestamp.is_some(),
             })
         })

@@ -59,39 +59,37 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
 
     // One of each other kind with a status: an app with a version, and a policy guarding its
     // production with approvals and a window (statuses that depend on the clock).
-    let dynamic = |kind: &str, plural: &str| {
-        let ar = kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("tooljet.io", "v1alpha1", kind),
-            plural,
-        );
-        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &ar)
+    let dynamic = |kind: &str| {
+        Api::<kube::api::DynamicObject>::namespaced_with(
+            client.clone(),
+            &ns,
+            &support::admission::ar(kind),
+        )
     };
-    for (kind, plural, name, spec) in [
-        ("ToolJetApp", "tooljetapps", "app-0", json!({})),
+    for (kind, name, spec) in [
+        ("ToolJetApp", "app-0", json!({})),
         (
             "AppVersion",
-            "appversions",
             "app-0-v1",
             json!({ "app": "app-0", "versionName": "v1" }),
         ),
         (
             "PromotionPolicy",
-            "promotionpolicies",
             "gate",
             json!({ "environments": ["production"], "approvals": { "required": 2 },
                     "windows": [{ "kind": "Deny", "schedule": "0 0 24 12 *", "duration": "192h" }] }),
         ),
     ] {
         let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": kind, "metadata": { "name": name }, "spec": spec });
-        dynamic(kind, plural)
+        dynamic(kind)
             .patch(name, &apply, &Patch::Apply(&body))
             .await
             .unwrap();
     }
     let statuses = [
-        dynamic("ToolJetApp", "tooljetapps"),
-        dynamic("AppVersion", "appversions"),
-        dynamic("PromotionPolicy", "promotionpolicies"),
+        dynamic("ToolJetApp"),
+        dynamic("AppVersion"),
+        dynamic("PromotionPolicy"),
     ];
 
     let mut first = support::Operator::start("converge");

@@ -6,11 +6,7 @@
 mod support;
 
 use chrono::{DateTime, Timelike, Utc};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::{
-    Api, Client,
-    api::{DeleteParams, PostParams},
-};
+use kube::{Api, Client, api::DeleteParams};
 use serde_json::{Value, json};
 use support::admission::{WAIT, Workspace};
 use tooljet_operator::api::{AppVersion, PromotionPolicy, ToolJetApp};
@@ -60,16 +56,7 @@ where
 
 /// Binds `user` to the shipped `tooljet-approver` ClusterRole in the workspace.
 async fn approver(w: &Workspace, user: &str) -> Client {
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": format!("{user}-approver") },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "tooljet-approver" },
-        "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(w.admin.clone(), &w.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    w.bind(user, "tooljet-approver").await;
     support::client_as(user, &["tooljet-users"]).await
 }
 

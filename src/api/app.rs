@@ -96,6 +96,12 @@ impl ToolJetApp {
             .unwrap_or_default()
     }
 
+    /// The stage after `stage` in the pipeline (`None`: `stage` is the last, or not in it).
+    pub fn next_stage(&self, stage: &str) -> Option<&str> {
+        let i = self.spec.environments.iter().position(|s| s == stage)?;
+        self.spec.environments.get(i + 1).map(String::as_str)
+    }
+
     /// The released version, if any.
     pub fn released(&self) -> Option<&str> {
         self.spec.release.as_ref().map(|r| r.version.as_str())

@@ -277,7 +277,7 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
         .get(&ObjectRef::new(&v.spec.app).within(ns));
     // Counted as a promotion would count them, less the promoter (not known before it promotes).
     let approvals = app.as_deref().and_then(|a| {
-        let next = next_stage(a, environment)?;
+        let next = a.next_stage(environment)?;
         gate::stage_gate(&ctx.lookups, a, next)?.tally(&ctx.lookups, v, None)
     });
     Some(Found {
@@ -295,11 +295,6 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
 }
 
 /// The stage after `stage` in `app`'s pipeline.
-fn next_stage<'a>(app: &'a ToolJetApp, stage: &str) -> Option<&'a str> {
-    let i = app.spec.environments.iter().position(|s| s == stage)?;
-    app.spec.environments.get(i + 1).map(String::as_str)
-}
-
 /// The status form of a tally: `1/2`, the approvers that count.
 fn stage_approvals(tally: &Tally) -> StageApprovals {
     StageApprovals {
@@ -341,7 +336,6 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
     }
 }
 
-/// The status for what was found (pure), and the promotion to record if the stage changed.
 /// The reason of a break-glass override stamped in the same request as the stamp `at_key`.
 pub(crate) fn overridden(
     annotations: &std::collections::BTreeMap<String, String>,
@@ -353,6 +347,7 @@ pub(crate) fn overridden(
         .flatten()
 }
 
+/// The status for what was found (pure), and the promotions to record if the stage changed.
 fn desired_status(
     v: &AppVersion,
     app: Option<&ToolJetApp>,
@@ -863,9 +858,9 @@ mod tests {
             "no guarded next stage: no approvals shown"
         );
         let a = app(None);
-        assert_eq!(next_stage(&a, "staging"), Some("production"));
-        assert_eq!(next_stage(&a, "production"), None);
-        assert_eq!(next_stage(&a, "qa"), None);
+        assert_eq!(a.next_stage("staging"), Some("production"));
+        assert_eq!(a.next_stage("production"), None);
+        assert_eq!(a.next_stage("qa"), None);
     }
 
     fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> EnvironmentConfig {

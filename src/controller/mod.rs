@@ -173,7 +173,7 @@ pub struct Context {
     pub refs: Arc<RefIndex>,
     /// Whether every cache below has its initial list.
     pub readiness: Arc<Readiness>,
-    /// The caches of the three kinds, and lookups by index over them.
+    /// The caches of the five tooljet.io kinds, and lookups by index over them.
     pub lookups: Lookups,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,

@@ -62,17 +62,15 @@ pub fn selection_facts(
     (app.labels().clone(), app.spec.environments.clone())
 }
 
-/// The live apps of a namespace, sorted by name. A scan of the app cache: the callers are
-/// policy reconciles and policy changes, both rare.
+/// The live apps of a namespace, in no particular order. A scan of the app cache: the callers
+/// are policy reconciles and policy changes, both rare.
 pub(crate) fn apps_in(lookups: &Lookups, ns: &str) -> Vec<Arc<ToolJetApp>> {
-    let mut apps: Vec<Arc<ToolJetApp>> = lookups
+    lookups
         .apps
         .state()
         .into_iter()
         .filter(|a| a.namespace().as_deref() == Some(ns) && a.metadata.deletion_timestamp.is_none())
-        .collect();
-    apps.sort_by_key(|a| a.name_any());
-    apps
+        .collect()
 }
 
 /// The requeue for the next window transition at `next`: clamped to [1 s, 1 day]; `None` (no

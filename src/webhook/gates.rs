@@ -163,7 +163,7 @@ pub fn review_approval(
                     "ask an admin for a role that grants it (e.g. tooljet-approver)",
                 );
             }
-            if facts.gate.as_ref().is_some_and(|g| g.separation_of_duties) {
+            if let Some(gate) = facts.gate.as_ref().filter(|g| g.separation_of_duties) {
                 let role = if v.creator.as_deref() == Some(user) {
                     Some("created")
                 } else if v.last_editor.as_deref() == Some(user) {
@@ -172,14 +172,10 @@ pub fn review_approval(
                     None
                 };
                 if let Some(role) = role {
-                    let policies = facts
-                        .gate
-                        .as_ref()
-                        .map(|g| g.policies.join(", "))
-                        .unwrap_or_default();
                     return Deny(format!(
                         "Approval {name}: user {user} {role} AppVersion {version} and may not approve it: \
-                         PromotionPolicy {policies} requires separation of duties; ask another approver"
+                         PromotionPolicy {} requires separation of duties; ask another approver",
+                        gate.policies.join(", ")
                     ));
                 }
             }

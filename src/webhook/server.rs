@@ -150,14 +150,10 @@ fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates:
         .lookups
         .apps
         .get(&ObjectRef::new(&v.spec.app).within(ns));
-    let next_stage = app.as_ref().and_then(|a| {
-        let i = a
-            .spec
-            .environments
-            .iter()
-            .position(|s| *s == v.spec.environment)?;
-        a.spec.environments.get(i + 1).cloned()
-    });
+    let next_stage = app
+        .as_ref()
+        .and_then(|a| a.next_stage(&v.spec.environment))
+        .map(str::to_string);
     let a = v.annotations();
     Some(gates::ApprovedVersion {
         name: v.name_any(),
@@ -302,11 +298,11 @@ async fn review_version(
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = new.or(old).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
-    if let Some(app) = state
+    let app = state
         .lookups
         .apps
-        .get(&ObjectRef::new(&subject.spec.app).within(ns))
-    {
+        .get(&ObjectRef::new(&subject.spec.app).within(ns));
+    if let Some(app) = &app {
         facts.app = Some(AppFact {
             name: app.name_any(),
             environments: app.spec.environments.clone(),
@@ -322,12 +318,9 @@ async fn review_version(
     if let (Some(old), Some(new)) = (old, new)
         && let Some((_, to)) = rules::promotion(old, new)
     {
-        if let Some(app) = state
-            .lookups
-            .apps
-            .get(&ObjectRef::new(&new.spec.app).within(ns))
-        {
-            facts.gate = gate_facts(state, &app, to, Some((old, &r.user)));
+        // spec.app is immutable (CEL and the rules), so `subject`'s app is the one promoted in.
+        if let Some(app) = &app {
+            facts.gate = gate_facts(state, app, to, Some((old, &r.user)));
         }
         let resolved = crate::state::resolve(
             &state.hash_key,
@@ -429,7 +422,19 @@ async fn review_approval(
         && let Some(v) = &facts.approved
         && let Some(app) = state.lookups.apps.get(&ObjectRef::new(&v.app).within(ns))
     {
-        facts.gate = gate_facts(state, &app, &subject.spec.environment, None);
+        // Only who guards the stage and whether separation of duties applies matter here: no
+        // windows or counts.
+        facts.gate =
+            crate::gate::stage_gate(&state.lookups, &app, &subject.spec.environment).map(|g| {
+                gates::GateFacts {
+                    separation_of_duties: g
+                        .requirement
+                        .as_ref()
+                        .is_some_and(|r| r.separation_of_duties),
+                    policies: g.policies,
+                    ..Default::default()
+                }
+            });
     }
     facts.granted = r
         .grants(state, gates::needed_for_approval(old, new))

@@ -237,9 +237,7 @@ pub struct Registry {
 impl Registry {
     pub fn start(log: &Path) -> Result<Registry> {
         let crane = Binary::Crane.require()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let [port] = crate::cluster::free_ports()?;
         let addr = format!("127.0.0.1:{port}");
         let log_file = fs::File::create(log)?;
         let mut cmd = Command::new(crane);

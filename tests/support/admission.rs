@@ -147,24 +147,6 @@ impl Workspace {
         env().await;
         let admin = support::client().await;
         let ns = support::namespace(&admin, prefix).await;
-        let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
-        for (user, role) in [
-            ("alice", "tooljet-developer"),
-            ("bob", "tooljet-promoter"),
-            ("bob", "tooljet-developer"),
-            ("carol", "tooljet-release-manager"),
-        ] {
-            let binding: RoleBinding = serde_json::from_value(json!({
-                "metadata": { "name": format!("{user}-{role}") },
-                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
-                "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
-            }))
-            .unwrap();
-            bindings
-                .create(&PostParams::default(), &binding)
-                .await
-                .unwrap();
-        }
         let w = Workspace {
             alice: support::client_as("alice", &["developers"]).await,
             bob: support::client_as("bob", &["promoters"]).await,
@@ -177,6 +159,14 @@ impl Workspace {
             admin,
             ns,
         };
+        for (user, role) in [
+            ("alice", "tooljet-developer"),
+            ("bob", "tooljet-promoter"),
+            ("bob", "tooljet-developer"),
+            ("carol", "tooljet-release-manager"),
+        ] {
+            w.bind(user, role).await;
+        }
         w.create(
             &w.admin,
             "ToolJetApp",

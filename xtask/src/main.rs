@@ -439,9 +439,7 @@ fn bench(extra: &[String]) -> Result<()> {
         "tooljet-operator",
     ]))?;
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "bench"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir();
     // The bench rewrites the Markdown only when its sizes are the reference ones, so a quick run
     // never replaces the published figures.
     run_cmd(
@@ -613,9 +611,7 @@ fn up(detach: bool, options: Options) -> Result<()> {
         "--bin",
         "kubectl-tooljet",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir();
     let bin = |name: &str| target.join("debug").join(name);
     // `kubectl tooljet`: kubectl finds plugins on PATH; the printed exports put this directory there.
     let plugin_dir = plugin_dir();
