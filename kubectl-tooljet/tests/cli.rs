@@ -202,10 +202,17 @@ async fn promote_moves_a_version_to_the_next_stage_and_history_records_who() {
 #[tokio::test]
 async fn a_dry_run_promotion_is_judged_by_the_server_and_changes_nothing() {
     let (admin, ns) = crm("plugin-dryrun").await;
-    let before = Api::<AppVersion>::namespaced(admin.clone(), &ns)
-        .get("v1")
-        .await
-        .unwrap();
+    // The operator's status write for the new version would change its resourceVersion too:
+    // compare from after it, once the status describes the current generation.
+    let versions = Api::<AppVersion>::namespaced(admin.clone(), &ns);
+    let before = eventually("v1's status is current", || async {
+        let v = versions.get("v1").await.ok()?;
+        let status = v.status.as_ref()?;
+        (status.observed_generation == v.metadata.generation
+            && status.conditions.iter().any(|c| c.type_ == "Ready"))
+        .then_some(v)
+    })
+    .await;
     let run = cli(&["-n", &ns, "--as", "bob", "promote", "v1", "--dry-run"]).ok();
     assert!(
         run.stdout.contains("dry run") && run.stdout.contains("development -> staging"),
