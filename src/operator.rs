@@ -163,11 +163,12 @@ impl Caches {
             "Approvals",
         ]);
         let any = || watcher::Config::default().any_semantic();
-        let (managed_secrets, managed_hub) = state::watch(
+        let (managed_secrets, managed_hub) = state::watch_projected(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             readiness.clone(),
             "managed Secrets",
+            crate::controller::secrets::project,
         );
         let (configs, mut config_hub) = state::watch(
             Api::<EnvironmentConfig>::all(client.clone()),
@@ -277,6 +278,25 @@ async fn serve_health(
     Ok(())
 }
 
+/// How often memory the allocator holds free is handed back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Hands memory that bursts of work (a relist, reconciling everything after a restart or on
+/// becoming leader) left free inside the heap back to the system, every [`TRIM_EVERY`]. glibc's
+/// allocator returns only the top of its heap on its own; what is free below live allocations
+/// stays resident until `malloc_trim`. Measured: after a restart at N=1000 the resident size
+/// stayed about 13 MiB higher without it (docs/benchmarks.md). Runs until the process ends.
+async fn return_freed_memory() -> (&'static str, Result<()>) {
+    loop {
+        tokio::time::sleep(TRIM_EVERY).await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` only releases free memory; it is thread-safe in glibc.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// The four controllers, wired to the caches' changes, and the watches that feed them. When
 /// this replica becomes the leader, everything is reconciled once.
 fn run_controllers(
@@ -345,6 +365,7 @@ fn run_controllers(
         approval_hub,
         ..
     } = caches;
+    tasks.spawn(return_freed_memory());
     tasks.spawn(hub("watch of managed Secrets", managed_hub.run()));
     tasks.spawn(hub("watch of EnvironmentConfigs", config_hub.run()));
     tasks.spawn(hub("watch of AppVersions", version_hub.run()));

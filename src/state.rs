@@ -296,16 +296,46 @@ pub fn project_version(v: &mut AppVersion) {
     }
 }
 
-/// The objects of one kind by a key derived from each (an object may have several keys), kept in
-/// step with the cache by its [`Hub`]: lookups by key instead of scans of the whole cache.
-pub struct Index<K: Resource<DynamicType = ()> + 'static, Q> {
-    keys: fn(&K) -> Vec<Q>,
-    inner: std::sync::RwLock<IndexMaps<K, Q>>,
+/// A 64-bit hash of `value` (SipHash with fixed keys: the same in every process and run).
+fn hash64<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
-struct IndexMaps<K: Resource<DynamicType = ()> + 'static, Q> {
-    by_key: HashMap<Q, BTreeSet<String>>,
-    keys_of: HashMap<ObjectRef<K>, Vec<Q>>,
+/// The hash of an object's (namespace, name): a small fixed-size key for the per-object records
+/// kept beside the caches (change filters, own-write records). Where two objects could share one
+/// (a 64-bit collision), those records only ever let an extra event through.
+fn object_hash<K: Resource>(obj: &K) -> u64 {
+    hash64(&(obj.meta().namespace.as_deref(), obj.meta().name.as_deref()))
+}
+
+/// The objects of one kind by a key derived from each (an object may have several keys), kept in
+/// step with the cache by its [`Hub`]: lookups by key instead of scans of the whole cache.
+///
+/// Keys are held as 64-bit hashes and names as boxed strings (a few dozen bytes per object and
+/// key, not an `ObjectRef` and a copy of every key). A lookup checks each object it returns
+/// against the key itself, so a hash collision can never return an object of another key.
+pub struct Index<K: Resource<DynamicType = ()> + 'static, Q> {
+    keys: fn(&K) -> Vec<Q>,
+    inner: std::sync::RwLock<IndexMaps>,
+}
+
+#[derive(Default)]
+struct IndexMaps {
+    /// Key hash -> the names under it, sorted.
+    by_key: HashMap<u64, Vec<Box<str>>>,
+    /// `namespace/name` -> the hashes of the object's keys.
+    keys_of: HashMap<Box<str>, Box<[u64]>>,
+}
+
+/// The `keys_of` entry of an object: its namespace and name (neither may contain a `/`).
+fn qualified<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 impl<K, Q> Index<K, Q>
@@ -316,17 +346,16 @@ where
     pub fn new(keys: fn(&K) -> Vec<Q>) -> Arc<Self> {
         Arc::new(Index {
             keys,
-            inner: std::sync::RwLock::new(IndexMaps {
-                by_key: HashMap::new(),
-                keys_of: HashMap::new(),
-            }),
+            inner: std::sync::RwLock::new(IndexMaps::default()),
         })
     }
 
-    fn remove(maps: &mut IndexMaps<K, Q>, reference: &ObjectRef<K>) {
-        for key in maps.keys_of.remove(reference).unwrap_or_default() {
+    fn remove(maps: &mut IndexMaps, qualified: &str, name: &str) {
+        for key in maps.keys_of.remove(qualified).unwrap_or_default() {
             if let Some(names) = maps.by_key.get_mut(&key) {
-                names.remove(&reference.name);
+                if let Ok(i) = names.binary_search_by(|n| (**n).cmp(name)) {
+                    names.remove(i);
+                }
                 if names.is_empty() {
                     maps.by_key.remove(&key);
                 }
@@ -334,25 +363,26 @@ where
         }
     }
 
-    fn insert(&self, maps: &mut IndexMaps<K, Q>, obj: &K) {
-        let reference = ObjectRef::from(obj);
-        let keys = (self.keys)(obj);
+    fn insert(&self, maps: &mut IndexMaps, obj: &K) {
+        let name = obj.meta().name.as_deref().unwrap_or_default();
+        let mut keys: Vec<u64> = (self.keys)(obj).iter().map(hash64).collect();
+        keys.sort_unstable();
+        keys.dedup();
         for key in &keys {
-            maps.by_key
-                .entry(key.clone())
-                .or_default()
-                .insert(reference.name.clone());
+            let names = maps.by_key.entry(*key).or_default();
+            if let Err(i) = names.binary_search_by(|n| (**n).cmp(name)) {
+                names.insert(i, name.into());
+            }
         }
-        maps.keys_of.insert(reference, keys);
+        maps.keys_of
+            .insert(qualified(obj).into_boxed_str(), keys.into_boxed_slice());
     }
 
-    /// The names of the objects under `key` (in the key's namespace), sorted.
-    pub fn names(&self, key: &Q) -> Vec<String> {
+    /// The names of the objects filed under `key`'s hash (in the key's namespace), sorted. May
+    /// include objects of another key of the same hash: [`Index::objects`] checks.
+    fn names(&self, key: &Q) -> Vec<Box<str>> {
         let maps = self.inner.read().expect("index lock");
-        maps.by_key
-            .get(key)
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default()
+        maps.by_key.get(&hash64(key)).cloned().unwrap_or_default()
     }
 
     /// The cached objects under `key`, in namespace `ns`, sorted by name.
@@ -360,6 +390,7 @@ where
         self.names(key)
             .iter()
             .filter_map(|name| store.get(&ObjectRef::new(name).within(ns)))
+            .filter(|obj| (self.keys)(obj).contains(key))
             .collect()
     }
 }
@@ -371,8 +402,9 @@ where
 {
     fn apply(&self, change: &Change<K>) {
         let mut maps = self.inner.write().expect("index lock");
-        let reference = ObjectRef::from(&**change.object());
-        Self::remove(&mut maps, &reference);
+        let obj = change.object();
+        let name = obj.meta().name.as_deref().unwrap_or_default();
+        Self::remove(&mut maps, &qualified(&**obj), name);
         if let Change::Applied(obj) = change {
             self.insert(&mut maps, obj);
         }
@@ -380,8 +412,7 @@ where
 
     fn rebuild(&self, all: &[Arc<K>]) {
         let mut maps = self.inner.write().expect("index lock");
-        maps.by_key.clear();
-        maps.keys_of.clear();
+        *maps = IndexMaps::default();
         for obj in all {
             self.insert(&mut maps, obj);
         }
@@ -398,19 +429,19 @@ where
     K: Resource<DynamicType = ()> + Send + Sync + 'static,
     T: Hash,
 {
-    let mut seen: HashMap<ObjectRef<K>, u64> = HashMap::new();
+    // Object hash -> hash of its key when last passed: 16 bytes per object. Objects whose hashes
+    // collide share an entry, which can only let an extra change through.
+    let mut seen: HashMap<u64, u64> = HashMap::new();
     subscription.filter_map(move |change| {
         let object = change.object().clone();
-        let reference = ObjectRef::from(&*object);
+        let reference = object_hash(&*object);
         let pass = match &change {
             Change::Deleted(_) => {
                 seen.remove(&reference);
                 true
             }
             Change::Applied(obj) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                key(obj).hash(&mut hasher);
-                let value = hasher.finish();
+                let value = hash64(&key(obj));
                 seen.insert(reference, value) != Some(value)
             }
         };
@@ -464,42 +495,47 @@ pub fn generation<K: Resource>(obj: &K) -> (Option<i64>, bool) {
 /// The resourceVersions of the operator's own writes to its managed Secrets, so that the watch
 /// event a write causes does not wake the controller that made it (it already knows the result).
 /// Another writer's change has another resourceVersion and passes.
+///
+/// Kept as hashes (object -> resourceVersion, 16 bytes per Secret). A resourceVersion is never
+/// reused, so an event is taken for an echo only when its resourceVersion hashes like the one
+/// written (a 64-bit collision); two Secrets whose names collide share an entry, which can only
+/// make an echo pass as a change.
 #[derive(Default)]
 pub struct Echoes {
-    written: Mutex<HashMap<(String, String), String>>,
+    written: Mutex<HashMap<u64, u64>>,
 }
 
 impl Echoes {
     /// Records that the operator's write left `obj` at its resourceVersion.
     pub fn record<K: Resource>(&self, obj: &K) {
-        let (Some(ns), Some(rv)) = (obj.namespace(), obj.resource_version()) else {
+        let (Some(_), Some(rv)) = (obj.meta().namespace.as_ref(), obj.resource_version()) else {
             return;
         };
         self.written
             .lock()
             .expect("echo lock")
-            .insert((ns, obj.name_any()), rv);
+            .insert(object_hash(obj), hash64(&rv));
     }
 
     /// Whether `obj` is exactly as the operator's last write left it.
     pub fn is_echo<K: Resource>(&self, obj: &K) -> bool {
-        let (Some(ns), Some(rv)) = (obj.namespace(), obj.resource_version()) else {
+        let (Some(_), Some(rv)) = (obj.meta().namespace.as_ref(), obj.resource_version()) else {
             return false;
         };
         self.written
             .lock()
             .expect("echo lock")
-            .get(&(ns, obj.name_any()))
-            == Some(&rv)
+            .get(&object_hash(obj))
+            == Some(&hash64(&rv))
     }
 
     /// Forgets a deleted object.
     pub fn forget<K: Resource>(&self, obj: &K) {
-        if let Some(ns) = obj.namespace() {
+        if obj.meta().namespace.is_some() {
             self.written
                 .lock()
                 .expect("echo lock")
-                .remove(&(ns, obj.name_any()));
+                .remove(&object_hash(obj));
         }
     }
 }
@@ -954,18 +990,25 @@ mod tests {
             Arc::new(cm)
         };
         let key = |team: &str| ("ns".to_string(), team.to_string());
+        let names = |team: &str| -> Vec<String> {
+            index
+                .names(&key(team))
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
         index.apply(&Change::Applied(labelled("a", "crm")));
         index.apply(&Change::Applied(labelled("b", "crm")));
-        assert_eq!(index.names(&key("crm")), ["a", "b"]);
+        assert_eq!(names("crm"), ["a", "b"]);
         // A key change moves it.
         index.apply(&Change::Applied(labelled("a", "billing")));
-        assert_eq!(index.names(&key("crm")), ["b"]);
-        assert_eq!(index.names(&key("billing")), ["a"]);
+        assert_eq!(names("crm"), ["b"]);
+        assert_eq!(names("billing"), ["a"]);
         index.apply(&Change::Deleted(labelled("b", "crm")));
-        assert!(index.names(&key("crm")).is_empty());
+        assert!(names("crm").is_empty());
         index.rebuild(&[labelled("c", "crm")]);
-        assert_eq!(index.names(&key("crm")), ["c"]);
-        assert!(index.names(&key("billing")).is_empty());
+        assert_eq!(names("crm"), ["c"]);
+        assert!(names("billing").is_empty());
     }
 
     #[test]

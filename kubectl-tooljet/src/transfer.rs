@@ -258,8 +258,8 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             data_sources.push(DataSource {
                 name: name.clone(),
                 kind: kind_name(kind),
-                options: plain,
-                secret_options: secret,
+                options: plain.into(),
+                secret_options: secret.into(),
             });
         }
         let mut config = EnvironmentConfig::new(

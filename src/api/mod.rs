@@ -10,12 +10,14 @@
 
 mod app;
 mod envconfig;
+mod map;
 mod policy;
 pub mod schema;
 mod version;
 
 pub use app::*;
 pub use envconfig::*;
+pub use map::CompactMap;
 pub use policy::*;
 pub use version::*;
 

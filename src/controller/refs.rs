@@ -11,7 +11,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-type Key = (String, String);
+/// `namespace/name` (neither may contain a `/`): one allocation per key.
+type Key = Box<str>;
+
+fn key(namespace: &str, name: &str) -> Key {
+    format!("{namespace}/{name}").into_boxed_str()
+}
 
 /// Referenced Secret (namespace, name) -> names of the referring objects in that namespace.
 #[derive(Default)]
@@ -19,10 +24,12 @@ pub struct RefIndex {
     inner: Mutex<Inner>,
 }
 
+/// Name sets are sorted boxed slices: exactly their entries, a few bytes each (a `BTreeSet`
+/// allocates a node for eleven).
 #[derive(Default)]
 struct Inner {
-    by_secret: HashMap<Key, BTreeSet<String>>,
-    by_referrer: HashMap<Key, BTreeSet<String>>,
+    by_secret: HashMap<Key, Vec<Box<str>>>,
+    by_referrer: HashMap<Key, Box<[Box<str>]>>,
     /// Referenced Secret -> what is known of it.
     secrets: HashMap<Key, Known>,
 }
@@ -49,13 +56,17 @@ impl RefIndex {
     /// Records that `referrer` in `namespace` references exactly `secrets` now.
     pub fn set(&self, namespace: &str, referrer: &str, secrets: BTreeSet<String>) {
         let mut inner = self.inner.lock().expect("ref index lock");
-        let key = (namespace.to_string(), referrer.to_string());
-        let old = inner.by_referrer.remove(&key).unwrap_or_default();
-        for gone in old.difference(&secrets) {
-            let skey = (namespace.to_string(), gone.clone());
-            if let Some(set) = inner.by_secret.get_mut(&skey) {
-                set.remove(referrer);
-                if set.is_empty() {
+        let old = inner
+            .by_referrer
+            .remove(&key(namespace, referrer))
+            .unwrap_or_default();
+        for gone in old.iter().filter(|s| !secrets.contains(&***s)) {
+            let skey = key(namespace, gone);
+            if let Some(names) = inner.by_secret.get_mut(&skey) {
+                if let Ok(i) = names.binary_search_by(|n| (**n).cmp(referrer)) {
+                    names.remove(i);
+                }
+                if names.is_empty() {
                     // Nothing references it any more: forgotten, data included.
                     inner.by_secret.remove(&skey);
                     inner.secrets.remove(&skey);
@@ -63,14 +74,14 @@ impl RefIndex {
             }
         }
         for secret in &secrets {
-            inner
-                .by_secret
-                .entry((namespace.to_string(), secret.clone()))
-                .or_default()
-                .insert(referrer.to_string());
+            let names = inner.by_secret.entry(key(namespace, secret)).or_default();
+            if let Err(i) = names.binary_search_by(|n| (**n).cmp(referrer)) {
+                names.insert(i, referrer.into());
+            }
         }
         if !secrets.is_empty() {
-            inner.by_referrer.insert(key, secrets);
+            let names = secrets.into_iter().map(String::into_boxed_str).collect();
+            inner.by_referrer.insert(key(namespace, referrer), names);
         }
     }
 
@@ -83,7 +94,7 @@ impl RefIndex {
     /// too). Tracked only while something references it.
     pub fn observed(&self, namespace: &str, name: &str, resource_version: Option<String>) {
         let mut inner = self.inner.lock().expect("ref index lock");
-        let key = (namespace.to_string(), name.to_string());
+        let key = key(namespace, name);
         if !inner.by_secret.contains_key(&key) {
             return;
         }
@@ -93,10 +104,7 @@ impl RefIndex {
     /// The data of Secret `name`, if it was read at its latest resourceVersion.
     pub fn cached(&self, namespace: &str, name: &str) -> Cached {
         let inner = self.inner.lock().expect("ref index lock");
-        match inner
-            .secrets
-            .get(&(namespace.to_string(), name.to_string()))
-        {
+        match inner.secrets.get(&key(namespace, name)) {
             Some(Known {
                 latest: Some(latest),
                 read: Some((rv, data)),
@@ -113,7 +121,7 @@ impl RefIndex {
         found: Option<(String, SecretValues)>,
     ) -> Option<Arc<SecretValues>> {
         let mut inner = self.inner.lock().expect("ref index lock");
-        let key = (namespace.to_string(), name.to_string());
+        let key = key(namespace, name);
         let data = found.map(|(rv, data)| (rv, Arc::new(data)));
         let result = data.as_ref().map(|(_, d)| d.clone());
         if inner.by_secret.contains_key(&key) {
@@ -131,8 +139,8 @@ impl RefIndex {
         let inner = self.inner.lock().expect("ref index lock");
         inner
             .by_secret
-            .get(&(namespace.to_string(), secret.to_string()))
-            .map(|s| s.iter().cloned().collect())
+            .get(&key(namespace, secret))
+            .map(|s| s.iter().map(|n| n.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -143,7 +151,7 @@ impl RefIndex {
             .expect("ref index lock")
             .by_secret
             .values()
-            .map(BTreeSet::len)
+            .map(Vec::len)
             .sum()
     }
 

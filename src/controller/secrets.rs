@@ -91,13 +91,63 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
 
 pub use crate::state::{controlled_by, controller_of};
 
-/// Whether `existing` already holds exactly the desired data, our labels, hash and owner.
+/// A cache-only annotation of a cached managed Secret: the digest ([`data_digest`]) of the data
+/// it held when cached. Set by [`project`], never written to the API.
+pub const CACHED_DIGEST: &str = "tooljet.io/cached-data-digest";
+
+/// What the cache keeps of a managed Secret: everything but its data, which is replaced by its
+/// digest ([`CACHED_DIGEST`], to tell an edit from the content written). A stage configuration's
+/// Secret (labelled `tooljet.io/kind: environment-config`) keeps its data, which is a layer of
+/// every version of that stage ([`crate::state::resolve`]); a version's resolved Secret is read
+/// by nothing but the workloads. Its own uid is dropped too: ownership is judged by the owner's.
+/// Any annotation of that name on the Secret itself is overwritten.
+pub fn project(secret: &mut Secret) {
+    let digest = data_digest(secret.data.as_ref());
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(CACHED_DIGEST.to_string(), digest);
+    secret.metadata.uid = None;
+    if secret.labels().get(KIND_LABEL).map(String::as_str) != Some(super::envconfig::SECRET_KIND) {
+        secret.data = None;
+    }
+}
+
+/// SHA-256 of a Secret's data (every key and value, length-prefixed, in key order), hex.
+pub fn data_digest(data: Option<&BTreeMap<String, ByteString>>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (k, v) in data.into_iter().flatten() {
+        hasher.update((k.len() as u64).to_le_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.0.len() as u64).to_le_bytes());
+        hasher.update(&v.0);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The digest of what `secret` holds: its [`CACHED_DIGEST`] when it is a cached projection, else
+/// computed from its data.
+fn held_digest(secret: &Secret) -> String {
+    match secret.annotations().get(CACHED_DIGEST) {
+        Some(digest) => digest.clone(),
+        None => data_digest(secret.data.as_ref()),
+    }
+}
+
+/// Whether `existing` (cached, or as read) already holds exactly the desired data, our labels,
+/// hash and owner.
 pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
     let labels_ok = desired
         .labels()
         .iter()
         .all(|(k, v)| existing.labels().get(k) == Some(v));
-    existing.data == desired.data
+    held_digest(existing) == data_digest(desired.data.as_ref())
         && labels_ok
         && existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION)
         && existing.owner_references() == desired.owner_references()
@@ -148,11 +198,16 @@ pub async fn sync(
         None if create_secret(ctx, controller, api, desired).await? => {
             return Ok(Synced::Ours(Some(Change::Created)));
         }
+        // Judged as the cache would hold it (and so with a digest computed here, whatever
+        // annotations the Secret carries).
         None => api
             .get_opt(&name)
             .await
             .at(Step::ReadSecret)?
-            .map(std::sync::Arc::new),
+            .map(|mut secret| {
+                project(&mut secret);
+                std::sync::Arc::new(secret)
+            }),
     };
     match existing {
         Some(existing) if !controlled_by(&existing, owner_uid) => Ok(Synced::Taken),
@@ -359,7 +414,6 @@ fn key_from_data(bytes: &[u8], namespace: &str) -> Result<HashKey, HashKeyError>
     })
 }
 
-/// The installation's key, once [`install_hash_key`] ran.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +494,47 @@ mod tests {
             .unwrap()
             .insert(HASH_ANNOTATION.into(), "old".into());
         assert_eq!(change(Some(&older), &desired), Some(Change::Updated));
+    }
+
+    #[test]
+    fn a_cached_secret_keeps_a_digest_of_its_data_and_still_tells_drift() {
+        let desired = desired();
+        let mut resolved = desired.clone();
+        resolved
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(KIND_LABEL.into(), "resolved-config".into());
+        resolved.metadata.uid = Some("secret-uid".into());
+        let mut cached = resolved.clone();
+        project(&mut cached);
+        assert_eq!(cached.data, None, "a resolved Secret's data is not cached");
+        assert_eq!(cached.metadata.uid, None);
+        assert!(up_to_date(&cached, &resolved));
+        let mut edited = resolved.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("EXTRA".into(), ByteString(b"x".to_vec()));
+        // Someone also set the digest annotation to the desired one: the projection recomputes it.
+        edited
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(CACHED_DIGEST.into(), data_digest(resolved.data.as_ref()));
+        project(&mut edited);
+        assert_eq!(
+            change(Some(&edited), &resolved),
+            Some(Change::DriftReverted)
+        );
+        // A stage configuration's Secret keeps its data (a layer of the stage's versions).
+        let mut stage = desired.clone();
+        project(&mut stage);
+        assert_eq!(stage.data, desired.data);
+        assert_eq!(change(Some(&stage), &desired), None);
     }
 
     #[test]
