@@ -33,6 +33,7 @@ use crate::{
     },
     controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
+    managed::ManagedSecret,
     materialize::HashKey,
     metrics::Metrics,
     state::{self, Echoes, Hub, Lookups, Readiness},
@@ -142,8 +143,8 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
 struct Caches {
     readiness: Arc<Readiness>,
     lookups: Lookups,
-    managed_secrets: Store<Secret>,
-    managed_hub: Hub<Secret>,
+    managed_secrets: Store<ManagedSecret>,
+    managed_hub: Hub<ManagedSecret>,
     config_hub: Hub<EnvironmentConfig>,
     version_hub: Hub<AppVersion>,
     app_hub: Hub<ToolJetApp>,
@@ -163,12 +164,12 @@ impl Caches {
             "Approvals",
         ]);
         let any = || watcher::Config::default().any_semantic();
-        let (managed_secrets, managed_hub) = state::watch_projected(
+        let (managed_secrets, managed_hub) = state::watch_as(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             readiness.clone(),
             "managed Secrets",
-            crate::controller::secrets::project,
+            ManagedSecret::from,
         );
         let (configs, mut config_hub) = state::watch(
             Api::<EnvironmentConfig>::all(client.clone()),

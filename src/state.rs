@@ -14,7 +14,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::{Stream, StreamExt, channel::mpsc, stream::BoxStream};
+use futures::{Stream, StreamExt, TryStreamExt, channel::mpsc, stream::BoxStream};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -27,12 +27,13 @@ use tracing::warn;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use sha2::{Digest, Sha256};
 
 use crate::{
     api::{AppVersion, Approval, EnvironmentConfig, PromotionPolicy, ToolJetApp},
+    managed::ManagedSecret,
     materialize::{HashKey, Materialized, merge_layers, secret_name},
 };
 
@@ -254,15 +255,42 @@ where
         + Sync
         + 'static,
 {
+    watch_as(api, config, readiness, name, move |mut o: K| {
+        strip(&mut o);
+        project(&mut o);
+        o
+    })
+}
+
+/// One watch of `api`, caching each object as `convert` makes it: a type that holds only what
+/// is read (e.g. [`crate::managed::ManagedSecret`] for Secrets).
+pub fn watch_as<S, K>(
+    api: Api<S>,
+    config: watcher::Config,
+    readiness: Arc<Readiness>,
+    name: &'static str,
+    convert: impl Fn(S) -> K + Send + 'static,
+) -> (Store<K>, Hub<K>)
+where
+    S: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     let (store, writer) = reflector::store();
-    let events = reflector::reflector(
-        writer,
-        watcher(api, config).default_backoff().modify(move |o| {
-            strip::<K>(o);
-            project(o);
-        }),
-    )
-    .inspect(move |event| {
+    let converted = watcher(api, config)
+        .default_backoff()
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(convert(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(convert(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(convert(o)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        });
+    let events = reflector::reflector(writer, converted).inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             readiness.listed(name);
         }
@@ -472,9 +500,9 @@ pub fn deletions<K: Send + Sync + 'static>(
 /// Every change of a subscription of managed Secrets, as objects; a deleted Secret's echo record
 /// is dropped on the way (so the records do not outlive their Secrets).
 pub fn forgetting(
-    subscription: Subscription<k8s_openapi::api::core::v1::Secret>,
+    subscription: Subscription<ManagedSecret>,
     echoes: Arc<Echoes>,
-) -> impl Stream<Item = Arc<k8s_openapi::api::core::v1::Secret>> + Send + 'static {
+) -> impl Stream<Item = Arc<ManagedSecret>> + Send + 'static {
     subscription.map(move |change| {
         if let Change::Deleted(secret) = &change {
             echoes.forget(&**secret);
@@ -781,8 +809,8 @@ pub fn app_label_value(app: &str) -> String {
 
 // Ownership and stage configurations: what the controllers and the webhook both judge by.
 
-/// The controller ownerReference of `secret`, if any.
-pub fn controller_of(secret: &Secret) -> Option<&OwnerReference> {
+/// The controller ownerReference of `secret` (a Secret, or a cached [`ManagedSecret`]), if any.
+pub fn controller_of<S: Resource>(secret: &S) -> Option<&OwnerReference> {
     secret
         .owner_references()
         .iter()
@@ -792,7 +820,7 @@ pub fn controller_of(secret: &Secret) -> Option<&OwnerReference> {
 /// Whether `secret`'s controller is the object with `uid`: the only test of ownership. A label
 /// or a name proves nothing (anyone who may create Secrets can copy them); an object without a
 /// uid (not stored yet) owns nothing.
-pub fn controlled_by(secret: &Secret, uid: Option<&str>) -> bool {
+pub fn controlled_by<S: Resource>(secret: &S, uid: Option<&str>) -> bool {
     uid.is_some_and(|uid| controller_of(secret).is_some_and(|o| o.uid == uid))
 }
 
@@ -801,7 +829,7 @@ pub fn controlled_by(secret: &Secret, uid: Option<&str>) -> bool {
 /// when [`is_stage_config`] says so; any other is ignored, its content never read.
 pub fn resolve(
     key: &HashKey,
-    managed: &Store<Secret>,
+    managed: &Store<ManagedSecret>,
     configs: &Store<EnvironmentConfig>,
     ns: &str,
     app: &str,
@@ -812,18 +840,11 @@ pub fn resolve(
         .filter_map(|scope| {
             let secret =
                 managed.get(&ObjectRef::new(&secret_name(scope, environment)).within(ns))?;
-            let owner = controller_of(&secret)
+            let owner = controller_of(&*secret)
                 .and_then(|o| configs.get(&ObjectRef::new(&o.name).within(ns)));
-            is_stage_config(&secret, owner.as_deref(), ns, scope, environment).then_some(secret)
+            is_stage_config(&*secret, owner.as_deref(), ns, scope, environment).then_some(secret)
         })
-        .map(|s| {
-            s.data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        })
+        .map(|s| s.layer().unwrap_or_default())
         .collect();
     merge_layers(key, &layers.iter().collect::<Vec<_>>())
 }
@@ -833,8 +854,8 @@ pub fn resolve(
 /// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.
 /// The label and the name prove nothing; nor does an ownerReference to a config of another key
 /// (a reference is only a uid anyone can copy, so the key must match too).
-pub(crate) fn is_stage_config(
-    secret: &Secret,
+pub(crate) fn is_stage_config<S: Resource>(
+    secret: &S,
     owner: Option<&EnvironmentConfig>,
     ns: &str,
     scope: Option<&str>,
@@ -844,7 +865,7 @@ pub(crate) fn is_stage_config(
         controlled_by(secret, cfg.metadata.uid.as_deref())
             && cfg.metadata.deletion_timestamp.is_none()
             && cfg.metadata.namespace.as_deref() == Some(ns)
-            && secret.metadata.namespace.as_deref() == Some(ns)
+            && secret.meta().namespace.as_deref() == Some(ns)
             && cfg.spec.app.as_deref() == scope
             && cfg.spec.environment == environment
     })

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::admission::{WAIT, Workspace, denied, env, http_get, msg};
 use tooljet_operator::api::{
-    AppVersion, PROMOTED_BY_ANNOTATION, RELEASED_BY_ANNOTATION, ToolJetApp,
+    AppVersion, LAST_EDITED_BY_ANNOTATION, PROMOTED_BY_ANNOTATION, RELEASED_BY_ANNOTATION,
+    ToolJetApp,
 };
 
 /// The staging and production versions before a series of refused attempts: they must be
@@ -606,16 +607,18 @@ async fn the_webhook_reports_its_decisions_in_metrics() {
     assert!(body.contains("tooljet_operator_reconciles_total"));
 }
 
-/// The apiserver's count of calls to the validating webhook for AppVersion updates (summed over
+const VALIDATING: &str = "appversions.validate.tooljet.io";
+const MUTATING: &str = "appversions.mutate.tooljet.io";
+
+/// The apiserver's count of calls to `webhook` for AppVersion updates (summed over
 /// `rejected`/`type`; the count is recorded before the request is answered).
-fn validating_version_update_calls() -> u64 {
+fn version_update_calls(webhook: &str) -> u64 {
     let metrics = support::kubectl(&["get", "--raw", "/metrics"]).expect("apiserver metrics");
     metrics
         .lines()
         .filter(|l| l.starts_with("apiserver_admission_webhook_admission_duration_seconds_count{"))
         .filter(|l| {
-            l.contains("name=\"appversions.validate.tooljet.io\"")
-                && l.contains("operation=\"UPDATE\"")
+            l.contains(&format!("name=\"{webhook}\"")) && l.contains("operation=\"UPDATE\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
@@ -627,16 +630,16 @@ fn validating_version_update_calls() -> u64 {
 /// runs `writes` in up to 10 windows until one shows exactly `expected` calls. All of these only
 /// add calls, so fewer than `expected` fails at once, and `expected` is only seen when the writes
 /// made at most that many.
-async fn calls_during<F, Fut>(expected: u64, what: &str, mut writes: F)
+async fn calls_during<F, Fut>(webhook: &str, expected: u64, what: &str, mut writes: F)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut windows = vec![];
     for attempt in 0..10 {
-        let before = validating_version_update_calls();
+        let before = version_update_calls(webhook);
         writes(attempt).await;
-        let calls = validating_version_update_calls() - before;
+        let calls = version_update_calls(webhook) - before;
         assert!(
             calls >= expected,
             "{what}: {calls} webhook calls, expected {expected}"
@@ -663,6 +666,7 @@ async fn first_stage_edits_the_rules_cannot_refuse_skip_the_webhook() {
     );
 
     calls_during(
+        VALIDATING,
         0,
         "20 description edits and free metadata edits",
         |attempt| {
@@ -692,7 +696,7 @@ async fn first_stage_edits_the_rules_cannot_refuse_skip_the_webhook() {
     )
     .await;
 
-    calls_during(2, "a definition edit and a rename", |attempt| {
+    calls_during(VALIDATING, 2, "a definition edit and a rename", |attempt| {
         let w = &w;
         async move {
             w.merge(
@@ -743,13 +747,68 @@ async fn first_stage_edits_the_rules_cannot_refuse_skip_the_webhook() {
     );
 }
 
-/// The validating webhook's matchCondition, evaluated by the apiserver on every shape a stored
-/// version can have: the expected answer, never an error (which applies failurePolicy Fail).
-/// AppVersions here are always stamped, so a look-alike resource carries the shapes (unstamped,
-/// no annotations, no definition, ...), and a policy with the very same matchCondition refuses
-/// whatever the webhook would be called for.
+/// The mutating webhook stamps the last editor of a version; it is called only when that stamp
+/// would change: a developer's edits in a row call it once, another editor's edit is stamped,
+/// and so is the first developer's next edit.
 #[tokio::test]
-async fn the_skip_condition_answers_every_version_shape_without_error() {
+async fn edits_in_a_row_by_the_last_editor_skip_the_mutating_webhook() {
+    async fn describe(w: &Workspace, client: &Client, text: String) {
+        w.merge(
+            client,
+            "AppVersion",
+            "v-dev",
+            json!({ "spec": { "description": text } }),
+        )
+        .await
+        .unwrap();
+    }
+    let w = Workspace::new("restamp").await;
+    let last_editor = || async {
+        w.get("AppVersion", "v-dev")
+            .await
+            .unwrap()
+            .annotations()
+            .get(LAST_EDITED_BY_ANNOTATION)
+            .cloned()
+    };
+    describe(&w, &w.alice, "first".into()).await;
+    assert_eq!(last_editor().await.as_deref(), Some("alice"));
+    calls_during(MUTATING, 0, "20 edits by the last editor", |attempt| {
+        let w = &w;
+        async move {
+            for i in 0..20 {
+                describe(w, &w.alice, format!("edit {attempt}.{i}")).await;
+            }
+        }
+    })
+    .await;
+    assert_eq!(last_editor().await.as_deref(), Some("alice"));
+    describe(&w, &w.admin, "the admin's".into()).await;
+    let admin = last_editor().await;
+    assert!(
+        admin.as_deref().is_some_and(|a| a != "alice"),
+        "stamped {admin:?}"
+    );
+    describe(&w, &w.alice, "alice again".into()).await;
+    assert_eq!(last_editor().await.as_deref(), Some("alice"));
+}
+
+/// What the probe policy answers when the webhook would be called.
+const CALLED: &str = "the webhook would be called";
+
+/// A probe of a webhook's matchConditions as the apiserver evaluates them: a look-alike resource
+/// `kind` (plural `<kind>s`, lowercase, in its own group, any spec) stores each case, then a
+/// ValidatingAdmissionPolicy with the very same matchConditions, for `operations`, refuses
+/// whatever the webhook would be called for. Each case is `[name, stored annotations (null:
+/// none), stored spec, merge patch, whether it is called]`. Returns the resource and the cases
+/// answered otherwise (an error, which would apply failurePolicy Fail, is never the expected
+/// answer).
+async fn probe_condition(
+    kind: &str,
+    condition: Vec<k8s_openapi::api::admissionregistration::v1::MatchCondition>,
+    operations: &[&str],
+    cases: &serde_json::Value,
+) -> (Api<DynamicObject>, Vec<String>) {
     use k8s_openapi::{
         api::admissionregistration::v1::{
             ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -757,20 +816,15 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
         apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     };
     use kube::api::{ApiResource, GroupVersionKind};
-    use tooljet_operator::webhook::config::{self, Endpoint};
 
-    const CALLED: &str = "the validating webhook would be called";
     let admin = support::client().await;
-    let condition = config::validating(&Endpoint::Url("https://unused".into()), None)
-        .webhooks
-        .unwrap()
-        .remove(0)
-        .match_conditions
-        .unwrap();
+    let plural = format!("{}s", kind.to_lowercase());
+    let group = "probe.tooljet.io";
+    let crd_name = format!("{plural}.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": { "name": "versionshapes.probe.tooljet.io" },
-        "spec": { "group": "probe.tooljet.io", "scope": "Namespaced",
-            "names": { "plural": "versionshapes", "singular": "versionshape", "kind": "VersionShape" },
+        "metadata": { "name": crd_name },
+        "spec": { "group": group, "scope": "Namespaced",
+            "names": { "plural": plural, "singular": kind.to_lowercase(), "kind": kind },
             "versions": [{ "name": "v1", "served": true, "storage": true, "schema": { "openAPIV3Schema": {
                 "type": "object",
                 "properties": { "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } } } }] }
@@ -780,66 +834,19 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let established = kube::runtime::wait::await_condition(
         crds,
-        "versionshapes.probe.tooljet.io",
+        &crd_name,
         kube::runtime::conditions::is_crd_established(),
     );
     tokio::time::timeout(WAIT, established)
         .await
         .unwrap()
         .unwrap();
-    let ns = support::namespace(&admin, "shapes").await;
+    let ns = support::namespace(&admin, &plural).await;
     let shapes: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
         &ns,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("probe.tooljet.io", "v1", "VersionShape"),
-            "versionshapes",
-        ),
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), &plural),
     );
-    let object = |name: &str, annotations: serde_json::Value, spec: serde_json::Value| {
-        let mut metadata = json!({ "name": name });
-        if !annotations.is_null() {
-            metadata["annotations"] = annotations;
-        }
-        serde_json::from_value::<DynamicObject>(json!({ "apiVersion": "probe.tooljet.io/v1",
-            "kind": "VersionShape", "metadata": metadata, "spec": spec }))
-        .unwrap()
-    };
-    let stamped = json!({ "tooljet.io/stages": "development" });
-    let spec = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": { "pages": [] } });
-    let bare = json!({ "app": "crm", "versionName": "v1", "environment": "development" });
-    let described = json!({ "spec": { "description": "edited" } });
-    let staging = json!({ "app": "crm", "versionName": "v1", "environment": "staging" });
-    let null_definition = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": null });
-    let two_reserved =
-        json!({ "tooljet.io/stages": "development", "tooljet.io/promoted-by": "bob" });
-    // [name, stored annotations (null: none), stored spec, merge patch, whether it is called]
-    let cases = json!([
-        ["stamped-description", stamped, spec, described, false],
-        ["stamped-requires", stamped, spec, { "spec": { "requires": { "constants": ["A"] } } }, false],
-        ["stamped-labels-and-notes", stamped, spec,
-            { "metadata": { "labels": { "team": "crm" }, "annotations": { "note": "x" } } }, false],
-        ["no-definition-either-side", stamped, bare, described, false],
-        ["null-definition-both-sides", stamped, null_definition, described, false],
-        ["no-annotations", null, spec, described, true],
-        ["annotations-without-stamp", { "note": "x" }, spec, described, true],
-        ["empty-stamp", { "tooljet.io/stages": "" }, spec, described, true],
-        ["stamp-past-first-stage", { "tooljet.io/stages": "development,staging" }, staging, described, true],
-        ["no-environment", stamped, { "app": "crm", "versionName": "v1" }, described, true],
-        ["definition-added", stamped, bare, { "spec": { "definition": {} } }, true],
-        ["definition-removed", stamped, spec, { "spec": { "definition": null } }, true],
-        ["definition-changed", stamped, spec, { "spec": { "definition": { "pages": [1] } } }, true],
-        ["renamed", stamped, spec, { "spec": { "versionName": "v2" } }, true],
-        ["app-changed", stamped, spec, { "spec": { "app": "billing" } }, true],
-        ["promoted", stamped, spec, { "spec": { "environment": "staging" } }, true],
-        ["reserved-annotation-added", stamped, spec,
-            { "metadata": { "annotations": { "tooljet.io/promoted-by": "mallory" } } }, true],
-        ["stamp-changed", stamped, spec,
-            { "metadata": { "annotations": { "tooljet.io/stages": "development,x" } } }, true],
-        ["reserved-annotation-removed", two_reserved, spec,
-            { "metadata": { "annotations": { "tooljet.io/promoted-by": null } } }, true],
-        ["all-annotations-removed", stamped, spec, { "metadata": { "annotations": null } }, true],
-    ]);
     let cases = cases.as_array().unwrap();
     // Stored before the probe policy exists (it refuses every CREATE).
     for c in cases {
@@ -847,31 +854,30 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
         shapes
             .create(
                 &PostParams::default(),
-                &object(name, annotations.clone(), spec.clone()),
+                &shape(kind, name, annotations.clone(), spec.clone()),
             )
             .await
             .unwrap();
     }
+    let sentinel = shape(kind, "sentinel", serde_json::Value::Null, json!({}));
     shapes
-        .create(
-            &PostParams::default(),
-            &object("sentinel", serde_json::Value::Null, spec.clone()),
-        )
+        .create(&PostParams::default(), &sentinel)
         .await
         .unwrap();
 
+    let policy_name = format!("{plural}-probe");
     let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": { "name": "version-shapes-probe" },
+        "metadata": { "name": policy_name },
         "spec": { "failurePolicy": "Fail",
-            "matchConstraints": { "resourceRules": [{ "apiGroups": ["probe.tooljet.io"], "apiVersions": ["*"],
-                "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["versionshapes"] }] },
+            "matchConstraints": { "resourceRules": [{ "apiGroups": [group], "apiVersions": ["*"],
+                "operations": operations, "resources": [plural] }] },
             "matchConditions": condition,
             "validations": [{ "expression": "false", "message": CALLED }] }
     }))
     .unwrap();
     let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": { "name": "version-shapes-probe" },
-        "spec": { "policyName": "version-shapes-probe", "validationActions": ["Deny"] }
+        "metadata": { "name": policy_name },
+        "spec": { "policyName": policy_name, "validationActions": ["Deny"] }
     }))
     .unwrap();
     Api::<ValidatingAdmissionPolicy>::all(admin.clone())
@@ -882,7 +888,8 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    // The apiserver picks the policy up from its informer.
+    // The apiserver picks the policy up from its informer: a sentinel with no annotations is
+    // called by both webhooks' conditions on a spec change.
     support::eventually(WAIT, "the probe policy in effect", || {
         let shapes = shapes.clone();
         async move {
@@ -915,13 +922,87 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
             )),
         }
     }
+    (shapes, wrong)
+}
+
+/// A probe object of the look-alike `kind`.
+fn shape(
+    kind: &str,
+    name: &str,
+    annotations: serde_json::Value,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    let mut metadata = json!({ "name": name });
+    if !annotations.is_null() {
+        metadata["annotations"] = annotations;
+    }
+    serde_json::from_value::<DynamicObject>(json!({ "apiVersion": "probe.tooljet.io/v1",
+        "kind": kind, "metadata": metadata, "spec": spec }))
+    .unwrap()
+}
+
+/// The validating webhook's matchCondition, evaluated by the apiserver on every shape a stored
+/// version can have: the expected answer, never an error (which applies failurePolicy Fail).
+/// AppVersions here are always stamped, so a look-alike resource carries the shapes (unstamped,
+/// no annotations, no definition, ...).
+#[tokio::test]
+async fn the_skip_condition_answers_every_version_shape_without_error() {
+    use tooljet_operator::webhook::config::{self, Endpoint};
+
+    let condition = config::validating(&Endpoint::Url("https://unused".into()), None)
+        .webhooks
+        .unwrap()
+        .remove(0)
+        .match_conditions
+        .unwrap();
+    let stamped = json!({ "tooljet.io/stages": "development" });
+    let spec = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": { "pages": [] } });
+    let bare = json!({ "app": "crm", "versionName": "v1", "environment": "development" });
+    let described = json!({ "spec": { "description": "edited" } });
+    let staging = json!({ "app": "crm", "versionName": "v1", "environment": "staging" });
+    let null_definition = json!({ "app": "crm", "versionName": "v1", "environment": "development", "definition": null });
+    let two_reserved =
+        json!({ "tooljet.io/stages": "development", "tooljet.io/promoted-by": "bob" });
+    let cases = json!([
+        ["stamped-description", stamped, spec, described, false],
+        ["stamped-requires", stamped, spec, { "spec": { "requires": { "constants": ["A"] } } }, false],
+        ["stamped-labels-and-notes", stamped, spec,
+            { "metadata": { "labels": { "team": "crm" }, "annotations": { "note": "x" } } }, false],
+        ["no-definition-either-side", stamped, bare, described, false],
+        ["null-definition-both-sides", stamped, null_definition, described, false],
+        ["no-annotations", null, spec, described, true],
+        ["annotations-without-stamp", { "note": "x" }, spec, described, true],
+        ["empty-stamp", { "tooljet.io/stages": "" }, spec, described, true],
+        ["stamp-past-first-stage", { "tooljet.io/stages": "development,staging" }, staging, described, true],
+        ["no-environment", stamped, { "app": "crm", "versionName": "v1" }, described, true],
+        ["definition-added", stamped, bare, { "spec": { "definition": {} } }, true],
+        ["definition-removed", stamped, spec, { "spec": { "definition": null } }, true],
+        ["definition-changed", stamped, spec, { "spec": { "definition": { "pages": [1] } } }, true],
+        ["renamed", stamped, spec, { "spec": { "versionName": "v2" } }, true],
+        ["app-changed", stamped, spec, { "spec": { "app": "billing" } }, true],
+        ["promoted", stamped, spec, { "spec": { "environment": "staging" } }, true],
+        ["reserved-annotation-added", stamped, spec,
+            { "metadata": { "annotations": { "tooljet.io/promoted-by": "mallory" } } }, true],
+        ["stamp-changed", stamped, spec,
+            { "metadata": { "annotations": { "tooljet.io/stages": "development,x" } } }, true],
+        ["reserved-annotation-removed", two_reserved, spec,
+            { "metadata": { "annotations": { "tooljet.io/promoted-by": null } } }, true],
+        ["all-annotations-removed", stamped, spec, { "metadata": { "annotations": null } }, true],
+    ]);
+    let (shapes, wrong) = probe_condition(
+        "VersionShape",
+        condition,
+        &["CREATE", "UPDATE", "DELETE"],
+        &cases,
+    )
+    .await;
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Every CREATE and DELETE is called.
     denied(
         shapes
             .create(
                 &PostParams::default(),
-                &object("new", stamped.clone(), spec.clone()),
+                &shape("VersionShape", "new", stamped.clone(), spec.clone()),
             )
             .await
             .map_err(msg),
@@ -931,7 +1012,82 @@ async fn the_skip_condition_answers_every_version_shape_without_error() {
         shapes
             .delete("stamped-description", &DeleteParams::default())
             .await
-            .map(|_| object("deleted", serde_json::Value::Null, json!({})))
+            .map(|_| {
+                shape(
+                    "VersionShape",
+                    "deleted",
+                    serde_json::Value::Null,
+                    json!({}),
+                )
+            })
+            .map_err(msg),
+        CALLED,
+    );
+}
+
+/// The mutating webhook's matchCondition for versions, evaluated by the apiserver on every shape
+/// a stored version can have: it is skipped only for a spec edit that is not a promotion by the
+/// user its last-edited-by annotation already names; never an error.
+#[tokio::test]
+async fn the_stamp_condition_answers_every_version_shape_without_error() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use tooljet_operator::webhook::config::{self, Endpoint};
+
+    let condition = config::mutating(&Endpoint::Url("https://unused".into()), None)
+        .webhooks
+        .unwrap()
+        .into_iter()
+        .find(|w| w.name == "appversions.mutate.tooljet.io")
+        .and_then(|w| w.match_conditions)
+        .unwrap();
+    // The probe's requests are the admin's: the stamp of the last editor names them.
+    let me = Api::<SelfSubjectReview>::all(support::client().await)
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap();
+    let mine = json!({ "tooljet.io/last-edited-by": me });
+    let theirs = json!({ "tooljet.io/last-edited-by": "alice" });
+    let spec = json!({ "app": "crm", "versionName": "v1", "environment": "development" });
+    let unplaced = json!({ "app": "crm", "versionName": "v1" });
+    let described = json!({ "spec": { "description": "edited" } });
+    let cases = json!([
+        ["my-edit", mine, spec, described, false],
+        ["my-edit-without-environment", mine, unplaced, described, false],
+        ["my-metadata-edit", mine, spec, { "metadata": { "labels": { "team": "crm" } } }, false],
+        ["their-metadata-edit", theirs, spec, { "metadata": { "labels": { "team": "crm" } } }, false],
+        ["stamp-already-set-to-me", theirs, spec,
+            { "metadata": { "annotations": { "tooljet.io/last-edited-by": me } },
+              "spec": { "description": "edited" } }, false],
+        ["their-edit", theirs, spec, described, true],
+        ["no-annotations", null, spec, described, true],
+        ["annotations-without-editor", { "note": "x" }, spec, described, true],
+        ["my-promotion", mine, spec, { "spec": { "environment": "staging" } }, true],
+        ["environment-removed", mine, spec, { "spec": { "environment": null } }, true],
+        ["environment-added", mine, unplaced, { "spec": { "environment": "development" } }, true],
+        ["editor-removed", mine, spec,
+            { "metadata": { "annotations": { "tooljet.io/last-edited-by": null } },
+              "spec": { "description": "edited" } }, true],
+        ["all-annotations-removed", mine, spec,
+            { "metadata": { "annotations": null }, "spec": { "description": "edited" } }, true],
+        ["editor-forged", mine, spec,
+            { "metadata": { "annotations": { "tooljet.io/last-edited-by": "alice" } },
+              "spec": { "description": "edited" } }, true],
+    ]);
+    let (shapes, wrong) =
+        probe_condition("StampShape", condition, &["CREATE", "UPDATE"], &cases).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Every CREATE is stamped.
+    denied(
+        shapes
+            .create(
+                &PostParams::default(),
+                &shape("StampShape", "new", mine.clone(), spec.clone()),
+            )
+            .await
             .map_err(msg),
         CALLED,
     );

@@ -6,9 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
+    api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -37,7 +35,7 @@ use crate::api::{
     RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, StageGate,
     ToolJetApp, ToolJetAppStatus,
 };
-use crate::{gate, state::Lookups};
+use crate::{gate, managed::ManagedSecret, state::Lookups};
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
@@ -52,7 +50,7 @@ pub fn controller(
     lookups: &Lookups,
     main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
-    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
+    managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
     policies: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
     let for_secrets = lookups.clone();
@@ -64,7 +62,7 @@ pub fn controller(
             v.namespace()
                 .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
         })
-        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
+        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
             apps_with_rollout_for_secret(&for_secrets, &secret)
         })
         .watches_stream(
@@ -98,12 +96,15 @@ pub fn version_facts(v: &AppVersion) -> (String, String) {
     (v.spec.app.clone(), v.spec.environment.clone())
 }
 
-fn apps_with_rollout_for_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<ToolJetApp>> {
-    let labels = secret.labels();
-    if labels.get(KIND_LABEL).map(String::as_str) != Some(envconfig::SECRET_KIND) {
+fn apps_with_rollout_for_secret(
+    lookups: &Lookups,
+    secret: &ManagedSecret,
+) -> Vec<ObjectRef<ToolJetApp>> {
+    if secret.label(KIND_LABEL) != Some(envconfig::SECRET_KIND) {
         return vec![];
     }
-    let (Some(environment), app) = (labels.get(ENVIRONMENT_LABEL), labels.get(APP_LABEL)) else {
+    let (Some(environment), app) = (secret.label(ENVIRONMENT_LABEL), secret.label(APP_LABEL))
+    else {
         return vec![];
     };
     lookups
@@ -111,7 +112,7 @@ fn apps_with_rollout_for_secret(lookups: &Lookups, secret: &Secret) -> Vec<Objec
         .into_iter()
         .filter(|a| {
             app.is_none_or(|l| *l == app_label_value(&a.name_any()))
-                && a.spec.rollout.iter().any(|r| &r.environment == environment)
+                && a.spec.rollout.iter().any(|r| r.environment == environment)
         })
         .map(|a| ObjectRef::from(&*a))
         .collect()

@@ -42,6 +42,7 @@ use crate::{
         StageApprovals, ToolJetApp,
     },
     gate,
+    managed::ManagedSecret,
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
     policy::Tally,
 };
@@ -61,7 +62,7 @@ pub fn controller(
     main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     echoes: Arc<Echoes>,
     (managed, deleted_configs): (
-        impl Stream<Item = Arc<Secret>> + Send + 'static,
+        impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
         impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
     ),
     apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
@@ -76,10 +77,10 @@ pub fn controller(
     let by_policy = lookups.clone();
     Controller::for_shared_stream(main, lookups.versions.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
+        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
             // A version's own resolved Secret, as its last write left it: nothing to do. (A
             // stage Secret's change always matters to the versions in that stage.)
-            let own = secret.labels().get(KIND_LABEL).map(String::as_str) == Some(SECRET_KIND);
+            let own = secret.label(KIND_LABEL) == Some(SECRET_KIND);
             if own && echoes.is_echo(&*secret) {
                 return vec![];
             }
@@ -143,16 +144,15 @@ pub fn app_facts(
 /// whose resolved-config name it holds (so that a clashing Secret's deletion, or its garbage
 /// collection, lets that version write its own at once). Triggers only: what is read or written
 /// is decided by ownership in the reconcile.
-fn affected_by_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<AppVersion>> {
+fn affected_by_secret(lookups: &Lookups, secret: &ManagedSecret) -> Vec<ObjectRef<AppVersion>> {
     let ns = secret.namespace();
-    let labels = secret.labels();
     let mut by_name: Vec<ObjectRef<AppVersion>> = secret
         .name_any()
         .strip_prefix("tooljet-version.")
         .map(|version| ObjectRef::new(version).within(ns.as_deref().unwrap_or_default()))
         .into_iter()
         .collect();
-    let by_role = match labels.get(KIND_LABEL).map(String::as_str) {
+    let by_role = match secret.label(KIND_LABEL) {
         Some(SECRET_KIND) => secret
             .owner_references()
             .iter()
@@ -160,13 +160,13 @@ fn affected_by_secret(lookups: &Lookups, secret: &Secret) -> Vec<ObjectRef<AppVe
             .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
             .collect(),
         Some(envconfig::SECRET_KIND) => {
-            let Some(environment) = labels.get(ENVIRONMENT_LABEL) else {
+            let Some(environment) = secret.label(ENVIRONMENT_LABEL) else {
                 return vec![];
             };
             let ns = ns.as_deref().unwrap_or_default();
             // An app's stage: that app's versions there (an index lookup, not a scan of the
             // stage); the workspace's: every version in the stage.
-            let versions = match labels.get(APP_LABEL) {
+            let versions = match secret.label(APP_LABEL) {
                 Some(app) => lookups.versions_of_app_in(ns, app, environment),
                 None => lookups.versions_in(ns, environment),
             };
@@ -193,7 +193,7 @@ fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str
         }) && ctx
             .managed_secrets
             .get(&ObjectRef::new(&secret_name(c.spec.app.as_deref(), environment)).within(ns))
-            .is_none_or(|s| !controlled_by(&s, c.metadata.uid.as_deref()))
+            .is_none_or(|s| !controlled_by(&*s, c.metadata.uid.as_deref()))
     })
 }
 
@@ -909,10 +909,12 @@ mod tests {
     fn stores(
         secrets: &[Secret],
         configs: &[&EnvironmentConfig],
-    ) -> (Store<Secret>, Store<EnvironmentConfig>) {
+    ) -> (Store<ManagedSecret>, Store<EnvironmentConfig>) {
         let (secret_store, mut w) = kube::runtime::reflector::store();
         for s in secrets {
-            w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s.clone()));
+            w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(ManagedSecret::from(
+                s.clone(),
+            )));
         }
         let (config_store, mut w) = kube::runtime::reflector::store();
         for c in configs {
@@ -1049,7 +1051,7 @@ mod tests {
             crate::api::MANAGED_BY_VALUE.to_string(),
         )]));
         assert_eq!(
-            affected_by_secret(&versions, &foreign),
+            affected_by_secret(&versions, &ManagedSecret::from(foreign)),
             vec![ObjectRef::new("crm-v4").within("ns")]
         );
     }

@@ -35,6 +35,7 @@ use super::{
 };
 use crate::{
     api::{EnvironmentConfig, EnvironmentConfigStatus},
+    managed::ManagedSecret,
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -55,7 +56,7 @@ pub fn controller(
         impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
     ),
     (refs, echoes): (Arc<RefIndex>, Arc<Echoes>),
-    managed: impl Stream<Item = Arc<Secret>> + Send + 'static,
+    managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) -> Controller<EnvironmentConfig> {
     let for_managed = lookups.clone();
@@ -63,7 +64,7 @@ pub fn controller(
     let for_siblings = lookups.clone();
     Controller::for_shared_stream(main, lookups.configs.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(managed, move |secret: Arc<Secret>| {
+        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
             // The event of this controller's own write: it already knows the result.
             if echoes.is_echo(&*secret) {
                 return vec![];
@@ -108,7 +109,7 @@ pub fn key_of(cfg: &EnvironmentConfig) -> (Option<String>, Option<String>, Strin
 /// A trigger only: what is written is decided by ownership in the reconcile.
 fn configs_for_managed_secret(
     lookups: &Lookups,
-    secret: &Secret,
+    secret: &ManagedSecret,
 ) -> Vec<ObjectRef<EnvironmentConfig>> {
     let ns = secret.namespace().unwrap_or_default();
     let owners: Vec<ObjectRef<EnvironmentConfig>> = secret
@@ -536,7 +537,7 @@ mod tests {
         let a = config("crm-staging", "u1");
         let b = config("crm-staging-2", "u2");
         let store = store(&[&a, &b]);
-        let triggered = configs_for_managed_secret(&store, &secret(&a, Some("u1")));
+        let triggered = configs_for_managed_secret(&store, &secret(&a, Some("u1")).into());
         assert_eq!(triggered, vec![ObjectRef::new("crm-staging").within("ns")]);
     }
 
@@ -546,11 +547,11 @@ mod tests {
         let mut other_env = config("crm-prod", "u3");
         other_env.spec.environment = "production".into();
         let store = store(&[&a, &other_env]);
-        let foreign = configs_for_managed_secret(&store, &secret(&a, None));
+        let foreign = configs_for_managed_secret(&store, &secret(&a, None).into());
         assert_eq!(foreign, vec![ObjectRef::new("crm-staging").within("ns")]);
         let mut orphan = secret(&a, Some("u-deleted"));
         orphan.metadata.owner_references.as_mut().unwrap()[0].name = "old".into();
-        let triggered = configs_for_managed_secret(&store, &orphan);
+        let triggered = configs_for_managed_secret(&store, &orphan.into());
         assert!(triggered.contains(&ObjectRef::new("crm-staging").within("ns")));
         assert!(!triggered.contains(&ObjectRef::new("crm-prod").within("ns")));
         assert!(configs_targeting(&store, "ns", "creds").is_empty());

@@ -10,7 +10,6 @@ pub mod secrets;
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -168,7 +167,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     /// Materialised Secrets, full objects, label-selected: the only Secrets cached in full.
-    pub managed_secrets: Store<Secret>,
+    pub managed_secrets: Store<crate::managed::ManagedSecret>,
     /// Referenced Secret -> the EnvironmentConfigs that reference it.
     pub refs: Arc<RefIndex>,
     /// Whether every cache below has its initial list.

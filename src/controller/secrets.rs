@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    managed::ManagedSecret,
     materialize::{HashKey, InvalidHashKey, Materialized},
 };
 
@@ -91,75 +92,22 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
 
 pub use crate::state::{controlled_by, controller_of};
 
-/// A cache-only annotation of a cached managed Secret: the digest ([`data_digest`]) of the data
-/// it held when cached. Set by [`project`], never written to the API.
-pub const CACHED_DIGEST: &str = "tooljet.io/cached-data-digest";
-
-/// What the cache keeps of a managed Secret: everything but its data, which is replaced by its
-/// digest ([`CACHED_DIGEST`], to tell an edit from the content written). A stage configuration's
-/// Secret (labelled `tooljet.io/kind: environment-config`) keeps its data, which is a layer of
-/// every version of that stage ([`crate::state::resolve`]); a version's resolved Secret is read
-/// by nothing but the workloads. Its own uid is dropped too: ownership is judged by the owner's.
-/// Any annotation of that name on the Secret itself is overwritten.
-pub fn project(secret: &mut Secret) {
-    let digest = data_digest(secret.data.as_ref());
-    secret
-        .metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(CACHED_DIGEST.to_string(), digest);
-    secret.metadata.uid = None;
-    if secret.labels().get(KIND_LABEL).map(String::as_str) != Some(super::envconfig::SECRET_KIND) {
-        secret.data = None;
-    }
-}
-
-/// SHA-256 of a Secret's data (every key and value, length-prefixed, in key order), hex.
-pub fn data_digest(data: Option<&BTreeMap<String, ByteString>>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for (k, v) in data.into_iter().flatten() {
-        hasher.update((k.len() as u64).to_le_bytes());
-        hasher.update(k.as_bytes());
-        hasher.update((v.0.len() as u64).to_le_bytes());
-        hasher.update(&v.0);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The digest of what `secret` holds: its [`CACHED_DIGEST`] when it is a cached projection, else
-/// computed from its data.
-fn held_digest(secret: &Secret) -> String {
-    match secret.annotations().get(CACHED_DIGEST) {
-        Some(digest) => digest.clone(),
-        None => data_digest(secret.data.as_ref()),
-    }
-}
-
 /// Whether `existing` (cached, or as read) already holds exactly the desired data, our labels,
 /// hash and owner.
-pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
-    let labels_ok = desired
-        .labels()
-        .iter()
-        .all(|(k, v)| existing.labels().get(k) == Some(v));
-    held_digest(existing) == data_digest(desired.data.as_ref())
-        && labels_ok
-        && existing.annotations().get(HASH_ANNOTATION) == desired.annotations().get(HASH_ANNOTATION)
-        && existing.owner_references() == desired.owner_references()
+pub fn up_to_date(existing: &ManagedSecret, desired: &Secret) -> bool {
+    existing.holds(desired)
 }
 
 /// The write `existing` needs to become `desired`, if any.
-pub fn change(existing: Option<&Secret>, desired: &Secret) -> Option<Change> {
+pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Change> {
     match existing {
         Some(existing) if up_to_date(existing, desired) => None,
         Some(existing)
-            if existing.annotations().get(HASH_ANNOTATION)
-                == desired.annotations().get(HASH_ANNOTATION) =>
+            if existing.hash()
+                == desired
+                    .annotations()
+                    .get(HASH_ANNOTATION)
+                    .map(String::as_str) =>
         {
             Some(Change::DriftReverted)
         }
@@ -198,19 +146,15 @@ pub async fn sync(
         None if create_secret(ctx, controller, api, desired).await? => {
             return Ok(Synced::Ours(Some(Change::Created)));
         }
-        // Judged as the cache would hold it (and so with a digest computed here, whatever
-        // annotations the Secret carries).
+        // Judged as the cache would hold it.
         None => api
             .get_opt(&name)
             .await
             .at(Step::ReadSecret)?
-            .map(|mut secret| {
-                project(&mut secret);
-                std::sync::Arc::new(secret)
-            }),
+            .map(|secret| std::sync::Arc::new(ManagedSecret::from(secret))),
     };
     match existing {
-        Some(existing) if !controlled_by(&existing, owner_uid) => Ok(Synced::Taken),
+        Some(existing) if !controlled_by(&*existing, owner_uid) => Ok(Synced::Taken),
         existing => Ok(Synced::Ours(
             ensure_secret(ctx, controller, api, existing.as_deref(), desired).await?,
         )),
@@ -222,7 +166,7 @@ async fn ensure_secret(
     ctx: &Context,
     controller: &'static str,
     api: &Api<Secret>,
-    existing: Option<&Secret>,
+    existing: Option<&ManagedSecret>,
     desired: &Secret,
 ) -> Result<Option<Change>, Error> {
     let change = change(existing, desired);
@@ -424,6 +368,11 @@ mod tests {
         HashKey::new(&[3; HashKey::LEN]).unwrap()
     }
 
+    /// `s` as the cache holds it.
+    fn cached(s: &Secret) -> ManagedSecret {
+        ManagedSecret::from(s.clone())
+    }
+
     fn owner() -> EnvironmentConfig {
         let mut cfg = EnvironmentConfig::new(
             "crm-staging",
@@ -461,7 +410,7 @@ mod tests {
         assert_eq!(s.annotations()[HASH_ANNOTATION].len(), 64);
         let owner = &s.owner_references()[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u1", Some(true)));
-        assert_eq!(change(Some(&s), &s), None);
+        assert_eq!(change(Some(&cached(&s)), &s), None);
         assert_eq!(change(None, &s), Some(Change::Created));
     }
 
@@ -474,7 +423,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("EXTRA".into(), ByteString(b"x".to_vec()));
-        assert_eq!(change(Some(&edited), &desired), Some(Change::DriftReverted));
+        assert_eq!(
+            change(Some(&cached(&edited)), &desired),
+            Some(Change::DriftReverted)
+        );
         let mut relabelled = desired.clone();
         relabelled
             .metadata
@@ -483,7 +435,7 @@ mod tests {
             .unwrap()
             .remove(MANAGED_BY_LABEL);
         assert_eq!(
-            change(Some(&relabelled), &desired),
+            change(Some(&cached(&relabelled)), &desired),
             Some(Change::DriftReverted)
         );
         let mut older = desired.clone();
@@ -493,48 +445,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(HASH_ANNOTATION.into(), "old".into());
-        assert_eq!(change(Some(&older), &desired), Some(Change::Updated));
-    }
-
-    #[test]
-    fn a_cached_secret_keeps_a_digest_of_its_data_and_still_tells_drift() {
-        let desired = desired();
-        let mut resolved = desired.clone();
-        resolved
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(KIND_LABEL.into(), "resolved-config".into());
-        resolved.metadata.uid = Some("secret-uid".into());
-        let mut cached = resolved.clone();
-        project(&mut cached);
-        assert_eq!(cached.data, None, "a resolved Secret's data is not cached");
-        assert_eq!(cached.metadata.uid, None);
-        assert!(up_to_date(&cached, &resolved));
-        let mut edited = resolved.clone();
-        edited
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("EXTRA".into(), ByteString(b"x".to_vec()));
-        // Someone also set the digest annotation to the desired one: the projection recomputes it.
-        edited
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(CACHED_DIGEST.into(), data_digest(resolved.data.as_ref()));
-        project(&mut edited);
         assert_eq!(
-            change(Some(&edited), &resolved),
-            Some(Change::DriftReverted)
+            change(Some(&cached(&older)), &desired),
+            Some(Change::Updated)
         );
-        // A stage configuration's Secret keeps its data (a layer of the stage's versions).
-        let mut stage = desired.clone();
-        project(&mut stage);
-        assert_eq!(stage.data, desired.data);
-        assert_eq!(change(Some(&stage), &desired), None);
     }
 
     #[test]

@@ -16,7 +16,10 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use super::rules::{APPROVE, CONFIGURE, OVERRIDE, PROMOTE, RELEASE, UNPROTECT};
-use crate::api::{DEFAULT_PIPELINE, GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGES_ANNOTATION};
+use crate::api::{
+    DEFAULT_PIPELINE, GROUP, LAST_EDITED_BY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    STAGES_ANNOTATION,
+};
 
 /// The name of both webhook configurations (the operator keeps their `caBundle` current).
 pub const CONFIGURATION_NAME: &str = "tooljet-operator";
@@ -190,6 +193,15 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
             ..Default::default()
         }
     };
+    let version_stamps = format!(
+        "request.operation == 'CREATE' || (object.spec != oldObject.spec && \
+         (has(object.spec.environment) != has(oldObject.spec.environment) || \
+         (has(object.spec.environment) && \
+         object.spec.environment != oldObject.spec.environment) || \
+         !has(object.metadata.annotations) || \
+         !('{LAST_EDITED_BY_ANNOTATION}' in object.metadata.annotations) || \
+         object.metadata.annotations['{LAST_EDITED_BY_ANNOTATION}'] != request.userInfo.username))"
+    );
     MutatingWebhookConfiguration {
         metadata: meta(CONFIGURATION_NAME),
         webhooks: Some(vec![
@@ -197,8 +209,11 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
                 "appversions.mutate.tooljet.io",
                 "appversions",
                 &["CREATE", "UPDATE"],
-                // New versions (stages, creator), promotions (who, when) and edits (last editor).
-                Some("request.operation == 'CREATE' || object.spec != oldObject.spec"),
+                // New versions (stages, creator), promotions (who, when) and edits (last editor),
+                // except an edit whose stamp would change nothing: not a promotion, and its
+                // last-editor annotation already names the requester (their own edits in a row,
+                // the common case while developing).
+                Some(&version_stamps),
             ),
             webhook(
                 "tooljetapps.mutate.tooljet.io",

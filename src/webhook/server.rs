@@ -10,7 +10,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         authentication::v1::UserInfo,
         authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
-        core::v1::{Namespace, Secret},
+        core::v1::Namespace,
     },
     jiff::Timestamp,
 };
@@ -42,7 +42,7 @@ pub struct WebhookState {
     pub client: Client,
     /// The caches, and lookups by index over them.
     pub lookups: Lookups,
-    pub managed_secrets: Store<Secret>,
+    pub managed_secrets: Store<crate::managed::ManagedSecret>,
     /// The installation's content-hash key.
     pub hash_key: Arc<HashKey>,
     pub readiness: Arc<Readiness>,
