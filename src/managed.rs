@@ -20,16 +20,10 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::MANAGED_BY_LABEL;
-
-/// The operator's labels on its Secrets (see `crate::controller`).
-const KIND_LABEL: &str = "tooljet.io/kind";
-const ENVIRONMENT_LABEL: &str = "tooljet.io/environment";
-const APP_LABEL: &str = "tooljet.io/app";
-/// The content-hash annotation.
-const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
-/// The `tooljet.io/kind` of a stage configuration's Secret, whose data is kept.
-const LAYER_KIND: &str = "environment-config";
+use crate::api::{
+    APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, KIND_LABEL, MANAGED_BY_LABEL,
+    STAGE_SECRET_KIND as LAYER_KIND,
+};
 
 /// A managed Secret as cached. Built from the Secret ([`ManagedSecret::from`]); read through its
 /// methods. `meta()` holds only name, namespace, resourceVersion and ownerReferences: its labels

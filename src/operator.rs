@@ -285,8 +285,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(30);
 /// Hands memory that bursts of work (a relist, reconciling everything after a restart or on
 /// becoming leader) left free inside the heap back to the system, every [`TRIM_EVERY`]. glibc's
 /// allocator returns only the top of its heap on its own; what is free below live allocations
-/// stays resident until `malloc_trim`. Measured at N=1000: a restarted operator went from 80.5
-/// to 65.3 MiB resident at its first trim (docs/benchmarks.md). Runs until the process ends.
+/// stays resident until `malloc_trim`. Measured at N=1000: a restarted operator went from 78.6
+/// to 63.7 MiB resident at its first trim (docs/benchmarks.md). Runs until the process ends.
 async fn return_freed_memory() -> (&'static str, Result<()>) {
     loop {
         tokio::time::sleep(TRIM_EVERY).await;

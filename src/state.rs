@@ -536,25 +536,25 @@ pub struct Echoes {
 impl Echoes {
     /// Records that the operator's write left `obj` at its resourceVersion.
     pub fn record<K: Resource>(&self, obj: &K) {
-        let (Some(_), Some(rv)) = (obj.meta().namespace.as_ref(), obj.resource_version()) else {
+        let (Some(_), Some(rv)) = (&obj.meta().namespace, &obj.meta().resource_version) else {
             return;
         };
         self.written
             .lock()
             .expect("echo lock")
-            .insert(object_hash(obj), hash64(&rv));
+            .insert(object_hash(obj), hash64(rv));
     }
 
     /// Whether `obj` is exactly as the operator's last write left it.
     pub fn is_echo<K: Resource>(&self, obj: &K) -> bool {
-        let (Some(_), Some(rv)) = (obj.meta().namespace.as_ref(), obj.resource_version()) else {
+        let (Some(_), Some(rv)) = (&obj.meta().namespace, &obj.meta().resource_version) else {
             return false;
         };
         self.written
             .lock()
             .expect("echo lock")
             .get(&object_hash(obj))
-            == Some(&hash64(&rv))
+            == Some(&hash64(rv))
     }
 
     /// Forgets a deleted object.

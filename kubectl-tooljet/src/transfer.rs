@@ -726,6 +726,25 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
+    /// The app and its first version as imported: the default pipeline, `app` named
+    /// `display_name`, and version `app-v1` in development.
+    fn assert_imported_as(imported: &Imported, app: &str, display_name: &str) {
+        assert_eq!(
+            imported.app.spec.environments,
+            ["development", "staging", "production"]
+        );
+        assert_eq!(imported.app.metadata.name.as_deref(), Some(app));
+        assert_eq!(
+            imported.app.spec.display_name.as_deref(),
+            Some(display_name)
+        );
+        assert_eq!(imported.version.spec.environment, "development");
+        assert_eq!(
+            imported.version.metadata.name.as_deref(),
+            Some(format!("{app}-v1").as_str())
+        );
+    }
+
     const FIXTURES: [&str; 3] = [
         "base64-encoder-decoder.json",
         "business-intelligence-dashboard-postgresql.json",
@@ -739,24 +758,12 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        assert_eq!(
-            imported.app.spec.environments,
-            ["development", "staging", "production"]
+        assert_imported_as(
+            &imported,
+            "business-intelligence-dashboard-postgresql",
+            "Business intelligence dashboard (PostgreSQL)",
         );
-        assert_eq!(
-            imported.app.metadata.name.as_deref(),
-            Some("business-intelligence-dashboard-postgresql")
-        );
-        assert_eq!(
-            imported.app.spec.display_name.as_deref(),
-            Some("Business intelligence dashboard (PostgreSQL)")
-        );
-        assert_eq!(imported.version.spec.environment, "development");
         assert_eq!(imported.version.spec.version_name, "v1");
-        assert_eq!(
-            imported.version.metadata.name.as_deref(),
-            Some("business-intelligence-dashboard-postgresql-v1")
-        );
     }
 
     #[test]
@@ -884,23 +891,7 @@ mod tests {
     fn a_rest_api_app_needs_its_constant_and_no_data_source_configuration() {
         let export = fixture("ai-powered-code-explainer.json");
         let imported = import(&export, &Default::default()).unwrap();
-        assert_eq!(
-            imported.app.spec.environments,
-            ["development", "staging", "production"]
-        );
-        assert_eq!(
-            imported.app.metadata.name.as_deref(),
-            Some("ai-code-explainer")
-        );
-        assert_eq!(
-            imported.app.spec.display_name.as_deref(),
-            Some("AI Code Explainer")
-        );
-        assert_eq!(imported.version.spec.environment, "development");
-        assert_eq!(
-            imported.version.metadata.name.as_deref(),
-            Some("ai-code-explainer-v1")
-        );
+        assert_imported_as(&imported, "ai-code-explainer", "AI Code Explainer");
         assert_eq!(
             imported.version.metadata.annotations.as_ref().unwrap()[SOURCE_VERSION_ANNOTATION],
             "3.0.15-cloud-lts"

@@ -514,11 +514,8 @@ async fn missing_objects_exit_3_and_bad_flags_exit_1() {
 #[tokio::test]
 async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist() {
     let (admin, ns) = workspace("plugin-import").await;
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/business-intelligence-dashboard-postgresql.json"
-    );
-    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let (path, original) = fixture("business-intelligence-dashboard-postgresql.json");
+    let fixture = path.as_str();
 
     // Printed manifests name the Secrets to create, and hold no credential reference.
     let printed = cli(&["-n", &ns, "import", fixture]).ok();
@@ -601,23 +598,14 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     board_for(&ns, "bi", "bi-v1 ready", |v| v["ready"]["status"] == "True").await;
 
     // Export gives back the original app; no secret value leaves the cluster.
-    let exported = cli(&["-n", &ns, "export", "bi-v1", "--environment", "staging"]).ok();
-    assert!(!exported.stdout.contains(CANARY));
-    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
-    assert_eq!(
-        kubectl_tooljet::transfer::comparable(&exported),
-        kubectl_tooljet::transfer::comparable(&original)
-    );
+    exports_the_original(&ns, "bi-v1", "staging", &original);
 }
 
 #[tokio::test]
 async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
     let (admin, ns) = workspace("plugin-import-rest").await;
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/ai-powered-code-explainer.json"
-    );
-    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let (path, original) = fixture("ai-powered-code-explainer.json");
+    let fixture = path.as_str();
 
     let run = cli(&["-n", &ns, "import", fixture, "--apply"]).ok();
     assert!(
@@ -668,20 +656,25 @@ async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
     )
     .await;
 
-    let exported = cli(&[
-        "-n",
-        &ns,
-        "export",
-        "ai-code-explainer-v1",
-        "--environment",
-        "production",
-    ])
-    .ok();
+    exports_the_original(&ns, "ai-code-explainer-v1", "production", &original);
+}
+
+/// A ToolJet export under `tests/fixtures/`: its path and its JSON.
+fn fixture(name: &str) -> (String, Value) {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (path, json)
+}
+
+/// `export` of `version` as in `environment` gives back `original` (as ToolJet compares
+/// exports), without the canary value.
+fn exports_the_original(ns: &str, version: &str, environment: &str, original: &Value) {
+    let exported = cli(&["-n", ns, "export", version, "--environment", environment]).ok();
     assert!(!exported.stdout.contains(CANARY));
     let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
     assert_eq!(
         kubectl_tooljet::transfer::comparable(&exported),
-        kubectl_tooljet::transfer::comparable(&original)
+        kubectl_tooljet::transfer::comparable(original)
     );
 }
 

@@ -26,10 +26,6 @@ impl<V> Default for CompactMap<V> {
 }
 
 impl<V> CompactMap<V> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     pub fn len(&self) -> usize {
         self.0.len()
     }

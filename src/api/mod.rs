@@ -36,6 +36,15 @@ pub const DEFAULT_PIPELINE: [&str; 3] = ["development", "staging", "production"]
 /// Label on every object the operator creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tooljet-operator";
+/// Labels of a managed Secret: which controller wrote it (a `*_SECRET_KIND`), and for which
+/// environment and app.
+pub const KIND_LABEL: &str = "tooljet.io/kind";
+pub const ENVIRONMENT_LABEL: &str = "tooljet.io/environment";
+pub const APP_LABEL: &str = "tooljet.io/app";
+/// Annotation with the content hash of a managed Secret.
+pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
+/// `tooljet.io/kind` of a stage configuration's Secret (an EnvironmentConfig's).
+pub const STAGE_SECRET_KIND: &str = "environment-config";
 /// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):
 /// who moved a version into its current stage, and when.
 pub const PROMOTED_BY_ANNOTATION: &str = "tooljet.io/promoted-by";

@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// `tooljet.io/kind` of the Secrets this controller materialises.
-pub const SECRET_KIND: &str = "environment-config";
+pub use crate::api::STAGE_SECRET_KIND as SECRET_KIND;
 
 /// The controller, wired to its triggers: its own kind (and, through a second watch, the other
 /// configs of the same key so a conflict is reported on both), the materialised Secrets it owns

@@ -64,12 +64,7 @@ pub mod conditions {
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tooljet-operator";
-/// Label that says which controller a managed Secret belongs to.
-pub const KIND_LABEL: &str = "tooljet.io/kind";
-pub const ENVIRONMENT_LABEL: &str = "tooljet.io/environment";
-pub const APP_LABEL: &str = "tooljet.io/app";
-/// Annotation with the content hash of a managed Secret.
-pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
+pub use crate::api::{APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, KIND_LABEL};
 
 /// Errors a reconcile can return: all transient (the API did not answer as hoped); permanent
 /// problems with a spec are reported in its status, not returned.

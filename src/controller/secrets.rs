@@ -92,16 +92,10 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
 
 pub use crate::state::{controlled_by, controller_of};
 
-/// Whether `existing` (cached, or as read) already holds exactly the desired data, our labels,
-/// hash and owner.
-pub fn up_to_date(existing: &ManagedSecret, desired: &Secret) -> bool {
-    existing.holds(desired)
-}
-
 /// The write `existing` needs to become `desired`, if any.
 pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Change> {
     match existing {
-        Some(existing) if up_to_date(existing, desired) => None,
+        Some(existing) if existing.holds(desired) => None,
         Some(existing)
             if existing.hash()
                 == desired
