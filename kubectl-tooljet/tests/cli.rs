@@ -551,15 +551,7 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
         app.spec.environments,
         ["development", "staging", "production"]
     );
-    let version = Api::<AppVersion>::namespaced(admin.clone(), &ns)
-        .get("bi-v1")
-        .await
-        .unwrap();
-    assert_eq!(
-        version.spec.definition.as_ref(),
-        Some(&original["app"][0]["definition"]),
-        "kept exactly by the apiserver"
-    );
+    let version = stored_version(&admin, &ns, "bi-v1", &original).await;
     assert_eq!(
         version.spec.requires.as_ref().unwrap().data_sources,
         ["business_analytics"]
@@ -616,15 +608,7 @@ async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
         "{run:?}"
     );
     assert!(run.stderr.contains("GEMINI_API_KEY"), "{run:?}");
-    let version = Api::<AppVersion>::namespaced(admin.clone(), &ns)
-        .get("ai-code-explainer-v1")
-        .await
-        .unwrap();
-    assert_eq!(
-        version.spec.definition.as_ref(),
-        Some(&original["app"][0]["definition"]),
-        "kept exactly by the apiserver"
-    );
+    let version = stored_version(&admin, &ns, "ai-code-explainer-v1", &original).await;
     let requires = version.spec.requires.as_ref().unwrap();
     assert!(requires.data_sources.is_empty());
     assert_eq!(requires.constants, ["GEMINI_API_KEY"]);
@@ -657,6 +641,20 @@ async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
     .await;
 
     exports_the_original(&ns, "ai-code-explainer-v1", "production", &original);
+}
+
+/// The imported version `name`, whose definition the apiserver kept exactly as `original` had it.
+async fn stored_version(admin: &Client, ns: &str, name: &str, original: &Value) -> AppVersion {
+    let version = Api::<AppVersion>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    assert_eq!(
+        version.spec.definition.as_ref(),
+        Some(&original["app"][0]["definition"]),
+        "kept exactly by the apiserver"
+    );
+    version
 }
 
 /// A ToolJet export under `tests/fixtures/`: its path and its JSON.
