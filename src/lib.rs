@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod gate;
 pub mod leader;
+pub mod lean;
 pub mod managed;
 pub mod materialize;
 pub mod metrics;

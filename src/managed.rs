@@ -20,9 +20,12 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{
-    APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, KIND_LABEL, MANAGED_BY_LABEL,
-    STAGE_SECRET_KIND as LAYER_KIND,
+use crate::{
+    api::{
+        APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
+        MANAGED_BY_LABEL, STAGE_SECRET_KIND as LAYER_KIND,
+    },
+    materialize::{FORMAT, HashKey, hex},
 };
 
 /// A managed Secret as cached. Built from the Secret ([`ManagedSecret::from`]); read through its
@@ -38,6 +41,8 @@ pub struct ManagedSecret {
     app: Option<Box<str>>,
     hash: Option<Box<str>>,
     digest: [u8; 32],
+    /// The inputs annotation, decoded ([`inputs_annotation`]).
+    inputs: Option<[u8; 32]>,
     /// A stage configuration's data, packed ([`pack`]).
     layer: Option<Box<[u8]>>,
 }
@@ -52,17 +57,15 @@ impl From<Secret> for ManagedSecret {
                 .and_then(|l| l.get(key))
                 .map(|v| v.as_str().into())
         };
+        let annotation = |key: &str| metadata.annotations.as_ref().and_then(|a| a.get(key));
         let kind: Option<Box<str>> = label(KIND_LABEL);
         let layer = (kind.as_deref() == Some(LAYER_KIND)).then(|| pack(data.as_ref()));
         ManagedSecret {
             managed_by: label(MANAGED_BY_LABEL),
             environment: label(ENVIRONMENT_LABEL),
             app: label(APP_LABEL),
-            hash: metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(HASH_ANNOTATION))
-                .map(|v| v.as_str().into()),
+            hash: annotation(HASH_ANNOTATION).map(|v| v.as_str().into()),
+            inputs: annotation(INPUTS_ANNOTATION).and_then(|v| unhex(v)),
             kind,
             digest: digest(data.as_ref()),
             layer,
@@ -118,6 +121,15 @@ impl ManagedSecret {
             && self.owner_references() == desired.owner_references()
     }
 
+    /// Whether this Secret, as it is (data and content hash), was made from `inputs`: its inputs
+    /// annotation is the HMAC [`inputs_annotation`] computes for them. Only the holder of the
+    /// installation's key can write a matching one, and any edit of the data or the hash
+    /// annotation breaks it.
+    pub fn made_from(&self, key: &HashKey, inputs: &Inputs) -> bool {
+        self.inputs
+            .is_some_and(|recorded| recorded == inputs_mac(key, &self.digest, self.hash(), inputs))
+    }
+
     /// The data of a stage configuration's Secret; `None` for any other.
     pub fn layer(&self) -> Option<BTreeMap<String, Vec<u8>>> {
         self.layer.as_deref().map(unpack)
@@ -151,6 +163,64 @@ impl Resource for ManagedSecret {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
     }
+}
+
+/// What a stage configuration's Secret is made from, besides [`crate::materialize::FORMAT`].
+pub struct Inputs<'a> {
+    /// The EnvironmentConfig's UID and generation.
+    pub owner_uid: &'a str,
+    pub generation: i64,
+    /// Every Secret it references, by name, at the resourceVersion whose data was used.
+    pub secrets: &'a [(&'a str, u64)],
+}
+
+/// The value of [`INPUTS_ANNOTATION`] for `secret` (its data and content-hash annotation as
+/// they will be written) made from `inputs`: HMAC-SHA256, hex, with the installation's key.
+pub fn inputs_annotation(key: &HashKey, secret: &Secret, inputs: &Inputs) -> String {
+    let hash = secret
+        .annotations()
+        .get(HASH_ANNOTATION)
+        .map(String::as_str);
+    hex(&inputs_mac(
+        key,
+        &digest(secret.data.as_ref()),
+        hash,
+        inputs,
+    ))
+}
+
+fn inputs_mac(key: &HashKey, digest: &[u8; 32], hash: Option<&str>, inputs: &Inputs) -> [u8; 32] {
+    let (format, generation) = (FORMAT.to_be_bytes(), inputs.generation.to_be_bytes());
+    let versions: Vec<[u8; 8]> = inputs
+        .secrets
+        .iter()
+        .map(|(_, v)| v.to_be_bytes())
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![
+        INPUTS_ANNOTATION.as_bytes(),
+        &format,
+        inputs.owner_uid.as_bytes(),
+        &generation,
+        hash.unwrap_or_default().as_bytes(),
+        digest,
+    ];
+    for ((name, _), version) in inputs.secrets.iter().zip(&versions) {
+        parts.push(name.as_bytes());
+        parts.push(version);
+    }
+    key.mac(&parts)
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// SHA-256 of a Secret's data: every key and value, length-prefixed, in key order.
@@ -295,5 +365,55 @@ mod tests {
             .labels_mut()
             .insert("team".into(), "payments".into());
         assert!(ManagedSecret::from(labelled).holds(&desired));
+    }
+
+    #[test]
+    fn the_inputs_annotation_holds_only_for_the_same_inputs_content_and_key() {
+        let key = HashKey::new(&[3; HashKey::LEN]).unwrap();
+        let secrets = [("creds", 41), ("stripe", 7)];
+        let inputs = |uid, generation, secrets| Inputs {
+            owner_uid: uid,
+            generation,
+            secrets,
+        };
+        let mut written = secret(LAYER_KIND);
+        let value = inputs_annotation(&key, &written, &inputs("cfg-uid", 3, &secrets));
+        written
+            .annotations_mut()
+            .insert(INPUTS_ANNOTATION.into(), value);
+        let cached = ManagedSecret::from(written.clone());
+        assert!(cached.made_from(&key, &inputs("cfg-uid", 3, &secrets)));
+
+        // Other inputs: a rotation, another generation, another config, another Secret set.
+        assert!(!cached.made_from(&key, &inputs("cfg-uid", 3, &[("creds", 42), ("stripe", 7)])));
+        assert!(!cached.made_from(&key, &inputs("cfg-uid", 4, &secrets)));
+        assert!(!cached.made_from(&key, &inputs("other-uid", 3, &secrets)));
+        assert!(!cached.made_from(&key, &inputs("cfg-uid", 3, &secrets[..1])));
+        // Another installation's key.
+        let other = HashKey::new(&[4; HashKey::LEN]).unwrap();
+        assert!(!cached.made_from(&other, &inputs("cfg-uid", 3, &secrets)));
+        // An edit of the data or of the hash annotation, however the annotation is kept.
+        let mut edited = written.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("A".into(), ByteString(b"planted".to_vec()));
+        assert!(!ManagedSecret::from(edited).made_from(&key, &inputs("cfg-uid", 3, &secrets)));
+        let mut rehashed = written.clone();
+        rehashed
+            .annotations_mut()
+            .insert(HASH_ANNOTATION.into(), "h2".into());
+        assert!(!ManagedSecret::from(rehashed).made_from(&key, &inputs("cfg-uid", 3, &secrets)));
+        // No annotation, or not one of ours.
+        let mut forged = written.clone();
+        forged
+            .annotations_mut()
+            .insert(INPUTS_ANNOTATION.into(), "00".repeat(32));
+        assert!(!ManagedSecret::from(forged).made_from(&key, &inputs("cfg-uid", 3, &secrets)));
+        assert!(
+            !ManagedSecret::from(secret(LAYER_KIND))
+                .made_from(&key, &inputs("cfg-uid", 3, &secrets))
+        );
     }
 }

@@ -55,7 +55,24 @@ impl HashKey {
         let mac = Hmac::<Sha256>::new_from_slice(bytes).map_err(|_| invalid)?;
         Ok(HashKey { mac })
     }
+
+    /// HMAC-SHA256 over `parts`, each length-prefixed so no two lists collide.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = self.mac.clone();
+        for part in parts {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into_bytes().into()
+    }
 }
+
+/// The version of what [`materialize`] and [`merge_layers`] make of their inputs. A stage
+/// configuration's Secret records (HMAC'd) the inputs it was made from and this format
+/// ([`crate::managed::inputs_annotation`]); a restarted operator trusts the Secret without
+/// materialising it again only when both match. Bump it with any change that would turn the same
+/// inputs into other Secret data (`the_output_format_is_pinned` fails until it is).
+pub const FORMAT: u32 = 1;
 
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -441,7 +458,7 @@ pub fn hash(key: &HashKey, data: &BTreeMap<String, Vec<u8>>) -> String {
     hex(&h.finalize().into_bytes())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -574,6 +591,22 @@ mod tests {
         assert_eq!(
             doc,
             json!({ "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "password": "pg-pass" } } })
+        );
+    }
+
+    /// What FORMAT 1 makes of `spec()`. A change that alters it changes what every stage
+    /// configuration's Secret holds: bump [`FORMAT`], so that no restarted operator keeps a Secret
+    /// made the old way (then pin the new output here).
+    #[test]
+    fn the_output_format_is_pinned() {
+        let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
+        assert_eq!(
+            (FORMAT, m.hash.as_str()),
+            (
+                1,
+                "1bc1cb378aa7d7b63db80f2cd0206a4a87e72addcf240f24f0eb17ceb2b9b90a"
+            ),
+            "materialize's output changed: bump materialize::FORMAT and pin the new hash"
         );
     }
 

@@ -148,6 +148,7 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub writes: Family<WriteLabels, Counter>,
     pub materializations: Counter,
+    pub secret_reads: Counter,
     pub promotions: Counter,
     pub releases: Counter,
     pub admission_requests: Family<AdmissionLabels, Counter>,
@@ -187,6 +188,12 @@ impl Default for Metrics {
             "materializations",
             "Materialised Secrets written (created, updated or restored)",
             materializations.clone(),
+        );
+        let secret_reads = Counter::default();
+        registry.register(
+            "referenced_secret_reads",
+            "Secrets referenced by an EnvironmentConfig read from the API (not cached at their latest resourceVersion)",
+            secret_reads.clone(),
         );
         let promotions = Counter::default();
         registry.register("promotions", "Promotions observed", promotions.clone());
@@ -255,6 +262,7 @@ impl Default for Metrics {
             reconcile_duration,
             writes,
             materializations,
+            secret_reads,
             promotions,
             releases,
             admission_requests,

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
@@ -33,6 +33,7 @@ use crate::{
     },
     controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
+    lean::Lean,
     managed::ManagedSecret,
     materialize::HashKey,
     metrics::Metrics,
@@ -162,46 +163,30 @@ impl Caches {
             "ToolJetApps",
             "PromotionPolicies",
             "Approvals",
+            REFERENCED_SECRETS,
         ]);
         let any = || watcher::Config::default().any_semantic();
         let (managed_secrets, managed_hub) = state::watch_as(
-            Api::<Secret>::all(client.clone()),
+            Api::<Lean<ManagedSecret>>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             readiness.clone(),
             "managed Secrets",
-            ManagedSecret::from,
+            |Lean(secret)| secret,
         );
-        let (configs, mut config_hub) = state::watch(
-            Api::<EnvironmentConfig>::all(client.clone()),
-            any(),
-            readiness.clone(),
-            "EnvironmentConfigs",
-        );
+        let (configs, mut config_hub) =
+            state::watch(client, any(), readiness.clone(), "EnvironmentConfigs");
         let (versions, mut version_hub) = state::watch_projected(
-            Api::<AppVersion>::all(client.clone()),
+            client,
             any(),
             readiness.clone(),
             "AppVersions",
             state::project_version,
         );
-        let (apps, mut app_hub) = state::watch(
-            Api::<ToolJetApp>::all(client.clone()),
-            any(),
-            readiness.clone(),
-            "ToolJetApps",
-        );
-        let (policies, mut policy_hub) = state::watch(
-            Api::<PromotionPolicy>::all(client.clone()),
-            any(),
-            readiness.clone(),
-            "PromotionPolicies",
-        );
-        let (approvals, mut approval_hub) = state::watch(
-            Api::<Approval>::all(client.clone()),
-            any(),
-            readiness.clone(),
-            "Approvals",
-        );
+        let (apps, mut app_hub) = state::watch(client, any(), readiness.clone(), "ToolJetApps");
+        let (policies, mut policy_hub) =
+            state::watch(client, any(), readiness.clone(), "PromotionPolicies");
+        let (approvals, mut approval_hub) =
+            state::watch(client, any(), readiness.clone(), "Approvals");
         let lookups = Lookups::new(
             (&configs, &mut config_hub),
             (&versions, &mut version_hub),
@@ -298,6 +283,10 @@ async fn return_freed_memory() -> (&'static str, Result<()>) {
     }
 }
 
+/// The readiness name of the metadata watch of Secrets (not the operator's own): a restarted
+/// operator finds unchanged configurations current from their versions without reading them.
+const REFERENCED_SECRETS: &str = "Secret versions";
+
 /// The four controllers, wired to the caches' changes, and the watches that feed them. When
 /// this replica becomes the leader, everything is reconciled once.
 fn run_controllers(
@@ -308,13 +297,21 @@ fn run_controllers(
     ctx: Arc<Context>,
     leadership: &Arc<Leadership>,
 ) {
-    // Metadata only, and not the operator's own Secrets: enough to notice a rotation.
+    // Metadata only (never a value), and not the operator's own Secrets: enough to notice a
+    // rotation. Their resourceVersions go to `refs` before any reconcile sees the event.
+    let (refs, readiness) = (ctx.refs.clone(), caches.readiness.clone());
     let referenced = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
     )
     .default_backoff()
     .modify(state::strip)
+    .inspect_ok(move |event| {
+        refs.saw(event);
+        if let watcher::Event::InitDone = event {
+            readiness.listed(REFERENCED_SECRETS);
+        }
+    })
     .touched_objects();
     let envconfigs = envconfig::controller(
         settings,

@@ -16,7 +16,7 @@ use std::{
 
 use futures::{Stream, StreamExt, TryStreamExt, channel::mpsc, stream::BoxStream};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     api::{AppVersion, Approval, EnvironmentConfig, PromotionPolicy, ToolJetApp},
+    lean::{Lean, Parts},
     managed::ManagedSecret,
     materialize::{HashKey, Materialized, merge_layers, secret_name},
 };
@@ -217,49 +218,43 @@ where
     }
 }
 
-/// One watch and one cache of `api`. The first complete list marks `name` ready. Subscribe to
-/// the hub, then run it.
+/// One watch and one cache of every `K` the client may list. The first complete list marks
+/// `name` ready. Subscribe to the hub, then run it.
 pub fn watch<K>(
-    api: Api<K>,
+    client: &Client,
     config: watcher::Config,
     readiness: Arc<Readiness>,
     name: &'static str,
 ) -> (Store<K>, Hub<K>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Parts<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    watch_projected(api, config, readiness, name, |_| {})
+    watch_projected(client, config, readiness, name, |_| {})
 }
 
-/// [`watch`], caching each object as `project` leaves it (after [`strip`]): only what the
-/// controllers and the webhook read from the cache.
+/// [`watch`], caching each object as `project` leaves it (read without `managedFields`, see
+/// [`Lean`], and then [`strip`]ped): only what the controllers and the webhook read from the cache.
 pub fn watch_projected<K>(
-    api: Api<K>,
+    client: &Client,
     config: watcher::Config,
     readiness: Arc<Readiness>,
     name: &'static str,
     project: fn(&mut K),
 ) -> (Store<K>, Hub<K>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Parts<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    watch_as(api, config, readiness, name, move |mut o: K| {
-        strip(&mut o);
-        project(&mut o);
-        o
-    })
+    watch_as(
+        Api::<Lean<K>>::all(client.clone()),
+        config,
+        readiness,
+        name,
+        move |Lean(mut o)| {
+            strip(&mut o);
+            project(&mut o);
+            o
+        },
+    )
 }
 
 /// One watch of `api`, caching each object as `convert` makes it: a type that holds only what
@@ -335,7 +330,12 @@ fn hash64<T: Hash + ?Sized>(value: &T) -> u64 {
 /// kept beside the caches (change filters, own-write records). Where two objects could share one
 /// (a 64-bit collision), those records only ever let an extra event through.
 fn object_hash<K: Resource>(obj: &K) -> u64 {
-    hash64(&(obj.meta().namespace.as_deref(), obj.meta().name.as_deref()))
+    name_hash(obj.meta().namespace.as_deref(), obj.meta().name.as_deref())
+}
+
+/// [`object_hash`] of the object `namespace`/`name`.
+pub fn name_hash(namespace: Option<&str>, name: Option<&str>) -> u64 {
+    hash64(&(namespace, name))
 }
 
 /// The objects of one kind by a key derived from each (an object may have several keys), kept in

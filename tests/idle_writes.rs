@@ -1,7 +1,9 @@
 //! A restart of the operator on a converged namespace with 100 EnvironmentConfigs writes nothing:
 //! in particular the restarted operator hashes with the same installation key (read from its
-//! Secret, not generated anew), so no content hash changes. Its own test binary, so its control
-//! plane sees no other writer while it counts.
+//! Secret, not generated anew), so no content hash changes. Nor does it read a referenced Secret:
+//! each materialised Secret proves what it was made from (`tooljet.io/inputs`). What changed while
+//! it was down (an edited Secret, a rotation) is still found and acted on. Its own test binary,
+//! so its control plane sees no other writer while it counts.
 
 mod support;
 
@@ -147,7 +149,9 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
         before >= 2 * CONFIGS as u64,
         "the write counter works: {before} writes so far"
     );
-    let second = support::Operator::start("restart");
+    let health = format!("127.0.0.1:{}", support::free_port());
+    let mut second =
+        support::Operator::start_with("restart", &["--no-webhook", "--health-addr", &health]);
     // Every config is reconciled once after the restart (the debug line is per reconcile).
     support::eventually(
         Duration::from_secs(120),
@@ -173,5 +177,57 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
         hashes(configs.list(&ListParams::default()).await.unwrap()),
         hashes_before,
         "the content hashes are stable across a restart"
+    );
+    assert_eq!(
+        support::faults::counter(&health, "tooljet_operator_referenced_secret_reads_total").await,
+        0,
+        "the restarted operator read referenced Secrets although none changed"
+    );
+    second.stop();
+
+    // While it is down: someone edits app-0's materialised Secret (keeping every annotation), and
+    // creds-1 is rotated.
+    let materialised = |i: usize| format!("tooljet.production.app-{i}");
+    let before_edit = secrets.get(&materialised(0)).await.unwrap();
+    let planted = json!({ "data": { "TOOLJET_GLOBAL_CONSTANTS__production__N": "cGxhbnRlZA==" } });
+    secrets
+        .patch(
+            &materialised(0),
+            &PatchParams::default(),
+            &Patch::Merge(&planted),
+        )
+        .await
+        .unwrap();
+    let rotated = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "creds-1" }, "stringData": { "token": "rotated-while-down" } });
+    secrets
+        .patch("creds-1", &apply, &Patch::Apply(&rotated))
+        .await
+        .unwrap();
+
+    let health = format!("127.0.0.1:{}", support::free_port());
+    let _third =
+        support::Operator::start_with("after-edits", &["--no-webhook", "--health-addr", &health]);
+    let secrets_for_wait = secrets.clone();
+    support::eventually(
+        Duration::from_secs(60),
+        "the edit is reverted and the rotation materialised",
+        || {
+            let secrets = secrets_for_wait.clone();
+            let (edited, rotated) = (materialised(0), materialised(1));
+            let original = before_edit.data.clone();
+            async move {
+                let restored = secrets.get(&edited).await.ok()?.data == original;
+                let datasources = secrets.get(&rotated).await.ok()?.data?;
+                let document = &datasources.get("datasources.json")?.0;
+                let picked_up = String::from_utf8_lossy(document).contains("rotated-while-down");
+                (restored && picked_up).then_some(())
+            }
+        },
+    )
+    .await;
+    // Exactly the Secrets of the two configs whose inputs changed were read, once each.
+    assert_eq!(
+        support::faults::counter(&health, "tooljet_operator_referenced_secret_reads_total").await,
+        2
     );
 }

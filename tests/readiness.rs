@@ -34,6 +34,7 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
         "tooljet_operator_reconcile_duration_seconds",
         "tooljet_operator_writes_total",
         "tooljet_operator_materializations_total",
+        "tooljet_operator_referenced_secret_reads_total",
         "tooljet_operator_promotions_total",
         "tooljet_operator_releases_total",
         "tooljet_operator_admission_requests_total",

@@ -43,6 +43,10 @@ pub const ENVIRONMENT_LABEL: &str = "tooljet.io/environment";
 pub const APP_LABEL: &str = "tooljet.io/app";
 /// Annotation with the content hash of a managed Secret.
 pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
+/// Annotation of a stage configuration's Secret: what it was made from (the config's UID and
+/// generation, each referenced Secret's resourceVersion, [`crate::materialize::FORMAT`]), bound to
+/// its content by an HMAC with the installation's key. See [`crate::managed::inputs_annotation`].
+pub const INPUTS_ANNOTATION: &str = "tooljet.io/inputs";
 /// `tooljet.io/kind` of a stage configuration's Secret (an EnvironmentConfig's).
 pub const STAGE_SECRET_KIND: &str = "environment-config";
 /// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):

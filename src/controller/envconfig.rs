@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use super::Cached;
 use crate::state::{Echoes, Lookups};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
@@ -30,12 +29,15 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition, conditions,
     new_failure, publish,
-    secrets::{Change, Synced, controlled_by, managed_secret, sync},
+    secrets::{Change, Synced, app_label_value, controlled_by, managed_secret, sync},
     set_condition,
 };
 use crate::{
-    api::{EnvironmentConfig, EnvironmentConfigStatus},
-    managed::ManagedSecret,
+    api::{
+        APP_LABEL, ENVIRONMENT_LABEL, EnvironmentConfig, EnvironmentConfigStatus,
+        INPUTS_ANNOTATION, KIND_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    },
+    managed::{Inputs, ManagedSecret, inputs_annotation},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -71,10 +73,10 @@ pub fn controller(
             }
             configs_for_managed_secret(&for_managed, &secret)
         })
+        // Their latest resourceVersions are in `refs` already ([`RefIndex::saw`]).
         .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
             let name = secret.name_any();
-            refs.observed(&ns, &name, secret.resource_version());
             let mut found: Vec<_> = refs
                 .referrers(&ns, &name)
                 .into_iter()
@@ -169,6 +171,9 @@ fn siblings(lookups: &Lookups, cfg: &EnvironmentConfig) -> Vec<Arc<EnvironmentCo
 /// What a reconcile found.
 #[derive(Debug)]
 enum Outcome {
+    /// The Secret and the status already hold what materialising would make (see [`current`]):
+    /// nothing was read or written.
+    Current,
     Materialized {
         materialized: Materialized,
         secret: String,
@@ -197,7 +202,7 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
     report(&cfg, &ctx, &outcome).await?;
     Ok(match outcome {
         // Converged: the next change of the config, its Secrets or its siblings wakes it.
-        Outcome::Materialized { .. } => Action::await_change(),
+        Outcome::Materialized { .. } | Outcome::Current => Action::await_change(),
         // Waiting states that events end; the recheck is a safety net for a missed event.
         Outcome::Conflict(_) | Outcome::SecretTaken(_) | Outcome::Unresolved(_) => {
             Action::requeue(RECHECK)
@@ -218,32 +223,44 @@ async fn outcome(
         ));
     }
 
+    let target = secret_name(cfg.spec.app.as_deref(), &cfg.spec.environment);
+    if current(cfg, ctx, ns, &target, &referenced) {
+        debug!(secret = %target, "materialised Secret is up to date (its inputs are unchanged)");
+        return Ok(Outcome::Current);
+    }
+
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut data = SecretData::new();
-    for name in referenced {
+    // The resourceVersion of each Secret whose data is used; `None` once one is not known.
+    let mut versions = Some(Vec::with_capacity(referenced.len()));
+    for name in &referenced {
         // Read from the API only what changed since it was last read.
-        let values = match ctx.refs.cached(ns, &name) {
-            Cached::Fresh(values) => Some(values),
-            Cached::Stale => {
+        let found = match ctx.refs.cached(ns, name) {
+            Some((version, values)) => Some((Some(version), values)),
+            None => {
+                ctx.metrics.secret_reads.inc();
                 let found = secrets
-                    .get_opt(&name)
+                    .get_opt(name)
                     .await
                     .at(Step::ReadReferencedSecret)?
                     .map(|secret| {
-                        let rv = secret.resource_version().unwrap_or_default();
                         let values = secret
                             .data
                             .unwrap_or_default()
                             .into_iter()
                             .map(|(k, v)| (k, v.0))
                             .collect();
-                        (rv, values)
+                        (secret.metadata.resource_version, values)
                     });
-                ctx.refs.read(ns, &name, found)
+                ctx.refs.read(ns, name, found)
             }
         };
-        if let Some(values) = values {
-            data.insert(name, (*values).clone());
+        if let Some((version, values)) = found {
+            versions = versions.zip(version).map(|(mut all, v)| {
+                all.push((name.as_str(), v));
+                all
+            });
+            data.insert(name.clone(), (*values).clone());
         }
     }
     let materialized = match materialize(&ctx.hash_key, &cfg.spec.environment, &[&cfg.spec], &data)
@@ -252,8 +269,7 @@ async fn outcome(
         Err(problems) => return Ok(Outcome::Unresolved(problems)),
     };
 
-    let target = secret_name(cfg.spec.app.as_deref(), &cfg.spec.environment);
-    let desired = managed_secret(
+    let mut desired = managed_secret(
         cfg,
         &target,
         SECRET_KIND,
@@ -261,6 +277,23 @@ async fn outcome(
         cfg.spec.app.as_deref(),
         &materialized,
     );
+    // What it is made from, so that a restarted operator can tell it is current without reading
+    // the referenced Secrets again. Written with the content, never on its own (see `current`).
+    if let (Some(owner_uid), Some(generation), Some(versions)) = (
+        cfg.metadata.uid.as_deref(),
+        cfg.metadata.generation,
+        versions,
+    ) {
+        let inputs = Inputs {
+            owner_uid,
+            generation,
+            secrets: &versions,
+        };
+        let value = inputs_annotation(&ctx.hash_key, &desired, &inputs);
+        desired
+            .annotations_mut()
+            .insert(INPUTS_ANNOTATION.into(), value);
+    }
     let change = match sync(
         ctx,
         "environmentconfig",
@@ -294,6 +327,76 @@ async fn outcome(
         secret: target,
         change,
     })
+}
+
+/// Whether `cfg` is materialised and reported as it is now, known without reading a referenced
+/// Secret or materialising: its status reports the current generation ready in Secret `target`
+/// with the content hash that Secret carries; the Secret is `cfg`'s (controller ownerReference by
+/// UID, the labels the operator sets); and its inputs annotation proves (an HMAC with the
+/// installation's key over the data, the hash, the config's UID and generation and the
+/// referenced Secrets' resourceVersions) that it was made from this generation and the Secrets at
+/// the versions the watch reports now. A restarted operator so finds every unchanged config
+/// current without a read.
+///
+/// Anything else goes the full way: a rotation (another resourceVersion), an edit of the Secret
+/// (its data or hash no longer match the HMAC), a new generation, a Secret of unknown version.
+/// The annotation is written only with the content: when inputs change but the content does not
+/// (a rotation to the same values), the Secret is left as it is and the next check fails, at
+/// the cost of materialising once more, never of a write.
+fn current(
+    cfg: &EnvironmentConfig,
+    ctx: &Context,
+    ns: &str,
+    target: &str,
+    referenced: &std::collections::BTreeSet<String>,
+) -> bool {
+    let (Some(status), Some(owner_uid), Some(generation)) = (
+        cfg.status.as_ref(),
+        cfg.metadata.uid.as_deref(),
+        cfg.metadata.generation,
+    ) else {
+        return false;
+    };
+    let reported = status.observed_generation == Some(generation)
+        && status.secret_name.as_deref() == Some(target)
+        && status.conditions.iter().any(|c| {
+            c.type_ == conditions::READY
+                && c.status == "True"
+                && c.reason == conditions::MATERIALIZED
+        });
+    if !reported {
+        return false;
+    }
+    let Some(secret) = ctx.managed_secrets.get(&ObjectRef::new(target).within(ns)) else {
+        return false;
+    };
+    let owner = cfg.controller_owner_ref(&());
+    let app = cfg.spec.app.as_deref().map(app_label_value);
+    let ours = secret.hash().is_some()
+        && secret.hash() == status.hash.as_deref()
+        && secret.owner_references() == owner.as_slice()
+        && secret.label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE)
+        && secret.label(KIND_LABEL) == Some(SECRET_KIND)
+        && secret.label(ENVIRONMENT_LABEL) == Some(cfg.spec.environment.as_str())
+        && secret.label(APP_LABEL) == app.as_deref();
+    if !ours {
+        return false;
+    }
+    let Some(versions) = referenced
+        .iter()
+        .map(|name| Some((name.as_str(), ctx.refs.latest(ns, name)?)))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return false;
+    };
+    secret.made_from(
+        &ctx.hash_key,
+        &Inputs {
+            owner_uid,
+            generation,
+            secrets: &versions,
+        },
+    )
 }
 
 /// A Secret may be (re)written by `cfg` only when `cfg` is its controller, by UID. Not by the
@@ -336,6 +439,7 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
     let generation = cfg.metadata.generation;
     status.observed_generation = generation;
     let ready = match outcome {
+        Outcome::Current => return status,
         Outcome::Materialized {
             materialized,
             secret,
@@ -429,7 +533,7 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
             )
             .await;
         }
-        Outcome::Materialized { .. } => {}
+        Outcome::Materialized { .. } | Outcome::Current => {}
         _ => {
             if let Some(after) = failure {
                 warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");

@@ -24,7 +24,7 @@ use kube::{
 use serde::Serialize;
 use tracing::warn;
 
-pub use refs::{Cached, RefIndex};
+pub use refs::RefIndex;
 
 use crate::{
     leader::Leadership,

@@ -1,21 +1,32 @@
 //! An index from a referenced Secret to the objects that reference it, so a rotation re-triggers
-//! exactly those objects; and the data of referenced Secrets, keyed by resourceVersion, so a
-//! reconcile reads a Secret from the API only when it changed since it was last read.
+//! exactly those objects; the latest resourceVersion of every Secret the metadata watch lists; and
+//! the data of referenced Secrets, keyed by resourceVersion, so a reconcile reads a Secret from the
+//! API only when it changed since it was last read.
 //!
-//! Only Secrets that something references are tracked. The metadata watch of Secrets reports each
-//! one's latest resourceVersion ([`RefIndex::observed`]); cached data is used only while its
-//! resourceVersion is that latest one, so a rotation (or a read that raced one) is read again.
+//! Cached data is used only while its resourceVersion is the latest the watch reported, so a
+//! rotation (or a read that raced one) is read again. The latest versions also let a reconcile
+//! tell, without reading anything, that the Secrets a materialised Secret was made from are
+//! unchanged (see [`crate::managed::ManagedSecret::made_from`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::{api::PartialObjectMeta, runtime::watcher};
+
 /// `namespace/name` (neither may contain a `/`): one allocation per key.
 type Key = Box<str>;
 
 fn key(namespace: &str, name: &str) -> Key {
     format!("{namespace}/{name}").into_boxed_str()
+}
+
+/// A resourceVersion as a number. The apiserver's are etcd revisions, decimal; one that is not
+/// is never trusted (its Secret is read every time).
+pub fn version(resource_version: Option<&str>) -> Option<u64> {
+    resource_version?.parse().ok()
 }
 
 /// Referenced Secret (namespace, name) -> names of the referring objects in that namespace.
@@ -30,27 +41,19 @@ pub struct RefIndex {
 struct Inner {
     by_secret: HashMap<Key, Vec<Box<str>>>,
     by_referrer: HashMap<Key, Box<[Box<str>]>>,
-    /// Referenced Secret -> what is known of it.
-    secrets: HashMap<Key, Known>,
-}
-
-/// A referenced Secret's latest resourceVersion (from the watch) and the data last read.
-#[derive(Default)]
-struct Known {
-    latest: Option<String>,
-    read: Option<(String, Arc<SecretValues>)>,
+    /// Referenced Secret -> the data last read, and its resourceVersion.
+    data: HashMap<Key, (u64, Arc<SecretValues>)>,
+    /// Every listed Secret's latest resourceVersion, by a hash of (namespace, name): 16 bytes a
+    /// Secret. Two Secrets that share a hash share an entry; as no two writes share a
+    /// resourceVersion, that entry then matches neither one's recorded version, and both are
+    /// read again: a collision costs reads, never a stale value.
+    versions: HashMap<u64, u64>,
+    /// While the watch lists again: what it listed so far (then replaces `versions`).
+    relisting: Option<HashMap<u64, u64>>,
 }
 
 /// A Secret's data: key -> value.
 pub type SecretValues = BTreeMap<String, Vec<u8>>;
-
-/// A referenced Secret, as the cache knows it.
-pub enum Cached {
-    /// Read at the latest resourceVersion: use it.
-    Fresh(Arc<SecretValues>),
-    /// Not read, or changed since: read it.
-    Stale,
-}
 
 impl RefIndex {
     /// Records that `referrer` in `namespace` references exactly `secrets` now.
@@ -69,7 +72,7 @@ impl RefIndex {
                 if names.is_empty() {
                     // Nothing references it any more: forgotten, data included.
                     inner.by_secret.remove(&skey);
-                    inner.secrets.remove(&skey);
+                    inner.data.remove(&skey);
                 }
             }
         }
@@ -90,48 +93,80 @@ impl RefIndex {
         self.set(namespace, referrer, BTreeSet::new());
     }
 
-    /// The watch saw Secret `name` at `resource_version` (or deleted: a new resourceVersion
-    /// too). Tracked only while something references it.
-    pub fn observed(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+    /// What the metadata watch of Secrets reported: their latest resourceVersions. A relist
+    /// replaces them all when it completes (Secrets deleted while the watch was down go).
+    pub fn saw(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
         let mut inner = self.inner.lock().expect("ref index lock");
-        let key = key(namespace, name);
-        if !inner.by_secret.contains_key(&key) {
-            return;
+        let entry = |s: &PartialObjectMeta<Secret>| {
+            let meta = &s.metadata;
+            let at = crate::state::name_hash(meta.namespace.as_deref(), meta.name.as_deref());
+            (at, version(meta.resource_version.as_deref()))
+        };
+        match event {
+            watcher::Event::Init => inner.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(s) => {
+                if let (at, Some(v)) = entry(s) {
+                    inner.relisting.get_or_insert_default().insert(at, v);
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = inner.relisting.take().unwrap_or_default();
+                inner.versions = listed;
+                inner.versions.shrink_to_fit();
+            }
+            watcher::Event::Apply(s) => match entry(s) {
+                (at, Some(v)) => {
+                    inner.versions.insert(at, v);
+                }
+                (at, None) => {
+                    inner.versions.remove(&at);
+                }
+            },
+            watcher::Event::Delete(s) => {
+                inner.versions.remove(&entry(s).0);
+            }
         }
-        inner.secrets.entry(key).or_default().latest = resource_version;
     }
 
-    /// The data of Secret `name`, if it was read at its latest resourceVersion.
-    pub fn cached(&self, namespace: &str, name: &str) -> Cached {
+    /// The latest resourceVersion the watch reported for Secret `name`.
+    pub fn latest(&self, namespace: &str, name: &str) -> Option<u64> {
+        let at = crate::state::name_hash(Some(namespace), Some(name));
+        self.inner
+            .lock()
+            .expect("ref index lock")
+            .versions
+            .get(&at)
+            .copied()
+    }
+
+    /// The data of Secret `name` and its resourceVersion, if it was read at the latest one.
+    pub fn cached(&self, namespace: &str, name: &str) -> Option<(u64, Arc<SecretValues>)> {
+        let latest = self.latest(namespace, name)?;
         let inner = self.inner.lock().expect("ref index lock");
-        match inner.secrets.get(&key(namespace, name)) {
-            Some(Known {
-                latest: Some(latest),
-                read: Some((rv, data)),
-            }) if latest == rv => Cached::Fresh(data.clone()),
-            _ => Cached::Stale,
+        match inner.data.get(&key(namespace, name)) {
+            Some((read, data)) if *read == latest => Some((latest, data.clone())),
+            _ => None,
         }
     }
 
-    /// Records what a read of Secret `name` returned (`None`: it does not exist).
+    /// Records what a read of Secret `name` returned (`None`: it does not exist); returns its
+    /// resourceVersion (`None` when it is not a number) and data. Kept while it is referenced.
     pub fn read(
         &self,
         namespace: &str,
         name: &str,
-        found: Option<(String, SecretValues)>,
-    ) -> Option<Arc<SecretValues>> {
+        found: Option<(Option<String>, SecretValues)>,
+    ) -> Option<(Option<u64>, Arc<SecretValues>)> {
+        let (rv, data) = found?;
+        let (rv, data) = (version(rv.as_deref()), Arc::new(data));
         let mut inner = self.inner.lock().expect("ref index lock");
         let key = key(namespace, name);
-        let data = found.map(|(rv, data)| (rv, Arc::new(data)));
-        let result = data.as_ref().map(|(_, d)| d.clone());
-        if inner.by_secret.contains_key(&key) {
-            let known = inner.secrets.entry(key).or_default();
-            if known.latest.is_none() {
-                known.latest = data.as_ref().map(|(rv, _)| rv.clone());
-            }
-            known.read = data;
+        if let Some(rv) = rv
+            && inner.by_secret.contains_key(&key)
+        {
+            inner.data.insert(key, (rv, data.clone()));
         }
-        result
+        Some((rv, data))
     }
 
     /// The referrers of a Secret.
@@ -168,33 +203,79 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    fn secret(name: &str, rv: &str) -> PartialObjectMeta<Secret> {
+        let mut s = PartialObjectMeta::<Secret>::default();
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.name = Some(name.into());
+        s.metadata.resource_version = Some(rv.into());
+        s
+    }
+
+    fn listed(idx: &RefIndex, secrets: &[(&str, &str)]) {
+        idx.saw(&watcher::Event::Init);
+        for (name, rv) in secrets {
+            idx.saw(&watcher::Event::InitApply(secret(name, rv)));
+        }
+        idx.saw(&watcher::Event::InitDone);
+    }
+
+    fn fresh_at(idx: &RefIndex, name: &str) -> Option<u64> {
+        idx.cached("ns", name).map(|(rv, _)| rv)
+    }
+
     #[test]
     fn data_is_used_only_at_the_latest_resource_version() {
         let idx = RefIndex::default();
         let data = || SecretValues::from([("k".to_string(), b"v".to_vec())]);
-        // Not referenced: not tracked.
-        idx.observed("ns", "creds", Some("1".into()));
-        idx.read("ns", "creds", Some(("1".into(), data())));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        listed(&idx, &[("creds", "1")]);
+        // Not referenced: its data is not kept.
+        idx.read("ns", "creds", Some((Some("1".into()), data())));
+        assert_eq!(fresh_at(&idx, "creds"), None);
 
         idx.set("ns", "cfg", set(&["creds"]));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
-        idx.read("ns", "creds", Some(("1".into(), data())));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
-        idx.observed("ns", "creds", Some("1".into()));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
+        assert_eq!(fresh_at(&idx, "creds"), None);
+        let read = idx.read("ns", "creds", Some((Some("1".into()), data())));
+        assert_eq!(read.map(|(rv, _)| rv), Some(Some(1)));
+        assert_eq!(fresh_at(&idx, "creds"), Some(1));
         // Rotated: read again.
-        idx.observed("ns", "creds", Some("2".into()));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
+        idx.saw(&watcher::Event::Apply(secret("creds", "2")));
+        assert_eq!(fresh_at(&idx, "creds"), None);
         // A read that raced the rotation (older data) is not trusted either.
-        idx.read("ns", "creds", Some(("1".into(), data())));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
-        idx.read("ns", "creds", Some(("2".into(), data())));
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Fresh(_)));
-        // No longer referenced: forgotten.
+        idx.read("ns", "creds", Some((Some("1".into()), data())));
+        assert_eq!(fresh_at(&idx, "creds"), None);
+        idx.read("ns", "creds", Some((Some("2".into()), data())));
+        assert_eq!(fresh_at(&idx, "creds"), Some(2));
+        // A resourceVersion that is not a number is never trusted.
+        idx.saw(&watcher::Event::Apply(secret("creds", "x")));
+        assert_eq!(idx.latest("ns", "creds"), None);
+        assert_eq!(fresh_at(&idx, "creds"), None);
+        // No longer referenced: its data is forgotten.
+        idx.saw(&watcher::Event::Apply(secret("creds", "3")));
+        idx.read("ns", "creds", Some((Some("3".into()), data())));
         idx.remove("ns", "cfg");
-        assert!(matches!(idx.cached("ns", "creds"), Cached::Stale));
-        assert!(idx.inner.lock().unwrap().secrets.is_empty());
+        assert_eq!(fresh_at(&idx, "creds"), None);
+        assert!(idx.inner.lock().unwrap().data.is_empty());
+    }
+
+    #[test]
+    fn latest_versions_follow_the_watch_and_a_relist_replaces_them() {
+        let idx = RefIndex::default();
+        assert_eq!(idx.latest("ns", "a"), None);
+        listed(&idx, &[("a", "10"), ("b", "11")]);
+        assert_eq!(idx.latest("ns", "a"), Some(10));
+        assert_eq!(idx.latest("other", "a"), None);
+        idx.saw(&watcher::Event::Apply(secret("a", "12")));
+        assert_eq!(idx.latest("ns", "a"), Some(12));
+        idx.saw(&watcher::Event::Delete(secret("b", "13")));
+        assert_eq!(idx.latest("ns", "b"), None);
+        // While relisting, the last complete list answers; then the new list alone.
+        idx.saw(&watcher::Event::Init);
+        idx.saw(&watcher::Event::InitApply(secret("c", "14")));
+        assert_eq!(idx.latest("ns", "a"), Some(12));
+        assert_eq!(idx.latest("ns", "c"), None);
+        idx.saw(&watcher::Event::InitDone);
+        assert_eq!(idx.latest("ns", "a"), None);
+        assert_eq!(idx.latest("ns", "c"), Some(14));
     }
 
     #[test]

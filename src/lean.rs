@@ -1,0 +1,231 @@
+//! Objects read from a watch without their `managedFields`.
+//!
+//! Server-side apply records, per field manager, every field it owns as a free-form JSON tree
+//! (`metadata.managedFields[].fieldsV1`). The operator never reads it, and it is most of the JSON
+//! of an object whose spec and status have many list entries. k8s-openapi's `ObjectMeta` parses it
+//! into `serde_json::Value` trees that [`crate::state::strip`] then drops: at N=1000 a restarted
+//! operator spent about 5% of its start-up CPU allocating and freeing them (perf, see
+//! docs/benchmarks.md). [`Lean`] reads an object through a mirror of `ObjectMeta` that has no such
+//! field, so the parser skips it without allocating anything.
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
+};
+use kube::Resource;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+use crate::{
+    api::{
+        AppVersion, AppVersionSpec, AppVersionStatus, Approval, ApprovalSpec, EnvironmentConfig,
+        EnvironmentConfigSpec, EnvironmentConfigStatus, PromotionPolicy, PromotionPolicySpec,
+        PromotionPolicyStatus, ToolJetApp, ToolJetAppSpec, ToolJetAppStatus,
+    },
+    managed::ManagedSecret,
+};
+
+/// `ObjectMeta` as the API serves it, less `managedFields` (an unknown field here, skipped).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    finalizers: Option<Vec<String>>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    name: Option<String>,
+    namespace: Option<String>,
+    owner_references: Option<Vec<OwnerReference>>,
+    resource_version: Option<String>,
+    self_link: Option<String>,
+    uid: Option<String>,
+}
+
+impl From<Meta> for ObjectMeta {
+    fn from(m: Meta) -> ObjectMeta {
+        ObjectMeta {
+            annotations: m.annotations,
+            creation_timestamp: m.creation_timestamp,
+            deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+            deletion_timestamp: m.deletion_timestamp,
+            finalizers: m.finalizers,
+            generate_name: m.generate_name,
+            generation: m.generation,
+            labels: m.labels,
+            managed_fields: None,
+            name: m.name,
+            namespace: m.namespace,
+            owner_references: m.owner_references,
+            resource_version: m.resource_version,
+            self_link: m.self_link,
+            uid: m.uid,
+        }
+    }
+}
+
+/// A kind that can be put together from a lean reading of its JSON object.
+pub trait Parts: Resource + Sized {
+    /// The object's top-level fields that the operator reads, `metadata` as [`Meta`]
+    /// (`apiVersion` and `kind` are known from the type and skipped).
+    type Lean: DeserializeOwned;
+    fn assemble(lean: Self::Lean) -> Self;
+}
+
+/// `K`, deserialised without `managedFields` (for a watch: `Api<Lean<K>>`).
+#[derive(Clone, Debug)]
+pub struct Lean<K>(pub K);
+
+impl<'de, K: Parts> Deserialize<'de> for Lean<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::Lean::deserialize(deserializer).map(|lean| Lean(K::assemble(lean)))
+    }
+}
+
+impl<K: Resource> Resource for Lean<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.0.meta_mut()
+    }
+}
+
+/// A custom resource with a status.
+#[derive(Deserialize)]
+pub struct WithStatus<S, T> {
+    #[serde(default)]
+    metadata: Meta,
+    spec: S,
+    status: Option<T>,
+}
+
+macro_rules! with_status {
+    ($($kind:ty: $spec:ty, $status:ty;)*) => {$(
+        impl Parts for $kind {
+            type Lean = WithStatus<$spec, $status>;
+            fn assemble(lean: Self::Lean) -> Self {
+                Self { metadata: lean.metadata.into(), spec: lean.spec, status: lean.status }
+            }
+        }
+    )*};
+}
+
+with_status! {
+    EnvironmentConfig: EnvironmentConfigSpec, EnvironmentConfigStatus;
+    AppVersion: AppVersionSpec, AppVersionStatus;
+    ToolJetApp: ToolJetAppSpec, ToolJetAppStatus;
+    PromotionPolicy: PromotionPolicySpec, PromotionPolicyStatus;
+}
+
+/// A custom resource without status.
+#[derive(Deserialize)]
+pub struct SpecOnly<S> {
+    #[serde(default)]
+    metadata: Meta,
+    spec: S,
+}
+
+impl Parts for Approval {
+    type Lean = SpecOnly<ApprovalSpec>;
+    fn assemble(lean: Self::Lean) -> Self {
+        Approval {
+            metadata: lean.metadata.into(),
+            spec: lean.spec,
+        }
+    }
+}
+
+/// What a [`ManagedSecret`] is made of: metadata and data.
+#[derive(Deserialize)]
+pub struct SecretParts {
+    #[serde(default)]
+    metadata: Meta,
+    data: Option<BTreeMap<String, ByteString>>,
+}
+
+impl Parts for ManagedSecret {
+    type Lean = SecretParts;
+    fn assemble(lean: Self::Lean) -> Self {
+        ManagedSecret::from(Secret {
+            metadata: lean.metadata.into(),
+            data: lean.data,
+            ..Secret::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn managed_fields() -> serde_json::Value {
+        json!([{ "manager": "kubectl", "operation": "Apply", "apiVersion": "tooljet.io/v1alpha1",
+                 "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": { "f:environment": {} } } }])
+    }
+
+    #[test]
+    fn reads_every_field_but_managed_fields() {
+        let object = json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
+            "metadata": {
+                "name": "crm-staging", "namespace": "team", "uid": "u-1", "resourceVersion": "42",
+                "generation": 3, "labels": { "a": "b" }, "annotations": { "c": "d" },
+                "finalizers": ["f"], "creationTimestamp": "2026-01-02T03:04:05Z",
+                "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "u-0" }],
+                "managedFields": managed_fields(),
+            },
+            "spec": { "environment": "staging", "app": "crm" },
+            "status": { "observedGeneration": 3 },
+        });
+        let full: EnvironmentConfig = serde_json::from_value(object.clone()).unwrap();
+        let Lean(lean) = serde_json::from_value::<Lean<EnvironmentConfig>>(object).unwrap();
+        assert!(full.metadata.managed_fields.is_some());
+        assert_eq!(lean.metadata.managed_fields, None);
+        let mut expected = full;
+        expected.metadata.managed_fields = None;
+        assert_eq!(
+            serde_json::to_value(&lean).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+        assert_eq!(lean.metadata.owner_references.unwrap()[0].uid, "u-0");
+    }
+
+    #[test]
+    fn an_object_without_status_or_data_reads() {
+        let Lean(version) = serde_json::from_value::<Lean<AppVersion>>(json!({
+            "metadata": { "name": "v1", "managedFields": managed_fields() },
+            "spec": { "app": "crm", "versionName": "v1", "environment": "development" },
+        }))
+        .unwrap();
+        assert_eq!(version.status, None);
+        assert_eq!(version.spec.version_name, "v1");
+
+        let Lean(secret) = serde_json::from_value::<Lean<ManagedSecret>>(json!({
+            "metadata": { "name": "s", "namespace": "team", "managedFields": managed_fields() },
+        }))
+        .unwrap();
+        assert_eq!(kube::ResourceExt::name_any(&secret), "s");
+    }
+}
