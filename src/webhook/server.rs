@@ -371,11 +371,49 @@ async fn review_app(
         .grants(state, rules::needed_for_app(old, new, &r.user))
         .await?;
     if let Some(new) = new
-        && rules::release(old, new).is_some()
+        && let Some(version) = rules::release(old, new)
     {
+        if let Some(app) = facts.app.as_mut() {
+            released_as_stored(state, ns, new, version, app).await?;
+        }
         facts.gate = gate_facts(state, new, new.last_stage(), None);
     }
     Ok(rules::review_app(op, old, new, &r.user, &facts))
+}
+
+/// The released version as the API stores it, when the cache does not show it in the app's last
+/// stage: a version promoted a moment ago may not have reached the cache yet, and a release is
+/// not refused on a view older than the request. A version the API does not have either, or that
+/// belongs to another app, is left out (the rules then refuse the release). One read, on that
+/// path only.
+async fn released_as_stored(
+    state: &WebhookState,
+    ns: &str,
+    app: &ToolJetApp,
+    version: &str,
+    fact: &mut rules::AppFact,
+) -> Result<(), String> {
+    let last = app.last_stage();
+    if fact
+        .versions
+        .iter()
+        .any(|v| v.name == version && v.environment == last)
+    {
+        return Ok(());
+    }
+    let stored = Api::<AppVersion>::namespaced(state.client.clone(), ns)
+        .get_opt(version)
+        .await
+        .map_err(|e| format!("could not read AppVersion {version} to check the release: {e}"))?;
+    fact.versions.retain(|v| v.name != version);
+    if let Some(v) = stored.filter(|v| v.spec.app == app.name_any()) {
+        fact.versions.push(VersionFact {
+            name: v.name_any(),
+            version_name: v.spec.version_name,
+            environment: v.spec.environment,
+        });
+    }
+    Ok(())
 }
 
 async fn review_config(
