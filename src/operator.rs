@@ -264,25 +264,6 @@ async fn serve_health(
     Ok(())
 }
 
-/// How often memory the allocator holds free is handed back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(30);
-
-/// Hands memory that bursts of work (a relist, reconciling everything after a restart or on
-/// becoming leader) left free inside the heap back to the system, every [`TRIM_EVERY`]. glibc's
-/// allocator returns only the top of its heap on its own; what is free below live allocations
-/// stays resident until `malloc_trim`. Measured at N=1000: a restarted operator went from 78.6
-/// to 63.7 MiB resident at its first trim (docs/benchmarks.md). Runs until the process ends.
-async fn return_freed_memory() -> (&'static str, Result<()>) {
-    loop {
-        tokio::time::sleep(TRIM_EVERY).await;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: `malloc_trim` only releases free memory; it is thread-safe in glibc.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-}
-
 /// The readiness name of the metadata watch of Secrets (not the operator's own): a restarted
 /// operator finds unchanged configurations current from their versions without reading them.
 const REFERENCED_SECRETS: &str = "Secret versions";
@@ -363,7 +344,6 @@ fn run_controllers(
         approval_hub,
         ..
     } = caches;
-    tasks.spawn(return_freed_memory());
     tasks.spawn(hub("watch of managed Secrets", managed_hub.run()));
     tasks.spawn(hub("watch of EnvironmentConfigs", config_hub.run()));
     tasks.spawn(hub("watch of AppVersions", version_hub.run()));
