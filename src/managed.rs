@@ -80,10 +80,11 @@ impl From<Secret> for ManagedSecret {
     }
 }
 
-/// Read from a Secret's JSON (as it is converted from a Secret).
+/// Read from a Secret's JSON, as [`crate::lean::Lean`] reads it (kube's `watches_shared_stream`
+/// asks every watched type for `Deserialize`).
 impl<'de> serde::Deserialize<'de> for ManagedSecret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Secret::deserialize(deserializer).map(ManagedSecret::from)
+        crate::lean::Lean::<ManagedSecret>::deserialize(deserializer).map(|lean| lean.0)
     }
 }
 
@@ -108,17 +109,26 @@ impl ManagedSecret {
     /// Whether it holds exactly `desired`'s data, labels (the operator's; others may be added),
     /// content hash and ownerReferences.
     pub fn holds(&self, desired: &Secret) -> bool {
-        self.digest == digest(desired.data.as_ref())
-            && desired
-                .labels()
-                .iter()
-                .all(|(k, v)| self.label(k) == Some(v.as_str()))
+        self.digest == digest(desired.data.as_ref()) && self.carries(&desired.metadata)
+    }
+
+    /// Whether it carries `desired`'s labels (the operator's; others may be added), content-hash
+    /// annotation and ownerReferences, whatever its data.
+    pub fn carries(&self, desired: &ObjectMeta) -> bool {
+        let empty = BTreeMap::new();
+        desired
+            .labels
+            .as_ref()
+            .unwrap_or(&empty)
+            .iter()
+            .all(|(k, v)| self.label(k) == Some(v.as_str()))
             && self.hash()
                 == desired
-                    .annotations()
-                    .get(HASH_ANNOTATION)
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(HASH_ANNOTATION))
                     .map(String::as_str)
-            && self.owner_references() == desired.owner_references()
+            && self.owner_references() == desired.owner_references.as_deref().unwrap_or_default()
     }
 
     /// Whether this Secret, as it is (data and content hash), was made from `inputs`: its inputs
@@ -171,7 +181,7 @@ pub struct Inputs<'a> {
     pub owner_uid: &'a str,
     pub generation: i64,
     /// Every Secret it references, by name, at the resourceVersion whose data was used.
-    pub secrets: &'a [(&'a str, u64)],
+    pub secrets: Vec<(&'a str, u64)>,
 }
 
 /// The value of [`INPUTS_ANNOTATION`] for `secret` (its data and content-hash annotation as
@@ -208,7 +218,7 @@ fn inputs_mac(key: &HashKey, digest: &[u8; 32], hash: Option<&str>, inputs: &Inp
         parts.push(name.as_bytes());
         parts.push(version);
     }
-    key.mac(&parts)
+    key.mac(parts)
 }
 
 fn unhex(text: &str) -> Option<[u8; 32]> {
@@ -371,10 +381,10 @@ mod tests {
     fn the_inputs_annotation_holds_only_for_the_same_inputs_content_and_key() {
         let key = HashKey::new(&[3; HashKey::LEN]).unwrap();
         let secrets = [("creds", 41), ("stripe", 7)];
-        let inputs = |uid, generation, secrets| Inputs {
+        let inputs = |uid, generation, secrets: &[(&'static str, u64)]| Inputs {
             owner_uid: uid,
             generation,
-            secrets,
+            secrets: secrets.to_vec(),
         };
         let mut written = secret(LAYER_KIND);
         let value = inputs_annotation(&key, &written, &inputs("cfg-uid", 3, &secrets));

@@ -57,7 +57,7 @@ impl HashKey {
     }
 
     /// HMAC-SHA256 over `parts`, each length-prefixed so no two lists collide.
-    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+    pub fn mac<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
         let mut h = self.mac.clone();
         for part in parts {
             h.update(&(part.len() as u64).to_be_bytes());
@@ -448,14 +448,7 @@ fn scan_expressions(text: &str, constants: &mut BTreeSet<String>, secrets: &mut 
 /// HMAC-SHA256 (hex) with `key` over the keys and values, each length-prefixed so no two maps
 /// collide. Keyed so that a hash users can read does not let them test guesses of a value.
 pub fn hash(key: &HashKey, data: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = key.mac.clone();
-    for (k, v) in data {
-        h.update(&(k.len() as u64).to_be_bytes());
-        h.update(k.as_bytes());
-        h.update(&(v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
-    hex(&h.finalize().into_bytes())
+    hex(&key.mac(data.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()])))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

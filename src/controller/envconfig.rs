@@ -29,14 +29,11 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition, conditions,
     new_failure, publish,
-    secrets::{Change, Synced, app_label_value, controlled_by, managed_secret, sync},
+    secrets::{Change, Synced, controlled_by, managed_metadata, managed_secret, sync},
     set_condition,
 };
 use crate::{
-    api::{
-        APP_LABEL, ENVIRONMENT_LABEL, EnvironmentConfig, EnvironmentConfigStatus,
-        INPUTS_ANNOTATION, KIND_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    },
+    api::{EnvironmentConfig, EnvironmentConfigStatus, INPUTS_ANNOTATION},
     managed::{Inputs, ManagedSecret, inputs_annotation},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
@@ -231,8 +228,8 @@ async fn outcome(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut data = SecretData::new();
-    // The resourceVersion of each Secret whose data is used; `None` once one is not known.
-    let mut versions = Some(Vec::with_capacity(referenced.len()));
+    // The resourceVersion of each Secret whose data is used.
+    let mut versions = Vec::with_capacity(referenced.len());
     for name in &referenced {
         // Read from the API only what changed since it was last read.
         let found = match ctx.refs.cached(ns, name) {
@@ -256,10 +253,7 @@ async fn outcome(
             }
         };
         if let Some((version, values)) = found {
-            versions = versions.zip(version).map(|(mut all, v)| {
-                all.push((name.as_str(), v));
-                all
-            });
+            versions.push((name.as_str(), version));
             data.insert(name.clone(), (*values).clone());
         }
     }
@@ -279,16 +273,7 @@ async fn outcome(
     );
     // What it is made from, so that a restarted operator can tell it is current without reading
     // the referenced Secrets again. Written with the content, never on its own (see `current`).
-    if let (Some(owner_uid), Some(generation), Some(versions)) = (
-        cfg.metadata.uid.as_deref(),
-        cfg.metadata.generation,
-        versions,
-    ) {
-        let inputs = Inputs {
-            owner_uid,
-            generation,
-            secrets: &versions,
-        };
+    if let Some(inputs) = inputs(cfg, &versions) {
         let value = inputs_annotation(&ctx.hash_key, &desired, &inputs);
         desired
             .annotations_mut()
@@ -350,14 +335,11 @@ fn current(
     target: &str,
     referenced: &std::collections::BTreeSet<String>,
 ) -> bool {
-    let (Some(status), Some(owner_uid), Some(generation)) = (
-        cfg.status.as_ref(),
-        cfg.metadata.uid.as_deref(),
-        cfg.metadata.generation,
-    ) else {
+    let Some(status) = cfg.status.as_ref() else {
         return false;
     };
-    let reported = status.observed_generation == Some(generation)
+    let reported = cfg.metadata.generation.is_some()
+        && status.observed_generation == cfg.metadata.generation
         && status.secret_name.as_deref() == Some(target)
         && status.conditions.iter().any(|c| {
             c.type_ == conditions::READY
@@ -370,33 +352,42 @@ fn current(
     let Some(secret) = ctx.managed_secrets.get(&ObjectRef::new(target).within(ns)) else {
         return false;
     };
-    let owner = cfg.controller_owner_ref(&());
-    let app = cfg.spec.app.as_deref().map(app_label_value);
-    let ours = secret.hash().is_some()
-        && secret.hash() == status.hash.as_deref()
-        && secret.owner_references() == owner.as_slice()
-        && secret.label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE)
-        && secret.label(KIND_LABEL) == Some(SECRET_KIND)
-        && secret.label(ENVIRONMENT_LABEL) == Some(cfg.spec.environment.as_str())
-        && secret.label(APP_LABEL) == app.as_deref();
-    if !ours {
-        return false;
-    }
-    let Some(versions) = referenced
-        .iter()
-        .map(|name| Some((name.as_str(), ctx.refs.latest(ns, name)?)))
-        .collect::<Option<Vec<_>>>()
-    else {
+    let Some(hash) = status.hash.as_deref() else {
         return false;
     };
-    secret.made_from(
-        &ctx.hash_key,
-        &Inputs {
-            owner_uid,
-            generation,
-            secrets: &versions,
-        },
-    )
+    // As this config would write it, with the hash its status reports.
+    let ours = managed_metadata(
+        cfg,
+        target,
+        SECRET_KIND,
+        &cfg.spec.environment,
+        cfg.spec.app.as_deref(),
+        hash,
+    );
+    if !secret.carries(&ours) {
+        return false;
+    }
+    let versions: Vec<_> = referenced
+        .iter()
+        .map(|name| (name.as_str(), ctx.refs.latest(ns, name)))
+        .collect();
+    inputs(cfg, &versions).is_some_and(|inputs| secret.made_from(&ctx.hash_key, &inputs))
+}
+
+/// What `cfg`'s Secret is made from, given the resourceVersion of each referenced Secret whose
+/// data is used; `None` when one of them, or the config's UID or generation, is not known.
+fn inputs<'a>(
+    cfg: &'a EnvironmentConfig,
+    versions: &[(&'a str, Option<u64>)],
+) -> Option<Inputs<'a>> {
+    Some(Inputs {
+        owner_uid: cfg.metadata.uid.as_deref()?,
+        generation: cfg.metadata.generation?,
+        secrets: versions
+            .iter()
+            .map(|&(name, version)| Some((name, version?)))
+            .collect::<Option<_>>()?,
+    })
 }
 
 /// A Secret may be (re)written by `cfg` only when `cfg` is its controller, by UID. Not by the

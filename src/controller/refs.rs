@@ -43,13 +43,20 @@ struct Inner {
     by_referrer: HashMap<Key, Box<[Box<str>]>>,
     /// Referenced Secret -> the data last read, and its resourceVersion.
     data: HashMap<Key, (u64, Arc<SecretValues>)>,
-    /// Every listed Secret's latest resourceVersion, by a hash of (namespace, name): 16 bytes a
-    /// Secret. Two Secrets that share a hash share an entry; as no two writes share a
+    /// Every listed Secret's latest resourceVersion, by a hash of (namespace, name): one 16-byte
+    /// entry a Secret. Two Secrets that share a hash share an entry; as no two writes share a
     /// resourceVersion, that entry then matches neither one's recorded version, and both are
     /// read again: a collision costs reads, never a stale value.
     versions: HashMap<u64, u64>,
     /// While the watch lists again: what it listed so far (then replaces `versions`).
     relisting: Option<HashMap<u64, u64>>,
+}
+
+impl Inner {
+    fn latest(&self, namespace: &str, name: &str) -> Option<u64> {
+        let at = crate::state::name_hash(Some(namespace), Some(name));
+        self.versions.get(&at).copied()
+    }
 }
 
 /// A Secret's data: key -> value.
@@ -130,19 +137,16 @@ impl RefIndex {
 
     /// The latest resourceVersion the watch reported for Secret `name`.
     pub fn latest(&self, namespace: &str, name: &str) -> Option<u64> {
-        let at = crate::state::name_hash(Some(namespace), Some(name));
         self.inner
             .lock()
             .expect("ref index lock")
-            .versions
-            .get(&at)
-            .copied()
+            .latest(namespace, name)
     }
 
     /// The data of Secret `name` and its resourceVersion, if it was read at the latest one.
     pub fn cached(&self, namespace: &str, name: &str) -> Option<(u64, Arc<SecretValues>)> {
-        let latest = self.latest(namespace, name)?;
         let inner = self.inner.lock().expect("ref index lock");
+        let latest = inner.latest(namespace, name)?;
         match inner.data.get(&key(namespace, name)) {
             Some((read, data)) if *read == latest => Some((latest, data.clone())),
             _ => None,

@@ -55,6 +55,29 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
     app: Option<&str>,
     m: &Materialized,
 ) -> Secret {
+    Secret {
+        metadata: managed_metadata(owner, name, kind, environment, app, &m.hash),
+        data: Some(
+            m.data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// The metadata of a managed Secret with content hash `hash`, controlled by `owner`: its name,
+/// the operator's labels, the hash annotation and the controller ownerReference.
+pub fn managed_metadata<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: &str,
+    kind: &str,
+    environment: &str,
+    app: Option<&str>,
+    hash: &str,
+) -> ObjectMeta {
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
         (KIND_LABEL.to_string(), kind.to_string()),
@@ -63,29 +86,19 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
     if let Some(app) = app {
         labels.insert(APP_LABEL.to_string(), app_label_value(app));
     }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: owner.meta().namespace.clone(),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                HASH_ANNOTATION.to_string(),
-                m.hash.clone(),
-            )])),
-            owner_references: Some(vec![
-                owner
-                    .controller_owner_ref(&())
-                    .expect("a stored object has a uid"),
-            ]),
-            ..Default::default()
-        },
-        data: Some(
-            m.data
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                .collect(),
-        ),
-        type_: Some("Opaque".into()),
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: owner.meta().namespace.clone(),
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([(
+            HASH_ANNOTATION.to_string(),
+            hash.to_string(),
+        )])),
+        owner_references: Some(vec![
+            owner
+                .controller_owner_ref(&())
+                .expect("a stored object has a uid"),
+        ]),
         ..Default::default()
     }
 }
