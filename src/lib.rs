@@ -2,6 +2,7 @@
 //! as Kubernetes custom resources.
 
 pub mod api;
+pub mod cached;
 pub mod controller;
 pub mod gate;
 pub mod leader;

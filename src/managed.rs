@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{
         APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
-        MANAGED_BY_LABEL, STAGE_SECRET_KIND as LAYER_KIND,
+        MANAGED_BY_LABEL, MANAGED_BY_VALUE, RESOLVED_SECRET_KIND, STAGE_SECRET_KIND as LAYER_KIND,
     },
     materialize::{FORMAT, HashKey, hex},
 };
@@ -35,8 +35,12 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct ManagedSecret {
     metadata: ObjectMeta,
-    managed_by: Option<Box<str>>,
-    kind: Option<Box<str>>,
+    /// `app.kubernetes.io/managed-by` is `tooljet-operator`.
+    managed_by: bool,
+    /// `tooljet.io/kind`, when one of [`KINDS`]: the only values the operator writes or looks
+    /// for, so any other reads as absent. As flags rather than strings, the struct fits
+    /// jemalloc's 512-byte class inside its `Arc` (640 bytes before): 5000 Secrets at N=1000.
+    kind: Option<u8>,
     environment: Option<Box<str>>,
     app: Option<Box<str>>,
     hash: Option<Box<str>>,
@@ -47,6 +51,9 @@ pub struct ManagedSecret {
     layer: Option<Box<[u8]>>,
 }
 
+/// The values of `tooljet.io/kind` the operator writes.
+const KINDS: [&str; 2] = [LAYER_KIND, RESOLVED_SECRET_KIND];
+
 impl From<Secret> for ManagedSecret {
     fn from(secret: Secret) -> ManagedSecret {
         let Secret { metadata, data, .. } = secret;
@@ -55,18 +62,24 @@ impl From<Secret> for ManagedSecret {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(key))
-                .map(|v| v.as_str().into())
+                .map(String::as_str)
         };
         let annotation = |key: &str| metadata.annotations.as_ref().and_then(|a| a.get(key));
-        let kind: Option<Box<str>> = label(KIND_LABEL);
-        let layer = (kind.as_deref() == Some(LAYER_KIND)).then(|| pack(data.as_ref()));
+        let kind = label(KIND_LABEL).and_then(|v| KINDS.iter().position(|k| *k == v));
+        let layer = (kind.map(|k| KINDS[k]) == Some(LAYER_KIND)).then(|| {
+            pack(
+                data.iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.0.as_slice())),
+            )
+        });
         ManagedSecret {
-            managed_by: label(MANAGED_BY_LABEL),
-            environment: label(ENVIRONMENT_LABEL),
-            app: label(APP_LABEL),
+            managed_by: label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE),
+            environment: label(ENVIRONMENT_LABEL).map(Into::into),
+            app: label(APP_LABEL).map(Into::into),
             hash: annotation(HASH_ANNOTATION).map(|v| v.as_str().into()),
             inputs: annotation(INPUTS_ANNOTATION).and_then(|v| unhex(v)),
-            kind,
+            kind: kind.map(|k| k as u8),
             digest: digest(data.as_ref()),
             layer,
             metadata: ObjectMeta {
@@ -90,13 +103,14 @@ impl<'de> serde::Deserialize<'de> for ManagedSecret {
 
 impl ManagedSecret {
     /// The value of one of the operator's labels (`tooljet.io/kind`, `tooljet.io/environment`,
-    /// `tooljet.io/app`, `app.kubernetes.io/managed-by`); `None` for any other key.
+    /// `tooljet.io/app`, `app.kubernetes.io/managed-by`); `None` for any other key. The kind and
+    /// managed-by labels read as absent unless they hold a value the operator writes.
     pub fn label(&self, key: &str) -> Option<&str> {
         match key {
-            KIND_LABEL => self.kind.as_deref(),
+            KIND_LABEL => self.kind.map(|k| KINDS[k as usize]),
             ENVIRONMENT_LABEL => self.environment.as_deref(),
             APP_LABEL => self.app.as_deref(),
-            MANAGED_BY_LABEL => self.managed_by.as_deref(),
+            MANAGED_BY_LABEL => self.managed_by.then_some(MANAGED_BY_VALUE),
             _ => None,
         }
     }
@@ -246,21 +260,31 @@ fn digest(data: Option<&BTreeMap<String, ByteString>>) -> [u8; 32] {
 }
 
 /// A Secret's data as one buffer: per entry, the key's and the value's lengths (u32, little
-/// endian) and bytes, in key order. (A Secret is at most 1 MiB.)
-fn pack(data: Option<&BTreeMap<String, ByteString>>) -> Box<[u8]> {
-    let entries = data.into_iter().flatten();
-    let size = entries.clone().map(|(k, v)| 8 + k.len() + v.0.len()).sum();
+/// endian) and bytes, in the order given. (A Secret is at most 1 MiB.) A map of a few short
+/// entries takes one small allocation instead of a tree node and two allocations per entry
+/// (a `BTreeMap` of 4 short keys and values: 832 bytes in 10 allocations with jemalloc's size
+/// classes, packed about 130 in 1).
+pub fn pack<'a, T>(entries: impl Iterator<Item = (&'a str, T)> + Clone) -> Box<[u8]>
+where
+    T: AsRef<[u8]>,
+{
+    let size = entries
+        .clone()
+        .map(|(k, v)| 8 + k.len() + v.as_ref().len())
+        .sum();
     let mut out = Vec::with_capacity(size);
     for (k, v) in entries {
+        let v = v.as_ref();
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
         out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(&(v.0.len() as u32).to_le_bytes());
-        out.extend_from_slice(&v.0);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
     }
     out.into_boxed_slice()
 }
 
-fn unpack(mut packed: &[u8]) -> BTreeMap<String, Vec<u8>> {
+/// The map [`pack`] packed.
+pub fn unpack(mut packed: &[u8]) -> BTreeMap<String, Vec<u8>> {
     fn take<'a>(buf: &mut &'a [u8]) -> &'a [u8] {
         let (len, rest) = buf.split_at(4);
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
@@ -340,6 +364,25 @@ mod tests {
         assert!(cached.holds(&stage));
         let resolved = ManagedSecret::from(secret("resolved-config"));
         assert_eq!(resolved.layer(), None);
+        assert_eq!(resolved.label(KIND_LABEL), Some(RESOLVED_SECRET_KIND));
+        assert_eq!(resolved.label(MANAGED_BY_LABEL), Some(MANAGED_BY_VALUE));
+    }
+
+    #[test]
+    fn a_kind_or_manager_the_operator_never_writes_reads_as_absent() {
+        let mut foreign = secret("environment-config-copy");
+        foreign
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(MANAGED_BY_LABEL.into(), "someone-else".into());
+        let cached = ManagedSecret::from(foreign.clone());
+        assert_eq!(cached.label(KIND_LABEL), None);
+        assert_eq!(cached.label(MANAGED_BY_LABEL), None);
+        assert_eq!(cached.layer(), None, "not a stage Secret: no data kept");
+        assert!(!cached.holds(&secret(LAYER_KIND)));
+        assert!(!cached.holds(&foreign), "its labels are not the operator's");
     }
 
     #[test]

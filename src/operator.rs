@@ -31,6 +31,7 @@ use crate::{
         AppVersion, Approval, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         PromotionPolicy, ToolJetApp,
     },
+    cached::CachedConfig,
     controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
     lean::Lean,
@@ -146,7 +147,7 @@ struct Caches {
     lookups: Lookups,
     managed_secrets: Store<ManagedSecret>,
     managed_hub: Hub<ManagedSecret>,
-    config_hub: Hub<EnvironmentConfig>,
+    config_hub: Hub<CachedConfig>,
     version_hub: Hub<AppVersion>,
     app_hub: Hub<ToolJetApp>,
     policy_hub: Hub<PromotionPolicy>,
@@ -173,8 +174,13 @@ impl Caches {
             "managed Secrets",
             |Lean(secret)| secret,
         );
-        let (configs, mut config_hub) =
-            state::watch(client, any(), readiness.clone(), "EnvironmentConfigs");
+        let (configs, mut config_hub) = state::watch_projected(
+            client,
+            any(),
+            readiness.clone(),
+            "EnvironmentConfigs",
+            CachedConfig::from as fn(EnvironmentConfig) -> CachedConfig,
+        );
         let (versions, mut version_hub) = state::watch_projected(
             client,
             any(),

@@ -32,7 +32,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{AppVersion, Approval, EnvironmentConfig, PromotionPolicy, ToolJetApp},
+    api::{AppVersion, Approval, PromotionPolicy, ToolJetApp},
+    cached::CachedConfig,
     lean::{Lean, Parts},
     managed::ManagedSecret,
     materialize::{HashKey, Materialized, merge_layers, secret_name},
@@ -229,20 +230,22 @@ pub fn watch<K>(
 where
     K: Parts<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    watch_projected(client, config, readiness, name, |_| {})
+    watch_projected(client, config, readiness, name, |o: K| o)
 }
 
-/// [`watch`], caching each object as `project` leaves it (read without `managedFields`, see
-/// [`Lean`], and then [`strip`]ped): only what the controllers and the webhook read from the cache.
-pub fn watch_projected<K>(
+/// [`watch`], caching each object as `project` makes it (read without `managedFields`, see
+/// [`Lean`], and [`strip`]ped first): only what the controllers and the webhook read from the
+/// cache.
+pub fn watch_projected<K, C>(
     client: &Client,
     config: watcher::Config,
     readiness: Arc<Readiness>,
     name: &'static str,
-    project: fn(&mut K),
-) -> (Store<K>, Hub<K>)
+    project: fn(K) -> C,
+) -> (Store<C>, Hub<C>)
 where
     K: Parts<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     watch_as(
         Api::<Lean<K>>::all(client.clone()),
@@ -251,8 +254,7 @@ where
         name,
         move |Lean(mut o)| {
             strip(&mut o);
-            project(&mut o);
-            o
+            project(o)
         },
     )
 }
@@ -306,7 +308,7 @@ where
 /// it (`materialize::definition_references` finds the same references in the projection). The
 /// webhook judges definitions from the request, never from the cache. A definition may be up to
 /// 512 KiB: without this, a namespace of large versions would hold them all in memory.
-pub fn project_version(v: &mut AppVersion) {
+pub fn project_version(mut v: AppVersion) -> AppVersion {
     if let Some(definition) = &v.spec.definition {
         let (constants, secrets) = crate::materialize::definition_references(definition);
         let references = constants
@@ -317,6 +319,7 @@ pub fn project_version(v: &mut AppVersion) {
             .collect();
         v.spec.definition = Some(serde_json::Value::Array(references));
     }
+    v
 }
 
 /// A 64-bit hash of `value` (SipHash with fixed keys: the same in every process and run).
@@ -594,13 +597,13 @@ pub type ConfigKey = (String, Option<String>, String);
 /// roll workloads out.
 #[derive(Clone)]
 pub struct Lookups {
-    pub configs: Store<EnvironmentConfig>,
+    pub configs: Store<CachedConfig>,
     pub versions: Store<AppVersion>,
     pub apps: Store<ToolJetApp>,
     pub policies: Store<PromotionPolicy>,
     pub approvals: Store<Approval>,
-    configs_by_key: Arc<Index<EnvironmentConfig, ConfigKey>>,
-    configs_by_stage: Arc<Index<EnvironmentConfig, (String, String)>>,
+    configs_by_key: Arc<Index<CachedConfig, ConfigKey>>,
+    configs_by_stage: Arc<Index<CachedConfig, (String, String)>>,
     versions_by_app: Arc<Index<AppVersion, (String, String)>>,
     versions_by_stage: Arc<Index<AppVersion, (String, String)>>,
     versions_by_app_stage: Arc<Index<AppVersion, (String, String, String)>>,
@@ -612,20 +615,20 @@ pub struct Lookups {
 impl Lookups {
     /// The lookups over these caches; their hubs keep the indexes in step.
     pub fn new(
-        (configs, config_hub): (&Store<EnvironmentConfig>, &mut Hub<EnvironmentConfig>),
+        (configs, config_hub): (&Store<CachedConfig>, &mut Hub<CachedConfig>),
         (versions, version_hub): (&Store<AppVersion>, &mut Hub<AppVersion>),
         (apps, app_hub): (&Store<ToolJetApp>, &mut Hub<ToolJetApp>),
         (policies, policy_hub): (&Store<PromotionPolicy>, &mut Hub<PromotionPolicy>),
         (approvals, approval_hub): (&Store<Approval>, &mut Hub<Approval>),
     ) -> Lookups {
-        let configs_by_key = Index::new(|c: &EnvironmentConfig| {
+        let configs_by_key = Index::new(|c: &CachedConfig| {
             vec![(
                 c.namespace().unwrap_or_default(),
                 c.spec.app.clone(),
                 c.spec.environment.clone(),
             )]
         });
-        let configs_by_stage = Index::new(|c: &EnvironmentConfig| {
+        let configs_by_stage = Index::new(|c: &CachedConfig| {
             vec![(
                 c.namespace().unwrap_or_default(),
                 c.spec.environment.clone(),
@@ -686,11 +689,7 @@ impl Lookups {
 
     /// Lookups over fixed objects (unit tests of mappers and reconcile helpers).
     #[cfg(test)]
-    pub fn of(
-        configs: &[EnvironmentConfig],
-        versions: &[AppVersion],
-        apps: &[ToolJetApp],
-    ) -> Lookups {
+    pub fn of(configs: &[CachedConfig], versions: &[AppVersion], apps: &[ToolJetApp]) -> Lookups {
         fn cache<K>(objects: &[K]) -> (Store<K>, Vec<Arc<K>>)
         where
             K: Resource<DynamicType = ()> + Clone + 'static,
@@ -705,7 +704,7 @@ impl Lookups {
         let (configs, all_configs) = cache(configs);
         let (versions, all_versions) = cache(versions);
         let (apps, all_apps) = cache(apps);
-        let (_, mut config_hub) = watch_nothing::<EnvironmentConfig>();
+        let (_, mut config_hub) = watch_nothing::<CachedConfig>();
         let (_, mut version_hub) = watch_nothing::<AppVersion>();
         let (_, mut app_hub) = watch_nothing::<ToolJetApp>();
         let (policies, mut policy_hub) = watch_nothing::<PromotionPolicy>();
@@ -730,12 +729,7 @@ impl Lookups {
     }
 
     /// The live configs of (namespace, app or workspace, stage): one, or rivals.
-    pub fn configs_for(
-        &self,
-        ns: &str,
-        app: Option<&str>,
-        stage: &str,
-    ) -> Vec<Arc<EnvironmentConfig>> {
+    pub fn configs_for(&self, ns: &str, app: Option<&str>, stage: &str) -> Vec<Arc<CachedConfig>> {
         let key = (ns.to_string(), app.map(str::to_string), stage.to_string());
         self.configs_by_key
             .objects(&self.configs, ns, &key)
@@ -745,7 +739,7 @@ impl Lookups {
     }
 
     /// Every config of a stage in a namespace (workspace-wide and every app's).
-    pub fn configs_in(&self, ns: &str, stage: &str) -> Vec<Arc<EnvironmentConfig>> {
+    pub fn configs_in(&self, ns: &str, stage: &str) -> Vec<Arc<CachedConfig>> {
         let key = (ns.to_string(), stage.to_string());
         self.configs_by_stage.objects(&self.configs, ns, &key)
     }
@@ -830,7 +824,7 @@ pub fn controlled_by<S: Resource>(secret: &S, uid: Option<&str>) -> bool {
 pub fn resolve(
     key: &HashKey,
     managed: &Store<ManagedSecret>,
-    configs: &Store<EnvironmentConfig>,
+    configs: &Store<CachedConfig>,
     ns: &str,
     app: &str,
     environment: &str,
@@ -856,7 +850,7 @@ pub fn resolve(
 /// (a reference is only a uid anyone can copy, so the key must match too).
 pub(crate) fn is_stage_config<S: Resource>(
     secret: &S,
-    owner: Option<&EnvironmentConfig>,
+    owner: Option<&CachedConfig>,
     ns: &str,
     scope: Option<&str>,
     environment: &str,
@@ -877,7 +871,7 @@ mod tests {
 
     #[test]
     fn a_cached_version_keeps_only_the_references_of_its_definition() {
-        let mut v = AppVersion::new(
+        let v = AppVersion::new(
             "crm-v1",
             crate::api::AppVersionSpec {
                 app: "crm".into(),
@@ -893,7 +887,7 @@ mod tests {
             },
         );
         let before = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
-        project_version(&mut v);
+        let v = project_version(v);
         let after = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
         assert_eq!(before, after);
         assert!(serde_json::to_vec(&v.spec.definition).unwrap().len() < 100);

@@ -49,6 +49,8 @@ pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
 pub const INPUTS_ANNOTATION: &str = "tooljet.io/inputs";
 /// `tooljet.io/kind` of a stage configuration's Secret (an EnvironmentConfig's).
 pub const STAGE_SECRET_KIND: &str = "environment-config";
+/// `tooljet.io/kind` of a version's resolved Secret (an AppVersion's).
+pub const RESOLVED_SECRET_KIND: &str = "resolved-config";
 /// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):
 /// who moved a version into its current stage, and when.
 pub const PROMOTED_BY_ANNOTATION: &str = "tooljet.io/promoted-by";

@@ -36,11 +36,12 @@ use super::{
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, Approval, EnvironmentConfig, OVERRIDDEN_AT_ANNOTATION,
+        AppVersion, AppVersionStatus, Approval, OVERRIDDEN_AT_ANNOTATION,
         OVERRIDDEN_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
         PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, STAGES_ANNOTATION,
         StageApprovals, ToolJetApp,
     },
+    cached::CachedConfig,
     gate,
     managed::ManagedSecret,
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
@@ -48,7 +49,7 @@ use crate::{
 };
 
 /// `tooljet.io/kind` of the resolved-config Secrets.
-pub const SECRET_KIND: &str = "resolved-config";
+pub use crate::api::RESOLVED_SECRET_KIND as SECRET_KIND;
 /// How many promotions a status keeps.
 pub const PROMOTION_HISTORY: usize = 20;
 
@@ -63,7 +64,7 @@ pub fn controller(
     echoes: Arc<Echoes>,
     (managed, deleted_configs): (
         impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
-        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
+        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
     ),
     apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     (approvals, policies): (
@@ -95,7 +96,7 @@ pub fn controller(
         })
         // A deleted configuration no longer counts, whether or not its Secret is gone yet (the
         // garbage collector's pace, or a deletion only a relist revealed): its stage re-resolves.
-        .watches_shared_stream(deleted_configs, move |c: Arc<EnvironmentConfig>| {
+        .watches_shared_stream(deleted_configs, move |c: Arc<CachedConfig>| {
             let ns = c.namespace().unwrap_or_default();
             let environment = c.spec.environment.as_str();
             match c.spec.app.as_deref() {
@@ -863,7 +864,7 @@ mod tests {
         assert_eq!(a.next_stage("qa"), None);
     }
 
-    fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> EnvironmentConfig {
+    fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> CachedConfig {
         let mut cfg = EnvironmentConfig::new(
             name,
             crate::api::EnvironmentConfigSpec {
@@ -875,7 +876,7 @@ mod tests {
         );
         cfg.metadata.namespace = Some("ns".into());
         cfg.metadata.uid = Some(uid.into());
-        cfg
+        cfg.into()
     }
 
     /// A labelled stage Secret named for (app, env) holding constant `C` = `value`, controlled by
@@ -884,7 +885,7 @@ mod tests {
         app: Option<&str>,
         env: &str,
         value: &str,
-        owner: Option<&EnvironmentConfig>,
+        owner: Option<&CachedConfig>,
     ) -> Secret {
         let scope = stage_config("x", "x", app, env);
         let mut secret = managed_secret(
@@ -908,8 +909,8 @@ mod tests {
 
     fn stores(
         secrets: &[Secret],
-        configs: &[&EnvironmentConfig],
-    ) -> (Store<ManagedSecret>, Store<EnvironmentConfig>) {
+        configs: &[&CachedConfig],
+    ) -> (Store<ManagedSecret>, Store<CachedConfig>) {
         let (secret_store, mut w) = kube::runtime::reflector::store();
         for s in secrets {
             w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(ManagedSecret::from(

@@ -33,7 +33,8 @@ use super::{
     set_condition,
 };
 use crate::{
-    api::{EnvironmentConfig, EnvironmentConfigStatus, INPUTS_ANNOTATION},
+    api::{EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION},
+    cached::CachedConfig,
     managed::{Inputs, ManagedSecret, inputs_annotation},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
@@ -51,13 +52,13 @@ pub fn controller(
     settings: &Settings,
     lookups: &Lookups,
     (main, keys): (
-        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
-        impl Stream<Item = Arc<EnvironmentConfig>> + Send + 'static,
+        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
+        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
     ),
     (refs, echoes): (Arc<RefIndex>, Arc<Echoes>),
     managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
     referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
-) -> Controller<EnvironmentConfig> {
+) -> Controller<CachedConfig> {
     let for_managed = lookups.clone();
     let for_referenced = lookups.clone();
     let for_siblings = lookups.clone();
@@ -83,7 +84,7 @@ pub fn controller(
             found
         })
         // A config's key changed, or it came or went: the others of the same key (conflicts).
-        .watches_shared_stream(keys, move |cfg: Arc<EnvironmentConfig>| {
+        .watches_shared_stream(keys, move |cfg: Arc<CachedConfig>| {
             siblings(&for_siblings, &cfg)
                 .into_iter()
                 .map(|s| ObjectRef::from(&*s))
@@ -93,7 +94,7 @@ pub fn controller(
 
 /// What makes two configs conflict, and whether this one is going: a change of it wakes the
 /// configs of the same key.
-pub fn key_of(cfg: &EnvironmentConfig) -> (Option<String>, Option<String>, String, bool) {
+pub fn key_of(cfg: &CachedConfig) -> (Option<String>, Option<String>, String, bool) {
     (
         cfg.namespace(),
         cfg.spec.app.clone(),
@@ -109,14 +110,14 @@ pub fn key_of(cfg: &EnvironmentConfig) -> (Option<String>, Option<String>, Strin
 fn configs_for_managed_secret(
     lookups: &Lookups,
     secret: &ManagedSecret,
-) -> Vec<ObjectRef<EnvironmentConfig>> {
+) -> Vec<ObjectRef<CachedConfig>> {
     let ns = secret.namespace().unwrap_or_default();
-    let owners: Vec<ObjectRef<EnvironmentConfig>> = secret
+    let owners: Vec<ObjectRef<CachedConfig>> = secret
         .owner_references()
         .iter()
         .filter(|o| {
-            o.kind == EnvironmentConfig::kind(&())
-                && o.api_version.split('/').next() == Some(&*EnvironmentConfig::group(&()))
+            o.kind == CachedConfig::kind(&())
+                && o.api_version.split('/').next() == Some(&*CachedConfig::group(&()))
         })
         .map(|o| ObjectRef::new(&o.name).within(&ns))
         .collect();
@@ -135,7 +136,7 @@ fn configs_for_managed_secret(
 }
 
 /// The configs of `ns` whose materialised Secret is named `name`.
-fn configs_targeting(lookups: &Lookups, ns: &str, name: &str) -> Vec<ObjectRef<EnvironmentConfig>> {
+fn configs_targeting(lookups: &Lookups, ns: &str, name: &str) -> Vec<ObjectRef<CachedConfig>> {
     // Only names of the `tooljet.<environment>[.<app>]` shape can be targets; most Secret events
     // are not, and cost no scan.
     let Some(environment) = name
@@ -153,7 +154,7 @@ fn configs_targeting(lookups: &Lookups, ns: &str, name: &str) -> Vec<ObjectRef<E
 }
 
 /// Other live configs with the same (namespace, app-or-workspace, environment).
-fn siblings(lookups: &Lookups, cfg: &EnvironmentConfig) -> Vec<Arc<EnvironmentConfig>> {
+fn siblings(lookups: &Lookups, cfg: &CachedConfig) -> Vec<Arc<CachedConfig>> {
     lookups
         .configs_for(
             &cfg.namespace().unwrap_or_default(),
@@ -182,7 +183,7 @@ enum Outcome {
 }
 
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
-pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _pass = ctx.metrics.reconcile("environmentconfig");
     ctx.wait_for_caches().await;
     ctx.may_write()?;
@@ -192,10 +193,11 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
         ctx.refs.remove(&ns, &name);
         return Ok(Action::await_change());
     }
-    let referenced = referenced_secrets(&cfg.spec);
+    let spec = cfg.spec()?;
+    let referenced = referenced_secrets(&spec);
     ctx.refs.set(&ns, &name, referenced.clone());
 
-    let outcome = outcome(&cfg, &ctx, &ns, referenced).await?;
+    let outcome = outcome(&cfg, &spec, &ctx, &ns, referenced).await?;
     report(&cfg, &ctx, &outcome).await?;
     Ok(match outcome {
         // Converged: the next change of the config, its Secrets or its siblings wakes it.
@@ -208,7 +210,8 @@ pub async fn reconcile(cfg: Arc<EnvironmentConfig>, ctx: Arc<Context>) -> Result
 }
 
 async fn outcome(
-    cfg: &EnvironmentConfig,
+    cfg: &CachedConfig,
+    spec: &EnvironmentConfigSpec,
     ctx: &Context,
     ns: &str,
     referenced: std::collections::BTreeSet<String>,
@@ -254,11 +257,10 @@ async fn outcome(
         };
         if let Some((version, values)) = found {
             versions.push((name.as_str(), version));
-            data.insert(name.clone(), (*values).clone());
+            data.insert(name.clone(), values);
         }
     }
-    let materialized = match materialize(&ctx.hash_key, &cfg.spec.environment, &[&cfg.spec], &data)
-    {
+    let materialized = match materialize(&ctx.hash_key, &spec.environment, &[spec], &data) {
         Ok(m) => m,
         Err(problems) => return Ok(Outcome::Unresolved(problems)),
     };
@@ -329,7 +331,7 @@ async fn outcome(
 /// (a rotation to the same values), the Secret is left as it is and the next check fails, at
 /// the cost of materialising once more, never of a write.
 fn current(
-    cfg: &EnvironmentConfig,
+    cfg: &CachedConfig,
     ctx: &Context,
     ns: &str,
     target: &str,
@@ -376,10 +378,7 @@ fn current(
 
 /// What `cfg`'s Secret is made from, given the resourceVersion of each referenced Secret whose
 /// data is used; `None` when one of them, or the config's UID or generation, is not known.
-fn inputs<'a>(
-    cfg: &'a EnvironmentConfig,
-    versions: &[(&'a str, Option<u64>)],
-) -> Option<Inputs<'a>> {
+fn inputs<'a>(cfg: &'a CachedConfig, versions: &[(&'a str, Option<u64>)]) -> Option<Inputs<'a>> {
     Some(Inputs {
         owner_uid: cfg.metadata.uid.as_deref()?,
         generation: cfg.metadata.generation?,
@@ -395,17 +394,13 @@ fn inputs<'a>(
 /// Secret would let them plant content or have the operator overwrite (or delete) their data. A
 /// Secret left by a deleted config is not adopted either: garbage collection removes it, and its
 /// deletion triggers this config again (see [`configs_for_managed_secret`]).
-fn is_ours(secret: &Secret, cfg: &EnvironmentConfig) -> bool {
+fn is_ours(secret: &Secret, cfg: &CachedConfig) -> bool {
     controlled_by(secret, cfg.metadata.uid.as_deref())
 }
 
 /// Deletes Secret `name` when `cfg` controls it (by UID, checked again by the apiserver through a
 /// UID precondition). Returns whether it did.
-async fn delete_if_owned(
-    api: &Api<Secret>,
-    name: &str,
-    cfg: &EnvironmentConfig,
-) -> Result<bool, Error> {
+async fn delete_if_owned(api: &Api<Secret>, name: &str, cfg: &CachedConfig) -> Result<bool, Error> {
     let Some(old) = api.get_opt(name).await.at(Step::ReadSecret)? else {
         return Ok(false);
     };
@@ -425,7 +420,7 @@ async fn delete_if_owned(
 }
 
 /// The status for an outcome, built on the current one (pure).
-fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConfigStatus {
+fn desired_status(cfg: &CachedConfig, outcome: &Outcome) -> EnvironmentConfigStatus {
     let mut status = cfg.status.clone().unwrap_or_default();
     let generation = cfg.metadata.generation;
     status.observed_generation = generation;
@@ -491,7 +486,7 @@ fn desired_status(cfg: &EnvironmentConfig, outcome: &Outcome) -> EnvironmentConf
     status
 }
 
-async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
+async fn report(cfg: &CachedConfig, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
     let status = desired_status(cfg, outcome);
     let failure = new_failure(
         cfg.status.as_ref().map(|s| s.conditions.as_slice()),
@@ -543,16 +538,16 @@ async fn report(cfg: &EnvironmentConfig, ctx: &Context, outcome: &Outcome) -> Re
     Ok(())
 }
 
-pub fn error_policy(cfg: Arc<EnvironmentConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(cfg: Arc<CachedConfig>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.error_action("environmentconfig", &*cfg, error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Constant, ConstantType, EnvironmentConfigSpec};
+    use crate::api::{Constant, ConstantType, EnvironmentConfig, EnvironmentConfigSpec};
 
-    fn config(name: &str, uid: &str) -> EnvironmentConfig {
+    fn config(name: &str, uid: &str) -> CachedConfig {
         let mut cfg = EnvironmentConfig::new(
             name,
             EnvironmentConfigSpec {
@@ -570,16 +565,16 @@ mod tests {
         cfg.metadata.namespace = Some("ns".into());
         cfg.metadata.uid = Some(uid.into());
         cfg.metadata.generation = Some(3);
-        cfg
+        cfg.into()
     }
 
-    fn materialized(cfg: &EnvironmentConfig) -> Materialized {
+    fn materialized(cfg: &CachedConfig) -> Materialized {
         let key = crate::materialize::HashKey::new(&[5; 32]).unwrap();
-        materialize(&key, "staging", &[&cfg.spec], &SecretData::new()).unwrap()
+        materialize(&key, "staging", &[&cfg.spec().unwrap()], &SecretData::new()).unwrap()
     }
 
     /// A Secret named like `cfg`'s target, labelled managed-by, controlled by `owner_uid` (if any).
-    fn secret(cfg: &EnvironmentConfig, owner_uid: Option<&str>) -> Secret {
+    fn secret(cfg: &CachedConfig, owner_uid: Option<&str>) -> Secret {
         let mut s = crate::controller::secrets::managed_secret(
             cfg,
             "tooljet.staging.crm",
@@ -596,8 +591,8 @@ mod tests {
         s
     }
 
-    fn store(configs: &[&EnvironmentConfig]) -> Lookups {
-        let configs: Vec<EnvironmentConfig> = configs.iter().map(|c| (*c).clone()).collect();
+    fn store(configs: &[&CachedConfig]) -> Lookups {
+        let configs: Vec<CachedConfig> = configs.iter().map(|c| (*c).clone()).collect();
         Lookups::of(&configs, &[], &[])
     }
 

@@ -79,6 +79,10 @@ pub enum Error {
     },
     #[error("object has no namespace")]
     NoNamespace,
+    /// A cached EnvironmentConfig's data sources and constants could not be read back (a defect:
+    /// [`crate::cached::CachedConfig`] wrote them).
+    #[error(transparent)]
+    CachedSpec(#[from] crate::cached::UnreadableSpec),
     /// This replica is not (or no longer) the leader: nothing is written.
     #[error("not the leader")]
     NotLeader,
@@ -152,6 +156,7 @@ impl Error {
         match self {
             Error::Kube { step, .. } => step.label(),
             Error::NoNamespace => "NoNamespace",
+            Error::CachedSpec(_) => "CachedSpec",
             Error::NotLeader => "NotLeader",
         }
     }

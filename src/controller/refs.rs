@@ -16,6 +16,8 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{api::PartialObjectMeta, runtime::watcher};
 
+use crate::managed::{pack, unpack};
+
 /// `namespace/name` (neither may contain a `/`): one allocation per key.
 type Key = Box<str>;
 
@@ -41,8 +43,8 @@ pub struct RefIndex {
 struct Inner {
     by_secret: HashMap<Key, Vec<Box<str>>>,
     by_referrer: HashMap<Key, Box<[Box<str>]>>,
-    /// Referenced Secret -> the data last read, and its resourceVersion.
-    data: HashMap<Key, (u64, Arc<SecretValues>)>,
+    /// Referenced Secret -> the data last read ([`pack`]ed), and its resourceVersion.
+    data: HashMap<Key, (u64, Arc<[u8]>)>,
     /// Every listed Secret's latest resourceVersion, by a hash of (namespace, name): one 16-byte
     /// entry a Secret. Two Secrets that share a hash share an entry; as no two writes share a
     /// resourceVersion, that entry then matches neither one's recorded version, and both are
@@ -144,13 +146,16 @@ impl RefIndex {
     }
 
     /// The data of Secret `name` and its resourceVersion, if it was read at the latest one.
-    pub fn cached(&self, namespace: &str, name: &str) -> Option<(u64, Arc<SecretValues>)> {
-        let inner = self.inner.lock().expect("ref index lock");
-        let latest = inner.latest(namespace, name)?;
-        match inner.data.get(&key(namespace, name)) {
-            Some((read, data)) if *read == latest => Some((latest, data.clone())),
-            _ => None,
-        }
+    pub fn cached(&self, namespace: &str, name: &str) -> Option<(u64, SecretValues)> {
+        let packed = {
+            let inner = self.inner.lock().expect("ref index lock");
+            let latest = inner.latest(namespace, name)?;
+            match inner.data.get(&key(namespace, name)) {
+                Some((read, data)) if *read == latest => (latest, data.clone()),
+                _ => return None,
+            }
+        };
+        Some((packed.0, unpack(&packed.1)))
     }
 
     /// Records what a read of Secret `name` returned (`None`: it does not exist); returns its
@@ -160,15 +165,16 @@ impl RefIndex {
         namespace: &str,
         name: &str,
         found: Option<(Option<String>, SecretValues)>,
-    ) -> Option<(Option<u64>, Arc<SecretValues>)> {
+    ) -> Option<(Option<u64>, SecretValues)> {
         let (rv, data) = found?;
-        let (rv, data) = (version(rv.as_deref()), Arc::new(data));
+        let rv = version(rv.as_deref());
         let mut inner = self.inner.lock().expect("ref index lock");
         let key = key(namespace, name);
         if let Some(rv) = rv
             && inner.by_secret.contains_key(&key)
         {
-            inner.data.insert(key, (rv, data.clone()));
+            let packed = pack(data.iter().map(|(k, v)| (k.as_str(), v)));
+            inner.data.insert(key, (rv, packed.into()));
         }
         Some((rv, data))
     }
