@@ -12,7 +12,7 @@ use kube::{
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::admission::{WAIT, Workspace, denied, env, http_get, msg};
+use support::admission::{WAIT, Workspace, ar, denied, env, http_get, msg};
 use tooljet_operator::api::{
     AppVersion, LAST_EDITED_BY_ANNOTATION, PROMOTED_BY_ANNOTATION, RELEASED_BY_ANNOTATION,
     ToolJetApp,
@@ -470,6 +470,99 @@ async fn apps_keep_their_versions_and_releases_need_the_verb() {
             .is_none()
     );
 }
+
+/// Objects written a moment before a request that they should refuse: the webhook's cache may not
+/// show them yet, and the request is still refused (these rules read the API). A version named
+/// again right after its create, a second config for a stage right after the first, an app
+/// deleted or cut short right after a promotion. Many apps at once, so a lagging view would show.
+#[tokio::test]
+async fn requests_are_judged_on_objects_written_a_moment_ago() {
+    let w = Workspace::new("fresh").await;
+    let admin = &w.admin;
+    let apps: Vec<String> = (0..APPS_AT_ONCE).map(|i| format!("fresh{i}")).collect();
+    for app in &apps {
+        w.create(
+            admin,
+            "ToolJetApp",
+            app,
+            json!({ "environments": ["development", "staging", "production"] }),
+        )
+        .await
+        .unwrap();
+    }
+    w.await_app(apps.last().unwrap()).await;
+    let w = &w;
+    futures::future::join_all(apps.iter().map(|app| async move {
+        let version = format!("{app}-v1");
+        w.create(
+            admin,
+            "AppVersion",
+            &version,
+            json!({ "app": app, "versionName": "v1" }),
+        )
+        .await
+        .unwrap();
+        denied(
+            w.create(
+                admin,
+                "AppVersion",
+                &format!("{version}-again"),
+                json!({ "app": app, "versionName": "v1" }),
+            )
+            .await,
+            &format!("versionName v1 is already used by AppVersion {version} of app {app}"),
+        );
+        let config = json!({ "app": app, "environment": "staging",
+            "constants": [{ "name": "API_URL", "type": "Global", "value": "https://staging" }] });
+        w.create(
+            admin,
+            "EnvironmentConfig",
+            &format!("{app}-staging"),
+            config.clone(),
+        )
+        .await
+        .unwrap();
+        denied(
+            w.create(
+                admin,
+                "EnvironmentConfig",
+                &format!("{app}-staging-2"),
+                config,
+            )
+            .await,
+            &format!("EnvironmentConfig {app}-staging already does"),
+        );
+        w.promote(admin, &version, "staging").await.unwrap();
+        denied(
+            w.api(admin, "ToolJetApp")
+                .delete(app, &DeleteParams::default())
+                .await
+                .map(|_| DynamicObject::new(app, &ar("ToolJetApp")))
+                .map_err(msg),
+            &format!("ToolJetApp {app} has versions past development ({version} in staging)"),
+        );
+        w.promote(admin, &version, "production").await.unwrap();
+        denied(
+            w.merge(
+                admin,
+                "ToolJetApp",
+                app,
+                json!({ "spec": { "environments": ["development", "staging"] } }),
+            )
+            .await,
+            &format!("stage production cannot be removed, it holds AppVersion {version}"),
+        );
+    }))
+    .await;
+    for app in &apps {
+        assert!(
+            w.get("ToolJetApp", app).await.is_some(),
+            "{app} was deleted"
+        );
+    }
+}
+
+const APPS_AT_ONCE: usize = 20;
 
 #[tokio::test]
 async fn allowed_paths_are_allowed_and_stamped() {

@@ -21,6 +21,7 @@ use super::{CompactMap, SecretValueSource, matches, patterns, schema};
            App-scoped entries override workspace-wide entries of the same name. The operator materialises it as a \
            Secret with ToolJet's TOOLJET_GLOBAL_CONSTANTS__<env>__<NAME> / TOOLJET_SECRET_CONSTANTS__<env>__<NAME> keys \
            and a datasources.json document.",
+    selectable = ".spec.environment",
     printcolumn(
         name = "App",
         type_ = "string",

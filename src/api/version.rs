@@ -18,6 +18,8 @@ use super::{matches, patterns, schema};
     status = "AppVersionStatus",
     doc = "One version of a ToolJet app. Created, edited, renamed and deleted only in the first stage of the \
            app's pipeline (development); promoted one stage at a time by changing spec.environment.",
+    selectable = ".spec.app",
+    selectable = ".spec.environment",
     printcolumn(
         name = "App",
         type_ = "string",

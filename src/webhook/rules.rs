@@ -241,7 +241,7 @@ pub fn release_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     old.and_then(ToolJetApp::released) != new.released()
 }
 
-fn pipeline_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+pub fn pipeline_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     old.is_some_and(|o| o.spec.environments != new.spec.environments)
 }
 

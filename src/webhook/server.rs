@@ -248,6 +248,66 @@ fn versions_of(
         .collect()
 }
 
+/// The objects of kind `K` in `ns` whose `field` equals `value`, as the API stores them now (a
+/// consistent LIST), for decisions that must not rest on a cache that may lag the request: a
+/// version created or promoted a moment ago, a config created a moment ago. The CRDs declare the
+/// field selectable; against CRDs installed before they did (the apiserver answers 400), the
+/// namespace is listed whole and filtered here.
+async fn stored<K>(client: &Client, ns: &str, field: &str, value: &str) -> Result<Vec<K>, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    let selected = api
+        .list(&ListParams::default().fields(&format!("{field}={value}")))
+        .await;
+    let items = match selected {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 400 => {
+            warn!(kind = %K::kind(&()), %field, error = %e.message, "field selector refused; listing the namespace whole");
+            api.list(&ListParams::default())
+                .await
+                .map_err(|e| stored_error::<K>(ns, field, value, e))?
+                .items
+        }
+        Err(e) => return Err(stored_error::<K>(ns, field, value, e)),
+    };
+    Ok(items)
+}
+
+fn stored_error<K: kube::Resource<DynamicType = ()>>(
+    ns: &str,
+    field: &str,
+    value: &str,
+    e: kube::Error,
+) -> String {
+    format!(
+        "could not list the {}s of namespace {ns} with {field}={value} to decide on a view as new as the request: {e}",
+        K::kind(&())
+    )
+}
+
+/// The versions of `app` as the API stores them now.
+async fn stored_versions_of(
+    client: &Client,
+    ns: &str,
+    app: &str,
+) -> Result<Vec<VersionFact>, String> {
+    Ok(stored::<AppVersion>(client, ns, "spec.app", app)
+        .await?
+        .into_iter()
+        .filter(|v| v.spec.app == app)
+        .map(|v| VersionFact {
+            name: v.name_any(),
+            version_name: v.spec.version_name,
+            environment: v.spec.environment,
+        })
+        .collect())
+}
+
 /// What every request's facts start from: namespace and user.
 struct Request<'a, K> {
     req: &'a AdmissionRequest<DynamicObject>,
@@ -303,10 +363,23 @@ async fn review_version(
         .apps
         .get(&ObjectRef::new(&subject.spec.app).within(ns));
     if let Some(app) = &app {
+        // The versions matter to a create or a rename only (versionName is unique per app), and
+        // there a version created a moment ago must count: they are read from the API.
+        let named =
+            new.is_some_and(|n| old.is_none_or(|o| o.spec.version_name != n.spec.version_name));
+        let versions = if named {
+            stored_versions_of(&state.client, ns, &subject.spec.app)
+                .await?
+                .into_iter()
+                .filter(|v| v.name != req.name)
+                .collect()
+        } else {
+            versions_of(state, ns, &subject.spec.app, Some(&req.name))
+        };
         facts.app = Some(AppFact {
             name: app.name_any(),
             environments: app.spec.environments.clone(),
-            versions: versions_of(state, ns, &subject.spec.app, Some(&req.name)),
+            versions,
         });
     }
     if op == Op::Delete {
@@ -349,17 +422,25 @@ async fn review_app(
     let r = Request::<ToolJetApp>::decode(req)?;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = old.or(new).ok_or(rules::MALFORMED)?;
-    let mut facts = Facts {
-        app: Some(AppFact {
-            name: req.name.clone(),
-            environments: subject.spec.environments.clone(),
-            versions: versions_of(state, ns, &req.name, None),
-        }),
-        ..Default::default()
-    };
+    let mut facts = Facts::default();
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
+    // Deleting an app, or changing its stages, is refused for the versions it would strand. The
+    // cache may not show a version created or promoted a moment ago, and allowing on a view older
+    // than the request would lose history: these rare requests read the versions from the API.
+    let structural = (op == Op::Delete && !facts.namespace_terminating)
+        || new.is_some_and(|new| rules::pipeline_changed(old, new));
+    let versions = if structural {
+        stored_versions_of(&state.client, ns, &req.name).await?
+    } else {
+        versions_of(state, ns, &req.name, None)
+    };
+    facts.app = Some(AppFact {
+        name: req.name.clone(),
+        environments: subject.spec.environments.clone(),
+        versions,
+    });
     if let Some(new) = new {
         // A changed rollout with selectors is judged against the Deployments that exist now.
         if rules::rollout_changed(old, new) && new.spec.rollout.iter().any(|t| t.selector.is_some())
@@ -428,12 +509,33 @@ async fn review_config(
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
     if let Some(new) = new {
-        facts.rival = state
-            .lookups
-            .configs_for(ns, new.spec.app.as_deref(), &new.spec.environment)
-            .iter()
-            .find(|c| c.name_any() != req.name)
-            .map(|c| c.name_any());
+        let keyed = old.is_none_or(|o| {
+            o.spec.app != new.spec.app || o.spec.environment != new.spec.environment
+        });
+        facts.rival = if keyed {
+            // A config that takes an (app, stage) must not miss a rival created a moment ago.
+            stored::<EnvironmentConfig>(
+                &state.client,
+                ns,
+                "spec.environment",
+                &new.spec.environment,
+            )
+            .await?
+            .into_iter()
+            .find(|c| {
+                c.name_any() != req.name
+                    && c.spec.app == new.spec.app
+                    && c.spec.environment == new.spec.environment
+            })
+            .map(|c| c.name_any())
+        } else {
+            state
+                .lookups
+                .configs_for(ns, new.spec.app.as_deref(), &new.spec.environment)
+                .iter()
+                .find(|c| c.name_any() != req.name)
+                .map(|c| c.name_any())
+        };
     }
     facts.granted = r
         .grants(state, rules::needed_for_config(op, old, new))

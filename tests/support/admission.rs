@@ -185,20 +185,7 @@ impl Workspace {
             .await
             .unwrap();
         }
-        // The webhook reads the app from its cache: wait until it is there.
-        let probe = w.clone_admin();
-        let ns = w.ns.clone();
-        support::eventually(WAIT, "the webhook sees app crm", || {
-            let (probe, ns) = (probe.clone(), ns.clone());
-            async move {
-                let api: Api<DynamicObject> = Api::namespaced_with(probe, &ns, &ar("AppVersion"));
-                let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": "probe" },
-                                   "spec": { "app": "crm", "versionName": "probe" } });
-                let dry = PostParams { dry_run: true, ..Default::default() };
-                api.create(&dry, &serde_json::from_value(body).unwrap()).await.ok().map(|_| ())
-            }
-        })
-        .await;
+        w.await_app("crm").await;
         for (name, target) in [
             ("v-dev", "development"),
             ("v-stg", "staging"),
@@ -215,6 +202,23 @@ impl Workspace {
             }
         }
         w
+    }
+
+    /// Waits until the webhook's cache holds ToolJetApp `app`: a version of it is admitted (dry run).
+    pub async fn await_app(&self, app: &str) {
+        let probe = self.clone_admin();
+        let ns = self.ns.clone();
+        support::eventually(WAIT, &format!("the webhook sees app {app}"), || {
+            let (probe, ns) = (probe.clone(), ns.clone());
+            async move {
+                let api: Api<DynamicObject> = Api::namespaced_with(probe, &ns, &ar("AppVersion"));
+                let body = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": "probe" },
+                                   "spec": { "app": app, "versionName": "probe" } });
+                let dry = PostParams { dry_run: true, ..Default::default() };
+                api.create(&dry, &serde_json::from_value(body).unwrap()).await.ok().map(|_| ())
+            }
+        })
+        .await;
     }
 
     /// Binds `user` to the ClusterRole `role` in the workspace.
