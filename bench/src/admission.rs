@@ -29,7 +29,7 @@ use tooljet_operator::webhook::config as admission;
 use crate::{
     cluster::{Cluster, NS, label},
     converge::ready,
-    latency::{Spaced, spaced},
+    latency::{Series, Spaced, spaced},
     operator::Operator,
     prom::{Histogram, Quantile, Scrape},
     workload::{Kind, STAGES},
@@ -213,19 +213,64 @@ async fn create_edited(cluster: &Cluster) -> Result<bool> {
     Ok(stamped)
 }
 
-async fn edits(
-    cluster: &Cluster,
-    operator: &Operator,
-    version: &'static str,
-    tag: &'static str,
-    n: usize,
-) -> Result<Spaced> {
-    let client = cluster.client.clone();
-    spaced(cluster, operator, n, move |k| {
-        let api = Kind::AppVersion.api(&client, NS);
-        Box::pin(async move { describe(&api, version, &format!("{tag} {k}")).await })
-    })
-    .await
+/// One series of first-stage edits (with or without the webhooks), taken in blocks, and what the
+/// apiserver and the operator saw of them.
+#[derive(Default)]
+struct EditSeries {
+    series: Series,
+    webhooks: Calls,
+    operator: Calls,
+}
+
+impl EditSeries {
+    /// `n` more edits of `version`, with the metrics scraped around them.
+    async fn block(
+        &mut self,
+        cluster: &Cluster,
+        operator: &Operator,
+        version: &'static str,
+        tag: &'static str,
+        n: usize,
+    ) -> Result<()> {
+        let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
+        let client = cluster.client.clone();
+        self.series
+            .take(cluster, operator, n, move |k| {
+                let api = Kind::AppVersion.api(&client, NS);
+                Box::pin(async move { describe(&api, version, &format!("{tag} {k}")).await })
+            })
+            .await?;
+        let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
+        self.webhooks.add(apiserver_calls(&api_before, &api_after));
+        if let (Some(before), Some(after)) = (op_before.as_ref(), op_after.as_ref()) {
+            self.operator.add(operator_calls(before, after));
+        }
+        Ok(())
+    }
+}
+
+/// Webhook observations by (name, operation, type), summed over blocks.
+#[derive(Default)]
+struct Calls(BTreeMap<(String, String, String), Histogram>);
+
+impl Calls {
+    fn add(&mut self, more: Calls) {
+        for (key, h) in more.0 {
+            self.0
+                .entry(key)
+                .and_modify(|sum| *sum = sum.plus(&h))
+                .or_insert(h);
+        }
+    }
+
+    fn costs(&self) -> Vec<WebhookCost> {
+        self.0
+            .iter()
+            .map(|((name, operation, kind), h)| {
+                cost(name.clone(), operation.clone(), kind.clone(), h)
+            })
+            .collect()
+    }
 }
 
 /// The promotions to make: versions of apps 2.. (apps 0 and 1 are edited), development ->
@@ -242,9 +287,9 @@ fn promotion_plan(apps: usize, n: usize) -> Vec<(String, &'static str)> {
 }
 
 /// Per (webhook name, operation, type), the apiserver's histogram between two scrapes.
-fn apiserver_costs(before: &Scrape, after: &Scrape) -> Vec<WebhookCost> {
+fn apiserver_calls(before: &Scrape, after: &Scrape) -> Calls {
     let earlier = before.histograms(APISERVER_HISTOGRAM, |_| true);
-    let mut grouped: BTreeMap<(String, String, String), Histogram> = BTreeMap::new();
+    let mut calls = Calls::default();
     for (labels, h) in after.histograms(APISERVER_HISTOGRAM, |_| true) {
         let delta = h.minus(&earlier.get(&labels).cloned().unwrap_or_default());
         if delta.count <= 0.0 {
@@ -256,38 +301,38 @@ fn apiserver_costs(before: &Scrape, after: &Scrape) -> Vec<WebhookCost> {
             label(&labels, "type").to_string(),
         );
         // `rejected` true and false are one webhook's calls.
-        grouped
-            .entry(key)
-            .and_modify(|sum| *sum = sum.plus(&delta))
-            .or_insert(delta);
+        calls.add(Calls([(key, delta)].into()));
     }
-    grouped
-        .into_iter()
-        .map(|((name, operation, kind), h)| cost(name, operation, kind, &h))
-        .collect()
+    calls
+}
+
+fn apiserver_costs(before: &Scrape, after: &Scrape) -> Vec<WebhookCost> {
+    apiserver_calls(before, after).costs()
 }
 
 /// Per webhook (`validate`, `mutate`), the operator's decision time between two scrapes.
-fn operator_costs(before: Option<&Scrape>, after: Option<&Scrape>) -> Vec<WebhookCost> {
-    let (Some(before), Some(after)) = (before, after) else {
-        return vec![];
-    };
+fn operator_calls(before: &Scrape, after: &Scrape) -> Calls {
     let earlier = before.histograms(OPERATOR_HISTOGRAM, |_| true);
-    after
-        .histograms(OPERATOR_HISTOGRAM, |_| true)
-        .into_iter()
-        .filter_map(|(labels, h)| {
-            let delta = h.minus(&earlier.get(&labels).cloned().unwrap_or_default());
-            (delta.count > 0.0).then(|| {
-                cost(
-                    label(&labels, "webhook").to_string(),
-                    String::new(),
-                    "operator".into(),
-                    &delta,
-                )
-            })
-        })
-        .collect()
+    let mut calls = Calls::default();
+    for (labels, h) in after.histograms(OPERATOR_HISTOGRAM, |_| true) {
+        let delta = h.minus(&earlier.get(&labels).cloned().unwrap_or_default());
+        if delta.count > 0.0 {
+            let key = (
+                label(&labels, "webhook").to_string(),
+                String::new(),
+                "operator".to_string(),
+            );
+            calls.add(Calls([(key, delta)].into()));
+        }
+    }
+    calls
+}
+
+fn operator_costs(before: Option<&Scrape>, after: Option<&Scrape>) -> Vec<WebhookCost> {
+    match (before, after) {
+        (Some(before), Some(after)) => operator_calls(before, after).costs(),
+        _ => vec![],
+    }
 }
 
 fn cost(name: String, operation: String, kind: String, h: &Histogram) -> WebhookCost {
@@ -310,6 +355,48 @@ fn calls(costs: &[WebhookCost], name: Option<&str>) -> u64 {
         .sum()
 }
 
+/// The first-stage edits of each series are taken in this many blocks, the series alternating
+/// (with, without, with, ...), so that a slow spell of the machine (an etcd compaction, a
+/// garbage collection) is as likely to fall on either series.
+const EDIT_BLOCKS: usize = 5;
+/// Edits after each switch, not measured.
+const WARMUP_EDITS: usize = 10;
+
+/// The size of block `b` of `n` edits in [`EDIT_BLOCKS`] blocks.
+fn block_size(n: usize, b: usize) -> usize {
+    n / EDIT_BLOCKS + usize::from(b < n % EDIT_BLOCKS)
+}
+
+async fn warm_up(cluster: &Cluster, version: &str) -> Result<()> {
+    let versions = Kind::AppVersion.api(&cluster.client, NS);
+    for k in 0..WARMUP_EDITS {
+        describe(&versions, version, &format!("warmup {k}")).await?;
+    }
+    Ok(())
+}
+
+/// Unregisters the webhooks and waits until an edit no longer reaches them (the apiserver's view
+/// of the configurations lags their deletion).
+async fn unregister_and_wait(cluster: &Cluster) -> Result<()> {
+    unregister(cluster).await?;
+    let versions = Kind::AppVersion.api(&cluster.client, NS);
+    let started = Instant::now();
+    loop {
+        let before = cluster.metrics().await?;
+        describe(&versions, EDITED_WITHOUT, "unregistered?").await?;
+        let after = cluster.metrics().await?;
+        if calls(&apiserver_costs(&before, &after), None) == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the apiserver still calls the webhooks 60 s after their configurations were deleted"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Measures (a) and (b) with an operator that serves its webhooks on `port`.
 pub async fn measure(
     cluster: &Cluster,
@@ -320,22 +407,12 @@ pub async fn measure(
     promotions_n: usize,
 ) -> Result<Admission> {
     register(cluster, port).await?;
-    let versions = Kind::AppVersion.api(&cluster.client, NS);
     let edited_versions_stamped = create_edited(cluster).await?;
     if !edited_versions_stamped {
         println!(
             "   the edited versions carry no {STAGES_ANNOTATION}: every edit of them is judged"
         );
     }
-    for k in 0..20 {
-        describe(&versions, EDITED_WITH, &format!("warmup {k}")).await?;
-    }
-
-    let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
-    let edit_with = edits(cluster, operator, EDITED_WITH, "with", edits_n).await?;
-    let (api_mid, op_mid) = (cluster.metrics().await?, operator.metrics().await);
-    let edit_webhooks = apiserver_costs(&api_before, &api_mid);
-    let edit_operator = operator_costs(op_before.as_ref(), op_mid.as_ref());
 
     let plan = promotion_plan(apps, promotions_n);
     if plan.len() < promotions_n {
@@ -344,6 +421,7 @@ pub async fn measure(
             plan.len()
         );
     }
+    let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
     let client = cluster.client.clone();
     let promotion = spaced(cluster, operator, plan.len(), move |k| {
         let api = Kind::AppVersion.api(&client, NS);
@@ -362,34 +440,38 @@ pub async fn measure(
     })
     .await?;
     let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
-    let promotion_webhooks = apiserver_costs(&api_mid, &api_after);
-    let promotion_operator = operator_costs(op_mid.as_ref(), op_after.as_ref());
+    let promotion_webhooks = apiserver_costs(&api_before, &api_after);
+    let promotion_operator = operator_costs(op_before.as_ref(), op_after.as_ref());
 
-    // Without: until an edit no longer reaches the webhook (the apiserver's view of the
-    // configurations lags their deletion).
-    unregister(cluster).await?;
-    let started = Instant::now();
-    loop {
-        let before = cluster.metrics().await?;
-        describe(&versions, EDITED_WITHOUT, "unregistered?").await?;
-        let after = cluster.metrics().await?;
-        if calls(&apiserver_costs(&before, &after), None) == 0 {
-            break;
+    let (mut with, mut without) = (EditSeries::default(), EditSeries::default());
+    for b in 0..EDIT_BLOCKS {
+        if b > 0 {
+            register(cluster, port).await?;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the apiserver still calls the webhooks 60 s after their configurations were deleted"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        warm_up(cluster, EDITED_WITH).await?;
+        with.block(
+            cluster,
+            operator,
+            EDITED_WITH,
+            "with",
+            block_size(edits_n, b),
+        )
+        .await?;
+        unregister_and_wait(cluster).await?;
+        warm_up(cluster, EDITED_WITHOUT).await?;
+        without
+            .block(
+                cluster,
+                operator,
+                EDITED_WITHOUT,
+                "without",
+                block_size(edits_n, b),
+            )
+            .await?;
     }
-    for k in 0..20 {
-        describe(&versions, EDITED_WITHOUT, &format!("warmup {k}")).await?;
-    }
-    let before = cluster.metrics().await?;
-    let edit_without = edits(cluster, operator, EDITED_WITHOUT, "without", edits_n).await?;
-    let after = cluster.metrics().await?;
-    let calls_without = calls(&apiserver_costs(&before, &after), None);
+    let edit_webhooks = with.webhooks.costs();
+    let calls_without = calls(&without.webhooks.costs(), None);
+    let (edit_with, edit_without) = (with.series.summary(), without.series.summary());
 
     Ok(Admission {
         added_p50_ms: edit_with.latency.p50_ms - edit_without.latency.p50_ms,
@@ -399,10 +481,10 @@ pub async fn measure(
             .filter(|c| c.name == VALIDATING_APPVERSIONS && c.kind == "validating")
             .map(|c| c.calls)
             .sum(),
+        edit_operator: with.operator.costs(),
         edit_with,
         edit_without,
         edit_webhooks,
-        edit_operator,
         edited_versions_stamped,
         calls_without,
         promotion,
@@ -414,6 +496,38 @@ pub async fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_blocks_split_the_series_evenly() {
+        for n in [0, 3, 5, 30, 298, 300] {
+            let sizes: Vec<usize> = (0..EDIT_BLOCKS).map(|b| block_size(n, b)).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{sizes:?}");
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        }
+        assert_eq!(block_size(300, 0), 60);
+    }
+
+    #[test]
+    fn calls_add_up_per_webhook_and_operation() {
+        let h = |count: f64| Histogram {
+            buckets: vec![(0.005, count), (f64::INFINITY, count)],
+            count,
+            sum: count * 0.001,
+        };
+        let key = |name: &str| (name.to_string(), "UPDATE".to_string(), "admit".to_string());
+        let mut calls = Calls::default();
+        calls.add(Calls([(key("a"), h(2.0))].into()));
+        calls.add(Calls([(key("a"), h(3.0)), (key("b"), h(1.0))].into()));
+        let costs = calls.costs();
+        assert_eq!(
+            costs
+                .iter()
+                .map(|c| (c.name.as_str(), c.calls))
+                .collect::<Vec<_>>(),
+            [("a", 5), ("b", 1)]
+        );
+        assert_eq!(costs[0].mean_ms, Some(1.0));
+    }
 
     #[test]
     fn promotions_skip_the_edited_apps_and_go_one_stage_at_a_time() {

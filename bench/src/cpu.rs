@@ -118,6 +118,26 @@ pub struct PhaseCpu {
 }
 
 impl PhaseCpu {
+    /// Two phases together (e.g. the blocks of one series): CPU and wall time add up, the shares
+    /// are of the combined wall time.
+    pub fn plus(&self, other: &PhaseCpu) -> PhaseCpu {
+        let mut seconds = self.seconds.clone();
+        for (name, s) in &other.seconds {
+            *seconds.entry(name.clone()).or_default() += s;
+        }
+        let wall_seconds = self.wall_seconds + other.wall_seconds;
+        let total_seconds = self.total_seconds + other.total_seconds;
+        PhaseCpu {
+            wall_seconds,
+            seconds,
+            total_seconds,
+            machine_share: total_seconds / (wall_seconds * cores() as f64).max(f64::EPSILON),
+            machine_busy: (self.machine_busy * self.wall_seconds
+                + other.machine_busy * other.wall_seconds)
+                / wall_seconds.max(f64::EPSILON),
+        }
+    }
+
     /// `operator 1.2, kube-apiserver 3.4, ... = 5.0 s: 83% of 2 cores over 3.0 s (machine busy 90%)`.
     pub fn describe(&self) -> String {
         let each: Vec<String> = self
@@ -140,6 +160,29 @@ impl PhaseCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_add_up_with_shares_of_their_combined_time() {
+        let phase = |wall: f64, operator: f64, busy: f64| PhaseCpu {
+            wall_seconds: wall,
+            seconds: [("operator".to_string(), operator)].into(),
+            total_seconds: operator,
+            machine_share: operator / (wall * cores() as f64),
+            machine_busy: busy,
+        };
+        let both = phase(10.0, 2.0, 0.5).plus(&PhaseCpu {
+            seconds: [("operator".to_string(), 1.0), ("etcd".to_string(), 3.0)].into(),
+            total_seconds: 4.0,
+            ..phase(30.0, 0.0, 0.1)
+        });
+        assert_eq!(both.wall_seconds, 40.0);
+        assert_eq!(both.seconds["operator"], 3.0);
+        assert_eq!(both.seconds["etcd"], 3.0);
+        assert_eq!(both.total_seconds, 6.0);
+        assert!((both.machine_share - 6.0 / (40.0 * cores() as f64)).abs() < 1e-12);
+        assert!((both.machine_busy - 0.2).abs() < 1e-12);
+        assert_eq!(PhaseCpu::default().plus(&both), both);
+    }
 
     #[test]
     fn this_process_has_cpu_ticks() {

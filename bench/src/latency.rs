@@ -65,33 +65,67 @@ pub struct Spaced {
     pub cpu: PhaseCpu,
 }
 
+/// Spaced samples of one series, possibly taken in several blocks (alternating with another
+/// series); summarised as one.
+#[derive(Default)]
+pub struct Series {
+    samples: Vec<Duration>,
+    quiet: Duration,
+    timeouts: usize,
+    cpu: PhaseCpu,
+}
+
+impl Series {
+    /// Runs `sample(k)` for the next `n` values of `k` (counted over the whole series), waiting
+    /// for the operator to be quiet before each.
+    pub async fn take<F>(
+        &mut self,
+        cluster: &Cluster,
+        operator: &Operator,
+        n: usize,
+        mut sample: F,
+    ) -> Result<()>
+    where
+        F: FnMut(usize) -> BoxFuture<'static, Result<Duration>>,
+    {
+        let mut processes = cluster.processes();
+        processes.push(operator.process());
+        operator.wait_quiet().await;
+        let before = Snapshot::take(&processes);
+        for _ in 0..n {
+            self.samples.push(sample(self.samples.len()).await?);
+            let q = operator.wait_quiet().await;
+            self.quiet += q.waited;
+            self.timeouts += usize::from(q.timed_out);
+        }
+        self.cpu = self.cpu.plus(&Snapshot::take(&processes).since(&before));
+        Ok(())
+    }
+
+    pub fn summary(self) -> Spaced {
+        let n = self.samples.len();
+        Spaced {
+            latency: Summary::of(self.samples),
+            mean_quiet_ms: self.quiet.as_secs_f64() * 1000.0 / n.max(1) as f64,
+            quiet_timeouts: self.timeouts,
+            cpu: self.cpu,
+        }
+    }
+}
+
 /// Runs `sample(k)` `n` times, waiting for the operator to be quiet before each.
 pub async fn spaced<F>(
     cluster: &Cluster,
     operator: &Operator,
     n: usize,
-    mut sample: F,
+    sample: F,
 ) -> Result<Spaced>
 where
     F: FnMut(usize) -> BoxFuture<'static, Result<Duration>>,
 {
-    let mut processes = cluster.processes();
-    processes.push(operator.process());
-    operator.wait_quiet().await;
-    let before = Snapshot::take(&processes);
-    let (mut samples, mut quiet, mut timeouts) = (vec![], Duration::ZERO, 0);
-    for k in 0..n {
-        samples.push(sample(k).await?);
-        let q = operator.wait_quiet().await;
-        quiet += q.waited;
-        timeouts += usize::from(q.timed_out);
-    }
-    Ok(Spaced {
-        latency: Summary::of(samples),
-        mean_quiet_ms: quiet.as_secs_f64() * 1000.0 / n.max(1) as f64,
-        quiet_timeouts: timeouts,
-        cpu: Snapshot::take(&processes).since(&before),
-    })
+    let mut series = Series::default();
+    series.take(cluster, operator, n, sample).await?;
+    Ok(series.summary())
 }
 
 /// Waits on `watch` until the Secret's `key` holds `value`.
