@@ -9,8 +9,9 @@ use kube::{ResourceExt, core::SelectorExt};
 
 use crate::{
     api::{
-        APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, AppVersion, CREATED_BY_ANNOTATION,
-        LAST_EDITED_BY_ANNOTATION, PromotionPolicy, ToolJetApp, WindowKind as ApiWindowKind,
+        APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, AppVersion, Approval,
+        CREATED_BY_ANNOTATION, LAST_EDITED_BY_ANNOTATION, PromotionPolicy, ToolJetApp,
+        WindowKind as ApiWindowKind,
     },
     policy::{self, ApprovalFact, Excluded, Requirement, Tally, Window, WindowKind, WindowSpec},
     state::Lookups,
@@ -64,16 +65,30 @@ impl StageGate {
         }
     }
 
-    /// The approvals that count for `version` entering this stage, promoted by `promoter`.
+    /// The approvals that count for `version` entering this stage, promoted by `promoter`, from
+    /// the cached Approvals.
     pub fn tally(
         &self,
         lookups: &Lookups,
         version: &AppVersion,
         promoter: Option<&str>,
     ) -> Option<Tally> {
-        let requirement = self.requirement.as_ref()?;
         let ns = version.namespace().unwrap_or_default();
-        let facts = approval_facts(lookups, &ns, version);
+        self.tally_of(
+            approval_facts(lookups.approvals_of(&ns, &version.name_any()), version),
+            version,
+            promoter,
+        )
+    }
+
+    /// The same from `facts` gathered elsewhere (the webhook reads them from the API).
+    pub fn tally_of(
+        &self,
+        facts: Vec<ApprovalFact>,
+        version: &AppVersion,
+        promoter: Option<&str>,
+    ) -> Option<Tally> {
+        let requirement = self.requirement.as_ref()?;
         let a = version.annotations();
         let excluded = Excluded {
             creator: a.get(CREATED_BY_ANNOTATION).cloned(),
@@ -90,22 +105,28 @@ impl StageGate {
     }
 }
 
-/// The Approvals of `version` that approve its current content: owned by this version (by UID,
-/// so a deleted version's approvals never count for a new one of the same name) and stamped
-/// with its current generation (an edit after approval voids it).
-pub fn approval_facts(lookups: &Lookups, ns: &str, version: &AppVersion) -> Vec<ApprovalFact> {
+/// Of `approvals`, those of `version` that approve its current content: owned by this version
+/// (by UID, so a deleted version's approvals never count for a new one of the same name) and
+/// stamped with its current generation (an edit after approval voids it).
+pub fn approval_facts<A: std::borrow::Borrow<Approval>>(
+    approvals: impl IntoIterator<Item = A>,
+    version: &AppVersion,
+) -> Vec<ApprovalFact> {
     let uid = version.uid().unwrap_or_default();
     let generation = version.metadata.generation.unwrap_or_default().to_string();
-    lookups
-        .approvals_of(ns, &version.name_any())
+    let name = version.name_any();
+    approvals
         .into_iter()
         .filter(|a| {
-            a.owner_references()
-                .iter()
-                .any(|o| o.kind == "AppVersion" && o.uid == uid)
+            let a = a.borrow();
+            a.spec.version == name
+                && a.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "AppVersion" && o.uid == uid)
                 && a.annotations().get(APPROVED_GENERATION_ANNOTATION) == Some(&generation)
         })
         .filter_map(|a| {
+            let a = a.borrow();
             Some(ApprovalFact {
                 name: a.name_any(),
                 approver: a.annotations().get(APPROVED_BY_ANNOTATION)?.clone(),

@@ -1,8 +1,8 @@
 //! Promotion policies as the real kube-apiserver enforces them through the webhook, with the
 //! shipped ClusterRoles and impersonated users: required approvals with separation of duties,
 //! revocation, promotion windows (deny open now, allow closed now) for promotions and releases,
-//! break-glass override recorded in the histories, and policies that the people they constrain
-//! cannot lift.
+//! break-glass override recorded in the histories, policies that the people they constrain
+//! cannot lift, and policies and revocations that count at once.
 
 mod support;
 
@@ -203,6 +203,58 @@ async fn two_distinct_approvals_gate_a_promotion_with_separation_of_duties() {
         json!("production"),
         "promoted"
     );
+}
+
+/// A policy declared, or an approval revoked, a moment before a promotion counts: the webhook
+/// reads them from the API, not from its cache, which may lag under load. Twenty versions at
+/// once, each approved, revoked and promoted in a row, while a configuration changes.
+#[tokio::test]
+async fn policies_and_revocations_made_a_moment_ago_count() {
+    let w = Workspace::new("policy-fresh").await;
+    w.bind("dave", "tooljet-approver").await;
+    let dave = user("dave").await;
+    let versions: Vec<String> = (0..20).map(|i| format!("v-fresh-{i}")).collect();
+    for v in &versions {
+        version_in_staging(&w, v).await;
+    }
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "prod-gate",
+        json!({ "environments": ["production"], "approvals": { "required": 1 } }),
+    )
+    .await
+    .unwrap();
+    denied(
+        w.promote(&w.bob, &versions[0], "production").await,
+        "0 of 1",
+    );
+    let (w, dave) = (&w, &dave);
+    let flows = futures::future::join_all(versions.iter().map(|v| async move {
+        let approval = format!("{v}-by-dave");
+        approve(w, dave, &approval, v, "production").await.unwrap();
+        w.api(dave, "Approval")
+            .delete(&approval, &DeleteParams::default())
+            .await
+            .unwrap();
+        denied(w.promote(&w.bob, v, "production").await, "0 of 1");
+    }));
+    // Meanwhile the operator is kept busy with other work, as it may be when such requests come.
+    let busy = futures::future::join_all((0..40).map(|i| async move {
+        w.merge(
+            &w.admin,
+            "EnvironmentConfig",
+            "crm-development",
+            json!({ "spec": { "constants": [{ "name": "API_URL", "type": "Global", "value": format!("https://dev-{i}") }] } }),
+        )
+        .await
+        .ok();
+    }));
+    futures::future::join(flows, busy).await;
+    for v in &versions {
+        let stored = w.get("AppVersion", v).await.unwrap();
+        assert_eq!(stored.data["spec"]["environment"], json!("staging"), "{v}");
+    }
 }
 
 #[tokio::test]

@@ -181,6 +181,7 @@ pub struct GuardedApp {
     doc = "One person's approval of an AppVersion entering a stage (spec.environment). Created while the version is \
            in the stage just before; who approved and when are recorded by the admission webhook. Immutable; \
            deleting it revokes it. Deleted with its version.",
+    selectable = ".spec.version",
     printcolumn(
         name = "Version",
         type_ = "string",

@@ -169,20 +169,45 @@ fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates:
 }
 
 /// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
-/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release).
-fn gate_facts(
+/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release). The policies and
+/// the Approvals are read from the API: a freeze declared, or an approval revoked, a moment
+/// before the request counts.
+async fn gate_facts(
     state: &WebhookState,
+    ns: &str,
     app: &ToolJetApp,
     stage: &str,
     version: Option<(&AppVersion, &str)>,
-) -> Option<gates::GateFacts> {
-    let gate = crate::gate::stage_gate(&state.lookups, app, stage)?;
+) -> Result<Option<gates::GateFacts>, String> {
+    // Read from the API, not the cache: a policy created a moment ago (a freeze) guards at once.
+    let policies: Vec<Arc<PromotionPolicy>> =
+        Api::<PromotionPolicy>::namespaced(state.client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| {
+                format!(
+                    "could not list the PromotionPolicies of namespace {ns} to check the gate on {stage}: {e}"
+                )
+            })?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let Some(gate) = crate::gate::stage_gate_among(&policies, app, stage) else {
+        return Ok(None);
+    };
     let window = gate.windows_at(crate::gate::to_chrono(Timestamp::now()));
-    let approvals = version.and_then(|(v, promoter)| {
-        gate.tally(&state.lookups, v, Some(promoter))
-            .map(|t| (t.satisfied(), t.describe()))
-    });
-    Some(gates::GateFacts {
+    // The approvals are read from the API: one revoked a moment ago (deleted) must not count.
+    let approvals = match version {
+        Some((v, promoter)) if gate.requirement.is_some() => {
+            let stored =
+                stored::<Approval>(&state.client, ns, "spec.version", &v.name_any()).await?;
+            gate.tally_of(crate::gate::approval_facts(stored, v), v, Some(promoter))
+                .map(|t| (t.satisfied(), t.describe()))
+        }
+        _ => None,
+    };
+    Ok(Some(gates::GateFacts {
         separation_of_duties: gate
             .requirement
             .as_ref()
@@ -190,7 +215,7 @@ fn gate_facts(
         policies: gate.policies,
         approvals,
         closed: window.closed,
-    })
+    }))
 }
 
 /// The validating decision.
@@ -385,16 +410,27 @@ async fn review_version(
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    facts.granted = r
-        .grants(state, rules::needed_for_version(old, new, &r.user))
-        .await?;
+    // A promotion's gate (read from the API) is gathered while the SubjectAccessReviews run.
+    // spec.app is immutable (CEL and the rules), so `subject`'s app is the one promoted in.
+    let promoted = match (old, new, &app) {
+        (Some(old), Some(new), Some(app)) => {
+            rules::promotion(old, new).map(|(_, to)| (old, app, to))
+        }
+        _ => None,
+    };
+    let gate = async {
+        match promoted {
+            Some((old, app, to)) => gate_facts(state, ns, app, to, Some((old, &r.user))).await,
+            None => Ok(None),
+        }
+    };
+    (facts.granted, facts.gate) = futures::try_join!(
+        r.grants(state, rules::needed_for_version(old, new, &r.user)),
+        gate
+    )?;
     if let (Some(old), Some(new)) = (old, new)
         && let Some((_, to)) = rules::promotion(old, new)
     {
-        // spec.app is immutable (CEL and the rules), so `subject`'s app is the one promoted in.
-        if let Some(app) = &app {
-            facts.gate = gate_facts(state, app, to, Some((old, &r.user)));
-        }
         let resolved = crate::state::resolve(
             &state.hash_key,
             &state.managed_secrets,
@@ -457,7 +493,7 @@ async fn review_app(
         if let Some(app) = facts.app.as_mut() {
             released_as_stored(state, ns, new, version, app).await?;
         }
-        facts.gate = gate_facts(state, new, new.last_stage(), None);
+        facts.gate = gate_facts(state, ns, new, new.last_stage(), None).await?;
     }
     Ok(rules::review_app(op, old, new, &r.user, &facts))
 }
