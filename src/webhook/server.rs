@@ -169,9 +169,9 @@ fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates:
 }
 
 /// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
-/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release). The policies and
-/// the Approvals are read from the API: a freeze declared, or an approval revoked, a moment
-/// before the request counts.
+/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release). The policies come
+/// from the cache; where they require approvals, the version's Approvals are read from the API,
+/// so that one revoked a moment before the request no longer counts.
 async fn gate_facts(
     state: &WebhookState,
     ns: &str,
@@ -179,21 +179,7 @@ async fn gate_facts(
     stage: &str,
     version: Option<(&AppVersion, &str)>,
 ) -> Result<Option<gates::GateFacts>, String> {
-    // Read from the API, not the cache: a policy created a moment ago (a freeze) guards at once.
-    let policies: Vec<Arc<PromotionPolicy>> =
-        Api::<PromotionPolicy>::namespaced(state.client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| {
-                format!(
-                    "could not list the PromotionPolicies of namespace {ns} to check the gate on {stage}: {e}"
-                )
-            })?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let Some(gate) = crate::gate::stage_gate_among(&policies, app, stage) else {
+    let Some(gate) = crate::gate::stage_gate(&state.lookups, app, stage) else {
         return Ok(None);
     };
     let window = gate.windows_at(crate::gate::to_chrono(Timestamp::now()));
@@ -410,7 +396,8 @@ async fn review_version(
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    // A promotion's gate (read from the API) is gathered while the SubjectAccessReviews run.
+    // A promotion's gate (its Approvals read from the API) is gathered while the
+    // SubjectAccessReviews run.
     // spec.app is immutable (CEL and the rules), so `subject`'s app is the one promoted in.
     let promoted = match (old, new, &app) {
         (Some(old), Some(new), Some(app)) => {
