@@ -10,12 +10,12 @@ use std::{
 
 use anyhow::{Result, bail};
 use k8s_openapi::{
-    api::core::v1::Namespace,
+    api::core::v1::{Namespace, Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Config, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{conditions, wait::await_condition},
 };
@@ -86,8 +86,30 @@ impl Cluster {
 
     /// Deletes the namespaces and waits until they are gone (the kube-controller-manager's
     /// namespace controller deletes their objects first). Returns how long that took.
+    ///
+    /// Their Secrets go first, and are waited for: were the owners (the floor's ToolJet objects)
+    /// deleted with their dependents still there, the garbage collector would read each dependent
+    /// (a 404 by then) at the kube-controller-manager's 20 requests a second, for minutes after
+    /// the namespace is gone, during the phases that follow.
     pub async fn delete_namespaces(&self, names: &[&str], timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
+        for name in names {
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), name);
+            secrets
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await?;
+            while !secrets
+                .list_metadata(&ListParams::default().limit(1))
+                .await?
+                .items
+                .is_empty()
+            {
+                if started.elapsed() > timeout {
+                    bail!("the Secrets of namespace {name} were not deleted within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         for name in names {
             namespaces.delete(name, &DeleteParams::default()).await?;
@@ -98,6 +120,41 @@ impl Cluster {
                     bail!("namespace {name} was not deleted within {timeout:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Waits until the apiserver has served no request on `resources` (any verb but WATCH, any
+    /// answer) for `quiet`, polling every 250 ms; returns how long that took. With the operator
+    /// stopped and the benchmark idle, what still moves is the kube-controller-manager finishing a
+    /// deletion: after a namespace is gone, its garbage collector still reads (404) each
+    /// dependent of the deleted owners, about a thousand at N=1000, which would otherwise run
+    /// during the next phase and be counted against it. Gives up after `timeout` with a warning
+    /// (the wait is reported either way).
+    pub async fn settle(
+        &self,
+        resources: &[&str],
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let verbs = ["GET", "LIST", "POST", "PUT", "PATCH", "APPLY", "DELETE"];
+        let started = Instant::now();
+        let total =
+            async || -> Result<u64> { Ok(self.requests(&verbs, resources).await?.values().sum()) };
+        let (mut last, mut since) = (total().await?, Instant::now());
+        while since.elapsed() < quiet {
+            if started.elapsed() > timeout {
+                eprintln!(
+                    "warning: the apiserver still served requests on {resources:?} after \
+                     {timeout:?}; going on"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = total().await?;
+            if now != last {
+                (last, since) = (now, Instant::now());
             }
         }
         Ok(started.elapsed())
@@ -144,11 +201,16 @@ impl Cluster {
                 label(&labels, "resource"),
                 label(&labels, "subresource"),
             );
-            let key = if sub.is_empty() {
+            let mut key = if sub.is_empty() {
                 format!("{verb} {resource}")
             } else {
                 format!("{verb} {resource}/{sub}")
             };
+            // Answers other than success are counted apart (`GET secrets 404`).
+            let code = label(&labels, "code");
+            if !code.starts_with('2') {
+                key = format!("{key} {code}");
+            }
             *counts.entry(key).or_insert(0) += value as u64;
         }
         Ok(counts)

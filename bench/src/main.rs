@@ -100,6 +100,10 @@ struct Full {
 }
 
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(1800);
+/// The floors' cleanup is over when the apiserver has served no request on the profiled
+/// resources for this long ([`cluster::Cluster::settle`]).
+const SETTLE_QUIET: Duration = Duration::from_secs(3);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn start_operator(args: &Args, cluster: &Cluster, extra: &[&str], log: &Path) -> Result<Operator> {
     let bin = args.operator.as_deref().context("--operator is required")?;
@@ -142,16 +146,6 @@ async fn run_point(
         "   Secret floor: {} writes in {:.2}s; contract floor: {} writes in {:.2}s",
         secret_floor.writes, secret_floor.seconds, contract_floor.writes, contract_floor.seconds
     );
-    let cleanup = cluster
-        .delete_namespaces(&[SECRET_FLOOR_NS, CONTRACT_FLOOR_NS], CONVERGENCE_TIMEOUT)
-        .await?;
-    println!(
-        "   floors' namespaces deleted in {:.1}s",
-        cleanup.as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    // Convergence.
     let profiled = [
         "secrets",
         "environmentconfigs",
@@ -159,6 +153,20 @@ async fn run_point(
         "tooljetapps",
         "events",
     ];
+    let deleted = cluster
+        .delete_namespaces(&[SECRET_FLOOR_NS, CONTRACT_FLOOR_NS], CONVERGENCE_TIMEOUT)
+        .await?;
+    let settled = cluster
+        .settle(&profiled, SETTLE_QUIET, SETTLE_TIMEOUT)
+        .await?;
+    let cleanup = deleted + settled;
+    println!(
+        "   floors' namespaces deleted in {:.1}s; the control plane settled {:.1}s later",
+        deleted.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+
+    // Convergence.
     let verbs = [
         "GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "APPLY", "DELETE",
     ];
@@ -287,6 +295,28 @@ async fn run_point(
     ))
 }
 
+/// Copies the operator's logs (`RUST_LOG=warn`: its warnings and errors) of every point from the
+/// run's scratch directory to `to/<point>/`, replacing those of an earlier run.
+fn keep_operator_logs(root: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    for point in ["small", "main", "large"] {
+        let Ok(entries) = std::fs::read_dir(root.join(point)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("operator") {
+                let dir = to.join(point);
+                let copied = std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::copy(entry.path(), dir.join(&name)));
+                if let Err(e) = copied {
+                    eprintln!("could not keep {}: {e}", entry.path().display());
+                }
+            }
+        }
+    }
+}
+
 async fn measure(args: &Args) -> Result<Results> {
     let root = std::env::temp_dir().join(format!("tooljet-bench-{}", std::process::id()));
     let mut points = vec![];
@@ -306,6 +336,7 @@ async fn measure(args: &Args) -> Result<Results> {
                 .0,
         );
     }
+    keep_operator_logs(&root, &args.out.with_file_name("logs"));
     let _ = std::fs::remove_dir_all(&root);
     Ok(Results {
         date: Timestamp::now().to_string().chars().take(10).collect(),
