@@ -66,6 +66,11 @@ struct Args {
     /// Validating/Mutating webhook configurations whose caBundle the operator keeps current.
     #[arg(long = "webhook-configuration", default_value = "tooljet-operator")]
     webhook_configurations: Vec<String>,
+    /// How long the webhook reuses a SubjectAccessReview that allowed, for the same user and
+    /// access (`0s`: ask every time; at most `1m`). A denial is never reused; a revoked grant
+    /// keeps allowing for up to this long.
+    #[arg(long, env = "TOOLJET_ACCESS_REVIEW_TTL", default_value = "5s", value_parser = parse_ttl)]
+    access_review_ttl: Duration,
 }
 
 /// A Go-style duration (`90s`, `5m`).
@@ -73,6 +78,19 @@ fn parse_deadline(text: &str) -> Result<Duration, String> {
     parse_duration(text)?
         .to_std()
         .map_err(|e| format!("{text}: {e}"))
+}
+
+/// A Go-style duration from `0s` to `1m` (`5s`, `30s`): longer would keep a revoked grant
+/// allowing for too long.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s" | "0m") {
+        return Ok(Duration::ZERO);
+    }
+    let ttl = parse_deadline(text)?;
+    if ttl > Duration::from_secs(60) {
+        return Err(format!("{text}: at most 1m (0s: ask every time)"));
+    }
+    Ok(ttl)
 }
 
 /// jemalloc, not glibc's malloc: its size classes hold the caches' many small strings closer
@@ -130,6 +148,7 @@ async fn run() -> anyhow::Result<()> {
                 configurations: args.webhook_configurations.clone(),
             },
         },
+        access_review_ttl: args.access_review_ttl,
     });
     let leadership = if args.leader_elect {
         Leadership::elect(
@@ -154,4 +173,22 @@ async fn run() -> anyhow::Result<()> {
     operator::run(client, options, leadership).await?;
     info!("tooljet-operator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_review_ttls_are_zero_to_a_minute() {
+        assert_eq!(parse_ttl("0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_ttl("5s"),
+            Ok(tooljet_operator::webhook::access::DEFAULT_TTL)
+        );
+        assert_eq!(parse_ttl("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_ttl("61s").unwrap_err().contains("at most 1m"));
+        assert!(parse_ttl("5").is_err());
+        assert!(parse_ttl("-5s").is_err());
+    }
 }

@@ -127,6 +127,21 @@ impl From<&Operation> for AdmissionOperation {
     }
 }
 
+closed_label! {
+    /// How the webhook learnt whether a requester holds an access: the apiserver's answer to a
+    /// SubjectAccessReview, or an allowing answer remembered (see `webhook::access`).
+    AccessAnswer {
+        Allowed => "allowed",
+        Denied => "denied",
+        Remembered => "remembered",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccessLabels {
+    pub answer: AccessAnswer,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     pub webhook: Webhook,
@@ -153,6 +168,7 @@ pub struct Metrics {
     pub releases: Counter,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
+    pub access_reviews: Family<AccessLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -220,6 +236,15 @@ impl Default for Metrics {
             "Server-side time to decide an admission review",
             admission_duration.clone(),
         );
+        let access_reviews = Family::<AccessLabels, Counter>::default();
+        registry.register(
+            "access_reviews",
+            "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
+            access_reviews.clone(),
+        );
+        for &answer in AccessAnswer::ALL {
+            let _ = access_reviews.get_or_create(&AccessLabels { answer });
+        }
         // Every series with a known label set starts at zero, so dashboards and alerts see the
         // families before the first event.
         for controller in ["environmentconfig", "appversion", "tooljetapp"] {
@@ -267,6 +292,7 @@ impl Default for Metrics {
             releases,
             admission_requests,
             admission_duration,
+            access_reviews,
         }
     }
 }
@@ -316,6 +342,12 @@ impl Metrics {
                 controller,
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    pub fn access_review(&self, answer: AccessAnswer) {
+        self.access_reviews
+            .get_or_create(&AccessLabels { answer })
             .inc();
     }
 

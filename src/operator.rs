@@ -39,7 +39,7 @@ use crate::{
     materialize::HashKey,
     metrics::Metrics,
     state::{self, Echoes, Hub, Lookups, Readiness},
-    webhook::{certs, http, server},
+    webhook::{access, certs, http, server},
 };
 
 /// The admission webhook's listener and certificate.
@@ -47,6 +47,8 @@ use crate::{
 pub struct WebhookOptions {
     pub addr: SocketAddr,
     pub certs: certs::Source,
+    /// How long an allowing SubjectAccessReview answer is reused (see `webhook::access`).
+    pub access_review_ttl: Duration,
 }
 
 /// Everything the process needs to know.
@@ -231,6 +233,7 @@ fn serve_webhook(
         hash_key: hash_key.clone(),
         readiness: caches.readiness.clone(),
         metrics: metrics.clone(),
+        allowed: access::Allowed::new(webhook.access_review_ttl),
     });
     let (client, source, cert_resolver) = (client.clone(), webhook.certs.clone(), resolver.clone());
     tasks.spawn(async move {

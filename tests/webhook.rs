@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{core::v1::Namespace, rbac::v1::RoleBinding};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
@@ -698,6 +698,88 @@ async fn the_webhook_reports_its_decisions_in_metrics() {
     assert!(body.contains("result=\"denied\""));
     assert!(body.contains("tooljet_operator_admission_duration_seconds_bucket"));
     assert!(body.contains("tooljet_operator_reconciles_total"));
+}
+
+/// The operator's count of access checks answered `answer` (`allowed`, `denied`, `remembered`).
+async fn access_reviews(answer: &str) -> u64 {
+    let (code, body) = http_get(&env().await.health, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let series = format!("tooljet_operator_access_reviews_total{{answer=\"{answer}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics")) as u64
+}
+
+/// A SubjectAccessReview that allowed is reused for the same user and access for
+/// `--access-review-ttl` (5 s by default); a denial never is. So a new grant counts at once, and a
+/// revoked one stops counting within the TTL. The door is a Secret reference (`get` on the
+/// Secret), which only the webhook checks: promotions, releases, configuration and approvals are
+/// also checked by the ValidatingAdmissionPolicies with the apiserver's own authorizer, which
+/// refuse a revoked grant before the webhook is called. The creates are dry runs: judged, never
+/// stored.
+#[tokio::test]
+async fn an_allowing_access_review_is_reused_briefly_and_a_denial_never() {
+    let w = Workspace::new("access-ttl").await;
+    let erin = support::client_as("erin", &[]).await;
+    w.bind("erin", "tooljet-developer").await;
+    let api = w.api(&erin, "EnvironmentConfig");
+    let reference = || {
+        let api = api.clone();
+        async move {
+            let config = json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
+                "metadata": { "name": "erin-dev" },
+                "spec": { "environment": "development", "constants": [{ "name": "DB", "type": "Secret",
+                          "valueFrom": { "secretKeyRef": { "name": "erin-db", "key": "password" } } }] } });
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            api.create(&dry, &serde_json::from_value(config).unwrap())
+                .await
+                .map_err(msg)
+        }
+    };
+    const REFUSED: &str = "user erin may not reference Secret erin-db (key password)";
+
+    // Without the grant: denied, and asked again every time.
+    let asked = access_reviews("denied").await;
+    for _ in 0..3 {
+        denied(reference().await, REFUSED);
+    }
+    assert!(access_reviews("denied").await >= asked + 3);
+
+    // Granted: allowed as soon as the apiserver's authorizer sees the binding (no denial was
+    // kept); the next requests within the TTL reuse the answer.
+    w.grant(
+        "erin",
+        "erin-reads-db",
+        json!([{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["erin-db"] }]),
+    )
+    .await;
+    support::eventually(WAIT, "the new grant allows", || async {
+        reference().await.ok().map(|_| ())
+    })
+    .await;
+    let reused = access_reviews("remembered").await;
+    reference().await.unwrap();
+    reference().await.unwrap();
+    assert!(access_reviews("remembered").await >= reused + 2);
+
+    // Revoked: denied again once the reused answer is older than the TTL (5 s), not forever.
+    Api::<RoleBinding>::namespaced(w.clone_admin(), &w.ns)
+        .delete("erin-reads-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    support::eventually(
+        Duration::from_secs(15),
+        "the revoked grant no longer allows",
+        || async { reference().await.err().map(|_| ()) },
+    )
+    .await;
+    println!("denied {:?} after the revocation", revoked.elapsed());
+    denied(reference().await, REFUSED);
+    assert!(w.get("EnvironmentConfig", "erin-dev").await.is_none());
 }
 
 const VALIDATING: &str = "appversions.validate.tooljet.io";

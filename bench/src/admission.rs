@@ -90,6 +90,11 @@ pub struct Admission {
     pub promotion_webhooks: Vec<WebhookCost>,
     /// (b) the operator's side.
     pub promotion_operator: Vec<WebhookCost>,
+    /// (b) the accesses the validating webhook checked, by how it learnt the answer
+    /// (`tooljet_operator_access_reviews_total`: `allowed` and `denied` were asked of the
+    /// apiserver, `remembered` reused an allowing answer).
+    #[serde(default)]
+    pub promotion_access_reviews: BTreeMap<String, u64>,
 }
 
 impl Admission {
@@ -328,6 +333,23 @@ fn operator_calls(before: &Scrape, after: &Scrape) -> Calls {
     calls
 }
 
+/// The operator's access checks between two scrapes, by answer.
+fn access_reviews(before: Option<&Scrape>, after: Option<&Scrape>) -> BTreeMap<String, u64> {
+    const COUNTER: &str = "tooljet_operator_access_reviews_total";
+    let (Some(before), Some(after)) = (before, after) else {
+        return BTreeMap::new();
+    };
+    after
+        .series(COUNTER, |_| true)
+        .into_iter()
+        .map(|(labels, value)| {
+            let answer = label(&labels, "answer").to_string();
+            let earlier = before.sum(COUNTER, |l| label(l, "answer") == answer);
+            (answer, (value - earlier).max(0.0) as u64)
+        })
+        .collect()
+}
+
 fn operator_costs(before: Option<&Scrape>, after: Option<&Scrape>) -> Vec<WebhookCost> {
     match (before, after) {
         (Some(before), Some(after)) => operator_calls(before, after).costs(),
@@ -442,6 +464,7 @@ pub async fn measure(
     let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
     let promotion_webhooks = apiserver_costs(&api_before, &api_after);
     let promotion_operator = operator_costs(op_before.as_ref(), op_after.as_ref());
+    let promotion_access_reviews = access_reviews(op_before.as_ref(), op_after.as_ref());
 
     let (mut with, mut without) = (EditSeries::default(), EditSeries::default());
     for b in 0..EDIT_BLOCKS {
@@ -490,6 +513,7 @@ pub async fn measure(
         promotion,
         promotion_webhooks,
         promotion_operator,
+        promotion_access_reviews,
     })
 }
 

@@ -489,6 +489,20 @@ impl Results {
                 "promotion p50 / p95 / p99 (client)".into(),
                 latency(&a.promotion.latency),
             ));
+            if !a.promotion_access_reviews.is_empty() {
+                let n = |answer: &str| a.promotion_access_reviews.get(answer).copied().unwrap_or(0);
+                rows.push(info(
+                    "accesses checked in the promotions".into(),
+                    format!(
+                        "{} SubjectAccessReviews asked ({} allowed, {} denied), {} answers reused \
+                         (`--access-review-ttl`)",
+                        n("allowed") + n("denied"),
+                        n("allowed"),
+                        n("denied"),
+                        n("remembered")
+                    ),
+                ));
+            }
             for (what, costs) in [
                 ("first-stage edit", &a.edit_operator),
                 ("promotion", &a.promotion_operator),

@@ -1,5 +1,6 @@
 //! The admission webhook: the environment rules in the apiserver's request path.
 
+pub mod access;
 pub mod certs;
 pub mod config;
 pub mod gates;

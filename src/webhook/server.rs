@@ -6,17 +6,12 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        authentication::v1::UserInfo,
-        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
-        core::v1::Namespace,
-    },
+    api::{apps::v1::Deployment, core::v1::Namespace},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DynamicObject, ListParams, PartialObjectMeta, PostParams},
+    api::{DynamicObject, ListParams, PartialObjectMeta},
     core::admission::{AdmissionRequest, AdmissionResponse, Operation},
     runtime::reflector::{ObjectRef, Store},
 };
@@ -24,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{
-    gates,
+    access, gates,
     rules::{self, AppFact, Facts, Op, Verdict, VersionFact},
 };
 use crate::{
@@ -47,6 +42,8 @@ pub struct WebhookState {
     pub hash_key: Arc<HashKey>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Accesses the apiserver allowed a moment ago ([`access`]).
+    pub allowed: access::Allowed,
 }
 
 fn typed<K: DeserializeOwned>(obj: &Option<DynamicObject>) -> Result<Option<K>, String> {
@@ -350,11 +347,16 @@ impl<'a, K: DeserializeOwned> Request<'a, K> {
         state: &WebhookState,
         needed: Vec<rules::Access>,
     ) -> Result<BTreeMap<rules::Access, bool>, String> {
-        let answers = futures::future::try_join_all(
-            needed
-                .iter()
-                .map(|a| access(&state.client, &self.req.user_info, &self.ns, a)),
-        )
+        let answers = futures::future::try_join_all(needed.iter().map(|a| {
+            access::holds(
+                &state.client,
+                &state.allowed,
+                &state.metrics,
+                &self.req.user_info,
+                &self.ns,
+                a,
+            )
+        }))
         .await?;
         Ok(needed.into_iter().zip(answers).collect())
     }
@@ -650,42 +652,6 @@ async fn namespace_terminating(client: &Client, ns: &str) -> Result<bool, String
         Ok(found) => Ok(found.is_none_or(|n| n.metadata.deletion_timestamp.is_some())),
         Err(e) => Err(format!(
             "could not read namespace {ns} to check whether it is being deleted: {e}"
-        )),
-    }
-}
-
-/// Asks the apiserver whether the requesting user holds `access` in `ns` (a SubjectAccessReview
-/// carrying the user's name, uid, groups and extra).
-async fn access(
-    client: &Client,
-    user: &UserInfo,
-    ns: &str,
-    access: &rules::Access,
-) -> Result<bool, String> {
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: user.username.clone(),
-            uid: user.uid.clone(),
-            groups: user.groups.clone(),
-            extra: user.extra.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(ns.to_string()),
-                group: Some(access.group.to_string()),
-                resource: Some(access.resource.to_string()),
-                verb: Some(access.verb.to_string()),
-                name: access.name.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    match api.create(&PostParams::default(), &review).await {
-        Ok(answer) => Ok(answer.status.is_some_and(|s| s.allowed)),
-        Err(e) => Err(format!(
-            "could not check whether the requester holds {}: {e}",
-            access.describe()
         )),
     }
 }

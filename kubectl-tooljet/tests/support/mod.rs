@@ -30,7 +30,7 @@ use tooljet_operator::{
     leader::Leadership,
     operator::{self, Options, WebhookOptions},
     webhook::{
-        certs,
+        access, certs,
         config::{self, Endpoint},
     },
 };
@@ -172,6 +172,7 @@ pub async fn environment() {
                                     hosts: vec!["127.0.0.1".into()],
                                     configurations: vec![config::CONFIGURATION_NAME.into()],
                                 },
+                                access_review_ttl: access::DEFAULT_TTL,
                             }),
                         };
                         if let Err(e) =
