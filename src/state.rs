@@ -129,6 +129,10 @@ pub struct Hub<K: Resource<DynamicType = ()> + 'static> {
     events: Events<K>,
     subscribers: Vec<mpsc::Sender<Change<K>>>,
     indexes: Vec<Arc<dyn Indexer<K>>>,
+    /// The readiness gate and this cache's name in it: marked listed once a list is complete
+    /// *and* the indexes are rebuilt from it, so no reconcile looks up an index that is behind
+    /// its cache.
+    listed: Option<(Arc<Readiness>, &'static str)>,
 }
 
 /// Something kept in step with a cache: updated with every change before any subscriber hears
@@ -163,6 +167,7 @@ where
             events,
             mut subscribers,
             indexes,
+            listed,
         } = self;
         let mut events = events;
         // What the cache held when a (re)list began: an object deleted while the watch was
@@ -183,6 +188,9 @@ where
                     let all = store.state();
                     for index in &indexes {
                         index.rebuild(&all);
+                    }
+                    if let Some((readiness, name)) = &listed {
+                        readiness.listed(name);
                     }
                     let present: std::collections::HashSet<ObjectRef<K>> =
                         all.iter().map(|o| ObjectRef::from(&**o)).collect();
@@ -287,11 +295,7 @@ where
             watcher::Event::InitApply(o) => watcher::Event::InitApply(convert(o)),
             watcher::Event::InitDone => watcher::Event::InitDone,
         });
-    let events = reflector::reflector(writer, converted).inspect(move |event| {
-        if let Ok(watcher::Event::InitDone) = event {
-            readiness.listed(name);
-        }
-    });
+    let events = reflector::reflector(writer, converted);
     (
         store.clone(),
         Hub {
@@ -299,6 +303,7 @@ where
             events: events.boxed(),
             subscribers: vec![],
             indexes: vec![],
+            listed: Some((readiness, name)),
         },
     )
 }
@@ -585,6 +590,7 @@ where
             events: futures::stream::empty().boxed(),
             subscribers: vec![],
             indexes: vec![],
+            listed: None,
         },
     )
 }
@@ -947,6 +953,51 @@ mod tests {
         );
     }
 
+    /// Records, at each rebuild, whether the readiness gate was already open.
+    struct Spy {
+        readiness: Arc<Readiness>,
+        open_at_rebuild: Mutex<Vec<bool>>,
+    }
+
+    impl Indexer<ConfigMap> for Spy {
+        fn apply(&self, _: &Change<ConfigMap>) {}
+        fn rebuild(&self, _: &[Arc<ConfigMap>]) {
+            self.open_at_rebuild
+                .lock()
+                .unwrap()
+                .push(self.readiness.is_ready());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_is_ready_only_once_its_indexes_are_rebuilt_from_the_list() {
+        use kube::runtime::watcher::Event;
+        let readiness = Readiness::new(&["config maps"]);
+        let (store, writer) = kube::runtime::reflector::store::<ConfigMap>();
+        let events = [
+            Event::Init,
+            Event::InitApply(config_map("a", 1, "1")),
+            Event::InitDone,
+        ]
+        .into_iter()
+        .map(Ok);
+        let spy = Arc::new(Spy {
+            readiness: readiness.clone(),
+            open_at_rebuild: Mutex::default(),
+        });
+        let mut hub = Hub {
+            store,
+            events: kube::runtime::reflector(writer, futures::stream::iter(events)).boxed(),
+            subscribers: vec![],
+            indexes: vec![],
+            listed: Some((readiness.clone(), "config maps")),
+        };
+        hub.index(spy.clone());
+        hub.run().await;
+        assert_eq!(*spy.open_at_rebuild.lock().unwrap(), [false]);
+        assert!(readiness.is_ready());
+    }
+
     #[tokio::test]
     async fn an_object_deleted_while_the_watch_was_broken_is_reported_after_the_relist() {
         use kube::runtime::watcher::Event;
@@ -969,6 +1020,7 @@ mod tests {
             events: kube::runtime::reflector(writer, futures::stream::iter(events)).boxed(),
             subscribers: vec![],
             indexes: vec![],
+            listed: None,
         };
         let rx = hub.subscribe();
         hub.run().await;
