@@ -702,12 +702,8 @@ async fn the_webhook_reports_its_decisions_in_metrics() {
 
 /// The operator's count of access checks answered `answer` (`allowed`, `denied`, `remembered`).
 async fn access_reviews(answer: &str) -> u64 {
-    let (code, body) = http_get(&env().await.health, "/metrics").await.unwrap();
-    assert_eq!(code, 200);
-    let series = format!("tooljet_operator_access_reviews_total{{answer=\"{answer}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics")) as u64
+    let series = format!("tooljet_operator_access_reviews_total{{answer=\"{answer}\"");
+    support::faults::counter(&env().await.health, &series).await
 }
 
 /// A SubjectAccessReview that allowed is reused for the same user and access for

@@ -306,14 +306,18 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The sum of a counter family on an operator's /metrics.
+/// The sum of a counter family on an operator's /metrics; `family` may carry the first labels
+/// of the series to count (`tooljet_operator_access_reviews_total{answer="denied"`).
 pub async fn counter(health: &str, family: &str) -> u64 {
     let (_, metrics) = support::admission::http_get(health, "/metrics")
         .await
         .unwrap_or_default();
     metrics
         .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(['{', ' ', ',', '}']))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
