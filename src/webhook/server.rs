@@ -1,5 +1,5 @@
-//! The admission decisions: gathers the facts the rules need (from the caches, plus a
-//! SubjectAccessReview on the requester for every access the request needs) and applies the pure
+//! The admission decisions: gathers the facts the rules need (from the caches, plus whether the
+//! requester holds every access the request needs: [`super::access`]) and applies the pure
 //! [`rules`]. Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
 //! is [`super::http`].
 
