@@ -398,28 +398,27 @@ async fn review_version(
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    // A promotion's gate (its Approvals read from the API) is gathered while the
-    // SubjectAccessReviews run.
-    // spec.app is immutable (CEL and the rules), so `subject`'s app is the one promoted in.
-    let promoted = match (old, new, &app) {
-        (Some(old), Some(new), Some(app)) => {
-            rules::promotion(old, new).map(|(_, to)| (old, app, to))
-        }
+    // The stage a promotion enters.
+    let promoted_to = match (old, new) {
+        (Some(old), Some(new)) => rules::promotion(old, new).map(|(_, to)| to),
         _ => None,
     };
+    // A promotion's gate (its Approvals read from the API) is gathered while the
+    // SubjectAccessReviews run. spec.app is immutable (CEL and the rules), so `subject`'s app is
+    // the one promoted in.
     let gate = async {
-        match promoted {
-            Some((old, app, to)) => gate_facts(state, ns, app, to, Some((old, &r.user))).await,
-            None => Ok(None),
+        match (old, &app, promoted_to) {
+            (Some(old), Some(app), Some(to)) => {
+                gate_facts(state, ns, app, to, Some((old, &r.user))).await
+            }
+            _ => Ok(None),
         }
     };
     (facts.granted, facts.gate) = futures::try_join!(
         r.grants(state, rules::needed_for_version(old, new, &r.user)),
         gate
     )?;
-    if let (Some(old), Some(new)) = (old, new)
-        && let Some((_, to)) = rules::promotion(old, new)
-    {
+    if let (Some(new), Some(to)) = (new, promoted_to) {
         let resolved = crate::state::resolve(
             &state.hash_key,
             &state.managed_secrets,
