@@ -18,13 +18,10 @@ use k8s_openapi::{
 use kube::Resource;
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
-use crate::{
-    api::{
-        AppVersion, AppVersionSpec, AppVersionStatus, Approval, ApprovalSpec, EnvironmentConfig,
-        EnvironmentConfigSpec, EnvironmentConfigStatus, PromotionPolicy, PromotionPolicySpec,
-        PromotionPolicyStatus, ToolJetApp, ToolJetAppSpec, ToolJetAppStatus,
-    },
-    managed::ManagedSecret,
+use crate::api::{
+    AppVersion, AppVersionSpec, AppVersionStatus, Approval, ApprovalSpec, EnvironmentConfig,
+    EnvironmentConfigSpec, EnvironmentConfigStatus, PromotionPolicy, PromotionPolicySpec,
+    PromotionPolicyStatus, ToolJetApp, ToolJetAppSpec, ToolJetAppStatus,
 };
 
 /// `ObjectMeta` as the API serves it, less `managedFields` (an unknown field here, skipped).
@@ -156,7 +153,8 @@ impl Parts for Approval {
     }
 }
 
-/// What a [`ManagedSecret`] is made of: metadata and data.
+/// What a [`crate::managed::ManagedSecret`] is made from: a Secret's metadata and data (its `type`, and
+/// `stringData`, which the API never serves, are not read).
 #[derive(Deserialize)]
 pub struct SecretParts {
     #[serde(default)]
@@ -164,14 +162,14 @@ pub struct SecretParts {
     data: Option<BTreeMap<String, ByteString>>,
 }
 
-impl Parts for ManagedSecret {
+impl Parts for Secret {
     type Lean = SecretParts;
     fn assemble(lean: Self::Lean) -> Self {
-        ManagedSecret::from(Secret {
+        Secret {
             metadata: lean.metadata.into(),
             data: lean.data,
             ..Secret::default()
-        })
+        }
     }
 }
 
@@ -222,10 +220,12 @@ mod tests {
         assert_eq!(version.status, None);
         assert_eq!(version.spec.version_name, "v1");
 
-        let Lean(secret) = serde_json::from_value::<Lean<ManagedSecret>>(json!({
+        let Lean(secret) = serde_json::from_value::<Lean<Secret>>(json!({
             "metadata": { "name": "s", "namespace": "team", "managedFields": managed_fields() },
         }))
         .unwrap();
         assert_eq!(kube::ResourceExt::name_any(&secret), "s");
+        assert_eq!(secret.metadata.managed_fields, None);
+        assert_eq!(secret.data, None);
     }
 }

@@ -1,45 +1,56 @@
 //! What the operator keeps in memory of each Secret it manages (labelled
 //! `app.kubernetes.io/managed-by: tooljet-operator`).
 //!
-//! Not the Secret: its name, namespace, resourceVersion and ownerReferences (ownership is judged
-//! by the owner's UID, [`crate::state::controlled_by`]); the values of the operator's own labels
-//! and of its content-hash annotation, as plain fields rather than maps; a SHA-256 digest of its
-//! data, to tell an edit from the content the operator wrote; and, for a stage configuration's
-//! Secret only, its data, packed into one allocation, because every version of the stage reads
-//! it ([`crate::state::resolve`]). A version's resolved Secret is read by nothing but workloads.
+//! Not the Secret, nor its `ObjectMeta`: its name, namespace and resourceVersion; of its
+//! ownerReferences, what the controllers follow (kind, name, UID, controller flag: ownership is
+//! judged by the owner's UID, [`crate::state::controlled_by`]) and a digest of the rest; the
+//! values of the operator's own labels and of its content-hash annotation, as plain fields rather
+//! than maps; a SHA-256 digest of its data, to tell an edit from the content the operator wrote;
+//! and, for a stage configuration's Secret only, its data, packed into one allocation, because
+//! every version of the stage reads it ([`crate::state::resolve`]). A version's resolved Secret
+//! is read by nothing but workloads.
 //!
-//! At N=1000 (5000 managed Secrets) this is most of what a full typed Secret cost: two label and
-//! annotation trees and the data of 2000 resolved Secrets.
+//! It is not a kube `Resource` (which must lend out a whole `ObjectMeta`, 360 bytes inline and
+//! mostly empty); kube's store keys it through [`Lookup`], and the controllers are triggered by
+//! its changes through `Controller::reconcile_on` ([`crate::state::mapped`]).
 
 use std::{borrow::Cow, collections::BTreeMap};
 
 use k8s_openapi::{
-    ByteString, NamespaceResourceScope, api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use kube::{Resource, ResourceExt};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{Lookup, ObjectRef},
+};
 use sha2::{Digest, Sha256};
 
 use crate::{
     api::{
-        APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
+        APP_LABEL, ENVIRONMENT_LABEL, GROUP, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
         MANAGED_BY_LABEL, MANAGED_BY_VALUE, RESOLVED_SECRET_KIND, STAGE_SECRET_KIND as LAYER_KIND,
     },
     materialize::{FORMAT, HashKey, hex},
 };
 
 /// A managed Secret as cached. Built from the Secret ([`ManagedSecret::from`]); read through its
-/// methods. `meta()` holds only name, namespace, resourceVersion and ownerReferences: its labels
-/// and annotations are empty, the operator's own are [`ManagedSecret::label`] and
-/// [`ManagedSecret::hash`].
+/// methods.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ManagedSecret {
-    metadata: ObjectMeta,
+    name: Box<str>,
+    namespace: Box<str>,
+    resource_version: Option<Box<str>>,
+    /// Its ownerReferences, as [`Owner`]s.
+    owners: Box<[Owner]>,
+    /// A digest of its ownerReferences as they are, every field ([`owners_digest`]): what
+    /// [`ManagedSecret::carries`] compares.
+    owners_digest: [u8; 16],
     /// `app.kubernetes.io/managed-by` is `tooljet-operator`.
     managed_by: bool,
     /// `tooljet.io/kind`, when one of [`KINDS`]: the only values the operator writes or looks
-    /// for, so any other reads as absent. As flags rather than strings, the struct fits
-    /// jemalloc's 512-byte class inside its `Arc` (640 bytes before): 5000 Secrets at N=1000.
+    /// for, so any other reads as absent.
     kind: Option<u8>,
     environment: Option<Box<str>>,
     app: Option<Box<str>>,
@@ -49,6 +60,41 @@ pub struct ManagedSecret {
     inputs: Option<[u8; 32]>,
     /// A stage configuration's data, packed ([`pack`]).
     layer: Option<Box<[u8]>>,
+}
+
+/// One ownerReference of a cached Secret: what the controllers follow it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner's kind, when it is one of the operator's (group `tooljet.io`) that owns Secrets.
+    pub kind: Option<OwnerKind>,
+    pub name: Box<str>,
+    pub uid: Box<str>,
+    /// `controller: true`.
+    pub controller: bool,
+}
+
+/// The operator's kinds that own Secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerKind {
+    EnvironmentConfig,
+    AppVersion,
+}
+
+impl From<&OwnerReference> for Owner {
+    fn from(o: &OwnerReference) -> Owner {
+        let ours = o.api_version.split('/').next() == Some(GROUP);
+        let kind = match o.kind.as_str() {
+            "EnvironmentConfig" if ours => Some(OwnerKind::EnvironmentConfig),
+            "AppVersion" if ours => Some(OwnerKind::AppVersion),
+            _ => None,
+        };
+        Owner {
+            kind,
+            name: o.name.as_str().into(),
+            uid: o.uid.as_str().into(),
+            controller: o.controller == Some(true),
+        }
+    }
 }
 
 /// The values of `tooljet.io/kind` the operator writes.
@@ -73,7 +119,13 @@ impl From<Secret> for ManagedSecret {
                     .map(|(k, v)| (k.as_str(), v.0.as_slice())),
             )
         });
+        let owner_references = metadata.owner_references.as_deref().unwrap_or_default();
         ManagedSecret {
+            name: metadata.name.as_deref().unwrap_or_default().into(),
+            namespace: metadata.namespace.as_deref().unwrap_or_default().into(),
+            resource_version: metadata.resource_version.as_deref().map(Into::into),
+            owners: owner_references.iter().map(Owner::from).collect(),
+            owners_digest: owners_digest(owner_references),
             managed_by: label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE),
             environment: label(ENVIRONMENT_LABEL).map(Into::into),
             app: label(APP_LABEL).map(Into::into),
@@ -82,26 +134,28 @@ impl From<Secret> for ManagedSecret {
             kind: kind.map(|k| k as u8),
             digest: digest(data.as_ref()),
             layer,
-            metadata: ObjectMeta {
-                name: metadata.name,
-                namespace: metadata.namespace,
-                resource_version: metadata.resource_version,
-                owner_references: metadata.owner_references,
-                ..ObjectMeta::default()
-            },
         }
     }
 }
 
-/// Read from a Secret's JSON, as [`crate::lean::Lean`] reads it (kube's `watches_shared_stream`
-/// asks every watched type for `Deserialize`).
-impl<'de> serde::Deserialize<'de> for ManagedSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::lean::Lean::<ManagedSecret>::deserialize(deserializer).map(|lean| lean.0)
-    }
-}
-
 impl ManagedSecret {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+
+    /// Its ownerReferences, in order.
+    pub fn owners(&self) -> &[Owner] {
+        &self.owners
+    }
+
     /// The value of one of the operator's labels (`tooljet.io/kind`, `tooljet.io/environment`,
     /// `tooljet.io/app`, `app.kubernetes.io/managed-by`); `None` for any other key. The kind and
     /// managed-by labels read as absent unless they hold a value the operator writes.
@@ -142,7 +196,8 @@ impl ManagedSecret {
                     .as_ref()
                     .and_then(|a| a.get(HASH_ANNOTATION))
                     .map(String::as_str)
-            && self.owner_references() == desired.owner_references.as_deref().unwrap_or_default()
+            && self.owners_digest
+                == owners_digest(desired.owner_references.as_deref().unwrap_or_default())
     }
 
     /// Whether this Secret, as it is (data and content hash), was made from `inputs`: its inputs
@@ -160,9 +215,11 @@ impl ManagedSecret {
     }
 }
 
-impl Resource for ManagedSecret {
+/// How kube's store keys a cached Secret: by namespace and name. The key carries neither the
+/// resourceVersion nor a UID (kube's default copies both into every key; neither is part of its
+/// identity, and nothing here reads them from a key).
+impl Lookup for ManagedSecret {
     type DynamicType = ();
-    type Scope = NamespaceResourceScope;
 
     fn kind(_: &()) -> Cow<'_, str> {
         "Secret".into()
@@ -180,13 +237,44 @@ impl Resource for ManagedSecret {
         "secrets".into()
     }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
     }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.namespace))
     }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    fn to_object_ref(&self, _: ()) -> ObjectRef<Self> {
+        ObjectRef::new(&self.name).within(&self.namespace)
+    }
+}
+
+/// A digest of ownerReferences, every field of each, in order (SHA-256, first 16 bytes).
+fn owners_digest(owners: &[OwnerReference]) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    let flag = |f: Option<bool>| match f {
+        None => 0u8,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    for o in owners {
+        for field in [&o.api_version, &o.kind, &o.name, &o.uid] {
+            hasher.update((field.len() as u64).to_le_bytes());
+            hasher.update(field.as_bytes());
+        }
+        hasher.update([flag(o.controller), flag(o.block_owner_deletion)]);
+    }
+    let full: [u8; 32] = hasher.finalize().into();
+    full[..16].try_into().expect("16 of 32 bytes")
 }
 
 /// What a stage configuration's Secret is made from, besides [`crate::materialize::FORMAT`].
@@ -358,14 +446,55 @@ mod tests {
         assert_eq!(cached.label(KIND_LABEL), Some(LAYER_KIND));
         assert_eq!(cached.label("app.kubernetes.io/name"), None);
         assert_eq!(cached.hash(), Some("h1"));
-        assert_eq!(cached.name_any(), "tooljet.staging.crm");
-        assert_eq!(cached.resource_version().as_deref(), Some("7"));
-        assert!(cached.labels().is_empty() && cached.meta().uid.is_none());
+        assert_eq!(cached.name(), "tooljet.staging.crm");
+        assert_eq!(cached.namespace(), "ns");
+        assert_eq!(cached.resource_version(), Some("7"));
+        assert_eq!(
+            cached.owners(),
+            [Owner {
+                kind: Some(OwnerKind::EnvironmentConfig),
+                name: "crm-staging".into(),
+                uid: "cfg-uid".into(),
+                controller: true,
+            }]
+        );
+        // Keyed by namespace and name only.
+        let key = Lookup::to_object_ref(&cached, ());
+        assert_eq!(key, ObjectRef::new("tooljet.staging.crm").within("ns"));
+        assert_eq!((key.extra.resource_version, key.extra.uid), (None, None));
         assert!(cached.holds(&stage));
         let resolved = ManagedSecret::from(secret("resolved-config"));
         assert_eq!(resolved.layer(), None);
         assert_eq!(resolved.label(KIND_LABEL), Some(RESOLVED_SECRET_KIND));
         assert_eq!(resolved.label(MANAGED_BY_LABEL), Some(MANAGED_BY_VALUE));
+    }
+
+    #[test]
+    fn owners_are_followed_by_kind_only_in_the_operators_group() {
+        let mut s = secret(RESOLVED_SECRET_KIND);
+        let reference = |api_version: &str, kind: &str, controller| OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: "v1".into(),
+            uid: "u".into(),
+            controller,
+            ..Default::default()
+        };
+        s.metadata.owner_references = Some(vec![
+            reference("example.com/v1", "AppVersion", None),
+            reference("tooljet.io/v1alpha1", "AppVersion", Some(false)),
+            reference("tooljet.io/v1alpha1", "ToolJetApp", Some(true)),
+        ]);
+        let owners = ManagedSecret::from(s).owners().to_vec();
+        let kinds: Vec<_> = owners.iter().map(|o| (o.kind, o.controller)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (None, false),
+                (Some(OwnerKind::AppVersion), false),
+                (None, true)
+            ]
+        );
     }
 
     #[test]
@@ -412,6 +541,13 @@ mod tests {
         let mut disowned = desired.clone();
         disowned.metadata.owner_references = None;
         assert!(!ManagedSecret::from(disowned).holds(&desired));
+        // Every field of an ownerReference counts, not only those the controllers follow.
+        let mut unblocked = desired.clone();
+        unblocked.owner_references_mut()[0].block_owner_deletion = Some(false);
+        assert!(!ManagedSecret::from(unblocked).holds(&desired));
+        let mut regrouped = desired.clone();
+        regrouped.owner_references_mut()[0].api_version = "tooljet.io/v1".into();
+        assert!(!ManagedSecret::from(regrouped).holds(&desired));
         // Labels the operator does not set may be added by others.
         let mut labelled = desired.clone();
         labelled

@@ -170,11 +170,11 @@ impl Caches {
         ]);
         let any = || watcher::Config::default().any_semantic();
         let (managed_secrets, managed_hub) = state::watch_as(
-            Api::<Lean<ManagedSecret>>::all(client.clone()),
+            Api::<Lean<Secret>>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             readiness.clone(),
             "managed Secrets",
-            |Lean(secret)| secret,
+            |Lean(secret)| ManagedSecret::from(secret),
         );
         let (configs, mut config_hub) = state::watch_projected(
             client,

@@ -124,7 +124,7 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
 /// Hands each change of one kind's cache to its subscribers. Subscribe first, then run.
-pub struct Hub<K: Resource<DynamicType = ()> + 'static> {
+pub struct Hub<K: reflector::Lookup<DynamicType = ()> + 'static> {
     store: Store<K>,
     events: Events<K>,
     subscribers: Vec<mpsc::Sender<Change<K>>>,
@@ -147,7 +147,7 @@ pub type Subscription<K> = mpsc::Receiver<Change<K>>;
 
 impl<K> Hub<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     /// Keeps `index` in step with the cache.
     pub fn index(&mut self, index: Arc<dyn Indexer<K>>) {
@@ -253,7 +253,7 @@ pub fn watch_projected<K, C>(
 ) -> (Store<C>, Hub<C>)
 where
     K: Parts<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    C: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     watch_as(
         Api::<Lean<K>>::all(client.clone()),
@@ -283,7 +283,7 @@ where
         + std::fmt::Debug
         + Send
         + 'static,
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let converted = watcher(api, config)
@@ -337,8 +337,8 @@ fn hash64<T: Hash + ?Sized>(value: &T) -> u64 {
 /// The hash of an object's (namespace, name): a small fixed-size key for the per-object records
 /// kept beside the caches (change filters, own-write records). Where two objects could share one
 /// (a 64-bit collision), those records only ever let an extra event through.
-fn object_hash<K: Resource>(obj: &K) -> u64 {
-    name_hash(obj.meta().namespace.as_deref(), obj.meta().name.as_deref())
+fn object_hash<K: reflector::Lookup>(obj: &K) -> u64 {
+    name_hash(obj.namespace().as_deref(), obj.name().as_deref())
 }
 
 /// [`object_hash`] of the object `namespace`/`name`.
@@ -543,31 +543,31 @@ pub struct Echoes {
 
 impl Echoes {
     /// Records that the operator's write left `obj` at its resourceVersion.
-    pub fn record<K: Resource>(&self, obj: &K) {
-        let (Some(_), Some(rv)) = (&obj.meta().namespace, &obj.meta().resource_version) else {
+    pub fn record<K: reflector::Lookup>(&self, obj: &K) {
+        let (Some(_), Some(rv)) = (obj.namespace(), obj.resource_version()) else {
             return;
         };
         self.written
             .lock()
             .expect("echo lock")
-            .insert(object_hash(obj), hash64(rv));
+            .insert(object_hash(obj), hash64(&*rv));
     }
 
     /// Whether `obj` is exactly as the operator's last write left it.
-    pub fn is_echo<K: Resource>(&self, obj: &K) -> bool {
-        let (Some(_), Some(rv)) = (&obj.meta().namespace, &obj.meta().resource_version) else {
+    pub fn is_echo<K: reflector::Lookup>(&self, obj: &K) -> bool {
+        let (Some(_), Some(rv)) = (obj.namespace(), obj.resource_version()) else {
             return false;
         };
         self.written
             .lock()
             .expect("echo lock")
             .get(&object_hash(obj))
-            == Some(&hash64(rv))
+            == Some(&hash64(&*rv))
     }
 
     /// Forgets a deleted object.
-    pub fn forget<K: Resource>(&self, obj: &K) {
-        if obj.meta().namespace.is_some() {
+    pub fn forget<K: reflector::Lookup>(&self, obj: &K) {
+        if obj.namespace().is_some() {
             self.written
                 .lock()
                 .expect("echo lock")
@@ -580,7 +580,7 @@ impl Echoes {
 #[cfg(test)]
 fn watch_nothing<K>() -> (Store<K>, Hub<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (store, _writer) = reflector::store();
     (
@@ -809,19 +809,61 @@ pub fn app_label_value(app: &str) -> String {
 
 // Ownership and stage configurations: what the controllers and the webhook both judge by.
 
-/// The controller ownerReference of `secret` (a Secret, or a cached [`ManagedSecret`]), if any.
-pub fn controller_of<S: Resource>(secret: &S) -> Option<&OwnerReference> {
-    secret
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
+/// A Secret's namespace and controller ownerReference, read alike from a Secret and from a
+/// cached [`ManagedSecret`]: what ownership is judged by.
+pub trait Controlled {
+    fn secret_namespace(&self) -> Option<&str>;
+    /// The name and UID of the ownerReference with `controller: true`, if any.
+    fn controller(&self) -> Option<(&str, &str)>;
+}
+
+impl Controlled for k8s_openapi::api::core::v1::Secret {
+    fn secret_namespace(&self) -> Option<&str> {
+        self.metadata.namespace.as_deref()
+    }
+
+    fn controller(&self) -> Option<(&str, &str)> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o: &&OwnerReference| o.controller == Some(true))
+            .map(|o| (o.name.as_str(), o.uid.as_str()))
+    }
+}
+
+impl Controlled for ManagedSecret {
+    fn secret_namespace(&self) -> Option<&str> {
+        Some(self.namespace())
+    }
+
+    fn controller(&self) -> Option<(&str, &str)> {
+        self.owners()
+            .iter()
+            .find(|o| o.controller)
+            .map(|o| (&*o.name, &*o.uid))
+    }
 }
 
 /// Whether `secret`'s controller is the object with `uid`: the only test of ownership. A label
 /// or a name proves nothing (anyone who may create Secrets can copy them); an object without a
 /// uid (not stored yet) owns nothing.
-pub fn controlled_by<S: Resource>(secret: &S, uid: Option<&str>) -> bool {
-    uid.is_some_and(|uid| controller_of(secret).is_some_and(|o| o.uid == uid))
+pub fn controlled_by<S: Controlled>(secret: &S, uid: Option<&str>) -> bool {
+    uid.is_some_and(|uid| secret.controller().is_some_and(|(_, owner)| owner == uid))
+}
+
+/// `trigger`, each item mapped to the objects it wakes: for `Controller::reconcile_on`, which
+/// takes triggers of a type that is not a kube `Resource` (a cached [`ManagedSecret`]).
+pub fn mapped<T, K, I>(
+    trigger: impl Stream<Item = T> + Send + 'static,
+    mapper: impl Fn(T) -> I + Send + 'static,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: reflector::Lookup + 'static,
+    I: IntoIterator<Item = ObjectRef<K>>,
+    I::IntoIter: Send + 'static,
+{
+    trigger.flat_map(move |item| futures::stream::iter(mapper(item)))
 }
 
 /// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
@@ -840,8 +882,9 @@ pub fn resolve(
         .filter_map(|scope| {
             let secret =
                 managed.get(&ObjectRef::new(&secret_name(scope, environment)).within(ns))?;
-            let owner = controller_of(&*secret)
-                .and_then(|o| configs.get(&ObjectRef::new(&o.name).within(ns)));
+            let owner = secret
+                .controller()
+                .and_then(|(name, _)| configs.get(&ObjectRef::new(name).within(ns)));
             is_stage_config(&*secret, owner.as_deref(), ns, scope, environment).then_some(secret)
         })
         .map(|s| s.layer().unwrap_or_default())
@@ -854,7 +897,7 @@ pub fn resolve(
 /// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.
 /// The label and the name prove nothing; nor does an ownerReference to a config of another key
 /// (a reference is only a uid anyone can copy, so the key must match too).
-pub(crate) fn is_stage_config<S: Resource>(
+pub(crate) fn is_stage_config<S: Controlled>(
     secret: &S,
     owner: Option<&CachedConfig>,
     ns: &str,
@@ -865,7 +908,7 @@ pub(crate) fn is_stage_config<S: Resource>(
         controlled_by(secret, cfg.metadata.uid.as_deref())
             && cfg.metadata.deletion_timestamp.is_none()
             && cfg.metadata.namespace.as_deref() == Some(ns)
-            && secret.meta().namespace.as_deref() == Some(ns)
+            && secret.secret_namespace() == Some(ns)
             && cfg.spec.app.as_deref() == scope
             && cfg.spec.environment == environment
     })

@@ -62,9 +62,10 @@ pub fn controller(
             v.namespace()
                 .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
         })
-        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
-            apps_with_rollout_for_secret(&for_secrets, &secret)
-        })
+        .reconcile_on(crate::state::mapped(
+            managed,
+            move |secret: Arc<ManagedSecret>| apps_with_rollout_for_secret(&for_secrets, &secret),
+        ))
         .watches_stream(
             watcher(
                 Api::<PartialObjectMeta<Deployment>>::all(client),
@@ -108,7 +109,7 @@ fn apps_with_rollout_for_secret(
         return vec![];
     };
     lookups
-        .apps_with_rollout(&secret.namespace().unwrap_or_default())
+        .apps_with_rollout(secret.namespace())
         .into_iter()
         .filter(|a| {
             app.is_none_or(|l| *l == app_label_value(&a.name_any()))

@@ -43,7 +43,7 @@ use crate::{
     },
     cached::CachedConfig,
     gate,
-    managed::ManagedSecret,
+    managed::{ManagedSecret, OwnerKind},
     materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
     policy::Tally,
 };
@@ -78,15 +78,18 @@ pub fn controller(
     let by_policy = lookups.clone();
     Controller::for_shared_stream(main, lookups.versions.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
-            // A version's own resolved Secret, as its last write left it: nothing to do. (A
-            // stage Secret's change always matters to the versions in that stage.)
-            let own = secret.label(KIND_LABEL) == Some(SECRET_KIND);
-            if own && echoes.is_echo(&*secret) {
-                return vec![];
-            }
-            affected_by_secret(&for_secrets, &secret)
-        })
+        .reconcile_on(crate::state::mapped(
+            managed,
+            move |secret: Arc<ManagedSecret>| {
+                // A version's own resolved Secret, as its last write left it: nothing to do. (A
+                // stage Secret's change always matters to the versions in that stage.)
+                let own = secret.label(KIND_LABEL) == Some(SECRET_KIND);
+                if own && echoes.is_echo(&*secret) {
+                    return vec![];
+                }
+                affected_by_secret(&for_secrets, &secret)
+            },
+        ))
         .watches_shared_stream(apps, move |app: Arc<ToolJetApp>| {
             by_app
                 .versions_of(&app.namespace().unwrap_or_default(), &app.name_any())
@@ -148,23 +151,22 @@ pub fn app_facts(
 fn affected_by_secret(lookups: &Lookups, secret: &ManagedSecret) -> Vec<ObjectRef<AppVersion>> {
     let ns = secret.namespace();
     let mut by_name: Vec<ObjectRef<AppVersion>> = secret
-        .name_any()
+        .name()
         .strip_prefix("tooljet-version.")
-        .map(|version| ObjectRef::new(version).within(ns.as_deref().unwrap_or_default()))
+        .map(|version| ObjectRef::new(version).within(ns))
         .into_iter()
         .collect();
     let by_role = match secret.label(KIND_LABEL) {
         Some(SECRET_KIND) => secret
-            .owner_references()
+            .owners()
             .iter()
-            .filter(|o| o.kind == "AppVersion")
-            .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
+            .filter(|o| o.kind == Some(OwnerKind::AppVersion))
+            .map(|o| ObjectRef::new(&o.name).within(ns))
             .collect(),
         Some(envconfig::SECRET_KIND) => {
             let Some(environment) = secret.label(ENVIRONMENT_LABEL) else {
                 return vec![];
             };
-            let ns = ns.as_deref().unwrap_or_default();
             // An app's stage: that app's versions there (an index lookup, not a scan of the
             // stage); the workspace's: every version in the stage.
             let versions = match secret.label(APP_LABEL) {

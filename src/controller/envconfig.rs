@@ -14,7 +14,7 @@ use crate::state::{Echoes, Lookups};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, PartialObjectMeta, Preconditions},
     runtime::{
         Controller,
@@ -35,7 +35,7 @@ use super::{
 use crate::{
     api::{EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION},
     cached::CachedConfig,
-    managed::{Inputs, ManagedSecret, inputs_annotation},
+    managed::{Inputs, ManagedSecret, OwnerKind, inputs_annotation},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -64,13 +64,16 @@ pub fn controller(
     let for_siblings = lookups.clone();
     Controller::for_shared_stream(main, lookups.configs.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(managed, move |secret: Arc<ManagedSecret>| {
-            // The event of this controller's own write: it already knows the result.
-            if echoes.is_echo(&*secret) {
-                return vec![];
-            }
-            configs_for_managed_secret(&for_managed, &secret)
-        })
+        .reconcile_on(crate::state::mapped(
+            managed,
+            move |secret: Arc<ManagedSecret>| {
+                // The event of this controller's own write: it already knows the result.
+                if echoes.is_echo(&*secret) {
+                    return vec![];
+                }
+                configs_for_managed_secret(&for_managed, &secret)
+            },
+        ))
         // Their latest resourceVersions are in `refs` already ([`RefIndex::saw`]).
         .watches_stream(referenced, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
@@ -111,15 +114,12 @@ fn configs_for_managed_secret(
     lookups: &Lookups,
     secret: &ManagedSecret,
 ) -> Vec<ObjectRef<CachedConfig>> {
-    let ns = secret.namespace().unwrap_or_default();
+    let ns = secret.namespace();
     let owners: Vec<ObjectRef<CachedConfig>> = secret
-        .owner_references()
+        .owners()
         .iter()
-        .filter(|o| {
-            o.kind == CachedConfig::kind(&())
-                && o.api_version.split('/').next() == Some(&*CachedConfig::group(&()))
-        })
-        .map(|o| ObjectRef::new(&o.name).within(&ns))
+        .filter(|o| o.kind == Some(OwnerKind::EnvironmentConfig))
+        .map(|o| ObjectRef::new(&o.name).within(ns))
         .collect();
     let live_controller = owners.iter().any(|owner| {
         lookups
@@ -131,7 +131,7 @@ fn configs_for_managed_secret(
         return owners;
     }
     let mut found = owners;
-    found.extend(configs_targeting(lookups, &ns, &secret.name_any()));
+    found.extend(configs_targeting(lookups, ns, secret.name()));
     found
 }
 
@@ -546,6 +546,7 @@ pub fn error_policy(cfg: Arc<CachedConfig>, error: &Error, ctx: Arc<Context>) ->
 mod tests {
     use super::*;
     use crate::api::{Constant, ConstantType, EnvironmentConfig, EnvironmentConfigSpec};
+    use kube::Resource;
 
     fn config(name: &str, uid: &str) -> CachedConfig {
         let mut cfg = EnvironmentConfig::new(

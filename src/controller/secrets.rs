@@ -103,7 +103,7 @@ pub fn managed_metadata<K: Resource<DynamicType = ()>>(
     }
 }
 
-pub use crate::state::{controlled_by, controller_of};
+pub use crate::state::controlled_by;
 
 /// The write `existing` needs to become `desired`, if any.
 pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Change> {
