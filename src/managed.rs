@@ -3,7 +3,7 @@
 //!
 //! Not the Secret, nor its `ObjectMeta`: its name, namespace and resourceVersion; of its
 //! ownerReferences, what the controllers follow (kind, name, UID, controller flag: ownership is
-//! judged by the owner's UID, [`crate::state::controlled_by`]) and a digest of the rest; the
+//! judged by the owner's UID, [`crate::state::controlled_by`]) and a digest of every field; the
 //! values of the operator's own labels and of its content-hash annotation, as plain fields rather
 //! than maps; a SHA-256 digest of its data, to tell an edit from the content the operator wrote;
 //! and, for a stage configuration's Secret only, its data, packed into one allocation, because

@@ -852,8 +852,10 @@ pub fn controlled_by<S: Controlled>(secret: &S, uid: Option<&str>) -> bool {
     uid.is_some_and(|uid| secret.controller().is_some_and(|(_, owner)| owner == uid))
 }
 
-/// `trigger`, each item mapped to the objects it wakes: for `Controller::reconcile_on`, which
-/// takes triggers of a type that is not a kube `Resource` (a cached [`ManagedSecret`]).
+/// `trigger`, each item mapped to the objects it wakes, for `Controller::reconcile_on`: the way
+/// to trigger a controller from a stream whose items are not a kube `Resource` (a cached
+/// [`ManagedSecret`]; `watches_shared_stream` asks for one). Such a reconcile's logged reason is
+/// "unknown" rather than the related object.
 pub fn mapped<T, K, I>(
     trigger: impl Stream<Item = T> + Send + 'static,
     mapper: impl Fn(T) -> I + Send + 'static,
