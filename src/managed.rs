@@ -268,8 +268,7 @@ fn owners_digest(owners: &[OwnerReference]) -> [u8; 16] {
     };
     for o in owners {
         for field in [&o.api_version, &o.kind, &o.name, &o.uid] {
-            hasher.update((field.len() as u64).to_le_bytes());
-            hasher.update(field.as_bytes());
+            framed(&mut hasher, field.as_bytes());
         }
         hasher.update([flag(o.controller), flag(o.block_owner_deletion)]);
     }
@@ -335,14 +334,18 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Feeds `bytes` to `hasher` after their length, so that no two sequences of fields hash alike.
+fn framed(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
 /// SHA-256 of a Secret's data: every key and value, length-prefixed, in key order.
 fn digest(data: Option<&BTreeMap<String, ByteString>>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for (k, v) in data.into_iter().flatten() {
-        hasher.update((k.len() as u64).to_le_bytes());
-        hasher.update(k.as_bytes());
-        hasher.update((v.0.len() as u64).to_le_bytes());
-        hasher.update(&v.0);
+        framed(&mut hasher, k.as_bytes());
+        framed(&mut hasher, &v.0);
     }
     hasher.finalize().into()
 }
