@@ -130,9 +130,50 @@ macro_rules! with_status {
 
 with_status! {
     EnvironmentConfig: EnvironmentConfigSpec, EnvironmentConfigStatus;
-    AppVersion: AppVersionSpec, AppVersionStatus;
     ToolJetApp: ToolJetAppSpec, ToolJetAppStatus;
     PromotionPolicy: PromotionPolicySpec, PromotionPolicyStatus;
+}
+
+/// An AppVersion's spec less `definition`: serde skips a field the struct does not name without
+/// building it, so a definition (up to [`crate::webhook::rules::MAX_DEFINITION_BYTES`]) is never
+/// allocated. All the operator needs of it, the names it references, is stamped at admission
+/// ([`crate::api::REFERENCES_ANNOTATION`]). A version read this way has `spec.definition: None`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSpecParts {
+    app: String,
+    version_name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "crate::api::default_environment")]
+    environment: String,
+    #[serde(default)]
+    requires: Option<crate::api::Requirements>,
+}
+
+impl Parts for AppVersion {
+    type Lean = WithStatus<VersionSpecParts, AppVersionStatus>;
+    fn assemble(lean: Self::Lean) -> Self {
+        let VersionSpecParts {
+            app,
+            version_name,
+            description,
+            environment,
+            requires,
+        } = lean.spec;
+        AppVersion {
+            metadata: lean.metadata.into(),
+            spec: AppVersionSpec {
+                app,
+                version_name,
+                description,
+                environment,
+                definition: None,
+                requires,
+            },
+            status: lean.status,
+        }
+    }
 }
 
 /// A custom resource without status.
@@ -208,6 +249,30 @@ mod tests {
             serde_json::to_value(&expected).unwrap()
         );
         assert_eq!(lean.metadata.owner_references.unwrap()[0].uid, "u-0");
+    }
+
+    #[test]
+    fn a_version_is_read_without_its_definition() {
+        let object = json!({
+            "metadata": { "name": "v1", "annotations": { "tooljet.io/references": "{}" } },
+            "spec": { "app": "crm", "versionName": "v1", "environment": "staging",
+                      "description": "d", "requires": { "constants": ["A"] },
+                      "definition": { "pages": [{ "deep": [[[["{{constants.X}}"]]]] }], "big": "x".repeat(4096) } },
+            "status": { "environment": "staging" },
+        });
+        let full: AppVersion = serde_json::from_value(object.clone()).unwrap();
+        let Lean(lean) = serde_json::from_value::<Lean<AppVersion>>(object).unwrap();
+        assert_eq!(lean.spec.definition, None);
+        let mut expected = full;
+        expected.spec.definition = None;
+        assert_eq!(
+            serde_json::to_value(&lean).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+        // Malformed elsewhere still fails: only the definition is skipped.
+        assert!(
+            serde_json::from_value::<Lean<AppVersion>>(json!({ "spec": { "app": 1 } })).is_err()
+        );
     }
 
     #[test]

@@ -358,7 +358,7 @@ pub fn merge_layers(key: &HashKey, layers: &[&BTreeMap<String, Vec<u8>>]) -> Mat
 pub fn missing_requirements(
     required_sources: &[String],
     required_constants: &[String],
-    definition: Option<&Value>,
+    references: &References,
     resolved: &BTreeMap<String, Vec<u8>>,
 ) -> Vec<String> {
     let mut globals = BTreeSet::new();
@@ -377,7 +377,10 @@ pub fn missing_requirements(
         Some(Value::Object(doc)) => doc.keys().cloned().collect(),
         _ => BTreeSet::new(),
     };
-    let (ref_constants, ref_secrets) = definition.map(definition_references).unwrap_or_default();
+    let References {
+        constants: ref_constants,
+        secrets: ref_secrets,
+    } = references;
 
     let mut missing = BTreeSet::new();
     for s in required_sources.iter().filter(|s| !sources.contains(*s)) {
@@ -396,6 +399,46 @@ pub fn missing_requirements(
         missing.insert(format!("secret {c}"));
     }
     missing.into_iter().collect()
+}
+
+/// The names an app definition references: what the controllers need of a version's
+/// definition, and all they ever read of it. Computed once, at admission, from the request
+/// ([`References::of`]), and recorded on the version as annotation
+/// [`crate::api::REFERENCES_ANNOTATION`] ([`References::stamp`], read back with
+/// [`References::stamped`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct References {
+    /// `{{constants.NAME}}`: a Global constant of the stage.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub constants: BTreeSet<String>,
+    /// `{{secrets.NAME}}`: a Secret constant of the stage.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secrets: BTreeSet<String>,
+}
+
+impl References {
+    /// The references of `definition` (none without one).
+    pub fn of(definition: Option<&Value>) -> References {
+        let (constants, secrets) = definition.map(definition_references).unwrap_or_default();
+        References { constants, secrets }
+    }
+
+    /// The annotation value: compact JSON, names sorted, so one definition has one stamp.
+    pub fn stamp(&self) -> String {
+        serde_json::to_string(self).expect("sets of strings serialise")
+    }
+
+    /// The references recorded on `v`; `None` when it carries no stamp (a version stored before
+    /// the stamp existed, or written while the webhook was not installed) or a malformed one.
+    pub fn stamped(v: &crate::api::AppVersion) -> Option<References> {
+        let stamp = v
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(crate::api::REFERENCES_ANNOTATION)?;
+        serde_json::from_str(stamp).ok()
+    }
 }
 
 /// The `{{constants.NAME}}` and `{{secrets.NAME}}` references in an app definition: every string
@@ -847,13 +890,47 @@ mod tests {
     }
 
     #[test]
+    fn references_are_stamped_as_sorted_compact_json_and_read_back() {
+        let def = json!({ "pages": [{ "q": "{{secrets.Z}} {{constants.B}} {{constants.A}}" }], "x": "{{constants.A}}" });
+        let refs = References::of(Some(&def));
+        assert_eq!(refs.stamp(), r#"{"constants":["A","B"],"secrets":["Z"]}"#);
+        assert_eq!(References::of(None).stamp(), "{}");
+        assert_eq!(References::of(Some(&json!({}))), References::default());
+        let mut v = crate::api::AppVersion::new(
+            "v",
+            crate::api::AppVersionSpec {
+                app: "crm".into(),
+                version_name: "v".into(),
+                description: None,
+                environment: "development".into(),
+                definition: None,
+                requires: None,
+            },
+        );
+        assert_eq!(References::stamped(&v), None, "unstamped");
+        for (stamp, read) in [
+            (refs.stamp(), Some(refs.clone())),
+            ("{}".to_string(), Some(References::default())),
+            ("not json".to_string(), None),
+            (r#"{"constants":["A"],"other":[]}"#.to_string(), None),
+        ] {
+            v.metadata.annotations = Some(
+                [(crate::api::REFERENCES_ANNOTATION.to_string(), stamp)]
+                    .into_iter()
+                    .collect(),
+            );
+            assert_eq!(References::stamped(&v), read);
+        }
+    }
+
+    #[test]
     fn missing_requirements_are_named_by_kind() {
         let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         let def = json!({ "a": "{{constants.API_URL}} {{secrets.STRIPE_KEY}} {{secrets.API_URL}} {{constants.GONE}}" });
         let missing = missing_requirements(
             &["crm-db".into(), "crm-api".into()],
             &["STRIPE_KEY".into(), "LOG_LEVEL".into()],
-            Some(&def),
+            &References::of(Some(&def)),
             &m.data,
         );
         assert_eq!(

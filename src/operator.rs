@@ -96,7 +96,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
     );
     let metrics = Arc::new(Metrics::default());
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
-    let caches = Caches::watch(&client);
+    let caches = Caches::watch(&client, state::version_watch(&client).await);
     let resolver = Arc::new(certs::ReloadingResolver::default());
     if let Some(webhook) = &options.webhook {
         serve_webhook(
@@ -130,6 +130,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         leadership: leadership.clone(),
         hash_key,
         echoes: Arc::new(Echoes::default()),
+        unstamped: Arc::default(),
     });
     run_controllers(
         &mut tasks,
@@ -158,7 +159,7 @@ struct Caches {
 
 impl Caches {
     /// One watch and one cache per kind, shared by the controllers and the webhook.
-    fn watch(client: &Client) -> Caches {
+    fn watch(client: &Client, versions: watcher::Config) -> Caches {
         let readiness = Readiness::new(&[
             "managed Secrets",
             "EnvironmentConfigs",
@@ -183,13 +184,10 @@ impl Caches {
             "EnvironmentConfigs",
             CachedConfig::from as fn(EnvironmentConfig) -> CachedConfig,
         );
-        let (versions, mut version_hub) = state::watch_projected(
-            client,
-            any(),
-            readiness.clone(),
-            "AppVersions",
-            state::project_version,
-        );
+        // Read without their definitions (`lean::VersionSpecParts`), one at a time or in small
+        // pages (`state::version_watch`).
+        let (versions, mut version_hub) =
+            state::watch(client, versions, readiness.clone(), "AppVersions");
         let (apps, mut app_hub) = state::watch(client, any(), readiness.clone(), "ToolJetApps");
         let (policies, mut policy_hub) =
             state::watch(client, any(), readiness.clone(), "PromotionPolicies");

@@ -308,23 +308,38 @@ where
     )
 }
 
-/// What the cache keeps of an AppVersion's `spec.definition`: only its `{{constants.X}}` and
-/// `{{secrets.X}}` references (as a list of those strings), which is all the controllers read from
-/// it (`materialize::definition_references` finds the same references in the projection). The
-/// webhook judges definitions from the request, never from the cache. A definition may be up to
-/// 512 KiB: without this, a namespace of large versions would hold them all in memory.
-pub fn project_version(mut v: AppVersion) -> AppVersion {
-    if let Some(definition) = &v.spec.definition {
-        let (constants, secrets) = crate::materialize::definition_references(definition);
-        let references = constants
-            .iter()
-            .map(|c| format!("{{{{constants.{c}}}}}"))
-            .chain(secrets.iter().map(|s| format!("{{{{secrets.{s}}}}}")))
-            .map(serde_json::Value::String)
-            .collect();
-        v.spec.definition = Some(serde_json::Value::Array(references));
+/// Objects per page when AppVersions are listed in pages: a page is read whole before it is
+/// parsed, and a version may hold a definition of up to
+/// [`crate::webhook::rules::MAX_DEFINITION_BYTES`] (1 MiB), so a page holds at most about 16
+/// MiB however large the app is. Streaming lists need no pages at all ([`version_watch`]).
+pub const VERSION_PAGE: u32 = 16;
+
+/// How AppVersions are listed and watched: as a stream of single objects when the apiserver
+/// serves streaming lists (`sendInitialEvents`, on by default from Kubernetes 1.34, and in 1.32),
+/// so that no more than one version is ever read at once; in pages of [`VERSION_PAGE`] otherwise.
+/// One metadata-only watch asks the apiserver, whose first answer says whether it streams.
+pub async fn version_watch(client: &Client) -> watcher::Config {
+    let paged = watcher::Config::default()
+        .any_semantic()
+        .page_size(VERSION_PAGE);
+    let api = Api::<AppVersion>::all(client.clone());
+    let params = kube::api::WatchParams::streaming_lists().timeout(5);
+    let streams = match api.watch_metadata(&params, "0").await {
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            matches!(stream.next().await, Some(Ok(_)))
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "the apiserver does not serve streaming lists; AppVersions are listed in pages");
+            false
+        }
+    };
+    if streams {
+        tracing::debug!("AppVersions are listed as a stream");
+        paged.streaming_lists()
+    } else {
+        paged
     }
-    v
 }
 
 /// A 64-bit hash of `value` (SipHash with fixed keys: the same in every process and run).
@@ -920,29 +935,6 @@ pub(crate) fn is_stage_config<S: Controlled>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_cached_version_keeps_only_the_references_of_its_definition() {
-        let v = AppVersion::new(
-            "crm-v1",
-            crate::api::AppVersionSpec {
-                app: "crm".into(),
-                version_name: "v1".into(),
-                description: None,
-                environment: "development".into(),
-                definition: Some(serde_json::json!({
-                    "pages": [{ "components": [{ "text": "{{constants.API_URL}}/x and {{secrets.TOKEN}}",
-                                                 "padding": "x".repeat(10_000) }] }],
-                    "queries": [{ "url": "{{ constants.API_URL }}" }],
-                })),
-                requires: None,
-            },
-        );
-        let before = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
-        let v = project_version(v);
-        let after = crate::materialize::definition_references(v.spec.definition.as_ref().unwrap());
-        assert_eq!(before, after);
-        assert!(serde_json::to_vec(&v.spec.definition).unwrap().len() < 100);
-    }
     use k8s_openapi::{
         api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
     };

@@ -588,7 +588,7 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
 #[tokio::test]
 async fn oversized_definitions_and_options_are_refused_with_the_bound() {
     let w = Workspace::new("sizes").await;
-    let big = "x".repeat(600 * 1024);
+    let big = "x".repeat(1100 * 1024);
     denied(
         w.create(
             &w.alice,
@@ -597,8 +597,35 @@ async fn oversized_definitions_and_options_are_refused_with_the_bound() {
             json!({ "app": "crm", "versionName": "big", "definition": { "blob": big } }),
         )
         .await,
-        "AppVersion v-big: spec.definition is 614",
+        "AppVersion v-big: spec.definition is 1126411 bytes (at most 1048576)",
     );
+    // A real app's shape just under the limit is stored, apiserver bookkeeping (managedFields)
+    // included; its creator's next edit of the definition (their own edits in a row, which the
+    // last-editor stamp alone would not send to the mutating webhook) is restamped.
+    let max = tooljet_operator::webhook::rules::MAX_DEFINITION_BYTES;
+    let near = testenv::definitions::realistic(max - 40 * 1024, 1);
+    assert!(serde_json::to_vec(&near).unwrap().len() <= max);
+    w.create(
+        &w.alice,
+        "AppVersion",
+        "v-near",
+        json!({ "app": "crm", "versionName": "near", "definition": near }),
+    )
+    .await
+    .expect("a definition just under the limit is accepted");
+    let mut edited = near.clone();
+    edited["appV2"]["name"] = json!("edited {{constants.EDITED}}");
+    let stored = w
+        .merge(
+            &w.alice,
+            "AppVersion",
+            "v-near",
+            json!({ "spec": { "definition": edited } }),
+        )
+        .await
+        .expect("edited by its creator");
+    let references = stored.metadata.annotations.as_ref().unwrap()["tooljet.io/references"].clone();
+    assert!(references.contains("EDITED"), "restamped: {references}");
     let mut deep = json!("leaf");
     for _ in 0..40 {
         deep = json!({ "n": deep });

@@ -1001,6 +1001,159 @@ async fn under_memory_pressure_other_namespaces_converge_and_admission_answers()
     faults::assert_no_canary(&[operator.log()], &other.canary);
 }
 
+/// Creates `count` versions of app `app` in `ns` with `definition`, through admission.
+async fn create_versions(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    count: usize,
+    definition: &serde_json::Value,
+) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar("AppVersion"));
+    let apps: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar("ToolJetApp"));
+    let body: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp",
+        "metadata": { "name": app }, "spec": {} }))
+    .unwrap();
+    apps.create(&PostParams::default(), &body).await.unwrap();
+    for i in 0..count {
+        let body: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion",
+            "metadata": { "name": format!("{app}-{i}") },
+            "spec": { "app": app, "versionName": format!("v{i}"), "definition": definition } }))
+        .unwrap();
+        api.create(&PostParams::default(), &body)
+            .await
+            .unwrap_or_else(|e| panic!("creating AppVersion {app}-{i}: {e}"));
+    }
+}
+
+/// Waits until `replica` has reconciled nothing for 2 s.
+async fn quiet(replica: &Replica) {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = faults::counter(&replica.health, "tooljet_operator_reconciles_total").await;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// An operator started against the cluster as it is, serving the webhook on `addr`, once it
+/// is ready and has reconciled everything (quiet), and its peak resident memory (VmHWM, MiB).
+async fn restarted(name: &str, addr: SocketAddr) -> (Replica, u64) {
+    let replica = Replica::start_at(name, None, Some(addr), &[]);
+    replica.ready().await;
+    quiet(&replica).await;
+    let peak = memory(replica.operator.pid()).0;
+    (replica, peak)
+}
+
+/// Scenario 7b: the operator never holds or parses a stored definition. Versions with
+/// definitions of a real ToolJet app's shape near the admitted maximum are stored; a restarted
+/// operator's peak memory is that of the same number of 1 KiB versions, within less than what two
+/// of those definitions take parsed, and their references still reach the versions' status. A
+/// regression that parses a list page's definitions, or holds any two, fails. Receiving one
+/// streamed version of ~1 MiB costs about as much as one parsed tree (the watch's line buffer, its
+/// copy and the connection's window, measured: 4-5 MiB), so parsing one definition at a time and
+/// dropping it cannot be told apart from that by memory; nothing does it (`lean::VersionSpecParts`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_reads_no_definition() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let operator = Replica::start("definitions", None, true, &[]);
+    operator.ready().await;
+    let _admission = Admission::install(
+        &client,
+        &format!("https://{}", operator.webhook.unwrap()),
+        None,
+    )
+    .await;
+    wait_for_admission(&client).await;
+    let versions = if faults::long() { 200 } else { 24 };
+    let max = tooljet_operator::webhook::rules::MAX_DEFINITION_BYTES;
+    let mut large = testenv::definitions::realistic(max - 96 * 1024, 0);
+    large["appV2"]["components"][0]["note"] = json!("{{constants.BIG_REFERENCE}}");
+    let bytes = serde_json::to_vec(&large).unwrap().len();
+    assert!(bytes <= max && bytes > max * 3 / 4, "{bytes} bytes");
+    let small = testenv::definitions::realistic(1024, 0);
+    // What one large definition takes once parsed, as the operator's allocator counts it.
+    let parsed = parsed_size(&large);
+
+    let addr = operator.webhook.unwrap();
+    let tiny_ns = support::namespace(&client, "tiny").await;
+    create_versions(&client, &tiny_ns, "tiny", versions, &small).await;
+    quiet(&operator).await;
+    drop(operator);
+    let (operator, tiny_peak) = restarted("definitions-tiny", addr).await;
+    wait_for_admission(&client).await;
+    let big_ns = support::namespace(&client, "big").await;
+    create_versions(&client, &big_ns, "big", versions, &large).await;
+    quiet(&operator).await;
+    drop(operator);
+    let (_operator, big_peak) = restarted("definitions-big", addr).await;
+    println!(
+        "figure: restart peak with {versions} versions of 1 KiB: {tiny_peak} MiB; with {versions} more of {} KiB: \
+         {big_peak} MiB; one such definition parsed takes {} MiB",
+        bytes / 1024,
+        parsed / (1024 * 1024)
+    );
+    let limit = chart_memory_limit();
+    assert!(
+        big_peak < limit,
+        "restart peak {big_peak} MiB over the chart's limit {limit} MiB"
+    );
+    let two = (2 * parsed / (1024 * 1024)) as u64;
+    assert!(
+        big_peak < tiny_peak + two,
+        "the restarted operator's peak grew by {} MiB with {versions} large definitions stored, as much as \
+         parsing two ({two} MiB): it reads definitions",
+        big_peak.saturating_sub(tiny_peak),
+    );
+    // The references of a definition the operator never read reach the version's status.
+    let v = Api::<AppVersion>::namespaced(client.clone(), &big_ns);
+    support::eventually(
+        Duration::from_secs(60),
+        "the stamped reference reported missing",
+        || {
+            let v = v.clone();
+            async move {
+                let status = v.get("big-0").await.ok()?.status?;
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.message.contains("constant BIG_REFERENCE"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// What `value` takes once parsed into a `serde_json::Value` tree, in bytes: measured in this
+/// process (8 trees parsed from its text, the growth of VmRSS divided by 8).
+fn parsed_size(value: &serde_json::Value) -> usize {
+    let text = serde_json::to_string(value).unwrap();
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .unwrap()
+            * 1024
+    };
+    let before = rss();
+    let trees: Vec<serde_json::Value> = (0..8)
+        .map(|_| serde_json::from_str(&text).unwrap())
+        .collect();
+    let grown = rss().saturating_sub(before);
+    drop(trees);
+    grown / 8
+}
+
 /// Scenario 8: objects no admission ever judged (written while the webhook was down, or before
 /// the CRD validation existed) are reported in status and stop neither a reconcile nor the other
 /// objects from converging.

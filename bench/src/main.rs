@@ -20,6 +20,7 @@ mod latency;
 mod operator;
 mod prom;
 mod results;
+mod sizes;
 mod workload;
 
 use std::{
@@ -79,6 +80,13 @@ struct Args {
     /// Measure nothing: print (and write into --markdown) the table of these results.
     #[arg(long)]
     from: Option<PathBuf>,
+    /// Measure only memory and admission at real ToolJet app sizes (one app of 400 versions of
+    /// 200 KiB, 100 apps of 20 versions of 40 KiB, each beside its 1 KiB twin), `--repeat` times.
+    #[arg(long)]
+    sizes: bool,
+    /// Repetitions of each `--sizes` workload.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 impl Args {
@@ -350,9 +358,42 @@ async fn measure(args: &Args) -> Result<Results> {
     })
 }
 
+/// `--sizes`: each workload and its 1 KiB twin, alternating, `--repeat` times.
+async fn measure_sizes(args: &Args) -> Result<()> {
+    let bin = args.operator.as_deref().context("--operator is required")?;
+    let root = std::env::temp_dir().join(format!("tooljet-bench-sizes-{}", std::process::id()));
+    let mut results = vec![];
+    for round in 0..args.repeat {
+        for (shape, twin) in sizes::shapes() {
+            for s in [shape, twin] {
+                let dir = root.join(format!("{round}-{}x{}x{}", s.apps, s.versions, s.kib));
+                let r = sizes::measure(bin, s, &dir).await?;
+                println!("{}", sizes::table(std::slice::from_ref(&r)));
+                results.push(r);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    let out = args.out.with_file_name("sizes.json");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!(
+        "\n{}\n{}\nresults written to {}",
+        sizes::table(&results),
+        sizes::summary(&results),
+        out.display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.sizes {
+        return measure_sizes(&args).await;
+    }
     let results = match &args.from {
         Some(from) => serde_json::from_str(
             &std::fs::read_to_string(from)

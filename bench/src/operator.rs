@@ -25,7 +25,8 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Operator {
     child: Child,
-    health: String,
+    /// `--health-addr`.
+    pub health: String,
 }
 
 impl Drop for Operator {

@@ -6,7 +6,10 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use tooljet_operator::api::{AppVersion, EnvironmentConfig, PromotionPolicy, ToolJetApp};
+use tooljet_operator::{
+    api::{AppVersion, EnvironmentConfig, PromotionPolicy, ToolJetApp},
+    lean::Lean,
+};
 
 use crate::error::{Error, Result};
 
@@ -97,6 +100,12 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Versions read without their definitions (what a read or a patch answers is parsed
+    /// without `spec.definition`).
+    pub fn versions_lean(&self) -> Api<Lean<AppVersion>> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     pub fn configs(&self) -> Api<EnvironmentConfig> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -111,12 +120,24 @@ impl Cluster {
         list(&api, "ToolJetApps").await
     }
 
+    /// The namespace's versions without their definitions (`spec.definition` is `None`): the
+    /// parser skips them, and they are listed in small pages, so a namespace of large apps is
+    /// never held at once. Only `export` reads a definition ([`Cluster::version_whole`]).
     pub async fn list_versions(&self, namespace: &str) -> Result<Vec<AppVersion>> {
-        list(
-            &Api::namespaced(self.client.clone(), namespace),
-            "AppVersions",
-        )
-        .await
+        let api: Api<Lean<AppVersion>> = Api::namespaced(self.client.clone(), namespace);
+        let mut params = ListParams::default().limit(tooljet_operator::state::VERSION_PAGE);
+        let mut versions = vec![];
+        loop {
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|e| list_error("AppVersions", e))?;
+            versions.extend(page.items.into_iter().map(|Lean(v)| v));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok(versions),
+            }
+        }
     }
 
     pub async fn list_configs(&self, namespace: &str) -> Result<Vec<EnvironmentConfig>> {
@@ -131,7 +152,15 @@ impl Cluster {
         get(&self.apps(), "ToolJetApp", name, &self.namespace).await
     }
 
+    /// A version without its definition (`spec.definition` is `None`).
     pub async fn version(&self, name: &str) -> Result<AppVersion> {
+        get(&self.versions_lean(), "AppVersion", name, &self.namespace)
+            .await
+            .map(|Lean(v)| v)
+    }
+
+    /// A version with its definition (for `export`).
+    pub async fn version_whole(&self, name: &str) -> Result<AppVersion> {
         get(&self.versions(), "AppVersion", name, &self.namespace).await
     }
 
@@ -186,12 +215,16 @@ where
     api.list(&ListParams::default())
         .await
         .map(|l| l.items)
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!(
-                "the cluster does not serve {what}: the tooljet-operator CRDs are not installed (run `kubectl tooljet doctor`)"
-            )),
-            e => Error::kube(format!("listing {what}"), e),
-        })
+        .map_err(|e| list_error(what, e))
+}
+
+fn list_error(what: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!(
+            "the cluster does not serve {what}: the tooljet-operator CRDs are not installed (run `kubectl tooljet doctor`)"
+        )),
+        e => Error::kube(format!("listing {what}"), e),
+    }
 }
 
 async fn get<K>(api: &Api<K>, kind: &str, name: &str, namespace: &str) -> Result<K>

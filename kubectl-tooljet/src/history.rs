@@ -85,8 +85,10 @@ pub async fn run(cluster: &Cluster, name: &str, format: Format) -> Result<()> {
     // An app of that name first; otherwise a version.
     let (app, only) = match cluster.apps().get_opt(name).await {
         Ok(Some(app)) => (app, None),
-        Ok(None) => match cluster.versions().get_opt(name).await {
-            Ok(Some(v)) => (cluster.app(&v.spec.app).await?, Some(name)),
+        Ok(None) => match cluster.versions_lean().get_opt(name).await {
+            Ok(Some(tooljet_operator::lean::Lean(v))) => {
+                (cluster.app(&v.spec.app).await?, Some(name))
+            }
             Ok(None) => {
                 return Err(Error::NotFound(format!(
                     "no ToolJetApp or AppVersion named {name} in namespace {}",

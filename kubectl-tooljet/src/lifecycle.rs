@@ -96,7 +96,7 @@ pub async fn promote(
             "spec": { "environment": target },
         });
         match cluster
-            .versions()
+            .versions_lean()
             .patch(name, &params(dry_run), &Patch::Merge(&patch))
             .await
         {

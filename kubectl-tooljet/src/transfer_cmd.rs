@@ -155,7 +155,7 @@ where
 }
 
 pub async fn export(cluster: &Cluster, version: &str, environment: Option<String>) -> Result<()> {
-    let v = cluster.version(version).await?;
+    let v = cluster.version_whole(version).await?;
     let app = match cluster.apps().get_opt(&v.spec.app).await {
         Ok(a) => a,
         Err(e) => return Err(Error::kube(format!("reading ToolJetApp {}", v.spec.app), e)),

@@ -68,6 +68,12 @@ pub const STAGES_ANNOTATION: &str = "tooljet.io/stages";
 /// facts separation of duties is judged on.
 pub const CREATED_BY_ANNOTATION: &str = "tooljet.io/created-by";
 pub const LAST_EDITED_BY_ANNOTATION: &str = "tooljet.io/last-edited-by";
+/// The `{{constants.X}}` and `{{secrets.X}}` names a version's `spec.definition` references, as
+/// compact JSON (`{"constants":["A"],"secrets":["B"]}`). Stamped by the mutating webhook from the
+/// request on create and on every change of the definition, and checked by the validating webhook
+/// against the definition it judges: the controllers read a version's references from it, so the
+/// operator never holds or parses a stored definition. See [`crate::materialize::References`].
+pub const REFERENCES_ANNOTATION: &str = "tooljet.io/references";
 /// Who approved (an Approval), when, and the version's `metadata.generation` approved: an
 /// approval counts only for the content it saw.
 pub const APPROVED_BY_ANNOTATION: &str = "tooljet.io/approved-by";

@@ -20,6 +20,7 @@ use super::{matches, patterns, schema};
            app's pipeline (development); promoted one stage at a time by changing spec.environment.",
     selectable = ".spec.app",
     selectable = ".spec.environment",
+    selectable = ".spec.versionName",
     printcolumn(
         name = "App",
         type_ = "string",

@@ -7,7 +7,10 @@
 //! create one of that name carrying the managed-by label, and must not thereby configure a stage
 //! (the operator would be their confused deputy).
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use super::{PENDING_RECHECK, RECHECK, conditions};
 use crate::state::{Echoes, Lookups, resolve};
@@ -29,8 +32,8 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    APP_LABEL, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, apply_status, condition,
-    envconfig, new_failure, publish,
+    APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, Step, apply_status,
+    condition, envconfig, new_failure, publish,
     secrets::{Change, Synced, controlled_by, managed_secret, sync},
     set_condition,
 };
@@ -44,7 +47,9 @@ use crate::{
     cached::CachedConfig,
     gate,
     managed::{ManagedSecret, OwnerKind},
-    materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
+    materialize::{
+        Materialized, References, missing_requirements, resolved_secret_name, secret_name,
+    },
     policy::Tally,
 };
 
@@ -207,10 +212,16 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     ctx.may_write()?;
     let ns = v.namespace().ok_or(Error::NoNamespace)?;
     if v.metadata.deletion_timestamp.is_some() {
+        ctx.unstamped
+            .forget(v.metadata.uid.as_deref().unwrap_or_default());
         return Ok(Action::await_change());
     }
+    let references = match References::stamped(&v) {
+        Some(stamped) => Arc::new(stamped),
+        None => ctx.unstamped.references(&ctx.client, &v, &ns).await?,
+    };
     // Gather (caches only).
-    let Some(found) = gather(&v, &ctx, &ns) else {
+    let Some(found) = gather(&v, &ctx, &ns, references) else {
         debug!(
             environment = %v.spec.environment,
             "waiting for the stage's configuration to be materialised"
@@ -262,6 +273,8 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
 /// approvals for the next stage when a policy requires some there.
 struct Found {
     app: Option<Arc<ToolJetApp>>,
+    /// What the version's definition references.
+    references: Arc<References>,
     resolved: Materialized,
     approvals: Option<Tally>,
 }
@@ -269,7 +282,7 @@ struct Found {
 /// Reads the caches. `None` while a configuration of the version's stage exists but is not
 /// materialised yet (the operator just started, or it was just created): its Secret's creation
 /// wakes the version, which then resolves once rather than twice.
-fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
+fn gather(v: &AppVersion, ctx: &Context, ns: &str, references: Arc<References>) -> Option<Found> {
     let environment = v.spec.environment.as_str();
     if pending_materialization(ctx, ns, &v.spec.app, environment) {
         return None;
@@ -285,6 +298,7 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
     });
     Some(Found {
         app,
+        references,
         approvals,
         resolved: resolve(
             &ctx.hash_key,
@@ -295,6 +309,54 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str) -> Option<Found> {
             environment,
         ),
     })
+}
+
+/// The references of versions that carry no [`crate::api::REFERENCES_ANNOTATION`] (stored before
+/// the stamp existed, or written while the webhook was not installed): the cache never holds a
+/// definition, so such a version is read from the API, one at a time, once per generation (its
+/// definition changes only with its generation), and only its references are kept, by UID. The
+/// mutating webhook stamps it on its next promotion or edit.
+#[derive(Default)]
+pub struct Unstamped(Mutex<HashMap<String, (i64, Arc<References>)>>);
+
+impl Unstamped {
+    async fn references(
+        &self,
+        client: &kube::Client,
+        v: &AppVersion,
+        ns: &str,
+    ) -> Result<Arc<References>, Error> {
+        let uid = v.metadata.uid.clone().unwrap_or_default();
+        let generation = v.metadata.generation.unwrap_or_default();
+        if let Some((seen, references)) = self.0.lock().expect("unstamped lock").get(&uid)
+            && *seen == generation
+        {
+            return Ok(references.clone());
+        }
+        let stored = Api::<AppVersion>::namespaced(client.clone(), ns)
+            .get_opt(&v.name_any())
+            .await
+            .at(Step::ReadVersion)?;
+        let references = Arc::new(match &stored {
+            // The version as read now may be newer than the cached one; a stamp there counts.
+            Some(s) => {
+                References::stamped(s).unwrap_or_else(|| References::of(s.spec.definition.as_ref()))
+            }
+            None => References::default(),
+        });
+        let stored_generation = stored
+            .as_ref()
+            .and_then(|s| s.metadata.generation)
+            .unwrap_or(generation);
+        let mut known = self.0.lock().expect("unstamped lock");
+        known.insert(uid, (stored_generation, references.clone()));
+        Ok(references)
+    }
+
+    /// Forgets a deleted version.
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().expect("unstamped lock").remove(uid);
+    }
 }
 
 /// The stage after `stage` in `app`'s pipeline.
@@ -320,7 +382,7 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
     let missing = missing_requirements(
         &requires.data_sources,
         &requires.constants,
-        v.spec.definition.as_ref(),
+        &found.references,
         &found.resolved.data,
     );
     let target = resolved_secret_name(&v.name_any());

@@ -101,6 +101,7 @@ pub enum Step {
     ReadDeployment,
     ListDeployments,
     PatchDeployment,
+    ReadVersion,
 }
 
 impl Step {
@@ -117,6 +118,7 @@ impl Step {
             Step::ReadDeployment => "ReadDeployment",
             Step::ListDeployments => "ListDeployments",
             Step::PatchDeployment => "PatchDeployment",
+            Step::ReadVersion => "ReadVersion",
         }
     }
 
@@ -135,6 +137,7 @@ impl Step {
             Step::ReadDeployment => "reading a rollout Deployment",
             Step::ListDeployments => "listing the Deployments a rollout selects",
             Step::PatchDeployment => "stamping a rollout Deployment",
+            Step::ReadVersion => "reading an AppVersion that carries no references stamp",
         }
     }
 }
@@ -180,6 +183,8 @@ pub struct Context {
     pub hash_key: Arc<HashKey>,
     /// The operator's own Secret writes, so their watch events do not wake their writer.
     pub echoes: Arc<Echoes>,
+    /// The references of versions that carry no stamp, read from the API.
+    pub unstamped: Arc<appversion::Unstamped>,
 }
 
 impl Context {
@@ -300,7 +305,9 @@ where
     }
     ctx.may_write()?;
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    // The answer is the whole object (an AppVersion's definition included): only its metadata is
+    // read, the rest skipped by the parser without being built.
+    let api: Api<kube::api::PartialObjectMeta<K>> = Api::namespaced(ctx.client.clone(), &ns);
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),

@@ -195,12 +195,14 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
     };
     let version_stamps = format!(
         "request.operation == 'CREATE' || (object.spec != oldObject.spec && \
-         (has(object.spec.environment) != has(oldObject.spec.environment) || \
+         (!{definition} || \
+         has(object.spec.environment) != has(oldObject.spec.environment) || \
          (has(object.spec.environment) && \
          object.spec.environment != oldObject.spec.environment) || \
          !has(object.metadata.annotations) || \
          !('{LAST_EDITED_BY_ANNOTATION}' in object.metadata.annotations) || \
-         object.metadata.annotations['{LAST_EDITED_BY_ANNOTATION}'] != request.userInfo.username))"
+         object.metadata.annotations['{LAST_EDITED_BY_ANNOTATION}'] != request.userInfo.username))",
+        definition = unchanged("definition"),
     );
     MutatingWebhookConfiguration {
         metadata: meta(CONFIGURATION_NAME),
@@ -209,10 +211,11 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
                 "appversions.mutate.tooljet.io",
                 "appversions",
                 &["CREATE", "UPDATE"],
-                // New versions (stages, creator), promotions (who, when) and edits (last editor),
-                // except an edit whose stamp would change nothing: not a promotion, and its
-                // last-editor annotation already names the requester (their own edits in a row,
-                // the common case while developing).
+                // New versions (stages, creator, references), promotions (who, when) and edits
+                // (last editor; references when the definition changes), except an edit whose
+                // stamps would change nothing: not a promotion, the definition as stored, and its
+                // last-editor annotation already names the requester (their own edits in a row of
+                // the description or requirements).
                 Some(&version_stamps),
             ),
             webhook(

@@ -70,9 +70,22 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// apiserver needs a few (HTTP/2 multiplexes its reviews); the bound caps memory and descriptors.
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// Reviews read and decided at once, across connections: with [`MAX_BODY_BYTES`] it bounds the
-/// bodies buffered at any moment (16 x 8 MiB). Further requests wait, within [`REQUEST_TIMEOUT`].
+/// Reviews read and decided at once, across connections. Further requests wait, within
+/// [`REQUEST_TIMEOUT`].
 pub const MAX_IN_FLIGHT: usize = 16;
+
+/// The bodies of the reviews in flight, in bytes of their declared lengths: a review is parsed
+/// into trees several times its size (the object and the stored one, then each as its kind), so
+/// the count alone would let sixteen reviews of 1 MiB definitions take hundreds of MiB. A review
+/// counts at least [`MIN_REVIEW_COST`] and at most the whole budget (one larger, or of unknown
+/// length, is decided alone). Small reviews, the common case, are bounded by the count only.
+pub const MAX_IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the smallest review counts against [`MAX_IN_FLIGHT_BYTES`].
+pub const MIN_REVIEW_COST: usize = 64 * 1024;
+
+/// The unit of the byte budget's semaphore.
+const BUDGET_UNIT: usize = 1024;
 
 /// HTTP/2 streams per connection (hyper's default is 200).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
@@ -94,13 +107,26 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 #[derive(Clone)]
 struct Limits {
     in_flight: Arc<Semaphore>,
+    /// [`MAX_IN_FLIGHT_BYTES`], in [`BUDGET_UNIT`]s.
+    bytes: Arc<Semaphore>,
     request_timeout: Duration,
+}
+
+/// What a request counts against [`MAX_IN_FLIGHT_BYTES`], in [`BUDGET_UNIT`]s.
+fn review_cost(declared: Option<u64>) -> u32 {
+    let bytes = declared
+        .map_or(MAX_IN_FLIGHT_BYTES, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
+        .clamp(MIN_REVIEW_COST, MAX_IN_FLIGHT_BYTES);
+    u32::try_from(bytes.div_ceil(BUDGET_UNIT)).expect("the budget fits in u32 units")
 }
 
 /// Bounds every route of `routes`: body size, reviews in flight, time per request.
 fn bounded(routes: Router, request_timeout: Duration) -> Router {
     let limits = Limits {
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        bytes: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / BUDGET_UNIT)),
         request_timeout,
     };
     routes
@@ -110,12 +136,17 @@ fn bounded(routes: Router, request_timeout: Duration) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// Waits for a slot among [`MAX_IN_FLIGHT`] and runs the request, all within the timeout: a
-/// request that waits, sends its body slowly or is decided slowly is answered 503 and dropped.
+/// Waits for a slot among [`MAX_IN_FLIGHT`] and for its body's share of [`MAX_IN_FLIGHT_BYTES`],
+/// and runs the request, all within the timeout: a request that waits, sends its body slowly or
+/// is decided slowly is answered 503 and dropped.
 async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let cost = review_cost(declared_length(&request));
     let work = async {
-        // The semaphore is never closed, so acquiring only waits.
+        // The semaphores are never closed, so acquiring only waits.
         let Ok(_slot) = limits.in_flight.acquire().await else {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        };
+        let Ok(_share) = limits.bytes.acquire_many(cost).await else {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         };
         next.run(request).await
@@ -262,12 +293,16 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Invalid> {
 
 /// The body, bounded: a declared length over [`MAX_BODY_BYTES`] is refused before a byte is
 /// read; an undeclared one (chunked, HTTP/2) is cut off at the bound by [`DefaultBodyLimit`].
-async fn read(request: Request) -> Result<Bytes, Invalid> {
-    let declared = request
+fn declared_length(request: &Request) -> Option<u64> {
+    request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn read(request: Request) -> Result<Bytes, Invalid> {
+    let declared = declared_length(&request);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(Invalid::TooLarge);
     }
@@ -330,16 +365,19 @@ async fn validate(State(state): State<Arc<WebhookState>>, request: Request) -> R
         &state.metrics,
         Webhook::Validate,
         request,
-        |req| async move { review(shared, &req).await },
+        |mut req| async move { review(shared, &mut req).await },
     )
     .await
 }
 
 async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let shared = &state;
-    admit(&state.metrics, Webhook::Mutate, request, |req| async move {
-        stamp(shared, &req)
-    })
+    admit(
+        &state.metrics,
+        Webhook::Mutate,
+        request,
+        |mut req| async move { stamp(shared, &mut req) },
+    )
     .await
 }
 
@@ -361,6 +399,18 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_review_counts_its_declared_length_within_the_budget() {
+        let units = |bytes: usize| (bytes / BUDGET_UNIT) as u32;
+        assert_eq!(review_cost(Some(100)), units(MIN_REVIEW_COST));
+        assert_eq!(review_cost(Some(1024 * 1024)), units(1024 * 1024));
+        assert_eq!(review_cost(Some(1024 * 1024 + 1)), units(1024 * 1024) + 1);
+        // Larger than the budget, or of unknown length: decided alone, never refused for it.
+        assert_eq!(review_cost(Some(u64::MAX)), units(MAX_IN_FLIGHT_BYTES));
+        assert_eq!(review_cost(None), units(MAX_IN_FLIGHT_BYTES));
+        const { assert!(MAX_IN_FLIGHT_BYTES / MIN_REVIEW_COST >= MAX_IN_FLIGHT) };
+    }
 
     fn review_json(group: &str, kind: &str, operation: &str) -> Value {
         json!({

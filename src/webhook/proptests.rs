@@ -146,8 +146,8 @@ proptest! {
         object in prop_oneof![Just(Value::Null), Just(json!({})), version().prop_map(|v| serde_json::to_value(v).unwrap()), app().prop_map(|a| serde_json::to_value(a).unwrap()), Just(json!({ "spec": 7 }))],
         old in prop_oneof![Just(Value::Null), version().prop_map(|v| serde_json::to_value(v).unwrap()), app().prop_map(|a| serde_json::to_value(a).unwrap())],
     ) {
-        if let Ok(req) = decode(&review_body(kind, operation, object, old)) {
-            let _ = stamp_with(&req, |_, _| Ok(None));
+        if let Ok(mut req) = decode(&review_body(kind, operation, object, old)) {
+            let _ = stamp_with(&mut req, |_, _| Ok(None));
         }
     }
 

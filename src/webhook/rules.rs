@@ -17,10 +17,11 @@ use crate::api::{
     ANNOTATION_PREFIX, AppVersion, CREATED_BY_ANNOTATION, EnvironmentConfig, EnvironmentConfigSpec,
     GROUP, LAST_EDITED_BY_ANNOTATION, OVERRIDDEN_AT_ANNOTATION, OVERRIDDEN_BY_ANNOTATION,
     OVERRIDDEN_REASON_ANNOTATION, OVERRIDE_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION,
-    PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, RELEASED_AT_ANNOTATION,
-    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, STAGES_ANNOTATION,
-    ToolJetApp,
+    PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, REFERENCES_ANNOTATION,
+    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck,
+    STAGES_ANNOTATION, ToolJetApp,
 };
+use crate::materialize::References;
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
 /// `tooljetapps`): `disabled` lets an app with versions past its first stage be deleted.
@@ -46,10 +47,15 @@ pub const APPROVE: &str = "approve";
 /// (break-glass), with `tooljet.io/override-reason` in the same request.
 pub const OVERRIDE: &str = "override";
 
-/// Largest `spec.definition` of an AppVersion, serialized (bytes). ToolJet app exports are
-/// typically tens of KiB; the operator caches every version, so one workspace cannot exhaust
-/// its memory (and, the webhook failing closed, block every namespace).
-pub const MAX_DEFINITION_BYTES: usize = 512 * 1024;
+/// Largest `spec.definition` of an AppVersion, serialized (bytes). ToolJet app exports are tens
+/// to hundreds of KiB. The apiserver stores an object of at most about 1.5 MiB (etcd's default
+/// request limit), which must also hold the rest of the version, its status and the apiserver's
+/// `managedFields`; 1 MiB leaves that room. The operator never holds a stored definition (see
+/// [`crate::lean::VersionSpecParts`]), so the limit bounds only what one request carries.
+pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
+/// Largest [`REFERENCES_ANNOTATION`] stamp: the names a definition references, as JSON. Kubernetes
+/// allows 256 KiB of annotations per object; thousands of distinct names fit in this.
+pub const MAX_REFERENCES_BYTES: usize = 32 * 1024;
 /// Deepest nesting of `spec.definition` and of data source `options`.
 pub const MAX_JSON_DEPTH: usize = 32;
 /// Largest `options` of one data source, serialized (bytes).
@@ -498,11 +504,49 @@ pub(super) const NOT_STAMPED: &str = "tooljet-operator's mutating webhook did no
      MutatingWebhookConfiguration tooljet-operator is installed";
 
 fn definition_too_large(name: &str, v: &AppVersion) -> Option<Verdict> {
-    let problem = oversized(v.spec.definition.as_ref()?, MAX_DEFINITION_BYTES)?;
-    Some(Deny(format!(
-        "AppVersion {name}: spec.definition {problem}; split the app or move large static content out of the \
-         definition"
-    )))
+    let definition = v.spec.definition.as_ref()?;
+    if let Some(problem) = oversized(definition, MAX_DEFINITION_BYTES) {
+        return Some(Deny(format!(
+            "AppVersion {name}: spec.definition {problem}; split the app or move large static content (images, \
+             data) out of the definition"
+        )));
+    }
+    let stamp = References::of(Some(definition)).stamp();
+    (stamp.len() > MAX_REFERENCES_BYTES).then(|| {
+        Deny(format!(
+            "AppVersion {name}: spec.definition references so many distinct constants and secrets that their record \
+             (annotation {REFERENCES_ANNOTATION}) would be {} bytes (at most {MAX_REFERENCES_BYTES}); reference fewer \
+             names",
+            stamp.len()
+        ))
+    })
+}
+
+/// Whether `new`'s references stamp is the one its definition gives: `Ok(true)` when it carries
+/// that stamp (it is then one of the request's stamps, not a forgery), `Ok(false)` when it carries
+/// none and may (an update that leaves the definition as stored, of a version stored before the
+/// stamp existed), and the denial otherwise. A stamp whose value differs from the definition's is
+/// refused whoever sets it.
+fn references_stamped(
+    name: &str,
+    old: Option<&AppVersion>,
+    new: &AppVersion,
+) -> Result<bool, Verdict> {
+    let expected = References::of(new.spec.definition.as_ref()).stamp();
+    match new.annotations().get(REFERENCES_ANNOTATION) {
+        Some(stamp) if *stamp == expected => Ok(true),
+        None if old.is_some_and(|o| {
+            o.spec.definition == new.spec.definition
+                && !o.annotations().contains_key(REFERENCES_ANNOTATION)
+        }) =>
+        {
+            Ok(false)
+        }
+        _ => Err(Deny(format!(
+            "AppVersion {name} is not stamped with the names its definition references (annotation \
+             {REFERENCES_ANNOTATION}, {expected}); {NOT_STAMPED}"
+        ))),
+    }
 }
 
 /// The rules for an AppVersion request.
@@ -571,10 +615,17 @@ pub fn review_version(
                      {STAGES_ANNOTATION}, {CREATED_BY_ANNOTATION}); {NOT_STAMPED}"
                 ));
             }
+            if let Err(verdict) = references_stamped(&name, None, new) {
+                return verdict;
+            }
             let keys = forged(
                 None::<&AppVersion>,
                 new,
-                &[STAGES_ANNOTATION, CREATED_BY_ANNOTATION],
+                &[
+                    STAGES_ANNOTATION,
+                    CREATED_BY_ANNOTATION,
+                    REFERENCES_ANNOTATION,
+                ],
             );
             if !keys.is_empty() {
                 return Deny(forged_message("AppVersion", &name, &keys));
@@ -698,6 +749,11 @@ fn review_version_update(
         if override_reason.is_some() {
             stamped.extend(OVERRIDE_STAMPS);
         }
+        match references_stamped(name, Some(old), new) {
+            Ok(true) => stamped.push(REFERENCES_ANNOTATION),
+            Ok(false) => {}
+            Err(verdict) => return verdict,
+        }
         let annotations = new.annotations();
         let stages = format!("{},{to}", stages_of(old));
         let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
@@ -754,6 +810,11 @@ fn review_version_update(
         return verdict;
     }
     let mut stamped = vec![];
+    match references_stamped(name, Some(old), new) {
+        Ok(true) => stamped.push(REFERENCES_ANNOTATION),
+        Ok(false) => {}
+        Err(verdict) => return verdict,
+    }
     if old.spec != new.spec {
         if new
             .annotations()
@@ -1246,9 +1307,20 @@ pub fn mutation_for_new_version(new: &AppVersion, user: &str) -> Patch {
         &[
             (STAGES_ANNOTATION, new.spec.environment.clone()),
             (CREATED_BY_ANNOTATION, user.to_string()),
+            (
+                REFERENCES_ANNOTATION,
+                References::of(new.spec.definition.as_ref()).stamp(),
+            ),
         ],
         &[],
     )
+}
+
+/// The references stamp `new` needs, when it does not carry it already.
+fn references_restamp(new: &AppVersion) -> Option<(&'static str, String)> {
+    let expected = References::of(new.spec.definition.as_ref()).stamp();
+    (new.annotations().get(REFERENCES_ANNOTATION) != Some(&expected))
+        .then_some((REFERENCES_ANNOTATION, expected))
 }
 
 /// The stamp of a promotion (who, when, from where, the stages the version has been in, and a
@@ -1261,10 +1333,12 @@ pub fn mutation_for_version(
 ) -> Option<Patch> {
     let Some((from, to)) = promotion(old, new) else {
         return (old.spec != new.spec).then(|| {
+            let mut set = vec![(LAST_EDITED_BY_ANNOTATION, user.to_string())];
+            set.extend(references_restamp(new));
             stamp(
                 new.annotations(),
                 new.metadata.annotations.is_some(),
-                &[(LAST_EDITED_BY_ANNOTATION, user.to_string())],
+                &set,
                 &[],
             )
         });
@@ -1275,6 +1349,7 @@ pub fn mutation_for_version(
         (PROMOTED_FROM_ANNOTATION, from.to_string()),
         (STAGES_ANNOTATION, format!("{},{to}", stages_of(old))),
     ];
+    set.extend(references_restamp(new));
     set.extend(consume_override(new, user, now));
     Some(stamp(
         new.annotations(),
@@ -2121,6 +2196,99 @@ mod tests {
     }
 
     #[test]
+    fn a_version_carries_the_references_of_its_definition_and_nobody_can_forge_them() {
+        let f = facts(PIPELINES[0]);
+        let mut v = version("development");
+        v.spec.definition = Some(json!({ "q": "{{constants.API_URL}} {{secrets.TOKEN}}" }));
+        let stamped = |v: &AppVersion| {
+            let mut doc = serde_json::to_value(v).unwrap();
+            json_patch::patch(&mut doc, &mutation_for_new_version(v, USER)).unwrap();
+            serde_json::from_value::<AppVersion>(doc).unwrap()
+        };
+        let new = stamped(&v);
+        assert_eq!(
+            new.annotations()
+                .get(REFERENCES_ANNOTATION)
+                .map(String::as_str),
+            Some(r#"{"constants":["API_URL"],"secrets":["TOKEN"]}"#)
+        );
+        assert_eq!(
+            review_version(Op::Create, None, Some(&new), USER, &f),
+            Allow
+        );
+        // A create that claims other references (or none) is refused.
+        let mut forged = new.clone();
+        forged
+            .annotations_mut()
+            .insert(REFERENCES_ANNOTATION.into(), "{}".into());
+        denied_with(
+            review_version(Op::Create, None, Some(&forged), USER, &f),
+            "is not stamped with the names its definition references (annotation tooljet.io/references",
+        );
+        forged.annotations_mut().remove(REFERENCES_ANNOTATION);
+        denied_with(
+            review_version(Op::Create, None, Some(&forged), USER, &f),
+            "tooljet.io/references",
+        );
+        // An edit of the definition is restamped by the mutating webhook, by any editor.
+        let mut edited = new.clone();
+        edited.spec.definition = Some(json!({ "q": "{{constants.OTHER}}" }));
+        let mut doc = serde_json::to_value(&edited).unwrap();
+        json_patch::patch(
+            &mut doc,
+            &mutation_for_version(&new, &edited, USER, NOW).unwrap(),
+        )
+        .unwrap();
+        let restamped: AppVersion = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            restamped
+                .annotations()
+                .get(REFERENCES_ANNOTATION)
+                .map(String::as_str),
+            Some(r#"{"constants":["OTHER"]}"#)
+        );
+        assert_eq!(
+            review_version(Op::Update, Some(&new), Some(&restamped), USER, &f),
+            Allow
+        );
+        // ... and an edit that keeps the old stamp (the mutating webhook did not run) is refused.
+        denied_with(
+            review_version(Op::Update, Some(&new), Some(&edited), USER, &f),
+            "tooljet.io/references",
+        );
+        // A metadata-only change of the stamp is refused unless it is the true one.
+        let mut relabelled = new.clone();
+        relabelled.annotations_mut().insert(
+            REFERENCES_ANNOTATION.into(),
+            r#"{"constants":["API_URL"]}"#.into(),
+        );
+        denied_with(
+            review_version(Op::Update, Some(&new), Some(&relabelled), USER, &f),
+            "tooljet.io/references",
+        );
+        // A version stored before the stamp existed may stay unstamped while its definition
+        // does not change, and is stamped by its next promotion.
+        let mut legacy = new.clone();
+        legacy.annotations_mut().remove(REFERENCES_ANNOTATION);
+        // Their own edits in a row: the mutating webhook is not called.
+        legacy
+            .annotations_mut()
+            .insert(LAST_EDITED_BY_ANNOTATION.into(), USER.into());
+        let mut described = legacy.clone();
+        described.spec.description = Some("edited".into());
+        assert_eq!(
+            review_version(Op::Update, Some(&legacy), Some(&described), USER, &f),
+            Allow
+        );
+        let patch = mutation_for_version(&legacy, &described, USER, NOW).unwrap();
+        assert!(
+            serde_json::to_string(&patch)
+                .unwrap()
+                .contains("tooljet.io~1references")
+        );
+    }
+
+    #[test]
     fn oversized_free_form_json_is_refused_with_the_bound() {
         let mut deep = json!(1);
         for _ in 0..MAX_JSON_DEPTH {
@@ -2138,9 +2306,22 @@ mod tests {
             ),
         );
         v.spec.definition = Some(json!({ "blob": "x".repeat(MAX_DEFINITION_BYTES) }));
-        denied_with(create(&v, &f), "bytes (at most 524288)");
+        let bound = format!("bytes (at most {MAX_DEFINITION_BYTES})");
+        denied_with(create(&v, &f), &bound);
         let old = version("development");
-        denied_with(update(&old, &v, &f), "bytes (at most 524288)");
+        denied_with(update(&old, &v, &f), &bound);
+        // As large as allowed: accepted.
+        v.spec.definition = Some(json!({ "blob": "x".repeat(MAX_DEFINITION_BYTES - 20) }));
+        assert_eq!(create(&v, &f), Allow);
+        // More distinct references than their record holds.
+        let names: Vec<String> = (0..2000)
+            .map(|i| format!("{{{{constants.CONSTANT_NUMBER_{i}}}}}"))
+            .collect();
+        v.spec.definition = Some(json!({ "q": names.join(" ") }));
+        denied_with(
+            create(&v, &f),
+            &format!("(at most {MAX_REFERENCES_BYTES}); reference fewer names"),
+        );
 
         let big = config(
             "development",

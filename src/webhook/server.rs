@@ -25,9 +25,10 @@ use super::{
 use crate::{
     api::{
         AppVersion, Approval, CREATED_BY_ANNOTATION, EnvironmentConfig, LAST_EDITED_BY_ANNOTATION,
-        PromotionPolicy, ToolJetApp,
+        PromotionPolicy, STAGES_ANNOTATION, ToolJetApp,
     },
-    materialize::{HashKey, missing_requirements},
+    lean::Lean,
+    materialize::{HashKey, References, missing_requirements},
     metrics::Metrics,
     state::{Lookups, Readiness},
 };
@@ -46,13 +47,27 @@ pub struct WebhookState {
     pub allowed: access::Allowed,
 }
 
-fn typed<K: DeserializeOwned>(obj: &Option<DynamicObject>) -> Result<Option<K>, String> {
-    obj.as_ref()
-        .map(|o| {
-            let value = serde_json::to_value(o).map_err(|e| e.to_string())?;
-            serde_json::from_value(value).map_err(|e| format!("cannot decode the object: {e}"))
-        })
-        .transpose()
+/// The object as its kind, taking it out of the request: the request's JSON tree is moved into
+/// the typed object (its strings are not copied), so a large definition is held once, not twice.
+fn typed<K: DeserializeOwned>(obj: Option<DynamicObject>) -> Result<Option<K>, String> {
+    obj.map(|o| {
+        let DynamicObject {
+            types,
+            metadata,
+            mut data,
+        } = o;
+        let map = data
+            .as_object_mut()
+            .ok_or("cannot decode the object: it is not a JSON object")?;
+        let metadata = serde_json::to_value(metadata).map_err(|e| e.to_string())?;
+        map.insert("metadata".into(), metadata);
+        if let Some(types) = types {
+            map.insert("apiVersion".into(), types.api_version.into());
+            map.insert("kind".into(), types.kind.into());
+        }
+        serde_json::from_value(data).map_err(|e| format!("cannot decode the object: {e}"))
+    })
+    .transpose()
 }
 
 fn op(operation: &Operation) -> Option<Op> {
@@ -66,7 +81,7 @@ fn op(operation: &Operation) -> Option<Op> {
 
 /// The mutating webhook: stamps the stages and creator of a new version, its last editor, who
 /// promoted or released (and a break-glass override), and who approved.
-pub fn stamp(state: &WebhookState, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+pub fn stamp(state: &WebhookState, req: &mut AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     stamp_with(req, |ns, name| {
         if !state.readiness.is_ready() {
             return Err(NOT_READY.to_string());
@@ -77,21 +92,21 @@ pub fn stamp(state: &WebhookState, req: &AdmissionRequest<DynamicObject>) -> Adm
 
 /// [`stamp`], with the lookup of the version an Approval names given.
 pub fn stamp_with(
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     approved: impl Fn(&str, &str) -> Result<Option<gates::ApprovedVersion>, String>,
 ) -> AdmissionResponse {
-    let response = AdmissionResponse::from(req);
+    let response = AdmissionResponse::from(&*req);
     let user = req.user_info.username.as_deref().unwrap_or("unknown");
     let now = Timestamp::now().to_string();
     let patch = match (req.kind.kind.as_str(), &req.operation) {
-        ("AppVersion", Operation::Create) => match typed::<AppVersion>(&req.object) {
+        ("AppVersion", Operation::Create) => match typed::<AppVersion>(req.object.take()) {
             Ok(Some(new)) => Some(rules::mutation_for_new_version(&new, user)),
             Err(e) => return response.deny(e),
             Ok(None) => None,
         },
         ("AppVersion", Operation::Update) => match (
-            typed::<AppVersion>(&req.old_object),
-            typed::<AppVersion>(&req.object),
+            typed::<AppVersion>(req.old_object.take()),
+            typed::<AppVersion>(req.object.take()),
         ) {
             (Ok(Some(old)), Ok(Some(new))) => rules::mutation_for_version(&old, &new, user, &now),
             (Err(e), _) | (_, Err(e)) => return response.deny(e),
@@ -99,15 +114,15 @@ pub fn stamp_with(
         },
         ("ToolJetApp", Operation::Create | Operation::Update) => {
             match (
-                typed::<ToolJetApp>(&req.old_object),
-                typed::<ToolJetApp>(&req.object),
+                typed::<ToolJetApp>(req.old_object.take()),
+                typed::<ToolJetApp>(req.object.take()),
             ) {
                 (Ok(old), Ok(Some(new))) => rules::mutation_for_app(old.as_ref(), &new, user, &now),
                 (Err(e), _) | (_, Err(e)) => return response.deny(e),
                 _ => None,
             }
         }
-        ("Approval", Operation::Create) => match typed::<Approval>(&req.object) {
+        ("Approval", Operation::Create) => match typed::<Approval>(req.object.take()) {
             Ok(Some(new)) => {
                 let ns = req.namespace.clone().unwrap_or_default();
                 match approved(&ns, &new.spec.version) {
@@ -204,9 +219,9 @@ async fn gate_facts(
 /// The validating decision.
 pub async fn review(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
-    let response = AdmissionResponse::from(req);
+    let response = AdmissionResponse::from(&*req);
     let Some(op) = op(&req.operation) else {
         return response;
     };
@@ -298,22 +313,131 @@ fn stored_error<K: kube::Resource<DynamicType = ()>>(
     )
 }
 
-/// The versions of `app` as the API stores them now.
+/// `value` as a field selector value: `\\`, `,` and `=` escaped (the apiserver's
+/// `fields.EscapeValue`), so a versionName such as `a,b=c` selects itself and nothing else.
+pub fn field_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The AppVersions of `ns` that `fields` selects, as the API stores them now: a consistent LIST
+/// of their metadata only, so no definition is ever sent to the webhook whatever the number or
+/// size of versions. `Ok(None)` when the CRD does not declare a selected field (CRDs installed by an
+/// older release: Helm does not upgrade them).
+async fn stored_version_names(
+    client: &Client,
+    ns: &str,
+    fields: &str,
+) -> Result<Option<Vec<PartialObjectMeta<AppVersion>>>, String> {
+    let api = Api::<AppVersion>::namespaced(client.clone(), ns);
+    match api
+        .list_metadata(&ListParams::default().fields(fields))
+        .await
+    {
+        Ok(list) => Ok(Some(list.items)),
+        Err(kube::Error::Api(e)) if e.code == 400 => {
+            warn!(%fields, error = %e.message, "field selector refused: the AppVersion CRD is older than the operator; apply crds/ of this release");
+            Ok(None)
+        }
+        Err(e) => Err(format!(
+            "could not list the AppVersions of namespace {ns} with {fields} to decide on a view as new as the request: {e}"
+        )),
+    }
+}
+
+/// The versions of `app`, as stored now, read without their definitions: every field the rules
+/// need is in a version's metadata (its stage is the last of its `tooljet.io/stages` stamp, which
+/// only the webhook writes). Versions stored before that stamp existed are read one at a time.
+/// `version_name` is only filled where `named` selects by it.
 async fn stored_versions_of(
     client: &Client,
     ns: &str,
     app: &str,
+    named: Option<&str>,
 ) -> Result<Vec<VersionFact>, String> {
-    Ok(stored::<AppVersion>(client, ns, "spec.app", app)
-        .await?
-        .into_iter()
-        .filter(|v| v.spec.app == app)
-        .map(|v| VersionFact {
-            name: v.name_any(),
-            version_name: v.spec.version_name,
-            environment: v.spec.environment,
-        })
-        .collect())
+    let mut fields = format!("spec.app={}", field_value(app));
+    if let Some(version_name) = named {
+        fields.push_str(&format!(",spec.versionName={}", field_value(version_name)));
+    }
+    match stored_versions_selected(client, ns, &fields, named.unwrap_or_default()).await? {
+        Some(facts) => Ok(facts),
+        None => stored_versions_in_pages(client, ns, app, named).await,
+    }
+}
+
+/// The versions `fields` selects as stored now, read without their definitions (see
+/// [`stored_versions_of`]); `version_name` is what each is recorded with. `None` when the CRD
+/// does not declare a selected field.
+async fn stored_versions_selected(
+    client: &Client,
+    ns: &str,
+    fields: &str,
+    version_name: &str,
+) -> Result<Option<Vec<VersionFact>>, String> {
+    let Some(items) = stored_version_names(client, ns, fields).await? else {
+        return Ok(None);
+    };
+    let mut facts = Vec::with_capacity(items.len());
+    for meta in items {
+        let name = meta.name_any();
+        let environment = match meta.annotations().get(STAGES_ANNOTATION) {
+            Some(stages) => stages.rsplit(',').next().unwrap_or_default().to_string(),
+            None => match Api::<Lean<AppVersion>>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await
+                .map_err(|e| {
+                    format!("could not read AppVersion {name} to check the request: {e}")
+                })? {
+                Some(Lean(v)) => v.spec.environment,
+                None => continue,
+            },
+        };
+        facts.push(VersionFact {
+            name,
+            version_name: version_name.to_string(),
+            environment,
+        });
+    }
+    Ok(Some(facts))
+}
+
+/// [`stored_versions_of`] against CRDs that do not declare the fields it selects: the versions
+/// of the namespace in pages, read without their definitions ([`crate::lean`]).
+async fn stored_versions_in_pages(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    named: Option<&str>,
+) -> Result<Vec<VersionFact>, String> {
+    let api = Api::<Lean<AppVersion>>::namespaced(client.clone(), ns);
+    let mut params = ListParams::default().limit(crate::state::VERSION_PAGE);
+    let mut facts = vec![];
+    loop {
+        let page = api.list(&params).await.map_err(|e| {
+            format!("could not list the AppVersions of namespace {ns} to decide on a view as new as the request: {e}")
+        })?;
+        facts.extend(
+            page.items
+                .into_iter()
+                .map(|Lean(v)| v)
+                .filter(|v| v.spec.app == app && named.is_none_or(|n| v.spec.version_name == n))
+                .map(|v| VersionFact {
+                    name: v.name_any(),
+                    version_name: v.spec.version_name,
+                    environment: v.spec.environment,
+                }),
+        );
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(facts),
+        }
+    }
 }
 
 /// What every request's facts start from: namespace and user.
@@ -326,9 +450,10 @@ struct Request<'a, K> {
 }
 
 impl<'a, K: DeserializeOwned> Request<'a, K> {
-    fn decode(req: &'a AdmissionRequest<DynamicObject>) -> Result<Self, String> {
-        let old: Option<K> = typed(&req.old_object)?;
-        let new: Option<K> = typed(&req.object)?;
+    fn decode(req: &'a mut AdmissionRequest<DynamicObject>) -> Result<Self, String> {
+        let old: Option<K> = typed(req.old_object.take())?;
+        let new: Option<K> = typed(req.object.take())?;
+        let req: &'a AdmissionRequest<DynamicObject> = req;
         if old.is_none() && new.is_none() {
             return Err(format!("the request carries no {}", req.kind.kind));
         }
@@ -364,10 +489,11 @@ impl<'a, K: DeserializeOwned> Request<'a, K> {
 
 async fn review_version(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
     let r = Request::<AppVersion>::decode(req)?;
+    let req = r.req;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = new.or(old).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
@@ -375,37 +501,46 @@ async fn review_version(
         .lookups
         .apps
         .get(&ObjectRef::new(&subject.spec.app).within(ns));
-    if let Some(app) = &app {
-        // The versions matter to a create or a rename only (versionName is unique per app), and
-        // there a version created a moment ago must count: they are read from the API.
-        let named =
-            new.is_some_and(|n| old.is_none_or(|o| o.spec.version_name != n.spec.version_name));
-        let versions = if named {
-            stored_versions_of(&state.client, ns, &subject.spec.app)
+    // The versions matter to a create or a rename only (versionName is unique per app), and there
+    // a version created a moment ago must count: the versions that already carry the requested
+    // name are read from the API (metadata only), while the SubjectAccessReviews run.
+    let named = new.filter(|n| old.is_none_or(|o| o.spec.version_name != n.spec.version_name));
+    let versions_read = async {
+        match (&app, named) {
+            (Some(_), Some(n)) => Ok(Some(
+                stored_versions_of(
+                    &state.client,
+                    ns,
+                    &subject.spec.app,
+                    Some(&n.spec.version_name),
+                )
                 .await?
                 .into_iter()
                 .filter(|v| v.name != req.name)
-                .collect()
-        } else {
-            versions_of(state, ns, &subject.spec.app, Some(&req.name))
-        };
-        facts.app = Some(AppFact {
-            name: app.name_any(),
-            environments: app.spec.environments.clone(),
-            versions,
-        });
-    }
-    if op == Op::Delete {
-        facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
-    }
+                .collect(),
+            )),
+            (Some(_), None) => Ok(Some(versions_of(
+                state,
+                ns,
+                &subject.spec.app,
+                Some(&req.name),
+            ))),
+            (None, _) => Ok::<Option<Vec<VersionFact>>, String>(None),
+        }
+    };
+    let terminating = async {
+        match op {
+            Op::Delete => namespace_terminating(&state.client, ns).await,
+            _ => Ok(false),
+        }
+    };
     // The stage a promotion enters.
     let promoted_to = match (old, new) {
         (Some(old), Some(new)) => rules::promotion(old, new).map(|(_, to)| to),
         _ => None,
     };
-    // A promotion's gate (its Approvals read from the API) is gathered while the
-    // SubjectAccessReviews run. spec.app is immutable (CEL and the rules), so `subject`'s app is
-    // the one promoted in.
+    // A promotion's gate (its Approvals read from the API). spec.app is immutable (CEL and the
+    // rules), so `subject`'s app is the one promoted in.
     let gate = async {
         match (old, &app, promoted_to) {
             (Some(old), Some(app), Some(to)) => {
@@ -414,10 +549,25 @@ async fn review_version(
             _ => Ok(None),
         }
     };
-    (facts.granted, facts.gate) = futures::try_join!(
+    let versions;
+    (
+        facts.granted,
+        facts.gate,
+        versions,
+        facts.namespace_terminating,
+    ) = futures::try_join!(
         r.grants(state, rules::needed_for_version(old, new, &r.user)),
-        gate
+        gate,
+        versions_read,
+        terminating,
     )?;
+    if let (Some(app), Some(versions)) = (&app, versions) {
+        facts.app = Some(AppFact {
+            name: app.name_any(),
+            environments: app.spec.environments.clone(),
+            versions,
+        });
+    }
     if let (Some(new), Some(to)) = (new, promoted_to) {
         let resolved = crate::state::resolve(
             &state.hash_key,
@@ -428,10 +578,12 @@ async fn review_version(
             to,
         );
         let requires = new.spec.requires.clone().unwrap_or_default();
+        // The definition is the request's own: its references are computed from it, not read
+        // from a stamp.
         facts.missing_in_target = missing_requirements(
             &requires.data_sources,
             &requires.constants,
-            new.spec.definition.as_ref(),
+            &References::of(new.spec.definition.as_ref()),
             &resolved.data,
         );
     }
@@ -440,10 +592,11 @@ async fn review_version(
 
 async fn review_app(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
     let r = Request::<ToolJetApp>::decode(req)?;
+    let req = r.req;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = old.or(new).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
@@ -456,7 +609,7 @@ async fn review_app(
     let structural = (op == Op::Delete && !facts.namespace_terminating)
         || new.is_some_and(|new| rules::pipeline_changed(old, new));
     let versions = if structural {
-        stored_versions_of(&state.client, ns, &req.name).await?
+        stored_versions_of(&state.client, ns, &req.name, None).await?
     } else {
         versions_of(state, ns, &req.name, None)
     };
@@ -506,16 +659,34 @@ async fn released_as_stored(
     {
         return Ok(());
     }
-    let stored = Api::<AppVersion>::namespaced(state.client.clone(), ns)
-        .get_opt(version)
-        .await
-        .map_err(|e| format!("could not read AppVersion {version} to check the release: {e}"))?;
+    // Its metadata only, selected by name and app; its stage from its stamp.
+    let fields = format!(
+        "metadata.name={},spec.app={}",
+        field_value(version),
+        field_value(&app.name_any()),
+    );
+    let stored = match stored_versions_selected(&state.client, ns, &fields, "").await? {
+        Some(found) => found.into_iter().next().map(|v| v.environment),
+        None => Api::<Lean<AppVersion>>::namespaced(state.client.clone(), ns)
+            .get_opt(version)
+            .await
+            .map_err(|e| format!("could not read AppVersion {version} to check the release: {e}"))?
+            .map(|Lean(v)| v)
+            .filter(|v| v.spec.app == app.name_any())
+            .map(|v| v.spec.environment),
+    };
+    let version_name = fact
+        .versions
+        .iter()
+        .find(|v| v.name == version)
+        .map(|v| v.version_name.clone())
+        .unwrap_or_default();
     fact.versions.retain(|v| v.name != version);
-    if let Some(v) = stored.filter(|v| v.spec.app == app.name_any()) {
+    if let Some(environment) = stored {
         fact.versions.push(VersionFact {
-            name: v.name_any(),
-            version_name: v.spec.version_name,
-            environment: v.spec.environment,
+            name: version.to_string(),
+            version_name,
+            environment,
         });
     }
     Ok(())
@@ -523,10 +694,11 @@ async fn released_as_stored(
 
 async fn review_config(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
     let r = Request::<EnvironmentConfig>::decode(req)?;
+    let req = r.req;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let mut facts = Facts::default();
     if op == Op::Delete {
@@ -569,7 +741,7 @@ async fn review_config(
 
 async fn review_approval(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
     let r = Request::<Approval>::decode(req)?;
@@ -608,7 +780,7 @@ async fn review_approval(
 
 async fn review_policy(
     state: &WebhookState,
-    req: &AdmissionRequest<DynamicObject>,
+    req: &mut AdmissionRequest<DynamicObject>,
     op: Op,
 ) -> Result<Verdict, String> {
     let r = Request::<PromotionPolicy>::decode(req)?;

@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod definitions;
 pub mod image;
 mod pki;
 mod shared;
