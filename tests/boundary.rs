@@ -647,3 +647,118 @@ async fn oversized_definitions_and_options_are_refused_with_the_bound() {
         "EnvironmentConfig ws-dev: spec.dataSources[api].options is 20",
     );
 }
+
+/// An owner the garbage collector finds gone (no such ConfigMap).
+fn gone_owner() -> Value {
+    json!({ "metadata": { "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+                                               "uid": "00000000-0000-0000-0000-000000000001" }] } })
+}
+
+#[tokio::test]
+async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
+    let w = Workspace::new("owners").await;
+    // dave may update versions and apps, not delete them.
+    w.grant(
+        "dave",
+        "updaters",
+        json!([{ "apiGroups": ["tooljet.io"], "resources": ["appversions", "tooljetapps"],
+                 "verbs": ["get", "list", "watch", "update", "patch"] }]),
+    )
+    .await;
+    let dave = support::client_as("dave", &[]).await;
+    until_allowed("dave's role", || async {
+        w.merge(
+            &dave,
+            "AppVersion",
+            "v-dev",
+            json!({ "metadata": { "labels": { "seen": "yes" } } }),
+        )
+        .await
+        .map(|o| serde_json::to_value(o).unwrap())
+    })
+    .await;
+    // A first-stage version: owners need delete on it (the garbage collector would delete it).
+    denied(
+        w.merge(&dave, "AppVersion", "v-dev", gone_owner()).await,
+        &format!(
+            "user dave may not set or change metadata.ownerReferences of AppVersion v-dev: owners let the garbage \
+             collector delete the object, so this needs verb delete on resource appversions named v-dev (group \
+             tooljet.io) in namespace {}",
+            w.ns
+        ),
+    );
+    // A version past its first stage: never, even for an admin.
+    denied(
+        w.merge(&w.admin, "AppVersion", "v-stg", gone_owner()).await,
+        "AppVersion v-stg: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
+         it once its owners are gone, and it is in staging",
+    );
+    // An app with versions past its first stage (the release manager patches apps): never.
+    denied(
+        w.merge(&w.carol, "ToolJetApp", "crm", gone_owner()).await,
+        "ToolJetApp crm: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
+         it once its owners are gone, and it has versions past development",
+    );
+    // Nothing changed: both still there, without owners.
+    for (kind, name) in [
+        ("AppVersion", "v-dev"),
+        ("AppVersion", "v-stg"),
+        ("ToolJetApp", "crm"),
+    ] {
+        let obj = w
+            .get(kind, name)
+            .await
+            .unwrap_or_else(|| panic!("{kind} {name} is gone"));
+        assert!(obj.metadata.owner_references.unwrap_or_default().is_empty());
+    }
+    // The legitimate path: who may delete a first-stage version may give it an owner (the
+    // garbage collector may then delete it, as its owner's deletion would).
+    let owned = w
+        .merge(&w.admin, "AppVersion", "v-dev", gone_owner())
+        .await
+        .expect("an admin gives a first-stage version an owner");
+    assert_eq!(owned.metadata.owner_references.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_version_held_by_a_finalizer_while_being_deleted_cannot_be_promoted() {
+    let w = Workspace::new("finalizer").await;
+    // A developer holds a first-stage version with a finalizer of their own, then deletes it.
+    w.merge(
+        &w.alice,
+        "AppVersion",
+        "v-dev",
+        json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+    )
+    .await
+    .expect("a developer may hold a first-stage version");
+    w.api(&w.alice, "AppVersion")
+        .delete("v-dev", &DeleteParams::default())
+        .await
+        .expect("a developer may delete a first-stage version");
+    let terminating = w.get("AppVersion", "v-dev").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    // The promotion would carry it out of development into a stage where it is then deleted.
+    denied(
+        w.promote(&w.bob, "v-dev", "staging").await,
+        "AppVersion v-dev is being deleted (metadata.deletionTimestamp is set; finalizers example.com/hold hold \
+         it): a version being deleted cannot be promoted",
+    );
+    assert_eq!(
+        w.get("AppVersion", "v-dev").await.unwrap().data["spec"]["environment"],
+        "development"
+    );
+    // Releasing the finalizer lets the deletion finish, in development.
+    w.merge(
+        &w.alice,
+        "AppVersion",
+        "v-dev",
+        json!({ "metadata": { "finalizers": null } }),
+    )
+    .await
+    .expect("the developer releases their finalizer");
+    support::eventually(WAIT, "v-dev deleted", || async {
+        w.get("AppVersion", "v-dev").await.is_none().then_some(())
+    })
+    .await;
+}

@@ -137,9 +137,10 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
         )
     };
     let judged_version_requests = format!(
-        "request.operation != 'UPDATE' || !({first_stage}) || !({judged_fields}) || {} || {}",
+        "request.operation != 'UPDATE' || !({first_stage}) || !({judged_fields}) || !({owners}) || {} || {}",
         reserved_differs("object", "oldObject"),
         reserved_differs("oldObject", "object"),
+        owners = OWNERS_UNCHANGED,
     );
     let versions = MatchCondition {
         name: "judged-requests-only".into(),
@@ -236,6 +237,11 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
         ]),
     }
 }
+
+/// `metadata.ownerReferences` as stored: owners decide whether the garbage collector deletes an
+/// object, so a change of them is judged (it needs what deleting needs).
+const OWNERS_UNCHANGED: &str = "(has(object.metadata.ownerReferences) == has(oldObject.metadata.ownerReferences) && \
+     (!has(object.metadata.ownerReferences) || object.metadata.ownerReferences == oldObject.metadata.ownerReferences))";
 
 /// `object.spec.<field>` equals `oldObject.spec.<field>`, absent counting as a value.
 fn unchanged(field: &str) -> String {
@@ -430,6 +436,30 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
              object.spec.environment + ' (group tooljet.io) in namespace ' + request.namespace : \
              'AppVersion ' + object.metadata.name + ': annotation tooljet.io/stages is recorded by \
              tooljet-operator and cannot be changed by users; remove it from your change'"
+                .into(),
+        ),
+        // The same words as the webhook's denials.
+        validation(
+            "!variables.moved || !has(oldObject.metadata.deletionTimestamp)".into(),
+            "'AppVersion ' + object.metadata.name + ' is being deleted (metadata.deletionTimestamp is set; \
+             finalizers ' + (has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers.join(', ') : '') + \
+             ' hold it): a version being deleted cannot be promoted, since it would be deleted in ' + \
+             object.spec.environment + '; create a new version in ' + variables.first + ' and promote that one'"
+                .into(),
+        ),
+        validation(
+            format!(
+                "request.operation != 'UPDATE' || {OWNERS_UNCHANGED} || (!variables.advanced && {})",
+                authorized(GROUP, "appversions", "object.metadata.name", "delete")
+            ),
+            "variables.advanced ? 'AppVersion ' + object.metadata.name + ': metadata.ownerReferences cannot be set \
+             or changed: the garbage collector would delete it once its owners are gone, and it is in ' + \
+             oldObject.spec.environment + ': versions that left ' + variables.first + ' are kept as the app\\'s \
+             release and rollback history; remove ownerReferences from your change' : 'user ' + \
+             request.userInfo.username + ' may not set or change metadata.ownerReferences of AppVersion ' + \
+             object.metadata.name + ': owners let the garbage collector delete the object, so this needs verb delete \
+             on resource appversions named ' + object.metadata.name + ' (group tooljet.io) in namespace ' + \
+             request.namespace + '; ask someone who may delete it'"
                 .into(),
         ),
         validation(

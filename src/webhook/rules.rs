@@ -101,6 +101,16 @@ impl Access {
         }
     }
 
+    /// `delete` on the tooljet.io object `name` of `resource` (e.g. `appversions`).
+    pub fn delete(resource: &'static str, name: &str) -> Access {
+        Access {
+            verb: "delete",
+            group: GROUP,
+            resource,
+            name: Some(name.to_string()),
+        }
+    }
+
     /// Reading the Secret `name`.
     pub fn read_secret(name: &str) -> Access {
         Access {
@@ -276,7 +286,7 @@ pub fn needed_for_version(
     new: Option<&AppVersion>,
     user: &str,
 ) -> Vec<Access> {
-    match (old, new) {
+    let mut needed = match (old, new) {
         (Some(old), Some(new)) => promotion(old, new)
             .map(|(_, to)| {
                 let mut needed = vec![Access::environment(PROMOTE, to)];
@@ -287,7 +297,57 @@ pub fn needed_for_version(
             })
             .unwrap_or_default(),
         _ => vec![],
+    };
+    if let Some(new) = new.filter(|_| owners_changed(old, new)) {
+        needed.push(Access::delete("appversions", &new.name_any()));
     }
+    needed
+}
+
+/// Whether a create or update sets or changes `metadata.ownerReferences`. The garbage collector
+/// deletes an object once every owner it names is gone (or never existed), so naming owners is a
+/// deletion deferred: it needs what deleting needs ([`owners_rule`]).
+pub fn owners_changed(old: Option<&impl ResourceExt>, new: Option<&impl ResourceExt>) -> bool {
+    new.is_some_and(|new| {
+        old.map(|o| o.owner_references()).unwrap_or_default() != new.owner_references()
+    })
+}
+
+/// The rule on `metadata.ownerReferences` of a tooljet.io object: setting or changing them needs
+/// `delete` on the object (RBAC alone lets anyone who may update it do so; the
+/// OwnerReferencesPermissionEnforcement admission plugin that would check it is off by default),
+/// and is refused outright where deleting is (`undeletable`: why the object may not be deleted).
+pub(super) fn owners_rule(
+    kind: &str,
+    resource: &'static str,
+    old: Option<&impl ResourceExt>,
+    new: Option<&impl ResourceExt>,
+    user: &str,
+    undeletable: Option<String>,
+    facts: &Facts,
+) -> Option<Verdict> {
+    if !owners_changed(old, new) {
+        return None;
+    }
+    let subject = new?;
+    let name = subject.name_any();
+    if let Some(why) = undeletable {
+        return Some(Deny(format!(
+            "{kind} {name}: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
+             it once its owners are gone, and {why}; remove ownerReferences from your change"
+        )));
+    }
+    let access = Access::delete(resource, &name);
+    (!facts.may(&access)).then(|| {
+        forbidden(
+            user,
+            &format!("set or change metadata.ownerReferences of {kind} {name}"),
+            "owners let the garbage collector delete the object, so this",
+            &access,
+            &subject.namespace().unwrap_or_default(),
+            "ask someone who may delete it",
+        )
+    })
 }
 
 /// The reason of a break-glass override the mutating webhook stamped for this request by `user`
@@ -335,6 +395,9 @@ pub fn needed_for_app(
         needed.insert(Access::app(UNPROTECT, &name));
     }
     needed.extend(needed_for_rollout(old, new));
+    if owners_changed(old, Some(new)) {
+        needed.insert(Access::delete("tooljetapps", &name));
+    }
     needed.into_iter().collect()
 }
 
@@ -430,6 +493,9 @@ pub fn needed_for_config(
     {
         for ((secret, _), _) in new_references(old, new) {
             needed.insert(Access::read_secret(&secret));
+        }
+        if owners_changed(old, Some(new)) {
+            needed.insert(Access::delete("environmentconfigs", &new.name_any()));
         }
     }
     needed.into_iter().collect()
@@ -603,6 +669,17 @@ pub fn review_version(
             if let Some(verdict) = definition_too_large(&name, new) {
                 return verdict;
             }
+            if let Some(verdict) = owners_rule(
+                "AppVersion",
+                "appversions",
+                None::<&AppVersion>,
+                Some(new),
+                user,
+                None,
+                facts,
+            ) {
+                return verdict;
+            }
             if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment)
                 || new
                     .annotations()
@@ -668,6 +745,23 @@ fn review_version_update(
             old.spec.app, new.spec.app
         ));
     }
+    let undeletable = (old.spec.environment != first).then(|| {
+        format!(
+            "it is in {}: versions that left {first} are kept as the app's release and rollback history",
+            old.spec.environment
+        )
+    });
+    if let Some(verdict) = owners_rule(
+        "AppVersion",
+        "appversions",
+        Some(old),
+        Some(new),
+        user,
+        undeletable,
+        facts,
+    ) {
+        return verdict;
+    }
     let edited: Vec<&str> = [
         ("definition", old.spec.definition != new.spec.definition),
         ("description", old.spec.description != new.spec.description),
@@ -679,6 +773,14 @@ fn review_version_update(
     let renamed = old.spec.version_name != new.spec.version_name;
 
     if let Some((from, to)) = promotion(old, new) {
+        if old.metadata.deletion_timestamp.is_some() {
+            let holders = old.finalizers().join(", ");
+            return Deny(format!(
+                "AppVersion {name} is being deleted (metadata.deletionTimestamp is set; finalizers {holders} hold it): \
+                 a version being deleted cannot be promoted, since it would be deleted in {to}; create a new \
+                 version in {first} and promote that one"
+            ));
+        }
         if !edited.is_empty() || renamed {
             return Deny(format!(
                 "AppVersion {name}: a promotion must change nothing but spec.environment (this one also changes {}); \
@@ -902,6 +1004,31 @@ pub fn review_app(
             let Some(new) = new else {
                 return Deny(MALFORMED.into());
             };
+            // An app that has a release, or versions past its first stage, is as undeletable
+            // through its owners as through a delete (its protection annotation aside: that
+            // guards a deliberate delete, not a deferred one).
+            let first = old.unwrap_or(new).first_stage();
+            let released = old.and_then(|o| o.released()).or(new.released());
+            let advanced = versions.iter().find(|v| v.environment != first);
+            let undeletable = match (released, advanced) {
+                (Some(v), _) => Some(format!("it releases {v}")),
+                (None, Some(v)) => Some(format!(
+                    "it has versions past {first} ({} in {})",
+                    v.name, v.environment
+                )),
+                (None, None) => None,
+            };
+            if let Some(verdict) = owners_rule(
+                "ToolJetApp",
+                "tooljetapps",
+                old,
+                Some(new),
+                user,
+                undeletable,
+                facts,
+            ) {
+                return verdict;
+            }
             let changes: Vec<&str> = [
                 ("spec.environments", pipeline_changed(old, new)),
                 ("spec.rollout", rollout_changed(old, new)),
@@ -1200,6 +1327,17 @@ pub fn review_config(
                  tooljet-environment-admin every stage)",
             );
         }
+    }
+    if let Some(verdict) = owners_rule(
+        "EnvironmentConfig",
+        "environmentconfigs",
+        old,
+        new,
+        user,
+        None,
+        facts,
+    ) {
+        return verdict;
     }
     let Some(new) = new else {
         return Allow;
@@ -2285,6 +2423,103 @@ mod tests {
             serde_json::to_string(&patch)
                 .unwrap()
                 .contains("tooljet.io~1references")
+        );
+    }
+
+    fn owned<K: ResourceExt>(mut obj: K) -> K {
+        obj.meta_mut().owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "gone".into(),
+                uid: "00000000-0000-0000-0000-000000000001".into(),
+                ..Default::default()
+            },
+        ]);
+        obj
+    }
+
+    #[test]
+    fn owners_need_delete_and_never_reach_history_or_a_released_app() {
+        let f = facts(PIPELINES[0]);
+        let may_delete = |f: &Facts, resource: &'static str, name: &str| {
+            let mut f = f.clone();
+            f.granted.insert(Access::delete(resource, name), true);
+            f
+        };
+        // A first-stage version: with delete on it, yes; without, refused naming the verb.
+        let dev = version("development");
+        let owned_dev = owned(dev.clone());
+        let needed = needed_for_version(Some(&dev), Some(&owned_dev), USER);
+        assert_eq!(needed, [Access::delete("appversions", "crm-v4")]);
+        denied_with(
+            update(&dev, &owned_dev, &f),
+            "may not set or change metadata.ownerReferences of AppVersion crm-v4: owners let the garbage \
+             collector delete the object, so this needs verb delete on resource appversions named crm-v4",
+        );
+        assert_eq!(
+            update(&dev, &owned_dev, &may_delete(&f, "appversions", "crm-v4")),
+            Allow
+        );
+        // Removing them again is a change too.
+        denied_with(update(&owned_dev, &dev, &f), "verb delete");
+        // A version past its first stage: never, whoever asks.
+        let staged = version("staging");
+        denied_with(
+            update(
+                &staged,
+                &owned(staged.clone()),
+                &may_delete(&f, "appversions", "crm-v4"),
+            ),
+            "it is in staging: versions that left development are kept",
+        );
+        // An app that releases a version, or has versions past its first stage: never.
+        let released = app(PIPELINES[0], Some("v1"));
+        let f_app = may_delete(
+            &app_facts(&[("v1", "v1", "production")]),
+            "tooljetapps",
+            "crm",
+        );
+        denied_with(
+            app_update(&released, &owned(released.clone()), &f_app),
+            "ToolJetApp crm: metadata.ownerReferences cannot be set or changed: the garbage collector would \
+             delete it once its owners are gone, and it releases v1",
+        );
+        let unreleased = app(PIPELINES[0], None);
+        denied_with(
+            app_update(&unreleased, &owned(unreleased.clone()), &f_app),
+            "it has versions past development (v1 in production)",
+        );
+        let fresh = may_delete(
+            &app_facts(&[("v0", "v0", "development")]),
+            "tooljetapps",
+            "crm",
+        );
+        assert_eq!(
+            app_update(&unreleased, &owned(unreleased.clone()), &fresh),
+            Allow
+        );
+        let without = app_facts(&[("v0", "v0", "development")]);
+        denied_with(
+            app_update(&unreleased, &owned(unreleased.clone()), &without),
+            "needs verb delete on resource tooljetapps named crm",
+        );
+    }
+
+    #[test]
+    fn a_version_being_deleted_cannot_be_promoted() {
+        let f = facts(PIPELINES[0]);
+        let mut old = version("development");
+        old.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(NOW.parse().unwrap()),
+        );
+        old.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        let mut new = old.clone();
+        new.spec.environment = "staging".into();
+        denied_with(
+            update(&old, &new, &f),
+            "AppVersion crm-v4 is being deleted (metadata.deletionTimestamp is set; finalizers example.com/hold \
+             hold it): a version being deleted cannot be promoted",
         );
     }
 

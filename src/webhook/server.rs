@@ -718,8 +718,11 @@ async fn review_config(
             )
             .await?
             .into_iter()
+            // One being deleted is on its way out, however long a finalizer holds it: not a rival
+            // (a finalizer on the old config must not keep its replacement out).
             .find(|c| {
                 c.name_any() != req.name
+                    && c.metadata.deletion_timestamp.is_none()
                     && c.spec.app == new.spec.app
                     && c.spec.environment == new.spec.environment
             })
@@ -729,7 +732,7 @@ async fn review_config(
                 .lookups
                 .configs_for(ns, new.spec.app.as_deref(), &new.spec.environment)
                 .iter()
-                .find(|c| c.name_any() != req.name)
+                .find(|c| c.name_any() != req.name && c.metadata.deletion_timestamp.is_none())
                 .map(|c| c.name_any())
         };
     }
