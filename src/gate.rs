@@ -250,6 +250,48 @@ pub fn stage_gate_among(
     Some(gate)
 }
 
+/// The PromotionPolicies that guard a stage of `app`'s pipeline, with the stages each guards
+/// there. A policy whose selector cannot be evaluated counts as selecting (fail closed), as in
+/// [`stage_gate_among`].
+pub fn guarding(
+    policies: &[Arc<PromotionPolicy>],
+    app: &ToolJetApp,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    policies
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && selects(p, app).unwrap_or(true))
+        .filter_map(|p| {
+            let stages: Vec<String> = app
+                .spec
+                .environments
+                .iter()
+                .filter(|s| p.spec.environments.contains(s))
+                .cloned()
+                .collect();
+            (!stages.is_empty()).then(|| (p.name_any(), stages))
+        })
+        .collect()
+}
+
+/// The policies whose guard of an app a change of its labels or pipeline adds, removes or
+/// moves (`before` and `after` from [`guarding`]), each with every stage it lists: changing whom
+/// a policy guards is editing what it does, so it needs what editing the policy needs.
+pub fn guards_changed(
+    policies: &[Arc<PromotionPolicy>],
+    before: &ToolJetApp,
+    after: &ToolJetApp,
+) -> Vec<(String, Vec<String>)> {
+    let (old, new) = (guarding(policies, before), guarding(policies, after));
+    policies
+        .iter()
+        .filter(|p| {
+            let name = p.name_any();
+            old.get(&name) != new.get(&name)
+        })
+        .map(|p| (p.name_any(), p.spec.environments.clone()))
+        .collect()
+}
+
 /// Converts Kubernetes' timestamp.
 pub fn to_chrono(t: k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32).unwrap_or_default()
@@ -261,4 +303,83 @@ pub fn to_time(t: DateTime<Utc>) -> k8s_openapi::apimachinery::pkg::apis::meta::
         k8s_openapi::jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
             .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(name: &str, spec: serde_json::Value) -> Arc<PromotionPolicy> {
+        let mut p = PromotionPolicy::new(name, serde_json::from_value(spec).unwrap());
+        p.metadata.namespace = Some("acme".into());
+        Arc::new(p)
+    }
+
+    fn app(labels: &[(&str, &str)], stages: &[&str]) -> ToolJetApp {
+        let mut a: ToolJetApp = serde_json::from_value(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp",
+            "metadata": { "name": "crm", "namespace": "acme" },
+            "spec": { "environments": stages } }))
+        .unwrap();
+        a.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        a
+    }
+
+    #[test]
+    fn a_guard_changes_with_the_labels_or_stages_that_decide_it() {
+        let policies = [
+            policy(
+                "critical",
+                json!({ "environments": ["production"], "appSelector": { "matchLabels": { "tier": "critical" } },
+                        "approvals": { "required": 2 } }),
+            ),
+            policy(
+                "everyone",
+                json!({ "environments": ["staging", "production"], "approvals": { "required": 1 } }),
+            ),
+            policy(
+                "broken",
+                json!({ "environments": ["production"], "appSelector": { "matchExpressions": [{ "key": "a", "operator": "exists" }] },
+                                     "approvals": { "required": 1 } }),
+            ),
+        ];
+        let pipeline = ["development", "staging", "production"];
+        let critical = app(&[("tier", "critical")], &pipeline);
+        let plain = app(&[], &pipeline);
+        assert_eq!(
+            guarding(&policies, &critical).keys().collect::<Vec<_>>(),
+            ["broken", "critical", "everyone"],
+            "an invalid selector counts as selecting"
+        );
+        // Dropping or adding the label: the selected policy's guard changes, nothing else.
+        let changed = guards_changed(&policies, &critical, &plain);
+        assert_eq!(
+            changed,
+            [("critical".to_string(), vec!["production".to_string()])]
+        );
+        assert_eq!(guards_changed(&policies, &plain, &critical), changed);
+        // Another label: nothing changes.
+        assert!(guards_changed(&policies, &plain, &app(&[("team", "x")], &pipeline)).is_empty());
+        // Renaming a guarded stage: every policy on it changes; renaming an unguarded one: none.
+        let renamed = app(&[], &["development", "staging", "prod"]);
+        let names: Vec<String> = guards_changed(&policies, &plain, &renamed)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["everyone", "broken"]);
+        assert!(
+            guards_changed(
+                &policies,
+                &plain,
+                &app(&[], &["dev", "staging", "production"])
+            )
+            .is_empty()
+        );
+    }
 }

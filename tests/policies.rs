@@ -528,3 +528,139 @@ async fn the_people_a_policy_constrains_cannot_lift_it() {
         .unwrap_err();
     assert!(m.contains("spec.windows[0].timeZone"), "{m}");
 }
+
+/// Labels and stage names decide which policies guard an app: changing them so that a policy's
+/// guard changes is editing that policy, and a release is judged on the labels before and after.
+#[tokio::test]
+async fn labels_and_stage_names_cannot_lift_a_policy() {
+    let w = Workspace::new("policy-labels").await;
+    w.bind("erin", "tooljet-environment-admin").await;
+    let erin = user("erin").await;
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "critical-freeze",
+        json!({ "environments": ["production"], "appSelector": { "matchLabels": { "tier": "critical" } },
+                "windows": [{ "kind": "Deny", "schedule": "* * * * *", "duration": "2h", "description": "release freeze" }] }),
+    )
+    .await
+    .unwrap();
+    w.merge(
+        &w.admin,
+        "ToolJetApp",
+        "crm",
+        json!({ "metadata": { "labels": { "tier": "critical" } } }),
+    )
+    .await
+    .unwrap();
+    in_force(&w, "critical-freeze").await;
+
+    // The release manager drops the label: that lifts the policy, which they may not edit.
+    let needs_policy = |user: &str, what: &str| {
+        format!(
+            "user {user} may not {what} of ToolJetApp crm: it changes whether PromotionPolicy critical-freeze \
+             (guarding production) guards the app, which is editing that policy: it needs verb update on resource \
+             promotionpolicies named critical-freeze (group tooljet.io) in namespace {}",
+            w.ns
+        )
+    };
+    denied(
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "crm",
+            json!({ "metadata": { "labels": { "tier": null } } }),
+        )
+        .await,
+        &needs_policy("carol", "change the labels"),
+    );
+    denied(
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "crm",
+            json!({ "metadata": { "labels": { "tier": null } }, "spec": { "release": { "version": "v-prod" } } }),
+        )
+        .await,
+        &needs_policy("carol", "change the labels"),
+    );
+    // Even someone who may edit the policy cannot release through the freeze by dropping the
+    // label in the same request: the gate is judged on the labels as stored too.
+    denied(
+        w.merge(
+            &w.admin,
+            "ToolJetApp",
+            "crm",
+            json!({ "metadata": { "labels": { "tier": null } }, "spec": { "release": { "version": "v-prod" } } }),
+        )
+        .await,
+        "ToolJetApp crm cannot release v-prod: production is closed",
+    );
+    let app = w.get("ToolJetApp", "crm").await.unwrap();
+    assert_eq!(
+        app.labels().get("tier").map(String::as_str),
+        Some("critical")
+    );
+    assert!(
+        app.data["spec"]["release"].is_null(),
+        "{:?}",
+        app.data["spec"]
+    );
+    // Who may edit the policy may relabel the app (the legitimate path).
+    w.merge(
+        &w.admin,
+        "ToolJetApp",
+        "crm",
+        json!({ "metadata": { "labels": { "tier": null } } }),
+    )
+    .await
+    .expect("an admin relabels the app");
+
+    // Renaming an empty guarded stage lifts a policy on it: the environment admin, who may
+    // change pipelines but not policies, may not.
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "all-production",
+        json!({ "environments": ["production"], "approvals": { "required": 1 } }),
+    )
+    .await
+    .unwrap();
+    w.create(&w.admin, "ToolJetApp", "billing", json!({}))
+        .await
+        .unwrap();
+    support::eventually(WAIT, "billing guarded by all-production", || async {
+        let app = w.get("ToolJetApp", "billing").await?;
+        app.data["status"]["gates"]
+            .as_array()?
+            .iter()
+            .any(|g| {
+                g["policies"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|n| n == "all-production"))
+            })
+            .then_some(())
+    })
+    .await;
+    let renamed = json!({ "spec": { "environments": ["development", "staging", "prod"] } });
+    let m = support::eventually(WAIT, "erin's rename refused for the policy", || async {
+        match w
+            .merge(&erin, "ToolJetApp", "billing", renamed.clone())
+            .await
+        {
+            Ok(_) => panic!("erin renamed a guarded stage"),
+            Err(m) => m.contains("PromotionPolicy all-production").then_some(m),
+        }
+    })
+    .await;
+    assert!(
+        m.contains(
+            "user erin may not change the labels or spec.environments of ToolJetApp billing: it changes whether \
+             PromotionPolicy all-production (guarding production) guards the app"
+        ),
+        "{m}"
+    );
+    w.merge(&w.admin, "ToolJetApp", "billing", renamed)
+        .await
+        .expect("an admin, who may edit the policy, renames the stage");
+}

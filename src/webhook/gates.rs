@@ -31,6 +31,33 @@ pub struct GateFacts {
     pub separation_of_duties: bool,
 }
 
+impl GateFacts {
+    /// Both gates at once: every policy of either, closed if either is closed, approvals
+    /// satisfied only if both are.
+    pub fn stricter(a: Option<GateFacts>, b: Option<GateFacts>) -> Option<GateFacts> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let mut policies = a.policies;
+                policies.extend(b.policies);
+                policies.sort();
+                policies.dedup();
+                let approvals = match (a.approvals, b.approvals) {
+                    (Some((false, t)), _) | (_, Some((false, t))) => Some((false, t)),
+                    (Some(x), _) | (None, Some(x)) => Some(x),
+                    (None, None) => None,
+                };
+                Some(GateFacts {
+                    policies,
+                    approvals,
+                    closed: a.closed.or(b.closed),
+                    separation_of_duties: a.separation_of_duties || b.separation_of_duties,
+                })
+            }
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// The AppVersion an Approval names, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApprovedVersion {

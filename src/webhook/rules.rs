@@ -101,6 +101,16 @@ impl Access {
         }
     }
 
+    /// `update` on the PromotionPolicy `name`: what RBAC asks of editing it.
+    pub fn edit_policy(name: &str) -> Access {
+        Access {
+            verb: "update",
+            group: GROUP,
+            resource: "promotionpolicies",
+            name: Some(name.to_string()),
+        }
+    }
+
     /// `delete` on the tooljet.io object `name` of `resource` (e.g. `appversions`).
     pub fn delete(resource: &'static str, name: &str) -> Access {
         Access {
@@ -204,6 +214,9 @@ pub struct Facts {
     pub gate: Option<super::gates::GateFacts>,
     /// For an Approval: the version it names, as stored.
     pub approved: Option<super::gates::ApprovedVersion>,
+    /// For a ToolJetApp update that changes its labels or pipeline: the PromotionPolicies whose
+    /// guard of it changes, each with the stages it lists ([`crate::gate::guards_changed`]).
+    pub guards_changed: Vec<(String, Vec<String>)>,
 }
 
 impl Facts {
@@ -397,6 +410,17 @@ pub fn needed_for_app(
     needed.extend(needed_for_rollout(old, new));
     if owners_changed(old, Some(new)) {
         needed.insert(Access::delete("tooljetapps", &name));
+    }
+    needed.into_iter().collect()
+}
+
+/// What a change of whom policies guard needs: what editing each of those policies needs (RBAC
+/// `update` on it, and `configure` on every stage it lists).
+pub fn needed_for_guards(guards_changed: &[(String, Vec<String>)]) -> Vec<Access> {
+    let mut needed = BTreeSet::new();
+    for (policy, stages) in guards_changed {
+        needed.insert(Access::edit_policy(policy));
+        needed.extend(stages.iter().map(|s| Access::environment(CONFIGURE, s)));
     }
     needed.into_iter().collect()
 }
@@ -1028,6 +1052,32 @@ pub fn review_app(
                 facts,
             ) {
                 return verdict;
+            }
+            for (policy, stages) in &facts.guards_changed {
+                let what = if pipeline_changed(old, new) {
+                    "change the labels or spec.environments"
+                } else {
+                    "change the labels"
+                };
+                let accesses = std::iter::once(Access::edit_policy(policy))
+                    .chain(stages.iter().map(|s| Access::environment(CONFIGURE, s)));
+                for access in accesses {
+                    if !facts.may(&access) {
+                        return forbidden(
+                            user,
+                            &format!("{what} of ToolJetApp {name}"),
+                            &format!(
+                                "it changes whether PromotionPolicy {policy} (guarding {}) guards the app, which is \
+                                 editing that policy: it",
+                                stages.join(", ")
+                            ),
+                            &access,
+                            &ns,
+                            "ask someone who may edit the policy (e.g. tooljet-admin), or change the policy's \
+                             appSelector or environments instead",
+                        );
+                    }
+                }
             }
             let changes: Vec<&str> = [
                 ("spec.environments", pipeline_changed(old, new)),

@@ -625,16 +625,36 @@ async fn review_app(
             facts.deployments = deployments(&state.client, ns).await?;
         }
     }
-    facts.granted = r
-        .grants(state, rules::needed_for_app(old, new, &r.user))
-        .await?;
+    // A change of labels or stages that changes whom a policy guards is an edit of that policy.
+    if let (Some(old), Some(new)) = (old, new)
+        && (old.labels() != new.labels() || rules::pipeline_changed(Some(old), new))
+    {
+        facts.guards_changed =
+            crate::gate::guards_changed(&state.lookups.policies_in(ns), old, new);
+    }
+    let mut needed = rules::needed_for_app(old, new, &r.user);
+    needed.extend(rules::needed_for_guards(&facts.guards_changed));
+    needed.sort();
+    needed.dedup();
+    facts.granted = r.grants(state, needed).await?;
     if let Some(new) = new
         && let Some(version) = rules::release(old, new)
     {
         if let Some(app) = facts.app.as_mut() {
             released_as_stored(state, ns, new, version, app).await?;
         }
-        facts.gate = gate_facts(state, ns, new, new.last_stage(), None).await?;
+        // Judged on the labels as stored and as requested, the stricter answer winning: a
+        // release cannot drop the label that puts it under a freeze in the same request.
+        let after = gate_facts(state, ns, new, new.last_stage(), None).await?;
+        let before = match old {
+            Some(old) if old.labels() != new.labels() => {
+                let mut relabelled = new.clone();
+                relabelled.metadata.labels = old.metadata.labels.clone();
+                gate_facts(state, ns, &relabelled, new.last_stage(), None).await?
+            }
+            _ => None,
+        };
+        facts.gate = gates::GateFacts::stricter(after, before);
     }
     Ok(rules::review_app(op, old, new, &r.user, &facts))
 }
