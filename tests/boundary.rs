@@ -748,6 +748,18 @@ async fn a_version_held_by_a_finalizer_while_being_deleted_cannot_be_promoted() 
         w.get("AppVersion", "v-dev").await.unwrap().data["spec"]["environment"],
         "development"
     );
+    // A developer cannot pin the production configuration with a finalizer (to keep its values
+    // when an admin replaces it): a finalizer needs what deleting it needs.
+    denied(
+        w.merge(
+            &w.alice,
+            "EnvironmentConfig",
+            "crm-production",
+            json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+        )
+        .await,
+        "user alice may not change EnvironmentConfig crm-production: configuring production needs verb configure",
+    );
     // Releasing the finalizer lets the deletion finish, in development.
     w.merge(
         &w.alice,

@@ -27,11 +27,17 @@ async fn approve(
     version: &str,
     stage: &str,
 ) -> Result<DynamicObject, String> {
+    // What the approver reviewed: the version as stored now.
+    let generation = w
+        .get("AppVersion", version)
+        .await
+        .and_then(|v| v.metadata.generation);
     w.create(
         client,
         "Approval",
         name,
-        json!({ "version": version, "environment": stage, "comment": "QA sign-off, ticket 123" }),
+        json!({ "version": version, "environment": stage, "generation": generation,
+                "comment": "QA sign-off, ticket 123" }),
     )
     .await
 }
@@ -663,4 +669,165 @@ async fn labels_and_stage_names_cannot_lift_a_policy() {
     w.merge(&w.admin, "ToolJetApp", "billing", renamed)
         .await
         .expect("an admin, who may edit the policy, renames the stage");
+}
+
+/// An approval names the generation its approver reviewed: an edit made before it is created
+/// is never approved unseen, and the approver is told what to look at.
+#[tokio::test]
+async fn an_approval_is_pinned_to_the_generation_reviewed() {
+    let w = Workspace::new("policy-pinned").await;
+    w.bind("dave", "tooljet-approver").await;
+    let dave = user("dave").await;
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "reviewed",
+        json!({ "environments": ["staging"], "approvals": { "required": 1 } }),
+    )
+    .await
+    .unwrap();
+    w.create(
+        &w.alice,
+        "AppVersion",
+        "v-edit",
+        json!({ "app": "crm", "versionName": "v-edit", "definition": { "pages": [] } }),
+    )
+    .await
+    .unwrap();
+    // dave reviews generation 1 ...
+    let reviewed = w
+        .get("AppVersion", "v-edit")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+    // ... and alice edits it before his approval is created.
+    w.merge(
+        &w.alice,
+        "AppVersion",
+        "v-edit",
+        json!({ "spec": { "definition": { "pages": [{ "name": "unseen" }] } } }),
+    )
+    .await
+    .unwrap();
+    let body = json!({ "version": "v-edit", "environment": "staging", "generation": reviewed });
+    let m = support::eventually(
+        WAIT,
+        "dave's stale approval refused for its generation",
+        || async {
+            match w.create(&dave, "Approval", "by-dave", body.clone()).await {
+                Ok(_) => panic!("an approval of generation {reviewed} was admitted after an edit"),
+                Err(m) => m.contains("generation").then_some(m),
+            }
+        },
+    )
+    .await;
+    assert!(
+        m.contains(&format!(
+            "Approval by-dave: it approves generation {reviewed} of AppVersion v-edit, which is at generation {} \
+             now, last edited by alice; review what changed and approve generation {}",
+            reviewed + 1,
+            reviewed + 1
+        )),
+        "{m}"
+    );
+    // Without a generation: refused, never filled in.
+    denied(
+        w.create(
+            &dave,
+            "Approval",
+            "by-dave",
+            json!({ "version": "v-edit", "environment": "staging" }),
+        )
+        .await,
+        "spec.generation is required",
+    );
+    // Naming what is stored now: admitted and stamped with it.
+    let approved = w
+        .create(
+            &dave,
+            "Approval",
+            "by-dave",
+            json!({ "version": "v-edit", "environment": "staging", "generation": reviewed + 1 }),
+        )
+        .await
+        .expect("an approval of the current generation");
+    assert_eq!(
+        annotation(&approved, "tooljet.io/approved-generation"),
+        Some((reviewed + 1).to_string())
+    );
+}
+
+/// With separation of duties, everyone who edited a version is kept from approving it, not only
+/// its creator and last editor: a co-author cannot approve after the creator's one-word edit.
+#[tokio::test]
+async fn a_co_author_cannot_approve_under_separation_of_duties() {
+    let w = Workspace::new("policy-coauthor").await;
+    w.bind("bob", "tooljet-approver").await;
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "four-eyes",
+        json!({ "environments": ["staging"], "approvals": { "required": 1, "separationOfDuties": true } }),
+    )
+    .await
+    .unwrap();
+    w.create(
+        &w.alice,
+        "AppVersion",
+        "v-co",
+        json!({ "app": "crm", "versionName": "v-co", "definition": { "pages": [] } }),
+    )
+    .await
+    .unwrap();
+    // bob adds a query to a new URL, alice makes a one-word edit after him.
+    w.merge(
+        &w.bob,
+        "AppVersion",
+        "v-co",
+        json!({ "spec": { "definition": { "pages": [], "queries": [{ "url": "https://elsewhere.example" }] } } }),
+    )
+    .await
+    .unwrap();
+    let edited = w
+        .merge(
+            &w.alice,
+            "AppVersion",
+            "v-co",
+            json!({ "spec": { "description": "typo" } }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        annotation(&edited, "tooljet.io/edited-by").as_deref(),
+        Some(r#"["bob","alice"]"#)
+    );
+    assert_eq!(
+        annotation(&edited, "tooljet.io/last-edited-by").as_deref(),
+        Some("alice")
+    );
+    // bob is no longer the last editor, but he edited it: he may not approve.
+    let m = support::eventually(WAIT, "bob's approval refused as a co-author", || async {
+        match approve(&w, &w.bob, "by-bob", "v-co", "staging").await {
+            Ok(_) => panic!("a co-author's approval was admitted"),
+            Err(m) => m.contains("four-eyes").then_some(m),
+        }
+    })
+    .await;
+    assert!(
+        m.contains("Approval by-bob: user bob edited AppVersion v-co and may not approve it: PromotionPolicy four-eyes requires separation of duties"),
+        "{m}"
+    );
+    // Forging the record is refused.
+    denied(
+        w.merge(
+            &w.alice,
+            "AppVersion",
+            "v-co",
+            json!({ "metadata": { "annotations": { "tooljet.io/edited-by": "[\"alice\"]" } } }),
+        )
+        .await,
+        "tooljet.io/edited-by",
+    );
 }

@@ -269,7 +269,12 @@ async fn a_versions_approvals_for_the_next_stage_count_approvals_in_and_revocati
 
     // Through the webhook, which stamps the approver and the owner reference (retried while
     // the webhook's caches and RBAC catch up with the binding and the policy).
-    let body = json!({ "version": "v-stg", "environment": "production", "comment": "QA sign-off" });
+    let generation = w
+        .get("AppVersion", "v-stg")
+        .await
+        .and_then(|v| v.metadata.generation);
+    let body = json!({ "version": "v-stg", "environment": "production", "generation": generation,
+                       "comment": "QA sign-off" });
     support::eventually(WAIT, "dave's approval is admitted", || {
         let (w, dave, body) = (&w, &dave, body.clone());
         async move {

@@ -315,9 +315,11 @@ pub async fn approve(
     version: &str,
     stage: &str,
     comment: Option<String>,
+    generation: Option<i64>,
     format: Format,
 ) -> Result<()> {
     let v = cluster.version(version).await?;
+    let generation = generation.unwrap_or_else(|| v.metadata.generation.unwrap_or_default());
     let app = cluster.app(&v.spec.app).await?;
     if !app.spec.environments.iter().any(|s| s == stage) {
         return Err(Error::Usage(format!(
@@ -333,7 +335,7 @@ pub async fn approve(
         Some(user) => metadata["name"] = json!(approval_name(version, stage, &user)),
         None => metadata["generateName"] = json!(format!("{version}-{stage}-")),
     }
-    let mut spec = json!({ "version": version, "environment": stage });
+    let mut spec = json!({ "version": version, "environment": stage, "generation": generation });
     if let Some(c) = comment {
         spec["comment"] = json!(c);
     }
@@ -378,7 +380,7 @@ pub async fn approve(
             to: Some(stage.into()),
             dry_run: false,
             message: format!(
-                "approval/{} created: {version} approved for {stage}",
+                "approval/{} created: {version} (generation {generation}) approved for {stage}",
                 created.name_any()
             ),
         },

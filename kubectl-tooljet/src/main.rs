@@ -84,6 +84,11 @@ enum Command {
         to: String,
         #[arg(long)]
         comment: Option<String>,
+        /// The version's metadata.generation you reviewed (`kubectl tooljet status` shows it); the
+        /// webhook refuses the approval if the version has changed since. Default: the
+        /// generation read now, which the command prints.
+        #[arg(long)]
+        generation: Option<i64>,
     },
     /// Data sources and constants of two stages: only in one, differing, same (names and hashes,
     /// never values).
@@ -173,7 +178,18 @@ async fn run(cli: Cli) -> Result<()> {
             version,
             to,
             comment,
-        } => lifecycle::approve(&connect().await?, &version, &to, comment, format).await,
+            generation,
+        } => {
+            lifecycle::approve(
+                &connect().await?,
+                &version,
+                &to,
+                comment,
+                generation,
+                format,
+            )
+            .await
+        }
         Command::Diff {
             stage_a,
             stage_b,

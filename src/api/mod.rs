@@ -68,6 +68,12 @@ pub const STAGES_ANNOTATION: &str = "tooljet.io/stages";
 /// facts separation of duties is judged on.
 pub const CREATED_BY_ANNOTATION: &str = "tooljet.io/created-by";
 pub const LAST_EDITED_BY_ANNOTATION: &str = "tooljet.io/last-edited-by";
+/// Everyone who changed a version's spec after creating it, as a JSON array of user names in the
+/// order of their first edit (at most [`MAX_EDITORS`]). Stamped by the mutating webhook; with
+/// separation of duties none of them may approve the version (nor its creator or promoter).
+pub const EDITORS_ANNOTATION: &str = "tooljet.io/edited-by";
+/// The most people [`EDITORS_ANNOTATION`] records; one more is refused (create a new version).
+pub const MAX_EDITORS: usize = 32;
 /// The `{{constants.X}}` and `{{secrets.X}}` names a version's `spec.definition` references, as
 /// compact JSON (`{"constants":["A"],"secrets":["B"]}`). Stamped by the mutating webhook from the
 /// request on create and on every change of the definition, and checked by the validating webhook

@@ -224,4 +224,12 @@ pub struct ApprovalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1000))]
     pub comment: Option<String>,
+
+    /// The `metadata.generation` of the AppVersion the approver reviewed (`kubectl tooljet
+    /// status` shows it). Required on create: the webhook refuses an Approval of any other
+    /// generation than the version's as stored, so an edit made just before approving is never
+    /// approved unseen. Optional in the schema only for Approvals stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub generation: Option<i64>,
 }

@@ -60,6 +60,8 @@ impl Requirement {
 pub struct Excluded {
     pub creator: Option<String>,
     pub last_editor: Option<String>,
+    /// Everyone who edited the version (its last editor too).
+    pub editors: Vec<String>,
     pub promoter: Option<String>,
 }
 
@@ -68,6 +70,7 @@ pub struct Excluded {
 pub enum Role {
     Creator,
     LastEditor,
+    Editor,
     Promoter,
 }
 
@@ -76,6 +79,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Creator => "created the version",
             Role::LastEditor => "last edited the version",
+            Role::Editor => "edited the version",
             Role::Promoter => "is the promoter",
         })
     }
@@ -210,7 +214,7 @@ pub fn count(
         } else if a.deleting {
             Some(IgnoredReason::Revoked)
         } else {
-            let roles: Vec<Role> = [
+            let mut roles: Vec<Role> = [
                 (Role::Creator, &excluded.creator),
                 (Role::LastEditor, &excluded.last_editor),
                 (Role::Promoter, &excluded.promoter),
@@ -219,6 +223,12 @@ pub fn count(
             .filter(|(_, who)| req.separation_of_duties && who.as_deref() == Some(&a.approver))
             .map(|(role, _)| role)
             .collect();
+            if req.separation_of_duties
+                && !roles.contains(&Role::LastEditor)
+                && excluded.editors.contains(&a.approver)
+            {
+                roles.push(Role::Editor);
+            }
             (!roles.is_empty()).then_some(IgnoredReason::SeparationOfDuties { roles })
         };
         match reason {
@@ -296,6 +306,7 @@ mod tests {
         Excluded {
             creator: Some(creator.into()),
             last_editor: Some(last_editor.into()),
+            editors: vec![last_editor.into()],
             promoter: Some(promoter.into()),
         }
     }
@@ -303,6 +314,7 @@ mod tests {
     const NOBODY: Excluded = Excluded {
         creator: None,
         last_editor: None,
+        editors: Vec::new(),
         promoter: None,
     };
 

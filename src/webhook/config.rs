@@ -137,10 +137,12 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
         )
     };
     let judged_version_requests = format!(
-        "request.operation != 'UPDATE' || !({first_stage}) || !({judged_fields}) || !({owners}) || {} || {}",
+        "request.operation != 'UPDATE' || !({first_stage}) || !({judged_fields}) || !({owners}) || \
+         !({finalizers}) || {} || {}",
         reserved_differs("object", "oldObject"),
         reserved_differs("oldObject", "object"),
         owners = OWNERS_UNCHANGED,
+        finalizers = FINALIZERS_UNCHANGED,
     );
     let versions = MatchCondition {
         name: "judged-requests-only".into(),
@@ -240,6 +242,10 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
 
 /// `metadata.ownerReferences` as stored: owners decide whether the garbage collector deletes an
 /// object, so a change of them is judged (it needs what deleting needs).
+/// `metadata.finalizers` as stored: a finalizer holds a deletion, so a change of them is judged.
+const FINALIZERS_UNCHANGED: &str = "(has(object.metadata.finalizers) == has(oldObject.metadata.finalizers) && \
+     (!has(object.metadata.finalizers) || object.metadata.finalizers == oldObject.metadata.finalizers))";
+
 const OWNERS_UNCHANGED: &str = "(has(object.metadata.ownerReferences) == has(oldObject.metadata.ownerReferences) && \
      (!has(object.metadata.ownerReferences) || object.metadata.ownerReferences == oldObject.metadata.ownerReferences))";
 

@@ -70,6 +70,8 @@ pub struct ApprovedVersion {
     pub app: String,
     pub creator: Option<String>,
     pub last_editor: Option<String>,
+    /// Everyone who edited it ([`crate::gate::editors_of`]).
+    pub editors: Vec<String>,
     /// Being deleted.
     pub deleting: bool,
 }
@@ -179,6 +181,29 @@ pub fn review_approval(
                     v.stage
                 ));
             }
+            match new.spec.generation {
+                None => {
+                    return Deny(format!(
+                        "Approval {name}: spec.generation is required: set it to the metadata.generation of \
+                         AppVersion {version} you reviewed (it is {} now; kubectl tooljet status shows it, and \
+                         kubectl tooljet approve sets it)",
+                        v.generation
+                    ));
+                }
+                Some(reviewed) if reviewed != v.generation => {
+                    let by = v
+                        .last_editor
+                        .as_deref()
+                        .map(|e| format!(", last edited by {e}"))
+                        .unwrap_or_default();
+                    return Deny(format!(
+                        "Approval {name}: it approves generation {reviewed} of AppVersion {version}, which is at \
+                         generation {} now{by}; review what changed and approve generation {}",
+                        v.generation, v.generation
+                    ));
+                }
+                Some(_) => {}
+            }
             let access = Access::environment(APPROVE, stage);
             if !facts.may(&access) {
                 return forbidden(
@@ -195,6 +220,8 @@ pub fn review_approval(
                     Some("created")
                 } else if v.last_editor.as_deref() == Some(user) {
                     Some("last edited")
+                } else if v.editors.iter().any(|e| e == user) {
+                    Some("edited")
                 } else {
                     None
                 };
@@ -292,9 +319,11 @@ pub fn mutation_for_approval(
         &[
             (APPROVED_BY_ANNOTATION, user.to_string()),
             (APPROVED_AT_ANNOTATION, now.to_string()),
+            // What the approver says they reviewed, never the version's generation now: the
+            // validating webhook refuses the two differing.
             (
                 APPROVED_GENERATION_ANNOTATION,
-                version.generation.to_string(),
+                new.spec.generation.unwrap_or_default().to_string(),
             ),
         ],
         &[],
@@ -416,6 +445,7 @@ mod tests {
             app: "crm".into(),
             creator: Some("alice".into()),
             last_editor: Some("bob".into()),
+            editors: vec!["erin".into(), "bob".into()],
             deleting: false,
         }
     }
@@ -427,6 +457,7 @@ mod tests {
                 version: "crm-v4".into(),
                 environment: stage.into(),
                 comment: Some("QA sign-off".into()),
+                generation: Some(3),
             },
         );
         a.metadata.namespace = Some("acme".into());
@@ -446,6 +477,39 @@ mod tests {
             ..Default::default()
         }]);
         a
+    }
+
+    #[test]
+    fn an_approval_names_the_generation_reviewed_and_only_that_one_counts() {
+        let a = approval("production", USER);
+        assert_eq!(
+            review_approval(Op::Create, None, Some(&a), USER, &facts(false)),
+            Allow
+        );
+        // The version was edited after the approver looked at it.
+        let mut stale = a.clone();
+        stale.spec.generation = Some(2);
+        match review_approval(Op::Create, None, Some(&stale), USER, &facts(false)) {
+            Deny(m) => assert_eq!(
+                m,
+                "Approval crm-v4-production-carol: it approves generation 2 of AppVersion crm-v4, which is at \
+                 generation 3 now, last edited by bob; review what changed and approve generation 3"
+            ),
+            Allow => panic!("a stale approval was admitted"),
+        }
+        // Naming none is refused, never filled in with the generation of the moment.
+        let mut unnamed = a.clone();
+        unnamed.spec.generation = None;
+        match review_approval(Op::Create, None, Some(&unnamed), USER, &facts(false)) {
+            Deny(m) => assert!(m.contains("spec.generation is required"), "{m}"),
+            Allow => panic!("an approval without a generation was admitted"),
+        }
+        let patch =
+            serde_json::to_string(&mutation_for_approval(&stale, &version(), USER, "t")).unwrap();
+        assert!(
+            patch.contains(r#"{"op":"replace","path":"/metadata/annotations/tooljet.io~1approved-generation","value":"2"}"#),
+            "{patch}"
+        );
     }
 
     fn facts(sod: bool) -> Facts {

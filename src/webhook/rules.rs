@@ -21,7 +21,10 @@ use crate::api::{
     RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck,
     STAGES_ANNOTATION, ToolJetApp,
 };
-use crate::materialize::References;
+use crate::{
+    api::{EDITORS_ANNOTATION, MAX_EDITORS},
+    materialize::References,
+};
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
 /// `tooljetapps`): `disabled` lets an app with versions past its first stage be deleted.
@@ -311,7 +314,7 @@ pub fn needed_for_version(
             .unwrap_or_default(),
         _ => vec![],
     };
-    if let Some(new) = new.filter(|_| owners_changed(old, new)) {
+    if let Some(new) = new.filter(|_| owners_changed(old, new) || finalizers_changed(old, new)) {
         needed.push(Access::delete("appversions", &new.name_any()));
     }
     needed
@@ -323,6 +326,70 @@ pub fn needed_for_version(
 pub fn owners_changed(old: Option<&impl ResourceExt>, new: Option<&impl ResourceExt>) -> bool {
     new.is_some_and(|new| {
         old.map(|o| o.owner_references()).unwrap_or_default() != new.owner_references()
+    })
+}
+
+/// Kubernetes' own finalizers, which the apiserver and the garbage collector set and clear while
+/// deleting an object (a deletion already judged).
+const SYSTEM_FINALIZERS: [&str; 2] = ["foregroundDeletion", "orphan"];
+
+/// Whether an update adds or removes a finalizer other than Kubernetes' own. A finalizer holds
+/// an object's deletion, so setting one is taking part in deleting it: it needs what deleting it
+/// needs ([`finalizers_rule`]).
+pub fn finalizers_changed(old: Option<&impl ResourceExt>, new: Option<&impl ResourceExt>) -> bool {
+    let (Some(old), Some(new)) = (old, new) else {
+        return false;
+    };
+    let own = |finalizers: &[String]| {
+        let mut own: Vec<String> = finalizers
+            .iter()
+            .filter(|f| !SYSTEM_FINALIZERS.contains(&f.as_str()))
+            .cloned()
+            .collect();
+        own.sort();
+        own
+    };
+    own(old.finalizers()) != own(new.finalizers())
+}
+
+/// The rule on finalizers: adding or removing one needs `delete` on the object, and is refused
+/// where deleting is (`undeletable`), except removing one from an object already being deleted
+/// (that only lets a judged deletion finish).
+pub(super) fn finalizers_rule(
+    kind: &str,
+    resource: &'static str,
+    old: &impl ResourceExt,
+    new: &impl ResourceExt,
+    user: &str,
+    undeletable: Option<String>,
+    facts: &Facts,
+) -> Option<Verdict> {
+    if !finalizers_changed(Some(old), Some(new)) {
+        return None;
+    }
+    let name = new.name_any();
+    let only_removes = new
+        .finalizers()
+        .iter()
+        .all(|f| old.finalizers().contains(f));
+    if let Some(why) =
+        undeletable.filter(|_| !(only_removes && old.meta().deletion_timestamp.is_some()))
+    {
+        return Some(Deny(format!(
+            "{kind} {name}: metadata.finalizers cannot be changed: a finalizer holds the object's deletion, and \
+             {why}; remove the finalizer change from your request"
+        )));
+    }
+    let access = Access::delete(resource, &name);
+    (!facts.may(&access)).then(|| {
+        forbidden(
+            user,
+            &format!("add or remove finalizers of {kind} {name}"),
+            "a finalizer holds the object's deletion, so this",
+            &access,
+            &new.namespace().unwrap_or_default(),
+            "ask someone who may delete it",
+        )
     })
 }
 
@@ -408,7 +475,7 @@ pub fn needed_for_app(
         needed.insert(Access::app(UNPROTECT, &name));
     }
     needed.extend(needed_for_rollout(old, new));
-    if owners_changed(old, Some(new)) {
+    if owners_changed(old, Some(new)) || finalizers_changed(old, Some(new)) {
         needed.insert(Access::delete("tooljetapps", &name));
     }
     needed.into_iter().collect()
@@ -488,7 +555,9 @@ fn new_references(
 /// Whether an update reaches the stage's configuration: its spec, or its owner references (an
 /// owner's deletion would have the garbage collector delete it).
 fn config_changed(old: &EnvironmentConfig, new: &EnvironmentConfig) -> bool {
-    old.spec != new.spec || old.owner_references() != new.owner_references()
+    old.spec != new.spec
+        || old.owner_references() != new.owner_references()
+        || finalizers_changed(Some(old), Some(new))
 }
 
 /// What an EnvironmentConfig request needs: `configure` on its stage (on both stages when it
@@ -518,7 +587,7 @@ pub fn needed_for_config(
         for ((secret, _), _) in new_references(old, new) {
             needed.insert(Access::read_secret(&secret));
         }
-        if owners_changed(old, Some(new)) {
+        if owners_changed(old, Some(new)) || finalizers_changed(old, Some(new)) {
             needed.insert(Access::delete("environmentconfigs", &new.name_any()));
         }
     }
@@ -781,6 +850,17 @@ fn review_version_update(
         Some(old),
         Some(new),
         user,
+        undeletable.clone(),
+        facts,
+    ) {
+        return verdict;
+    }
+    if let Some(verdict) = finalizers_rule(
+        "AppVersion",
+        "appversions",
+        old,
+        new,
+        user,
         undeletable,
         facts,
     ) {
@@ -954,6 +1034,19 @@ fn review_version_update(
             ));
         }
         stamped.push(LAST_EDITED_BY_ANNOTATION);
+        match editors_after(old, user) {
+            Err(full) => return Deny(full),
+            Ok(None) => {}
+            Ok(Some(editors)) => {
+                if new.annotations().get(EDITORS_ANNOTATION) != Some(&editors) {
+                    return Deny(format!(
+                        "AppVersion {name}: the edit is not recorded among its editors (annotation \
+                         {EDITORS_ANNOTATION}); {NOT_STAMPED}"
+                    ));
+                }
+                stamped.push(EDITORS_ANNOTATION);
+            }
+        }
     }
     if let Some(verdict) = reason_outside_request("AppVersion", name, new) {
         return verdict;
@@ -1048,9 +1141,22 @@ pub fn review_app(
                 old,
                 Some(new),
                 user,
-                undeletable,
+                undeletable.clone(),
                 facts,
             ) {
+                return verdict;
+            }
+            if let Some(old) = old
+                && let Some(verdict) = finalizers_rule(
+                    "ToolJetApp",
+                    "tooljetapps",
+                    old,
+                    new,
+                    user,
+                    undeletable,
+                    facts,
+                )
+            {
                 return verdict;
             }
             for (policy, stages) in &facts.guards_changed {
@@ -1389,6 +1495,19 @@ pub fn review_config(
     ) {
         return verdict;
     }
+    if let (Some(old), Some(new)) = (old, new)
+        && let Some(verdict) = finalizers_rule(
+            "EnvironmentConfig",
+            "environmentconfigs",
+            old,
+            new,
+            user,
+            None,
+            facts,
+        )
+    {
+        return verdict;
+    }
     let Some(new) = new else {
         return Allow;
     };
@@ -1504,6 +1623,28 @@ pub fn mutation_for_new_version(new: &AppVersion, user: &str) -> Patch {
     )
 }
 
+/// The editors record after `user` edits `old`'s spec: unchanged when `user` is recorded already
+/// (in the record, or as its last editor on a version stored before the record existed),
+/// otherwise with `user` appended. `Err`: the record is full.
+fn editors_after(old: &AppVersion, user: &str) -> Result<Option<String>, String> {
+    let mut editors = crate::gate::editors_of(old);
+    let last = old.annotations().get(LAST_EDITED_BY_ANNOTATION);
+    if editors.iter().any(|e| e == user) || last.map(String::as_str) == Some(user) {
+        return Ok(None);
+    }
+    if editors.len() >= MAX_EDITORS {
+        return Err(format!(
+            "AppVersion {} has been edited by {MAX_EDITORS} people, the most its record ({EDITORS_ANNOTATION}) keeps; \
+             create a new version",
+            old.name_any()
+        ));
+    }
+    editors.push(user.to_string());
+    Ok(Some(
+        serde_json::to_string(&editors).expect("strings serialise"),
+    ))
+}
+
 /// The references stamp `new` needs, when it does not carry it already.
 fn references_restamp(new: &AppVersion) -> Option<(&'static str, String)> {
     let expected = References::of(new.spec.definition.as_ref()).stamp();
@@ -1522,6 +1663,10 @@ pub fn mutation_for_version(
     let Some((from, to)) = promotion(old, new) else {
         return (old.spec != new.spec).then(|| {
             let mut set = vec![(LAST_EDITED_BY_ANNOTATION, user.to_string())];
+            // A full record is left as it is: the validating webhook refuses the edit.
+            if let Ok(Some(editors)) = editors_after(old, user) {
+                set.push((EDITORS_ANNOTATION, editors));
+            }
             set.extend(references_restamp(new));
             stamp(
                 new.annotations(),
@@ -2553,6 +2698,59 @@ mod tests {
         denied_with(
             app_update(&unreleased, &owned(unreleased.clone()), &without),
             "needs verb delete on resource tooljetapps named crm",
+        );
+    }
+
+    #[test]
+    fn finalizers_need_what_deleting_needs() {
+        let f = facts(PIPELINES[0]);
+        let with = |mut v: AppVersion, finalizers: &[&str]| {
+            v.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+            v
+        };
+        let dev = version("development");
+        let held = with(dev.clone(), &["example.com/hold"]);
+        denied_with(
+            update(&dev, &held, &f),
+            "may not add or remove finalizers of AppVersion crm-v4: a finalizer holds the object's deletion, so \
+             this needs verb delete on resource appversions named crm-v4",
+        );
+        let mut may = f.clone();
+        may.granted
+            .insert(Access::delete("appversions", "crm-v4"), true);
+        assert_eq!(update(&dev, &held, &may), Allow);
+        // Kubernetes' own finalizers are the garbage collector's business.
+        assert_eq!(
+            update(&dev, &with(dev.clone(), &["foregroundDeletion"]), &f),
+            Allow
+        );
+        // Past the first stage: never added, and removed only from a version being deleted.
+        let staged = version("staging");
+        denied_with(
+            update(&staged, &with(staged.clone(), &["example.com/hold"]), &may),
+            "AppVersion crm-v4: metadata.finalizers cannot be changed: a finalizer holds the object's deletion, \
+             and it is in staging",
+        );
+        let mut going = with(staged.clone(), &["example.com/hold"]);
+        going.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(NOW.parse().unwrap()),
+        );
+        let mut released = going.clone();
+        released.metadata.finalizers = None;
+        assert_eq!(update(&going, &released, &may), Allow);
+        // A configuration: configure on its stage, as deleting it needs.
+        let prod = config("production", json!({ "app": "crm" }));
+        let mut pinned = prod.clone();
+        pinned.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        denied_with(
+            review_config(
+                Op::Update,
+                Some(&prod),
+                Some(&pinned),
+                USER,
+                &config_facts(&["development"], &[]),
+            ),
+            "may not change EnvironmentConfig crm-cfg: configuring production",
         );
     }
 

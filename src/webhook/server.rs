@@ -176,6 +176,7 @@ fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates:
         app: v.spec.app.clone(),
         creator: a.get(CREATED_BY_ANNOTATION).cloned(),
         last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
+        editors: crate::gate::editors_of(&v),
         deleting: v.metadata.deletion_timestamp.is_some(),
     })
 }
