@@ -774,3 +774,93 @@ async fn a_version_held_by_a_finalizer_while_being_deleted_cannot_be_promoted() 
     })
     .await;
 }
+
+/// The controller ownerReference's UID of Secret `name`, if any.
+async fn secret_controller(w: &Workspace, name: &str) -> Option<String> {
+    let secret = Api::<Secret>::namespaced(w.admin.clone(), &w.ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    secret
+        .metadata
+        .owner_references?
+        .into_iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid)
+}
+
+#[tokio::test]
+async fn a_configuration_held_by_a_finalizer_hands_its_stage_over_to_its_replacement() {
+    let w = Workspace::new("handover").await;
+    let secret = "tooljet.production.crm";
+    let old_uid = w
+        .get("EnvironmentConfig", "crm-production")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    support::eventually(WAIT, "the production Secret materialised", || async {
+        (secret_controller(&w, secret).await == old_uid).then_some(())
+    })
+    .await;
+    // Someone who may delete it holds it with a finalizer; an admin replaces it to rotate a value.
+    w.merge(
+        &w.admin,
+        "EnvironmentConfig",
+        "crm-production",
+        json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+    )
+    .await
+    .unwrap();
+    w.api(&w.admin, "EnvironmentConfig")
+        .delete("crm-production", &DeleteParams::default())
+        .await
+        .unwrap();
+    let replacement = w
+        .create(
+            &w.admin,
+            "EnvironmentConfig",
+            "crm-production-rotated",
+            json!({ "app": "crm", "environment": "production",
+                    "constants": [{ "name": "API_URL", "type": "Global", "value": "https://rotated" }] }),
+        )
+        .await
+        .expect("a configuration being deleted is not a rival of its replacement");
+    // The replacement takes the stage over while the old one is still held.
+    support::eventually(
+        WAIT,
+        "the replacement controlling the stage Secret",
+        || async {
+            (secret_controller(&w, secret).await == replacement.metadata.uid
+                && secret_text(&w, secret).await.contains("https://rotated"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        w.get("EnvironmentConfig", "crm-production").await.is_some(),
+        "still held"
+    );
+    // Once the finalizer goes, the old one is gone and the Secret stays the replacement's.
+    w.merge(
+        &w.admin,
+        "EnvironmentConfig",
+        "crm-production",
+        json!({ "metadata": { "finalizers": null } }),
+    )
+    .await
+    .unwrap();
+    support::eventually(WAIT, "the old configuration gone", || async {
+        w.get("EnvironmentConfig", "crm-production")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        secret_controller(&w, secret).await,
+        replacement.metadata.uid
+    );
+    assert!(secret_text(&w, secret).await.contains("https://rotated"));
+}

@@ -234,7 +234,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     // control (by UID, whatever its labels), which is never adopted or overwritten.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = v.metadata.uid.as_deref();
-    let synced = sync(&ctx, "appversion", &secrets, uid, &plan.secret).await?;
+    let synced = sync(&ctx, "appversion", &secrets, uid, |_| false, &plan.secret).await?;
     let taken = synced == Synced::Taken;
     let change = match synced {
         Synced::Ours(change) => change,

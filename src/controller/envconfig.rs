@@ -281,11 +281,30 @@ async fn outcome(
             .annotations_mut()
             .insert(INPUTS_ANNOTATION.into(), value);
     }
+    // A configuration of the same key being deleted (a finalizer may hold it for long) hands its
+    // Secret over to this one.
+    let predecessor = |secret: &ManagedSecret| {
+        secret.owners().iter().any(|o| {
+            o.controller
+                && o.kind == Some(OwnerKind::EnvironmentConfig)
+                && ctx
+                    .lookups
+                    .configs
+                    .get(&ObjectRef::new(&o.name).within(secret.namespace()))
+                    .is_some_and(|old| {
+                        old.metadata.uid.as_deref() == Some(&*o.uid)
+                            && old.metadata.deletion_timestamp.is_some()
+                            && old.spec.app == cfg.spec.app
+                            && old.spec.environment == cfg.spec.environment
+                    })
+        })
+    };
     let change = match sync(
         ctx,
         "environmentconfig",
         &secrets,
         cfg.metadata.uid.as_deref(),
+        predecessor,
         &desired,
     )
     .await?

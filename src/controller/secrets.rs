@@ -141,6 +141,7 @@ pub async fn sync(
     controller: &'static str,
     api: &Api<Secret>,
     owner_uid: Option<&str>,
+    succeeds: impl Fn(&ManagedSecret) -> bool,
     desired: &Secret,
 ) -> Result<Synced, Error> {
     let name = desired.name_any();
@@ -161,11 +162,45 @@ pub async fn sync(
             .map(|secret| std::sync::Arc::new(ManagedSecret::from(secret))),
     };
     match existing {
+        // Its controller is on its way out and `desired`'s owner replaces it: the Secret is
+        // handed over (its owners replaced, then its content written), so a finalizer on the old
+        // owner cannot keep a stage on the old values.
+        Some(existing) if !controlled_by(&*existing, owner_uid) && succeeds(&existing) => {
+            take_over(ctx, api, &existing, desired).await?;
+            Ok(Synced::Ours(
+                ensure_secret(ctx, controller, api, None, desired).await?,
+            ))
+        }
         Some(existing) if !controlled_by(&*existing, owner_uid) => Ok(Synced::Taken),
         existing => Ok(Synced::Ours(
             ensure_secret(ctx, controller, api, existing.as_deref(), desired).await?,
         )),
     }
+}
+
+/// Replaces `existing`'s ownerReferences with `desired`'s (a merge patch replaces the list whole,
+/// whoever wrote it), on the version read: a Secret changed meanwhile is judged again.
+async fn take_over(
+    ctx: &Context,
+    api: &Api<Secret>,
+    existing: &ManagedSecret,
+    desired: &Secret,
+) -> Result<(), Error> {
+    ctx.may_write()?;
+    let patch = serde_json::json!({ "metadata": {
+        "resourceVersion": existing.resource_version(),
+        "ownerReferences": desired.metadata.owner_references,
+    } });
+    api.patch(
+        existing.name(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .at(Step::ApplySecret)?;
+    ctx.metrics.wrote("environmentconfig", "secret");
+    tracing::info!(secret = %existing.name(), "took over the stage Secret from a configuration being deleted");
+    Ok(())
 }
 
 /// Writes `desired` when `existing` differs; returns what changed.

@@ -725,7 +725,9 @@ async fn review_config(
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
-    if let Some(new) = new {
+    // A config being deleted is leaving its stage: it has no rival (its finalizers may be released
+    // while its replacement exists).
+    if let Some(new) = new.filter(|n| n.metadata.deletion_timestamp.is_none()) {
         let keyed = old.is_none_or(|o| {
             o.spec.app != new.spec.app || o.spec.environment != new.spec.environment
         });
