@@ -393,6 +393,21 @@ pub(super) fn finalizers_rule(
     })
 }
 
+/// The rules on the metadata that can delete an object or hold its deletion: its owners
+/// ([`owners_rule`]) and its finalizers ([`finalizers_rule`]).
+pub(super) fn deletion_metadata_rule<K: ResourceExt>(
+    kind: &str,
+    resource: &'static str,
+    old: Option<&K>,
+    new: Option<&K>,
+    user: &str,
+    undeletable: Option<String>,
+    facts: &Facts,
+) -> Option<Verdict> {
+    owners_rule(kind, resource, old, new, user, undeletable.clone(), facts)
+        .or_else(|| finalizers_rule(kind, resource, old?, new?, user, undeletable, facts))
+}
+
 /// The rule on `metadata.ownerReferences` of a tooljet.io object: setting or changing them needs
 /// `delete` on the object (RBAC alone lets anyone who may update it do so; the
 /// OwnerReferencesPermissionEnforcement admission plugin that would check it is off by default),
@@ -844,22 +859,11 @@ fn review_version_update(
             old.spec.environment
         )
     });
-    if let Some(verdict) = owners_rule(
+    if let Some(verdict) = deletion_metadata_rule(
         "AppVersion",
         "appversions",
         Some(old),
         Some(new),
-        user,
-        undeletable.clone(),
-        facts,
-    ) {
-        return verdict;
-    }
-    if let Some(verdict) = finalizers_rule(
-        "AppVersion",
-        "appversions",
-        old,
-        new,
         user,
         undeletable,
         facts,
@@ -1135,28 +1139,15 @@ pub fn review_app(
                 )),
                 (None, None) => None,
             };
-            if let Some(verdict) = owners_rule(
+            if let Some(verdict) = deletion_metadata_rule(
                 "ToolJetApp",
                 "tooljetapps",
                 old,
                 Some(new),
                 user,
-                undeletable.clone(),
+                undeletable,
                 facts,
             ) {
-                return verdict;
-            }
-            if let Some(old) = old
-                && let Some(verdict) = finalizers_rule(
-                    "ToolJetApp",
-                    "tooljetapps",
-                    old,
-                    new,
-                    user,
-                    undeletable,
-                    facts,
-                )
-            {
                 return verdict;
             }
             for (policy, stages) in &facts.guards_changed {
@@ -1484,7 +1475,7 @@ pub fn review_config(
             );
         }
     }
-    if let Some(verdict) = owners_rule(
+    if let Some(verdict) = deletion_metadata_rule(
         "EnvironmentConfig",
         "environmentconfigs",
         old,
@@ -1493,19 +1484,6 @@ pub fn review_config(
         None,
         facts,
     ) {
-        return verdict;
-    }
-    if let (Some(old), Some(new)) = (old, new)
-        && let Some(verdict) = finalizers_rule(
-            "EnvironmentConfig",
-            "environmentconfigs",
-            old,
-            new,
-            user,
-            None,
-            facts,
-        )
-    {
         return verdict;
     }
     let Some(new) = new else {
