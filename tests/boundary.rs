@@ -693,9 +693,14 @@ async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
         "AppVersion v-stg: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
          it once its owners are gone, and it is in staging",
     );
-    // An app with versions past its first stage (the release manager patches apps): never.
+    // An app with versions past its first stage (the release manager patches apps): never. The
+    // policy layer refuses first (carol may not delete apps); the webhook's reason is the stage.
     denied(
         w.merge(&w.carol, "ToolJetApp", "crm", gone_owner()).await,
+        "may not set or change the ownerReferences or finalizers of ToolJetApp crm",
+    );
+    denied(
+        w.merge(&w.admin, "ToolJetApp", "crm", gone_owner()).await,
         "ToolJetApp crm: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
          it once its owners are gone, and it has versions past development",
     );

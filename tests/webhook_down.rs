@@ -288,6 +288,36 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
             .map_err(support::admission::msg),
         "user alice may not delete EnvironmentConfig crm-production",
     );
+    // Metadata that deletes or holds a deletion needs what deleting needs, with the webhook down
+    // too: a finalizer on the production configuration, owners or a finalizer on a version past
+    // its first stage.
+    denied(
+        w.merge(
+            &w.alice,
+            "EnvironmentConfig",
+            "crm-production",
+            json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+        )
+        .await,
+        "user alice may not change EnvironmentConfig crm-production: configuring production needs verb configure",
+    );
+    denied(
+        w.merge(
+            &admin,
+            "AppVersion",
+            "o1",
+            json!({ "metadata": { "finalizers": ["example.com/hold"] } }),
+        )
+        .await,
+        "may not add or remove finalizers of AppVersion o1: a finalizer holds the object's deletion",
+    );
+    denied(
+        w.merge(&admin, "AppVersion", "o1",
+            json!({ "metadata": { "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+                                                         "uid": "00000000-0000-0000-0000-000000000001" }] } }))
+            .await,
+        "AppVersion o1: metadata.ownerReferences cannot be set or changed: the garbage collector would delete it",
+    );
     // And what the verbs allow stays allowed.
     w.create(
         &w.alice,

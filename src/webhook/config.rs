@@ -246,6 +246,13 @@ pub fn mutating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> MutatingWebhoo
 const FINALIZERS_UNCHANGED: &str = "(has(object.metadata.finalizers) == has(oldObject.metadata.finalizers) && \
      (!has(object.metadata.finalizers) || object.metadata.finalizers == oldObject.metadata.finalizers))";
 
+/// An object's finalizers other than Kubernetes' own (`foregroundDeletion`, `orphan`), in CEL.
+fn own_finalizers(obj: &str) -> String {
+    format!(
+        "(has({obj}.metadata.finalizers) ? {obj}.metadata.finalizers : []).filter(f, !(f in ['foregroundDeletion', 'orphan']))"
+    )
+}
+
 const OWNERS_UNCHANGED: &str = "(has(object.metadata.ownerReferences) == has(oldObject.metadata.ownerReferences) && \
      (!has(object.metadata.ownerReferences) || object.metadata.ownerReferences == oldObject.metadata.ownerReferences))";
 
@@ -469,6 +476,21 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
                 .into(),
         ),
         validation(
+            format!(
+                "request.operation != 'UPDATE' || {new} == {old} || \
+                 ((!variables.advanced || (has(oldObject.metadata.deletionTimestamp) && {new}.all(f, f in {old}))) \
+                 && {delete})",
+                new = own_finalizers("object"),
+                old = own_finalizers("oldObject"),
+                delete = authorized(GROUP, "appversions", "object.metadata.name", "delete"),
+            ),
+            "'user ' + request.userInfo.username + ' may not add or remove finalizers of AppVersion ' + \
+             object.metadata.name + ': a finalizer holds the object\\'s deletion, so this needs verb delete on \
+             resource appversions named ' + object.metadata.name + ' (group tooljet.io) in namespace ' + \
+             request.namespace + ', and versions that left their first stage take none'"
+                .into(),
+        ),
+        validation(
             "request.operation != 'DELETE' || !variables.advanced || \
              has(namespaceObject.metadata.deletionTimestamp)"
                 .into(),
@@ -532,6 +554,20 @@ pub fn app_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBind
              request.namespace"
                 .into(),
         ),
+        validation(
+            format!(
+                "request.operation != 'UPDATE' || ({OWNERS_UNCHANGED} && {new} == {old}) || \
+                 (variables.oldRelease == '' && variables.newRelease == '' && {delete})",
+                new = own_finalizers("object"),
+                old = own_finalizers("oldObject"),
+                delete = authorized(GROUP, "tooljetapps", "object.metadata.name", "delete"),
+            ),
+            "'user ' + request.userInfo.username + ' may not set or change the ownerReferences or finalizers of \
+             ToolJetApp ' + object.metadata.name + ': they delete the app or hold its deletion, which needs verb \
+             delete on resource tooljetapps named ' + object.metadata.name + ' (group tooljet.io) in namespace ' + \
+             request.namespace + ', and an app with a release takes neither'"
+                .into(),
+        ),
     ];
     policy_for(APP_POLICY_NAME, "tooljetapps", variables, validations)
 }
@@ -541,9 +577,14 @@ pub fn config_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyB
     let configure = |stage: &str| authorized(GROUP, "environments", stage, "configure");
     let variables = vec![variable(
         "changed",
-        "request.operation != 'UPDATE' || object.spec != oldObject.spec || \
-         (has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []) != \
-         (has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : [])",
+        &format!(
+            "request.operation != 'UPDATE' || object.spec != oldObject.spec || \
+             (has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []) != \
+             (has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []) || \
+             {} != {}",
+            own_finalizers("object"),
+            own_finalizers("oldObject"),
+        ),
     )];
     let message = |stage: &str, verb: &str, obj: &str| {
         format!(
