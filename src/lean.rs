@@ -108,6 +108,30 @@ impl<K: Resource> Resource for Lean<K> {
     }
 }
 
+/// Every object `params` selects, listed in pages of `page` objects and read lean: a page is read
+/// whole before it is parsed, so `page` bounds what one read holds (see
+/// [`crate::state::VERSION_PAGE`] for AppVersions).
+pub async fn list_paged<K>(
+    api: &kube::Api<Lean<K>>,
+    params: &kube::api::ListParams,
+    page: u32,
+) -> kube::Result<Vec<K>>
+where
+    K: Parts + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let mut params = params.clone().limit(page);
+    let mut objects = vec![];
+    loop {
+        let list = api.list(&params).await?;
+        objects.extend(list.items.into_iter().map(|Lean(o)| o));
+        match list.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(objects),
+        }
+    }
+}
+
 /// A custom resource with a status.
 #[derive(Deserialize)]
 pub struct WithStatus<S, T> {

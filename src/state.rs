@@ -317,13 +317,16 @@ pub const VERSION_PAGE: u32 = 16;
 /// How AppVersions are listed and watched: as a stream of single objects when the apiserver
 /// serves streaming lists (`sendInitialEvents`, on by default from Kubernetes 1.34, and in 1.32),
 /// so that no more than one version is ever read at once; in pages of [`VERSION_PAGE`] otherwise.
-/// One metadata-only watch asks the apiserver, whose first answer says whether it streams.
+/// One metadata-only watch that selects no object asks the apiserver, whose first answer (the
+/// bookmark that ends the initial events, or a refusal) says whether it streams.
 pub async fn version_watch(client: &Client) -> watcher::Config {
     let paged = watcher::Config::default()
         .any_semantic()
         .page_size(VERSION_PAGE);
     let api = Api::<AppVersion>::all(client.clone());
-    let params = kube::api::WatchParams::streaming_lists().timeout(5);
+    let params = kube::api::WatchParams::streaming_lists()
+        .fields("metadata.name=.")
+        .timeout(5);
     let streams = match api.watch_metadata(&params, "0").await {
         Ok(stream) => {
             let mut stream = std::pin::pin!(stream);

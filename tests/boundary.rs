@@ -648,12 +648,6 @@ async fn oversized_definitions_and_options_are_refused_with_the_bound() {
     );
 }
 
-/// An owner the garbage collector finds gone (no such ConfigMap).
-fn gone_owner() -> Value {
-    json!({ "metadata": { "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
-                                               "uid": "00000000-0000-0000-0000-000000000001" }] } })
-}
-
 #[tokio::test]
 async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
     let w = Workspace::new("owners").await;
@@ -679,7 +673,13 @@ async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
     .await;
     // A first-stage version: owners need delete on it (the garbage collector would delete it).
     denied(
-        w.merge(&dave, "AppVersion", "v-dev", gone_owner()).await,
+        w.merge(
+            &dave,
+            "AppVersion",
+            "v-dev",
+            support::admission::gone_owner(),
+        )
+        .await,
         &format!(
             "user dave may not set or change metadata.ownerReferences of AppVersion v-dev: owners let the garbage \
              collector delete the object, so this needs verb delete on resource appversions named v-dev (group \
@@ -689,18 +689,36 @@ async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
     );
     // A version past its first stage: never, even for an admin.
     denied(
-        w.merge(&w.admin, "AppVersion", "v-stg", gone_owner()).await,
+        w.merge(
+            &w.admin,
+            "AppVersion",
+            "v-stg",
+            support::admission::gone_owner(),
+        )
+        .await,
         "AppVersion v-stg: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
          it once its owners are gone, and it is in staging",
     );
     // An app with versions past its first stage (the release manager patches apps): never. The
     // policy layer refuses first (carol may not delete apps); the webhook's reason is the stage.
     denied(
-        w.merge(&w.carol, "ToolJetApp", "crm", gone_owner()).await,
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "crm",
+            support::admission::gone_owner(),
+        )
+        .await,
         "may not set or change the ownerReferences or finalizers of ToolJetApp crm",
     );
     denied(
-        w.merge(&w.admin, "ToolJetApp", "crm", gone_owner()).await,
+        w.merge(
+            &w.admin,
+            "ToolJetApp",
+            "crm",
+            support::admission::gone_owner(),
+        )
+        .await,
         "ToolJetApp crm: metadata.ownerReferences cannot be set or changed: the garbage collector would delete \
          it once its owners are gone, and it has versions past development",
     );
@@ -719,7 +737,12 @@ async fn owners_need_delete_and_never_reach_history_or_an_app_with_one() {
     // The legitimate path: who may delete a first-stage version may give it an owner (the
     // garbage collector may then delete it, as its owner's deletion would).
     let owned = w
-        .merge(&w.admin, "AppVersion", "v-dev", gone_owner())
+        .merge(
+            &w.admin,
+            "AppVersion",
+            "v-dev",
+            support::admission::gone_owner(),
+        )
         .await
         .expect("an admin gives a first-stage version an owner");
     assert_eq!(owned.metadata.owner_references.unwrap().len(), 1);

@@ -1055,10 +1055,10 @@ async fn restarted(name: &str, addr: SocketAddr) -> (Replica, u64) {
 /// definitions of a real ToolJet app's shape near the admitted maximum are stored; a restarted
 /// operator's peak memory is that of the same number of 1 KiB versions, within less than what two
 /// of those definitions take parsed, and their references still reach the versions' status. A
-/// regression that parses a list page's definitions, or holds any two, fails. Receiving one
-/// streamed version of ~1 MiB costs about as much as one parsed tree (the watch's line buffer, its
-/// copy and the connection's window, measured: 4-5 MiB), so parsing one definition at a time and
-/// dropping it cannot be told apart from that by memory; nothing does it (`lean::VersionSpecParts`).
+/// regression that parses a list page's definitions, or holds any two, fails. Receiving the large
+/// versions as a stream raises the peak about as much as one parsed tree does (measured: +4 to +5
+/// MiB), so parsing one definition at a time and dropping it cannot be told apart from that by
+/// memory; nothing does it (`lean::VersionSpecParts`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_reads_no_definition() {
     let _serial = SERIAL.lock().await;

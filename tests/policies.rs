@@ -81,11 +81,16 @@ async fn until_allowed(what: &str, attempt: impl AsyncFn() -> Result<DynamicObje
 /// policies from the operator's cache, which the controller read to write that status, so a
 /// promotion made after this is judged with the policy.
 async fn in_force(w: &Workspace, policy: &str) {
+    in_force_on(w, "crm", policy).await;
+}
+
+/// [`in_force`] for ToolJetApp `app`.
+async fn in_force_on(w: &Workspace, app: &str, policy: &str) {
     support::eventually(
         WAIT,
-        &format!("PromotionPolicy {policy} in force"),
+        &format!("PromotionPolicy {policy} in force on {app}"),
         || async {
-            let app = w.get("ToolJetApp", "crm").await?;
+            let app = w.get("ToolJetApp", app).await?;
             app.data["status"]["gates"]
                 .as_array()?
                 .iter()
@@ -635,19 +640,7 @@ async fn labels_and_stage_names_cannot_lift_a_policy() {
     w.create(&w.admin, "ToolJetApp", "billing", json!({}))
         .await
         .unwrap();
-    support::eventually(WAIT, "billing guarded by all-production", || async {
-        let app = w.get("ToolJetApp", "billing").await?;
-        app.data["status"]["gates"]
-            .as_array()?
-            .iter()
-            .any(|g| {
-                g["policies"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|n| n == "all-production"))
-            })
-            .then_some(())
-    })
-    .await;
+    in_force_on(&w, "billing", "all-production").await;
     let renamed = json!({ "spec": { "environments": ["development", "staging", "prod"] } });
     let m = support::eventually(WAIT, "erin's rename refused for the policy", || async {
         match w

@@ -312,9 +312,7 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
         "may not add or remove finalizers of AppVersion o1: a finalizer holds the object's deletion",
     );
     denied(
-        w.merge(&admin, "AppVersion", "o1",
-            json!({ "metadata": { "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
-                                                         "uid": "00000000-0000-0000-0000-000000000001" }] } }))
+        w.merge(&admin, "AppVersion", "o1", support::admission::gone_owner())
             .await,
         "AppVersion o1: metadata.ownerReferences cannot be set or changed: the garbage collector would delete it",
     );

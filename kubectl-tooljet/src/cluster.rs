@@ -125,19 +125,13 @@ impl Cluster {
     /// never held at once. Only `export` reads a definition ([`Cluster::version_whole`]).
     pub async fn list_versions(&self, namespace: &str) -> Result<Vec<AppVersion>> {
         let api: Api<Lean<AppVersion>> = Api::namespaced(self.client.clone(), namespace);
-        let mut params = ListParams::default().limit(tooljet_operator::state::VERSION_PAGE);
-        let mut versions = vec![];
-        loop {
-            let page = api
-                .list(&params)
-                .await
-                .map_err(|e| list_error("AppVersions", e))?;
-            versions.extend(page.items.into_iter().map(|Lean(v)| v));
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => return Ok(versions),
-            }
-        }
+        tooljet_operator::lean::list_paged(
+            &api,
+            &ListParams::default(),
+            tooljet_operator::state::VERSION_PAGE,
+        )
+        .await
+        .map_err(|e| list_error("AppVersions", e))
     }
 
     pub async fn list_configs(&self, namespace: &str) -> Result<Vec<EnvironmentConfig>> {

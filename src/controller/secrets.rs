@@ -166,7 +166,7 @@ pub async fn sync(
         // handed over (its owners replaced, then its content written), so a finalizer on the old
         // owner cannot keep a stage on the old values.
         Some(existing) if !controlled_by(&*existing, owner_uid) && succeeds(&existing) => {
-            take_over(ctx, api, &existing, desired).await?;
+            take_over(ctx, controller, api, &existing, desired).await?;
             Ok(Synced::Ours(
                 ensure_secret(ctx, controller, api, None, desired).await?,
             ))
@@ -182,6 +182,7 @@ pub async fn sync(
 /// whoever wrote it), on the version read: a Secret changed meanwhile is judged again.
 async fn take_over(
     ctx: &Context,
+    controller: &'static str,
     api: &Api<Secret>,
     existing: &ManagedSecret,
     desired: &Secret,
@@ -198,8 +199,8 @@ async fn take_over(
     )
     .await
     .at(Step::ApplySecret)?;
-    ctx.metrics.wrote("environmentconfig", "secret");
-    tracing::info!(secret = %existing.name(), "took over the stage Secret from a configuration being deleted");
+    ctx.metrics.wrote(controller, "secret");
+    tracing::info!(secret = %existing.name(), "took over the Secret from an owner being deleted");
     Ok(())
 }
 

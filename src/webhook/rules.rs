@@ -314,7 +314,7 @@ pub fn needed_for_version(
             .unwrap_or_default(),
         _ => vec![],
     };
-    if let Some(new) = new.filter(|_| owners_changed(old, new) || finalizers_changed(old, new)) {
+    if let Some(new) = new.filter(|_| deletion_metadata_changed(old, new)) {
         needed.push(Access::delete("appversions", &new.name_any()));
     }
     needed
@@ -355,7 +355,7 @@ pub fn finalizers_changed(old: Option<&impl ResourceExt>, new: Option<&impl Reso
 /// The rule on finalizers: adding or removing one needs `delete` on the object, and is refused
 /// where deleting is (`undeletable`), except removing one from an object already being deleted
 /// (that only lets a judged deletion finish).
-pub(super) fn finalizers_rule(
+fn finalizers_rule(
     kind: &str,
     resource: &'static str,
     old: &impl ResourceExt,
@@ -393,6 +393,14 @@ pub(super) fn finalizers_rule(
     })
 }
 
+/// Whether a request changes the metadata that can delete an object or hold its deletion.
+pub fn deletion_metadata_changed(
+    old: Option<&impl ResourceExt>,
+    new: Option<&impl ResourceExt>,
+) -> bool {
+    owners_changed(old, new) || finalizers_changed(old, new)
+}
+
 /// The rules on the metadata that can delete an object or hold its deletion: its owners
 /// ([`owners_rule`]) and its finalizers ([`finalizers_rule`]).
 pub(super) fn deletion_metadata_rule<K: ResourceExt>(
@@ -412,7 +420,7 @@ pub(super) fn deletion_metadata_rule<K: ResourceExt>(
 /// `delete` on the object (RBAC alone lets anyone who may update it do so; the
 /// OwnerReferencesPermissionEnforcement admission plugin that would check it is off by default),
 /// and is refused outright where deleting is (`undeletable`: why the object may not be deleted).
-pub(super) fn owners_rule(
+fn owners_rule(
     kind: &str,
     resource: &'static str,
     old: Option<&impl ResourceExt>,
@@ -490,7 +498,7 @@ pub fn needed_for_app(
         needed.insert(Access::app(UNPROTECT, &name));
     }
     needed.extend(needed_for_rollout(old, new));
-    if owners_changed(old, Some(new)) || finalizers_changed(old, Some(new)) {
+    if deletion_metadata_changed(old, Some(new)) {
         needed.insert(Access::delete("tooljetapps", &name));
     }
     needed.into_iter().collect()
@@ -499,12 +507,18 @@ pub fn needed_for_app(
 /// What a change of whom policies guard needs: what editing each of those policies needs (RBAC
 /// `update` on it, and `configure` on every stage it lists).
 pub fn needed_for_guards(guards_changed: &[(String, Vec<String>)]) -> Vec<Access> {
-    let mut needed = BTreeSet::new();
-    for (policy, stages) in guards_changed {
-        needed.insert(Access::edit_policy(policy));
-        needed.extend(stages.iter().map(|s| Access::environment(CONFIGURE, s)));
-    }
+    let needed: BTreeSet<Access> = guards_changed
+        .iter()
+        .flat_map(|(policy, stages)| editing_policy(policy, stages))
+        .collect();
     needed.into_iter().collect()
+}
+
+/// What editing PromotionPolicy `policy`, which lists `stages`, needs: RBAC `update` on it first,
+/// then `configure` on each stage.
+fn editing_policy<'a>(policy: &str, stages: &'a [String]) -> impl Iterator<Item = Access> + 'a {
+    std::iter::once(Access::edit_policy(policy))
+        .chain(stages.iter().map(|s| Access::environment(CONFIGURE, s)))
 }
 
 /// `patch` on every Deployment a rollout newly names, and on every Deployment of the namespace
@@ -570,9 +584,7 @@ fn new_references(
 /// Whether an update reaches the stage's configuration: its spec, or its owner references (an
 /// owner's deletion would have the garbage collector delete it).
 fn config_changed(old: &EnvironmentConfig, new: &EnvironmentConfig) -> bool {
-    old.spec != new.spec
-        || old.owner_references() != new.owner_references()
-        || finalizers_changed(Some(old), Some(new))
+    old.spec != new.spec || deletion_metadata_changed(Some(old), Some(new))
 }
 
 /// What an EnvironmentConfig request needs: `configure` on its stage (on both stages when it
@@ -602,7 +614,7 @@ pub fn needed_for_config(
         for ((secret, _), _) in new_references(old, new) {
             needed.insert(Access::read_secret(&secret));
         }
-        if owners_changed(old, Some(new)) || finalizers_changed(old, Some(new)) {
+        if deletion_metadata_changed(old, Some(new)) {
             needed.insert(Access::delete("environmentconfigs", &new.name_any()));
         }
     }
@@ -777,7 +789,7 @@ pub fn review_version(
             if let Some(verdict) = definition_too_large(&name, new) {
                 return verdict;
             }
-            if let Some(verdict) = owners_rule(
+            if let Some(verdict) = deletion_metadata_rule(
                 "AppVersion",
                 "appversions",
                 None::<&AppVersion>,
@@ -1156,9 +1168,7 @@ pub fn review_app(
                 } else {
                     "change the labels"
                 };
-                let accesses = std::iter::once(Access::edit_policy(policy))
-                    .chain(stages.iter().map(|s| Access::environment(CONFIGURE, s)));
-                for access in accesses {
+                for access in editing_policy(policy, stages) {
                     if !facts.may(&access) {
                         return forbidden(
                             user,

@@ -417,28 +417,20 @@ async fn stored_versions_in_pages(
     named: Option<&str>,
 ) -> Result<Vec<VersionFact>, String> {
     let api = Api::<Lean<AppVersion>>::namespaced(client.clone(), ns);
-    let mut params = ListParams::default().limit(crate::state::VERSION_PAGE);
-    let mut facts = vec![];
-    loop {
-        let page = api.list(&params).await.map_err(|e| {
+    let versions = crate::lean::list_paged(&api, &ListParams::default(), crate::state::VERSION_PAGE)
+        .await
+        .map_err(|e| {
             format!("could not list the AppVersions of namespace {ns} to decide on a view as new as the request: {e}")
         })?;
-        facts.extend(
-            page.items
-                .into_iter()
-                .map(|Lean(v)| v)
-                .filter(|v| v.spec.app == app && named.is_none_or(|n| v.spec.version_name == n))
-                .map(|v| VersionFact {
-                    name: v.name_any(),
-                    version_name: v.spec.version_name,
-                    environment: v.spec.environment,
-                }),
-        );
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(facts),
-        }
-    }
+    Ok(versions
+        .into_iter()
+        .filter(|v| v.spec.app == app && named.is_none_or(|n| v.spec.version_name == n))
+        .map(|v| VersionFact {
+            name: v.name_any(),
+            version_name: v.spec.version_name,
+            environment: v.spec.environment,
+        })
+        .collect())
 }
 
 /// What every request's facts start from: namespace and user.
@@ -755,7 +747,7 @@ async fn review_config(
                 .lookups
                 .configs_for(ns, new.spec.app.as_deref(), &new.spec.environment)
                 .iter()
-                .find(|c| c.name_any() != req.name && c.metadata.deletion_timestamp.is_none())
+                .find(|c| c.name_any() != req.name)
                 .map(|c| c.name_any())
         };
     }

@@ -310,6 +310,13 @@ impl Workspace {
     }
 }
 
+/// A merge patch that gives an object an owner the garbage collector finds gone (no such
+/// ConfigMap).
+pub fn gone_owner() -> Value {
+    json!({ "metadata": { "ownerReferences": [{ "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+                                               "uid": "00000000-0000-0000-0000-000000000001" }] } })
+}
+
 pub fn msg(e: kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message,
