@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cached;
+pub mod effective;
 pub mod controller;
 pub mod gate;
 pub mod leader;

@@ -31,6 +31,7 @@ use crate::{
     api::{
         APP_LABEL, ENVIRONMENT_LABEL, GROUP, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
         MANAGED_BY_LABEL, MANAGED_BY_VALUE, RESOLVED_SECRET_KIND, STAGE_SECRET_KIND as LAYER_KIND,
+        WORKLOAD_SECRET_KIND,
     },
     materialize::{FORMAT, HashKey, hex},
 };
@@ -98,7 +99,7 @@ impl From<&OwnerReference> for Owner {
 }
 
 /// The values of `tooljet.io/kind` the operator writes.
-const KINDS: [&str; 2] = [LAYER_KIND, RESOLVED_SECRET_KIND];
+const KINDS: [&str; 3] = [LAYER_KIND, RESOLVED_SECRET_KIND, WORKLOAD_SECRET_KIND];
 
 impl From<Secret> for ManagedSecret {
     fn from(secret: Secret) -> ManagedSecret {

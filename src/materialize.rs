@@ -1,10 +1,13 @@
 //! Pure materialisation: EnvironmentConfig specs and the data of the Secrets they reference in,
 //! the data of the Secret ToolJet consumes out. No client, no clock, no I/O.
 //!
-//! Keys follow ToolJet's own env-var convention, so a ToolJet Deployment can `envFrom` the Secret
-//! unchanged: `TOOLJET_GLOBAL_CONSTANTS__<environment>__<NAME>` and
-//! `TOOLJET_SECRET_CONSTANTS__<environment>__<NAME>`, plus `datasources.json` (data source name ->
-//! kind and options, secret options resolved).
+//! Keys follow ToolJet's own env-var convention: `TOOLJET_GLOBAL_CONSTANTS__<environment>__<NAME>`
+//! and `TOOLJET_SECRET_CONSTANTS__<environment>__<NAME>`. A data source's secret option is a
+//! Secret constant too ([`option_constant`]), and the data source's options hold
+//! `{{secrets.NAME}}` in its place: the form ToolJet resolves at query time. A stage
+//! configuration's Secret also holds `datasources.json` (data source name -> kind and options in
+//! that form, no credential), which the operator and `kubectl tooljet export` read and no workload
+//! takes in: what a workload reads is [`workload`], constants only.
 //!
 //! The content hashes users can read (status, the `tooljet.io/config-hash` annotations) are keyed
 //! with the installation's [`HashKey`]: a plain digest of a low-entropy secret value could be
@@ -72,7 +75,7 @@ impl HashKey {
 /// ([`crate::managed::inputs_annotation`]); a restarted operator trusts the Secret without
 /// materialising it again only when both match. Bump it with any change that would turn the same
 /// inputs into other Secret data (`the_output_format_is_pinned` fails until it is).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +110,14 @@ pub enum Unresolved {
         key: String,
         used_by: String,
     },
+    /// A secret option's constant name is already another entry's.
+    NameTaken {
+        name: String,
+        used_by: String,
+        taken_by: String,
+    },
+    /// A value read from a Secret is longer than ToolJet accepts for a constant.
+    TooLong { name: String, len: usize },
 }
 
 impl Unresolved {
@@ -122,6 +133,11 @@ impl Unresolved {
             .any(|p| matches!(p, Unresolved::KeyNotFound { .. }))
         {
             "KeyNotFound"
+        } else if problems
+            .iter()
+            .any(|p| matches!(p, Unresolved::NameTaken { .. }))
+        {
+            "NameConflict"
         } else {
             "InvalidSecretValue"
         }
@@ -163,6 +179,18 @@ impl std::fmt::Display for Unresolved {
             } => write!(
                 f,
                 "key {key} of Secret {secret} is not UTF-8 text (referenced by {used_by}); data source options must be text"
+            ),
+            Unresolved::NameTaken {
+                name,
+                used_by,
+                taken_by,
+            } => write!(
+                f,
+                "{used_by} is carried as secret constant {name}, which {taken_by} already is; rename the data source or the constant"
+            ),
+            Unresolved::TooLong { name, len } => write!(
+                f,
+                "the value of constant {name} has {len} bytes; ToolJet accepts at most {MAX_CONSTANT_VALUE}: shorten it in its Secret"
             ),
         }
     }
@@ -246,36 +274,81 @@ pub fn materialize(
         }
     }
 
-    // Data sources: the last layer that defines a name wins, as a whole.
-    let mut sources: BTreeMap<&str, Value> = BTreeMap::new();
+    // Data sources: the last layer that defines a name wins, as a whole. Each secret option
+    // becomes a Secret constant of the stage (ToolJet resolves `{{secrets.NAME}}` in a data
+    // source's options at query time, for the environment the query runs in); the option itself
+    // holds that reference, so the data source document carries no credential.
+    let mut winners: BTreeMap<&str, &crate::api::DataSource> = BTreeMap::new();
     for layer in layers {
         for ds in &layer.data_sources {
-            let mut options: Map<String, Value> = ds
-                .options
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            for (option, src) in &ds.secret_options {
-                let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
-                if let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) {
-                    match String::from_utf8(bytes) {
-                        Ok(text) => {
-                            options.insert(option.clone(), Value::String(text));
-                        }
-                        Err(_) => {
-                            problems.insert(Unresolved::NotText {
-                                secret: src.secret_key_ref.name.clone(),
-                                key: src.secret_key_ref.key.clone(),
-                                used_by: used_by(),
-                            });
-                        }
-                    }
-                }
+            winners.insert(&ds.name, ds);
+        }
+    }
+    let mut sources: BTreeMap<&str, Value> = BTreeMap::new();
+    let mut option_secrets: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+    for (name, ds) in &winners {
+        let mut options: Map<String, Value> = ds
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (option, src) in &ds.secret_options {
+            let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
+            let constant = option_constant(&ds.name, option);
+            if let Some((other, _)) = option_secrets.get(&constant) {
+                problems.insert(Unresolved::NameTaken {
+                    name: constant.clone(),
+                    used_by: used_by(),
+                    taken_by: other.clone(),
+                });
+                continue;
             }
-            let mut entry = Map::new();
-            entry.insert("kind".into(), Value::String(ds.kind.clone()));
-            entry.insert("options".into(), Value::Object(options));
-            sources.insert(&ds.name, Value::Object(entry));
+            if constants.contains_key(constant.as_str()) {
+                problems.insert(Unresolved::NameTaken {
+                    name: constant.clone(),
+                    used_by: used_by(),
+                    taken_by: format!("constants[{constant}]"),
+                });
+                continue;
+            }
+            options.insert(
+                option.clone(),
+                Value::String(format!("{{{{secrets.{constant}}}}}")),
+            );
+            if let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) {
+                if std::str::from_utf8(&bytes).is_err() {
+                    problems.insert(Unresolved::NotText {
+                        secret: src.secret_key_ref.name.clone(),
+                        key: src.secret_key_ref.key.clone(),
+                        used_by: used_by(),
+                    });
+                    continue;
+                }
+                option_secrets.insert(constant, (used_by(), bytes));
+            }
+        }
+        let mut entry = Map::new();
+        entry.insert("kind".into(), Value::String(ds.kind.clone()));
+        entry.insert("options".into(), Value::Object(options));
+        sources.insert(name, Value::Object(entry));
+    }
+
+    // ToolJet's limit on a constant's value, for values read from Secrets (inline values are
+    // held to it by the schema).
+    for (name, (_, value)) in &constants {
+        if value.len() > MAX_CONSTANT_VALUE {
+            problems.insert(Unresolved::TooLong {
+                name: name.to_string(),
+                len: value.len(),
+            });
+        }
+    }
+    for (name, (_, value)) in &option_secrets {
+        if value.len() > MAX_CONSTANT_VALUE {
+            problems.insert(Unresolved::TooLong {
+                name: name.clone(),
+                len: value.len(),
+            });
         }
     }
 
@@ -286,6 +359,12 @@ pub fn materialize(
     let mut data = BTreeMap::new();
     for (name, (kind, value)) in &constants {
         data.insert(constant_key(environment, *kind, name), value.clone());
+    }
+    for (name, (_, value)) in &option_secrets {
+        data.insert(
+            constant_key(environment, ConstantType::Secret, name),
+            value.clone(),
+        );
     }
     let document: Map<String, Value> = sources
         .iter()
@@ -300,7 +379,129 @@ pub fn materialize(
         hash: hash(key, &data),
         data,
         data_sources: sources.len(),
-        constants: constants.len(),
+        constants: constants.len() + option_secrets.len(),
+    })
+}
+
+/// ToolJet's limits on a constant (server DTO `CreateOrganizationConstantDto`): a name of at most
+/// 50 characters matching `^[a-zA-Z_][a-zA-Z0-9_]*$`, a value of 1-10000 characters.
+pub const MAX_CONSTANT_NAME: usize = 50;
+/// See [`MAX_CONSTANT_NAME`]. Checked in bytes, which is never fewer than characters.
+pub const MAX_CONSTANT_VALUE: usize = 10_000;
+
+/// The name of the Secret constant that carries secret option `option` of data source `source`:
+/// both upper-cased and joined with `_`, every character ToolJet does not allow in a constant
+/// name replaced by `_`, `_` put first when it would start with a digit. A name longer than
+/// ToolJet's 50 characters keeps its first 41 and ends with `_` and 8 hex digits of a hash of the
+/// source and option, so it stays unique. Examples: (`crm-db`, `password`) -> `CRM_DB_PASSWORD`.
+pub fn option_constant(source: &str, option: &str) -> String {
+    let mut name: String = format!("{source}_{option}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    if name.len() > MAX_CONSTANT_NAME {
+        let digest = Sha256::new()
+            .chain_update(source.as_bytes())
+            .chain_update([0])
+            .chain_update(option.as_bytes())
+            .finalize();
+        name.truncate(MAX_CONSTANT_NAME - 9);
+        name.push('_');
+        name.push_str(&hex(&digest[..4]));
+    }
+    name
+}
+
+/// Two apps a workload serves that give one of its variables different values.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Clash {
+    /// The variable, e.g. `TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL`.
+    pub key: String,
+    /// The apps that disagree, sorted.
+    pub apps: Vec<String>,
+}
+
+impl std::fmt::Display for Clash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, env, name) = parse_constant_key(&self.key)
+            .map(|(k, e, n)| {
+                let kind = match k {
+                    ConstantType::Global => "constant",
+                    ConstantType::Secret => "secret constant",
+                };
+                (kind, e, n)
+            })
+            .unwrap_or(("variable", "", &self.key));
+        write!(
+            f,
+            "{kind} {name} of {env} differs between apps {}",
+            self.apps.join(" and ")
+        )
+    }
+}
+
+/// One (app, stage) a workload serves, and that stage's configuration for the app (workspace
+/// entries overridden by the app's: [`merge_layers`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    pub app: &'a str,
+    pub stage: &'a str,
+    pub config: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// What one workload reads: the constants of every (app, stage) it serves, and nothing else.
+/// ToolJet has no app-scoped constant: one server has one value per (environment, name), so
+/// two apps it serves that give a name different values are a [`Clash`], never settled by an
+/// order. Stages do not clash (the stage is part of each variable's name), so one workload may
+/// serve every stage.
+pub fn workload(key: &HashKey, claims: &[Claim]) -> Result<Materialized, Vec<Clash>> {
+    let mut data: BTreeMap<String, (Vec<u8>, &str)> = BTreeMap::new();
+    let mut clashes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for claim in claims {
+        for (k, v) in claim.config {
+            let Some((_, env, _)) = parse_constant_key(k) else {
+                continue; // datasources.json: nothing ToolJet reads from its environment
+            };
+            if env != claim.stage {
+                continue;
+            }
+            match data.get(k) {
+                Some((existing, app)) if existing != v => {
+                    let apps = clashes.entry(k.clone()).or_default();
+                    apps.insert(app.to_string());
+                    apps.insert(claim.app.to_string());
+                }
+                Some(_) => {}
+                None => {
+                    data.insert(k.clone(), (v.clone(), claim.app));
+                }
+            }
+        }
+    }
+    if !clashes.is_empty() {
+        return Err(clashes
+            .into_iter()
+            .map(|(key, apps)| Clash {
+                key,
+                apps: apps.into_iter().collect(),
+            })
+            .collect());
+    }
+    let data: BTreeMap<String, Vec<u8>> = data.into_iter().map(|(k, (v, _))| (k, v)).collect();
+    Ok(Materialized {
+        hash: hash(key, &data),
+        constants: data.len(),
+        data_sources: 0,
+        data,
     })
 }
 
@@ -511,6 +712,11 @@ pub fn secret_name(app: Option<&str>, environment: &str) -> String {
     bounded_name(full)
 }
 
+/// The name of a rollout Deployment's workload Secret: `tooljet-workload.<deployment>`.
+pub fn workload_secret_name(deployment: &str) -> String {
+    bounded_name(format!("tooljet-workload.{deployment}"))
+}
+
 /// The name of an AppVersion's resolved-config Secret.
 pub fn resolved_secret_name(version: &str) -> String {
     bounded_name(format!("tooljet-version.{version}"))
@@ -605,9 +811,14 @@ mod tests {
             keys,
             [
                 "TOOLJET_GLOBAL_CONSTANTS__staging__API_URL",
+                "TOOLJET_SECRET_CONSTANTS__staging__CRM_DB_PASSWORD",
                 "TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY",
                 "datasources.json"
             ]
+        );
+        assert_eq!(
+            m.data["TOOLJET_SECRET_CONSTANTS__staging__CRM_DB_PASSWORD"],
+            b"pg-pass"
         );
         assert_eq!(
             m.data["TOOLJET_GLOBAL_CONSTANTS__staging__API_URL"],
@@ -617,20 +828,124 @@ mod tests {
             m.data["TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY"],
             b"sk_test"
         );
-        assert_eq!((m.constants, m.data_sources), (2, 1));
+        assert_eq!((m.constants, m.data_sources), (3, 1));
     }
 
     #[test]
-    fn datasources_document_resolves_secret_options() {
+    fn a_secret_option_is_a_secret_constant_and_the_document_holds_its_reference() {
         let m = materialize(&key(), "staging", &[&spec()], &secrets()).unwrap();
         let doc: Value = serde_json::from_slice(&m.data[DATASOURCES_KEY]).unwrap();
         assert_eq!(
             doc,
-            json!({ "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "password": "pg-pass" } } })
+            json!({ "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "password": "{{secrets.CRM_DB_PASSWORD}}" } } })
+        );
+        assert!(!String::from_utf8_lossy(&m.data[DATASOURCES_KEY]).contains("pg-pass"));
+    }
+
+    #[test]
+    fn option_constant_names_follow_tooljets_rules() {
+        let valid = |n: &str| {
+            n.len() <= MAX_CONSTANT_NAME
+                && n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        assert_eq!(option_constant("crm-db", "password"), "CRM_DB_PASSWORD");
+        assert_eq!(option_constant("hr.pg", "ssh_password"), "HR_PG_SSH_PASSWORD");
+        assert_eq!(option_constant("1st", "token"), "_1ST_TOKEN");
+        let long = "a".repeat(100);
+        let a = option_constant(&long, "password");
+        let b = option_constant(&long, "passwore");
+        assert_eq!(a.len(), MAX_CONSTANT_NAME);
+        assert_ne!(a, b, "a shortened name keeps a hash of the whole");
+        for n in ["CRM_DB_PASSWORD", "_1ST_TOKEN", &a, &b] {
+            assert!(valid(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_secret_option_whose_constant_name_is_taken_is_refused_by_name() {
+        let mut s = spec();
+        s.constants.push(secret_constant("CRM_DB_PASSWORD", "creds", "stripe"));
+        let problems = materialize(&key(), "staging", &[&s], &secrets()).unwrap_err();
+        assert_eq!(Unresolved::reason(&problems), "NameConflict");
+        assert!(
+            Unresolved::describe(&problems).contains(
+                "dataSources[crm-db].secretOptions.password is carried as secret constant CRM_DB_PASSWORD, which constants[CRM_DB_PASSWORD] already is"
+            )
         );
     }
 
-    /// What FORMAT 1 makes of `spec()`. A change that alters it changes what every stage
+    #[test]
+    fn a_value_longer_than_tooljet_accepts_is_refused_without_showing_it() {
+        let mut data = secrets();
+        data.get_mut("creds")
+            .unwrap()
+            .insert("stripe".into(), vec![b'x'; MAX_CONSTANT_VALUE + 1]);
+        let problems = materialize(&key(), "staging", &[&spec()], &data).unwrap_err();
+        assert_eq!(
+            Unresolved::describe(&problems),
+            "the value of constant STRIPE_KEY has 10001 bytes; ToolJet accepts at most 10000: shorten it in its Secret"
+        );
+    }
+
+    #[test]
+    fn a_workload_serves_every_stage_and_app_and_names_what_apps_disagree_on() {
+        let config = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .chain([(DATASOURCES_KEY.to_string(), b"{}".to_vec())])
+                .collect()
+        };
+        let crm_prod = config(&[
+            ("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "warn"),
+            ("TOOLJET_SECRET_CONSTANTS__production__CRM_DB_PASSWORD", "p"),
+        ]);
+        let crm_staging = config(&[("TOOLJET_GLOBAL_CONSTANTS__staging__LOG_LEVEL", "info")]);
+        let hr_prod = config(&[
+            ("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "warn"),
+            ("TOOLJET_SECRET_CONSTANTS__production__HR_DB_PASSWORD", "q"),
+        ]);
+        let claim = |app, stage, config| Claim { app, stage, config };
+        let m = workload(
+            &key(),
+            &[
+                claim("crm", "production", &crm_prod),
+                claim("crm", "staging", &crm_staging),
+                claim("hr", "production", &hr_prod),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            m.data.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![
+                "TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL",
+                "TOOLJET_GLOBAL_CONSTANTS__staging__LOG_LEVEL",
+                "TOOLJET_SECRET_CONSTANTS__production__CRM_DB_PASSWORD",
+                "TOOLJET_SECRET_CONSTANTS__production__HR_DB_PASSWORD",
+            ],
+            "constants only: datasources.json is nothing ToolJet reads"
+        );
+        let hr_info = config(&[("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "info")]);
+        let clashes = workload(
+            &key(),
+            &[claim("hr", "production", &hr_info), claim("crm", "production", &crm_prod)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            clashes,
+            vec![Clash {
+                key: "TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL".into(),
+                apps: vec!["crm".into(), "hr".into()],
+            }]
+        );
+        assert_eq!(
+            clashes[0].to_string(),
+            "constant LOG_LEVEL of production differs between apps crm and hr"
+        );
+    }
+
+    /// What FORMAT 2 makes of `spec()`. A change that alters it changes what every stage
     /// configuration's Secret holds: bump [`FORMAT`], so that no restarted operator keeps a Secret
     /// made the old way (then pin the new output here).
     #[test]
@@ -639,8 +954,8 @@ mod tests {
         assert_eq!(
             (FORMAT, m.hash.as_str()),
             (
-                1,
-                "1bc1cb378aa7d7b63db80f2cd0206a4a87e72addcf240f24f0eb17ceb2b9b90a"
+                2,
+                "0d14a6366cd4b337377f78f276ef8fad385418c6e0bbda8029a3e8e2d72fa9be"
             ),
             "materialize's output changed: bump materialize::FORMAT and pin the new hash"
         );
@@ -773,7 +1088,8 @@ mod tests {
         );
         let doc: Value = serde_json::from_slice(&m.data[DATASOURCES_KEY]).unwrap();
         assert_eq!(doc["crm-db"]["kind"], "postgresql");
-        assert_eq!(m.constants, 3);
+        // API_URL, SUPPORT, STRIPE_KEY and the data source's CRM_DB_PASSWORD.
+        assert_eq!(m.constants, 4);
     }
 
     #[test]

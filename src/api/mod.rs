@@ -51,6 +51,9 @@ pub const INPUTS_ANNOTATION: &str = "tooljet.io/inputs";
 pub const STAGE_SECRET_KIND: &str = "environment-config";
 /// `tooljet.io/kind` of a version's resolved Secret (an AppVersion's).
 pub const RESOLVED_SECRET_KIND: &str = "resolved-config";
+/// `tooljet.io/kind` of a rollout workload's Secret (a Deployment's: what its ToolJet container
+/// takes in).
+pub const WORKLOAD_SECRET_KIND: &str = "workload-config";
 /// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):
 /// who moved a version into its current stage, and when.
 pub const PROMOTED_BY_ANNOTATION: &str = "tooljet.io/promoted-by";

@@ -9,7 +9,7 @@ use k8s_openapi::{
     api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
@@ -35,7 +35,13 @@ use crate::api::{
     RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, StageGate,
     ToolJetApp, ToolJetAppStatus,
 };
+use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, WORKLOAD_SECRET_KIND};
+use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
 use crate::{gate, managed::ManagedSecret, state::Lookups};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use super::secrets::{self, Synced};
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
@@ -101,6 +107,15 @@ fn apps_with_rollout_for_secret(
     lookups: &Lookups,
     secret: &ManagedSecret,
 ) -> Vec<ObjectRef<ToolJetApp>> {
+    if secret.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND) {
+        // A workload Secret edited or deleted: the apps of its namespace that roll out put it
+        // back (the one its Deployment serves; the others find nothing to do).
+        return lookups
+            .apps_with_rollout(secret.namespace())
+            .iter()
+            .map(|a| ObjectRef::from(&**a))
+            .collect();
+    }
     if secret.label(KIND_LABEL) != Some(envconfig::SECRET_KIND) {
         return vec![];
     }
@@ -239,6 +254,18 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
+    if let Some(after) = new_failure(old, &status.conditions, conditions::ROLLOUT_READY) {
+        warn!(reason = %after.reason, message = %after.message, "rollout not in sync");
+        publish(
+            &ctx.recorder,
+            &*app,
+            EventType::Warning,
+            &after.reason,
+            "Rollout",
+            after.message.clone(),
+        )
+        .await;
+    }
     // A gate's window opening or closing changes the status by itself: wake then.
     Ok(at_transition(next_transition, now))
 }
@@ -280,34 +307,97 @@ fn stage_gates(
 struct RolloutProblems {
     /// `stage/name` of Deployments named but not found.
     missing: Vec<String>,
-    /// Why some Deployments were left alone: a malformed selector, or a Deployment that two
-    /// stages claim (restarting it for both would flip it back and forth forever).
+    /// Why some Deployments were left alone: a malformed selector, or a workload Secret's name
+    /// taken by a Secret that is not the operator's.
     invalid: Vec<String>,
+    /// Workloads serving apps that give one constant different values ([`workload`]): their
+    /// configuration stays as it was until the apps agree.
+    conflicts: Vec<String>,
 }
 
-/// Stamps each stage's configuration hash on the pod template of the Deployments its rollout
-/// entry names or selects, when it differs. A Deployment claimed by two stages is not touched.
+/// The (app, stage) pairs whose configuration the Deployment `name` (with `labels`) takes in:
+/// every rollout entry of every app of `apps` that names or selects it (pure). `app` stands for
+/// its cached copy in `apps` (it may be newer). Sorted, unique.
+pub fn claims_on(
+    app: &ToolJetApp,
+    apps: &[Arc<ToolJetApp>],
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let this = app.name_any();
+    let others = apps.iter().map(|a| &**a).filter(|a| a.name_any() != this);
+    let mut claims: Vec<(String, String)> = std::iter::once(app)
+        .chain(others)
+        .flat_map(|a| {
+            a.spec
+                .rollout
+                .iter()
+                .filter(|t| {
+                    t.deployments.iter().any(|d| d == name)
+                        || t.parsed_selector()
+                            .ok()
+                            .flatten()
+                            .is_some_and(|s| s.matches(labels))
+                })
+                .map(move |t| (a.name_any(), t.environment.clone()))
+        })
+        .collect();
+    claims.sort();
+    claims.dedup();
+    claims
+}
+
+/// The Secret a rollout workload takes in, holding `m`: named for the Deployment, controlled by
+/// it (it goes when the Deployment goes; `blockOwnerDeletion` is not set, which would need
+/// permission on the Deployment's finalizers).
+fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
+    let mut owner = d.controller_owner_ref(&()).expect("a stored Deployment has a uid");
+    owner.block_owner_deletion = None;
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(workload_secret_name(&d.name_any())),
+            namespace: d.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                (KIND_LABEL.to_string(), WORKLOAD_SECRET_KIND.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(HASH_ANNOTATION.to_string(), m.hash.clone())])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        data: Some(
+            m.data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// For each Deployment the app's rollout names or selects: its workload Secret
+/// (`tooljet-workload.<deployment>`) holds the constants of every (app, stage) that claims it,
+/// across apps ([`workload`]), and its pod template carries that Secret's hash, so it restarts
+/// when, and only when, what it reads changes. A Deployment may serve several stages (one ToolJet
+/// instance for every environment) and several apps (one instance per environment).
 async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutProblems, Error> {
     let mut problems = RolloutProblems::default();
     if app.spec.rollout.is_empty() {
         return Ok(problems);
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    // Which stages claim each Deployment, and the Deployments themselves.
-    let mut claims: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
     for target in &app.spec.rollout {
         let stage = target.environment.as_str();
-        let mut claim = |name: String, d: Deployment| {
-            let stages = claims.entry(name.clone()).or_default();
-            if !stages.contains(&stage) {
-                stages.push(stage);
-            }
-            deployments.insert(name, d);
-        };
         for name in &target.deployments {
+            if deployments.contains_key(name) {
+                continue;
+            }
             match api.get_opt(name).await.at(Step::ReadDeployment)? {
-                Some(d) => claim(name.clone(), d),
+                Some(d) => {
+                    deployments.insert(name.clone(), d);
+                }
                 None => problems.missing.push(format!("{stage}/{name}")),
             }
         }
@@ -318,7 +408,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                     .await
                     .at(Step::ListDeployments)?
                 {
-                    claim(d.name_any(), d);
+                    deployments.insert(d.name_any(), d);
                 }
             }
             Ok(None) => {}
@@ -327,32 +417,71 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                 .push(format!("the selector of the {stage} entry: {problem}")),
         }
     }
-    let mut hashes: BTreeMap<&str, String> = BTreeMap::new();
-    for (name, stages) in &claims {
-        if stages.len() > 1 {
+    let apps = ctx.lookups.apps_with_rollout(ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    // Each (app, stage) configuration is merged once, however many Deployments take it in.
+    let mut merged: BTreeMap<(String, String), Materialized> = BTreeMap::new();
+    for (name, d) in &deployments {
+        let claims = claims_on(app, &apps, name, d.labels());
+        for (a, stage) in &claims {
+            merged
+                .entry((a.clone(), stage.clone()))
+                .or_insert_with(|| {
+                    crate::state::resolve(
+                        &ctx.hash_key,
+                        &ctx.managed_secrets,
+                        &ctx.lookups.configs,
+                        ns,
+                        a,
+                        stage,
+                    )
+                });
+        }
+        let inputs: Vec<Claim> = claims
+            .iter()
+            .map(|(a, stage)| Claim {
+                app: a,
+                stage,
+                config: &merged[&(a.clone(), stage.clone())].data,
+            })
+            .collect();
+        let m = match workload(&ctx.hash_key, &inputs) {
+            Ok(m) => m,
+            Err(clashes) => {
+                problems.conflicts.push(format!(
+                    "Deployment {name} serves {}: {}; one ToolJet server has one value per environment and name, so \
+                     give the apps the same value (or move it to the workspace-wide EnvironmentConfig) or run them \
+                     on separate Deployments; its configuration is left as it was",
+                    claims
+                        .iter()
+                        .map(|(a, s)| format!("{a}/{s}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    clashes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                continue;
+            }
+        };
+        let desired = workload_secret(d, &m);
+        let owner_uid = d.metadata.uid.as_deref();
+        if secrets::sync(ctx, "tooljetapp", &secrets, owner_uid, |_| false, &desired).await?
+            == Synced::Taken
+        {
             problems.invalid.push(format!(
-                "Deployment {name} is in the rollouts of {}; keep it in one",
-                stages.join(" and ")
+                "Secret {} exists and is not Deployment {name}'s workload Secret (its controller is another object); \
+                 delete or rename it",
+                desired.name_any()
             ));
             continue;
         }
-        let stage = stages[0];
-        // Each stage's configuration is merged and hashed once, however many Deployments it has.
-        let hash = hashes.entry(stage).or_insert_with(|| {
-            crate::state::resolve(
-                &ctx.hash_key,
-                &ctx.managed_secrets,
-                &ctx.lookups.configs,
-                ns,
-                &app.name_any(),
-                stage,
-            )
-            .hash
-        });
-        let hash = hash.clone();
-        let current = deployments
-            .get(name)
-            .and_then(|d| d.spec.as_ref())
+        let hash = m.hash;
+        let current = d
+            .spec
+            .as_ref()
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(HASH_ANNOTATION));
@@ -374,14 +503,19 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         .await
         .at(Step::PatchDeployment)?;
         ctx.metrics.wrote("tooljetapp", "deployment");
-        info!(deployment = %name, environment = %stage, %hash, "rollout: configuration hash stamped");
+        let serves = claims
+            .iter()
+            .map(|(a, s)| format!("{a}/{s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
         publish(
             &ctx.recorder,
             app,
             EventType::Normal,
             "RolloutTriggered",
             "Rollout",
-            format!("Deployment {name} restarts with the changed {stage} configuration"),
+            format!("Deployment {name} restarts with the changed configuration of {serves}"),
         )
         .await;
     }
@@ -482,7 +616,15 @@ fn desired_status(
             )
         }
     };
-    let rollout = if !rollout.invalid.is_empty() {
+    let rollout = if !rollout.conflicts.is_empty() {
+        condition(
+            conditions::ROLLOUT_READY,
+            false,
+            conditions::CONFLICT,
+            rollout.conflicts.join("; "),
+            generation,
+        )
+    } else if !rollout.invalid.is_empty() {
         condition(
             conditions::ROLLOUT_READY,
             false,
@@ -509,7 +651,7 @@ fn desired_status(
             conditions::ROLLOUT_READY,
             true,
             conditions::SYNCED,
-            "every rollout workload carries its stage's configuration hash",
+            "every rollout workload's Secret holds what it serves, and its pod template that Secret's hash",
             generation,
         )
     };
@@ -818,26 +960,73 @@ mod tests {
     #[test]
     fn rollout_problems_set_the_rollout_condition() {
         let a = app(None);
-        let problems = RolloutProblems {
-            missing: vec![],
-            invalid: vec![
-                "Deployment web is in the rollouts of staging and production; keep it in one"
-                    .into(),
-            ],
+        let condition_for = |problems: &RolloutProblems| {
+            let (s, _) = desired_status(&a, &versions(), &Release::None, problems, vec![]);
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "RolloutReady")
+                .unwrap()
         };
-        let (s, _) = desired_status(&a, &versions(), &Release::None, &problems, vec![]);
-        let c = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "RolloutReady")
-            .unwrap();
+        let c = condition_for(&RolloutProblems {
+            invalid: vec!["the selector of the staging entry: bad".into()],
+            ..Default::default()
+        });
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", "InvalidRollout")
         );
-        assert!(
-            c.message
-                .contains("Deployment web is in the rollouts of staging and production")
+        assert!(c.message.contains("the selector of the staging entry: bad"));
+        // A conflict outranks the rest: the workload keeps its old configuration.
+        let c = condition_for(&RolloutProblems {
+            invalid: vec!["x".into()],
+            missing: vec!["staging/web".into()],
+            conflicts: vec!["Deployment web serves crm/production, hr/production: ...".into()],
+        });
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Conflict"));
+        let c = condition_for(&RolloutProblems::default());
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Synced"));
+    }
+
+    #[test]
+    fn claims_on_a_workload_come_from_every_app_and_stage_that_names_or_selects_it() {
+        let with_rollout = |name: &str, rollout: serde_json::Value| {
+            let mut a = app(None);
+            a.metadata.name = Some(name.into());
+            a.spec.rollout = serde_json::from_value(rollout).unwrap();
+            a
+        };
+        let crm = with_rollout(
+            "crm",
+            serde_json::json!([
+                {"environment": "staging", "deployments": ["tooljet"]},
+                {"environment": "production", "deployments": ["tooljet"]},
+            ]),
+        );
+        let hr = with_rollout(
+            "hr",
+            serde_json::json!([
+                {"environment": "production", "selector": {"matchLabels": {"tier": "prod"}}},
+                {"environment": "staging", "deployments": ["other"]},
+            ]),
+        );
+        let mut stale_crm = crm.clone();
+        stale_crm.spec.rollout.clear();
+        let labels = BTreeMap::from([("tier".to_string(), "prod".to_string())]);
+        let apps = vec![Arc::new(stale_crm), Arc::new(hr)];
+        assert_eq!(
+            claims_on(&crm, &apps, "tooljet", &labels),
+            vec![
+                ("crm".to_string(), "production".to_string()),
+                ("crm".to_string(), "staging".to_string()),
+                ("hr".to_string(), "production".to_string()),
+            ]
+        );
+        assert_eq!(
+            claims_on(&crm, &apps, "tooljet", &BTreeMap::new()),
+            vec![
+                ("crm".to_string(), "production".to_string()),
+                ("crm".to_string(), "staging".to_string()),
+            ]
         );
     }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
-use kube::{ResourceExt, core::SelectorExt};
+use kube::ResourceExt;
 use serde_json::Value;
 
 use crate::api::{
@@ -210,8 +210,6 @@ pub struct Facts {
     pub missing_in_target: Vec<String>,
     /// For an EnvironmentConfig: another live config with the same (app-or-workspace, stage).
     pub rival: Option<String>,
-    /// For a rollout change with selectors: the namespace's Deployments (name, labels).
-    pub deployments: Vec<(String, BTreeMap<String, String>)>,
     /// For a promotion or a release: the gate on the stage entered, when a PromotionPolicy
     /// guards it. For an Approval: the gate on the stage it approves entry to.
     pub gate: Option<super::gates::GateFacts>,
@@ -1306,9 +1304,8 @@ pub fn review_app(
     }
 }
 
-/// The rollout of `new`: every selector well-formed and not empty, no Deployment in two stages'
-/// rollouts (named, or selected among `facts.deployments`), and every Deployment it newly names
-/// or selects patchable by the requester (the operator patches them on the user's behalf).
+/// The rollout of `new`: every selector well-formed and not empty, and every Deployment it newly
+/// names or selects patchable by the requester (the operator patches them on the user's behalf).
 fn review_rollout(
     old: Option<&ToolJetApp>,
     new: &ToolJetApp,
@@ -1317,7 +1314,7 @@ fn review_rollout(
 ) -> Option<Verdict> {
     let name = new.name_any();
     let ns = new.namespace().unwrap_or_default();
-    if let Err(problem) = rollout_claims(new, &facts.deployments) {
+    if let Err(problem) = rollout_selectors(new) {
         return Some(Deny(format!("ToolJetApp {name}: spec.rollout {problem}")));
     }
     for access in needed_for_rollout(old, new) {
@@ -1345,38 +1342,15 @@ fn review_rollout(
     None
 }
 
-/// Which stage's rollout claims each Deployment: named ones, and those among `deployments`
-/// (name, labels) that a selector selects. An error: a malformed or empty selector, or a
-/// Deployment claimed by two stages (it would be restarted for both, back and forth).
-pub fn rollout_claims(
-    app: &ToolJetApp,
-    deployments: &[(String, BTreeMap<String, String>)],
-) -> Result<BTreeMap<String, String>, String> {
-    let mut claims: BTreeMap<String, String> = BTreeMap::new();
+/// Every selector of the rollout well-formed and not empty. One Deployment may be in several
+/// entries: its workload Secret holds every stage it serves, each under its own variable names.
+pub fn rollout_selectors(app: &ToolJetApp) -> Result<(), String> {
     for target in &app.spec.rollout {
-        let selector = target
+        target
             .parsed_selector()
             .map_err(|problem| format!("entry for {}: selector: {problem}", target.environment))?;
-        let selected = deployments
-            .iter()
-            .filter(|(_, labels)| selector.as_ref().is_some_and(|s| s.matches(labels)))
-            .map(|(d, _)| d);
-        for d in target.deployments.iter().chain(selected) {
-            match claims.get(d) {
-                Some(stage) if stage != &target.environment => {
-                    return Err(format!(
-                        "puts Deployment {d} in the rollouts of both {stage} and {}; a workload runs with one \
-                         stage's configuration: keep it in one entry (narrow the selector or remove the name)",
-                        target.environment
-                    ));
-                }
-                _ => {
-                    claims.insert(d.clone(), target.environment.clone());
-                }
-            }
-        }
     }
-    Ok(claims)
+    Ok(())
 }
 
 /// A pipeline change must keep every stage that holds versions, in the same order and the same
@@ -2315,31 +2289,16 @@ mod tests {
             denied_with(verdict, problem);
         }
 
+        // One ToolJet instance for every stage: a Deployment in two entries is allowed.
         let twice = rollout_app(json!([
             { "environment": "staging", "deployments": ["web"] },
-            { "environment": "production", "deployments": ["web"] },
-        ]));
-        denied_with(
-            app_update(&old, &twice, &may),
-            "puts Deployment web in the rollouts of both staging and production",
-        );
-        let overlapping = rollout_app(json!([
-            { "environment": "staging", "selector": { "matchLabels": { "app": "tooljet" } } },
             { "environment": "production", "deployments": ["web"] },
         ]));
         let mut with_web = may.clone();
         with_web
             .granted
             .insert(Access::patch_deployment(Some("web")), true);
-        assert_eq!(app_update(&old, &overlapping, &with_web), Allow);
-        with_web.deployments = vec![(
-            "web".into(),
-            BTreeMap::from([("app".to_string(), "tooljet".to_string())]),
-        )];
-        denied_with(
-            app_update(&old, &overlapping, &with_web),
-            "puts Deployment web in the rollouts of both staging and production",
-        );
+        assert_eq!(app_update(&old, &twice, &with_web), Allow);
     }
 
     fn config(env: &str, spec: serde_json::Value) -> EnvironmentConfig {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Namespace},
+    api::core::v1::Namespace,
     jiff::Timestamp,
 };
 use kube::{
@@ -611,13 +611,6 @@ async fn review_app(
         environments: subject.spec.environments.clone(),
         versions,
     });
-    if let Some(new) = new {
-        // A changed rollout with selectors is judged against the Deployments that exist now.
-        if rules::rollout_changed(old, new) && new.spec.rollout.iter().any(|t| t.selector.is_some())
-        {
-            facts.deployments = deployments(&state.client, ns).await?;
-        }
-    }
     // A change of labels or stages that changes whom a policy guards is an edit of that policy.
     if let (Some(old), Some(new)) = (old, new)
         && (old.labels() != new.labels() || rules::pipeline_changed(Some(old), new))
@@ -814,25 +807,6 @@ async fn review_policy(
     Ok(gates::review_policy(
         op, old, new, &r.user, &problems, &facts,
     ))
-}
-
-/// The namespace's Deployments, names and labels (metadata only).
-async fn deployments(
-    client: &Client,
-    ns: &str,
-) -> Result<Vec<(String, BTreeMap<String, String>)>, String> {
-    let api: Api<PartialObjectMeta<Deployment>> = Api::namespaced(client.clone(), ns);
-    let list = api
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(|e| {
-            format!("could not list the Deployments of namespace {ns} to check spec.rollout: {e}")
-        })?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|d| (d.name_any(), d.labels().clone()))
-        .collect())
 }
 
 async fn namespace_terminating(client: &Client, ns: &str) -> Result<bool, String> {
