@@ -10,6 +10,7 @@
 mod support;
 
 use std::{
+    collections::BTreeMap,
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
@@ -323,9 +324,112 @@ async fn the_chart_runs_the_image_on_simulated_nodes_upgrades_and_uninstalls_cle
     drop(registry);
 }
 
+/// The environment a ToolJet container of `deployment` starts with, computed by Kubernetes' rules
+/// from the Deployment and the Secrets as the apiserver holds them.
+fn effective_env(ns: &str, deployment: &str) -> tooljet_operator::effective::Effective {
+    use tooljet_operator::effective::{NameRules, SourceKind, container_env};
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(kubectl_json(&[
+        "get",
+        "deployment",
+        deployment,
+        "--namespace",
+        ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let container = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let mut sources: BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for from in container.env_from.iter().flatten() {
+        if let Some(secret) = &from.secret_ref {
+            let found = support::kubectl(&[
+                "get", "secret", &secret.name, "--namespace", ns, "-o", "json",
+            ]);
+            if let Ok(text) = found {
+                let s: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&text).unwrap();
+                let data = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                sources.insert((SourceKind::Secret, secret.name.clone()), data);
+            }
+        }
+    }
+    container_env(&container, NameRules::Relaxed, |kind, name| {
+        sources.get(&(kind, name.to_string()))
+    })
+}
+
+/// What each stage's ToolJet server must read, written out from examples/ by hand: the CRM app's
+/// entries over the workspace's (LOG_LEVEL), its data sources' credentials as secret constants,
+/// and nothing of another stage.
+fn expected_env(stage: &str) -> BTreeMap<String, String> {
+    let pick = |dev: &str, staging: &str, prod: &str| {
+        match stage {
+            "development" => dev,
+            "staging" => staging,
+            _ => prod,
+        }
+        .to_string()
+    };
+    let global = |name: &str| format!("TOOLJET_GLOBAL_CONSTANTS__{stage}__{name}");
+    let secret = |name: &str| format!("TOOLJET_SECRET_CONSTANTS__{stage}__{name}");
+    BTreeMap::from([
+        (
+            global("API_BASE_URL"),
+            pick(
+                "https://api.dev.acme.example",
+                "https://api.staging.acme.example",
+                "https://api.acme.example",
+            ),
+        ),
+        (global("LOG_LEVEL"), pick("debug", "info", "warn")),
+        (global("BETA_FEATURES"), pick("true", "true", "false")),
+        (global("SUPPORT_EMAIL"), "support@acme.example".into()),
+        (
+            global("ENVIRONMENT_BANNER"),
+            pick("DEVELOPMENT", "STAGING", "PRODUCTION"),
+        ),
+        (
+            secret("STRIPE_KEY"),
+            pick("sk_test_development", "sk_test_staging", "sk_live_production"),
+        ),
+        (
+            secret("CRM_DB_PASSWORD"),
+            pick(
+                "dev-only-password",
+                "staging-password-change-me",
+                "production-password-change-me",
+            ),
+        ),
+        (
+            secret("CRM_API_BEARER_TOKEN"),
+            pick("dev-token-0001", "staging-token-0002", "production-token-0003"),
+        ),
+        (
+            "TOOLJET_HOST".into(),
+            format!("https://tooljet-{stage}.acme.example"),
+        ),
+    ])
+}
+
+fn as_text(e: &tooljet_operator::effective::Effective) -> BTreeMap<String, String> {
+    e.vars
+        .iter()
+        .map(|(k, v)| {
+            let value = v.value.as_deref().map(String::from_utf8_lossy);
+            (k.clone(), value.unwrap_or_default().into_owned())
+        })
+        .collect()
+}
+
 /// The examples (app, configs, ToolJet Deployments) in a namespace of their own: every stage's
-/// pods come up with its config hash; changing staging's configuration gives tooljet-staging a
-/// new ReplicaSet and leaves development's and production's alone.
+/// pods come up with its config hash, and each ToolJet container's environment, computed by
+/// Kubernetes' rules from what the apiserver holds, is exactly its stage's configuration with
+/// the app's entries winning; changing staging's configuration gives tooljet-staging a new
+/// ReplicaSet (and the new value) and leaves development's and production's alone.
 #[tokio::test]
 async fn a_stage_config_change_rolls_that_stage_pods_only() {
     testenv::shared_with_pods();
@@ -371,6 +475,15 @@ async fn a_stage_config_change_rolls_that_stage_pods_only() {
         .await;
         rolled_out(&ns, &deployment);
     }
+    for stage in stages {
+        let deployment = format!("tooljet-{stage}");
+        let env = until(WAIT * 3, &format!("{deployment}'s environment"), || {
+            let env = effective_env(&ns, &deployment);
+            (env.blocking.is_empty() && as_text(&env) == expected_env(stage)).then_some(env)
+        })
+        .await;
+        assert!(env.shadowed.is_empty(), "{deployment}: {:?}", env.shadowed);
+    }
     let replicas = |stage: &str| if stage == "production" { 2 } else { 1 };
     let mut before = vec![];
     for stage in stages {
@@ -402,6 +515,12 @@ async fn a_stage_config_change_rolls_that_stage_pods_only() {
     })
     .await;
     rolled_out(&ns, "tooljet-staging");
+    let mut expected = expected_env("staging");
+    expected.insert(
+        "TOOLJET_GLOBAL_CONSTANTS__staging__LOG_LEVEL".into(),
+        "trace".into(),
+    );
+    assert_eq!(as_text(&effective_env(&ns, "tooljet-staging")), expected);
     let after = replica_sets(&ns, "tooljet-staging");
     let new: Vec<&String> = after.difference(&before[1].0).collect();
     assert_eq!(

@@ -226,7 +226,11 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
                         .get("encrypted")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                    if encrypted {
+                    let reference = option
+                        .get("value")
+                        .and_then(Value::as_str)
+                        .is_some_and(is_secret_reference);
+                    if encrypted || reference {
                         let secret_name = secret_name(&app_name, stage);
                         let secret_key = secret_key(name, key);
                         secrets
@@ -335,10 +339,15 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
     })
 }
 
-/// A ToolJet export of `version` with `stage`'s data source options from `configs` (the stage's
-/// EnvironmentConfigs, workspace-wide first, then app-scoped: later entries win). Encrypted
-/// options are left empty, as ToolJet's own export does; other environments keep the plain
-/// options the definition was imported with.
+/// A ToolJet export of `version` whose data source options are, in every environment, that
+/// stage's configuration from `configs` (the EnvironmentConfigs of the app and the workspace, of
+/// any stage; per stage, app entries win), in the form ToolJet resolves: plain options as their
+/// literal value, secret options as `{"value": "{{secrets.NAME}}", "encrypted": false}`, NAME
+/// being the secret constant the operator materialises for the option
+/// ([`tooljet_operator::materialize::option_constant`]). Imported into ToolJet, an option
+/// resolves, in each environment's ToolJet server, to that stage's value; the file holds no
+/// credential. `stage` must configure every data source; an environment that configures none
+/// keeps the plain options the definition was imported with, its secret options referenced.
 pub fn export(
     version: &AppVersion,
     app: Option<&ToolJetApp>,
@@ -356,10 +365,14 @@ pub fn export(
                 "AppVersion {name} has no ToolJet definition (spec.definition.appV2); only versions created by `kubectl tooljet import` or holding an appV2 definition can be exported"
             )
         })?;
-    let mut effective: BTreeMap<String, &DataSource> = BTreeMap::new();
-    for config in configs {
+    // Per stage, data source name -> its configuration; workspace-wide first, then the app's.
+    let mut ordered: Vec<&EnvironmentConfig> = configs.iter().collect();
+    ordered.sort_by_key(|c| c.spec.app.is_some());
+    let mut effective: BTreeMap<&str, BTreeMap<String, &DataSource>> = BTreeMap::new();
+    for config in ordered {
+        let stage_sources = effective.entry(&config.spec.environment).or_default();
         for ds in &config.spec.data_sources {
-            effective.insert(ds.name.clone(), ds);
+            stage_sources.insert(ds.name.clone(), ds);
         }
     }
     let app_v2 = definition
@@ -387,16 +400,14 @@ pub fn export(
         app_v2.insert("name".into(), json!(display));
     }
 
-    let env_ids: Vec<String> = array_field(app_v2, "appEnvironments")
+    // Environment id -> stage name.
+    let env_stages: BTreeMap<String, String> = array_field(app_v2, "appEnvironments")
         .iter()
-        .filter(|e| {
-            e.get("name")
-                .and_then(Value::as_str)
-                .and_then(dns_label)
-                .as_deref()
-                == Some(stage)
+        .filter_map(|e| {
+            let id = e.get("id")?.as_str()?.to_string();
+            let stage = dns_label(e.get("name")?.as_str()?)?;
+            Some((id, stage))
         })
-        .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_string))
         .collect();
     let sources: BTreeMap<String, String> = array_field(app_v2, "dataSources")
         .iter()
@@ -424,22 +435,23 @@ pub fn export(
         else {
             continue; // an internal data source: nothing to configure
         };
-        let ours = obj
+        let entry_stage = obj
             .get("environmentId")
             .and_then(Value::as_str)
-            .is_some_and(|id| env_ids.iter().any(|e| e == id));
-        let options = if ours {
-            match effective.get(ds_name) {
-                Some(ds) => Some(tooljet_options(ds)),
-                None => {
-                    missing.push(ds_name.clone());
-                    Some(Map::new())
-                }
+            .and_then(|id| env_stages.get(id));
+        let configured = entry_stage
+            .and_then(|s| effective.get(s.as_str()))
+            .and_then(|sources| sources.get(ds_name));
+        let options = match configured {
+            Some(ds) => Some(tooljet_options(ds)),
+            None if entry_stage.map(String::as_str) == Some(stage) => {
+                missing.push(ds_name.clone());
+                Some(Map::new())
             }
-        } else {
-            obj.get("options")
+            None => obj
+                .get("options")
                 .and_then(Value::as_object)
-                .map(blank_encrypted)
+                .map(|o| referenced_encrypted(ds_name, o)),
         };
         obj.insert(
             "options".into(),
@@ -480,26 +492,48 @@ pub fn export(
     Ok(Value::Object(out))
 }
 
-/// A data source's options in ToolJet's `{key: {value, encrypted}}` form; secret options empty.
+/// A data source's options in ToolJet's `{key: {value, encrypted}}` form; each secret option a
+/// reference to its secret constant.
 fn tooljet_options(ds: &DataSource) -> Map<String, Value> {
     let mut out = Map::new();
     for (k, v) in &ds.options {
         out.insert(k.clone(), json!({ "value": v, "encrypted": false }));
     }
     for k in ds.secret_options.keys() {
-        out.insert(k.clone(), json!({ "value": "", "encrypted": true }));
+        out.insert(k.clone(), secret_reference(&ds.name, k));
     }
     out
 }
 
-/// Options as stored, with every encrypted option's value or credential reference dropped.
-fn blank_encrypted(options: &Map<String, Value>) -> Map<String, Value> {
+/// `{"value": "{{secrets.NAME}}", "encrypted": false}` for option `option` of `data_source`.
+/// Not encrypted: ToolJet's import keeps a plain option's value and creates an encrypted one
+/// empty, and a reference is no credential.
+fn secret_reference(data_source: &str, option: &str) -> Value {
+    let name = tooljet_operator::materialize::option_constant(data_source, option);
+    json!({ "value": format!("{{{{secrets.{name}}}}}"), "encrypted": false })
+}
+
+/// Whether a plain option's value is exactly a secret constant reference (`{{secrets.NAME}}`).
+pub fn is_secret_reference(value: &str) -> bool {
+    value
+        .strip_prefix("{{secrets.")
+        .and_then(|rest| rest.strip_suffix("}}"))
+        .is_some_and(|name| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// Options as stored, every encrypted option (a credential reference) replaced by the reference
+/// to its secret constant.
+fn referenced_encrypted(data_source: &str, options: &Map<String, Value>) -> Map<String, Value> {
     options
         .iter()
         .map(|(k, v)| {
             let encrypted = v.get("encrypted").and_then(Value::as_bool).unwrap_or(false);
             let v = if encrypted {
-                json!({ "value": "", "encrypted": true })
+                secret_reference(data_source, k)
             } else {
                 v.clone()
             };
@@ -1001,7 +1035,10 @@ mod tests {
                     };
                     for (k, v) in o_opts {
                         if v["encrypted"] == json!(true) {
-                            assert_eq!(b["options"][k], json!({ "value": "", "encrypted": true }));
+                            // The credential becomes a reference to the stage's secret constant.
+                            let reference = b["options"][k]["value"].as_str().unwrap();
+                            assert!(is_secret_reference(reference), "{reference}");
+                            assert_eq!(b["options"][k]["encrypted"], json!(false));
                         } else {
                             assert_eq!(&b["options"][k], v, "{name} {stage} option {k}");
                         }
@@ -1042,6 +1079,51 @@ mod tests {
             !exported.to_string().contains("credential_id"),
             "no credential reference leaves the cluster"
         );
+    }
+
+    #[test]
+    fn every_environment_gets_its_stages_options_and_references_import_back() {
+        let original = fixture("business-intelligence-dashboard-postgresql.json");
+        let mut imported = import(&original, &Default::default()).unwrap();
+        for (config, host) in imported.configs.iter_mut().zip(["dev", "stg", "prd"]) {
+            config.spec.data_sources[0]
+                .options
+                .insert("host".into(), json!(format!("{host}.db")));
+        }
+        let exported = export(
+            &imported.version,
+            Some(&imported.app),
+            "production",
+            &imported.configs,
+        )
+        .unwrap();
+        let entries = exported["app"][0]["definition"]["appV2"]["dataSourceOptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["dataSourceId"] == "737a1edf-9ced-46a6-9f05-b747f371ce5e")
+            .map(|o| (o["environmentId"].as_str().unwrap(), &o["options"]))
+            .collect::<BTreeMap<_, _>>();
+        for (env, host) in [
+            ("5b7f33b3-b9a9-43b0-a9b2-82bb37fca4d4", "dev.db"),
+            ("1071e258-9bd6-496c-a11c-9fe8670eedcc", "stg.db"),
+            ("1841fd5c-f11a-4a1a-97b2-f2312316cb8d", "prd.db"),
+        ] {
+            assert_eq!(entries[env]["host"]["value"], host);
+            assert_eq!(
+                entries[env]["password"],
+                json!({ "value": "{{secrets.BUSINESS_ANALYTICS_PASSWORD}}", "encrypted": false })
+            );
+        }
+        let text = exported.to_string();
+        assert!(!text.contains("credential_id") && !text.contains("\"encrypted\":true"));
+
+        // Imported again, each reference is a secret option read from the stage's Secret.
+        let again = import(&exported, &Default::default()).unwrap();
+        for (a, b) in again.configs.iter().zip(&imported.configs) {
+            assert_eq!(a.spec, b.spec);
+        }
+        assert_eq!(again.secrets, imported.secrets);
     }
 
     #[test]

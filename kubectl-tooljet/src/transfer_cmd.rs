@@ -170,17 +170,14 @@ pub async fn export(cluster: &Cluster, version: &str, environment: Option<String
             app.spec.environments
         )));
     }
-    let mut configs: Vec<_> = cluster
+    // Every stage's configuration of the app and the workspace: each environment of the export
+    // gets its own stage's options.
+    let configs: Vec<_> = cluster
         .list_configs(&cluster.namespace)
         .await?
         .into_iter()
-        .filter(|c| {
-            c.spec.environment == stage
-                && (c.spec.app.is_none() || c.spec.app.as_deref() == Some(v.spec.app.as_str()))
-        })
+        .filter(|c| c.spec.app.is_none() || c.spec.app.as_deref() == Some(v.spec.app.as_str()))
         .collect();
-    // Workspace-wide first: the app's entries override them.
-    configs.sort_by_key(|c| c.spec.app.is_some());
     let out = transfer::export(&v, app.as_ref(), &stage, &configs).map_err(Error::Usage)?;
     println!(
         "{}",
