@@ -97,7 +97,11 @@ pub struct Materialized {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unresolved {
     /// The Secret does not exist.
-    SecretNotFound { secret: String, used_by: String },
+    SecretNotFound {
+        secret: String,
+        key: String,
+        used_by: String,
+    },
     /// The Secret exists but lacks the key.
     KeyNotFound {
         secret: String,
@@ -143,6 +147,42 @@ impl Unresolved {
         }
     }
 
+    /// The commands that create the missing Secrets and keys in namespace `ns`, values left for
+    /// the user to fill in (`<value>`): one per Secret.
+    pub fn fixes(problems: &[Unresolved], ns: &str) -> Vec<String> {
+        let mut absent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut lacking: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for p in problems {
+            match p {
+                Unresolved::SecretNotFound { secret, key, .. } => {
+                    absent.entry(secret).or_default().insert(key);
+                }
+                Unresolved::KeyNotFound { secret, key, .. } => {
+                    lacking.entry(secret).or_default().insert(key);
+                }
+                _ => {}
+            }
+        }
+        let create = absent.into_iter().map(|(secret, keys)| {
+            let literals: Vec<String> = keys
+                .iter()
+                .map(|k| format!("--from-literal={k}=<value>"))
+                .collect();
+            format!(
+                "kubectl -n {ns} create secret generic {secret} {}",
+                literals.join(" ")
+            )
+        });
+        let add = lacking.into_iter().map(|(secret, keys)| {
+            let data: Vec<String> = keys.iter().map(|k| format!("\"{k}\":\"<value>\"")).collect();
+            format!(
+                "kubectl -n {ns} patch secret {secret} --type merge -p '{{\"stringData\":{{{}}}}}'",
+                data.join(",")
+            )
+        });
+        create.chain(add).collect()
+    }
+
     /// One sentence per problem, for conditions and Events.
     pub fn describe(problems: &[Unresolved]) -> String {
         problems
@@ -156,10 +196,14 @@ impl Unresolved {
 impl std::fmt::Display for Unresolved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unresolved::SecretNotFound { secret, used_by } => {
+            Unresolved::SecretNotFound {
+                secret,
+                key,
+                used_by,
+            } => {
                 write!(
                     f,
-                    "Secret {secret} not found (referenced by {used_by}); create it in this namespace"
+                    "Secret {secret} not found (its key {key} is referenced by {used_by}); create it in this namespace"
                 )
             }
             Unresolved::KeyNotFound {
@@ -235,6 +279,7 @@ pub fn materialize(
         let Some(data) = secrets.get(&r.name) else {
             problems.insert(Unresolved::SecretNotFound {
                 secret: r.name.clone(),
+                key: r.key.clone(),
                 used_by: used_by(),
             });
             return None;
@@ -1035,6 +1080,7 @@ mod tests {
             vec![
                 Unresolved::SecretNotFound {
                     secret: "absent".into(),
+                    key: "k".into(),
                     used_by: "constants[OTHER]".into()
                 },
                 Unresolved::KeyNotFound {
@@ -1051,6 +1097,34 @@ mod tests {
                 && text.contains("key pg not found in Secret creds")
         );
         assert!(!text.contains("sk_test"));
+    }
+
+    #[test]
+    fn the_fix_for_missing_secrets_and_keys_is_a_command_per_secret() {
+        let problems = vec![
+            Unresolved::SecretNotFound {
+                secret: "hr-staging-datasources".into(),
+                key: "pg.password".into(),
+                used_by: "dataSources[pg].secretOptions.password".into(),
+            },
+            Unresolved::SecretNotFound {
+                secret: "hr-staging-datasources".into(),
+                key: "pg.ssh_password".into(),
+                used_by: "dataSources[pg].secretOptions.ssh_password".into(),
+            },
+            Unresolved::KeyNotFound {
+                secret: "creds".into(),
+                key: "stripe".into(),
+                used_by: "constants[STRIPE_KEY]".into(),
+            },
+        ];
+        assert_eq!(
+            Unresolved::fixes(&problems, "acme"),
+            vec![
+                "kubectl -n acme create secret generic hr-staging-datasources --from-literal=pg.password=<value> --from-literal=pg.ssh_password=<value>",
+                r#"kubectl -n acme patch secret creds --type merge -p '{"stringData":{"stripe":"<value>"}}'"#,
+            ]
+        );
     }
 
     #[test]

@@ -912,6 +912,67 @@ pub fn resolve(
     merge_layers(key, &layers.iter().collect::<Vec<_>>())
 }
 
+/// `missing` (phrases of [`crate::materialize::missing_requirements`]: `data source X`,
+/// `constant X`, `secret X`), each one that an EnvironmentConfig of (app or workspace, stage)
+/// declares but that is not in the stage's configuration because the config cannot be
+/// materialised told as such: the config, and its Ready message (which names the missing Secret
+/// or key and the command that creates it). Reads only the caches.
+pub fn explain_missing(
+    lookups: &Lookups,
+    ns: &str,
+    app: &str,
+    stage: &str,
+    missing: Vec<String>,
+) -> Vec<String> {
+    if missing.is_empty() {
+        return missing;
+    }
+    let broken: Vec<(String, crate::api::EnvironmentConfigSpec, String)> = lookups
+        .configs_for(ns, Some(app), stage)
+        .into_iter()
+        .chain(lookups.configs_for(ns, None, stage))
+        .filter_map(|c| {
+            let ready = c
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?;
+            if ready.status != "False" || ready.reason == "Conflict" {
+                return None;
+            }
+            Some((c.name_any(), c.spec().ok()?, ready.message.clone()))
+        })
+        .collect();
+    missing
+        .into_iter()
+        .map(|phrase| {
+            let declared_by = broken.iter().find(|(_, spec, _)| {
+                if let Some(name) = phrase.strip_prefix("data source ") {
+                    spec.data_sources.iter().any(|d| d.name == name)
+                } else if let Some(name) = phrase.strip_prefix("secret ") {
+                    spec.constants.iter().any(|c| c.name == name)
+                        || spec.data_sources.iter().any(|d| {
+                            d.secret_options
+                                .keys()
+                                .any(|o| crate::materialize::option_constant(&d.name, o) == name)
+                        })
+                } else if let Some(name) = phrase.strip_prefix("constant ") {
+                    spec.constants.iter().any(|c| c.name == name)
+                } else {
+                    false
+                }
+            });
+            match declared_by {
+                Some((config, _, message)) => format!(
+                    "{phrase} (declared by EnvironmentConfig {config}, which cannot be materialised: {message})"
+                ),
+                None => phrase,
+            }
+        })
+        .collect()
+}
+
 /// Whether `secret` is the configuration of (namespace `ns`, app `scope` or the workspace,
 /// `environment`) (pure): its controller ownerReference is `owner`, by UID, and `owner` is a live
 /// EnvironmentConfig of exactly that key. `owner` is the cached config of the reference's name.

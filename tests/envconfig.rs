@@ -220,9 +220,15 @@ async fn apply_materialises_exact_keys_and_values_and_status() {
         data.keys().collect::<Vec<_>>(),
         [
             "TOOLJET_GLOBAL_CONSTANTS__staging__API_URL",
+            "TOOLJET_SECRET_CONSTANTS__staging__CRM_DB_PASSWORD",
             "TOOLJET_SECRET_CONSTANTS__staging__STRIPE_KEY",
             "datasources.json"
         ]
+    );
+    // The data source's secret option is a secret constant of the stage ...
+    assert_eq!(
+        data["TOOLJET_SECRET_CONSTANTS__staging__CRM_DB_PASSWORD"],
+        CANARY
     );
     assert_eq!(
         data["TOOLJET_GLOBAL_CONSTANTS__staging__API_URL"],
@@ -237,7 +243,8 @@ async fn apply_materialises_exact_keys_and_values_and_status() {
         doc,
         json!({
             "crm-api": { "kind": "restapi", "options": { "url": "https://api" } },
-            "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "ssl": true, "password": CANARY } },
+            // ... and the option holds the reference ToolJet resolves, no credential.
+            "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "ssl": true, "password": "{{secrets.CRM_DB_PASSWORD}}" } },
         })
     );
     assert_eq!(
@@ -270,8 +277,9 @@ async fn apply_materialises_exact_keys_and_values_and_status() {
         Some(secret.annotations()["tooljet.io/config-hash"].as_str())
     );
     assert_eq!(
+        // API_URL, STRIPE_KEY and crm-db's password.
         (cfg_status.constant_count, cfg_status.data_source_count),
-        (Some(2), Some(2))
+        (Some(3), Some(2))
     );
     assert!(cfg.uid().is_some());
     assert!(

@@ -313,7 +313,7 @@ async fn versions_are_created_first_and_move_one_stage_forward_with_the_verb_onl
     .unwrap();
     check(
         w.promote(bob, "v-dev", "staging").await,
-        "AppVersion v-dev cannot be promoted to staging: staging lacks constant STRIPE_KEY; add them to an EnvironmentConfig for staging first",
+        "AppVersion v-dev cannot be promoted to staging: staging lacks constant STRIPE_KEY; add what is not declared to an EnvironmentConfig for staging first",
     );
     w.merge(
         admin,

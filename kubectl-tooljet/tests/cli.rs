@@ -571,6 +571,44 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
         v["ready"]["status"] == "False"
     })
     .await;
+    // What is missing is the Secret the declared data source's configuration references, with
+    // the command that creates it; not the data source, which is declared.
+    let versions = Api::<AppVersion>::namespaced(admin.clone(), &ns);
+    let create_dev = format!(
+        "kubectl -n {ns} create secret generic bi-development-datasources --from-literal=business_analytics.password=<value>"
+    );
+    let message = eventually("bi-v1 names the missing Secret", || {
+        let versions = versions.clone();
+        let create_dev = create_dev.clone();
+        async move {
+            let v = versions.get("bi-v1").await.ok()?;
+            let c = v
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "ConfigResolved")?;
+            c.message.contains(&create_dev).then_some(c.message)
+        }
+    })
+    .await;
+    assert!(
+        message.contains("data source business_analytics (declared by EnvironmentConfig bi-development, which cannot be materialised: Secret bi-development-datasources not found"),
+        "{message}"
+    );
+    let refused = eventually("a refused promotion names staging's missing Secret", || {
+        let run = cli(&["-n", &ns, "promote", "bi-v1", "--to", "staging"]);
+        std::future::ready(
+            (run.code == 2 && run.stderr.contains("Secret bi-staging-datasources not found"))
+                .then_some(run.stderr),
+        )
+    })
+    .await;
+    assert!(
+        refused.contains(&format!(
+            "kubectl -n {ns} create secret generic bi-staging-datasources --from-literal=business_analytics.password=<value>"
+        )),
+        "{refused}"
+    );
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
     for stage in ["development", "staging", "production"] {
         let s: Secret = serde_json::from_value(json!({
@@ -589,8 +627,38 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     }
     board_for(&ns, "bi", "bi-v1 ready", |v| v["ready"]["status"] == "True").await;
 
-    // Export gives back the original app; no secret value leaves the cluster.
+    // Export gives back the original app; no secret value leaves the cluster; the password is
+    // the reference every stage's ToolJet server resolves to its own credential.
     exports_the_original(&ns, "bi-v1", "staging", &original);
+    let exported = cli(&["-n", &ns, "export", "bi-v1", "--environment", "staging"]).ok();
+    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
+    let options = exported["app"][0]["definition"]["appV2"]["dataSourceOptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["options"]["password"].is_object())
+        .map(|o| o["options"]["password"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(options.len(), 3);
+    for password in options {
+        assert_eq!(
+            password,
+            json!({ "value": "{{secrets.BUSINESS_ANALYTICS_PASSWORD}}", "encrypted": false })
+        );
+    }
+    // ... which the operator materialised, per stage, as the stage's secret constant.
+    for stage in ["development", "staging", "production"] {
+        let s = secrets
+            .get(&format!("tooljet.{stage}.bi"))
+            .await
+            .unwrap();
+        let data = s.data.unwrap();
+        assert_eq!(
+            data[&format!("TOOLJET_SECRET_CONSTANTS__{stage}__BUSINESS_ANALYTICS_PASSWORD")].0,
+            format!("{CANARY}-{stage}").into_bytes()
+        );
+        assert!(!String::from_utf8_lossy(&data["datasources.json"].0).contains(CANARY));
+    }
 }
 
 #[tokio::test]

@@ -229,7 +229,15 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::requeue(PENDING_RECHECK));
     };
     // Decide (pure).
-    let plan = decide(&v, &found);
+    let mut plan = decide(&v, &found);
+    // A name declared by a config that cannot be materialised is told as such.
+    plan.missing = crate::state::explain_missing(
+        &ctx.lookups,
+        &ns,
+        &v.spec.app,
+        &v.spec.environment,
+        std::mem::take(&mut plan.missing),
+    );
     // Apply: the resolved Secret, unless a Secret of that name exists that this version does not
     // control (by UID, whatever its labels), which is never adopted or overwritten.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -385,6 +393,7 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
         &found.references,
         &found.resolved.data,
     );
+
     let target = resolved_secret_name(&v.name_any());
     let secret = managed_secret(
         v,
@@ -509,7 +518,7 @@ fn desired_status(
             false,
             conditions::MISSING_REQUIREMENTS,
             format!(
-                "environment {environment} lacks {}; add them to an EnvironmentConfig for {environment}",
+                "environment {environment} lacks {}; add what is not declared to an EnvironmentConfig for {environment}",
                 missing.join(", ")
             ),
             generation,

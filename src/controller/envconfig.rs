@@ -466,10 +466,19 @@ fn desired_status(cfg: &CachedConfig, outcome: &Outcome) -> EnvironmentConfigSta
             "Ready",
             false,
             Unresolved::reason(problems),
-            format!(
-                "{}; the last good Secret is kept",
-                Unresolved::describe(problems)
-            ),
+            {
+                let ns = cfg.metadata.namespace.as_deref().unwrap_or_default();
+                let fixes = Unresolved::fixes(problems, ns);
+                let fix = if fixes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; to fix: {}", fixes.join(" && "))
+                };
+                format!(
+                    "{}{fix}; the last good Secret is kept",
+                    Unresolved::describe(problems)
+                )
+            },
             generation,
         ),
         Outcome::Conflict(others) => condition(

@@ -947,8 +947,8 @@ fn review_version_update(
         }
         if !facts.missing_in_target.is_empty() {
             return Deny(format!(
-                "AppVersion {name} cannot be promoted to {to}: {to} lacks {}; add them to an EnvironmentConfig for {to} \
-                 first",
+                "AppVersion {name} cannot be promoted to {to}: {to} lacks {}; add what is not declared to an \
+                 EnvironmentConfig for {to} first",
                 facts.missing_in_target.join(", ")
             ));
         }

@@ -573,11 +573,17 @@ async fn review_version(
         let requires = new.spec.requires.clone().unwrap_or_default();
         // The definition is the request's own: its references are computed from it, not read
         // from a stamp.
-        facts.missing_in_target = missing_requirements(
-            &requires.data_sources,
-            &requires.constants,
-            &References::of(new.spec.definition.as_ref()),
-            &resolved.data,
+        facts.missing_in_target = crate::state::explain_missing(
+            &state.lookups,
+            ns,
+            &new.spec.app,
+            to,
+            missing_requirements(
+                &requires.data_sources,
+                &requires.constants,
+                &References::of(new.spec.definition.as_ref()),
+                &resolved.data,
+            ),
         );
     }
     Ok(rules::review_version(op, old, new, &r.user, &facts))

@@ -758,6 +758,8 @@ const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
 struct Layer {
     constants: BTreeMap<String, (String, String)>,
     sources: serde_json::Map<String, Value>,
+    /// Per data source: its secret options as secret constants (key, value).
+    option_secrets: BTreeMap<String, Vec<(String, String)>>,
 }
 
 fn layer(config: &EnvironmentConfig, secrets: &BTreeMap<String, Data>) -> Option<Layer> {
@@ -776,22 +778,34 @@ fn layer(config: &EnvironmentConfig, secrets: &BTreeMap<String, Data>) -> Option
         constants.insert(c.name.clone(), (key, value));
     }
     let mut sources = serde_json::Map::new();
+    let mut option_secrets = BTreeMap::new();
     for ds in &spec.data_sources {
         let mut options: serde_json::Map<String, Value> = ds
             .options
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let mut secret_constants = vec![];
         for (option, src) in &ds.secret_options {
             let r = &src.secret_key_ref;
-            options.insert(option.clone(), Value::String(lookup(&r.name, &r.key)?));
+            let name = tooljet_operator::materialize::option_constant(&ds.name, option);
+            options.insert(option.clone(), Value::String(format!("{{{{secrets.{name}}}}}")));
+            secret_constants.push((
+                format!("TOOLJET_SECRET_CONSTANTS__{}__{name}", spec.environment),
+                lookup(&r.name, &r.key)?,
+            ));
         }
         sources.insert(
             ds.name.clone(),
             json!({ "kind": ds.kind, "options": options }),
         );
+        option_secrets.insert(ds.name.clone(), secret_constants);
     }
-    Some(Layer { constants, sources })
+    Some(Layer {
+        constants,
+        sources,
+        option_secrets,
+    })
 }
 
 /// Layers merged, later ones winning by name: the data a Secret must hold (`datasources.json`
@@ -799,17 +813,21 @@ fn layer(config: &EnvironmentConfig, secrets: &BTreeMap<String, Data>) -> Option
 fn merged(layers: &[&Layer]) -> (BTreeMap<String, String>, Value) {
     let mut constants: BTreeMap<&str, &(String, String)> = BTreeMap::new();
     let mut sources = serde_json::Map::new();
+    let mut option_secrets: BTreeMap<&str, &Vec<(String, String)>> = BTreeMap::new();
     for l in layers {
         for (name, entry) in &l.constants {
             constants.insert(name, entry);
         }
         for (name, source) in &l.sources {
             sources.insert(name.clone(), source.clone());
+            option_secrets.insert(name, &l.option_secrets[name]);
         }
     }
+    // The winning data sources' secret options, as secret constants.
     let data = constants
         .values()
         .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(option_secrets.values().flat_map(|c| c.iter().cloned()))
         .collect();
     (data, Value::Object(sources))
 }
