@@ -35,14 +35,18 @@ impl NameRules {
     pub fn valid(self, name: &str) -> bool {
         match self {
             NameRules::Relaxed => {
-                !name.is_empty() && name.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'=')
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| (0x20..=0x7e).contains(&b) && b != b'=')
             }
             NameRules::Strict => {
                 let mut bytes = name.bytes();
                 bytes
                     .next()
                     .is_some_and(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'.' || b == b'_')
-                    && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+                    && bytes
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
             }
         }
     }
@@ -315,7 +319,12 @@ mod tests {
         assert_eq!(
             e.shadowed
                 .iter()
-                .map(|s| (s.name.as_str(), s.lost.to_string(), s.by.to_string(), s.differs))
+                .map(|s| (
+                    s.name.as_str(),
+                    s.lost.to_string(),
+                    s.by.to_string(),
+                    s.differs
+                ))
                 .collect::<Vec<_>>(),
             vec![
                 (
@@ -324,7 +333,12 @@ mod tests {
                     "envFrom[1] (Secret ws)".to_string(),
                     true
                 ),
-                ("B", "envFrom[1] (Secret ws)".to_string(), "env[0]".to_string(), true),
+                (
+                    "B",
+                    "envFrom[1] (Secret ws)".to_string(),
+                    "env[0]".to_string(),
+                    true
+                ),
             ]
         );
     }

@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod cached;
-pub mod effective;
 pub mod controller;
+pub mod effective;
 pub mod gate;
 pub mod leader;
 pub mod lean;

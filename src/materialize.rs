@@ -174,7 +174,10 @@ impl Unresolved {
             )
         });
         let add = lacking.into_iter().map(|(secret, keys)| {
-            let data: Vec<String> = keys.iter().map(|k| format!("\"{k}\":\"<value>\"")).collect();
+            let data: Vec<String> = keys
+                .iter()
+                .map(|k| format!("\"{k}\":\"<value>\""))
+                .collect();
             format!(
                 "kubectl -n {ns} patch secret {secret} --type merge -p '{{\"stringData\":{{{}}}}}'",
                 data.join(",")
@@ -895,7 +898,10 @@ mod tests {
                 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
         assert_eq!(option_constant("crm-db", "password"), "CRM_DB_PASSWORD");
-        assert_eq!(option_constant("hr.pg", "ssh_password"), "HR_PG_SSH_PASSWORD");
+        assert_eq!(
+            option_constant("hr.pg", "ssh_password"),
+            "HR_PG_SSH_PASSWORD"
+        );
         assert_eq!(option_constant("1st", "token"), "_1ST_TOKEN");
         let long = "a".repeat(100);
         let a = option_constant(&long, "password");
@@ -910,7 +916,8 @@ mod tests {
     #[test]
     fn a_secret_option_whose_constant_name_is_taken_is_refused_by_name() {
         let mut s = spec();
-        s.constants.push(secret_constant("CRM_DB_PASSWORD", "creds", "stripe"));
+        s.constants
+            .push(secret_constant("CRM_DB_PASSWORD", "creds", "stripe"));
         let problems = materialize(&key(), "staging", &[&s], &secrets()).unwrap_err();
         assert_eq!(Unresolved::reason(&problems), "NameConflict");
         assert!(
@@ -974,7 +981,10 @@ mod tests {
         let hr_info = config(&[("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "info")]);
         let clashes = workload(
             &key(),
-            &[claim("hr", "production", &hr_info), claim("crm", "production", &crm_prod)],
+            &[
+                claim("hr", "production", &hr_info),
+                claim("crm", "production", &crm_prod),
+            ],
         )
         .unwrap_err();
         assert_eq!(

@@ -131,6 +131,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         hash_key,
         echoes: Arc::new(Echoes::default()),
         unstamped: Arc::default(),
+        sharing: Arc::default(),
     });
     run_controllers(
         &mut tasks,
@@ -331,6 +332,7 @@ fn run_controllers(
         client.clone(),
         settings,
         &caches.lookups,
+        &ctx.sharing,
         state::changes(caches.app_hub.subscribe(), app::own_facts),
         state::changes(caches.version_hub.subscribe(), app::version_facts),
         state::all(caches.managed_hub.subscribe()),

@@ -477,15 +477,6 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
             json!([{ "environment": "production", "selector": { "matchExpressions": [{ "key": "tier", "operator": "exists" }] } }]),
             "has operator exists; use In, NotIn, Exists or DoesNotExist",
         ),
-        (
-            json!([{ "environment": "staging", "deployments": ["web"] }, { "environment": "production", "deployments": ["web"] }]),
-            "puts Deployment web in the rollouts of both staging and production",
-        ),
-        (
-            json!([{ "environment": "staging", "deployments": ["worker"] },
-                   { "environment": "production", "selector": { "matchLabels": { "tier": "production" } } }]),
-            "puts Deployment worker in the rollouts of both staging and production",
-        ),
     ] {
         denied(
             w.merge(&w.admin, "ToolJetApp", "crm", rollout(entries))
@@ -544,8 +535,8 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
     })
     .await;
 
-    // Two selectors that are disjoint today; a Deployment created later matches both. The
-    // operator leaves it alone (restarting it for both stages would never end) and says why.
+    // Two selectors that are disjoint today; a Deployment created later matches both: it serves
+    // both stages (one ToolJet server for several environments), each under its own names.
     w.merge(&w.admin, "ToolJetApp", "crm", rollout(json!([
         { "environment": "staging", "selector": { "matchLabels": { "ring": "canary" } } },
         { "environment": "production", "selector": { "matchLabels": { "tier": "production" } } },
@@ -558,30 +549,10 @@ async fn a_rollout_reaches_only_deployments_the_requester_may_patch() {
         json!({ "ring": "canary", "tier": "production" }),
     )
     .await;
-    let apps: Api<kube::api::DynamicObject> = w.api(&w.admin, "ToolJetApp");
-    let message = support::eventually(
-        WAIT,
-        "the rollout reports the doubly claimed Deployment",
-        || async {
-            let app = apps.get("crm").await.ok()?;
-            let conditions = app.data["status"]["conditions"].as_array()?.clone();
-            conditions
-                .into_iter()
-                .find(|c| c["type"] == "RolloutReady" && c["reason"] == "InvalidRollout")
-                .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-        },
-    )
+    support::eventually(WAIT, "late stamped for both stages", || async {
+        stamped("late").await.then_some(())
+    })
     .await;
-    assert!(
-        message.contains(
-            "Deployment late is in the rollouts of staging and production; keep it in one"
-        ),
-        "{message}"
-    );
-    assert!(
-        !stamped("late").await,
-        "a doubly claimed Deployment is never patched"
-    );
     assert!(stamped("worker").await, "the rest of the rollout goes on");
 }
 

@@ -343,7 +343,13 @@ fn effective_env(ns: &str, deployment: &str) -> tooljet_operator::effective::Eff
     for from in container.env_from.iter().flatten() {
         if let Some(secret) = &from.secret_ref {
             let found = support::kubectl(&[
-                "get", "secret", &secret.name, "--namespace", ns, "-o", "json",
+                "get",
+                "secret",
+                &secret.name,
+                "--namespace",
+                ns,
+                "-o",
+                "json",
             ]);
             if let Ok(text) = found {
                 let s: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&text).unwrap();
@@ -394,7 +400,11 @@ fn expected_env(stage: &str) -> BTreeMap<String, String> {
         ),
         (
             secret("STRIPE_KEY"),
-            pick("sk_test_development", "sk_test_staging", "sk_live_production"),
+            pick(
+                "sk_test_development",
+                "sk_test_staging",
+                "sk_live_production",
+            ),
         ),
         (
             secret("CRM_DB_PASSWORD"),
@@ -406,7 +416,11 @@ fn expected_env(stage: &str) -> BTreeMap<String, String> {
         ),
         (
             secret("CRM_API_BEARER_TOKEN"),
-            pick("dev-token-0001", "staging-token-0002", "production-token-0003"),
+            pick(
+                "dev-token-0001",
+                "staging-token-0002",
+                "production-token-0003",
+            ),
         ),
         (
             "TOOLJET_HOST".into(),

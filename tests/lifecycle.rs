@@ -510,6 +510,148 @@ async fn rollout_restarts_only_the_workloads_whose_stage_changed() {
     assert!(app.status.is_some());
 }
 
+/// One ToolJet server for every stage of crm ("single instance"), then also for hr's production:
+/// its workload Secret holds every stage's constants under their own names; when hr gives a
+/// constant of production another value than crm, both apps report the conflict, naming the
+/// constant and the Deployment, and the Secret keeps what it held; once they agree, hr's
+/// constants join.
+#[tokio::test]
+async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
+    let f = Fixture::new("shared").await;
+    f.setup().await;
+    let deployment = json!({
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "tooljet" } },
+            "template": {
+                "metadata": { "labels": { "app": "tooljet" } },
+                "spec": { "containers": [{ "name": "tooljet", "image": "tooljet/tooljet:ee-lts-latest",
+                    "envFrom": [{ "secretRef": { "name": "tooljet-workload.tooljet" } }] }] },
+            },
+        },
+    });
+    f.apply(
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        "tooljet",
+        deployment,
+    )
+    .await;
+    f.merge_patch::<ToolJetApp>(
+        "crm",
+        json!({ "spec": { "rollout": [
+            { "environment": "development", "deployments": ["tooljet"] },
+            { "environment": "staging", "deployments": ["tooljet"] },
+            { "environment": "production", "deployments": ["tooljet"] },
+        ] } }),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
+    type Pred = Box<dyn Fn(&BTreeMap<String, String>) -> bool>;
+    let workload = |pred: Pred, what: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            support::eventually(WAIT, what, || {
+                let secrets = secrets.clone();
+                let pred = &pred;
+                async move {
+                    let s = secrets.get("tooljet-workload.tooljet").await.ok()?;
+                    let data: BTreeMap<String, String> = s
+                        .data?
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect();
+                    pred(&data).then_some(data)
+                }
+            })
+            .await
+        }
+    };
+    let all_stages = workload(Box::new(|d| d.len() == 6), "every stage's constants").await;
+    for env in ["development", "staging", "production"] {
+        assert_eq!(
+            all_stages[&format!("TOOLJET_GLOBAL_CONSTANTS__{env}__API_URL")],
+            format!("https://{env}.example")
+        );
+        assert!(all_stages.contains_key(&format!("TOOLJET_SECRET_CONSTANTS__{env}__DB_PASSWORD")));
+    }
+    assert!(!all_stages.contains_key("datasources.json"));
+
+    // hr, on the same server for production, with another API_URL.
+    f.apply(
+        "tooljet.io/v1alpha1",
+        "ToolJetApp",
+        "tooljetapps",
+        "hr",
+        json!({ "spec": { "environments": ["development", "staging", "production"] } }),
+    )
+    .await;
+    let hr_config = |api_url: &str| {
+        json!({ "spec": { "app": "hr", "environment": "production", "constants": [
+            { "name": "API_URL", "type": "Global", "value": api_url },
+            { "name": "HR_ONLY", "type": "Global", "value": "yes" },
+        ] } })
+    };
+    f.apply(
+        "tooljet.io/v1alpha1",
+        "EnvironmentConfig",
+        "environmentconfigs",
+        "hr-production",
+        hr_config("https://hr.example"),
+    )
+    .await;
+    f.merge_patch::<ToolJetApp>(
+        "hr",
+        json!({ "spec": { "rollout": [{ "environment": "production", "deployments": ["tooljet"] }] } }),
+    )
+    .await;
+    for app in ["crm", "hr"] {
+        let apps: Api<ToolJetApp> = Api::namespaced(f.client.clone(), &f.ns);
+        let message = support::eventually(WAIT, "the conflict reported", || {
+            let apps = apps.clone();
+            async move {
+                let a = apps.get(app).await.ok()?;
+                let c = condition(&a.status?.conditions, "RolloutReady")?.clone();
+                (c.reason == "Conflict").then_some(c.message)
+            }
+        })
+        .await;
+        assert!(
+            message.contains("Deployment tooljet serves")
+                && message
+                    .contains("constant API_URL of production differs between apps crm and hr"),
+            "{app}: {message}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kept = workload(Box::new(|_| true), "the workload Secret").await;
+    assert_eq!(kept, all_stages, "a conflict leaves the workload as it was");
+
+    // They agree: hr's constants join, the conflict clears.
+    f.apply(
+        "tooljet.io/v1alpha1",
+        "EnvironmentConfig",
+        "environmentconfigs",
+        "hr-production",
+        hr_config("https://production.example"),
+    )
+    .await;
+    let joined = workload(
+        Box::new(|d| d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY")),
+        "hr's constants in the workload",
+    )
+    .await;
+    assert_eq!(joined.len(), 7);
+    f.app_status("the conflict cleared", |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "RolloutReady"))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_missing_required_constant_is_named_in_config_resolved() {
     let f = Fixture::new("requires").await;

@@ -1126,6 +1126,43 @@ mod tests {
         assert_eq!(again.secrets, imported.secrets);
     }
 
+    /// The walkthrough's app (examples/sales-dashboard) imports with a host per stage, and the
+    /// Secrets it names are those examples/sales-dashboard/credentials.yaml creates.
+    #[test]
+    fn the_example_export_imports_with_a_host_and_a_credential_per_stage() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sales-dashboard");
+        let export: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("export.json")).unwrap())
+                .unwrap();
+        let imported = import(&export, &Default::default()).unwrap();
+        assert_eq!(
+            imported.app.metadata.name.as_deref(),
+            Some("sales-dashboard")
+        );
+        let hosts: Vec<_> = imported
+            .configs
+            .iter()
+            .map(|c| c.spec.data_sources[0].options["host"].clone())
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                json!("sales-dev.db.internal"),
+                json!("sales-staging.db.internal"),
+                json!("sales.db.internal")
+            ]
+        );
+        let credentials = std::fs::read_to_string(dir.join("credentials.yaml")).unwrap();
+        for (secret, keys) in &imported.secrets {
+            assert!(credentials.contains(&format!("name: {secret}")), "{secret}");
+            for key in keys {
+                assert!(credentials.contains(&format!("{key}: ")), "{key}");
+            }
+        }
+        assert_eq!(imported.secrets.len(), 3);
+    }
+
     #[test]
     fn export_refuses_a_stage_without_the_data_source() {
         let imported = import(

@@ -598,8 +598,11 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     let refused = eventually("a refused promotion names staging's missing Secret", || {
         let run = cli(&["-n", &ns, "promote", "bi-v1", "--to", "staging"]);
         std::future::ready(
-            (run.code == 2 && run.stderr.contains("Secret bi-staging-datasources not found"))
-                .then_some(run.stderr),
+            (run.code == 2
+                && run
+                    .stderr
+                    .contains("Secret bi-staging-datasources not found"))
+            .then_some(run.stderr),
         )
     })
     .await;
@@ -648,10 +651,7 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     }
     // ... which the operator materialised, per stage, as the stage's secret constant.
     for stage in ["development", "staging", "production"] {
-        let s = secrets
-            .get(&format!("tooljet.{stage}.bi"))
-            .await
-            .unwrap();
+        let s = secrets.get(&format!("tooljet.{stage}.bi")).await.unwrap();
         let data = s.data.unwrap();
         assert_eq!(
             data[&format!("TOOLJET_SECRET_CONSTANTS__{stage}__BUSINESS_ANALYTICS_PASSWORD")].0,

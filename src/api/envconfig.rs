@@ -20,7 +20,8 @@ use super::{CompactMap, SecretValueSource, matches, patterns, schema};
     doc = "One environment's data sources and constants, for one app (spec.app) or workspace-wide (no spec.app). \
            App-scoped entries override workspace-wide entries of the same name. The operator materialises it as a \
            Secret with ToolJet's TOOLJET_GLOBAL_CONSTANTS__<env>__<NAME> / TOOLJET_SECRET_CONSTANTS__<env>__<NAME> keys \
-           and a datasources.json document.",
+           (each data source secret option as secret constant <SOURCE>_<OPTION>) and a datasources.json document; \
+           ToolJet workloads take in their workload Secret (tooljet-workload.<deployment>), constants only.",
     selectable = ".spec.environment",
     printcolumn(
         name = "App",

@@ -1,7 +1,10 @@
 //! ToolJetApp: versions per stage, the release (and its history), and the rollout trigger that
 //! restarts an environment's workloads when, and only when, its configuration changes.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -22,6 +25,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use super::secrets::{self, Synced};
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
     Settings, Step, apply_status, condition, conditions, envconfig, new_failure,
@@ -41,7 +45,6 @@ use crate::{gate, managed::ManagedSecret, state::Lookups};
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use super::secrets::{self, Synced};
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
@@ -49,11 +52,13 @@ pub const RELEASE_HISTORY: usize = 20;
 
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
 /// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
-/// PromotionPolicies of its namespace (its stage gates).
+/// PromotionPolicies of its namespace (its stage gates), and the apps sharing its workloads.
+#[allow(clippy::too_many_arguments)] // one stream per trigger, as the other controllers take them
 pub fn controller(
     client: Client,
     settings: &Settings,
     lookups: &Lookups,
+    sharing: &Sharing,
     main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
     versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
@@ -68,6 +73,7 @@ pub fn controller(
             v.namespace()
                 .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
         })
+        .reconcile_on(sharing.woken())
         .reconcile_on(crate::state::mapped(
             managed,
             move |secret: Arc<ManagedSecret>| apps_with_rollout_for_secret(&for_secrets, &secret),
@@ -302,6 +308,80 @@ fn stage_gates(
     (gates, next)
 }
 
+/// A workload's outcome (its Secret's hash, or its conflicts) and the apps it serves.
+type Served = (String, BTreeSet<String>);
+
+/// Workloads several apps share: what each one's Secret was last computed to be, and which apps
+/// it served. Every app that shares a workload computes the same thing, from the same caches;
+/// when the result changes (a new value, a conflict, an app joining or leaving), the other apps
+/// sharing it are woken so that each reports it (a conflict is reported by both apps). Woken
+/// only on a change, so two apps never wake each other in a loop.
+pub struct Sharing {
+    /// (namespace, Deployment) -> (outcome, the apps it serves).
+    last: std::sync::Mutex<HashMap<(String, String), Served>>,
+    wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<ToolJetApp>>,
+    woken: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<ToolJetApp>>>>,
+}
+
+impl Default for Sharing {
+    fn default() -> Sharing {
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        Sharing {
+            last: Default::default(),
+            wake,
+            woken: std::sync::Mutex::new(Some(woken)),
+        }
+    }
+}
+
+impl Sharing {
+    /// The apps to wake, as a stream for `Controller::reconcile_on` (once; empty after).
+    fn woken(&self) -> impl Stream<Item = ObjectRef<ToolJetApp>> + Send + 'static {
+        let mut receiver = self.woken.lock().expect("not poisoned").take();
+        futures::stream::poll_fn(move |cx| match receiver.as_mut() {
+            Some(r) => r.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        })
+    }
+
+    /// Records what `app`'s reconcile found of the workloads it rolls out (`seen`: Deployment ->
+    /// outcome and the apps it serves) and wakes the other apps of any workload whose outcome or
+    /// apps changed, or that `app` no longer rolls out.
+    fn record(&self, ns: &str, app: &str, seen: BTreeMap<String, Served>) {
+        let mut wake: BTreeSet<String> = BTreeSet::new();
+        let mut last = self.last.lock().expect("not poisoned");
+        for (deployment, (outcome, apps)) in &seen {
+            let key = (ns.to_string(), deployment.clone());
+            let changed = match last.get(&key) {
+                Some((o, a)) if o == outcome && a == apps => None,
+                Some((_, a)) => Some(a.clone()),
+                None => Some(BTreeSet::new()),
+            };
+            if let Some(before) = changed {
+                wake.extend(before.into_iter().chain(apps.iter().cloned()));
+                if apps.len() > 1 {
+                    last.insert(key, (outcome.clone(), apps.clone()));
+                } else {
+                    last.remove(&key);
+                }
+            }
+        }
+        // Workloads this app left: the others re-compute them without it.
+        last.retain(|(n, deployment), (_, apps)| {
+            if n != ns || seen.contains_key(deployment) || !apps.contains(app) {
+                return true;
+            }
+            wake.extend(apps.iter().cloned());
+            false
+        });
+        drop(last);
+        wake.remove(app);
+        for other in wake {
+            let _ = self.wake.send(ObjectRef::new(&other).within(ns));
+        }
+    }
+}
+
 /// What keeps a rollout from being in sync.
 #[derive(Debug, Default, PartialEq)]
 struct RolloutProblems {
@@ -351,7 +431,9 @@ pub fn claims_on(
 /// it (it goes when the Deployment goes; `blockOwnerDeletion` is not set, which would need
 /// permission on the Deployment's finalizers).
 fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
-    let mut owner = d.controller_owner_ref(&()).expect("a stored Deployment has a uid");
+    let mut owner = d
+        .controller_owner_ref(&())
+        .expect("a stored Deployment has a uid");
     owner.block_owner_deletion = None;
     Secret {
         metadata: ObjectMeta {
@@ -361,7 +443,10 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
                 (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
                 (KIND_LABEL.to_string(), WORKLOAD_SECRET_KIND.to_string()),
             ])),
-            annotations: Some(BTreeMap::from([(HASH_ANNOTATION.to_string(), m.hash.clone())])),
+            annotations: Some(BTreeMap::from([(
+                HASH_ANNOTATION.to_string(),
+                m.hash.clone(),
+            )])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -384,6 +469,8 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
 async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutProblems, Error> {
     let mut problems = RolloutProblems::default();
     if app.spec.rollout.is_empty() {
+        // Workloads it shared with other apps, if any, are theirs now.
+        ctx.sharing.record(ns, &app.name_any(), BTreeMap::new());
         return Ok(problems);
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
@@ -419,23 +506,22 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
     }
     let apps = ctx.lookups.apps_with_rollout(ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut seen: BTreeMap<String, Served> = BTreeMap::new();
     // Each (app, stage) configuration is merged once, however many Deployments take it in.
     let mut merged: BTreeMap<(String, String), Materialized> = BTreeMap::new();
     for (name, d) in &deployments {
         let claims = claims_on(app, &apps, name, d.labels());
         for (a, stage) in &claims {
-            merged
-                .entry((a.clone(), stage.clone()))
-                .or_insert_with(|| {
-                    crate::state::resolve(
-                        &ctx.hash_key,
-                        &ctx.managed_secrets,
-                        &ctx.lookups.configs,
-                        ns,
-                        a,
-                        stage,
-                    )
-                });
+            merged.entry((a.clone(), stage.clone())).or_insert_with(|| {
+                crate::state::resolve(
+                    &ctx.hash_key,
+                    &ctx.managed_secrets,
+                    &ctx.lookups.configs,
+                    ns,
+                    a,
+                    stage,
+                )
+            });
         }
         let inputs: Vec<Claim> = claims
             .iter()
@@ -445,7 +531,14 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                 config: &merged[&(a.clone(), stage.clone())].data,
             })
             .collect();
-        let m = match workload(&ctx.hash_key, &inputs) {
+        let served: BTreeSet<String> = claims.iter().map(|(a, _)| a.clone()).collect();
+        let outcome = workload(&ctx.hash_key, &inputs);
+        let fingerprint = match &outcome {
+            Ok(m) => m.hash.clone(),
+            Err(clashes) => format!("{clashes:?}"),
+        };
+        seen.insert(name.clone(), (fingerprint, served));
+        let m = match outcome {
             Ok(m) => m,
             Err(clashes) => {
                 problems.conflicts.push(format!(
@@ -519,6 +612,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         )
         .await;
     }
+    ctx.sharing.record(ns, &app.name_any(), seen);
     Ok(problems)
 }
 
@@ -982,9 +1076,44 @@ mod tests {
             missing: vec!["staging/web".into()],
             conflicts: vec!["Deployment web serves crm/production, hr/production: ...".into()],
         });
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Conflict"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Conflict")
+        );
         let c = condition_for(&RolloutProblems::default());
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Synced"));
+    }
+
+    #[tokio::test]
+    async fn sharing_wakes_the_other_apps_only_when_a_shared_workload_changes() {
+        use futures::StreamExt;
+        let sharing = Sharing::default();
+        let mut woken = sharing.woken();
+        let apps = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        let seen = |outcome: &str, names: &[&str]| {
+            BTreeMap::from([("tooljet".to_string(), (outcome.to_string(), apps(names)))])
+        };
+        let next = |w: &mut (dyn Stream<Item = ObjectRef<ToolJetApp>> + Unpin)| {
+            futures::FutureExt::now_or_never(w.next())
+                .flatten()
+                .map(|r| r.name)
+        };
+        let mut woken = Box::pin(&mut woken);
+        // hr joins crm's workload: crm is woken; crm then finds the same: nobody is.
+        sharing.record("ns", "hr", seen("conflict", &["crm", "hr"]));
+        assert_eq!(next(&mut woken), Some("crm".to_string()));
+        sharing.record("ns", "crm", seen("conflict", &["crm", "hr"]));
+        assert_eq!(next(&mut woken), None);
+        // The outcome changes: the other app is woken, once.
+        sharing.record("ns", "crm", seen("h2", &["crm", "hr"]));
+        assert_eq!(next(&mut woken), Some("hr".to_string()));
+        sharing.record("ns", "hr", seen("h2", &["crm", "hr"]));
+        assert_eq!(next(&mut woken), None);
+        // hr leaves: crm re-computes the workload alone.
+        sharing.record("ns", "hr", BTreeMap::new());
+        assert_eq!(next(&mut woken), Some("crm".to_string()));
+        sharing.record("ns", "crm", seen("h3", &["crm"]));
+        assert_eq!(next(&mut woken), None);
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct Context {
     pub echoes: Arc<Echoes>,
     /// The references of versions that carry no stamp, read from the API.
     pub unstamped: Arc<appversion::Unstamped>,
+    /// Rollout workloads that several apps share.
+    pub sharing: Arc<app::Sharing>,
 }
 
 impl Context {

@@ -789,7 +789,10 @@ fn layer(config: &EnvironmentConfig, secrets: &BTreeMap<String, Data>) -> Option
         for (option, src) in &ds.secret_options {
             let r = &src.secret_key_ref;
             let name = tooljet_operator::materialize::option_constant(&ds.name, option);
-            options.insert(option.clone(), Value::String(format!("{{{{secrets.{name}}}}}")));
+            options.insert(
+                option.clone(),
+                Value::String(format!("{{{{secrets.{name}}}}}")),
+            );
             secret_constants.push((
                 format!("TOOLJET_SECRET_CONSTANTS__{}__{name}", spec.environment),
                 lookup(&r.name, &r.key)?,

@@ -745,6 +745,43 @@ fn up(detach: bool, options: Options) -> Result<()> {
         "-f",
         &examples.join("deployments.yaml").display().to_string(),
     ])?;
+    // A real ToolJet export, imported as a user would, on one ToolJet server for every stage.
+    let sales = examples.join("sales-dashboard");
+    println!("Importing a ToolJet export: examples/sales-dashboard/export.json ...");
+    kubectl(&[
+        "apply",
+        "-f",
+        &sales.join("credentials.yaml").display().to_string(),
+    ])?;
+    let import = std::process::Command::new(bin("kubectl-tooljet"))
+        .env("KUBECONFIG", kubeconfig())
+        .args(["-n", "acme-workspace", "import"])
+        .arg(sales.join("export.json"))
+        .arg("--apply")
+        .output()
+        .context("running kubectl-tooljet import")?;
+    if !import.status.success() {
+        bail!(
+            "kubectl tooljet import examples/sales-dashboard/export.json failed: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+    }
+    kubectl(&[
+        "-n",
+        "acme-workspace",
+        "patch",
+        "tjapp",
+        "sales-dashboard",
+        "--type",
+        "merge",
+        "--patch-file",
+        &sales.join("rollout.yaml").display().to_string(),
+    ])?;
+    kubectl(&[
+        "apply",
+        "-f",
+        &examples.join("single-instance.yaml").display().to_string(),
+    ])?;
     std::thread::sleep(Duration::from_secs(2));
     println!("{}", kubectl(&["get", "tooljet", "-A"])?);
     if options.pods {
