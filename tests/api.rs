@@ -766,7 +766,18 @@ async fn examples_apply_and_kubectl_explains_and_lists_them() {
         &examples.join("namespace.yaml").display().to_string(),
     ])
     .unwrap();
-    support::kubectl(&["apply", "-R", "-f", &examples.display().to_string()]).unwrap();
+    // The manifests (examples/sales-dashboard holds a ToolJet export, imported with the plugin,
+    // and a merge patch: not manifests), and the export's credentials.
+    support::kubectl(&["apply", "-f", &examples.display().to_string()]).unwrap();
+    support::kubectl(&[
+        "apply",
+        "-f",
+        &examples
+            .join("sales-dashboard/credentials.yaml")
+            .display()
+            .to_string(),
+    ])
+    .unwrap();
 
     let listed = support::kubectl(&["get", "tooljet", "-n", "acme-workspace"]).unwrap();
     for name in [
