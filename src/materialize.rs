@@ -343,35 +343,44 @@ pub fn materialize(
         for (option, src) in &ds.secret_options {
             let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
             let constant = option_constant(&ds.name, option);
-            if let Some((other, _)) = option_secrets.get(&constant) {
-                problems.insert(Unresolved::NameTaken {
-                    name: constant.clone(),
-                    used_by: used_by(),
-                    taken_by: other.clone(),
-                });
-                continue;
-            }
-            if constants.contains_key(constant.as_str()) {
-                problems.insert(Unresolved::NameTaken {
-                    name: constant.clone(),
-                    used_by: used_by(),
-                    taken_by: format!("constants[{constant}]"),
-                });
-                continue;
-            }
             options.insert(
                 option.clone(),
                 Value::String(format!("{{{{secrets.{constant}}}}}")),
             );
-            if let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) {
-                if std::str::from_utf8(&bytes).is_err() {
-                    problems.insert(Unresolved::NotText {
-                        secret: src.secret_key_ref.name.clone(),
-                        key: src.secret_key_ref.key.clone(),
-                        used_by: used_by(),
-                    });
-                    continue;
+            let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) else {
+                continue;
+            };
+            if std::str::from_utf8(&bytes).is_err() {
+                problems.insert(Unresolved::NotText {
+                    secret: src.secret_key_ref.name.clone(),
+                    key: src.secret_key_ref.key.clone(),
+                    used_by: used_by(),
+                });
+                continue;
+            }
+            // One name, one value: the name may be shared only with the same secret value.
+            let taken_by = match (
+                option_secrets.get(&constant),
+                constants.get(constant.as_str()),
+            ) {
+                (Some((other, value)), _) if *value != bytes => Some(other.clone()),
+                (_, Some((ConstantType::Global, _))) => {
+                    Some(format!("Global constants[{constant}]"))
                 }
+                (_, Some((ConstantType::Secret, value))) if *value != bytes => {
+                    Some(format!("constants[{constant}] (with another value)"))
+                }
+                _ => None,
+            };
+            if let Some(taken_by) = taken_by {
+                problems.insert(Unresolved::NameTaken {
+                    name: constant.clone(),
+                    used_by: used_by(),
+                    taken_by,
+                });
+                continue;
+            }
+            if !constants.contains_key(constant.as_str()) {
                 option_secrets.insert(constant, (used_by(), bytes));
             }
         }
@@ -915,16 +924,36 @@ mod tests {
 
     #[test]
     fn a_secret_option_whose_constant_name_is_taken_is_refused_by_name() {
-        let mut s = spec();
-        s.constants
-            .push(secret_constant("CRM_DB_PASSWORD", "creds", "stripe"));
-        let problems = materialize(&key(), "staging", &[&s], &secrets()).unwrap_err();
-        assert_eq!(Unresolved::reason(&problems), "NameConflict");
-        assert!(
-            Unresolved::describe(&problems).contains(
-                "dataSources[crm-db].secretOptions.password is carried as secret constant CRM_DB_PASSWORD, which constants[CRM_DB_PASSWORD] already is"
-            )
+        // The same name with the same secret value is one constant.
+        let mut same = spec();
+        same.constants
+            .push(secret_constant("CRM_DB_PASSWORD", "creds", "pg"));
+        let m = materialize(&key(), "staging", &[&same], &secrets()).unwrap();
+        assert_eq!(
+            m.data["TOOLJET_SECRET_CONSTANTS__staging__CRM_DB_PASSWORD"],
+            b"pg-pass"
         );
+        assert_eq!(m.constants, 3);
+        // Another value, or a Global constant of that name, is refused.
+        let mut other = spec();
+        other
+            .constants
+            .push(secret_constant("CRM_DB_PASSWORD", "creds", "stripe"));
+        let problems = materialize(&key(), "staging", &[&other], &secrets()).unwrap_err();
+        assert_eq!(Unresolved::reason(&problems), "NameConflict");
+        let text = Unresolved::describe(&problems);
+        assert!(
+            text.contains(
+                "dataSources[crm-db].secretOptions.password is carried as secret constant CRM_DB_PASSWORD, which constants[CRM_DB_PASSWORD] (with another value) already is"
+            ),
+            "{text}"
+        );
+        let mut global = spec();
+        global
+            .constants
+            .push(super::tests::global("CRM_DB_PASSWORD", "x"));
+        let problems = materialize(&key(), "staging", &[&global], &secrets()).unwrap_err();
+        assert!(Unresolved::describe(&problems).contains("Global constants[CRM_DB_PASSWORD]"));
     }
 
     #[test]
