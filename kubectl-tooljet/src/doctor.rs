@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use tooljet_operator::{
     api::{AppVersion, DEFAULT_PIPELINE, GROUP, VERSION},
+    materialize::workload_secret_name,
     webhook::config,
 };
 
@@ -64,6 +65,7 @@ pub async fn run(cluster: &Cluster, operator_namespace: &str, format: Format) ->
     checks.push(webhook_answers(cluster).await);
     checks.push(deployment(cluster, operator_namespace).await);
     checks.extend(verbs(cluster).await);
+    checks.extend(workloads(cluster).await);
     output::print(format, &checks, |checks| {
         output::table(
             &["check", "state", "detail"],
@@ -459,9 +461,321 @@ async fn verbs(cluster: &Cluster) -> Vec<Check> {
     out
 }
 
+/// Every Deployment a rollout of the namespace's apps names or selects: the environment its ToolJet
+/// container starts with, computed by Kubernetes' rules from the Deployment and the Secrets it
+/// reads, judged against its workload Secret.
+async fn workloads(cluster: &Cluster) -> Vec<Check> {
+    use std::collections::BTreeMap;
+    use tooljet_operator::effective::SourceKind;
+    let apps = match cluster.list_apps().await {
+        Ok(apps) => apps,
+        Err(e) => return vec![check("rollout workloads", State::Skip, e.to_string())],
+    };
+    let mut out = Vec::new();
+    // (namespace, Deployment) -> its Deployment and the apps' RolloutReady conflicts.
+    let mut found: BTreeMap<(String, String), (Deployment, Vec<String>)> = BTreeMap::new();
+    for app in apps.iter().filter(|a| !a.spec.rollout.is_empty()) {
+        let ns = app.namespace().unwrap_or_default();
+        let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns);
+        let conflict = app
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RolloutReady"))
+            .filter(|c| c.reason == "Conflict")
+            .map(|c| format!("app {}: {}", app.name_any(), c.message));
+        let mut named = Vec::new();
+        for target in &app.spec.rollout {
+            for name in &target.deployments {
+                match api.get_opt(name).await {
+                    Ok(Some(d)) => named.push(d),
+                    Ok(None) => out.push(check(
+                        format!("workload {ns}/{name}"),
+                        State::Fail,
+                        format!(
+                            "named in the {} rollout of app {} but does not exist: create it or remove the name",
+                            target.environment,
+                            app.name_any()
+                        ),
+                    )),
+                    Err(e) => {
+                        let (state, detail) = unreadable("Deployments", e);
+                        out.push(check(format!("workload {ns}/{name}"), state, detail));
+                    }
+                }
+            }
+            if let Ok(Some(selector)) = target.parsed_selector() {
+                match api
+                    .list(&ListParams::default().labels_from(&selector))
+                    .await
+                {
+                    Ok(list) => named.extend(list.items),
+                    Err(e) => {
+                        let (state, detail) = unreadable("Deployments", e);
+                        out.push(check(format!("workloads of {ns}"), state, detail));
+                    }
+                }
+            }
+        }
+        for d in named {
+            let entry = found
+                .entry((ns.clone(), d.name_any()))
+                .or_insert_with(|| (d, vec![]));
+            entry.1.extend(conflict.clone());
+        }
+    }
+    for ((ns, name), (d, conflicts)) in found {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(cluster.client.clone(), &ns);
+        let containers = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        // Every Secret the containers read, as the kubelet would find them.
+        let mut data: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+        let mut denied = None;
+        let wanted: std::collections::BTreeSet<String> = containers
+            .iter()
+            .flat_map(|c| {
+                let from = c
+                    .env_from
+                    .iter()
+                    .flatten()
+                    .filter_map(|f| f.secret_ref.as_ref().map(|r| r.name.clone()));
+                let keyed = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+                    .map(|r| r.name.clone());
+                from.chain(keyed).collect::<Vec<_>>()
+            })
+            .chain([workload_secret_name(&name)])
+            .collect();
+        for secret in wanted {
+            match secrets.get_opt(&secret).await {
+                Ok(Some(s)) => {
+                    let values = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    data.insert(secret, values);
+                }
+                Ok(None) => {}
+                Err(e) => denied = Some(unreadable("Secrets", e)),
+            }
+        }
+        let label = format!("workload {ns}/{name}");
+        if let Some((state, detail)) = denied {
+            out.push(check(label, state, detail));
+            continue;
+        }
+        let (state, detail) = judge_workload(&name, &containers, &conflicts, |kind, n| {
+            (kind == SourceKind::Secret).then(|| data.get(n)).flatten()
+        });
+        out.push(check(label, state, detail));
+    }
+    out
+}
+
+/// The verdict on one rollout workload (pure): Fail when no container takes in its workload
+/// Secret, when a key of it is missing from or replaced in the container's environment, when a
+/// source the container needs does not exist, or when the apps it serves disagree (`conflicts`);
+/// Warn when a ToolJet constant reaches the container from elsewhere (a source the operator does
+/// not manage). Names keys and sources, never values.
+pub fn judge_workload<'a>(
+    deployment: &str,
+    containers: &[k8s_openapi::api::core::v1::Container],
+    conflicts: &[String],
+    data: impl Fn(
+        tooljet_operator::effective::SourceKind,
+        &str,
+    ) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>,
+) -> (State, String) {
+    use tooljet_operator::effective::{NameRules, Origin, container_env};
+    let secret = workload_secret_name(deployment);
+    let is_workload = |o: &Origin| matches!(o, Origin::EnvFrom { name, .. } if *name == secret);
+    let Some(container) = containers.iter().find(|c| {
+        c.env_from
+            .iter()
+            .flatten()
+            .any(|f| f.secret_ref.as_ref().is_some_and(|r| r.name == secret))
+    }) else {
+        return (
+            State::Fail,
+            format!(
+                "no container takes in Secret {secret}: add `envFrom: [{{secretRef: {{name: {secret}}}}}]` to the ToolJet container (and remove the tooljet.<env> Secrets from it)"
+            ),
+        );
+    };
+    let env = container_env(container, NameRules::Relaxed, &data);
+    let mut fails = Vec::new();
+    let mut warns = Vec::new();
+    fails.extend(conflicts.iter().cloned());
+    for blocked in &env.blocking {
+        fails.push(format!(
+            "container {} would not start: {blocked}",
+            container.name
+        ));
+    }
+    let expected = data(tooljet_operator::effective::SourceKind::Secret, &secret);
+    match expected {
+        None => fails.push(format!(
+            "Secret {secret} does not exist yet: see the RolloutReady condition of the apps that roll it out"
+        )),
+        Some(expected) => {
+            let mut missing: Vec<&String> = expected
+                .keys()
+                .filter(|k| !env.vars.contains_key(*k) && !env.shadowed.iter().any(|s| &s.name == *k))
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                fails.push(format!(
+                    "missing from container {}: {} (a prefix on the envFrom entry, or names the cluster refuses)",
+                    container.name,
+                    missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    for s in &env.shadowed {
+        if is_workload(&s.lost) && !is_workload(&s.by) {
+            fails.push(format!(
+                "{} from {secret} is replaced by {}{}: remove it there",
+                s.name,
+                s.by,
+                if s.differs { " with another value" } else { "" }
+            ));
+        }
+    }
+    for (name, var) in &env.vars {
+        let constant = name.starts_with("TOOLJET_GLOBAL_CONSTANTS")
+            || name.starts_with("TOOLJET_SECRET_CONSTANTS");
+        if constant && !is_workload(&var.origin) {
+            warns.push(format!(
+                "{name} comes from {}, not from {secret}: move it into an EnvironmentConfig",
+                var.origin
+            ));
+        }
+    }
+    if !fails.is_empty() {
+        fails.extend(warns);
+        return (State::Fail, fails.join("; "));
+    }
+    if !warns.is_empty() {
+        return (State::Warn, warns.join("; "));
+    }
+    (
+        State::Ok,
+        format!(
+            "container {} reads {} constants, all from {secret}",
+            container.name,
+            env.vars
+                .keys()
+                .filter(|k| k.starts_with("TOOLJET_GLOBAL_CONSTANTS")
+                    || k.starts_with("TOOLJET_SECRET_CONSTANTS"))
+                .count()
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tooljet_container(spec: serde_json::Value) -> k8s_openapi::api::core::v1::Container {
+        let mut c = json!({ "name": "tooljet" });
+        c.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        serde_json::from_value(c).unwrap()
+    }
+
+    fn secret_data(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_workload_is_judged_on_the_environment_its_container_gets() {
+        use tooljet_operator::effective::SourceKind;
+        let workload = secret_data(&[
+            ("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "warn"),
+            (
+                "TOOLJET_SECRET_CONSTANTS__production__DB_PASSWORD",
+                "canary-doctor",
+            ),
+        ]);
+        let old_stage = secret_data(&[
+            ("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL", "info"),
+            ("datasources.json", "{}"),
+        ]);
+        let lookup = |kind: SourceKind, name: &str| match (kind, name) {
+            (SourceKind::Secret, "tooljet-workload.web") => Some(&workload),
+            (SourceKind::Secret, "tooljet.production") => Some(&old_stage),
+            _ => None,
+        };
+        let good = tooljet_container(json!({
+            "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}}],
+            "env": [{"name": "TOOLJET_HOST", "value": "https://x"}],
+        }));
+        let (state, detail) = judge_workload("web", std::slice::from_ref(&good), &[], lookup);
+        assert_eq!(state, State::Ok, "{detail}");
+        assert!(detail.contains("reads 2 constants"), "{detail}");
+
+        // The old wiring after the workload Secret: its LOG_LEVEL wins, by order.
+        let shadowed = tooljet_container(json!({
+            "envFrom": [
+                {"secretRef": {"name": "tooljet-workload.web"}},
+                {"secretRef": {"name": "tooljet.production", "optional": true}},
+            ],
+        }));
+        let (state, detail) = judge_workload("web", &[shadowed], &[], lookup);
+        assert_eq!(state, State::Fail);
+        assert!(
+            detail.contains("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL from tooljet-workload.web is replaced by envFrom[1] (Secret tooljet.production) with another value: remove it there"),
+            "{detail}"
+        );
+        assert!(!detail.contains("canary-doctor") && !detail.contains("warn"));
+
+        // A constant set by hand in env: foreign, and it replaces one.
+        let by_hand = tooljet_container(json!({
+            "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}}],
+            "env": [{"name": "TOOLJET_GLOBAL_CONSTANTS__production__EXTRA", "value": "x"}],
+        }));
+        let (state, detail) = judge_workload("web", &[by_hand], &[], lookup);
+        assert_eq!(state, State::Warn);
+        assert!(detail.contains("TOOLJET_GLOBAL_CONSTANTS__production__EXTRA comes from env[0]"));
+
+        // Not taken in at all; a prefix hides every key; a conflict between apps.
+        let (state, detail) = judge_workload("web", &[tooljet_container(json!({}))], &[], lookup);
+        assert_eq!(state, State::Fail);
+        assert!(detail.contains("no container takes in Secret tooljet-workload.web"));
+        let prefixed = tooljet_container(json!({
+            "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}, "prefix": "X_"}],
+        }));
+        let (state, detail) = judge_workload("web", &[prefixed], &[], lookup);
+        assert_eq!(state, State::Fail);
+        assert!(
+            detail.contains("missing from container tooljet"),
+            "{detail}"
+        );
+        let (state, detail) = judge_workload(
+            "web",
+            &[good],
+            &["app hr: constant X differs".into()],
+            lookup,
+        );
+        assert_eq!(
+            (state, detail.as_str()),
+            (State::Fail, "app hr: constant X differs")
+        );
+    }
 
     #[test]
     fn a_missing_or_garbage_ca_bundle_fails() {

@@ -486,6 +486,107 @@ async fn doctor_passes_on_a_working_install_and_lists_the_users_verbs() {
     assert!(table.contains("CHECK") && table.contains("OK"), "{table}");
 }
 
+/// doctor computes a rollout workload's environment by Kubernetes' rules: a Secret listed after
+/// the workload Secret replaces one of its constants, which fails the check (naming the key and
+/// the source, never a value); without it, the workload passes.
+#[tokio::test]
+async fn doctor_finds_a_constant_another_envfrom_source_replaces() {
+    let (admin, ns) = crm("plugin-doctor-env").await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let legacy: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "legacy" },
+        "stringData": { "TOOLJET_GLOBAL_CONSTANTS__production__API_URL": CANARY },
+    }))
+    .unwrap();
+    secrets
+        .patch(
+            "legacy",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(&legacy),
+        )
+        .await
+        .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin.clone(), &ns);
+    let deploy = |sources: Value| {
+        serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "web" },
+            "spec": { "replicas": 0, "selector": { "matchLabels": { "app": "web" } },
+                "template": { "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "tooljet", "image": "tooljet/tooljet:ee-lts-latest",
+                        "envFrom": sources }] } } },
+        }))
+        .unwrap()
+    };
+    let wired = |extra: bool| {
+        let mut sources = vec![json!({ "secretRef": { "name": "tooljet-workload.web" } })];
+        if extra {
+            sources.push(json!({ "secretRef": { "name": "legacy" } }));
+        }
+        deploy(Value::Array(sources))
+    };
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&wired(true)),
+        )
+        .await
+        .unwrap();
+    apply(
+        &admin,
+        &ns,
+        "ToolJetApp",
+        "crm",
+        json!({ "environments": ["development", "staging", "production"],
+                "rollout": [{ "environment": "production", "deployments": ["web"] }] }),
+    )
+    .await;
+    let row = |run: &support::Run| {
+        run.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == format!("workload {ns}/web"))
+            .cloned()
+    };
+    let (code, failed) = eventually("doctor judges web once its workload Secret exists", || {
+        let run = cli(&["-n", &ns, "doctor", "-o", "json"]);
+        let found =
+            row(&run).filter(|r| !r["detail"].as_str().unwrap().contains("does not exist yet"));
+        std::future::ready(found.map(|r| (run.code, r)))
+    })
+    .await;
+    assert_eq!(code, 5, "a failed check exits 5");
+    assert_eq!(failed["state"], "fail", "{failed}");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "TOOLJET_GLOBAL_CONSTANTS__production__API_URL from tooljet-workload.web is replaced by envFrom[1] (Secret legacy) with another value: remove it there"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains(CANARY) && !detail.contains("https://production.example"));
+
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&wired(false)),
+        )
+        .await
+        .unwrap();
+    let run = cli(&["-n", &ns, "doctor", "-o", "json"]);
+    let ok = row(&run).unwrap();
+    assert_eq!(ok["state"], "ok", "{ok}");
+    assert!(
+        ok["detail"]
+            .as_str()
+            .unwrap()
+            .contains("all from tooljet-workload.web")
+    );
+}
+
 #[tokio::test]
 async fn missing_objects_exit_3_and_bad_flags_exit_1() {
     let (_, ns) = workspace("plugin-codes").await;
