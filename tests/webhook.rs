@@ -532,6 +532,20 @@ async fn requests_are_judged_on_objects_written_a_moment_ago() {
             .await,
             &format!("EnvironmentConfig {app}-staging already does"),
         );
+        // A secret option carried as a secret constant may not take a Global constant's name.
+        denied(
+            w.create(
+                admin,
+                "EnvironmentConfig",
+                &format!("{app}-dev-clash"),
+                json!({ "app": app, "environment": "development",
+                    "dataSources": [{ "name": "crm-db", "kind": "postgresql",
+                        "secretOptions": { "password": { "secretKeyRef": { "name": "creds", "key": "pg" } } } }],
+                    "constants": [{ "name": "CRM_DB_PASSWORD", "type": "Global", "value": "visible" }] }),
+            )
+            .await,
+            "spec.dataSources[crm-db].secretOptions.password is carried to ToolJet as secret constant CRM_DB_PASSWORD, the name of Global constant spec.constants[CRM_DB_PASSWORD]",
+        );
         w.promote(admin, &version, "staging").await.unwrap();
         denied(
             w.api(admin, "ToolJetApp")

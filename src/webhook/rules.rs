@@ -1501,6 +1501,9 @@ pub fn review_config(
             );
         }
     }
+    if let Some(problem) = option_constant_clash(&new.spec) {
+        return Deny(format!("EnvironmentConfig {name}: {problem}"));
+    }
     if op == Op::Update && old.is_some_and(|o| o.spec.data_sources == new.spec.data_sources) {
         return Allow;
     }
@@ -1515,6 +1518,52 @@ pub fn review_config(
         }
     }
     Allow
+}
+
+/// A secret option whose secret constant ([`crate::materialize::option_constant`]) would be
+/// another entry's of the same config: a Global constant of that name, a Secret constant or
+/// another secret option of that name reading another Secret key (pure). The same key is one
+/// value, so it may share the name.
+pub fn option_constant_clash(spec: &EnvironmentConfigSpec) -> Option<String> {
+    let mut names: BTreeMap<String, (String, &crate::api::SecretKeySelector)> = BTreeMap::new();
+    for c in &spec.constants {
+        if let Some(from) = &c.value_from {
+            names.insert(
+                c.name.clone(),
+                (format!("spec.constants[{}]", c.name), &from.secret_key_ref),
+            );
+        }
+    }
+    for ds in &spec.data_sources {
+        for (option, src) in &ds.secret_options {
+            let constant = crate::materialize::option_constant(&ds.name, option);
+            let path = format!("spec.dataSources[{}].secretOptions.{option}", ds.name);
+            if let Some(global) = spec
+                .constants
+                .iter()
+                .find(|c| c.value_from.is_none() && c.name == constant)
+            {
+                return Some(format!(
+                    "{path} is carried to ToolJet as secret constant {constant}, the name of Global constant \
+                     spec.constants[{}]; rename the constant or the data source",
+                    global.name
+                ));
+            }
+            match names.get(&constant) {
+                Some((other, r)) if *r != &src.secret_key_ref => {
+                    return Some(format!(
+                        "{path} is carried to ToolJet as secret constant {constant}, as {other} is, from another \
+                         Secret key; one name has one value: rename one of them, or read the same key"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    names.insert(constant, (path, &src.secret_key_ref));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The JSON patch the mutating webhook returns: `set` these annotations, `remove` those.
@@ -2299,6 +2348,39 @@ mod tests {
             .granted
             .insert(Access::patch_deployment(Some("web")), true);
         assert_eq!(app_update(&old, &twice, &with_web), Allow);
+    }
+
+    #[test]
+    fn a_secret_options_constant_may_not_take_another_entrys_name() {
+        let spec = |constants: serde_json::Value| -> EnvironmentConfigSpec {
+            serde_json::from_value(json!({
+                "environment": "staging",
+                "dataSources": [
+                    { "name": "crm-db", "kind": "postgresql",
+                      "secretOptions": { "password": { "secretKeyRef": { "name": "creds", "key": "pg" } } } },
+                ],
+                "constants": constants,
+            }))
+            .unwrap()
+        };
+        assert_eq!(option_constant_clash(&spec(json!([]))), None);
+        // The same Secret key under the same name: one value.
+        let same = json!([{ "name": "CRM_DB_PASSWORD", "type": "Secret",
+                             "valueFrom": { "secretKeyRef": { "name": "creds", "key": "pg" } } }]);
+        assert_eq!(option_constant_clash(&spec(same)), None);
+        let other = json!([{ "name": "CRM_DB_PASSWORD", "type": "Secret",
+                              "valueFrom": { "secretKeyRef": { "name": "creds", "key": "other" } } }]);
+        assert!(
+            option_constant_clash(&spec(other))
+                .unwrap()
+                .starts_with("spec.dataSources[crm-db].secretOptions.password is carried to ToolJet as secret constant CRM_DB_PASSWORD, as spec.constants[CRM_DB_PASSWORD] is, from another Secret key")
+        );
+        let global = json!([{ "name": "CRM_DB_PASSWORD", "type": "Global", "value": "x" }]);
+        assert!(
+            option_constant_clash(&spec(global))
+                .unwrap()
+                .contains("the name of Global constant spec.constants[CRM_DB_PASSWORD]")
+        );
     }
 
     fn config(env: &str, spec: serde_json::Value) -> EnvironmentConfig {
