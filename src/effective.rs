@@ -12,10 +12,10 @@
 //!   an undefined reference stays as written.
 //! - A missing source, or a missing key of `valueFrom`, is skipped when `optional: true`; when
 //!   not optional the container does not start (`CreateContainerConfigError`).
-//! - A key that is not a valid variable name is skipped. Since Kubernetes 1.34
-//!   (`RelaxedEnvironmentVariableValidation`, KEP-4369, stable in 1.34) a name is valid when it is
-//!   printable ASCII other than `=`; before, it had to match `[-._a-zA-Z][-._a-zA-Z0-9]*`
-//!   ([`NameRules::Strict`]). Under either rule every key a Secret can hold that starts with a
+//! - A key that is not a valid variable name is skipped. With `RelaxedEnvironmentVariableValidation`
+//!   (KEP-4369: beta and on by default from Kubernetes 1.32, stable in 1.34) a name is valid when
+//!   it is printable ASCII other than `=`; before, it had to match `[-._a-zA-Z][-._a-zA-Z0-9]*`
+//!   ([`NameRules::Strict`], [`NameRules::for_minor`]). Under either rule every key a Secret can hold that starts with a
 //!   letter becomes a variable: `datasources.json` did.
 
 use std::collections::BTreeMap;
@@ -25,13 +25,22 @@ use k8s_openapi::api::core::v1::Container;
 /// Which names the kubelet accepts as variables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameRules {
-    /// Kubernetes 1.34 and later: printable ASCII except `=`.
+    /// Kubernetes 1.32 and later (default gates): printable ASCII except `=`.
     Relaxed,
-    /// Before 1.34 (or the feature gate off): `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+    /// Before 1.32 (or the feature gate off): `[-._a-zA-Z][-._a-zA-Z0-9]*`.
     Strict,
 }
 
 impl NameRules {
+    /// The rules of a Kubernetes 1.`minor` apiserver with default feature gates.
+    pub fn for_minor(minor: u32) -> NameRules {
+        if minor >= 32 {
+            NameRules::Relaxed
+        } else {
+            NameRules::Strict
+        }
+    }
+
     pub fn valid(self, name: &str) -> bool {
         match self {
             NameRules::Relaxed => {
@@ -380,7 +389,7 @@ mod tests {
         let s = data(&[("datasources.json", "{}"), ("1ST", "x"), ("OK_NAME", "y")]);
         let c = container(json!({"envFrom": [{"secretRef": {"name": "s"}}]}));
         let relaxed = container_env(&c, NameRules::Relaxed, |_, _| Some(&s));
-        // Kubernetes 1.34 takes a Secret's every key in: datasources.json becomes a variable.
+        // Kubernetes 1.32+ takes a Secret's every key in: datasources.json becomes a variable.
         assert_eq!(relaxed.vars.len(), 3);
         let strict = container_env(&c, NameRules::Strict, |_, _| Some(&s));
         assert_eq!(

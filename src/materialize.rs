@@ -147,8 +147,9 @@ impl Unresolved {
         }
     }
 
-    /// The commands that create the missing Secrets and keys in namespace `ns`, values left for
-    /// the user to fill in (`<value>`): one per Secret.
+    /// The commands that create the missing Secrets and keys in namespace `ns`: one per Secret,
+    /// each value read from a file the user writes (`<file>`), so no value lands in a shell's
+    /// history or a process list.
     pub fn fixes(problems: &[Unresolved], ns: &str) -> Vec<String> {
         let mut absent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         let mut lacking: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -164,22 +165,19 @@ impl Unresolved {
             }
         }
         let create = absent.into_iter().map(|(secret, keys)| {
-            let literals: Vec<String> = keys
+            let files: Vec<String> = keys
                 .iter()
-                .map(|k| format!("--from-literal={k}=<value>"))
+                .map(|k| format!("--from-file={k}=<file>"))
                 .collect();
             format!(
-                "kubectl -n {ns} create secret generic {secret} {}",
-                literals.join(" ")
+                "kubectl -n {ns} create secret generic {secret} {} (each <file> holding the value)",
+                files.join(" ")
             )
         });
         let add = lacking.into_iter().map(|(secret, keys)| {
-            let data: Vec<String> = keys
-                .iter()
-                .map(|k| format!("\"{k}\":\"<value>\""))
-                .collect();
+            let data: Vec<String> = keys.iter().map(|k| format!("\"{k}\":\"<value>\"")).collect();
             format!(
-                "kubectl -n {ns} patch secret {secret} --type merge -p '{{\"stringData\":{{{}}}}}'",
+                "kubectl -n {ns} patch secret {secret} --type merge --patch-file <file> (<file> holding {{\"stringData\":{{{}}}}})",
                 data.join(",")
             )
         });
@@ -478,13 +476,17 @@ pub fn option_constant(source: &str, option: &str) -> String {
     name
 }
 
-/// Two apps a workload serves that give one of its variables different values.
+/// Two apps a workload serves that give one of its constants different values, or one name
+/// both as a Global and as a Secret constant (ToolJet's lookup by name does not tell them apart,
+/// so a Global one could resolve, in the browser, to the other's secret).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Clash {
     /// The variable, e.g. `TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL`.
     pub key: String,
     /// The apps that disagree, sorted.
     pub apps: Vec<String>,
+    /// The apps give the name different types (Global in one, Secret in another).
+    pub types_differ: bool,
 }
 
 impl std::fmt::Display for Clash {
@@ -498,11 +500,15 @@ impl std::fmt::Display for Clash {
                 (kind, e, n)
             })
             .unwrap_or(("variable", "", &self.key));
-        write!(
-            f,
-            "{kind} {name} of {env} differs between apps {}",
-            self.apps.join(" and ")
-        )
+        let apps = self.apps.join(" and ");
+        if self.types_differ {
+            write!(
+                f,
+                "constant {name} of {env} is a Global constant in one and a Secret constant in another of apps {apps}"
+            )
+        } else {
+            write!(f, "{kind} {name} of {env} differs between apps {apps}")
+        }
     }
 }
 
@@ -522,21 +528,34 @@ pub struct Claim<'a> {
 /// serve every stage.
 pub fn workload(key: &HashKey, claims: &[Claim]) -> Result<Materialized, Vec<Clash>> {
     let mut data: BTreeMap<String, (Vec<u8>, &str)> = BTreeMap::new();
-    let mut clashes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // (environment, name) -> (type, app): one name is one constant, whatever its type.
+    let mut names: BTreeMap<(&str, &str), (ConstantType, &str)> = BTreeMap::new();
+    let mut clashes: BTreeMap<String, (BTreeSet<String>, bool)> = BTreeMap::new();
+    let mut clash = |k: &str, apps: [&str; 2], types_differ: bool| {
+        let entry = clashes.entry(k.to_string()).or_default();
+        entry.0.extend(apps.map(str::to_string));
+        entry.1 |= types_differ;
+    };
     for claim in claims {
         for (k, v) in claim.config {
-            let Some((_, env, _)) = parse_constant_key(k) else {
+            let Some((kind, env, name)) = parse_constant_key(k) else {
                 continue; // datasources.json: nothing ToolJet reads from its environment
             };
             if env != claim.stage {
                 continue;
             }
-            match data.get(k) {
-                Some((existing, app)) if existing != v => {
-                    let apps = clashes.entry(k.clone()).or_default();
-                    apps.insert(app.to_string());
-                    apps.insert(claim.app.to_string());
+            match names.get(&(env, name)) {
+                Some((other, app)) if *other != kind => {
+                    clash(k, [app, claim.app], true);
+                    continue;
                 }
+                Some(_) => {}
+                None => {
+                    names.insert((env, name), (kind, claim.app));
+                }
+            }
+            match data.get(k) {
+                Some((existing, app)) if existing != v => clash(k, [app, claim.app], false),
                 Some(_) => {}
                 None => {
                     data.insert(k.clone(), (v.clone(), claim.app));
@@ -547,9 +566,10 @@ pub fn workload(key: &HashKey, claims: &[Claim]) -> Result<Materialized, Vec<Cla
     if !clashes.is_empty() {
         return Err(clashes
             .into_iter()
-            .map(|(key, apps)| Clash {
+            .map(|(key, (apps, types_differ))| Clash {
                 key,
                 apps: apps.into_iter().collect(),
+                types_differ,
             })
             .collect());
     }
@@ -1021,11 +1041,29 @@ mod tests {
             vec![Clash {
                 key: "TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL".into(),
                 apps: vec!["crm".into(), "hr".into()],
+                types_differ: false,
             }]
         );
         assert_eq!(
             clashes[0].to_string(),
             "constant LOG_LEVEL of production differs between apps crm and hr"
+        );
+        // One name as a Global constant in one app and a Secret one in another: ToolJet finds
+        // constants by name, so {{constants.X}} could resolve, in the browser, to the secret.
+        let hr_secret = config(&[("TOOLJET_SECRET_CONSTANTS__production__LOG_LEVEL", "s3cret")]);
+        let clashes = workload(
+            &key(),
+            &[
+                claim("crm", "production", &crm_prod),
+                claim("hr", "production", &hr_secret),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(clashes.len(), 1);
+        assert!(clashes[0].types_differ);
+        assert_eq!(
+            clashes[0].to_string(),
+            "constant LOG_LEVEL of production is a Global constant in one and a Secret constant in another of apps crm and hr"
         );
     }
 
@@ -1160,8 +1198,8 @@ mod tests {
         assert_eq!(
             Unresolved::fixes(&problems, "acme"),
             vec![
-                "kubectl -n acme create secret generic hr-staging-datasources --from-literal=pg.password=<value> --from-literal=pg.ssh_password=<value>",
-                r#"kubectl -n acme patch secret creds --type merge -p '{"stringData":{"stripe":"<value>"}}'"#,
+                "kubectl -n acme create secret generic hr-staging-datasources --from-file=pg.password=<file> --from-file=pg.ssh_password=<file> (each <file> holding the value)",
+                r#"kubectl -n acme patch secret creds --type merge --patch-file <file> (<file> holding {"stringData":{"stripe":"<value>"}})"#,
             ]
         );
     }

@@ -333,7 +333,10 @@ fn run_controllers(
         settings,
         &caches.lookups,
         &ctx.sharing,
-        state::changes(caches.app_hub.subscribe(), app::own_facts),
+        (
+            state::changes(caches.app_hub.subscribe(), app::own_facts),
+            state::deletions(caches.app_hub.subscribe()),
+        ),
         state::changes(caches.version_hub.subscribe(), app::version_facts),
         state::all(caches.managed_hub.subscribe()),
         state::changes(caches.policy_hub.subscribe(), state::generation),

@@ -535,7 +535,7 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         "Deployment",
         "deployments",
         "tooljet",
-        deployment,
+        deployment.clone(),
     )
     .await;
     f.merge_patch::<ToolJetApp>(
@@ -644,6 +644,78 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
     .await;
     assert_eq!(joined.len(), 7);
     f.app_status("the conflict cleared", |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, "RolloutReady"))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+
+    // hr is deleted: crm is woken and the server no longer reads hr's constants.
+    Api::<ToolJetApp>::namespaced(f.client.clone(), &f.ns)
+        .delete("hr", &Default::default())
+        .await
+        .unwrap();
+    let without_hr = workload(
+        Box::new(|d| !d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY")),
+        "hr's constants gone with hr",
+    )
+    .await;
+    assert_eq!(without_hr, all_stages);
+
+    // The Deployment is deleted, orphaning its workload Secret, and created again: the new
+    // Deployment's operator takes the Secret over.
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns);
+    deployments
+        .delete(
+            "tooljet",
+            &kube::api::DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    support::eventually(WAIT, "the old Deployment gone", || {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get_opt("tooljet")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    f.apply(
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        "tooljet",
+        deployment,
+    )
+    .await;
+    let uid = deployments
+        .get("tooljet")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    support::eventually(WAIT, "the workload Secret taken over", || {
+        let (secrets, uid) = (secrets.clone(), uid.clone());
+        async move {
+            let s = secrets.get("tooljet-workload.tooljet").await.ok()?;
+            s.metadata
+                .owner_references?
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+                .then_some(())
+        }
+    })
+    .await;
+    f.app_status("the rollout in sync after the take-over", |a| {
         a.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, "RolloutReady"))

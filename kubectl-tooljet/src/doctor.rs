@@ -466,7 +466,7 @@ async fn verbs(cluster: &Cluster) -> Vec<Check> {
 /// reads, judged against its workload Secret.
 async fn workloads(cluster: &Cluster) -> Vec<Check> {
     use std::collections::BTreeMap;
-    use tooljet_operator::effective::SourceKind;
+    use tooljet_operator::effective::{NameRules, SourceKind};
     let apps = match cluster.list_apps().await {
         Ok(apps) => apps,
         Err(e) => return vec![check("rollout workloads", State::Skip, e.to_string())],
@@ -517,12 +517,29 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
             }
         }
         for d in named {
+            let name = d.name_any();
             let entry = found
-                .entry((ns.clone(), d.name_any()))
+                .entry((ns.clone(), name.clone()))
                 .or_insert_with(|| (d, vec![]));
-            entry.1.extend(conflict.clone());
+            // The app's conflicts name the Deployments they are about.
+            if let Some(c) = conflict
+                .as_ref()
+                .filter(|c| c.contains(&format!("Deployment {name} serves")))
+                && !entry.1.contains(c)
+            {
+                entry.1.push(c.clone());
+            }
         }
     }
+    let rules = match cluster.client.apiserver_version().await {
+        Ok(info) => info
+            .minor
+            .trim_end_matches('+')
+            .parse()
+            .map(NameRules::for_minor)
+            .unwrap_or(NameRules::Relaxed),
+        Err(_) => NameRules::Relaxed,
+    };
     for ((ns, name), (d, conflicts)) in found {
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(cluster.client.clone(), &ns);
@@ -532,40 +549,61 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
             .and_then(|s| s.template.spec.as_ref())
             .map(|s| s.containers.clone())
             .unwrap_or_default();
-        // Every Secret the containers read, as the kubelet would find them.
-        let mut data: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+        let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(cluster.client.clone(), &ns);
+        // Every Secret and ConfigMap the containers read, as the kubelet would find them.
+        let mut data: BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
         let mut denied = None;
-        let wanted: std::collections::BTreeSet<String> = containers
+        let mut wanted: std::collections::BTreeSet<(SourceKind, String)> = containers
             .iter()
             .flat_map(|c| {
-                let from = c
-                    .env_from
-                    .iter()
-                    .flatten()
-                    .filter_map(|f| f.secret_ref.as_ref().map(|r| r.name.clone()));
-                let keyed = c
-                    .env
-                    .iter()
-                    .flatten()
-                    .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
-                    .map(|r| r.name.clone());
+                let from = c.env_from.iter().flatten().filter_map(|f| {
+                    match (&f.secret_ref, &f.config_map_ref) {
+                        (Some(r), _) => Some((SourceKind::Secret, r.name.clone())),
+                        (None, Some(r)) => Some((SourceKind::ConfigMap, r.name.clone())),
+                        _ => None,
+                    }
+                });
+                let keyed = c.env.iter().flatten().filter_map(|e| {
+                    let from = e.value_from.as_ref()?;
+                    match (&from.secret_key_ref, &from.config_map_key_ref) {
+                        (Some(r), _) => Some((SourceKind::Secret, r.name.clone())),
+                        (None, Some(r)) => Some((SourceKind::ConfigMap, r.name.clone())),
+                        _ => None,
+                    }
+                });
                 from.chain(keyed).collect::<Vec<_>>()
             })
-            .chain([workload_secret_name(&name)])
             .collect();
-        for secret in wanted {
-            match secrets.get_opt(&secret).await {
-                Ok(Some(s)) => {
-                    let values = s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    data.insert(secret, values);
+        wanted.insert((SourceKind::Secret, workload_secret_name(&name)));
+        for (kind, source) in wanted {
+            let read = match kind {
+                SourceKind::Secret => secrets.get_opt(&source).await.map(|s| {
+                    s.map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect::<BTreeMap<_, _>>()
+                    })
+                }),
+                // The kubelet reads a ConfigMap's `data` into the environment, not `binaryData`.
+                SourceKind::ConfigMap => config_maps.get_opt(&source).await.map(|c| {
+                    c.map(|c| {
+                        c.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes()))
+                            .collect::<BTreeMap<_, _>>()
+                    })
+                }),
+            };
+            match read {
+                Ok(Some(values)) => {
+                    data.insert((kind, source), values);
                 }
                 Ok(None) => {}
-                Err(e) => denied = Some(unreadable("Secrets", e)),
+                Err(e) => denied = Some(unreadable(&format!("{kind}s"), e)),
             }
         }
         let label = format!("workload {ns}/{name}");
@@ -573,8 +611,8 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
             out.push(check(label, state, detail));
             continue;
         }
-        let (state, detail) = judge_workload(&name, &containers, &conflicts, |kind, n| {
-            (kind == SourceKind::Secret).then(|| data.get(n)).flatten()
+        let (state, detail) = judge_workload(&name, &containers, &conflicts, rules, |kind, n| {
+            data.get(&(kind, n.to_string()))
         });
         out.push(check(label, state, detail));
     }
@@ -590,12 +628,13 @@ pub fn judge_workload<'a>(
     deployment: &str,
     containers: &[k8s_openapi::api::core::v1::Container],
     conflicts: &[String],
+    rules: tooljet_operator::effective::NameRules,
     data: impl Fn(
         tooljet_operator::effective::SourceKind,
         &str,
     ) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>,
 ) -> (State, String) {
-    use tooljet_operator::effective::{NameRules, Origin, container_env};
+    use tooljet_operator::effective::{Origin, container_env};
     let secret = workload_secret_name(deployment);
     let is_workload = |o: &Origin| matches!(o, Origin::EnvFrom { name, .. } if *name == secret);
     let Some(container) = containers.iter().find(|c| {
@@ -611,7 +650,7 @@ pub fn judge_workload<'a>(
             ),
         );
     };
-    let env = container_env(container, NameRules::Relaxed, &data);
+    let env = container_env(container, rules, &data);
     let mut fails = Vec::new();
     let mut warns = Vec::new();
     fails.extend(conflicts.iter().cloned());
@@ -701,6 +740,9 @@ mod tests {
             .collect()
     }
 
+    const RELAXED: tooljet_operator::effective::NameRules =
+        tooljet_operator::effective::NameRules::Relaxed;
+
     #[test]
     fn a_workload_is_judged_on_the_environment_its_container_gets() {
         use tooljet_operator::effective::SourceKind;
@@ -724,7 +766,8 @@ mod tests {
             "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}}],
             "env": [{"name": "TOOLJET_HOST", "value": "https://x"}],
         }));
-        let (state, detail) = judge_workload("web", std::slice::from_ref(&good), &[], lookup);
+        let (state, detail) =
+            judge_workload("web", std::slice::from_ref(&good), &[], RELAXED, lookup);
         assert_eq!(state, State::Ok, "{detail}");
         assert!(detail.contains("reads 2 constants"), "{detail}");
 
@@ -735,7 +778,7 @@ mod tests {
                 {"secretRef": {"name": "tooljet.production", "optional": true}},
             ],
         }));
-        let (state, detail) = judge_workload("web", &[shadowed], &[], lookup);
+        let (state, detail) = judge_workload("web", &[shadowed], &[], RELAXED, lookup);
         assert_eq!(state, State::Fail);
         assert!(
             detail.contains("TOOLJET_GLOBAL_CONSTANTS__production__LOG_LEVEL from tooljet-workload.web is replaced by envFrom[1] (Secret tooljet.production) with another value: remove it there"),
@@ -748,18 +791,19 @@ mod tests {
             "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}}],
             "env": [{"name": "TOOLJET_GLOBAL_CONSTANTS__production__EXTRA", "value": "x"}],
         }));
-        let (state, detail) = judge_workload("web", &[by_hand], &[], lookup);
+        let (state, detail) = judge_workload("web", &[by_hand], &[], RELAXED, lookup);
         assert_eq!(state, State::Warn);
         assert!(detail.contains("TOOLJET_GLOBAL_CONSTANTS__production__EXTRA comes from env[0]"));
 
         // Not taken in at all; a prefix hides every key; a conflict between apps.
-        let (state, detail) = judge_workload("web", &[tooljet_container(json!({}))], &[], lookup);
+        let (state, detail) =
+            judge_workload("web", &[tooljet_container(json!({}))], &[], RELAXED, lookup);
         assert_eq!(state, State::Fail);
         assert!(detail.contains("no container takes in Secret tooljet-workload.web"));
         let prefixed = tooljet_container(json!({
             "envFrom": [{"secretRef": {"name": "tooljet-workload.web"}, "prefix": "X_"}],
         }));
-        let (state, detail) = judge_workload("web", &[prefixed], &[], lookup);
+        let (state, detail) = judge_workload("web", &[prefixed], &[], RELAXED, lookup);
         assert_eq!(state, State::Fail);
         assert!(
             detail.contains("missing from container tooljet"),
@@ -769,6 +813,7 @@ mod tests {
             "web",
             &[good],
             &["app hr: constant X differs".into()],
+            RELAXED,
             lookup,
         );
         assert_eq!(

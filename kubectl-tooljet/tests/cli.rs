@@ -676,7 +676,7 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     // the command that creates it; not the data source, which is declared.
     let versions = Api::<AppVersion>::namespaced(admin.clone(), &ns);
     let create_dev = format!(
-        "kubectl -n {ns} create secret generic bi-development-datasources --from-literal=business_analytics.password=<value>"
+        "kubectl -n {ns} create secret generic bi-development-datasources --from-file=business_analytics.password=<file>"
     );
     let message = eventually("bi-v1 names the missing Secret", || {
         let versions = versions.clone();
@@ -709,7 +709,7 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
     .await;
     assert!(
         refused.contains(&format!(
-            "kubectl -n {ns} create secret generic bi-staging-datasources --from-literal=business_analytics.password=<value>"
+            "kubectl -n {ns} create secret generic bi-staging-datasources --from-file=business_analytics.password=<file>"
         )),
         "{refused}"
     );

@@ -41,7 +41,11 @@ use crate::api::{
 };
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, WORKLOAD_SECRET_KIND};
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
-use crate::{gate, managed::ManagedSecret, state::Lookups};
+use crate::{
+    gate,
+    managed::ManagedSecret,
+    state::{Controlled, Lookups},
+};
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -58,13 +62,16 @@ pub fn controller(
     client: Client,
     settings: &Settings,
     lookups: &Lookups,
-    sharing: &Sharing,
-    main: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+    sharing: &Arc<Sharing>,
+    (main, deleted): (
+        impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+        impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+    ),
     versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
     policies: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
-    let for_secrets = lookups.clone();
+    let (for_secrets, sharers) = ((lookups.clone(), sharing.clone()), sharing.clone());
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -74,9 +81,24 @@ pub fn controller(
                 .map(|ns| ObjectRef::new(&v.spec.app).within(&ns))
         })
         .reconcile_on(sharing.woken())
+        // A deleted app has no reconcile: the apps it shared workloads with are woken instead
+        // (through `woken`), and compute those workloads without it.
+        .reconcile_on(crate::state::mapped(
+            deleted,
+            move |app: Arc<ToolJetApp>| {
+                sharers.record(
+                    &app.namespace().unwrap_or_default(),
+                    &app.name_any(),
+                    BTreeMap::new(),
+                );
+                Vec::<ObjectRef<ToolJetApp>>::new()
+            },
+        ))
         .reconcile_on(crate::state::mapped(
             managed,
-            move |secret: Arc<ManagedSecret>| apps_with_rollout_for_secret(&for_secrets, &secret),
+            move |secret: Arc<ManagedSecret>| {
+                apps_with_rollout_for_secret(&for_secrets.0, &for_secrets.1, &secret)
+            },
         ))
         .watches_stream(
             watcher(
@@ -111,16 +133,35 @@ pub fn version_facts(v: &AppVersion) -> (String, String) {
 
 fn apps_with_rollout_for_secret(
     lookups: &Lookups,
+    sharing: &Sharing,
     secret: &ManagedSecret,
 ) -> Vec<ObjectRef<ToolJetApp>> {
     if secret.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND) {
-        // A workload Secret edited or deleted: the apps of its namespace that roll out put it
-        // back (the one its Deployment serves; the others find nothing to do).
-        return lookups
-            .apps_with_rollout(secret.namespace())
+        // A workload Secret edited or deleted: the apps that may roll its Deployment out put it
+        // back: those naming it, those with a selector (its labels are not known here), and
+        // those sharing it.
+        let Some((deployment, _)) = secret.controller() else {
+            return vec![];
+        };
+        let ns = secret.namespace();
+        let mut apps: Vec<ObjectRef<ToolJetApp>> = lookups
+            .apps_with_rollout(ns)
             .iter()
+            .filter(|a| {
+                a.spec
+                    .rollout
+                    .iter()
+                    .any(|t| t.selector.is_some() || t.deployments.iter().any(|d| d == deployment))
+            })
             .map(|a| ObjectRef::from(&**a))
             .collect();
+        apps.extend(
+            sharing
+                .serving(ns, deployment)
+                .into_iter()
+                .map(|a| ObjectRef::new(&a).within(ns)),
+        );
+        return apps;
     }
     if secret.label(KIND_LABEL) != Some(envconfig::SECRET_KIND) {
         return vec![];
@@ -344,6 +385,14 @@ impl Sharing {
         })
     }
 
+    /// The apps a shared workload served when last computed.
+    fn serving(&self, ns: &str, deployment: &str) -> BTreeSet<String> {
+        let last = self.last.lock().expect("not poisoned");
+        last.get(&(ns.to_string(), deployment.to_string()))
+            .map(|(_, apps)| apps.clone())
+            .unwrap_or_default()
+    }
+
     /// Records what `app`'s reconcile found of the workloads it rolls out (`seen`: Deployment ->
     /// outcome and the apps it serves) and wakes the other apps of any workload whose outcome or
     /// apps changed, or that `app` no longer rolls out.
@@ -561,12 +610,21 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         };
         let desired = workload_secret(d, &m);
         let owner_uid = d.metadata.uid.as_deref();
-        if secrets::sync(ctx, "tooljetapp", &secrets, owner_uid, |_| false, &desired).await?
+        // A Deployment deleted and created again (kubectl replace --force, a reinstall) finds
+        // the workload Secret of its predecessor, still controlled by the old UID until the
+        // garbage collector runs (or for good after an orphaning delete): it is taken over.
+        let replaced = |existing: &ManagedSecret| {
+            existing.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND)
+                && existing
+                    .controller()
+                    .is_none_or(|(owner, _)| owner == name.as_str())
+        };
+        if secrets::sync(ctx, "tooljetapp", &secrets, owner_uid, replaced, &desired).await?
             == Synced::Taken
         {
             problems.invalid.push(format!(
-                "Secret {} exists and is not Deployment {name}'s workload Secret (its controller is another object); \
-                 delete or rename it",
+                "Secret {} exists and is not Deployment {name}'s workload Secret (it is not labelled as one, or \
+                 another object controls it); delete or rename it",
                 desired.name_any()
             ));
             continue;
