@@ -722,6 +722,29 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
             .is_some_and(|c| c.status == "True")
     })
     .await;
+
+    // Staging's DB_PASSWORD (the canary) went through the workload Secret, the conflict and the
+    // take-over: no status, Event or log line holds it.
+    let apps = Api::<ToolJetApp>::namespaced(f.client.clone(), &f.ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(!serde_json::to_string(&apps.items).unwrap().contains(CANARY));
+    let events = Api::<Event>::namespaced(f.client.clone(), &f.ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(!events.items.is_empty(), "the conflict was published");
+    assert!(
+        !serde_json::to_string(&events.items)
+            .unwrap()
+            .contains(CANARY)
+    );
+    let log = std::fs::read_to_string(support::shared_operator()).unwrap();
+    assert!(
+        !log.contains(CANARY),
+        "the operator log holds no secret value"
+    );
 }
 
 #[tokio::test]
