@@ -93,6 +93,25 @@ pub struct Materialized {
     pub constants: usize,
 }
 
+impl Materialized {
+    /// The constants alone, hashed with `key`: what a Secret that a workload may take in holds
+    /// (`datasources.json` is nothing ToolJet reads from its environment). The counts are kept.
+    pub fn constants_only(&self, key: &HashKey) -> Materialized {
+        let data: BTreeMap<String, Vec<u8>> = self
+            .data
+            .iter()
+            .filter(|(k, _)| k.as_str() != DATASOURCES_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Materialized {
+            hash: hash(key, &data),
+            data,
+            data_sources: self.data_sources,
+            constants: self.constants,
+        }
+    }
+}
+
 /// Why a reference could not be resolved. Names only, never values.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unresolved {

@@ -247,8 +247,10 @@ async fn promotion_switches_the_resolved_config_and_is_recorded() {
         !staging.keys().any(|k| k.contains("__development__")),
         "nothing of development is left"
     );
-    let doc: Value = serde_json::from_str(&staging["datasources.json"]).unwrap();
-    assert_eq!(doc["crm-db"]["options"]["host"], "db.staging");
+    assert!(
+        !staging.contains_key("datasources.json"),
+        "a Secret a workload may take in holds only what ToolJet reads"
+    );
 
     f.promote("crm-v1", "production").await;
     f.resolved("crm-v1", "production config", |d| {
@@ -899,8 +901,8 @@ async fn a_labelled_secret_named_like_a_stage_configuration_is_never_used() {
             !resolved.values().any(|v| v.contains(FORGED)),
             "a forged value reached the resolved config: {resolved:?}"
         );
-        let doc: Value = serde_json::from_str(&resolved["datasources.json"]).unwrap();
-        assert!(doc.get("evil").is_none(), "{doc}");
+        // Constants only: no data source document a forged layer could add to.
+        assert!(!resolved.contains_key("datasources.json"), "{resolved:?}");
         assert_eq!(
             resolved.keys().filter(|k| k.contains("INJECTED")).count(),
             0

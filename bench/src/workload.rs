@@ -180,7 +180,8 @@ impl Workload {
                 w.versions.push(json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
                     "spec": { "app": app, "versionName": format!("v{v}"), "environment": "development",
                               "definition": { "queries": [{ "url": "{{constants.C0}}/x", "auth": "{{secrets.S0}}" }] } } }));
-                let resolved = materialize::merge_layers(key, &[&by_stage["development"]]);
+                let resolved =
+                    materialize::merge_layers(key, &[&by_stage["development"]]).constants_only(key);
                 w.outputs.push(Output {
                     owner_kind: Kind::AppVersion,
                     owner: name.clone(),

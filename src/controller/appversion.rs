@@ -250,7 +250,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     };
     match change {
         Some(c) => {
-            info!(secret = %plan.target, environment = %v.spec.environment, hash = %found.resolved.hash, change = ?c, "resolved config written")
+            info!(secret = %plan.target, environment = %v.spec.environment, hash = %found.published.hash, change = ?c, "resolved config written")
         }
         None => debug!(secret = %plan.target, "resolved config is up to date"),
     }
@@ -258,7 +258,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     let (status, promotions) = desired_status(
         &v,
         found.app.as_deref(),
-        &found.resolved,
+        &found.published,
         &plan.missing,
         &plan.target,
         taken,
@@ -283,7 +283,10 @@ struct Found {
     app: Option<Arc<ToolJetApp>>,
     /// What the version's definition references.
     references: Arc<References>,
+    /// The stage's configuration merged (workspace, then app), data source document included.
     resolved: Materialized,
+    /// What the version's resolved Secret holds: the constants of `resolved`.
+    published: Materialized,
     approvals: Option<Tally>,
 }
 
@@ -304,18 +307,20 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str, references: Arc<References>) 
         let next = a.next_stage(environment)?;
         gate::stage_gate(&ctx.lookups, a, next)?.tally(&ctx.lookups, v, None)
     });
+    let resolved = resolve(
+        &ctx.hash_key,
+        &ctx.managed_secrets,
+        &ctx.lookups.configs,
+        ns,
+        &v.spec.app,
+        environment,
+    );
     Some(Found {
         app,
         references,
         approvals,
-        resolved: resolve(
-            &ctx.hash_key,
-            &ctx.managed_secrets,
-            &ctx.lookups.configs,
-            ns,
-            &v.spec.app,
-            environment,
-        ),
+        published: resolved.constants_only(&ctx.hash_key),
+        resolved,
     })
 }
 
@@ -401,7 +406,7 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
         SECRET_KIND,
         &v.spec.environment,
         Some(&v.spec.app),
-        &found.resolved,
+        &found.published,
     );
     Plan {
         target,
@@ -507,7 +512,7 @@ fn desired_status(
             true,
             conditions::RESOLVED,
             format!(
-                "{} constants and {} data sources of {environment} in Secret {secret}",
+                "{} constants of {environment} in Secret {secret}; {} data sources configured",
                 resolved.constants, resolved.data_sources
             ),
             generation,

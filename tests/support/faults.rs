@@ -854,10 +854,14 @@ fn compare(
 ) -> Result<(), String> {
     let secret = actual.ok_or_else(|| format!("Secret {name} is missing"))?;
     let mut data = text(secret);
-    let doc = data
-        .remove("datasources.json")
-        .ok_or_else(|| format!("Secret {name} lacks datasources.json"))?;
-    let doc: Value = serde_json::from_str(&doc).map_err(|e| format!("{name}: {e}"))?;
+    // A version's resolved Secret holds the constants only; a stage Secret also the document.
+    let resolved = name.starts_with("tooljet-version.");
+    let doc = match data.remove("datasources.json") {
+        Some(_) if resolved => return Err(format!("Secret {name} holds datasources.json")),
+        Some(doc) => serde_json::from_str(&doc).map_err(|e| format!("{name}: {e}"))?,
+        None if resolved => expected.1.clone(),
+        None => return Err(format!("Secret {name} lacks datasources.json")),
+    };
     if data != expected.0 {
         let keys = |d: &BTreeMap<String, String>| d.keys().cloned().collect::<Vec<_>>();
         let differ: Vec<&String> = expected
@@ -900,7 +904,8 @@ fn ready(
 
 /// The end state of namespace `ns`, exactly, recomputed from the specs and the referenced Secrets:
 /// - every materialised Secret (`tooljet.<env>[.<app>]`) and every resolved Secret
-///   (`tooljet-version.<version>`) holds exactly the merged data and is controlled by its source;
+///   (`tooljet-version.<version>`) holds exactly the merged data (constants only) and is
+///   controlled by its source;
 /// - no other Secret carries the managed-by label (no orphan), but those whose controlling owner
 ///   is gone (kube-controller-manager's garbage collector deletes them, not the operator);
 /// - every status is current: configs Ready with the Secret's hash, versions in their stage with
