@@ -260,7 +260,7 @@ fn version_status(o: &Output, generation: i64, at: &Value) -> Value {
         "resolvedConfig": { "secretName": o.secret, "hash": o.hash, "environment": env },
         "conditions": [
             condition("ConfigResolved", true, "Resolved",
-                format!("{} constants and {} data sources of {env} in Secret {}", o.constants, o.data_sources, o.secret), generation, at),
+                format!("{} constants of {env} in Secret {}; {} data sources configured", o.constants, o.secret, o.data_sources), generation, at),
             condition("Released", false, "NotReleased", "another version (or none) is released".into(), generation, at),
             condition("Ready", true, "Ready", format!("running with the {env} configuration"), generation, at),
         ],
@@ -279,7 +279,7 @@ fn app_status(versions: &[String], generation: i64, at: &Value) -> Value {
         "environments": environments,
         "conditions": [
             condition("Ready", true, "NoRelease", "no version is released yet".into(), generation, at),
-            condition("RolloutReady", true, "Synced", "every rollout workload carries its stage's configuration hash".into(), generation, at),
+            condition("RolloutReady", true, "Synced", "every rollout workload's Secret holds what it serves, and its pod template that Secret's hash".into(), generation, at),
         ],
     })
 }
