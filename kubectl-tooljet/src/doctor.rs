@@ -619,6 +619,12 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
     out
 }
 
+/// Whether ToolJet reads variable `name` as constants (either form: one per variable, or a JSON
+/// object per environment).
+fn is_tooljet_constant(name: &str) -> bool {
+    name.starts_with("TOOLJET_GLOBAL_CONSTANTS") || name.starts_with("TOOLJET_SECRET_CONSTANTS")
+}
+
 /// The verdict on one rollout workload (pure): Fail when no container takes in its workload
 /// Secret, when a key of it is missing from or replaced in the container's environment, when a
 /// source the container needs does not exist, or when the apps it serves disagree (`conflicts`);
@@ -691,9 +697,7 @@ pub fn judge_workload<'a>(
         }
     }
     for (name, var) in &env.vars {
-        let constant = name.starts_with("TOOLJET_GLOBAL_CONSTANTS")
-            || name.starts_with("TOOLJET_SECRET_CONSTANTS");
-        if constant && !is_workload(&var.origin) {
+        if is_tooljet_constant(name) && !is_workload(&var.origin) {
             warns.push(format!(
                 "{name} comes from {}, not from {secret}: move it into an EnvironmentConfig",
                 var.origin
@@ -712,11 +716,7 @@ pub fn judge_workload<'a>(
         format!(
             "container {} reads {} constants, all from {secret}",
             container.name,
-            env.vars
-                .keys()
-                .filter(|k| k.starts_with("TOOLJET_GLOBAL_CONSTANTS")
-                    || k.starts_with("TOOLJET_SECRET_CONSTANTS"))
-                .count()
+            env.vars.keys().filter(|k| is_tooljet_constant(k)).count()
         ),
     )
 }

@@ -46,9 +46,7 @@ use crate::{
     managed::ManagedSecret,
     state::{Controlled, Lookups},
 };
-use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::core::SelectorExt;
 
 /// How many releases a status keeps.
@@ -484,8 +482,8 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
         .controller_owner_ref(&())
         .expect("a stored Deployment has a uid");
     owner.block_owner_deletion = None;
-    Secret {
-        metadata: ObjectMeta {
+    secrets::holding(
+        ObjectMeta {
             name: Some(workload_secret_name(&d.name_any())),
             namespace: d.namespace(),
             labels: Some(BTreeMap::from([
@@ -499,15 +497,8 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        data: Some(
-            m.data
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                .collect(),
-        ),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
+        m,
+    )
 }
 
 /// For each Deployment the app's rollout names or selects: its workload Secret
@@ -581,6 +572,11 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
             })
             .collect();
         let served: BTreeSet<String> = claims.iter().map(|(a, _)| a.clone()).collect();
+        let serves = claims
+            .iter()
+            .map(|(a, s)| format!("{a}/{s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let outcome = workload(&ctx.hash_key, &inputs);
         let fingerprint = match &outcome {
             Ok(m) => m.hash.clone(),
@@ -594,11 +590,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                     "Deployment {name} serves {}: {}; one ToolJet server has one value per environment and name, so \
                      give the apps the same value (or move it to the workspace-wide EnvironmentConfig) or run them \
                      on separate Deployments; its configuration is left as it was",
-                    claims
-                        .iter()
-                        .map(|(a, s)| format!("{a}/{s}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    serves,
                     clashes
                         .iter()
                         .map(ToString::to_string)
@@ -654,11 +646,6 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         .await
         .at(Step::PatchDeployment)?;
         ctx.metrics.wrote("tooljetapp", "deployment");
-        let serves = claims
-            .iter()
-            .map(|(a, s)| format!("{a}/{s}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
         publish(
             &ctx.recorder,

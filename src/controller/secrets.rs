@@ -55,8 +55,16 @@ pub fn managed_secret<K: Resource<DynamicType = ()>>(
     app: Option<&str>,
     m: &Materialized,
 ) -> Secret {
+    holding(
+        managed_metadata(owner, name, kind, environment, app, &m.hash),
+        m,
+    )
+}
+
+/// An Opaque Secret with `metadata` holding `m`'s data.
+pub fn holding(metadata: ObjectMeta, m: &Materialized) -> Secret {
     Secret {
-        metadata: managed_metadata(owner, name, kind, environment, app, &m.hash),
+        metadata,
         data: Some(
             m.data
                 .iter()
