@@ -579,6 +579,14 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         assert!(all_stages.contains_key(&format!("TOOLJET_SECRET_CONSTANTS__{env}__DB_PASSWORD")));
     }
     assert!(!all_stages.contains_key("datasources.json"));
+    // Deleted, it comes back with the same content.
+    secrets
+        .delete("tooljet-workload.tooljet", &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let restored = workload(Box::new(|d| d.len() == 6), "the workload Secret restored").await;
+    assert_eq!(restored, all_stages);
 
     // hr, on the same server for production, with another API_URL.
     f.apply(
