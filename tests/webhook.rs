@@ -479,6 +479,27 @@ async fn apps_keep_their_versions_and_releases_need_the_verb() {
 async fn requests_are_judged_on_objects_written_a_moment_ago() {
     let w = Workspace::new("fresh").await;
     let admin = &w.admin;
+    // An app and its first version back to back, as `kubectl apply -f` of one file sends them:
+    // the version is judged against the app the API holds, not against a cache that may lag.
+    for i in 0..APPS_AT_ONCE {
+        let app = format!("together{i}");
+        w.create(
+            admin,
+            "ToolJetApp",
+            &app,
+            json!({ "environments": ["development", "staging", "production"] }),
+        )
+        .await
+        .unwrap();
+        w.create(
+            admin,
+            "AppVersion",
+            &format!("{app}-v1"),
+            json!({ "app": app, "versionName": "v1" }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the first version of {app}, created right after it: {e}"));
+    }
     let apps: Vec<String> = (0..APPS_AT_ONCE).map(|i| format!("fresh{i}")).collect();
     for app in &apps {
         w.create(

@@ -487,10 +487,7 @@ async fn review_version(
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = new.or(old).ok_or(rules::MALFORMED)?;
     let mut facts = Facts::default();
-    let app = state
-        .lookups
-        .apps
-        .get(&ObjectRef::new(&subject.spec.app).within(ns));
+    let app = app_of(state, ns, &subject.spec.app).await?;
     // The versions matter to a create or a rename only (versionName is unique per app), and there
     // a version created a moment ago must count: the versions that already carry the requested
     // name are read from the API (metadata only), while the SubjectAccessReviews run.
@@ -584,6 +581,25 @@ async fn review_version(
         );
     }
     Ok(rules::review_version(op, old, new, &r.user, &facts))
+}
+
+/// The app `name`, from the cache or, when the cache does not show it, from the API: an app
+/// created a moment ago (`kubectl apply -f` of a file holding an app and its versions) may not
+/// have reached the cache, and a version is not refused for an app that exists. One read, on a
+/// cache miss only.
+async fn app_of(
+    state: &WebhookState,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<ToolJetApp>>, String> {
+    if let Some(app) = state.lookups.apps.get(&ObjectRef::new(name).within(ns)) {
+        return Ok(Some(app));
+    }
+    Api::<ToolJetApp>::namespaced(state.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map(|app| app.map(Arc::new))
+        .map_err(|e| format!("could not read ToolJetApp {name}: {e}"))
 }
 
 async fn review_app(
