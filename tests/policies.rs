@@ -750,6 +750,27 @@ async fn an_approval_is_pinned_to_the_generation_reviewed() {
         annotation(&approved, "tooljet.io/approved-generation"),
         Some((reviewed + 1).to_string())
     );
+    // An edit a moment ago, and at once an approval of what it stored: judged on the version as
+    // stored, not on a cache that may not have seen the edit yet, so admitted the first time.
+    for round in 2..6 {
+        w.merge(
+            &w.alice,
+            "AppVersion",
+            "v-edit",
+            json!({ "spec": { "definition": { "pages": [{ "name": format!("edit {round}") }] } } }),
+        )
+        .await
+        .unwrap();
+        let generation = reviewed + round;
+        w.create(
+            &dave,
+            "Approval",
+            &format!("by-dave-{round}"),
+            json!({ "version": "v-edit", "environment": "staging", "generation": generation }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("generation {generation}, approved right after its edit: {e}"));
+    }
 }
 
 /// With separation of duties, everyone who edited a version is kept from approving it, not only

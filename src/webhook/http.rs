@@ -376,7 +376,7 @@ async fn mutate(State(state): State<Arc<WebhookState>>, request: Request) -> Res
         &state.metrics,
         Webhook::Mutate,
         request,
-        |mut req| async move { stamp(shared, &mut req) },
+        |mut req| async move { stamp(shared, &mut req).await },
     )
     .await
 }

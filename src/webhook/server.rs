@@ -78,13 +78,29 @@ fn op(operation: &Operation) -> Option<Op> {
 
 /// The mutating webhook: stamps the stages and creator of a new version, its last editor, who
 /// promoted or released (and a break-glass override), and who approved.
-pub fn stamp(state: &WebhookState, req: &mut AdmissionRequest<DynamicObject>) -> AdmissionResponse {
-    stamp_with(req, |ns, name| {
-        if !state.readiness.is_ready() {
-            return Err(NOT_READY.to_string());
+pub async fn stamp(
+    state: &WebhookState,
+    req: &mut AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    // The version a new Approval names is looked up before the (synchronous) stamping.
+    let approved = match (req.kind.kind.as_str(), &req.operation) {
+        ("Approval", Operation::Create) if !state.readiness.is_ready() => {
+            Err(NOT_READY.to_string())
         }
-        Ok(approved_version(state, ns, name))
-    })
+        ("Approval", Operation::Create) => {
+            let ns = req.namespace.clone().unwrap_or_default();
+            match req
+                .object
+                .as_ref()
+                .and_then(|o| o.data.get("spec")?.get("version")?.as_str())
+            {
+                Some(version) => approved_version(state, &ns, version, Freshness::Cached).await,
+                None => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    };
+    stamp_with(req, |_, _| approved.clone())
 }
 
 /// [`stamp`], with the lookup of the version an Approval names given.
@@ -149,22 +165,46 @@ pub fn stamp_with(
 const NOT_READY: &str =
     "tooljet-operator is starting and has not synced its caches yet; retry in a few seconds";
 
+/// How fresh the facts about an approved version must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// The cache, or the API when the cache does not show the version: its name and UID
+    /// never change, so a cached copy serves (the stamp).
+    Cached,
+    /// The API: its stage and generation as stored now, not as the cache last saw them (a
+    /// version promoted or edited a moment ago is approved as it is).
+    Stored,
+}
+
 /// The version an Approval names, with the facts approving needs.
-fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates::ApprovedVersion> {
-    let v = state
-        .lookups
-        .versions
-        .get(&ObjectRef::new(name).within(ns))?;
-    let app = state
-        .lookups
-        .apps
-        .get(&ObjectRef::new(&v.spec.app).within(ns));
+async fn approved_version(
+    state: &WebhookState,
+    ns: &str,
+    name: &str,
+    freshness: Freshness,
+) -> Result<Option<gates::ApprovedVersion>, String> {
+    let cached = match freshness {
+        Freshness::Cached => state.lookups.versions.get(&ObjectRef::new(name).within(ns)),
+        Freshness::Stored => None,
+    };
+    let v = match cached {
+        Some(v) => v,
+        None => match Api::<Lean<AppVersion>>::namespaced(state.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("could not read AppVersion {name}: {e}"))?
+        {
+            Some(Lean(v)) => Arc::new(v),
+            None => return Ok(None),
+        },
+    };
+    let app = app_of(state, ns, &v.spec.app).await?;
     let next_stage = app
         .as_ref()
         .and_then(|a| a.next_stage(&v.spec.environment))
         .map(str::to_string);
     let a = v.annotations();
-    Some(gates::ApprovedVersion {
+    Ok(Some(gates::ApprovedVersion {
         name: v.name_any(),
         uid: v.uid().unwrap_or_default(),
         generation: v.metadata.generation.unwrap_or_default(),
@@ -175,7 +215,7 @@ fn approved_version(state: &WebhookState, ns: &str, name: &str) -> Option<gates:
         last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
         editors: crate::gate::editors_of(&v),
         deleting: v.metadata.deletion_timestamp.is_some(),
-    })
+    }))
 }
 
 /// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
@@ -777,8 +817,11 @@ async fn review_approval(
     let r = Request::<Approval>::decode(req)?;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = new.or(old).ok_or(rules::MALFORMED)?;
+    // Judged on the version as stored: approvals are written at a person's pace, and one read
+    // spares a refusal (or a revocation allowed) on a cache that has not seen the last edit,
+    // promotion or deletion.
     let mut facts = Facts {
-        approved: approved_version(state, ns, &subject.spec.version),
+        approved: approved_version(state, ns, &subject.spec.version, Freshness::Stored).await?,
         ..Default::default()
     };
     if op == Op::Delete {
@@ -786,7 +829,7 @@ async fn review_approval(
     }
     if op == Op::Create
         && let Some(v) = &facts.approved
-        && let Some(app) = state.lookups.apps.get(&ObjectRef::new(&v.app).within(ns))
+        && let Some(app) = app_of(state, ns, &v.app).await?
     {
         // Only who guards the stage and whether separation of duties applies matter here: no
         // windows or counts.
