@@ -93,7 +93,7 @@ impl StageGate {
         let excluded = Excluded {
             creator: a.get(CREATED_BY_ANNOTATION).cloned(),
             last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
-            editors: editors_of(version),
+            editors: crate::lifecycle::stamps::editors_of(version),
             promoter: promoter.map(str::to_string),
         };
         Some(policy::count(
@@ -104,16 +104,6 @@ impl StageGate {
             &excluded,
         ))
     }
-}
-
-/// Everyone recorded as having edited `version` ([`crate::api::EDITORS_ANNOTATION`]); none when
-/// the record is absent (a version stored before it existed) or unreadable.
-pub fn editors_of(version: &AppVersion) -> Vec<String> {
-    version
-        .annotations()
-        .get(crate::api::EDITORS_ANNOTATION)
-        .and_then(|e| serde_json::from_str(e).ok())
-        .unwrap_or_default()
 }
 
 /// Of `approvals`, those of `version` that approve its current content: owned by this version

@@ -8,6 +8,7 @@ pub mod effective;
 pub mod gate;
 pub mod leader;
 pub mod lean;
+pub mod lifecycle;
 pub mod managed;
 pub mod materialize;
 pub mod metrics;

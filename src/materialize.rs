@@ -20,6 +20,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::api::{ConstantType, EnvironmentConfigSpec, SecretKeySelector};
+use crate::lifecycle::{
+    References,
+    constants::{MAX_CONSTANT_VALUE, option_constant},
+};
 
 /// The key of the data-source document in a materialised Secret.
 pub const DATASOURCES_KEY: &str = "datasources.json";
@@ -457,44 +461,6 @@ pub fn materialize(
     })
 }
 
-/// ToolJet's limits on a constant (server DTO `CreateOrganizationConstantDto`): a name of at most
-/// 50 characters matching `^[a-zA-Z_][a-zA-Z0-9_]*$`, a value of 1-10000 characters.
-pub const MAX_CONSTANT_NAME: usize = 50;
-/// See [`MAX_CONSTANT_NAME`]. Checked in bytes, which is never fewer than characters.
-pub const MAX_CONSTANT_VALUE: usize = 10_000;
-
-/// The name of the Secret constant that carries secret option `option` of data source `source`:
-/// both upper-cased and joined with `_`, every character ToolJet does not allow in a constant
-/// name replaced by `_`, `_` put first when it would start with a digit. A name longer than
-/// ToolJet's 50 characters keeps its first 41 and ends with `_` and 8 hex digits of a hash of the
-/// source and option, so it stays unique. Examples: (`crm-db`, `password`) -> `CRM_DB_PASSWORD`.
-pub fn option_constant(source: &str, option: &str) -> String {
-    let mut name: String = format!("{source}_{option}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        name.insert(0, '_');
-    }
-    if name.len() > MAX_CONSTANT_NAME {
-        let digest = Sha256::new()
-            .chain_update(source.as_bytes())
-            .chain_update([0])
-            .chain_update(option.as_bytes())
-            .finalize();
-        name.truncate(MAX_CONSTANT_NAME - 9);
-        name.push('_');
-        name.push_str(&hex(&digest[..4]));
-    }
-    name
-}
-
 /// Two apps a workload serves that give one of its constants different values, or one name
 /// both as a Global and as a Secret constant (ToolJet's lookup by name does not tell them apart,
 /// so a Global one could resolve, in the browser, to the other's secret).
@@ -698,93 +664,6 @@ pub fn missing_requirements(
     missing.into_iter().collect()
 }
 
-/// The names an app definition references: what the controllers need of a version's
-/// definition, and all they ever read of it. Computed once, at admission, from the request
-/// ([`References::of`]), and recorded on the version as annotation
-/// [`crate::api::REFERENCES_ANNOTATION`] ([`References::stamp`], read back with
-/// [`References::stamped`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct References {
-    /// `{{constants.NAME}}`: a Global constant of the stage.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub constants: BTreeSet<String>,
-    /// `{{secrets.NAME}}`: a Secret constant of the stage.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub secrets: BTreeSet<String>,
-}
-
-impl References {
-    /// The references of `definition` (none without one).
-    pub fn of(definition: Option<&Value>) -> References {
-        let (constants, secrets) = definition.map(definition_references).unwrap_or_default();
-        References { constants, secrets }
-    }
-
-    /// The annotation value: compact JSON, names sorted, so one definition has one stamp.
-    pub fn stamp(&self) -> String {
-        serde_json::to_string(self).expect("sets of strings serialise")
-    }
-
-    /// The references recorded on `v`; `None` when it carries no stamp (a version stored before
-    /// the stamp existed, or written while the webhook was not installed) or a malformed one.
-    pub fn stamped(v: &crate::api::AppVersion) -> Option<References> {
-        let stamp = v
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(crate::api::REFERENCES_ANNOTATION)?;
-        serde_json::from_str(stamp).ok()
-    }
-}
-
-/// The `{{constants.NAME}}` and `{{secrets.NAME}}` references in an app definition: every string
-/// value is searched inside its `{{ ... }}` expressions.
-pub fn definition_references(definition: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut constants = BTreeSet::new();
-    let mut secrets = BTreeSet::new();
-    let mut stack = vec![definition];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) => scan_expressions(s, &mut constants, &mut secrets),
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => stack.extend(map.values()),
-            _ => {}
-        }
-    }
-    (constants, secrets)
-}
-
-fn scan_expressions(text: &str, constants: &mut BTreeSet<String>, secrets: &mut BTreeSet<String>) {
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
-            return;
-        };
-        let expr = &after[..close];
-        for (prefix, into) in [("constants.", &mut *constants), ("secrets.", &mut *secrets)] {
-            let mut from = 0;
-            while let Some(pos) = expr[from..].find(prefix) {
-                let start = from + pos;
-                let preceded_by_ident = expr[..start]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-                let name: String = expr[start + prefix.len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !preceded_by_ident && !name.is_empty() {
-                    into.insert(name);
-                }
-                from = start + prefix.len();
-            }
-        }
-        rest = &after[close + 2..];
-    }
-}
-
 /// HMAC-SHA256 (hex) with `key` over the keys and values, each length-prefixed so no two maps
 /// collide. Keyed so that a hash users can read does not let them test guesses of a value.
 pub fn hash(key: &HashKey, data: &BTreeMap<String, Vec<u8>>) -> String {
@@ -936,29 +815,6 @@ mod tests {
             json!({ "crm-db": { "kind": "postgresql", "options": { "host": "db.staging", "port": 5432, "password": "{{secrets.CRM_DB_PASSWORD}}" } } })
         );
         assert!(!String::from_utf8_lossy(&m.data[DATASOURCES_KEY]).contains("pg-pass"));
-    }
-
-    #[test]
-    fn option_constant_names_follow_tooljets_rules() {
-        let valid = |n: &str| {
-            n.len() <= MAX_CONSTANT_NAME
-                && n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        };
-        assert_eq!(option_constant("crm-db", "password"), "CRM_DB_PASSWORD");
-        assert_eq!(
-            option_constant("hr.pg", "ssh_password"),
-            "HR_PG_SSH_PASSWORD"
-        );
-        assert_eq!(option_constant("1st", "token"), "_1ST_TOKEN");
-        let long = "a".repeat(100);
-        let a = option_constant(&long, "password");
-        let b = option_constant(&long, "passwore");
-        assert_eq!(a.len(), MAX_CONSTANT_NAME);
-        assert_ne!(a, b, "a shortened name keeps a hash of the whole");
-        for n in ["CRM_DB_PASSWORD", "_1ST_TOKEN", &a, &b] {
-            assert!(valid(n), "{n}");
-        }
     }
 
     #[test]
@@ -1358,55 +1214,6 @@ mod tests {
                 .data
                 .contains_key("TOOLJET_GLOBAL_CONSTANTS__staging__STRIPE_KEY")
         );
-    }
-
-    #[test]
-    fn definition_references_are_found_inside_expressions_only() {
-        let def = json!({
-            "queries": [{ "url": "{{constants.API_URL}}/x", "headers": [["Authorization", "Bearer {{ secrets.STRIPE_KEY }}"]] }],
-            "text": "constants.NOT_AN_EXPRESSION {{ globals.constants.NOPE + constants.B_2 }}",
-            "broken": "{{constants.UNCLOSED",
-        });
-        let (constants, secrets) = definition_references(&def);
-        assert_eq!(
-            constants.into_iter().collect::<Vec<_>>(),
-            ["API_URL", "B_2"]
-        );
-        assert_eq!(secrets.into_iter().collect::<Vec<_>>(), ["STRIPE_KEY"]);
-    }
-
-    #[test]
-    fn references_are_stamped_as_sorted_compact_json_and_read_back() {
-        let def = json!({ "pages": [{ "q": "{{secrets.Z}} {{constants.B}} {{constants.A}}" }], "x": "{{constants.A}}" });
-        let refs = References::of(Some(&def));
-        assert_eq!(refs.stamp(), r#"{"constants":["A","B"],"secrets":["Z"]}"#);
-        assert_eq!(References::of(None).stamp(), "{}");
-        assert_eq!(References::of(Some(&json!({}))), References::default());
-        let mut v = crate::api::AppVersion::new(
-            "v",
-            crate::api::AppVersionSpec {
-                app: "crm".into(),
-                version_name: "v".into(),
-                description: None,
-                environment: "development".into(),
-                definition: None,
-                requires: None,
-            },
-        );
-        assert_eq!(References::stamped(&v), None, "unstamped");
-        for (stamp, read) in [
-            (refs.stamp(), Some(refs.clone())),
-            ("{}".to_string(), Some(References::default())),
-            ("not json".to_string(), None),
-            (r#"{"constants":["A"],"other":[]}"#.to_string(), None),
-        ] {
-            v.metadata.annotations = Some(
-                [(crate::api::REFERENCES_ANNOTATION.to_string(), stamp)]
-                    .into_iter()
-                    .collect(),
-            );
-            assert_eq!(References::stamped(&v), read);
-        }
     }
 
     #[test]

@@ -955,7 +955,7 @@ pub fn explain_missing(
                         || spec.data_sources.iter().any(|d| {
                             d.secret_options
                                 .keys()
-                                .any(|o| crate::materialize::option_constant(&d.name, o) == name)
+                                .any(|o| crate::lifecycle::constants::option_constant(&d.name, o) == name)
                         })
                 } else if let Some(name) = phrase.strip_prefix("constant ") {
                     spec.constants.iter().any(|c| c.name == name)

@@ -10,6 +10,7 @@ use kube::{
 use serde::Serialize;
 use serde_json::json;
 use tooljet_operator::api::{AppVersion, ToolJetApp};
+use tooljet_operator::lifecycle::Pipeline;
 
 use crate::{
     cluster::{Cluster, approval_resource},
@@ -51,15 +52,15 @@ fn report(format: Format, outcome: &Outcome) -> Result<()> {
 /// The stage after `current` in `app`'s pipeline; errors say why there is none.
 pub fn next_stage(app: &ToolJetApp, version: &AppVersion) -> Result<String> {
     let name = version.name_any();
-    let stages = &app.spec.environments;
+    let pipeline = Pipeline::of(app);
     let current = &version.spec.environment;
-    let at = stages.iter().position(|s| s == current).ok_or_else(|| {
-        Error::Usage(format!(
-            "AppVersion {name} is in {current}, which is not a stage of app {}'s pipeline {stages:?}; fix spec.environment or the pipeline",
+    if !pipeline.contains(current) {
+        return Err(Error::Usage(format!(
+            "AppVersion {name} is in {current}, which is not a stage of app {}'s pipeline ({pipeline}); fix spec.environment or the pipeline",
             app.name_any()
-        ))
-    })?;
-    stages.get(at + 1).cloned().ok_or_else(|| {
+        )));
+    }
+    pipeline.next(current).map(str::to_string).ok_or_else(|| {
         Error::Usage(format!(
             "AppVersion {name} is already in the last stage ({current}); release it with `kubectl tooljet release {name}`"
         ))
@@ -239,7 +240,7 @@ pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<Stri
         .as_ref()
         .map(|s| s.release_history.as_slice())
         .unwrap_or_default();
-    let last = app.last_stage();
+    let last = Pipeline::of(app).last();
     let releasable = |name: &str| {
         versions.iter().any(|v| {
             v.name_any() == name && v.spec.app == app.name_any() && v.spec.environment == last
@@ -321,7 +322,7 @@ pub async fn approve(
     let v = cluster.version(version).await?;
     let generation = generation.unwrap_or_else(|| v.metadata.generation.unwrap_or_default());
     let app = cluster.app(&v.spec.app).await?;
-    if !app.spec.environments.iter().any(|s| s == stage) {
+    if !Pipeline::of(&app).contains(stage) {
         return Err(Error::Usage(format!(
             "{stage} is not a stage of app {}'s pipeline {:?}",
             app.name_any(),

@@ -20,6 +20,7 @@ use tooljet_operator::api::{
     AppVersion, AppVersionSpec, DataSource, EnvironmentConfig, EnvironmentConfigSpec, Requirements,
     SecretKeySelector, SecretValueSource, ToolJetApp, ToolJetAppSpec,
 };
+use tooljet_operator::lifecycle::References;
 
 /// Data source kinds ToolJet creates for every app itself; they need no configuration.
 pub const INTERNAL_KINDS: [&str; 4] = ["tooljetdb", "runjs", "runpy", "workflows"];
@@ -205,7 +206,13 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             required_sources.insert(name.clone());
         }
     }
-    let constants = referenced_constants(definition);
+    // What the operator reads of the definition (one scanner: the version is stamped with it).
+    let references = References::of(Some(definition));
+    let constants: BTreeSet<String> = references
+        .constants
+        .into_iter()
+        .chain(references.secrets)
+        .collect();
 
     // One EnvironmentConfig per stage.
     let options = array_field(app_v2, "dataSourceOptions");
@@ -344,7 +351,7 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
 /// any stage; per stage, app entries win), in the form ToolJet resolves: plain options as their
 /// literal value, secret options as `{"value": "{{secrets.NAME}}", "encrypted": false}`, NAME
 /// being the secret constant the operator materialises for the option
-/// ([`tooljet_operator::materialize::option_constant`]). Imported into ToolJet, an option
+/// ([`tooljet_operator::lifecycle::constants::option_constant`]). Imported into ToolJet, an option
 /// resolves, in each environment's ToolJet server, to that stage's value; the file holds no
 /// credential. `stage` must configure every data source; an environment that configures none
 /// keeps the plain options the definition was imported with, its secret options referenced.
@@ -509,7 +516,7 @@ fn tooljet_options(ds: &DataSource) -> Map<String, Value> {
 /// Not encrypted: ToolJet's import keeps a plain option's value and creates an encrypted one
 /// empty, and a reference is no credential.
 fn secret_reference(data_source: &str, option: &str) -> Value {
-    let name = tooljet_operator::materialize::option_constant(data_source, option);
+    let name = tooljet_operator::lifecycle::constants::option_constant(data_source, option);
     json!({ "value": format!("{{{{secrets.{name}}}}}"), "encrypted": false })
 }
 
@@ -546,51 +553,6 @@ fn referenced_encrypted(data_source: &str, options: &Map<String, Value>) -> Map<
 pub fn is_internal(ds: &Value) -> bool {
     let kind = ds.get("kind").and_then(Value::as_str).unwrap_or_default();
     ds.get("type").and_then(Value::as_str) == Some("static") || INTERNAL_KINDS.contains(&kind)
-}
-
-/// `{{constants.NAME}}` and `{{secrets.NAME}}` references anywhere in `value`'s strings.
-pub fn referenced_constants(value: &Value) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    walk_strings(value, &mut |s| {
-        let mut rest = s;
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else { break };
-            let expr = &after[..end];
-            for prefix in ["constants.", "secrets."] {
-                let mut search = expr;
-                while let Some(at) = search.find(prefix) {
-                    let boundary = search[..at]
-                        .chars()
-                        .next_back()
-                        .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
-                    let name: String = search[at + prefix.len()..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if boundary
-                        && !name.is_empty()
-                        && !name.starts_with(|c: char| c.is_ascii_digit())
-                        && name.len() <= 50
-                    {
-                        found.insert(name);
-                    }
-                    search = &search[at + prefix.len()..];
-                }
-            }
-            rest = &after[end + 2..];
-        }
-    });
-    found
-}
-
-fn walk_strings(value: &Value, f: &mut impl FnMut(&str)) {
-    match value {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter().for_each(|v| walk_strings(v, f)),
-        Value::Object(map) => map.values().for_each(|v| walk_strings(v, f)),
-        _ => {}
-    }
 }
 
 fn array_field<'a>(obj: &'a Map<String, Value>, key: &str) -> &'a [Value] {
@@ -961,14 +923,6 @@ mod tests {
             "{:?}",
             imported.notes
         );
-    }
-
-    #[test]
-    fn constant_and_secret_references_are_found_inside_expressions_only() {
-        let v = json!({ "a": "{{constants.API_URL}}/x", "b": ["{{ secrets.DB_PASS + constants.api_2 }}"],
-                         "c": "constants.NOT_IN_BRACES", "d": "{{myconstants.NO}} {{constants.1BAD}}" });
-        let found: Vec<_> = referenced_constants(&v).into_iter().collect();
-        assert_eq!(found, ["API_URL", "DB_PASS", "api_2"]);
     }
 
     #[test]

@@ -78,60 +78,10 @@ pub struct ToolJetAppSpec {
 }
 
 impl ToolJetApp {
-    /// The stage where versions are created and edited.
-    pub fn first_stage(&self) -> &str {
-        self.spec
-            .environments
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    /// The stage whose versions can be released.
-    pub fn last_stage(&self) -> &str {
-        self.spec
-            .environments
-            .last()
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    /// The stage after `stage` in the pipeline (`None`: `stage` is the last, or not in it).
-    pub fn next_stage(&self, stage: &str) -> Option<&str> {
-        let i = self.spec.environments.iter().position(|s| s == stage)?;
-        self.spec.environments.get(i + 1).map(String::as_str)
-    }
-
     /// The released version, if any.
     pub fn released(&self) -> Option<&str> {
         self.spec.release.as_ref().map(|r| r.version.as_str())
     }
-
-    /// Whether `version` may be released: `stage_of` says which stage a version of this app is
-    /// in (`None`: no such version). The one rule the webhook and the controller both apply.
-    pub fn release_check<'a>(
-        &self,
-        version: &str,
-        stage_of: impl FnOnce(&str) -> Option<&'a str>,
-    ) -> ReleaseCheck<'a> {
-        match stage_of(version) {
-            None => ReleaseCheck::NotAVersion,
-            Some(stage) if stage != self.last_stage() => ReleaseCheck::NotInLastStage { stage },
-            Some(_) => ReleaseCheck::Releasable,
-        }
-    }
-}
-
-/// Whether a version may be an app's release (see [`ToolJetApp::release_check`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReleaseCheck<'a> {
-    Releasable,
-    /// Not a version of this app (in this namespace).
-    NotAVersion,
-    /// A version of this app, in `stage`, which is not the last.
-    NotInLastStage {
-        stage: &'a str,
-    },
 }
 
 impl RolloutTarget {
@@ -298,33 +248,4 @@ pub struct ReleaseRecord {
     /// Whether this release went back to a version released before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_version_of_the_app_in_its_last_stage_is_releasable() {
-        let app = ToolJetApp::new(
-            "crm",
-            ToolJetAppSpec {
-                display_name: None,
-                environments: vec!["dev".into(), "qa".into(), "prod".into()],
-                release: None,
-                rollout: vec![],
-            },
-        );
-        assert_eq!((app.first_stage(), app.last_stage()), ("dev", "prod"));
-        let stage = |s: &'static str| move |_: &str| Some(s);
-        assert_eq!(
-            app.release_check("v1", stage("prod")),
-            ReleaseCheck::Releasable
-        );
-        assert_eq!(
-            app.release_check("v1", stage("qa")),
-            ReleaseCheck::NotInLastStage { stage: "qa" }
-        );
-        assert_eq!(app.release_check("v9", |_| None), ReleaseCheck::NotAVersion);
-    }
 }

@@ -81,7 +81,7 @@ pub const MAX_EDITORS: usize = 32;
 /// compact JSON (`{"constants":["A"],"secrets":["B"]}`). Stamped by the mutating webhook from the
 /// request on create and on every change of the definition, and checked by the validating webhook
 /// against the definition it judges: the controllers read a version's references from it, so the
-/// operator never holds or parses a stored definition. See [`crate::materialize::References`].
+/// operator never holds or parses a stored definition. See [`crate::lifecycle::References`].
 pub const REFERENCES_ANNOTATION: &str = "tooljet.io/references";
 /// Who approved (an Approval), when, and the version's `metadata.generation` approved: an
 /// approval counts only for the content it saw.

@@ -1,6 +1,7 @@
 //! ToolJetApp: versions per stage, the release (and its history), and the rollout trigger that
 //! restarts an environment's workloads when, and only when, its configuration changes.
 
+use crate::lifecycle::{Pipeline, ReleaseCheck, history, stamps};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
@@ -36,8 +37,8 @@ use super::{
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, PromotionPolicy, RELEASED_AT_ANNOTATION,
-    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck, ReleaseRecord, StageGate,
-    ToolJetApp, ToolJetAppStatus,
+    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseRecord, StageGate, ToolJetApp,
+    ToolJetAppStatus,
 };
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, WORKLOAD_SECRET_KIND};
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
@@ -48,9 +49,6 @@ use crate::{
 };
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::core::SelectorExt;
-
-/// How many releases a status keeps.
-pub const RELEASE_HISTORY: usize = 20;
 
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
 /// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
@@ -215,7 +213,7 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
     let Some(release) = &app.spec.release else {
         return Release::None;
     };
-    let last = app.last_stage();
+    let last = Pipeline::of(app).last();
     let wanted = &release.version;
     let stage_of = |name: &str| {
         versions
@@ -223,7 +221,7 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
             .find(|v| v.name_any() == name)
             .map(|v| v.spec.environment.as_str())
     };
-    match app.release_check(wanted, stage_of) {
+    match Pipeline::of(app).release_check(wanted, stage_of) {
         ReleaseCheck::NotAVersion => Release::Invalid {
             reason: "ReleaseVersionNotFound",
             message: format!(
@@ -706,29 +704,20 @@ fn desired_status(
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
                 let annotations = app.annotations();
-                let stamped = annotations.get(RELEASED_VERSION_ANNOTATION) == Some(version);
-                let at = stamped
-                    .then(|| {
-                        annotations
-                            .get(RELEASED_AT_ANNOTATION)
-                            .and_then(|t| t.parse::<Timestamp>().ok())
-                    })
-                    .flatten()
-                    .unwrap_or_else(Timestamp::now);
+                // The stamps describe the release of the version they name only.
+                let made = if annotations.get(RELEASED_VERSION_ANNOTATION) == Some(version) {
+                    stamps::made(annotations, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION)
+                } else {
+                    stamps::Made::default()
+                };
                 let r = ReleaseRecord {
                     version: version.clone(),
-                    at: Time(at),
-                    by: stamped
-                        .then(|| annotations.get(RELEASED_BY_ANNOTATION).cloned())
-                        .flatten(),
-                    override_reason: stamped
-                        .then(|| super::appversion::overridden(annotations, RELEASED_AT_ANNOTATION))
-                        .flatten(),
+                    at: Time(made.at.unwrap_or_else(Timestamp::now)),
+                    by: made.by,
+                    override_reason: made.override_reason,
                     rollback: status.release_history.iter().any(|h| &h.version == version),
                 };
-                status.release_history.push(r.clone());
-                let excess = status.release_history.len().saturating_sub(RELEASE_HISTORY);
-                status.release_history.drain(..excess);
+                history::record(&mut status.release_history, r.clone());
                 status.released_version = Some(version.clone());
                 record = Some(r);
             }

@@ -7,6 +7,7 @@
 //! create one of that name carrying the managed-by label, and must not thereby configure a stage
 //! (the operator would be their confused deputy).
 
+use crate::lifecycle::{Pipeline, history, stamps};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -39,24 +40,20 @@ use super::{
 };
 use crate::{
     api::{
-        AppVersion, AppVersionStatus, Approval, OVERRIDDEN_AT_ANNOTATION,
-        OVERRIDDEN_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
+        AppVersion, AppVersionStatus, Approval, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
         PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, STAGES_ANNOTATION,
         StageApprovals, ToolJetApp,
     },
     cached::CachedConfig,
     gate,
+    lifecycle::References,
     managed::{ManagedSecret, OwnerKind},
-    materialize::{
-        Materialized, References, missing_requirements, resolved_secret_name, secret_name,
-    },
+    materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
     policy::Tally,
 };
 
 /// `tooljet.io/kind` of the resolved-config Secrets.
 pub use crate::api::RESOLVED_SECRET_KIND as SECRET_KIND;
-/// How many promotions a status keeps.
-pub const PROMOTION_HISTORY: usize = 20;
 
 /// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
 /// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
@@ -304,7 +301,7 @@ fn gather(v: &AppVersion, ctx: &Context, ns: &str, references: Arc<References>) 
         .get(&ObjectRef::new(&v.spec.app).within(ns));
     // Counted as a promotion would count them, less the promoter (not known before it promotes).
     let approvals = app.as_deref().and_then(|a| {
-        let next = a.next_stage(environment)?;
+        let next = Pipeline::of(a).next(environment)?;
         gate::stage_gate(&ctx.lookups, a, next)?.tally(&ctx.lookups, v, None)
     });
     let resolved = resolve(
@@ -415,17 +412,6 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
     }
 }
 
-/// The reason of a break-glass override stamped in the same request as the stamp `at_key`.
-pub(crate) fn overridden(
-    annotations: &std::collections::BTreeMap<String, String>,
-    at_key: &str,
-) -> Option<String> {
-    let at = annotations.get(at_key)?;
-    (annotations.get(OVERRIDDEN_AT_ANNOTATION) == Some(at))
-        .then(|| annotations.get(OVERRIDDEN_REASON_ANNOTATION).cloned())
-        .flatten()
-}
-
 /// The status for what was found (pure), and the promotions to record if the stage changed.
 fn desired_status(
     v: &AppVersion,
@@ -462,30 +448,21 @@ fn desired_status(
         // stage from the stamped stage. Steps before it (missed while the operator was away)
         // have no known author; their time is when they were recorded.
         let stamped = to == environment && annotations.get(PROMOTED_FROM_ANNOTATION) == Some(&from);
-        let at = stamped
-            .then(|| {
-                annotations
-                    .get(PROMOTED_AT_ANNOTATION)
-                    .and_then(|t| t.parse::<Timestamp>().ok())
-            })
-            .flatten()
-            .unwrap_or_else(Timestamp::now);
+        let made = if stamped {
+            stamps::made(annotations, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION)
+        } else {
+            Default::default()
+        };
         let record = Promotion {
             from,
             to,
-            at: Time(at),
-            by: stamped
-                .then(|| annotations.get(PROMOTED_BY_ANNOTATION).cloned())
-                .flatten(),
-            override_reason: stamped
-                .then(|| overridden(annotations, PROMOTED_AT_ANNOTATION))
-                .flatten(),
+            at: Time(made.at.unwrap_or_else(Timestamp::now)),
+            by: made.by,
+            override_reason: made.override_reason,
         };
-        status.promotions.push(record.clone());
+        history::record(&mut status.promotions, record.clone());
         promotions.push(record);
     }
-    let excess = status.promotions.len().saturating_sub(PROMOTION_HISTORY);
-    status.promotions.drain(..excess);
     status.environment = Some(environment.clone());
     if !taken {
         status.resolved_config = Some(ResolvedConfig {
@@ -859,7 +836,7 @@ mod tests {
             v.status = Some(desired_status(&v, None, &empty(), &[], "s", false, None).0);
         }
         let promotions = &v.status.as_ref().unwrap().promotions;
-        assert_eq!(promotions.len(), PROMOTION_HISTORY);
+        assert_eq!(promotions.len(), history::KEPT);
         assert_eq!(promotions.last().unwrap().to, "a30");
     }
 
@@ -937,9 +914,9 @@ mod tests {
             "no guarded next stage: no approvals shown"
         );
         let a = app(None);
-        assert_eq!(a.next_stage("staging"), Some("production"));
-        assert_eq!(a.next_stage("production"), None);
-        assert_eq!(a.next_stage("qa"), None);
+        assert_eq!(Pipeline::of(&a).next("staging"), Some("production"));
+        assert_eq!(Pipeline::of(&a).next("production"), None);
+        assert_eq!(Pipeline::of(&a).next("qa"), None);
     }
 
     fn stage_config(name: &str, uid: &str, app: Option<&str>, env: &str) -> CachedConfig {

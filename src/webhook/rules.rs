@@ -7,6 +7,10 @@
 //! on the requester) and puts the answers in [`Facts::granted`], and the `review_*` functions
 //! judge. An access that was not asked counts as refused, so the rules fail closed.
 
+use crate::lifecycle::{
+    Move, Pipeline, ReleaseCheck,
+    stamps::{self, stages_of},
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
@@ -18,12 +22,12 @@ use crate::api::{
     GROUP, LAST_EDITED_BY_ANNOTATION, OVERRIDDEN_AT_ANNOTATION, OVERRIDDEN_BY_ANNOTATION,
     OVERRIDDEN_REASON_ANNOTATION, OVERRIDE_REASON_ANNOTATION, PROMOTED_AT_ANNOTATION,
     PROMOTED_BY_ANNOTATION, PROMOTED_FROM_ANNOTATION, REFERENCES_ANNOTATION,
-    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseCheck,
-    STAGES_ANNOTATION, ToolJetApp,
+    RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, STAGES_ANNOTATION,
+    ToolJetApp,
 };
 use crate::{
     api::{EDITORS_ANNOTATION, MAX_EDITORS},
-    materialize::References,
+    lifecycle::References,
 };
 
 /// The one `tooljet.io/` annotation users may set, guarded by RBAC (verb `unprotect` on
@@ -181,19 +185,8 @@ pub struct AppFact {
 }
 
 impl AppFact {
-    fn first(&self) -> &str {
-        self.environments
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    fn index(&self, stage: &str) -> Option<usize> {
-        self.environments.iter().position(|s| s == stage)
-    }
-
-    fn pipeline(&self) -> String {
-        self.environments.join(" -> ")
+    fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline::new(&self.environments)
     }
 }
 
@@ -282,15 +275,6 @@ pub fn rollout_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
 fn protection_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     let before = old.and_then(|o| o.annotations().get(DELETION_PROTECTION_ANNOTATION));
     new.annotations().get(DELETION_PROTECTION_ANNOTATION) != before
-}
-
-/// The stages a version has been in, as stamped; a version stamped before the stamp existed
-/// counts as having been only where it is.
-pub fn stages_of(v: &AppVersion) -> String {
-    v.annotations()
-        .get(STAGES_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| v.spec.environment.clone())
 }
 
 /// What an AppVersion request needs: `promote` into the target stage for a promotion.
@@ -452,15 +436,11 @@ fn owners_rule(
 }
 
 /// The reason of a break-glass override the mutating webhook stamped for this request by `user`
-/// (its `overridden-at` equals the request's stamp `at_key`, so an older one never counts).
+/// ([`stamps::override_of`], made by `user`).
 pub fn overridden<'a>(obj: &'a impl ResourceExt, at_key: &str, user: &str) -> Option<&'a str> {
-    let a = obj.annotations();
-    let at = a.get(at_key)?;
-    (a.get(OVERRIDDEN_AT_ANNOTATION) == Some(at)
-        && a.get(OVERRIDDEN_BY_ANNOTATION).map(String::as_str) == Some(user))
-    .then(|| a.get(OVERRIDDEN_REASON_ANNOTATION).map(String::as_str))
-    .flatten()
-    .filter(|r| !r.trim().is_empty())
+    stamps::override_of(obj.annotations(), at_key)
+        .filter(|o| o.by == Some(user))
+        .map(|o| o.reason)
 }
 
 const OVERRIDE_STAMPS: [&str; 3] = [
@@ -484,9 +464,9 @@ pub fn needed_for_app(
     let name = new.name_any();
     let mut needed = BTreeSet::new();
     if release_changed(old, new) {
-        needed.insert(Access::environment(RELEASE, new.last_stage()));
+        needed.insert(Access::environment(RELEASE, Pipeline::of(new).last()));
         if release(old, new).is_some() && overridden(new, RELEASED_AT_ANNOTATION, user).is_some() {
-            needed.insert(Access::environment(OVERRIDE, new.last_stage()));
+            needed.insert(Access::environment(OVERRIDE, Pipeline::of(new).last()));
         }
     }
     if pipeline_changed(old, new) || rollout_changed(old, new) {
@@ -717,8 +697,17 @@ fn references_stamped(
     new: &AppVersion,
 ) -> Result<bool, Verdict> {
     let expected = References::of(new.spec.definition.as_ref()).stamp();
+    let stored = old.and_then(|o| {
+        (o.spec.definition == new.spec.definition)
+            .then(|| o.annotations().get(REFERENCES_ANNOTATION))
+            .flatten()
+    });
     match new.annotations().get(REFERENCES_ANNOTATION) {
         Some(stamp) if *stamp == expected => Ok(true),
+        // Carried over with the definition it was computed from: admitted when that definition
+        // was (an earlier operator's scanner may have read an edge case differently), and no
+        // change of this request.
+        Some(stamp) if stored == Some(stamp) => Ok(false),
         None if old.is_some_and(|o| {
             o.spec.definition == new.spec.definition
                 && !o.annotations().contains_key(REFERENCES_ANNOTATION)
@@ -731,6 +720,20 @@ fn references_stamped(
              {REFERENCES_ANNOTATION}, {expected}); {NOT_STAMPED}"
         ))),
     }
+}
+
+/// The denial of `new`'s versionName when another version of the app holds it.
+fn version_name_taken(name: &str, new: &AppVersion, app: &AppFact) -> Option<Verdict> {
+    let versions = app
+        .versions
+        .iter()
+        .map(|v| (v.name.as_str(), v.version_name.as_str()));
+    let other =
+        crate::lifecycle::names::version_name_holder(versions, &new.spec.version_name, name)?;
+    Some(Deny(format!(
+        "AppVersion {name}: versionName {} is already used by AppVersion {other} of app {}; choose another name",
+        new.spec.version_name, app.name
+    )))
 }
 
 /// The rules for an AppVersion request.
@@ -759,7 +762,7 @@ pub fn review_version(
             )),
         };
     };
-    let first = app.first();
+    let first = app.pipeline().first();
     match op {
         Op::Create => {
             let Some(new) = new else {
@@ -774,15 +777,8 @@ pub fn review_version(
                     app.pipeline()
                 ));
             }
-            if let Some(other) = app
-                .versions
-                .iter()
-                .find(|v| v.version_name == new.spec.version_name && v.name != name)
-            {
-                return Deny(format!(
-                    "AppVersion {name}: versionName {} is already used by AppVersion {} of app {}; choose another name",
-                    new.spec.version_name, other.name, app.name
-                ));
+            if let Some(verdict) = version_name_taken(&name, new, app) {
+                return verdict;
             }
             if let Some(verdict) = definition_too_large(&name, new) {
                 return verdict;
@@ -856,7 +852,7 @@ fn review_version_update(
     app: &AppFact,
     facts: &Facts,
 ) -> Verdict {
-    let first = app.first();
+    let first = app.pipeline().first();
     if old.spec.app != new.spec.app {
         return Deny(format!(
             "AppVersion {name}: spec.app is immutable (it is a version of {}); create a new AppVersion for {} instead",
@@ -911,28 +907,29 @@ fn review_version_update(
                     .join(", ")
             ));
         }
-        let (Some(i), Some(j)) = (app.index(from), app.index(to)) else {
-            let unknown = if app.index(to).is_none() { to } else { from };
-            return Deny(format!(
-                "AppVersion {name} cannot move to {to}: {unknown} is not a stage of ToolJetApp {} ({})",
-                app.name,
-                app.pipeline()
-            ));
-        };
-        if j < i {
-            return Deny(format!(
-                "AppVersion {name} cannot move back from {from} to {to}: promotion only moves forward ({}); create a \
-                 new version in {first} instead",
-                app.pipeline()
-            ));
-        }
-        if j > i + 1 {
-            let next = &app.environments[i + 1];
-            return Deny(format!(
-                "AppVersion {name} cannot move from {from} to {to}: promotion goes one stage at a time ({}); promote \
-                 it to {next} first",
-                app.pipeline()
-            ));
+        match app.pipeline().step(from, to) {
+            Move::Forward => {}
+            Move::Unknown { stage } => {
+                return Deny(format!(
+                    "AppVersion {name} cannot move to {to}: {stage} is not a stage of ToolJetApp {} ({})",
+                    app.name,
+                    app.pipeline()
+                ));
+            }
+            Move::Backward => {
+                return Deny(format!(
+                    "AppVersion {name} cannot move back from {from} to {to}: promotion only moves forward ({}); \
+                     create a new version in {first} instead",
+                    app.pipeline()
+                ));
+            }
+            Move::Skips { next } => {
+                return Deny(format!(
+                    "AppVersion {name} cannot move from {from} to {to}: promotion goes one stage at a time ({}); \
+                     promote it to {next} first",
+                    app.pipeline()
+                ));
+            }
         }
         let access = Access::environment(PROMOTE, to);
         if !facts.may(&access) {
@@ -1013,16 +1010,8 @@ fn review_version_update(
             ));
         }
     }
-    if renamed
-        && let Some(other) = app
-            .versions
-            .iter()
-            .find(|v| v.version_name == new.spec.version_name && v.name != name)
-    {
-        return Deny(format!(
-            "AppVersion {name}: versionName {} is already used by AppVersion {} of app {}; choose another name",
-            new.spec.version_name, other.name, app.name
-        ));
+    if renamed && let Some(verdict) = version_name_taken(name, new, app) {
+        return verdict;
     }
     if old.spec.definition != new.spec.definition
         && let Some(verdict) = definition_too_large(name, new)
@@ -1109,7 +1098,7 @@ pub fn review_app(
             let Some(old) = old else {
                 return Deny(MALFORMED.into());
             };
-            let first = old.first_stage();
+            let first = Pipeline::of(old).first();
             let advanced: Vec<String> = versions
                 .iter()
                 .filter(|v| v.environment != first)
@@ -1138,7 +1127,7 @@ pub fn review_app(
             // An app that has a release, or versions past its first stage, is as undeletable
             // through its owners as through a delete (its protection annotation aside: that
             // guards a deliberate delete, not a deferred one).
-            let first = old.unwrap_or(new).first_stage();
+            let first = Pipeline::of(old.unwrap_or(new)).first();
             let released = old.and_then(|o| o.released()).or(new.released());
             let advanced = versions.iter().find(|v| v.environment != first);
             let undeletable = match (released, advanced) {
@@ -1218,7 +1207,7 @@ pub fn review_app(
                      needs verb unprotect on resource tooljetapps named {name} (group tooljet.io); ask a cluster admin"
                 ));
             }
-            let last = new.last_stage();
+            let last = Pipeline::of(new).last();
             let release_access = Access::environment(RELEASE, last);
             if release_changed(old, new) && !facts.may(&release_access) {
                 let what = match new.released() {
@@ -1242,7 +1231,7 @@ pub fn review_app(
                         .find(|v| v.name == wanted)
                         .map(|v| v.environment.as_str())
                 };
-                match new.release_check(version, stage_of) {
+                match Pipeline::of(new).release_check(version, stage_of) {
                     ReleaseCheck::NotAVersion => {
                         return Deny(format!(
                             "ToolJetApp {name} cannot release {version}: it is not an AppVersion of app {name} in this \
@@ -1520,7 +1509,7 @@ pub fn review_config(
     Allow
 }
 
-/// A secret option whose secret constant ([`crate::materialize::option_constant`]) would be
+/// A secret option whose secret constant ([`crate::lifecycle::constants::option_constant`]) would be
 /// another entry's of the same config: a Global constant of that name, a Secret constant or
 /// another secret option of that name reading another Secret key (pure). The same key is one
 /// value, so it may share the name.
@@ -1536,7 +1525,7 @@ pub fn option_constant_clash(spec: &EnvironmentConfigSpec) -> Option<String> {
     }
     for ds in &spec.data_sources {
         for (option, src) in &ds.secret_options {
-            let constant = crate::materialize::option_constant(&ds.name, option);
+            let constant = crate::lifecycle::constants::option_constant(&ds.name, option);
             let path = format!("spec.dataSources[{}].secretOptions.{option}", ds.name);
             if let Some(global) = spec
                 .constants
@@ -1638,7 +1627,7 @@ pub fn mutation_for_new_version(new: &AppVersion, user: &str) -> Patch {
 /// (in the record, or as its last editor on a version stored before the record existed),
 /// otherwise with `user` appended. `Err`: the record is full.
 fn editors_after(old: &AppVersion, user: &str) -> Result<Option<String>, String> {
-    let mut editors = crate::gate::editors_of(old);
+    let mut editors = stamps::editors_of(old);
     let last = old.annotations().get(LAST_EDITED_BY_ANNOTATION);
     if editors.iter().any(|e| e == user) || last.map(String::as_str) == Some(user) {
         return Ok(None);

@@ -3,6 +3,7 @@
 //! [`rules`]. Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
 //! is [`super::http`].
 
+use crate::lifecycle::Pipeline;
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
@@ -25,7 +26,8 @@ use crate::{
         PromotionPolicy, STAGES_ANNOTATION, ToolJetApp,
     },
     lean::Lean,
-    materialize::{HashKey, References, missing_requirements},
+    lifecycle::References,
+    materialize::{HashKey, missing_requirements},
     metrics::Metrics,
     state::{Lookups, Readiness},
 };
@@ -201,7 +203,7 @@ async fn approved_version(
     let app = app_of(state, ns, &v.spec.app).await?;
     let next_stage = app
         .as_ref()
-        .and_then(|a| a.next_stage(&v.spec.environment))
+        .and_then(|a| Pipeline::of(a).next(&v.spec.environment))
         .map(str::to_string);
     let a = v.annotations();
     Ok(Some(gates::ApprovedVersion {
@@ -213,7 +215,7 @@ async fn approved_version(
         app: v.spec.app.clone(),
         creator: a.get(CREATED_BY_ANNOTATION).cloned(),
         last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
-        editors: crate::gate::editors_of(&v),
+        editors: crate::lifecycle::stamps::editors_of(&v),
         deleting: v.metadata.deletion_timestamp.is_some(),
     }))
 }
@@ -690,12 +692,12 @@ async fn review_app(
         }
         // Judged on the labels as stored and as requested, the stricter answer winning: a
         // release cannot drop the label that puts it under a freeze in the same request.
-        let after = gate_facts(state, ns, new, new.last_stage(), None).await?;
+        let after = gate_facts(state, ns, new, Pipeline::of(new).last(), None).await?;
         let before = match old {
             Some(old) if old.labels() != new.labels() => {
                 let mut relabelled = new.clone();
                 relabelled.metadata.labels = old.metadata.labels.clone();
-                gate_facts(state, ns, &relabelled, new.last_stage(), None).await?
+                gate_facts(state, ns, &relabelled, Pipeline::of(new).last(), None).await?
             }
             _ => None,
         };
@@ -716,7 +718,7 @@ async fn released_as_stored(
     version: &str,
     fact: &mut rules::AppFact,
 ) -> Result<(), String> {
-    let last = app.last_stage();
+    let last = Pipeline::of(app).last();
     if fact
         .versions
         .iter()

@@ -788,7 +788,7 @@ fn layer(config: &EnvironmentConfig, secrets: &BTreeMap<String, Data>) -> Option
         let mut secret_constants = vec![];
         for (option, src) in &ds.secret_options {
             let r = &src.secret_key_ref;
-            let name = tooljet_operator::materialize::option_constant(&ds.name, option);
+            let name = tooljet_operator::lifecycle::constants::option_constant(&ds.name, option);
             options.insert(
                 option.clone(),
                 Value::String(format!("{{{{secrets.{name}}}}}")),
