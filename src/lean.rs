@@ -159,7 +159,7 @@ with_status! {
 }
 
 /// An AppVersion's spec less `definition`: serde skips a field the struct does not name without
-/// building it, so a definition (up to [`crate::webhook::rules::MAX_DEFINITION_BYTES`]) is never
+/// building it, so a definition (up to [`crate::webhook::limits::MAX_DEFINITION_BYTES`]) is never
 /// allocated. All the operator needs of it, the names it references, is stamped at admission
 /// ([`crate::api::REFERENCES_ANNOTATION`]). A version read this way has `spec.definition: None`.
 #[derive(Deserialize)]

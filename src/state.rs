@@ -310,7 +310,7 @@ where
 
 /// Objects per page when AppVersions are listed in pages: a page is read whole before it is
 /// parsed, and a version may hold a definition of up to
-/// [`crate::webhook::rules::MAX_DEFINITION_BYTES`] (1 MiB), so a page holds at most about 16
+/// [`crate::webhook::limits::MAX_DEFINITION_BYTES`] (1 MiB), so a page holds at most about 16
 /// MiB however large the app is. Streaming lists need no pages at all ([`version_watch`]).
 pub const VERSION_PAGE: u32 = 16;
 

@@ -573,7 +573,7 @@ async fn oversized_definitions_and_options_are_refused_with_the_bound() {
     // A real app's shape just under the limit is stored, apiserver bookkeeping (managedFields)
     // included; its creator's next edit of the definition (their own edits in a row, which the
     // last-editor stamp alone would not send to the mutating webhook) is restamped.
-    let max = tooljet_operator::webhook::rules::MAX_DEFINITION_BYTES;
+    let max = tooljet_operator::webhook::limits::MAX_DEFINITION_BYTES;
     let near = testenv::definitions::realistic(max - 40 * 1024, 1);
     assert!(serde_json::to_vec(&near).unwrap().len() <= max);
     w.create(

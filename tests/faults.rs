@@ -922,8 +922,8 @@ async fn under_memory_pressure_other_namespaces_converge_and_admission_answers()
     let other = Fleet::new(&client, "calm", 3).await;
     let heavy = support::namespace(&client, "pressure").await;
     let versions = if faults::long() { 300 } else { 24 };
-    let max = tooljet_operator::webhook::rules::MAX_DEFINITION_BYTES;
-    let options_max = tooljet_operator::webhook::rules::MAX_OPTIONS_BYTES;
+    let max = tooljet_operator::webhook::limits::MAX_DEFINITION_BYTES;
+    let options_max = tooljet_operator::webhook::limits::MAX_OPTIONS_BYTES;
     let api = |kind: &str| -> Api<DynamicObject> {
         Api::namespaced_with(client.clone(), &heavy, &ar(kind))
     };
@@ -1073,7 +1073,7 @@ async fn a_restarted_operator_reads_no_definition() {
     .await;
     wait_for_admission(&client).await;
     let versions = if faults::long() { 200 } else { 24 };
-    let max = tooljet_operator::webhook::rules::MAX_DEFINITION_BYTES;
+    let max = tooljet_operator::webhook::limits::MAX_DEFINITION_BYTES;
     let mut large = testenv::definitions::realistic(max - 96 * 1024, 0);
     large["appV2"]["components"][0]["note"] = json!("{{constants.BIG_REFERENCE}}");
     let bytes = serde_json::to_vec(&large).unwrap().len();

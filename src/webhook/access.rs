@@ -24,7 +24,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use super::rules::Access;
+use super::vocabulary::Access;
 use crate::metrics::{AccessAnswer, Metrics};
 
 /// The TTL when none is given.

@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
-use super::rules::{APPROVE, CONFIGURE, OVERRIDE, PROMOTE, RELEASE, UNPROTECT};
+use super::vocabulary::{APPROVE, CONFIGURE, OVERRIDE, PROMOTE, RELEASE, UNPROTECT};
 use crate::api::{
     DEFAULT_PIPELINE, GROUP, LAST_EDITED_BY_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     STAGES_ANNOTATION,
@@ -107,7 +107,7 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
             ..Default::default()
         };
     // The common path (editing a version in its first stage) costs no webhook call. On an update
-    // that is not a promotion, `rules::review_version_update` judges only: spec.app (immutable);
+    // that is not a promotion, `reviews::review_version_update` judges only: spec.app (immutable);
     // definition, description, requires and versionName outside the first stage; versionName
     // uniqueness; the definition's bounds when it changes; and `tooljet.io/` annotations
     // (forgery); nothing else. So an update of a version provably in its first stage (its stage

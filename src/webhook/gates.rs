@@ -6,75 +6,13 @@
 
 use kube::ResourceExt;
 
-use super::rules::{
-    APPROVE, Access, CONFIGURE, Facts, MALFORMED, NOT_STAMPED, OVERRIDE, Op, Verdict, forbidden,
-    forged, forged_message,
-};
+use super::{metadata::*, needs::*, vocabulary::*};
 use crate::api::{
     APPROVED_AT_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, Approval,
     OVERRIDE_REASON_ANNOTATION, PromotionPolicy,
 };
 
 use Verdict::{Allow, Deny};
-
-/// The gate on one stage of one app, as the server found it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GateFacts {
-    /// The PromotionPolicies guarding the stage (sorted).
-    pub policies: Vec<String>,
-    /// When approvals are required: whether enough count, and the tally for a denial.
-    pub approvals: Option<(bool, String)>,
-    /// While the windows close the stage (or a guarding policy cannot be evaluated): why, and
-    /// when it opens.
-    pub closed: Option<String>,
-    /// Separation of duties applies: the version's creator and last editor may not approve.
-    pub separation_of_duties: bool,
-}
-
-impl GateFacts {
-    /// Both gates at once: every policy of either, closed if either is closed, approvals
-    /// satisfied only if both are.
-    pub fn stricter(a: Option<GateFacts>, b: Option<GateFacts>) -> Option<GateFacts> {
-        match (a, b) {
-            (Some(a), Some(b)) => {
-                let mut policies = a.policies;
-                policies.extend(b.policies);
-                policies.sort();
-                policies.dedup();
-                let approvals = match (a.approvals, b.approvals) {
-                    (Some((false, t)), _) | (_, Some((false, t))) => Some((false, t)),
-                    (Some(x), _) | (None, Some(x)) => Some(x),
-                    (None, None) => None,
-                };
-                Some(GateFacts {
-                    policies,
-                    approvals,
-                    closed: a.closed.or(b.closed),
-                    separation_of_duties: a.separation_of_duties || b.separation_of_duties,
-                })
-            }
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-/// The AppVersion an Approval names, as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ApprovedVersion {
-    pub name: String,
-    pub uid: String,
-    pub generation: i64,
-    pub stage: String,
-    /// The stage after it in the app's pipeline (`None`: it is in the last stage).
-    pub next_stage: Option<String>,
-    pub app: String,
-    pub creator: Option<String>,
-    pub last_editor: Option<String>,
-    /// Everyone who edited it ([`crate::gate::editors_of`]).
-    pub editors: Vec<String>,
-    /// Being deleted.
-    pub deleting: bool,
-}
 
 /// The gate on entering `stage`: `what` says what is refused ("AppVersion v cannot be promoted
 /// to production"). Approvals are judged for promotions (`approvals_apply`), never passed by an
@@ -121,17 +59,8 @@ pub fn judge(
     None
 }
 
-/// What an Approval request needs: `approve` on the stage, to create one or to revoke one.
-pub fn needed_for_approval(old: Option<&Approval>, new: Option<&Approval>) -> Vec<Access> {
-    match (old, new) {
-        (None, Some(new)) => vec![Access::environment(APPROVE, &new.spec.environment)],
-        (Some(old), None) => vec![Access::environment(APPROVE, &old.spec.environment)],
-        _ => vec![],
-    }
-}
-
 /// The owner reference an Approval carries to its version (set by the mutating webhook).
-fn owner_uid(a: &Approval) -> Option<&str> {
+pub(super) fn owner_uid(a: &Approval) -> Option<&str> {
     a.owner_references()
         .iter()
         .find(|o| o.kind == "AppVersion" && o.name == a.spec.version)
@@ -303,85 +232,6 @@ pub fn review_approval(
     }
 }
 
-/// The stamp of a new Approval: who approved, when, the version's generation approved, and an
-/// owner reference to the version (so it goes with it, and never counts for another version
-/// of the same name).
-pub fn mutation_for_approval(
-    new: &Approval,
-    version: &ApprovedVersion,
-    user: &str,
-    now: &str,
-) -> json_patch::Patch {
-    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
-    let mut patch = super::rules::stamp(
-        new.annotations(),
-        new.metadata.annotations.is_some(),
-        &[
-            (APPROVED_BY_ANNOTATION, user.to_string()),
-            (APPROVED_AT_ANNOTATION, now.to_string()),
-            // What the approver says they reviewed, never the version's generation now: the
-            // validating webhook refuses the two differing.
-            (
-                APPROVED_GENERATION_ANNOTATION,
-                new.spec.generation.unwrap_or_default().to_string(),
-            ),
-        ],
-        &[],
-    );
-    let owner = serde_json::json!({
-        "apiVersion": "tooljet.io/v1alpha1",
-        "kind": "AppVersion",
-        "name": version.name,
-        "uid": version.uid,
-    });
-    let already = new.owner_references().iter().any(|o| o.uid == version.uid);
-    if !already {
-        let (path, value) = if new.metadata.owner_references.is_some() {
-            (
-                PointerBuf::from_tokens(["metadata", "ownerReferences", "-"]),
-                owner,
-            )
-        } else {
-            (
-                PointerBuf::from_tokens(["metadata", "ownerReferences"]),
-                serde_json::Value::Array(vec![owner]),
-            )
-        };
-        patch
-            .0
-            .push(PatchOperation::Add(AddOperation { path, value }));
-    }
-    patch
-}
-
-/// The stages a policy change concerns: those it guards before and after.
-fn guarded(old: Option<&PromotionPolicy>, new: Option<&PromotionPolicy>) -> Vec<String> {
-    let mut stages: Vec<String> = old
-        .into_iter()
-        .chain(new)
-        .flat_map(|p| p.spec.environments.iter().cloned())
-        .collect();
-    stages.sort();
-    stages.dedup();
-    stages
-}
-
-/// What a PromotionPolicy request needs: `configure` on every stage it guards, before and
-/// after, so the people it constrains cannot lift it.
-pub fn needed_for_policy(
-    op: Op,
-    old: Option<&PromotionPolicy>,
-    new: Option<&PromotionPolicy>,
-) -> Vec<Access> {
-    if op == Op::Update && old.map(|o| &o.spec) == new.map(|n| &n.spec) {
-        return vec![];
-    }
-    guarded(old, new)
-        .iter()
-        .map(|s| Access::environment(CONFIGURE, s))
-        .collect()
-}
-
 /// The rules for a PromotionPolicy request. `problems`: what the server found wrong with the
 /// new spec's windows and selector (each naming its field).
 pub fn review_policy(
@@ -427,6 +277,8 @@ pub fn review_policy(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use super::super::mutations::mutation_for_approval;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 

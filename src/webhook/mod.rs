@@ -5,7 +5,12 @@ pub mod certs;
 pub mod config;
 pub mod gates;
 pub mod http;
+pub mod limits;
+pub mod metadata;
+pub mod mutations;
+pub mod needs;
 #[cfg(test)]
 mod proptests;
-pub mod rules;
+pub mod reviews;
 pub mod server;
+pub mod vocabulary;

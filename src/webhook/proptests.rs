@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use super::{
     http::decode,
-    rules::{self, AppFact, Facts, Op, VersionFact},
+    mutations, reviews,
     server::stamp_with,
+    vocabulary::{self, AppFact, Facts, Op, VersionFact},
 };
 use crate::api::{AppVersion, ToolJetApp};
 
@@ -102,8 +103,13 @@ fn facts() -> impl Strategy<Value = Facts> {
                 }),
                 namespace_terminating,
                 granted: [
-                    promote.map(|g| (rules::Access::environment(rules::PROMOTE, "staging"), g)),
-                    unprotect.map(|g| (rules::Access::app(rules::UNPROTECT, "crm"), g)),
+                    promote.map(|g| {
+                        (
+                            vocabulary::Access::environment(vocabulary::PROMOTE, "staging"),
+                            g,
+                        )
+                    }),
+                    unprotect.map(|g| (vocabulary::Access::app(vocabulary::UNPROTECT, "crm"), g)),
                 ]
                 .into_iter()
                 .flatten()
@@ -154,18 +160,18 @@ proptest! {
     #[test]
     fn version_rules_never_panic(op in op(), old in prop::option::of(version()), new in prop::option::of(version()), facts in facts(), user in ".{0,8}") {
         let (old, new) = (old.as_ref(), new.as_ref());
-        let _ = rules::review_version(op, old, new, &user, &facts);
+        let _ = reviews::review_version(op, old, new, &user, &facts);
         if let (Some(old), Some(new)) = (old, new) {
-            let _ = rules::mutation_for_version(old, new, &user, "2026-01-01T00:00:00Z");
+            let _ = mutations::mutation_for_version(old, new, &user, "2026-01-01T00:00:00Z");
         }
     }
 
     #[test]
     fn app_rules_never_panic(op in op(), old in prop::option::of(app()), new in prop::option::of(app()), facts in facts(), user in ".{0,8}") {
         let (old, new) = (old.as_ref(), new.as_ref());
-        let _ = rules::review_app(op, old, new, &user, &facts);
+        let _ = reviews::review_app(op, old, new, &user, &facts);
         if let Some(new) = new {
-            let _ = rules::mutation_for_app(old, new, &user, "2026-01-01T00:00:00Z");
+            let _ = mutations::mutation_for_app(old, new, &user, "2026-01-01T00:00:00Z");
         }
     }
 }

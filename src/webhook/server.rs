@@ -1,6 +1,6 @@
 //! The admission decisions: gathers the facts the rules need (from the caches, plus whether the
 //! requester holds every access the request needs: [`super::access`]) and applies the pure
-//! [`rules`]. Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
+//! reviews ([`super::reviews`], [`super::gates`]). Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
 //! is [`super::http`].
 
 use crate::lifecycle::Pipeline;
@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{
-    access, gates,
-    rules::{self, AppFact, Facts, Op, Verdict, VersionFact},
+    access, gates, mutations, needs, reviews,
+    vocabulary::{self, AppFact, ApprovedVersion, Facts, GateFacts, Op, Verdict, VersionFact},
 };
 use crate::{
     api::{
@@ -108,14 +108,14 @@ pub async fn stamp(
 /// [`stamp`], with the lookup of the version an Approval names given.
 pub fn stamp_with(
     req: &mut AdmissionRequest<DynamicObject>,
-    approved: impl Fn(&str, &str) -> Result<Option<gates::ApprovedVersion>, String>,
+    approved: impl Fn(&str, &str) -> Result<Option<ApprovedVersion>, String>,
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(&*req);
     let user = req.user_info.username.as_deref().unwrap_or("unknown");
     let now = Timestamp::now().to_string();
     let patch = match (req.kind.kind.as_str(), &req.operation) {
         ("AppVersion", Operation::Create) => match typed::<AppVersion>(req.object.take()) {
-            Ok(Some(new)) => Some(rules::mutation_for_new_version(&new, user)),
+            Ok(Some(new)) => Some(mutations::mutation_for_new_version(&new, user)),
             Err(e) => return response.deny(e),
             Ok(None) => None,
         },
@@ -123,7 +123,9 @@ pub fn stamp_with(
             typed::<AppVersion>(req.old_object.take()),
             typed::<AppVersion>(req.object.take()),
         ) {
-            (Ok(Some(old)), Ok(Some(new))) => rules::mutation_for_version(&old, &new, user, &now),
+            (Ok(Some(old)), Ok(Some(new))) => {
+                mutations::mutation_for_version(&old, &new, user, &now)
+            }
             (Err(e), _) | (_, Err(e)) => return response.deny(e),
             _ => None,
         },
@@ -132,7 +134,9 @@ pub fn stamp_with(
                 typed::<ToolJetApp>(req.old_object.take()),
                 typed::<ToolJetApp>(req.object.take()),
             ) {
-                (Ok(old), Ok(Some(new))) => rules::mutation_for_app(old.as_ref(), &new, user, &now),
+                (Ok(old), Ok(Some(new))) => {
+                    mutations::mutation_for_app(old.as_ref(), &new, user, &now)
+                }
                 (Err(e), _) | (_, Err(e)) => return response.deny(e),
                 _ => None,
             }
@@ -142,7 +146,7 @@ pub fn stamp_with(
                 let ns = req.namespace.clone().unwrap_or_default();
                 match approved(&ns, &new.spec.version) {
                     Err(e) => return response.deny(e),
-                    Ok(Some(v)) => Some(gates::mutation_for_approval(&new, &v, user, &now)),
+                    Ok(Some(v)) => Some(mutations::mutation_for_approval(&new, &v, user, &now)),
                     Ok(None) => {
                         return response.deny(format!(
                             "Approval {}: AppVersion {} does not exist in namespace {ns}; approve an existing version",
@@ -184,7 +188,7 @@ async fn approved_version(
     ns: &str,
     name: &str,
     freshness: Freshness,
-) -> Result<Option<gates::ApprovedVersion>, String> {
+) -> Result<Option<ApprovedVersion>, String> {
     let cached = match freshness {
         Freshness::Cached => state.lookups.versions.get(&ObjectRef::new(name).within(ns)),
         Freshness::Stored => None,
@@ -206,7 +210,7 @@ async fn approved_version(
         .and_then(|a| Pipeline::of(a).next(&v.spec.environment))
         .map(str::to_string);
     let a = v.annotations();
-    Ok(Some(gates::ApprovedVersion {
+    Ok(Some(ApprovedVersion {
         name: v.name_any(),
         uid: v.uid().unwrap_or_default(),
         generation: v.metadata.generation.unwrap_or_default(),
@@ -230,7 +234,7 @@ async fn gate_facts(
     app: &ToolJetApp,
     stage: &str,
     version: Option<(&AppVersion, &str)>,
-) -> Result<Option<gates::GateFacts>, String> {
+) -> Result<Option<GateFacts>, String> {
     let Some(gate) = crate::gate::stage_gate(&state.lookups, app, stage) else {
         return Ok(None);
     };
@@ -245,7 +249,7 @@ async fn gate_facts(
         }
         _ => None,
     };
-    Ok(Some(gates::GateFacts {
+    Ok(Some(GateFacts {
         separation_of_duties: gate
             .requirement
             .as_ref()
@@ -502,8 +506,8 @@ impl<'a, K: DeserializeOwned> Request<'a, K> {
     async fn grants(
         &self,
         state: &WebhookState,
-        needed: Vec<rules::Access>,
-    ) -> Result<BTreeMap<rules::Access, bool>, String> {
+        needed: Vec<vocabulary::Access>,
+    ) -> Result<BTreeMap<vocabulary::Access, bool>, String> {
         let answers = futures::future::try_join_all(needed.iter().map(|a| {
             access::holds(
                 &state.client,
@@ -527,7 +531,7 @@ async fn review_version(
     let r = Request::<AppVersion>::decode(req)?;
     let req = r.req;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
-    let subject = new.or(old).ok_or(rules::MALFORMED)?;
+    let subject = new.or(old).ok_or(vocabulary::MALFORMED)?;
     let mut facts = Facts::default();
     let app = app_of(state, ns, &subject.spec.app).await?;
     // The versions matter to a create or a rename only (versionName is unique per app), and there
@@ -565,7 +569,7 @@ async fn review_version(
     };
     // The stage a promotion enters.
     let promoted_to = match (old, new) {
-        (Some(old), Some(new)) => rules::promotion(old, new).map(|(_, to)| to),
+        (Some(old), Some(new)) => needs::promotion(old, new).map(|(_, to)| to),
         _ => None,
     };
     // A promotion's gate (its Approvals read from the API). spec.app is immutable (CEL and the
@@ -585,7 +589,7 @@ async fn review_version(
         versions,
         facts.namespace_terminating,
     ) = futures::try_join!(
-        r.grants(state, rules::needed_for_version(old, new, &r.user)),
+        r.grants(state, needs::needed_for_version(old, new, &r.user)),
         gate,
         versions_read,
         terminating,
@@ -622,7 +626,7 @@ async fn review_version(
             ),
         );
     }
-    Ok(rules::review_version(op, old, new, &r.user, &facts))
+    Ok(reviews::review_version(op, old, new, &r.user, &facts))
 }
 
 /// The app `name`, from the cache or, when the cache does not show it, from the API: an app
@@ -652,7 +656,7 @@ async fn review_app(
     let r = Request::<ToolJetApp>::decode(req)?;
     let req = r.req;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
-    let subject = old.or(new).ok_or(rules::MALFORMED)?;
+    let subject = old.or(new).ok_or(vocabulary::MALFORMED)?;
     let mut facts = Facts::default();
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
@@ -661,7 +665,7 @@ async fn review_app(
     // cache may not show a version created or promoted a moment ago, and allowing on a view older
     // than the request would lose history: these rare requests read the versions from the API.
     let structural = (op == Op::Delete && !facts.namespace_terminating)
-        || new.is_some_and(|new| rules::pipeline_changed(old, new));
+        || new.is_some_and(|new| needs::pipeline_changed(old, new));
     let versions = if structural {
         stored_versions_of(&state.client, ns, &req.name, None).await?
     } else {
@@ -674,18 +678,18 @@ async fn review_app(
     });
     // A change of labels or stages that changes whom a policy guards is an edit of that policy.
     if let (Some(old), Some(new)) = (old, new)
-        && (old.labels() != new.labels() || rules::pipeline_changed(Some(old), new))
+        && (old.labels() != new.labels() || needs::pipeline_changed(Some(old), new))
     {
         facts.guards_changed =
             crate::gate::guards_changed(&state.lookups.policies_in(ns), old, new);
     }
-    let mut needed = rules::needed_for_app(old, new, &r.user);
-    needed.extend(rules::needed_for_guards(&facts.guards_changed));
+    let mut needed = needs::needed_for_app(old, new, &r.user);
+    needed.extend(needs::needed_for_guards(&facts.guards_changed));
     needed.sort();
     needed.dedup();
     facts.granted = r.grants(state, needed).await?;
     if let Some(new) = new
-        && let Some(version) = rules::release(old, new)
+        && let Some(version) = needs::release(old, new)
     {
         if let Some(app) = facts.app.as_mut() {
             released_as_stored(state, ns, new, version, app).await?;
@@ -701,9 +705,9 @@ async fn review_app(
             }
             _ => None,
         };
-        facts.gate = gates::GateFacts::stricter(after, before);
+        facts.gate = GateFacts::stricter(after, before);
     }
-    Ok(rules::review_app(op, old, new, &r.user, &facts))
+    Ok(reviews::review_app(op, old, new, &r.user, &facts))
 }
 
 /// The released version as the API stores it, when the cache does not show it in the app's last
@@ -716,7 +720,7 @@ async fn released_as_stored(
     ns: &str,
     app: &ToolJetApp,
     version: &str,
-    fact: &mut rules::AppFact,
+    fact: &mut AppFact,
 ) -> Result<(), String> {
     let last = Pipeline::of(app).last();
     if fact
@@ -806,9 +810,9 @@ async fn review_config(
         };
     }
     facts.granted = r
-        .grants(state, rules::needed_for_config(op, old, new))
+        .grants(state, needs::needed_for_config(op, old, new))
         .await?;
-    Ok(rules::review_config(op, old, new, &r.user, &facts))
+    Ok(reviews::review_config(op, old, new, &r.user, &facts))
 }
 
 async fn review_approval(
@@ -818,7 +822,7 @@ async fn review_approval(
 ) -> Result<Verdict, String> {
     let r = Request::<Approval>::decode(req)?;
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
-    let subject = new.or(old).ok_or(rules::MALFORMED)?;
+    let subject = new.or(old).ok_or(vocabulary::MALFORMED)?;
     // Judged on the version as stored: approvals are written at a person's pace, and one read
     // spares a refusal (or a revocation allowed) on a cache that has not seen the last edit,
     // promotion or deletion.
@@ -837,7 +841,7 @@ async fn review_approval(
         // windows or counts.
         facts.gate =
             crate::gate::stage_gate(&state.lookups, &app, &subject.spec.environment).map(|g| {
-                gates::GateFacts {
+                GateFacts {
                     separation_of_duties: g
                         .requirement
                         .as_ref()
@@ -848,7 +852,7 @@ async fn review_approval(
             });
     }
     facts.granted = r
-        .grants(state, gates::needed_for_approval(old, new))
+        .grants(state, needs::needed_for_approval(old, new))
         .await?;
     Ok(gates::review_approval(op, old, new, &r.user, &facts))
 }
@@ -866,7 +870,7 @@ async fn review_policy(
     }
     let problems = new.map(crate::gate::problems).unwrap_or_default();
     facts.granted = r
-        .grants(state, gates::needed_for_policy(op, old, new))
+        .grants(state, needs::needed_for_policy(op, old, new))
         .await?;
     Ok(gates::review_policy(
         op, old, new, &r.user, &problems, &facts,
