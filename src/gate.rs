@@ -18,9 +18,10 @@ use crate::{
 };
 
 /// Every policy guarding one stage of one app, combined strictly: the highest `required`,
-/// separation of duties if any asks for it, every window.
+/// separation of duties if any asks for it, every window. (What an app's status reports of it
+/// is [`crate::api::StageGate`].)
 #[derive(Debug, Default)]
-pub struct StageGate {
+pub struct StageGuard {
     pub stage: String,
     /// The guarding policies' names, sorted.
     pub policies: Vec<String>,
@@ -42,7 +43,7 @@ pub struct WindowState {
     pub closed: Option<String>,
 }
 
-impl StageGate {
+impl StageGuard {
     /// The windows' verdict at `now`.
     pub fn windows_at(&self, now: DateTime<Utc>) -> WindowState {
         if !self.invalid.is_empty() {
@@ -199,7 +200,7 @@ pub fn problems(policy: &PromotionPolicy) -> Vec<String> {
 }
 
 /// The gate on `stage` of `app`, `None` when no policy guards it.
-pub fn stage_gate(lookups: &Lookups, app: &ToolJetApp, stage: &str) -> Option<StageGate> {
+pub fn stage_gate(lookups: &Lookups, app: &ToolJetApp, stage: &str) -> Option<StageGuard> {
     let ns = app.namespace().unwrap_or_default();
     stage_gate_among(&lookups.policies_in(&ns), app, stage)
 }
@@ -209,11 +210,11 @@ pub fn stage_gate_among(
     policies: &[Arc<PromotionPolicy>],
     app: &ToolJetApp,
     stage: &str,
-) -> Option<StageGate> {
+) -> Option<StageGuard> {
     if !app.spec.environments.iter().any(|s| s == stage) {
         return None;
     }
-    let mut gate = StageGate {
+    let mut gate = StageGuard {
         stage: stage.to_string(),
         ..Default::default()
     };

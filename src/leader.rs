@@ -128,10 +128,6 @@ impl Leadership {
         self.set(true);
     }
 
-    pub fn is_elected(&self) -> bool {
-        self.elected
-    }
-
     /// Yields each time this replica becomes the leader.
     pub fn acquisitions(&self) -> impl Stream<Item = ()> + Send + 'static {
         let rx = self.acquired.subscribe();

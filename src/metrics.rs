@@ -245,20 +245,6 @@ impl Default for Metrics {
         for &answer in AccessAnswer::ALL {
             let _ = access_reviews.get_or_create(&AccessLabels { answer });
         }
-        // Every series with a known label set starts at zero, so dashboards and alerts see the
-        // families before the first event.
-        for controller in ["environmentconfig", "appversion", "tooljetapp"] {
-            let _ = reconciles.get_or_create(&ControllerLabels { controller });
-            let _ = reconcile_duration.get_or_create(&ControllerLabels { controller });
-            // The step every controller takes (errors are labelled by the failed step).
-            let _ = reconcile_errors.get_or_create(&ErrorLabels {
-                controller,
-                reason: crate::controller::Step::WriteStatus.label().into(),
-            });
-            for object in ["secret", "status"] {
-                let _ = writes.get_or_create(&WriteLabels { controller, object });
-            }
-        }
         for &webhook in Webhook::ALL {
             let _ = admission_duration.get_or_create(&WebhookLabels { webhook });
             for kind in [AdmissionKind::AppVersion, AdmissionKind::ToolJetApp] {
@@ -310,6 +296,29 @@ impl AdmissionLabels {
 }
 
 impl Metrics {
+    /// Starts every controller's series at zero (`controllers`, and the error series of `step`,
+    /// the one every reconcile takes), so dashboards and alerts see the families before the first
+    /// event.
+    pub fn prime(&self, controllers: &[&'static str], step: &'static str) {
+        for &controller in controllers {
+            let _ = self
+                .reconciles
+                .get_or_create(&ControllerLabels { controller });
+            let _ = self
+                .reconcile_duration
+                .get_or_create(&ControllerLabels { controller });
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
+                controller,
+                reason: step.into(),
+            });
+            for object in ["secret", "status"] {
+                let _ = self
+                    .writes
+                    .get_or_create(&WriteLabels { controller, object });
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -95,6 +95,10 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             .context("loading the installation's content-hash key")?,
     );
     let metrics = Arc::new(Metrics::default());
+    metrics.prime(
+        &controller::CONTROLLERS,
+        controller::Step::WriteStatus.label(),
+    );
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
     let caches = Caches::watch(&client, state::version_watch(&client).await);
     let resolver = Arc::new(certs::ReloadingResolver::default());

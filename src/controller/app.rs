@@ -50,6 +50,9 @@ use crate::{
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::core::SelectorExt;
 
+/// This controller's name in metrics and logs.
+pub const CONTROLLER: &str = "tooljetapp";
+
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
 /// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
 /// PromotionPolicies of its namespace (its stage gates), and the apps sharing its workloads.
@@ -241,7 +244,7 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
 
 #[instrument(skip_all, fields(kind = "ToolJetApp", namespace = app.namespace().unwrap_or_default(), name = app.name_any()))]
 pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _pass = ctx.metrics.reconcile("tooljetapp");
+    let _pass = ctx.metrics.reconcile(CONTROLLER);
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = app.namespace().ok_or(Error::NoNamespace)?;
@@ -259,7 +262,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let rollout_problems = roll_out(&ctx, &app, &ns).await?;
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout_problems, gates);
-    apply_status(&ctx, "tooljetapp", &*app, app.status.as_ref(), &status).await?;
+    apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await?;
 
     if let Some(record) = record {
         let by = record
@@ -609,7 +612,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                     .controller()
                     .is_none_or(|(owner, _)| owner == name.as_str())
         };
-        if secrets::sync(ctx, "tooljetapp", &secrets, owner_uid, replaced, &desired).await?
+        if secrets::sync(ctx, CONTROLLER, &secrets, owner_uid, replaced, &desired).await?
             == Synced::Taken
         {
             problems.invalid.push(format!(
@@ -643,7 +646,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         )
         .await
         .at(Step::PatchDeployment)?;
-        ctx.metrics.wrote("tooljetapp", "deployment");
+        ctx.metrics.wrote(CONTROLLER, "deployment");
         info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
         publish(
             &ctx.recorder,
@@ -789,7 +792,7 @@ fn desired_status(
 }
 
 pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.error_action("tooljetapp", &*app, error)
+    ctx.error_action(CONTROLLER, &*app, error)
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ use crate::{
     policy::Tally,
 };
 
+/// This controller's name in metrics and logs.
+pub const CONTROLLER: &str = "appversion";
+
 /// `tooljet.io/kind` of the resolved-config Secrets.
 pub use crate::api::RESOLVED_SECRET_KIND as SECRET_KIND;
 
@@ -204,7 +207,7 @@ fn pending_materialization(ctx: &Context, ns: &str, app: &str, environment: &str
 
 #[instrument(skip_all, fields(kind = "AppVersion", namespace = v.namespace().unwrap_or_default(), name = v.name_any()))]
 pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _pass = ctx.metrics.reconcile("appversion");
+    let _pass = ctx.metrics.reconcile(CONTROLLER);
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = v.namespace().ok_or(Error::NoNamespace)?;
@@ -239,7 +242,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     // control (by UID, whatever its labels), which is never adopted or overwritten.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = v.metadata.uid.as_deref();
-    let synced = sync(&ctx, "appversion", &secrets, uid, |_| false, &plan.secret).await?;
+    let synced = sync(&ctx, CONTROLLER, &secrets, uid, |_| false, &plan.secret).await?;
     let taken = synced == Synced::Taken;
     let change = match synced {
         Synced::Ours(change) => change,
@@ -261,7 +264,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         taken,
         found.approvals.as_ref(),
     );
-    apply_status(&ctx, "appversion", &*v, v.status.as_ref(), &status).await?;
+    apply_status(&ctx, CONTROLLER, &*v, v.status.as_ref(), &status).await?;
     report(&v, &ctx, &status, &promotions, change).await;
     for _ in &promotions {
         ctx.metrics.promotions.inc();
@@ -676,7 +679,7 @@ async fn report(
 }
 
 pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.error_action("appversion", &*v, error)
+    ctx.error_action(CONTROLLER, &*v, error)
 }
 
 #[cfg(test)]

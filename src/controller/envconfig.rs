@@ -41,6 +41,9 @@ use crate::{
     },
 };
 
+/// This controller's name in metrics and logs.
+pub const CONTROLLER: &str = "environmentconfig";
+
 /// `tooljet.io/kind` of the Secrets this controller materialises.
 pub use crate::api::STAGE_SECRET_KIND as SECRET_KIND;
 
@@ -184,7 +187,7 @@ enum Outcome {
 
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _pass = ctx.metrics.reconcile("environmentconfig");
+    let _pass = ctx.metrics.reconcile(CONTROLLER);
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = cfg.namespace().ok_or(Error::NoNamespace)?;
@@ -301,7 +304,7 @@ async fn outcome(
     };
     let change = match sync(
         ctx,
-        "environmentconfig",
+        CONTROLLER,
         &secrets,
         cfg.metadata.uid.as_deref(),
         predecessor,
@@ -325,7 +328,7 @@ async fn outcome(
     {
         ctx.may_write()?;
         if delete_if_owned(&secrets, previous, cfg).await? {
-            ctx.metrics.wrote("environmentconfig", "secret");
+            ctx.metrics.wrote(CONTROLLER, "secret");
         }
     }
     Ok(Outcome::Materialized {
@@ -521,7 +524,7 @@ async fn report(cfg: &CachedConfig, ctx: &Context, outcome: &Outcome) -> Result<
         &status.conditions,
         conditions::READY,
     );
-    apply_status(ctx, "environmentconfig", cfg, cfg.status.as_ref(), &status).await?;
+    apply_status(ctx, CONTROLLER, cfg, cfg.status.as_ref(), &status).await?;
 
     match outcome {
         // Events for what people want to know about, not for every routine write: a reverted
@@ -567,7 +570,7 @@ async fn report(cfg: &CachedConfig, ctx: &Context, outcome: &Outcome) -> Result<
 }
 
 pub fn error_policy(cfg: Arc<CachedConfig>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.error_action("environmentconfig", &*cfg, error)
+    ctx.error_action(CONTROLLER, &*cfg, error)
 }
 
 #[cfg(test)]

@@ -88,6 +88,13 @@ pub enum Error {
     NotLeader,
 }
 
+/// The controllers' names, as metrics label them.
+pub const CONTROLLERS: [&str; 3] = [
+    envconfig::CONTROLLER,
+    appversion::CONTROLLER,
+    app::CONTROLLER,
+];
+
 /// The API calls a reconcile makes: named in error messages and in the metric's reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {

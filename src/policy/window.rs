@@ -147,7 +147,8 @@ impl ScheduleError {
     }
 
     /// The cron field at fault, if the problem is in one field.
-    pub fn cron_field(&self) -> Option<CronField> {
+    #[cfg(test)]
+    fn cron_field(&self) -> Option<CronField> {
         self.field
     }
 
