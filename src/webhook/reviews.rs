@@ -1769,6 +1769,49 @@ mod tests {
                 .unwrap()
                 .contains("tooljet.io~1references")
         );
+        // A stamp an earlier operator's scanner wrote (it counted `constants.1BAD`, which is no
+        // constant name) is kept while the definition stays as stamped, and restamped by the
+        // next mutation; a stamp changed to it is still refused.
+        let mut earlier = legacy.clone();
+        earlier.spec.definition = Some(json!({ "q": "{{constants.API_URL}} {{constants.1BAD}}" }));
+        earlier.annotations_mut().insert(
+            REFERENCES_ANNOTATION.into(),
+            r#"{"constants":["1BAD","API_URL"]}"#.into(),
+        );
+        let mut described = earlier.clone();
+        described.spec.description = Some("edited again".into());
+        assert_eq!(
+            review_version(Op::Update, Some(&earlier), Some(&described), USER, &f),
+            Allow
+        );
+        let mut doc = serde_json::to_value(&described).unwrap();
+        json_patch::patch(
+            &mut doc,
+            &mutation_for_version(&earlier, &described, USER, NOW).unwrap(),
+        )
+        .unwrap();
+        let restamped: AppVersion = serde_json::from_value(doc).unwrap();
+        assert_eq!(
+            restamped
+                .annotations()
+                .get(REFERENCES_ANNOTATION)
+                .map(String::as_str),
+            Some(r#"{"constants":["API_URL"]}"#)
+        );
+        let mut unstamped_before = earlier.clone();
+        unstamped_before
+            .annotations_mut()
+            .remove(REFERENCES_ANNOTATION);
+        denied_with(
+            review_version(
+                Op::Update,
+                Some(&unstamped_before),
+                Some(&earlier),
+                USER,
+                &f,
+            ),
+            "tooljet.io/references",
+        );
     }
 
     fn owned<K: ResourceExt>(mut obj: K) -> K {
