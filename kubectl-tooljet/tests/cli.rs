@@ -11,7 +11,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{apply, cli, eventually, workspace};
-use tooljet_operator::api::{AppVersion, EnvironmentConfig, ToolJetApp};
+use tooljet_operator::{
+    api::{AppVersion, EnvironmentConfig, ToolJetApp},
+    lifecycle::References,
+};
 
 const CANARY: &str = "canary-5f1e-plugin";
 
@@ -765,8 +768,15 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
 #[tokio::test]
 async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
     let (admin, ns) = workspace("plugin-import-rest").await;
-    let (path, original) = fixture("ai-powered-code-explainer.json");
-    let fixture = path.as_str();
+    let (_, mut original) = fixture("ai-powered-code-explainer.json");
+    // Text that only looks like references: no name ToolJet accepts for a constant, or not
+    // `constants` itself. Neither the import nor the operator may count them.
+    original["app"][0]["definition"]["notReferences"] = json!(
+        "{{constants.1BAD}} {{ myconstants.NOPE }} {{ page.constants.NOPE }} {{secrets.ÉTÉ}}"
+    );
+    let path = std::env::temp_dir().join(format!("{ns}-export.json"));
+    std::fs::write(&path, serde_json::to_vec(&original).unwrap()).unwrap();
+    let fixture = path.to_str().unwrap();
 
     let run = cli(&["-n", &ns, "import", fixture, "--apply"]).ok();
     assert!(
@@ -781,6 +791,12 @@ async fn an_imported_rest_api_app_is_ready_once_each_stage_has_its_constant() {
     let requires = version.spec.requires.as_ref().unwrap();
     assert!(requires.data_sources.is_empty());
     assert_eq!(requires.constants, ["GEMINI_API_KEY"]);
+    // The webhook read the definition with the same rule as the import: the names it stamped on
+    // the version are the ones the import declared.
+    let stamped = References::stamped(&version).expect("stamped at admission");
+    let mut names: Vec<&String> = stamped.constants.iter().chain(&stamped.secrets).collect();
+    names.sort();
+    assert_eq!(names, requires.constants.iter().collect::<Vec<_>>());
 
     board_for(
         &ns,
