@@ -44,7 +44,9 @@ pub fn option_constant(source: &str, option: &str) -> String {
             .finalize();
         name.truncate(MAX_CONSTANT_NAME - 9);
         name.push('_');
-        name.push_str(&crate::materialize::hex(&digest[..4]));
+        for b in &digest[..4] {
+            name.push_str(&format!("{b:02x}"));
+        }
     }
     name
 }
