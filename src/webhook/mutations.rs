@@ -2,8 +2,6 @@
 //! been in, who edited, promoted or released it and when, a consumed break-glass override, the
 //! references a definition uses, and who approved which generation.
 
-use std::collections::BTreeMap;
-
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
 use kube::ResourceExt;
 use serde_json::Value;
@@ -22,13 +20,10 @@ use crate::lifecycle::{
     stamps::{self, stages_of},
 };
 
-/// The JSON patch the mutating webhook returns: `set` these annotations, `remove` those.
-pub fn stamp(
-    annotations: &BTreeMap<String, String>,
-    has_annotations: bool,
-    set: &[(&str, String)],
-    remove: &[&str],
-) -> Patch {
+/// The JSON patch the mutating webhook returns for `obj`: `set` these annotations, `remove` those.
+pub fn stamp(obj: &impl ResourceExt, set: &[(&str, String)], remove: &[&str]) -> Patch {
+    let annotations = obj.annotations();
+    let has_annotations = obj.meta().annotations.is_some();
     let mut ops = vec![];
     if !has_annotations {
         let map: serde_json::Map<String, Value> = set
@@ -80,8 +75,7 @@ pub(super) fn consume_override(
 /// The stamp of a new version: the stage it starts in and who created it.
 pub fn mutation_for_new_version(new: &AppVersion, user: &str) -> Patch {
     stamp(
-        new.annotations(),
-        new.metadata.annotations.is_some(),
+        new,
         &[
             (STAGES_ANNOTATION, new.spec.environment.clone()),
             (CREATED_BY_ANNOTATION, user.to_string()),
@@ -139,12 +133,7 @@ pub fn mutation_for_version(
                 set.push((EDITORS_ANNOTATION, editors));
             }
             set.extend(references_restamp(new));
-            stamp(
-                new.annotations(),
-                new.metadata.annotations.is_some(),
-                &set,
-                &[],
-            )
+            stamp(new, &set, &[])
         });
     };
     let mut set = vec![
@@ -155,12 +144,7 @@ pub fn mutation_for_version(
     ];
     set.extend(references_restamp(new));
     set.extend(consume_override(new, user, now));
-    Some(stamp(
-        new.annotations(),
-        new.metadata.annotations.is_some(),
-        &set,
-        &[OVERRIDE_REASON_ANNOTATION],
-    ))
+    Some(stamp(new, &set, &[OVERRIDE_REASON_ANNOTATION]))
 }
 
 /// The stamp of a release (who, when, which version, and a break-glass override).
@@ -177,12 +161,7 @@ pub fn mutation_for_app(
         (RELEASED_VERSION_ANNOTATION, version.to_string()),
     ];
     set.extend(consume_override(new, user, now));
-    Some(stamp(
-        new.annotations(),
-        new.metadata.annotations.is_some(),
-        &set,
-        &[OVERRIDE_REASON_ANNOTATION],
-    ))
+    Some(stamp(new, &set, &[OVERRIDE_REASON_ANNOTATION]))
 }
 
 /// The stamp of a new Approval: who approved, when, the version's generation approved, and an
@@ -196,8 +175,7 @@ pub fn mutation_for_approval(
 ) -> json_patch::Patch {
     use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
     let mut patch = stamp(
-        new.annotations(),
-        new.metadata.annotations.is_some(),
+        new,
         &[
             (APPROVED_BY_ANNOTATION, user.to_string()),
             (APPROVED_AT_ANNOTATION, now.to_string()),
