@@ -10,7 +10,7 @@ use kube::{
 use serde::Serialize;
 use serde_json::json;
 use tooljet_operator::api::{AppVersion, ToolJetApp};
-use tooljet_operator::lifecycle::Pipeline;
+use tooljet_operator::lifecycle::{Pipeline, ReleaseCheck};
 
 use crate::{
     cluster::{Cluster, approval_resource},
@@ -240,11 +240,14 @@ pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<Stri
         .as_ref()
         .map(|s| s.release_history.as_slice())
         .unwrap_or_default();
-    let last = Pipeline::of(app).last();
+    let pipeline = Pipeline::of(app);
+    let last = pipeline.last();
     let releasable = |name: &str| {
-        versions.iter().any(|v| {
-            v.name_any() == name && v.spec.app == app.name_any() && v.spec.environment == last
-        })
+        let stage = versions
+            .iter()
+            .find(|v| v.name_any() == name && v.spec.app == app.name_any())
+            .map(|v| v.spec.environment.as_str());
+        pipeline.release_check(stage) == ReleaseCheck::Releasable
     };
     history
         .iter()

@@ -1,6 +1,7 @@
 //! `import FILE.json` and `export VERSION`: the cluster side of [`crate::transfer`].
 
 use std::time::Duration;
+use tooljet_operator::lifecycle::Pipeline;
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -162,7 +163,7 @@ pub async fn export(cluster: &Cluster, version: &str, environment: Option<String
     };
     let stage = environment.unwrap_or_else(|| v.spec.environment.clone());
     if let Some(app) = &app
-        && !app.spec.environments.contains(&stage)
+        && !Pipeline::of(app).contains(&stage)
     {
         return Err(Error::Usage(format!(
             "{stage} is not a stage of app {}'s pipeline {:?}",

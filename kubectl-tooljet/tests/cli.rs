@@ -521,21 +521,22 @@ async fn doctor_finds_a_constant_another_envfrom_source_replaces() {
         }))
         .unwrap()
     };
-    let wired = |extra: bool| {
+    // web takes in its workload Secret, and with `extra` Secret legacy after it.
+    let wire = async |extra: bool| {
         let mut sources = vec![json!({ "secretRef": { "name": "tooljet-workload.web" } })];
         if extra {
             sources.push(json!({ "secretRef": { "name": "legacy" } }));
         }
-        deploy(Value::Array(sources))
+        deployments
+            .patch(
+                "web",
+                &PatchParams::apply("tests").force(),
+                &Patch::Apply(&deploy(Value::Array(sources))),
+            )
+            .await
+            .unwrap();
     };
-    deployments
-        .patch(
-            "web",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&wired(true)),
-        )
-        .await
-        .unwrap();
+    wire(true).await;
     apply(
         &admin,
         &ns,
@@ -571,14 +572,7 @@ async fn doctor_finds_a_constant_another_envfrom_source_replaces() {
     );
     assert!(!detail.contains(CANARY) && !detail.contains("https://production.example"));
 
-    deployments
-        .patch(
-            "web",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&wired(false)),
-        )
-        .await
-        .unwrap();
+    wire(false).await;
     let run = cli(&["-n", &ns, "doctor", "-o", "json"]);
     let ok = row(&run).unwrap();
     assert_eq!(ok["state"], "ok", "{ok}");

@@ -216,15 +216,14 @@ fn check_release(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Release {
     let Some(release) = &app.spec.release else {
         return Release::None;
     };
-    let last = Pipeline::of(app).last();
+    let pipeline = Pipeline::of(app);
+    let last = pipeline.last();
     let wanted = &release.version;
-    let stage_of = |name: &str| {
-        versions
-            .iter()
-            .find(|v| v.name_any() == name)
-            .map(|v| v.spec.environment.as_str())
-    };
-    match Pipeline::of(app).release_check(wanted, stage_of) {
+    let stage = versions
+        .iter()
+        .find(|v| v.name_any() == *wanted)
+        .map(|v| v.spec.environment.as_str());
+    match pipeline.release_check(stage) {
         ReleaseCheck::NotAVersion => Release::Invalid {
             reason: "ReleaseVersionNotFound",
             message: format!(

@@ -41,8 +41,8 @@ use super::{
 use crate::{
     api::{
         AppVersion, AppVersionStatus, Approval, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
-        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, STAGES_ANNOTATION,
-        StageApprovals, ToolJetApp,
+        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, StageApprovals,
+        ToolJetApp,
     },
     cached::CachedConfig,
     gate,
@@ -432,10 +432,7 @@ fn desired_status(
     status.approvals = approvals.map(stage_approvals);
 
     let annotations = v.annotations();
-    let stamped_path: Vec<&str> = annotations
-        .get(STAGES_ANNOTATION)
-        .map(|s| s.split(',').collect())
-        .unwrap_or_default();
+    let stamped_path = stamps::stage_path(annotations);
     let pipeline = app
         .map(|a| a.spec.environments.as_slice())
         .unwrap_or_default();

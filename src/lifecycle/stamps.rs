@@ -21,6 +21,21 @@ pub fn stages_of(v: &AppVersion) -> String {
         .unwrap_or_else(|| v.spec.environment.clone())
 }
 
+/// The stages stamp after `v` moves to stage `to`: what the mutating webhook writes on a
+/// promotion and the validating webhook expects.
+pub fn stages_after(v: &AppVersion, to: &str) -> String {
+    format!("{},{to}", stages_of(v))
+}
+
+/// The stages stamped in `annotations`, in order (none without the stamp). The last is the
+/// stage the version is in.
+pub fn stage_path(annotations: &BTreeMap<String, String>) -> Vec<&str> {
+    annotations
+        .get(STAGES_ANNOTATION)
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default()
+}
+
 /// Everyone who edited `version` (the stamp's record; none without one).
 pub fn editors_of(version: &AppVersion) -> Vec<String> {
     version

@@ -1,4 +1,4 @@
-//! The rules of promotion policies, pure like [`super::rules`]: the gate on entering a stage
+//! The rules of promotion policies, pure like [`super::reviews`]: the gate on entering a stage
 //! (required approvals, promotion windows, break-glass override), Approvals (who may approve
 //! what, immutability, revocation) and changes to PromotionPolicies (only those who may
 //! configure every stage a policy guards). The server computes the counts and the window state
@@ -60,7 +60,7 @@ pub fn judge(
 }
 
 /// The owner reference an Approval carries to its version (set by the mutating webhook).
-pub(super) fn owner_uid(a: &Approval) -> Option<&str> {
+fn owner_uid(a: &Approval) -> Option<&str> {
     a.owner_references()
         .iter()
         .find(|o| o.kind == "AppVersion" && o.name == a.spec.version)

@@ -1,6 +1,6 @@
 //! The admission webhook's HTTP layer: TLS, decoding AdmissionReviews and encoding the answers,
 //! and the admission metrics. It decides nothing: [`super::server`] gathers facts and applies
-//! the pure [`super::rules`].
+//! the pure [`super::reviews`] and [`super::gates`].
 //!
 //! The port answers whoever can reach it (a NetworkPolicy in the chart narrows that, off by
 //! default), so every caller is bounded: connections, header and request time, body size, reviews

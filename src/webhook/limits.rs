@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use super::vocabulary::*;
 use crate::api::{AppVersion, REFERENCES_ANNOTATION};
-use crate::lifecycle::References;
 
 use Verdict::Deny;
 
@@ -53,7 +52,12 @@ pub(super) fn oversized(value: &Value, max_bytes: usize) -> Option<String> {
     (bytes > max_bytes).then(|| format!("is {bytes} bytes (at most {max_bytes})"))
 }
 
-pub(super) fn definition_too_large(name: &str, v: &AppVersion) -> Option<Verdict> {
+/// `references`: the stamp of the names `v`'s definition references.
+pub(super) fn definition_too_large(
+    name: &str,
+    v: &AppVersion,
+    references: &str,
+) -> Option<Verdict> {
     let definition = v.spec.definition.as_ref()?;
     if let Some(problem) = oversized(definition, MAX_DEFINITION_BYTES) {
         return Some(Deny(format!(
@@ -61,13 +65,12 @@ pub(super) fn definition_too_large(name: &str, v: &AppVersion) -> Option<Verdict
              data) out of the definition"
         )));
     }
-    let stamp = References::of(Some(definition)).stamp();
-    (stamp.len() > MAX_REFERENCES_BYTES).then(|| {
+    (references.len() > MAX_REFERENCES_BYTES).then(|| {
         Deny(format!(
             "AppVersion {name}: spec.definition references so many distinct constants and secrets that their record \
              (annotation {REFERENCES_ANNOTATION}) would be {} bytes (at most {MAX_REFERENCES_BYTES}); reference fewer \
              names",
-            stamp.len()
+            references.len()
         ))
     })
 }

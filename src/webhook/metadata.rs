@@ -26,7 +26,7 @@ pub fn owners_changed(old: Option<&impl ResourceExt>, new: Option<&impl Resource
 
 /// Kubernetes' own finalizers, which the apiserver and the garbage collector set and clear while
 /// deleting an object (a deletion already judged).
-pub(super) const SYSTEM_FINALIZERS: [&str; 2] = ["foregroundDeletion", "orphan"];
+const SYSTEM_FINALIZERS: [&str; 2] = ["foregroundDeletion", "orphan"];
 
 /// Whether an update adds or removes a finalizer other than Kubernetes' own. A finalizer holds
 /// an object's deletion, so setting one is taking part in deleting it: it needs what deleting it
@@ -50,7 +50,7 @@ pub fn finalizers_changed(old: Option<&impl ResourceExt>, new: Option<&impl Reso
 /// The rule on finalizers: adding or removing one needs `delete` on the object, and is refused
 /// where deleting is (`undeletable`), except removing one from an object already being deleted
 /// (that only lets a judged deletion finish).
-pub(super) fn finalizers_rule(
+fn finalizers_rule(
     kind: &str,
     resource: &'static str,
     old: &impl ResourceExt,
@@ -115,7 +115,7 @@ pub(super) fn deletion_metadata_rule<K: ResourceExt>(
 /// `delete` on the object (RBAC alone lets anyone who may update it do so; the
 /// OwnerReferencesPermissionEnforcement admission plugin that would check it is off by default),
 /// and is refused outright where deleting is (`undeletable`: why the object may not be deleted).
-pub(super) fn owners_rule(
+fn owners_rule(
     kind: &str,
     resource: &'static str,
     old: Option<&impl ResourceExt>,
@@ -162,7 +162,7 @@ pub(super) const OVERRIDE_STAMPS: [&str; 3] = [
     OVERRIDDEN_REASON_ANNOTATION,
 ];
 
-pub(super) fn reserved_annotations(obj: &impl ResourceExt) -> BTreeMap<&String, &String> {
+fn reserved_annotations(obj: &impl ResourceExt) -> BTreeMap<&String, &String> {
     obj.annotations()
         .iter()
         .filter(|(k, _)| {
@@ -213,37 +213,36 @@ pub(super) fn reason_outside_request(
 }
 
 /// Whether `new`'s references stamp is the one its definition gives: `Ok(true)` when it carries
-/// that stamp (it is then one of the request's stamps, not a forgery), `Ok(false)` when it carries
-/// none and may (an update that leaves the definition as stored, of a version stored before the
-/// stamp existed), and the denial otherwise. A stamp whose value differs from the definition's is
-/// refused whoever sets it.
+/// that stamp (it is then one of the request's stamps, not a forgery), `Ok(false)` when it
+/// carries the stamp stored with an unchanged definition (or, stored before the stamp existed,
+/// none), and the denial otherwise. A stamp whose value differs from the definition's is refused
+/// whoever sets it. `references`: the definition's stamp when the caller computed it already;
+/// the definition is only read when the stamp is not carried over.
 pub(super) fn references_stamped(
     name: &str,
     old: Option<&AppVersion>,
     new: &AppVersion,
+    references: Option<&str>,
 ) -> Result<bool, Verdict> {
-    let expected = References::of(new.spec.definition.as_ref()).stamp();
-    let stored = old.and_then(|o| {
-        (o.spec.definition == new.spec.definition)
-            .then(|| o.annotations().get(REFERENCES_ANNOTATION))
-            .flatten()
-    });
-    match new.annotations().get(REFERENCES_ANNOTATION) {
-        Some(stamp) if *stamp == expected => Ok(true),
-        // Carried over with the definition it was computed from: admitted when that definition
-        // was (an earlier operator's scanner may have read an edge case differently), and no
-        // change of this request.
-        Some(stamp) if stored == Some(stamp) => Ok(false),
-        None if old.is_some_and(|o| {
-            o.spec.definition == new.spec.definition
-                && !o.annotations().contains_key(REFERENCES_ANNOTATION)
-        }) =>
-        {
-            Ok(false)
-        }
-        _ => Err(Deny(format!(
-            "AppVersion {name} is not stamped with the names its definition references (annotation \
-             {REFERENCES_ANNOTATION}, {expected}); {NOT_STAMPED}"
-        ))),
+    let stamp = new.annotations().get(REFERENCES_ANNOTATION);
+    // Carried over with the definition it was computed from: admitted when that definition was
+    // (an earlier operator's scanner may have read an edge case differently), and no change of
+    // this request.
+    if old.is_some_and(|o| {
+        o.spec.definition == new.spec.definition
+            && o.annotations().get(REFERENCES_ANNOTATION) == stamp
+    }) {
+        return Ok(false);
     }
+    let expected = match references {
+        Some(r) => r.to_string(),
+        None => References::of(new.spec.definition.as_ref()).stamp(),
+    };
+    if stamp == Some(&expected) {
+        return Ok(true);
+    }
+    Err(Deny(format!(
+        "AppVersion {name} is not stamped with the names its definition references (annotation \
+         {REFERENCES_ANNOTATION}, {expected}); {NOT_STAMPED}"
+    )))
 }

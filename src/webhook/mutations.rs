@@ -15,10 +15,7 @@ use crate::api::{
     PROMOTED_FROM_ANNOTATION, REFERENCES_ANNOTATION, RELEASED_AT_ANNOTATION,
     RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, STAGES_ANNOTATION, ToolJetApp,
 };
-use crate::lifecycle::{
-    References,
-    stamps::{self, stages_of},
-};
+use crate::lifecycle::{References, stamps};
 
 /// The JSON patch the mutating webhook returns for `obj`: `set` these annotations, `remove` those.
 pub fn stamp(obj: &impl ResourceExt, set: &[(&str, String)], remove: &[&str]) -> Patch {
@@ -57,11 +54,7 @@ pub fn stamp(obj: &impl ResourceExt, set: &[(&str, String)], remove: &[&str]) ->
 
 /// A break-glass reason in the request becomes the `overridden-` stamps (who, when: the same
 /// `now` as the promotion's or release's stamp) and is removed, so it never outlives the request.
-pub(super) fn consume_override(
-    obj: &impl ResourceExt,
-    user: &str,
-    now: &str,
-) -> Vec<(&'static str, String)> {
+fn consume_override(obj: &impl ResourceExt, user: &str, now: &str) -> Vec<(&'static str, String)> {
     match obj.annotations().get(OVERRIDE_REASON_ANNOTATION) {
         Some(reason) if !reason.trim().is_empty() => vec![
             (OVERRIDDEN_BY_ANNOTATION, user.to_string()),
@@ -111,7 +104,7 @@ pub(super) fn editors_after(old: &AppVersion, user: &str) -> Result<Option<Strin
 }
 
 /// The references stamp `new` needs, when it does not carry it already.
-pub(super) fn references_restamp(new: &AppVersion) -> Option<(&'static str, String)> {
+fn references_restamp(new: &AppVersion) -> Option<(&'static str, String)> {
     let expected = References::of(new.spec.definition.as_ref()).stamp();
     (new.annotations().get(REFERENCES_ANNOTATION) != Some(&expected))
         .then_some((REFERENCES_ANNOTATION, expected))
@@ -140,7 +133,7 @@ pub fn mutation_for_version(
         (PROMOTED_BY_ANNOTATION, user.to_string()),
         (PROMOTED_AT_ANNOTATION, now.to_string()),
         (PROMOTED_FROM_ANNOTATION, from.to_string()),
-        (STAGES_ANNOTATION, format!("{},{to}", stages_of(old))),
+        (STAGES_ANNOTATION, stamps::stages_after(old, to)),
     ];
     set.extend(references_restamp(new));
     set.extend(consume_override(new, user, now));
@@ -173,7 +166,6 @@ pub fn mutation_for_approval(
     user: &str,
     now: &str,
 ) -> json_patch::Patch {
-    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
     let mut patch = stamp(
         new,
         &[
@@ -189,7 +181,7 @@ pub fn mutation_for_approval(
         &[],
     );
     let owner = serde_json::json!({
-        "apiVersion": "tooljet.io/v1alpha1",
+        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
         "kind": "AppVersion",
         "name": version.name,
         "uid": version.uid,

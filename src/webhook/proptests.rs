@@ -153,7 +153,7 @@ proptest! {
         old in prop_oneof![Just(Value::Null), version().prop_map(|v| serde_json::to_value(v).unwrap()), app().prop_map(|a| serde_json::to_value(a).unwrap())],
     ) {
         if let Ok(mut req) = decode(&review_body(kind, operation, object, old)) {
-            let _ = stamp_with(&mut req, |_, _| Ok(None));
+            let _ = stamp_with(&mut req, Ok(None));
         }
     }
 

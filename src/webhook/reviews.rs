@@ -20,12 +20,12 @@ use crate::api::{
     RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, STAGES_ANNOTATION,
     ToolJetApp,
 };
-use crate::lifecycle::{Move, Pipeline, ReleaseCheck, stamps::stages_of};
+use crate::lifecycle::{Move, Pipeline, References, ReleaseCheck, stamps};
 
 use Verdict::{Allow, Deny};
 
 /// The denial of `new`'s versionName when another version of the app holds it.
-pub(super) fn version_name_taken(name: &str, new: &AppVersion, app: &AppFact) -> Option<Verdict> {
+fn version_name_taken(name: &str, new: &AppVersion, app: &AppFact) -> Option<Verdict> {
     let versions = app
         .versions
         .iter()
@@ -82,7 +82,8 @@ pub fn review_version(
             if let Some(verdict) = version_name_taken(&name, new, app) {
                 return verdict;
             }
-            if let Some(verdict) = definition_too_large(&name, new) {
+            let references = References::of(new.spec.definition.as_ref()).stamp();
+            if let Some(verdict) = definition_too_large(&name, new, &references) {
                 return verdict;
             }
             if let Some(verdict) = deletion_metadata_rule(
@@ -108,7 +109,7 @@ pub fn review_version(
                      {STAGES_ANNOTATION}, {CREATED_BY_ANNOTATION}); {NOT_STAMPED}"
                 ));
             }
-            if let Err(verdict) = references_stamped(&name, None, new) {
+            if let Err(verdict) = references_stamped(&name, None, new, Some(&references)) {
                 return verdict;
             }
             let keys = forged(
@@ -146,7 +147,7 @@ pub fn review_version(
     }
 }
 
-pub(super) fn review_version_update(
+fn review_version_update(
     old: &AppVersion,
     new: &AppVersion,
     name: &str,
@@ -268,13 +269,13 @@ pub(super) fn review_version_update(
         if override_reason.is_some() {
             stamped.extend(OVERRIDE_STAMPS);
         }
-        match references_stamped(name, Some(old), new) {
+        match references_stamped(name, Some(old), new, None) {
             Ok(true) => stamped.push(REFERENCES_ANNOTATION),
             Ok(false) => {}
             Err(verdict) => return verdict,
         }
         let annotations = new.annotations();
-        let stages = format!("{},{to}", stages_of(old));
+        let stages = stamps::stages_after(old, to);
         let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
             && annotations
                 .get(PROMOTED_FROM_ANNOTATION)
@@ -315,13 +316,16 @@ pub(super) fn review_version_update(
     if renamed && let Some(verdict) = version_name_taken(name, new, app) {
         return verdict;
     }
-    if old.spec.definition != new.spec.definition
-        && let Some(verdict) = definition_too_large(name, new)
+    // A new definition is read once, for its size and its stamp.
+    let references = (old.spec.definition != new.spec.definition)
+        .then(|| References::of(new.spec.definition.as_ref()).stamp());
+    if let Some(references) = &references
+        && let Some(verdict) = definition_too_large(name, new, references)
     {
         return verdict;
     }
     let mut stamped = vec![];
-    match references_stamped(name, Some(old), new) {
+    match references_stamped(name, Some(old), new, references.as_deref()) {
         Ok(true) => stamped.push(REFERENCES_ANNOTATION),
         Ok(false) => {}
         Err(verdict) => return verdict,
@@ -516,13 +520,11 @@ pub fn review_app(
             }
             let mut stamped: Vec<&str> = vec![];
             if let Some(version) = release(old, new) {
-                let stage_of = |wanted: &str| {
-                    versions
-                        .iter()
-                        .find(|v| v.name == wanted)
-                        .map(|v| v.environment.as_str())
-                };
-                match Pipeline::of(new).release_check(version, stage_of) {
+                let stage = versions
+                    .iter()
+                    .find(|v| v.name == version)
+                    .map(|v| v.environment.as_str());
+                match Pipeline::of(new).release_check(stage) {
                     ReleaseCheck::NotAVersion => {
                         return Deny(format!(
                             "ToolJetApp {name} cannot release {version}: it is not an AppVersion of app {name} in this \
@@ -586,7 +588,7 @@ pub fn review_app(
 
 /// The rollout of `new`: every selector well-formed and not empty, and every Deployment it newly
 /// names or selects patchable by the requester (the operator patches them on the user's behalf).
-pub(super) fn review_rollout(
+fn review_rollout(
     old: Option<&ToolJetApp>,
     new: &ToolJetApp,
     user: &str,
@@ -624,7 +626,7 @@ pub(super) fn review_rollout(
 
 /// Every selector of the rollout well-formed and not empty. One Deployment may be in several
 /// entries: its workload Secret holds every stage it serves, each under its own variable names.
-pub fn rollout_selectors(app: &ToolJetApp) -> Result<(), String> {
+fn rollout_selectors(app: &ToolJetApp) -> Result<(), String> {
     for target in &app.spec.rollout {
         target
             .parsed_selector()
@@ -635,7 +637,7 @@ pub fn rollout_selectors(app: &ToolJetApp) -> Result<(), String> {
 
 /// A pipeline change must keep every stage that holds versions, in the same order and the same
 /// role (first stage: editable; last stage: releasable).
-pub(super) fn review_pipeline_change(
+fn review_pipeline_change(
     old: Option<&ToolJetApp>,
     new: &ToolJetApp,
     versions: &[VersionFact],
@@ -804,7 +806,7 @@ pub fn review_config(
 /// another entry's of the same config: a Global constant of that name, a Secret constant or
 /// another secret option of that name reading another Secret key (pure). The same key is one
 /// value, so it may share the name.
-pub fn option_constant_clash(spec: &EnvironmentConfigSpec) -> Option<String> {
+fn option_constant_clash(spec: &EnvironmentConfigSpec) -> Option<String> {
     let mut names: BTreeMap<String, (String, &crate::api::SecretKeySelector)> = BTreeMap::new();
     for c in &spec.constants {
         if let Some(from) = &c.value_from {
@@ -2021,14 +2023,14 @@ mod tests {
         let mut doc = serde_json::to_value(&v).unwrap();
         json_patch::patch(&mut doc, &mutation_for_new_version(&v, USER)).unwrap();
         let created: AppVersion = serde_json::from_value(doc).unwrap();
-        assert_eq!(stages_of(&created), "development");
+        assert_eq!(stamps::stages_of(&created), "development");
         let mut promoted = created.clone();
         promoted.spec.environment = "staging".into();
         let patch = mutation_for_version(&created, &promoted, USER, NOW).unwrap();
         let mut doc = serde_json::to_value(&promoted).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
         let promoted: AppVersion = serde_json::from_value(doc).unwrap();
-        assert_eq!(stages_of(&promoted), "development,staging");
+        assert_eq!(stamps::stages_of(&promoted), "development,staging");
         // Users cannot rewrite the record.
         let mut forged = promoted.clone();
         forged

@@ -3,7 +3,7 @@
 //! reviews ([`super::reviews`], [`super::gates`]). Fails closed: anything it cannot decide is denied with the reason. The HTTP layer
 //! is [`super::http`].
 
-use crate::lifecycle::Pipeline;
+use crate::lifecycle::{Pipeline, stamps};
 use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
@@ -23,7 +23,7 @@ use super::{
 use crate::{
     api::{
         AppVersion, Approval, CREATED_BY_ANNOTATION, EnvironmentConfig, LAST_EDITED_BY_ANNOTATION,
-        PromotionPolicy, STAGES_ANNOTATION, ToolJetApp,
+        PromotionPolicy, ToolJetApp,
     },
     lean::Lean,
     lifecycle::References,
@@ -96,19 +96,19 @@ pub async fn stamp(
                 .as_ref()
                 .and_then(|o| o.data.get("spec")?.get("version")?.as_str())
             {
-                Some(version) => approved_version(state, &ns, version, Freshness::Cached).await,
+                Some(version) => stamped_version(state, &ns, version).await,
                 None => Ok(None),
             }
         }
         _ => Ok(None),
     };
-    stamp_with(req, |_, _| approved.clone())
+    stamp_with(req, approved)
 }
 
-/// [`stamp`], with the lookup of the version an Approval names given.
+/// [`stamp`], given the version a new Approval names (`Ok(None)`: no such version).
 pub fn stamp_with(
     req: &mut AdmissionRequest<DynamicObject>,
-    approved: impl Fn(&str, &str) -> Result<Option<ApprovedVersion>, String>,
+    approved: Result<Option<ApprovedVersion>, String>,
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(&*req);
     let user = req.user_info.username.as_deref().unwrap_or("unknown");
@@ -144,7 +144,7 @@ pub fn stamp_with(
         ("Approval", Operation::Create) => match typed::<Approval>(req.object.take()) {
             Ok(Some(new)) => {
                 let ns = req.namespace.clone().unwrap_or_default();
-                match approved(&ns, &new.spec.version) {
+                match approved {
                     Err(e) => return response.deny(e),
                     Ok(Some(v)) => Some(mutations::mutation_for_approval(&new, &v, user, &now)),
                     Ok(None) => {
@@ -171,57 +171,55 @@ pub fn stamp_with(
 const NOT_READY: &str =
     "tooljet-operator is starting and has not synced its caches yet; retry in a few seconds";
 
-/// How fresh the facts about an approved version must be.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Freshness {
-    /// The cache, or the API when the cache does not show the version: its name and UID
-    /// never change, so a cached copy serves (the stamp).
-    Cached,
-    /// The API: its stage and generation as stored now, not as the cache last saw them (a
-    /// version promoted or edited a moment ago is approved as it is).
-    Stored,
-}
-
-/// The version an Approval names, with the facts approving needs.
-async fn approved_version(
+/// The version a new Approval names, for its stamp: from the cache, or from the API when the
+/// cache does not show it yet. The stamp reads only its name and UID, which never change, so a
+/// cached copy serves and its app is not looked up (`next_stage` is left out).
+async fn stamped_version(
     state: &WebhookState,
     ns: &str,
     name: &str,
-    freshness: Freshness,
 ) -> Result<Option<ApprovedVersion>, String> {
-    let cached = match freshness {
-        Freshness::Cached => state.lookups.versions.get(&ObjectRef::new(name).within(ns)),
-        Freshness::Stored => None,
+    let v = match state.lookups.versions.get(&ObjectRef::new(name).within(ns)) {
+        Some(v) => Some(v),
+        None => stored_version(&state.client, ns, name, "to stamp the approval")
+            .await?
+            .map(Arc::new),
     };
-    let v = match cached {
-        Some(v) => v,
-        None => match Api::<Lean<AppVersion>>::namespaced(state.client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(|e| format!("could not read AppVersion {name}: {e}"))?
-        {
-            Some(Lean(v)) => Arc::new(v),
-            None => return Ok(None),
-        },
-    };
-    let app = app_of(state, ns, &v.spec.app).await?;
-    let next_stage = app
-        .as_ref()
-        .and_then(|a| Pipeline::of(a).next(&v.spec.environment))
-        .map(str::to_string);
+    Ok(v.map(|v| approved_facts(&v, None)))
+}
+
+/// The facts approving needs of version `v` of `app`.
+fn approved_facts(v: &AppVersion, app: Option<&ToolJetApp>) -> ApprovedVersion {
     let a = v.annotations();
-    Ok(Some(ApprovedVersion {
+    ApprovedVersion {
         name: v.name_any(),
         uid: v.uid().unwrap_or_default(),
         generation: v.metadata.generation.unwrap_or_default(),
         stage: v.spec.environment.clone(),
-        next_stage,
+        next_stage: app
+            .and_then(|a| Pipeline::of(a).next(&v.spec.environment))
+            .map(str::to_string),
         app: v.spec.app.clone(),
         creator: a.get(CREATED_BY_ANNOTATION).cloned(),
         last_editor: a.get(LAST_EDITED_BY_ANNOTATION).cloned(),
-        editors: crate::lifecycle::stamps::editors_of(&v),
+        editors: stamps::editors_of(v),
         deleting: v.metadata.deletion_timestamp.is_some(),
-    }))
+    }
+}
+
+/// AppVersion `name` as stored now, read without its definition ([`Lean`]); `why` says in an
+/// error what it was read for.
+async fn stored_version(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    why: &str,
+) -> Result<Option<AppVersion>, String> {
+    Api::<Lean<AppVersion>>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map(|v| v.map(|Lean(v)| v))
+        .map_err(|e| format!("could not read AppVersion {name} {why}: {e}"))
 }
 
 /// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
@@ -430,15 +428,10 @@ async fn stored_versions_selected(
     let mut facts = Vec::with_capacity(items.len());
     for meta in items {
         let name = meta.name_any();
-        let environment = match meta.annotations().get(STAGES_ANNOTATION) {
-            Some(stages) => stages.rsplit(',').next().unwrap_or_default().to_string(),
-            None => match Api::<Lean<AppVersion>>::namespaced(client.clone(), ns)
-                .get_opt(&name)
-                .await
-                .map_err(|e| {
-                    format!("could not read AppVersion {name} to check the request: {e}")
-                })? {
-                Some(Lean(v)) => v.spec.environment,
+        let environment = match stamps::stage_path(meta.annotations()).last() {
+            Some(stage) => stage.to_string(),
+            None => match stored_version(client, ns, &name, "to check the request").await? {
+                Some(v) => v.spec.environment,
                 None => continue,
             },
         };
@@ -738,11 +731,8 @@ async fn released_as_stored(
     );
     let stored = match stored_versions_selected(&state.client, ns, &fields, "").await? {
         Some(found) => found.into_iter().next().map(|v| v.environment),
-        None => Api::<Lean<AppVersion>>::namespaced(state.client.clone(), ns)
-            .get_opt(version)
-            .await
-            .map_err(|e| format!("could not read AppVersion {version} to check the release: {e}"))?
-            .map(|Lean(v)| v)
+        None => stored_version(&state.client, ns, version, "to check the release")
+            .await?
             .filter(|v| v.spec.app == app.name_any())
             .map(|v| v.spec.environment),
     };
@@ -826,21 +816,31 @@ async fn review_approval(
     // Judged on the version as stored: approvals are written at a person's pace, and one read
     // spares a refusal (or a revocation allowed) on a cache that has not seen the last edit,
     // promotion or deletion.
+    let version = stored_version(
+        &state.client,
+        ns,
+        &subject.spec.version,
+        "to check the approval",
+    )
+    .await?;
+    let app = match &version {
+        Some(v) => app_of(state, ns, &v.spec.app).await?,
+        None => None,
+    };
     let mut facts = Facts {
-        approved: approved_version(state, ns, &subject.spec.version, Freshness::Stored).await?,
+        approved: version.as_ref().map(|v| approved_facts(v, app.as_deref())),
         ..Default::default()
     };
     if op == Op::Delete {
         facts.namespace_terminating = namespace_terminating(&state.client, ns).await?;
     }
     if op == Op::Create
-        && let Some(v) = &facts.approved
-        && let Some(app) = app_of(state, ns, &v.app).await?
+        && let Some(app) = &app
     {
         // Only who guards the stage and whether separation of duties applies matter here: no
         // windows or counts.
         facts.gate =
-            crate::gate::stage_gate(&state.lookups, &app, &subject.spec.environment).map(|g| {
+            crate::gate::stage_gate(&state.lookups, app, &subject.spec.environment).map(|g| {
                 GateFacts {
                     separation_of_duties: g
                         .requirement

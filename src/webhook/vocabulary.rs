@@ -263,7 +263,7 @@ pub struct ApprovedVersion {
     pub app: String,
     pub creator: Option<String>,
     pub last_editor: Option<String>,
-    /// Everyone who edited it ([`crate::gate::editors_of`]).
+    /// Everyone who edited it ([`crate::lifecycle::stamps::editors_of`]).
     pub editors: Vec<String>,
     /// Being deleted.
     pub deleting: bool,
