@@ -618,12 +618,33 @@ pub fn merge_layers(key: &HashKey, layers: &[&BTreeMap<String, Vec<u8>>]) -> Mat
 
 /// The names a version needs and the configuration of its stage lacks, as `kind name` phrases
 /// (`data source crm-api`, `constant API_URL`, `secret STRIPE_KEY`), sorted.
+/// Something a version needs that its stage's configuration lacks; shown as `constant X`,
+/// `data source X` or `secret X` (and ordered so).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Missing {
+    /// A Global constant (`{{constants.X}}`), or a required constant of either type.
+    Constant(String),
+    DataSource(String),
+    /// A Secret constant (`{{secrets.X}}`).
+    Secret(String),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Constant(name) => write!(f, "constant {name}"),
+            Missing::DataSource(name) => write!(f, "data source {name}"),
+            Missing::Secret(name) => write!(f, "secret {name}"),
+        }
+    }
+}
+
 pub fn missing_requirements(
     required_sources: &[String],
     required_constants: &[String],
     references: &References,
     resolved: &BTreeMap<String, Vec<u8>>,
-) -> Vec<String> {
+) -> Vec<Missing> {
     let mut globals = BTreeSet::new();
     let mut secrets = BTreeSet::new();
     for key in resolved.keys() {
@@ -647,19 +668,19 @@ pub fn missing_requirements(
 
     let mut missing = BTreeSet::new();
     for s in required_sources.iter().filter(|s| !sources.contains(*s)) {
-        missing.insert(format!("data source {s}"));
+        missing.insert(Missing::DataSource(s.clone()));
     }
     for c in required_constants
         .iter()
         .filter(|c| !globals.contains(*c) && !secrets.contains(*c))
     {
-        missing.insert(format!("constant {c}"));
+        missing.insert(Missing::Constant(c.clone()));
     }
     for c in ref_constants.iter().filter(|c| !globals.contains(*c)) {
-        missing.insert(format!("constant {c}"));
+        missing.insert(Missing::Constant(c.clone()));
     }
     for c in ref_secrets.iter().filter(|c| !secrets.contains(*c)) {
-        missing.insert(format!("secret {c}"));
+        missing.insert(Missing::Secret(c.clone()));
     }
     missing.into_iter().collect()
 }
@@ -1227,7 +1248,7 @@ mod tests {
             &m.data,
         );
         assert_eq!(
-            missing,
+            missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
             [
                 "constant GONE",
                 "constant LOG_LEVEL",

@@ -324,7 +324,7 @@ fn run_controllers(
         ctx.echoes.clone(),
         (
             state::all(caches.managed_hub.subscribe()),
-            state::deletions(caches.config_hub.subscribe()),
+            state::changes(caches.config_hub.subscribe(), appversion::config_facts),
         ),
         state::changes(caches.app_hub.subscribe(), appversion::app_facts),
         (
@@ -336,7 +336,7 @@ fn run_controllers(
         client.clone(),
         settings,
         &caches.lookups,
-        &ctx.sharing,
+        (&ctx.sharing, &ctx.echoes),
         (
             state::changes(caches.app_hub.subscribe(), app::own_facts),
             state::deletions(caches.app_hub.subscribe()),

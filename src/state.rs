@@ -912,57 +912,61 @@ pub fn resolve(
     merge_layers(key, &layers.iter().collect::<Vec<_>>())
 }
 
-/// `missing` (phrases of [`crate::materialize::missing_requirements`]: `data source X`,
-/// `constant X`, `secret X`), each one that an EnvironmentConfig of (app or workspace, stage)
-/// declares but that is not in the stage's configuration because the config cannot be
-/// materialised told as such: the config, and its Ready message (which names the missing Secret
-/// or key and the command that creates it). Reads only the caches.
+/// Why configuration `c` cannot be materialised (its Ready message: the missing Secret or key
+/// and the command that creates it), when that is so; a configuration refused as a second one
+/// for its stage (reason Conflict) is not counted. What [`explain_missing`] tells, and so what a
+/// version's status depends on of its stage's configurations.
+pub fn unmaterialisable(c: &CachedConfig) -> Option<&str> {
+    let ready = c
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    (ready.status == "False" && ready.reason != "Conflict").then_some(ready.message.as_str())
+}
+
+/// `missing` ([`crate::materialize::missing_requirements`]) as phrases, each one that an
+/// EnvironmentConfig of (app or workspace, stage) declares but that is not in the stage's
+/// configuration because the config cannot be materialised told as such: the config, and its
+/// Ready message (which names the missing Secret or key and the command that creates it). Reads
+/// only the caches.
 pub fn explain_missing(
     lookups: &Lookups,
     ns: &str,
     app: &str,
     stage: &str,
-    missing: Vec<String>,
+    missing: Vec<crate::materialize::Missing>,
 ) -> Vec<String> {
+    use crate::materialize::Missing;
     if missing.is_empty() {
-        return missing;
+        return vec![];
     }
     let broken: Vec<(String, crate::api::EnvironmentConfigSpec, String)> = lookups
         .configs_for(ns, Some(app), stage)
         .into_iter()
         .chain(lookups.configs_for(ns, None, stage))
         .filter_map(|c| {
-            let ready = c
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")?;
-            if ready.status != "False" || ready.reason == "Conflict" {
-                return None;
-            }
-            Some((c.name_any(), c.spec().ok()?, ready.message.clone()))
+            let why = unmaterialisable(&c)?.to_string();
+            Some((c.name_any(), c.spec().ok()?, why))
         })
         .collect();
     missing
         .into_iter()
-        .map(|phrase| {
-            let declared_by = broken.iter().find(|(_, spec, _)| {
-                if let Some(name) = phrase.strip_prefix("data source ") {
-                    spec.data_sources.iter().any(|d| d.name == name)
-                } else if let Some(name) = phrase.strip_prefix("secret ") {
-                    spec.constants.iter().any(|c| c.name == name)
+        .map(|missing| {
+            let declared_by = broken.iter().find(|(_, spec, _)| match &missing {
+                Missing::DataSource(name) => spec.data_sources.iter().any(|d| &d.name == name),
+                Missing::Secret(name) => {
+                    spec.constants.iter().any(|c| &c.name == name)
                         || spec.data_sources.iter().any(|d| {
                             d.secret_options
                                 .keys()
-                                .any(|o| crate::lifecycle::constants::option_constant(&d.name, o) == name)
+                                .any(|o| crate::lifecycle::constants::option_constant(&d.name, o) == *name)
                         })
-                } else if let Some(name) = phrase.strip_prefix("constant ") {
-                    spec.constants.iter().any(|c| c.name == name)
-                } else {
-                    false
                 }
+                Missing::Constant(name) => spec.constants.iter().any(|c| &c.name == name),
             });
+            let phrase = missing.to_string();
             match declared_by {
                 Some((config, _, message)) => format!(
                     "{phrase} (declared by EnvironmentConfig {config}, which cannot be materialised: {message})"

@@ -46,6 +46,20 @@ async fn crm(prefix: &str) -> (Client, String) {
         )
         .await;
     }
+    // Each stage materialised before anything is promoted into it.
+    let configs = Api::<EnvironmentConfig>::namespaced(admin.clone(), &ns);
+    for stage in ["development", "staging", "production"] {
+        let name = format!("crm-{stage}");
+        eventually(&format!("EnvironmentConfig {name} Ready"), || async {
+            let c = configs.get(&name).await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
     for v in ["v1", "v2"] {
         apply(
             &admin,
@@ -168,6 +182,23 @@ async fn status_names_what_a_version_is_missing() {
     );
     let table = cli(&["-n", &ns, "status", "crm"]).ok().stdout;
     assert!(table.contains("NOT_CONFIGURED"), "{table}");
+
+    // Declared now by a workspace configuration whose Secret does not exist: no Secret is
+    // written, and v3 says why the constant is still missing (its stage's configuration changed
+    // its readiness only).
+    apply(&admin, &ns, "EnvironmentConfig", "workspace-development",
+        json!({ "environment": "development",
+                "constants": [{ "name": "NOT_CONFIGURED", "type": "Secret",
+                                "valueFrom": { "secretKeyRef": { "name": "late", "key": "v" } } }] })).await;
+    board_when(&ns, "v3 names the configuration that cannot be materialised", |b| {
+        b["versions"].as_array().unwrap().iter().any(|v| {
+            v["name"] == "v3"
+                && v["missing"].as_str().is_some_and(|m| {
+                    m.contains("declared by EnvironmentConfig workspace-development, which cannot be materialised")
+                })
+        })
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::{CustomResource, KubeSchema, core::Selector};
+use kube::{
+    CustomResource, KubeSchema,
+    core::{Selector, SelectorExt},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_PIPELINE, matches, patterns, schema};
@@ -85,6 +88,17 @@ impl ToolJetApp {
 }
 
 impl RolloutTarget {
+    /// Whether this entry rolls out Deployment `name` (labelled `labels`): it names it, or its
+    /// selector (when valid) matches it.
+    pub fn takes(&self, name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.deployments.iter().any(|d| d == name)
+            || self
+                .parsed_selector()
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.matches(labels))
+    }
+
     /// The selector as kube's [`Selector`], the same value used to match labels and to build the
     /// list query, so the two never disagree. `Ok(None)`: no selector. An error names the problem:
     /// an unknown operator, `In`/`NotIn` without values, `Exists`/`DoesNotExist` with values, or a

@@ -8,7 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt, channel::mpsc};
 use k8s_openapi::{
     api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
@@ -42,13 +42,13 @@ use crate::api::{
 };
 use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, WORKLOAD_SECRET_KIND};
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
+use crate::state::Echoes;
 use crate::{
     gate,
     managed::ManagedSecret,
     state::{Controlled, Lookups},
 };
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
-use kube::core::SelectorExt;
 
 /// This controller's name in metrics and logs.
 pub const CONTROLLER: &str = "tooljetapp";
@@ -61,7 +61,7 @@ pub fn controller(
     client: Client,
     settings: &Settings,
     lookups: &Lookups,
-    sharing: &Arc<Sharing>,
+    (sharing, echoes): (&Arc<Sharing>, &Arc<Echoes>),
     (main, deleted): (
         impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
         impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
@@ -70,7 +70,7 @@ pub fn controller(
     managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
     policies: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
 ) -> Controller<ToolJetApp> {
-    let (for_secrets, sharers) = ((lookups.clone(), sharing.clone()), sharing.clone());
+    let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -132,18 +132,22 @@ pub fn version_facts(v: &AppVersion) -> (String, String) {
 
 fn apps_with_rollout_for_secret(
     lookups: &Lookups,
-    sharing: &Sharing,
+    echoes: &Echoes,
     secret: &ManagedSecret,
 ) -> Vec<ObjectRef<ToolJetApp>> {
     if secret.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND) {
-        // A workload Secret edited or deleted: the apps that may roll its Deployment out put it
-        // back: those naming it, those with a selector (its labels are not known here), and
-        // those sharing it.
+        // A workload Secret edited or deleted by someone else (the operator's own writes are
+        // echoes; the apps sharing it are woken by [`Sharing`] when what it holds changes): the
+        // apps that may roll its Deployment out put it back, those naming it and those with a
+        // selector (its labels are not known here). Every app serving it is one of them.
+        if echoes.is_echo(secret) {
+            return vec![];
+        }
         let Some((deployment, _)) = secret.controller() else {
             return vec![];
         };
         let ns = secret.namespace();
-        let mut apps: Vec<ObjectRef<ToolJetApp>> = lookups
+        return lookups
             .apps_with_rollout(ns)
             .iter()
             .filter(|a| {
@@ -154,13 +158,6 @@ fn apps_with_rollout_for_secret(
             })
             .map(|a| ObjectRef::from(&**a))
             .collect();
-        apps.extend(
-            sharing
-                .serving(ns, deployment)
-                .into_iter()
-                .map(|a| ObjectRef::new(&a).within(ns)),
-        );
-        return apps;
     }
     if secret.label(KIND_LABEL) != Some(envconfig::SECRET_KIND) {
         return vec![];
@@ -188,15 +185,7 @@ fn apps_rolling_out(
     lookups
         .apps_with_rollout(&d.namespace().unwrap_or_default())
         .into_iter()
-        .filter(|a| {
-            a.spec.rollout.iter().any(|r| {
-                r.deployments.contains(&name)
-                    || r.parsed_selector()
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.matches(d.labels()))
-            })
-        })
+        .filter(|a| a.spec.rollout.iter().any(|r| r.takes(&name, d.labels())))
         .map(|a| ObjectRef::from(&*a))
         .collect()
 }
@@ -287,29 +276,22 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
         .await;
     }
     let old = app.status.as_ref().map(|s| s.conditions.as_slice());
-    if let Some(after) = new_failure(old, &status.conditions, conditions::READY) {
-        warn!(reason = %after.reason, message = %after.message, "app not ready");
-        publish(
-            &ctx.recorder,
-            &*app,
-            EventType::Warning,
-            &after.reason,
-            "Release",
-            after.message.clone(),
-        )
-        .await;
-    }
-    if let Some(after) = new_failure(old, &status.conditions, conditions::ROLLOUT_READY) {
-        warn!(reason = %after.reason, message = %after.message, "rollout not in sync");
-        publish(
-            &ctx.recorder,
-            &*app,
-            EventType::Warning,
-            &after.reason,
-            "Rollout",
-            after.message.clone(),
-        )
-        .await;
+    for (condition, action, what) in [
+        (conditions::READY, "Release", "app not ready"),
+        (conditions::ROLLOUT_READY, "Rollout", "rollout not in sync"),
+    ] {
+        if let Some(after) = new_failure(old, &status.conditions, condition) {
+            warn!(reason = %after.reason, message = %after.message, "{what}");
+            publish(
+                &ctx.recorder,
+                &*app,
+                EventType::Warning,
+                &after.reason,
+                action,
+                after.message.clone(),
+            )
+            .await;
+        }
     }
     // A gate's window opening or closing changes the status by itself: wake then.
     Ok(at_transition(next_transition, now))
@@ -358,13 +340,13 @@ type Served = (String, BTreeSet<String>);
 pub struct Sharing {
     /// (namespace, Deployment) -> (outcome, the apps it serves).
     last: std::sync::Mutex<HashMap<(String, String), Served>>,
-    wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<ToolJetApp>>,
-    woken: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<ToolJetApp>>>>,
+    wake: mpsc::UnboundedSender<ObjectRef<ToolJetApp>>,
+    woken: std::sync::Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<ToolJetApp>>>>,
 }
 
 impl Default for Sharing {
     fn default() -> Sharing {
-        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        let (wake, woken) = mpsc::unbounded();
         Sharing {
             last: Default::default(),
             wake,
@@ -376,19 +358,7 @@ impl Default for Sharing {
 impl Sharing {
     /// The apps to wake, as a stream for `Controller::reconcile_on` (once; empty after).
     fn woken(&self) -> impl Stream<Item = ObjectRef<ToolJetApp>> + Send + 'static {
-        let mut receiver = self.woken.lock().expect("not poisoned").take();
-        futures::stream::poll_fn(move |cx| match receiver.as_mut() {
-            Some(r) => r.poll_recv(cx),
-            None => std::task::Poll::Ready(None),
-        })
-    }
-
-    /// The apps a shared workload served when last computed.
-    fn serving(&self, ns: &str, deployment: &str) -> BTreeSet<String> {
-        let last = self.last.lock().expect("not poisoned");
-        last.get(&(ns.to_string(), deployment.to_string()))
-            .map(|(_, apps)| apps.clone())
-            .unwrap_or_default()
+        futures::stream::iter(self.woken.lock().expect("not poisoned").take()).flatten()
     }
 
     /// Records what `app`'s reconcile found of the workloads it rolls out (`seen`: Deployment ->
@@ -424,7 +394,7 @@ impl Sharing {
         drop(last);
         wake.remove(app);
         for other in wake {
-            let _ = self.wake.send(ObjectRef::new(&other).within(ns));
+            let _ = self.wake.unbounded_send(ObjectRef::new(&other).within(ns));
         }
     }
 }
@@ -459,13 +429,7 @@ pub fn claims_on(
             a.spec
                 .rollout
                 .iter()
-                .filter(|t| {
-                    t.deployments.iter().any(|d| d == name)
-                        || t.parsed_selector()
-                            .ok()
-                            .flatten()
-                            .is_some_and(|s| s.matches(labels))
-                })
+                .filter(|t| t.takes(name, labels))
                 .map(move |t| (a.name_any(), t.environment.clone()))
         })
         .collect();
@@ -799,6 +763,7 @@ mod tests {
     use super::*;
     use crate::api::{AppVersionSpec, Release as ReleaseSpec, RolloutTarget, ToolJetAppSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use kube::core::SelectorExt;
 
     fn app(release: Option<&str>) -> ToolJetApp {
         let mut a = ToolJetApp::new(

@@ -48,7 +48,7 @@ use crate::{
     gate,
     lifecycle::References,
     managed::{ManagedSecret, OwnerKind},
-    materialize::{Materialized, missing_requirements, resolved_secret_name, secret_name},
+    materialize::{Materialized, Missing, missing_requirements, resolved_secret_name, secret_name},
     policy::Tally,
 };
 
@@ -60,14 +60,15 @@ pub use crate::api::RESOLVED_SECRET_KIND as SECRET_KIND;
 
 /// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
 /// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
-/// configurations' Secrets for config changes), the deleted EnvironmentConfigs, the Approvals (of the version they name) and the
+/// configurations' Secrets for config changes), the EnvironmentConfigs deleted or (un)able to be
+/// materialised ([`config_facts`]), the Approvals (of the version they name) and the
 /// PromotionPolicies (of the versions of their namespace: the approvals a next stage requires).
 pub fn controller(
     settings: &Settings,
     lookups: &Lookups,
     main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
     echoes: Arc<Echoes>,
-    (managed, deleted_configs): (
+    (managed, configs): (
         impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
         impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
     ),
@@ -104,7 +105,9 @@ pub fn controller(
         })
         // A deleted configuration no longer counts, whether or not its Secret is gone yet (the
         // garbage collector's pace, or a deletion only a relist revealed): its stage re-resolves.
-        .watches_shared_stream(deleted_configs, move |c: Arc<CachedConfig>| {
+        // One that becomes unmaterialisable, or stops being so, changes what the versions of its
+        // stage say is missing ([`crate::state::explain_missing`]).
+        .watches_shared_stream(configs, move |c: Arc<CachedConfig>| {
             let ns = c.namespace().unwrap_or_default();
             let environment = c.spec.environment.as_str();
             match c.spec.app.as_deref() {
@@ -129,6 +132,12 @@ pub fn controller(
                 .map(|v| ObjectRef::from(&*v))
                 .collect::<Vec<_>>()
         })
+}
+
+/// What of a configuration its stage's versions depend on besides its Secret: why it cannot be
+/// materialised, if it cannot.
+pub fn config_facts(c: &CachedConfig) -> Option<String> {
+    crate::state::unmaterialisable(c).map(str::to_string)
 }
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
@@ -229,15 +238,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::requeue(PENDING_RECHECK));
     };
     // Decide (pure).
-    let mut plan = decide(&v, &found);
-    // A name declared by a config that cannot be materialised is told as such.
-    plan.missing = crate::state::explain_missing(
-        &ctx.lookups,
-        &ns,
-        &v.spec.app,
-        &v.spec.environment,
-        std::mem::take(&mut plan.missing),
-    );
+    let plan = decide(&v, &found);
     // Apply: the resolved Secret, unless a Secret of that name exists that this version does not
     // control (by UID, whatever its labels), which is never adopted or overwritten.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -254,12 +255,19 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         }
         None => debug!(secret = %plan.target, "resolved config is up to date"),
     }
-    // Report.
+    // Report; a name declared by a config that cannot be materialised is told as such.
+    let missing = crate::state::explain_missing(
+        &ctx.lookups,
+        &ns,
+        &v.spec.app,
+        &v.spec.environment,
+        plan.missing,
+    );
     let (status, promotions) = desired_status(
         &v,
         found.app.as_deref(),
         &found.published,
-        &plan.missing,
+        &missing,
         &plan.target,
         taken,
         found.approvals.as_ref(),
@@ -387,7 +395,7 @@ fn stage_approvals(tally: &Tally) -> StageApprovals {
 struct Plan {
     target: String,
     secret: Secret,
-    missing: Vec<String>,
+    missing: Vec<Missing>,
 }
 
 fn decide(v: &AppVersion, found: &Found) -> Plan {
