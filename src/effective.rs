@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVarSource};
 
 /// Which names the kubelet accepts as variables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +138,49 @@ pub struct Effective {
     pub blocking: Vec<String>,
 }
 
+/// The Secret or ConfigMap an `envFrom` entry takes in whole: kind, name, `optional`.
+fn whole_source(source: &EnvFromSource) -> Option<(SourceKind, &str, Option<bool>)> {
+    match (&source.secret_ref, &source.config_map_ref) {
+        (Some(s), _) => Some((SourceKind::Secret, s.name.as_str(), s.optional)),
+        (None, Some(c)) => Some((SourceKind::ConfigMap, c.name.as_str(), c.optional)),
+        (None, None) => None,
+    }
+}
+
+/// The Secret or ConfigMap key an `env` entry takes its value from: kind, name, key, `optional`.
+fn keyed_source(from: &EnvVarSource) -> Option<(SourceKind, &str, &str, Option<bool>)> {
+    match (&from.secret_key_ref, &from.config_map_key_ref) {
+        (Some(s), _) => Some((
+            SourceKind::Secret,
+            s.name.as_str(),
+            s.key.as_str(),
+            s.optional,
+        )),
+        (None, Some(c)) => Some((
+            SourceKind::ConfigMap,
+            c.name.as_str(),
+            c.key.as_str(),
+            c.optional,
+        )),
+        _ => None,
+    }
+}
+
+/// Every Secret and ConfigMap `container`'s environment reads (the ones [`container_env`]'s
+/// `data` is asked for), in order, possibly repeated.
+pub fn sources(container: &Container) -> impl Iterator<Item = (SourceKind, &str)> {
+    let whole = container
+        .env_from
+        .iter()
+        .flatten()
+        .filter_map(|f| whole_source(f).map(|(kind, name, _)| (kind, name)));
+    let keyed =
+        container.env.iter().flatten().filter_map(|e| {
+            keyed_source(e.value_from.as_ref()?).map(|(kind, name, ..)| (kind, name))
+        });
+    whole.chain(keyed)
+}
+
 /// The environment `container` starts with. `data(kind, name)` gives a Secret's or ConfigMap's
 /// data (`None`: it does not exist).
 pub fn container_env<'a>(
@@ -163,16 +206,11 @@ pub fn container_env<'a>(
     };
 
     for (index, source) in container.env_from.iter().flatten().enumerate() {
-        let (kind, name, optional) = match (&source.secret_ref, &source.config_map_ref) {
-            (Some(s), _) => (SourceKind::Secret, s.name.clone(), s.optional == Some(true)),
-            (None, Some(c)) => (
-                SourceKind::ConfigMap,
-                c.name.clone(),
-                c.optional == Some(true),
-            ),
-            (None, None) => continue,
+        let Some((kind, name, optional)) = whole_source(source) else {
+            continue;
         };
-        let Some(entries) = data(kind, &name) else {
+        let optional = optional == Some(true);
+        let Some(entries) = data(kind, name) else {
             let what = format!("envFrom[{index}]: {kind} {name} does not exist");
             if optional {
                 out.skipped.push(Skipped::Optional { what });
@@ -187,7 +225,7 @@ pub fn container_env<'a>(
             let origin = Origin::EnvFrom {
                 index,
                 kind,
-                name: name.clone(),
+                name: name.to_string(),
             };
             if !rules.valid(&var_name) {
                 out.skipped.push(Skipped::InvalidName {
@@ -210,12 +248,7 @@ pub fn container_env<'a>(
     for (index, entry) in container.env.iter().flatten().enumerate() {
         let origin = Origin::Env { index };
         let value = if let Some(from) = &entry.value_from {
-            let keyed = match (&from.secret_key_ref, &from.config_map_key_ref) {
-                (Some(s), _) => Some((SourceKind::Secret, &s.name, &s.key, s.optional)),
-                (None, Some(c)) => Some((SourceKind::ConfigMap, &c.name, &c.key, c.optional)),
-                _ => None,
-            };
-            match keyed {
+            match keyed_source(from) {
                 Some((kind, name, key, optional)) => {
                     match data(kind, name).and_then(|d| d.get(key)) {
                         Some(v) => Some(v.clone()),

@@ -327,44 +327,38 @@ async fn the_chart_runs_the_image_on_simulated_nodes_upgrades_and_uninstalls_cle
 /// The environment a ToolJet container of `deployment` starts with, computed by Kubernetes' rules
 /// from the Deployment and the Secrets as the apiserver holds them.
 fn effective_env(ns: &str, deployment: &str) -> tooljet_operator::effective::Effective {
-    use tooljet_operator::effective::{NameRules, SourceKind, container_env};
+    use tooljet_operator::effective::{NameRules, SourceKind, container_env, sources};
     let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(kubectl_json(&[
         "get",
         "deployment",
         deployment,
         "--namespace",
         ns,
-        "-o",
-        "json",
     ]))
     .unwrap();
     let container = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
-    let mut sources: BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
-    for from in container.env_from.iter().flatten() {
-        if let Some(secret) = &from.secret_ref {
-            let found = support::kubectl(&[
-                "get",
-                "secret",
-                &secret.name,
-                "--namespace",
-                ns,
-                "-o",
-                "json",
-            ]);
-            if let Ok(text) = found {
-                let s: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&text).unwrap();
-                let data = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                sources.insert((SourceKind::Secret, secret.name.clone()), data);
-            }
+    let mut sources_read: BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>> =
+        BTreeMap::new();
+    // The examples' workloads read Secrets only; one that does not exist is left out.
+    for (kind, name) in sources(&container) {
+        if kind != SourceKind::Secret {
+            continue;
+        }
+        if let Ok(text) =
+            support::kubectl(&["get", "secret", name, "--namespace", ns, "-o", "json"])
+        {
+            let s: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&text).unwrap();
+            let data = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            sources_read.insert((SourceKind::Secret, name.to_string()), data);
         }
     }
     container_env(&container, NameRules::Relaxed, |kind, name| {
-        sources.get(&(kind, name.to_string()))
+        sources_read.get(&(kind, name.to_string()))
     })
 }
 

@@ -132,8 +132,19 @@ impl Fixture {
         what: &str,
         pred: impl Fn(&BTreeMap<String, String>) -> bool,
     ) -> BTreeMap<String, String> {
+        self.secret_text(&format!("tooljet-version.{version}"), what, pred)
+            .await
+    }
+
+    /// Secret `name`'s data as text, once `pred` holds of it.
+    async fn secret_text(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> BTreeMap<String, String> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
-        let name = format!("tooljet-version.{version}");
+        let name = name.to_string();
         support::eventually(WAIT, what, || {
             let api = api.clone();
             let name = name.clone();
@@ -198,6 +209,14 @@ impl Fixture {
         )
         .await;
     }
+}
+
+/// Whether `a`'s rollout is in sync (condition RolloutReady True).
+fn rollout_ready(a: &ToolJetApp) -> bool {
+    a.status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "RolloutReady"))
+        .is_some_and(|c| c.status == "True")
 }
 
 fn condition<'a>(
@@ -501,14 +520,7 @@ async fn rollout_restarts_only_the_workloads_whose_stage_changed() {
         "production's pod template is untouched"
     );
 
-    let app = f
-        .app_status("rollout condition", |a| {
-            a.status
-                .as_ref()
-                .and_then(|s| condition(&s.conditions, "RolloutReady"))
-                .is_some_and(|c| c.status == "True")
-        })
-        .await;
+    let app = f.app_status("rollout condition", rollout_ready).await;
     assert!(app.status.is_some());
 }
 
@@ -550,27 +562,10 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(f.client.clone(), &f.ns);
-    type Pred = Box<dyn Fn(&BTreeMap<String, String>) -> bool>;
-    let workload = |pred: Pred, what: &'static str| {
-        let secrets = secrets.clone();
-        async move {
-            support::eventually(WAIT, what, || {
-                let secrets = secrets.clone();
-                let pred = &pred;
-                async move {
-                    let s = secrets.get("tooljet-workload.tooljet").await.ok()?;
-                    let data: BTreeMap<String, String> = s
-                        .data?
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect();
-                    pred(&data).then_some(data)
-                }
-            })
-            .await
-        }
+    let workload = |pred: fn(&BTreeMap<String, String>) -> bool, what: &'static str| {
+        f.secret_text("tooljet-workload.tooljet", what, pred)
     };
-    let all_stages = workload(Box::new(|d| d.len() == 6), "every stage's constants").await;
+    let all_stages = workload(|d| d.len() == 6, "every stage's constants").await;
     for env in ["development", "staging", "production"] {
         assert_eq!(
             all_stages[&format!("TOOLJET_GLOBAL_CONSTANTS__{env}__API_URL")],
@@ -585,7 +580,7 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let restored = workload(Box::new(|d| d.len() == 6), "the workload Secret restored").await;
+    let restored = workload(|d| d.len() == 6, "the workload Secret restored").await;
     assert_eq!(restored, all_stages);
 
     // hr, on the same server for production, with another API_URL.
@@ -635,7 +630,7 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let kept = workload(Box::new(|_| true), "the workload Secret").await;
+    let kept = workload(|_| true, "the workload Secret").await;
     assert_eq!(kept, all_stages, "a conflict leaves the workload as it was");
 
     // They agree: hr's constants join, the conflict clears.
@@ -648,18 +643,12 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
     )
     .await;
     let joined = workload(
-        Box::new(|d| d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY")),
+        |d| d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY"),
         "hr's constants in the workload",
     )
     .await;
     assert_eq!(joined.len(), 7);
-    f.app_status("the conflict cleared", |a| {
-        a.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "RolloutReady"))
-            .is_some_and(|c| c.status == "True")
-    })
-    .await;
+    f.app_status("the conflict cleared", rollout_ready).await;
 
     // hr is deleted: crm is woken and the server no longer reads hr's constants.
     Api::<ToolJetApp>::namespaced(f.client.clone(), &f.ns)
@@ -667,7 +656,7 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         .await
         .unwrap();
     let without_hr = workload(
-        Box::new(|d| !d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY")),
+        |d| !d.contains_key("TOOLJET_GLOBAL_CONSTANTS__production__HR_ONLY"),
         "hr's constants gone with hr",
     )
     .await;
@@ -725,13 +714,8 @@ async fn a_shared_workload_serves_every_stage_and_reports_apps_that_disagree() {
         }
     })
     .await;
-    f.app_status("the rollout in sync after the take-over", |a| {
-        a.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, "RolloutReady"))
-            .is_some_and(|c| c.status == "True")
-    })
-    .await;
+    f.app_status("the rollout in sync after the take-over", rollout_ready)
+        .await;
 
     // Staging's DB_PASSWORD (the canary) went through the workload Secret, the conflict and the
     // take-over: no status, Event or log line holds it.

@@ -556,24 +556,8 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
         let mut denied = None;
         let mut wanted: std::collections::BTreeSet<(SourceKind, String)> = containers
             .iter()
-            .flat_map(|c| {
-                let from = c.env_from.iter().flatten().filter_map(|f| {
-                    match (&f.secret_ref, &f.config_map_ref) {
-                        (Some(r), _) => Some((SourceKind::Secret, r.name.clone())),
-                        (None, Some(r)) => Some((SourceKind::ConfigMap, r.name.clone())),
-                        _ => None,
-                    }
-                });
-                let keyed = c.env.iter().flatten().filter_map(|e| {
-                    let from = e.value_from.as_ref()?;
-                    match (&from.secret_key_ref, &from.config_map_key_ref) {
-                        (Some(r), _) => Some((SourceKind::Secret, r.name.clone())),
-                        (None, Some(r)) => Some((SourceKind::ConfigMap, r.name.clone())),
-                        _ => None,
-                    }
-                });
-                from.chain(keyed).collect::<Vec<_>>()
-            })
+            .flat_map(tooljet_operator::effective::sources)
+            .map(|(kind, source)| (kind, source.to_string()))
             .collect();
         wanted.insert((SourceKind::Secret, workload_secret_name(&name)));
         for (kind, source) in wanted {
@@ -630,7 +614,7 @@ fn is_tooljet_constant(name: &str) -> bool {
 /// source the container needs does not exist, or when the apps it serves disagree (`conflicts`);
 /// Warn when a ToolJet constant reaches the container from elsewhere (a source the operator does
 /// not manage). Names keys and sources, never values.
-pub fn judge_workload<'a>(
+fn judge_workload<'a>(
     deployment: &str,
     containers: &[k8s_openapi::api::core::v1::Container],
     conflicts: &[String],
@@ -672,11 +656,11 @@ pub fn judge_workload<'a>(
             "Secret {secret} does not exist yet: see the RolloutReady condition of the apps that roll it out"
         )),
         Some(expected) => {
-            let mut missing: Vec<&String> = expected
+            // In key order (a BTreeMap's); a replaced key is still in the environment.
+            let missing: Vec<&String> = expected
                 .keys()
-                .filter(|k| !env.vars.contains_key(*k) && !env.shadowed.iter().any(|s| &s.name == *k))
+                .filter(|k| !env.vars.contains_key(*k))
                 .collect();
-            missing.sort();
             if !missing.is_empty() {
                 fails.push(format!(
                     "missing from container {}: {} (a prefix on the envFrom entry, or names the cluster refuses)",

@@ -20,7 +20,7 @@ use tooljet_operator::api::{
     AppVersion, AppVersionSpec, DataSource, EnvironmentConfig, EnvironmentConfigSpec, Requirements,
     SecretKeySelector, SecretValueSource, ToolJetApp, ToolJetAppSpec,
 };
-use tooljet_operator::lifecycle::References;
+use tooljet_operator::lifecycle::{References, constants::is_constant_name};
 
 /// Data source kinds ToolJet creates for every app itself; they need no configuration.
 pub const INTERNAL_KINDS: [&str; 4] = ["tooljetdb", "runjs", "runpy", "workflows"];
@@ -521,15 +521,11 @@ fn secret_reference(data_source: &str, option: &str) -> Value {
 }
 
 /// Whether a plain option's value is exactly a secret constant reference (`{{secrets.NAME}}`).
-pub fn is_secret_reference(value: &str) -> bool {
+fn is_secret_reference(value: &str) -> bool {
     value
         .strip_prefix("{{secrets.")
         .and_then(|rest| rest.strip_suffix("}}"))
-        .is_some_and(|name| {
-            !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
+        .is_some_and(is_constant_name)
 }
 
 /// Options as stored, every encrypted option (a credential reference) replaced by the reference

@@ -761,9 +761,7 @@ async fn an_imported_export_applies_cleanly_and_is_ready_once_its_secrets_exist(
 
     // Export gives back the original app; no secret value leaves the cluster; the password is
     // the reference every stage's ToolJet server resolves to its own credential.
-    exports_the_original(&ns, "bi-v1", "staging", &original);
-    let exported = cli(&["-n", &ns, "export", "bi-v1", "--environment", "staging"]).ok();
-    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
+    let exported = exports_the_original(&ns, "bi-v1", "staging", &original);
     let options = exported["app"][0]["definition"]["appV2"]["dataSourceOptions"]
         .as_array()
         .unwrap()
@@ -875,8 +873,8 @@ fn fixture(name: &str) -> (String, Value) {
 }
 
 /// `export` of `version` as in `environment` gives back `original` (as ToolJet compares
-/// exports), without the canary value.
-fn exports_the_original(ns: &str, version: &str, environment: &str, original: &Value) {
+/// exports), without the canary value. Returns the export.
+fn exports_the_original(ns: &str, version: &str, environment: &str, original: &Value) -> Value {
     let exported = cli(&["-n", ns, "export", version, "--environment", environment]).ok();
     assert!(!exported.stdout.contains(CANARY));
     let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
@@ -884,6 +882,7 @@ fn exports_the_original(ns: &str, version: &str, environment: &str, original: &V
         kubectl_tooljet::transfer::comparable(&exported),
         kubectl_tooljet::transfer::comparable(original)
     );
+    exported
 }
 
 async fn board_for(ns: &str, app: &str, what: &str, pred: impl Fn(&Value) -> bool) {

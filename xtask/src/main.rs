@@ -753,19 +753,13 @@ fn up(detach: bool, options: Options) -> Result<()> {
         "-f",
         &sales.join("credentials.yaml").display().to_string(),
     ])?;
-    let import = std::process::Command::new(bin("kubectl-tooljet"))
-        .env("KUBECONFIG", kubeconfig())
-        .args(["-n", "acme-workspace", "import"])
-        .arg(sales.join("export.json"))
-        .arg("--apply")
-        .output()
-        .context("running kubectl-tooljet import")?;
-    if !import.status.success() {
-        bail!(
-            "kubectl tooljet import examples/sales-dashboard/export.json failed: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
-    }
+    run_cmd(
+        Command::new(bin("kubectl-tooljet"))
+            .env("KUBECONFIG", kubeconfig())
+            .args(["-n", "acme-workspace", "import"])
+            .arg(sales.join("export.json"))
+            .arg("--apply"),
+    )?;
     kubectl(&[
         "-n",
         "acme-workspace",
