@@ -13,8 +13,8 @@ use crate::{
         CREATED_BY_ANNOTATION, LAST_EDITED_BY_ANNOTATION, PromotionPolicy, ToolJetApp,
         WindowKind as ApiWindowKind,
     },
+    cache::Lookups,
     policy::{self, ApprovalFact, Excluded, Requirement, Tally, Window, WindowKind, WindowSpec},
-    state::Lookups,
 };
 
 /// Every policy guarding one stage of one app, combined strictly: the highest `required`,

@@ -76,7 +76,7 @@ impl HashKey {
 
 /// The version of what [`materialize`] and [`merge_layers`] make of their inputs. A stage
 /// configuration's Secret records (HMAC'd) the inputs it was made from and this format
-/// ([`crate::managed::inputs_annotation`]); a restarted operator trusts the Secret without
+/// ([`crate::cache::secret::inputs_annotation`]); a restarted operator trusts the Secret without
 /// materialising it again only when both match. Bump it with any change that would turn the same
 /// inputs into other Secret data (`the_output_format_is_pinned` fails until it is).
 pub const FORMAT: u32 = 2;

@@ -31,14 +31,14 @@ use crate::{
         AppVersion, Approval, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
         PromotionPolicy, ToolJetApp,
     },
-    cached::CachedConfig,
-    controller::{self, Context, MANAGER, RefIndex, Settings, app, appversion, envconfig, policy},
+    cache::{
+        CachedConfig, Echoes, Hub, Lean, Lookups, ManagedSecret, Readiness, RefIndex, triggers,
+        watch,
+    },
+    controller::{self, Context, MANAGER, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
-    lean::Lean,
-    managed::ManagedSecret,
     materialize::HashKey,
     metrics::Metrics,
-    state::{self, Echoes, Hub, Lookups, Readiness},
     webhook::{access, certs, http, server},
 };
 
@@ -100,7 +100,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         controller::Step::WriteStatus.label(),
     );
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
-    let caches = Caches::watch(&client, state::version_watch(&client).await);
+    let caches = Caches::watch(&client, watch::version_watch(&client).await);
     let resolver = Arc::new(certs::ReloadingResolver::default());
     if let Some(webhook) = &options.webhook {
         serve_webhook(
@@ -175,29 +175,29 @@ impl Caches {
             REFERENCED_SECRETS,
         ]);
         let any = || watcher::Config::default().any_semantic();
-        let (managed_secrets, managed_hub) = state::watch_as(
+        let (managed_secrets, managed_hub) = watch::watch_as(
             Api::<Lean<Secret>>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
             readiness.clone(),
             "managed Secrets",
             |Lean(secret)| ManagedSecret::from(secret),
         );
-        let (configs, mut config_hub) = state::watch_projected(
+        let (configs, mut config_hub) = watch::watch_projected(
             client,
             any(),
             readiness.clone(),
             "EnvironmentConfigs",
             CachedConfig::from as fn(EnvironmentConfig) -> CachedConfig,
         );
-        // Read without their definitions (`lean::VersionSpecParts`), one at a time or in small
-        // pages (`state::version_watch`).
+        // Read without their definitions (`cache::lean::VersionSpecParts`), one at a time or in small
+        // pages (`watch::version_watch`).
         let (versions, mut version_hub) =
-            state::watch(client, versions, readiness.clone(), "AppVersions");
-        let (apps, mut app_hub) = state::watch(client, any(), readiness.clone(), "ToolJetApps");
+            watch::watch(client, versions, readiness.clone(), "AppVersions");
+        let (apps, mut app_hub) = watch::watch(client, any(), readiness.clone(), "ToolJetApps");
         let (policies, mut policy_hub) =
-            state::watch(client, any(), readiness.clone(), "PromotionPolicies");
+            watch::watch(client, any(), readiness.clone(), "PromotionPolicies");
         let (approvals, mut approval_hub) =
-            state::watch(client, any(), readiness.clone(), "Approvals");
+            watch::watch(client, any(), readiness.clone(), "Approvals");
         let lookups = Lookups::new(
             (&configs, &mut config_hub),
             (&versions, &mut version_hub),
@@ -298,7 +298,7 @@ fn run_controllers(
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
     )
     .default_backoff()
-    .modify(state::strip)
+    .modify(watch::strip)
     .inspect_ok(move |event| {
         refs.saw(event);
         if let watcher::Event::InitDone = event {
@@ -310,26 +310,26 @@ fn run_controllers(
         settings,
         &caches.lookups,
         (
-            state::changes(caches.config_hub.subscribe(), state::generation),
-            state::changes(caches.config_hub.subscribe(), envconfig::key_of),
+            triggers::changes(caches.config_hub.subscribe(), triggers::generation),
+            triggers::changes(caches.config_hub.subscribe(), envconfig::key_of),
         ),
         (ctx.refs.clone(), ctx.echoes.clone()),
-        state::forgetting(caches.managed_hub.subscribe(), ctx.echoes.clone()),
+        triggers::forgetting(caches.managed_hub.subscribe(), ctx.echoes.clone()),
         referenced,
     );
     let versions = appversion::controller(
         settings,
         &caches.lookups,
-        state::changes(caches.version_hub.subscribe(), state::generation),
+        triggers::changes(caches.version_hub.subscribe(), triggers::generation),
         ctx.echoes.clone(),
         (
-            state::all(caches.managed_hub.subscribe()),
-            state::changes(caches.config_hub.subscribe(), appversion::config_facts),
+            triggers::all(caches.managed_hub.subscribe()),
+            triggers::changes(caches.config_hub.subscribe(), appversion::config_facts),
         ),
-        state::changes(caches.app_hub.subscribe(), appversion::app_facts),
+        triggers::changes(caches.app_hub.subscribe(), appversion::app_facts),
         (
-            state::changes(caches.approval_hub.subscribe(), state::generation),
-            state::changes(caches.policy_hub.subscribe(), state::generation),
+            triggers::changes(caches.approval_hub.subscribe(), triggers::generation),
+            triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
         ),
     );
     let apps = app::controller(
@@ -338,18 +338,18 @@ fn run_controllers(
         &caches.lookups,
         (&ctx.sharing, &ctx.echoes),
         (
-            state::changes(caches.app_hub.subscribe(), app::own_facts),
-            state::deletions(caches.app_hub.subscribe()),
+            triggers::changes(caches.app_hub.subscribe(), app::own_facts),
+            triggers::deletions(caches.app_hub.subscribe()),
         ),
-        state::changes(caches.version_hub.subscribe(), app::version_facts),
-        state::all(caches.managed_hub.subscribe()),
-        state::changes(caches.policy_hub.subscribe(), state::generation),
+        triggers::changes(caches.version_hub.subscribe(), app::version_facts),
+        triggers::all(caches.managed_hub.subscribe()),
+        triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
     );
     let policies = policy::controller(
         settings,
         &caches.lookups,
-        state::changes(caches.policy_hub.subscribe(), state::generation),
-        state::changes(caches.app_hub.subscribe(), policy::selection_facts),
+        triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
+        triggers::changes(caches.app_hub.subscribe(), policy::selection_facts),
     );
     let Caches {
         managed_hub,

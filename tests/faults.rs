@@ -1058,7 +1058,7 @@ async fn restarted(name: &str, addr: SocketAddr) -> (Replica, u64) {
 /// regression that parses a list page's definitions, or holds any two, fails. Receiving the large
 /// versions as a stream raises the peak about as much as one parsed tree does (measured: +4 to +5
 /// MiB), so parsing one definition at a time and dropping it cannot be told apart from that by
-/// memory; nothing does it (`lean::VersionSpecParts`).
+/// memory; nothing does it (`cache::lean::VersionSpecParts`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_reads_no_definition() {
     let _serial = SERIAL.lock().await;

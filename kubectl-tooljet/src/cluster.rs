@@ -8,7 +8,7 @@ use kube::{
 };
 use tooljet_operator::{
     api::{AppVersion, EnvironmentConfig, PromotionPolicy, ToolJetApp},
-    lean::Lean,
+    cache::Lean,
 };
 
 use crate::error::{Error, Result};
@@ -125,10 +125,10 @@ impl Cluster {
     /// never held at once. Only `export` reads a definition ([`Cluster::version_whole`]).
     pub async fn list_versions(&self, namespace: &str) -> Result<Vec<AppVersion>> {
         let api: Api<Lean<AppVersion>> = Api::namespaced(self.client.clone(), namespace);
-        tooljet_operator::lean::list_paged(
+        tooljet_operator::cache::lean::list_paged(
             &api,
             &ListParams::default(),
-            tooljet_operator::state::VERSION_PAGE,
+            tooljet_operator::cache::VERSION_PAGE,
         )
         .await
         .map_err(|e| list_error("AppVersions", e))

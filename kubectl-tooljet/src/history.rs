@@ -86,7 +86,7 @@ pub async fn run(cluster: &Cluster, name: &str, format: Format) -> Result<()> {
     let (app, only) = match cluster.apps().get_opt(name).await {
         Ok(Some(app)) => (app, None),
         Ok(None) => match cluster.versions_lean().get_opt(name).await {
-            Ok(Some(tooljet_operator::lean::Lean(v))) => {
+            Ok(Some(tooljet_operator::cache::lean::Lean(v))) => {
                 (cluster.app(&v.spec.app).await?, Some(name))
             }
             Ok(None) => {

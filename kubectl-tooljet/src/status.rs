@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use serde::Serialize;
 use tooljet_operator::{
+    api::conditions,
     api::{APPROVED_BY_ANNOTATION, AppVersion, PromotionPolicy, ToolJetApp},
-    controller::conditions,
 };
 
 use crate::{

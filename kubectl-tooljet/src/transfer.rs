@@ -269,8 +269,8 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             data_sources.push(DataSource {
                 name: name.clone(),
                 kind: kind_name(kind),
-                options: plain.into(),
-                secret_options: secret.into(),
+                options: plain,
+                secret_options: secret,
             });
         }
         let mut config = EnvironmentConfig::new(

@@ -3,7 +3,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CompactMap, SecretValueSource, matches, patterns, schema};
+use std::collections::BTreeMap;
+
+use super::{SecretValueSource, matches, patterns, schema};
 
 /// One environment's data sources and constants, for one app or (without `spec.app`) for every
 /// app of the namespace. The operator materialises it as a Secret that ToolJet consumes.
@@ -101,15 +103,15 @@ pub struct DataSource {
     /// Plain (non-secret) options: host, port, database, base URL, ... Values are any JSON
     /// (strings, numbers, booleans, lists, objects) and are kept as given. Credentials belong in
     /// secretOptions.
-    #[serde(default, skip_serializing_if = "CompactMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "schema::plain_options")]
-    pub options: CompactMap<serde_json::Value>,
+    pub options: BTreeMap<String, serde_json::Value>,
 
     /// Secret options (passwords, tokens, keys), each read from a key of a Secret in the same
     /// namespace. Never an inline value.
-    #[serde(default, skip_serializing_if = "CompactMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 50))]
-    pub secret_options: CompactMap<SecretValueSource>,
+    pub secret_options: BTreeMap<String, SecretValueSource>,
 }
 
 /// The kind of a constant, as in ToolJet.

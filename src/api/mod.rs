@@ -9,15 +9,14 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod app;
+pub mod conditions;
 mod envconfig;
-mod map;
 mod policy;
 pub mod schema;
 mod version;
 
 pub use app::*;
 pub use envconfig::*;
-pub use map::CompactMap;
 pub use policy::*;
 pub use version::*;
 
@@ -45,7 +44,7 @@ pub const APP_LABEL: &str = "tooljet.io/app";
 pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
 /// Annotation of a stage configuration's Secret: what it was made from (the config's UID and
 /// generation, each referenced Secret's resourceVersion, [`crate::materialize::FORMAT`]), bound to
-/// its content by an HMAC with the installation's key. See [`crate::managed::inputs_annotation`].
+/// its content by an HMAC with the installation's key. See [`crate::cache::secret::inputs_annotation`].
 pub const INPUTS_ANNOTATION: &str = "tooljet.io/inputs";
 /// `tooljet.io/kind` of a stage configuration's Secret (an EnvironmentConfig's).
 pub const STAGE_SECRET_KIND: &str = "environment-config";
@@ -54,6 +53,39 @@ pub const RESOLVED_SECRET_KIND: &str = "resolved-config";
 /// `tooljet.io/kind` of a rollout workload's Secret (a Deployment's: what its ToolJet container
 /// takes in).
 pub const WORKLOAD_SECRET_KIND: &str = "workload-config";
+
+/// The three kinds of Secret the operator writes, by their `tooljet.io/kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A stage configuration's Secret ([`STAGE_SECRET_KIND`]).
+    Stage,
+    /// A version's resolved Secret ([`RESOLVED_SECRET_KIND`]).
+    Resolved,
+    /// A rollout workload's Secret ([`WORKLOAD_SECRET_KIND`]).
+    Workload,
+}
+
+impl SecretKind {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SecretKind::Stage => STAGE_SECRET_KIND,
+            SecretKind::Resolved => RESOLVED_SECRET_KIND,
+            SecretKind::Workload => WORKLOAD_SECRET_KIND,
+        }
+    }
+
+    /// The kind a label value names; `None` for a value the operator never writes.
+    pub fn of_label(value: &str) -> Option<SecretKind> {
+        [
+            SecretKind::Stage,
+            SecretKind::Resolved,
+            SecretKind::Workload,
+        ]
+        .into_iter()
+        .find(|k| k.label() == value)
+    }
+}
 /// Annotations the admission webhook stamps from the request's userInfo (users cannot set them):
 /// who moved a version into its current stage, and when.
 pub const PROMOTED_BY_ANNOTATION: &str = "tooljet.io/promoted-by";

@@ -29,24 +29,23 @@ use tracing::{info, instrument, warn};
 use super::secrets::{self, Synced};
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
-    Settings, Step, apply_status, condition, conditions, envconfig, new_failure,
+    Settings, Step, apply_status, condition, new_failure,
     policy::{apps_in, at_transition},
-    publish,
-    secrets::app_label_value,
-    set_condition,
+    publish, set_condition,
 };
 use crate::api::{
     AppVersion, EnvironmentVersions, PromotionPolicy, RELEASED_AT_ANNOTATION,
     RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseRecord, StageGate, ToolJetApp,
     ToolJetAppStatus,
 };
-use crate::api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, WORKLOAD_SECRET_KIND};
+use crate::api::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_SECRET_KIND, WORKLOAD_SECRET_KIND, conditions,
+};
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
-use crate::state::Echoes;
 use crate::{
+    cache::{Controlled, Echoes, Lookups, ManagedSecret},
     gate,
-    managed::ManagedSecret,
-    state::{Controlled, Lookups},
+    lifecycle::names::app_label_value,
 };
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
@@ -82,7 +81,7 @@ pub fn controller(
         .reconcile_on(sharing.woken())
         // A deleted app has no reconcile: the apps it shared workloads with are woken instead
         // (through `woken`), and compute those workloads without it.
-        .reconcile_on(crate::state::mapped(
+        .reconcile_on(crate::cache::triggers::mapped(
             deleted,
             move |app: Arc<ToolJetApp>| {
                 sharers.record(
@@ -93,7 +92,7 @@ pub fn controller(
                 Vec::<ObjectRef<ToolJetApp>>::new()
             },
         ))
-        .reconcile_on(crate::state::mapped(
+        .reconcile_on(crate::cache::triggers::mapped(
             managed,
             move |secret: Arc<ManagedSecret>| {
                 apps_with_rollout_for_secret(&for_secrets.0, &for_secrets.1, &secret)
@@ -121,7 +120,10 @@ pub fn controller(
 /// What of an app its own reconcile reacts to: its spec, its deletion, and its labels (which
 /// PromotionPolicies select it).
 pub fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
-    (crate::state::generation(app), app.labels().clone())
+    (
+        crate::cache::triggers::generation(app),
+        app.labels().clone(),
+    )
 }
 
 /// What of a version its app depends on: which app, which stage (the app's status lists versions
@@ -159,7 +161,7 @@ fn apps_with_rollout_for_secret(
             .map(|a| ObjectRef::from(&**a))
             .collect();
     }
-    if secret.label(KIND_LABEL) != Some(envconfig::SECRET_KIND) {
+    if secret.label(KIND_LABEL) != Some(STAGE_SECRET_KIND) {
         return vec![];
     }
     let (Some(environment), app) = (secret.label(ENVIRONMENT_LABEL), secret.label(APP_LABEL))
@@ -517,7 +519,7 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         let claims = claims_on(app, &apps, name, d.labels());
         for (a, stage) in &claims {
             merged.entry((a.clone(), stage.clone())).or_insert_with(|| {
-                crate::state::resolve(
+                crate::cache::stage::resolve(
                     &ctx.hash_key,
                     &ctx.managed_secrets,
                     &ctx.lookups.configs,

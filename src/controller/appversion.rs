@@ -13,8 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{PENDING_RECHECK, RECHECK, conditions};
-use crate::state::{Echoes, Lookups, resolve};
+use super::{PENDING_RECHECK, RECHECK};
 use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret,
@@ -34,29 +33,29 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, Step, apply_status,
-    condition, envconfig, new_failure, publish,
-    secrets::{Change, Synced, controlled_by, managed_secret, sync},
+    condition, new_failure, publish,
+    secrets::{Change, Synced, managed_secret, sync},
     set_condition,
 };
 use crate::{
     api::{
         AppVersion, AppVersionStatus, Approval, PROMOTED_AT_ANNOTATION, PROMOTED_BY_ANNOTATION,
-        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, ResolvedConfig, StageApprovals,
-        ToolJetApp,
+        PROMOTED_FROM_ANNOTATION, Promotion, PromotionPolicy, RESOLVED_SECRET_KIND, ResolvedConfig,
+        STAGE_SECRET_KIND, StageApprovals, ToolJetApp, conditions,
     },
-    cached::CachedConfig,
+    cache::{
+        CachedConfig, Echoes, Lookups, ManagedSecret, controlled_by,
+        secret::OwnerKind,
+        stage::{explain_missing, resolve, unmaterialisable},
+    },
     gate,
     lifecycle::References,
-    managed::{ManagedSecret, OwnerKind},
     materialize::{Materialized, Missing, missing_requirements, resolved_secret_name, secret_name},
     policy::Tally,
 };
 
 /// This controller's name in metrics and logs.
 pub const CONTROLLER: &str = "appversion";
-
-/// `tooljet.io/kind` of the resolved-config Secrets.
-pub use crate::api::RESOLVED_SECRET_KIND as SECRET_KIND;
 
 /// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
 /// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
@@ -84,12 +83,12 @@ pub fn controller(
     let by_policy = lookups.clone();
     Controller::for_shared_stream(main, lookups.versions.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .reconcile_on(crate::state::mapped(
+        .reconcile_on(crate::cache::triggers::mapped(
             managed,
             move |secret: Arc<ManagedSecret>| {
                 // A version's own resolved Secret, as its last write left it: nothing to do. (A
                 // stage Secret's change always matters to the versions in that stage.)
-                let own = secret.label(KIND_LABEL) == Some(SECRET_KIND);
+                let own = secret.label(KIND_LABEL) == Some(RESOLVED_SECRET_KIND);
                 if own && echoes.is_echo(&*secret) {
                     return vec![];
                 }
@@ -106,7 +105,7 @@ pub fn controller(
         // A deleted configuration no longer counts, whether or not its Secret is gone yet (the
         // garbage collector's pace, or a deletion only a relist revealed): its stage re-resolves.
         // One that becomes unmaterialisable, or stops being so, changes what the versions of its
-        // stage say is missing ([`crate::state::explain_missing`]).
+        // stage say is missing ([`crate::cache::stage::explain_missing`]).
         .watches_shared_stream(configs, move |c: Arc<CachedConfig>| {
             let ns = c.namespace().unwrap_or_default();
             let environment = c.spec.environment.as_str();
@@ -137,7 +136,7 @@ pub fn controller(
 /// What of a configuration its stage's versions depend on besides its Secret: why it cannot be
 /// materialised, if it cannot.
 pub fn config_facts(c: &CachedConfig) -> Option<String> {
-    crate::state::unmaterialisable(c).map(str::to_string)
+    unmaterialisable(c).map(str::to_string)
 }
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
@@ -171,13 +170,13 @@ fn affected_by_secret(lookups: &Lookups, secret: &ManagedSecret) -> Vec<ObjectRe
         .into_iter()
         .collect();
     let by_role = match secret.label(KIND_LABEL) {
-        Some(SECRET_KIND) => secret
+        Some(RESOLVED_SECRET_KIND) => secret
             .owners()
             .iter()
             .filter(|o| o.kind == Some(OwnerKind::AppVersion))
             .map(|o| ObjectRef::new(&o.name).within(ns))
             .collect(),
-        Some(envconfig::SECRET_KIND) => {
+        Some(STAGE_SECRET_KIND) => {
             let Some(environment) = secret.label(ENVIRONMENT_LABEL) else {
                 return vec![];
             };
@@ -256,7 +255,7 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
         None => debug!(secret = %plan.target, "resolved config is up to date"),
     }
     // Report; a name declared by a config that cannot be materialised is told as such.
-    let missing = crate::state::explain_missing(
+    let missing = explain_missing(
         &ctx.lookups,
         &ns,
         &v.spec.app,
@@ -411,7 +410,7 @@ fn decide(v: &AppVersion, found: &Found) -> Plan {
     let secret = managed_secret(
         v,
         &target,
-        SECRET_KIND,
+        RESOLVED_SECRET_KIND,
         &v.spec.environment,
         Some(&v.spec.app),
         &found.published,
@@ -691,8 +690,8 @@ pub fn error_policy(v: Arc<AppVersion>, error: &Error, ctx: Arc<Context>) -> Act
 mod tests {
     use super::*;
     use crate::api::{AppVersionSpec, EnvironmentConfig, ToolJetAppSpec, ToolJetAppStatus};
+    use crate::cache::ownership::is_stage_config;
     use crate::materialize::{HashKey, merge_layers};
-    use crate::state::is_stage_config;
     use kube::Resource;
     use kube::runtime::reflector::Store;
     use std::collections::BTreeMap as Map;
@@ -954,7 +953,7 @@ mod tests {
         let mut secret = managed_secret(
             &scope,
             &secret_name(app, env),
-            envconfig::SECRET_KIND,
+            STAGE_SECRET_KIND,
             env,
             app,
             &merge_layers(
@@ -1075,7 +1074,7 @@ mod tests {
         let mine = managed_secret(
             &v,
             "tooljet-version.crm-v4",
-            SECRET_KIND,
+            RESOLVED_SECRET_KIND,
             "development",
             Some("crm"),
             &empty(),

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use crate::state::{Echoes, Lookups};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -27,15 +26,19 @@ use kube::{
 use tracing::{debug, info, instrument, warn};
 
 use super::{
-    AtStep, Context, Error, RECHECK, RefIndex, Settings, Step, apply_status, condition, conditions,
-    new_failure, publish,
-    secrets::{Change, Synced, controlled_by, managed_metadata, managed_secret, sync},
+    AtStep, Context, Error, RECHECK, Settings, Step, apply_status, condition, new_failure, publish,
+    secrets::{Change, Synced, managed_metadata, managed_secret, sync},
     set_condition,
 };
 use crate::{
-    api::{EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION},
-    cached::CachedConfig,
-    managed::{Inputs, ManagedSecret, OwnerKind, inputs_annotation},
+    api::{
+        EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION, STAGE_SECRET_KIND,
+        conditions,
+    },
+    cache::{
+        CachedConfig, Echoes, Lookups, ManagedSecret, RefIndex, controlled_by,
+        secret::{Inputs, OwnerKind, inputs_annotation},
+    },
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -43,9 +46,6 @@ use crate::{
 
 /// This controller's name in metrics and logs.
 pub const CONTROLLER: &str = "environmentconfig";
-
-/// `tooljet.io/kind` of the Secrets this controller materialises.
-pub use crate::api::STAGE_SECRET_KIND as SECRET_KIND;
 
 /// The controller, wired to its triggers: its own kind (and, through a second watch, the other
 /// configs of the same key so a conflict is reported on both), the materialised Secrets it owns
@@ -67,7 +67,7 @@ pub fn controller(
     let for_siblings = lookups.clone();
     Controller::for_shared_stream(main, lookups.configs.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .reconcile_on(crate::state::mapped(
+        .reconcile_on(crate::cache::triggers::mapped(
             managed,
             move |secret: Arc<ManagedSecret>| {
                 // The event of this controller's own write: it already knows the result.
@@ -271,7 +271,7 @@ async fn outcome(
     let mut desired = managed_secret(
         cfg,
         &target,
-        SECRET_KIND,
+        STAGE_SECRET_KIND,
         &cfg.spec.environment,
         cfg.spec.app.as_deref(),
         &materialized,
@@ -383,7 +383,7 @@ fn current(
     let ours = managed_metadata(
         cfg,
         target,
-        SECRET_KIND,
+        STAGE_SECRET_KIND,
         &cfg.spec.environment,
         cfg.spec.app.as_deref(),
         hash,
@@ -610,7 +610,7 @@ mod tests {
         let mut s = crate::controller::secrets::managed_secret(
             cfg,
             "tooljet.staging.crm",
-            SECRET_KIND,
+            STAGE_SECRET_KIND,
             "staging",
             Some("crm"),
             &materialized(cfg),

@@ -4,7 +4,6 @@ pub mod app;
 pub mod appversion;
 pub mod envconfig;
 pub mod policy;
-mod refs;
 pub mod secrets;
 
 use std::{sync::Arc, time::Duration};
@@ -24,47 +23,18 @@ use kube::{
 use serde::Serialize;
 use tracing::warn;
 
-pub use refs::RefIndex;
+use crate::cache::RefIndex;
 
 use crate::{
+    cache::{Echoes, Lookups, Readiness},
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
-    state::{Echoes, Lookups, Readiness},
 };
-
-/// Condition types and reasons, named once (status readers and tests match on them).
-pub mod conditions {
-    /// Condition types.
-    pub const READY: &str = "Ready";
-    pub const CONFIG_RESOLVED: &str = "ConfigResolved";
-    pub const RELEASED: &str = "Released";
-    pub const ROLLOUT_READY: &str = "RolloutReady";
-
-    /// Reasons.
-    pub const APP_NOT_FOUND: &str = "AppNotFound";
-    pub const CONFLICT: &str = "Conflict";
-    pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
-    pub const ENVIRONMENT_NOT_IN_PIPELINE: &str = "EnvironmentNotInPipeline";
-    pub const EVALUATED: &str = "Evaluated";
-    pub const INVALID_ROLLOUT: &str = "InvalidRollout";
-    pub const INVALID_SELECTOR: &str = "InvalidSelector";
-    pub const INVALID_WINDOW: &str = "InvalidWindow";
-    pub const MATERIALIZED: &str = "Materialized";
-    pub const MISSING_REQUIREMENTS: &str = "MissingRequirements";
-    pub const NO_RELEASE: &str = "NoRelease";
-    pub const NOT_RELEASED: &str = "NotReleased";
-    pub const RESOLVED: &str = "Resolved";
-    pub const SECRET_EXISTS: &str = "SecretExists";
-    pub const SYNCED: &str = "Synced";
-    /// Reasons that are the same word as a condition type.
-    pub const RELEASED_REASON: &str = "Released";
-    pub const READY_REASON: &str = "Ready";
-}
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "tooljet-operator";
-pub use crate::api::{APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, KIND_LABEL};
+use crate::api::{APP_LABEL, ENVIRONMENT_LABEL, HASH_ANNOTATION, KIND_LABEL};
 
 /// Errors a reconcile can return: all transient (the API did not answer as hoped); permanent
 /// problems with a spec are reported in its status, not returned.
@@ -80,9 +50,9 @@ pub enum Error {
     #[error("object has no namespace")]
     NoNamespace,
     /// A cached EnvironmentConfig's data sources and constants could not be read back (a defect:
-    /// [`crate::cached::CachedConfig`] wrote them).
+    /// [`crate::cache::config::CachedConfig`] wrote them).
     #[error(transparent)]
-    CachedSpec(#[from] crate::cached::UnreadableSpec),
+    CachedSpec(#[from] crate::cache::config::UnreadableSpec),
     /// This replica is not (or no longer) the leader: nothing is written.
     #[error("not the leader")]
     NotLeader,
@@ -177,7 +147,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     /// Materialised Secrets, full objects, label-selected: the only Secrets cached in full.
-    pub managed_secrets: Store<crate::managed::ManagedSecret>,
+    pub managed_secrets: Store<crate::cache::secret::ManagedSecret>,
     /// Referenced Secret -> the EnvironmentConfigs that reference it.
     pub refs: Arc<RefIndex>,
     /// Whether every cache below has its initial list.

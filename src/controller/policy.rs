@@ -19,13 +19,12 @@ use kube::{
 use tracing::{instrument, warn};
 
 use super::{
-    Context, Error, Settings, apply_status, condition, conditions, new_failure, publish,
-    set_condition,
+    Context, Error, Settings, apply_status, condition, new_failure, publish, set_condition,
 };
 use crate::{
-    api::{GuardedApp, PromotionPolicy, PromotionPolicyStatus, ToolJetApp},
+    api::{GuardedApp, PromotionPolicy, PromotionPolicyStatus, ToolJetApp, conditions},
+    cache::Lookups,
     gate,
-    state::Lookups,
 };
 
 /// How many apps a policy's status lists (`selectedApps` counts them all).

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
-    managed::ManagedSecret,
+    cache::{ManagedSecret, controlled_by},
     materialize::{HashKey, InvalidHashKey, Materialized},
 };
 
@@ -44,7 +44,7 @@ pub enum Change {
     DriftReverted,
 }
 
-pub use crate::state::app_label_value;
+use crate::lifecycle::names::app_label_value;
 
 /// A managed Secret holding `m`, controlled by `owner`.
 pub fn managed_secret<K: Resource<DynamicType = ()>>(
@@ -110,8 +110,6 @@ pub fn managed_metadata<K: Resource<DynamicType = ()>>(
         ..Default::default()
     }
 }
-
-pub use crate::state::controlled_by;
 
 /// The write `existing` needs to become `desired`, if any.
 pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Change> {

@@ -1,4 +1,6 @@
-//! Names that must be unique: a `versionName` is unique among an app's versions.
+//! Names: a `versionName` is unique among an app's versions; an app's name as a label value.
+
+use sha2::{Digest, Sha256};
 
 /// The version (object name) other than `except` that already holds `version_name`, among
 /// `versions` given as (object name, versionName) of one app.
@@ -11,6 +13,20 @@ pub fn version_name_holder<'a>(
         .into_iter()
         .find(|(name, held)| *held == version_name && *name != except)
         .map(|(name, _)| name)
+}
+
+/// The value of the `tooljet.io/app` label for an app: the name when it fits a label value (63
+/// characters), else a prefix and a hash of the whole name.
+pub fn app_label_value(app: &str) -> String {
+    if app.len() <= 63 {
+        return app.to_string();
+    }
+    let digest: String = Sha256::digest(app.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{digest}", app[..46].trim_end_matches(['.', '-']))
 }
 
 #[cfg(test)]

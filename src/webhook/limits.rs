@@ -12,7 +12,7 @@ use Verdict::Deny;
 /// to hundreds of KiB. The apiserver stores an object of at most about 1.5 MiB (etcd's default
 /// request limit), which must also hold the rest of the version, its status and the apiserver's
 /// `managedFields`; 1 MiB leaves that room. The operator never holds a stored definition (see
-/// [`crate::lean::VersionSpecParts`]), so the limit bounds only what one request carries.
+/// [`crate::cache::lean::VersionSpecParts`]), so the limit bounds only what one request carries.
 pub const MAX_DEFINITION_BYTES: usize = 1024 * 1024;
 /// Largest [`REFERENCES_ANNOTATION`] stamp: the names a definition references, as JSON. Kubernetes
 /// allows 256 KiB of annotations per object; thousands of distinct names fit in this.

@@ -17,7 +17,7 @@ use Verdict::Deny;
 
 /// Whether a create or update sets or changes `metadata.ownerReferences`. The garbage collector
 /// deletes an object once every owner it names is gone (or never existed), so naming owners is a
-/// deletion deferred: it needs what deleting needs ([`owners_rule`]).
+/// deletion deferred: it needs what deleting needs (`owners_rule`).
 pub fn owners_changed(old: Option<&impl ResourceExt>, new: Option<&impl ResourceExt>) -> bool {
     new.is_some_and(|new| {
         old.map(|o| o.owner_references()).unwrap_or_default() != new.owner_references()
@@ -30,7 +30,7 @@ const SYSTEM_FINALIZERS: [&str; 2] = ["foregroundDeletion", "orphan"];
 
 /// Whether an update adds or removes a finalizer other than Kubernetes' own. A finalizer holds
 /// an object's deletion, so setting one is taking part in deleting it: it needs what deleting it
-/// needs ([`finalizers_rule`]).
+/// needs (`finalizers_rule`).
 pub fn finalizers_changed(old: Option<&impl ResourceExt>, new: Option<&impl ResourceExt>) -> bool {
     let (Some(old), Some(new)) = (old, new) else {
         return false;

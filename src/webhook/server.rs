@@ -25,11 +25,10 @@ use crate::{
         AppVersion, Approval, CREATED_BY_ANNOTATION, EnvironmentConfig, LAST_EDITED_BY_ANNOTATION,
         PromotionPolicy, ToolJetApp,
     },
-    lean::Lean,
+    cache::{Lean, Lookups, Readiness},
     lifecycle::References,
     materialize::{HashKey, missing_requirements},
     metrics::Metrics,
-    state::{Lookups, Readiness},
 };
 
 /// What the handlers share.
@@ -37,7 +36,7 @@ pub struct WebhookState {
     pub client: Client,
     /// The caches, and lookups by index over them.
     pub lookups: Lookups,
-    pub managed_secrets: Store<crate::managed::ManagedSecret>,
+    pub managed_secrets: Store<crate::cache::secret::ManagedSecret>,
     /// The installation's content-hash key.
     pub hash_key: Arc<HashKey>,
     pub readiness: Arc<Readiness>,
@@ -453,7 +452,7 @@ async fn stored_versions_in_pages(
     named: Option<&str>,
 ) -> Result<Vec<VersionFact>, String> {
     let api = Api::<Lean<AppVersion>>::namespaced(client.clone(), ns);
-    let versions = crate::lean::list_paged(&api, &ListParams::default(), crate::state::VERSION_PAGE)
+    let versions = crate::cache::lean::list_paged(&api, &ListParams::default(), crate::cache::VERSION_PAGE)
         .await
         .map_err(|e| {
             format!("could not list the AppVersions of namespace {ns} to decide on a view as new as the request: {e}")
@@ -595,7 +594,7 @@ async fn review_version(
         });
     }
     if let (Some(new), Some(to)) = (new, promoted_to) {
-        let resolved = crate::state::resolve(
+        let resolved = crate::cache::stage::resolve(
             &state.hash_key,
             &state.managed_secrets,
             &state.lookups.configs,
@@ -606,7 +605,7 @@ async fn review_version(
         let requires = new.spec.requires.clone().unwrap_or_default();
         // The definition is the request's own: its references are computed from it, not read
         // from a stamp.
-        facts.missing_in_target = crate::state::explain_missing(
+        facts.missing_in_target = crate::cache::stage::explain_missing(
             &state.lookups,
             ns,
             &new.spec.app,

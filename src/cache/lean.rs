@@ -3,7 +3,7 @@
 //! Server-side apply records, per field manager, every field it owns as a free-form JSON tree
 //! (`metadata.managedFields[].fieldsV1`). The operator never reads it, and it is most of the JSON
 //! of an object whose spec and status have many list entries. k8s-openapi's `ObjectMeta` parses it
-//! into `serde_json::Value` trees that [`crate::state::strip`] then drops: at N=1000 a restarted
+//! into `serde_json::Value` trees that [`crate::cache::watch::strip`] then drops: at N=1000 a restarted
 //! operator spent about 5% of its start-up CPU allocating and freeing them (perf, see
 //! docs/benchmarks.md). [`Lean`] reads an object through a mirror of `ObjectMeta` that has no such
 //! field, so the parser skips it without allocating anything.
@@ -68,7 +68,7 @@ impl From<Meta> for ObjectMeta {
 
 /// A kind that can be put together from a lean reading of its JSON object.
 pub trait Parts: Resource + Sized {
-    /// The object's top-level fields that the operator reads, `metadata` as [`Meta`]
+    /// The object's top-level fields that the operator reads, `metadata` as `Meta`
     /// (`apiVersion` and `kind` are known from the type and skipped).
     type Lean: DeserializeOwned;
     fn assemble(lean: Self::Lean) -> Self;
@@ -110,7 +110,7 @@ impl<K: Resource> Resource for Lean<K> {
 
 /// Every object `params` selects, listed in pages of `page` objects and read lean: a page is read
 /// whole before it is parsed, so `page` bounds what one read holds (see
-/// [`crate::state::VERSION_PAGE`] for AppVersions).
+/// [`crate::cache::VERSION_PAGE`] for AppVersions).
 pub async fn list_paged<K>(
     api: &kube::Api<Lean<K>>,
     params: &kube::api::ListParams,
@@ -218,7 +218,7 @@ impl Parts for Approval {
     }
 }
 
-/// What a [`crate::managed::ManagedSecret`] is made from: a Secret's metadata and data (its `type`, and
+/// What a [`crate::cache::secret::ManagedSecret`] is made from: a Secret's metadata and data (its `type`, and
 /// `stringData`, which the API never serves, are not read).
 #[derive(Deserialize)]
 pub struct SecretParts {

@@ -6,7 +6,7 @@
 //! Cached data is used only while its resourceVersion is the latest the watch reported, so a
 //! rotation (or a read that raced one) is read again. The latest versions also let a reconcile
 //! tell, without reading anything, that the Secrets a materialised Secret was made from are
-//! unchanged (see [`crate::managed::ManagedSecret::made_from`]).
+//! unchanged (see [`crate::cache::secret::ManagedSecret::made_from`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -16,7 +16,7 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{api::PartialObjectMeta, runtime::watcher};
 
-use crate::managed::{pack, unpack};
+use crate::cache::secret::{pack, unpack};
 
 /// `namespace/name` (neither may contain a `/`): one allocation per key.
 type Key = Box<str>;
@@ -56,7 +56,7 @@ struct Inner {
 
 impl Inner {
     fn latest(&self, namespace: &str, name: &str) -> Option<u64> {
-        let at = crate::state::name_hash(Some(namespace), Some(name));
+        let at = crate::cache::index::name_hash(Some(namespace), Some(name));
         self.versions.get(&at).copied()
     }
 }
@@ -108,7 +108,8 @@ impl RefIndex {
         let mut inner = self.inner.lock().expect("ref index lock");
         let entry = |s: &PartialObjectMeta<Secret>| {
             let meta = &s.metadata;
-            let at = crate::state::name_hash(meta.namespace.as_deref(), meta.name.as_deref());
+            let at =
+                crate::cache::index::name_hash(meta.namespace.as_deref(), meta.name.as_deref());
             (at, version(meta.resource_version.as_deref()))
         };
         match event {

@@ -3,16 +3,16 @@
 //!
 //! Not the Secret, nor its `ObjectMeta`: its name, namespace and resourceVersion; of its
 //! ownerReferences, what the controllers follow (kind, name, UID, controller flag: ownership is
-//! judged by the owner's UID, [`crate::state::controlled_by`]) and a digest of every field; the
+//! judged by the owner's UID, [`crate::cache::ownership::controlled_by`]) and a digest of every field; the
 //! values of the operator's own labels and of its content-hash annotation, as plain fields rather
 //! than maps; a SHA-256 digest of its data, to tell an edit from the content the operator wrote;
 //! and, for a stage configuration's Secret only, its data, packed into one allocation, because
-//! every version of the stage reads it ([`crate::state::resolve`]). A version's resolved Secret
+//! every version of the stage reads it ([`crate::cache::stage::resolve`]). A version's resolved Secret
 //! is read by nothing but workloads.
 //!
 //! It is not a kube `Resource` (which must lend out a whole `ObjectMeta`, 360 bytes inline and
 //! mostly empty); kube's store keys it through [`Lookup`], and the controllers are triggered by
-//! its changes through `Controller::reconcile_on` ([`crate::state::mapped`]).
+//! its changes through `Controller::reconcile_on` ([`crate::cache::triggers::mapped`]).
 
 use std::{borrow::Cow, collections::BTreeMap};
 
@@ -30,8 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{
         APP_LABEL, ENVIRONMENT_LABEL, GROUP, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
-        MANAGED_BY_LABEL, MANAGED_BY_VALUE, RESOLVED_SECRET_KIND, STAGE_SECRET_KIND as LAYER_KIND,
-        WORKLOAD_SECRET_KIND,
+        MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretKind,
     },
     materialize::{FORMAT, HashKey, hex},
 };
@@ -50,9 +49,8 @@ pub struct ManagedSecret {
     owners_digest: [u8; 16],
     /// `app.kubernetes.io/managed-by` is `tooljet-operator`.
     managed_by: bool,
-    /// `tooljet.io/kind`, when one of [`KINDS`]: the only values the operator writes or looks
-    /// for, so any other reads as absent.
-    kind: Option<u8>,
+    /// `tooljet.io/kind`, when one the operator writes: any other value reads as absent.
+    kind: Option<SecretKind>,
     environment: Option<Box<str>>,
     app: Option<Box<str>>,
     hash: Option<Box<str>>,
@@ -98,9 +96,6 @@ impl From<&OwnerReference> for Owner {
     }
 }
 
-/// The values of `tooljet.io/kind` the operator writes.
-const KINDS: [&str; 3] = [LAYER_KIND, RESOLVED_SECRET_KIND, WORKLOAD_SECRET_KIND];
-
 impl From<Secret> for ManagedSecret {
     fn from(secret: Secret) -> ManagedSecret {
         let Secret { metadata, data, .. } = secret;
@@ -112,8 +107,8 @@ impl From<Secret> for ManagedSecret {
                 .map(String::as_str)
         };
         let annotation = |key: &str| metadata.annotations.as_ref().and_then(|a| a.get(key));
-        let kind = label(KIND_LABEL).and_then(|v| KINDS.iter().position(|k| *k == v));
-        let layer = (kind.map(|k| KINDS[k]) == Some(LAYER_KIND)).then(|| {
+        let kind = label(KIND_LABEL).and_then(SecretKind::of_label);
+        let layer = (kind == Some(SecretKind::Stage)).then(|| {
             pack(
                 data.iter()
                     .flatten()
@@ -132,7 +127,7 @@ impl From<Secret> for ManagedSecret {
             app: label(APP_LABEL).map(Into::into),
             hash: annotation(HASH_ANNOTATION).map(|v| v.as_str().into()),
             inputs: annotation(INPUTS_ANNOTATION).and_then(|v| unhex(v)),
-            kind: kind.map(|k| k as u8),
+            kind,
             digest: digest(data.as_ref()),
             layer,
         }
@@ -162,7 +157,7 @@ impl ManagedSecret {
     /// managed-by labels read as absent unless they hold a value the operator writes.
     pub fn label(&self, key: &str) -> Option<&str> {
         match key {
-            KIND_LABEL => self.kind.map(|k| KINDS[k as usize]),
+            KIND_LABEL => self.kind.map(SecretKind::label),
             ENVIRONMENT_LABEL => self.environment.as_deref(),
             APP_LABEL => self.app.as_deref(),
             MANAGED_BY_LABEL => self.managed_by.then_some(MANAGED_BY_VALUE),
@@ -395,6 +390,7 @@ pub fn unpack(mut packed: &[u8]) -> BTreeMap<String, Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{RESOLVED_SECRET_KIND, STAGE_SECRET_KIND};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn secret(kind: &str) -> Secret {
@@ -437,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_stage_secret_keeps_its_data_and_a_resolved_one_only_a_digest() {
-        let stage = secret(LAYER_KIND);
+        let stage = secret(STAGE_SECRET_KIND);
         let cached = ManagedSecret::from(stage.clone());
         let data: BTreeMap<String, Vec<u8>> = stage
             .data
@@ -447,7 +443,7 @@ mod tests {
             .map(|(k, v)| (k, v.0))
             .collect();
         assert_eq!(cached.layer(), Some(data));
-        assert_eq!(cached.label(KIND_LABEL), Some(LAYER_KIND));
+        assert_eq!(cached.label(KIND_LABEL), Some(STAGE_SECRET_KIND));
         assert_eq!(cached.label("app.kubernetes.io/name"), None);
         assert_eq!(cached.hash(), Some("h1"));
         assert_eq!(cached.name(), "tooljet.staging.crm");
@@ -514,7 +510,7 @@ mod tests {
         assert_eq!(cached.label(KIND_LABEL), None);
         assert_eq!(cached.label(MANAGED_BY_LABEL), None);
         assert_eq!(cached.layer(), None, "not a stage Secret: no data kept");
-        assert!(!cached.holds(&secret(LAYER_KIND)));
+        assert!(!cached.holds(&secret(STAGE_SECRET_KIND)));
         assert!(!cached.holds(&foreign), "its labels are not the operator's");
     }
 
@@ -569,7 +565,7 @@ mod tests {
             generation,
             secrets: secrets.to_vec(),
         };
-        let mut written = secret(LAYER_KIND);
+        let mut written = secret(STAGE_SECRET_KIND);
         let value = inputs_annotation(&key, &written, &inputs("cfg-uid", 3, &secrets));
         written
             .annotations_mut()
@@ -605,7 +601,7 @@ mod tests {
             .insert(INPUTS_ANNOTATION.into(), "00".repeat(32));
         assert!(!ManagedSecret::from(forged).made_from(&key, &inputs("cfg-uid", 3, &secrets)));
         assert!(
-            !ManagedSecret::from(secret(LAYER_KIND))
+            !ManagedSecret::from(secret(STAGE_SECRET_KIND))
                 .made_from(&key, &inputs("cfg-uid", 3, &secrets))
         );
     }

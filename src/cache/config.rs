@@ -14,11 +14,9 @@ use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::Obj
 use kube::Resource;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    api::{
-        Constant, DataSource, EnvironmentConfig, EnvironmentConfigSpec, EnvironmentConfigStatus,
-    },
-    lean::Lean,
+use super::lean::Lean;
+use crate::api::{
+    Constant, DataSource, EnvironmentConfig, EnvironmentConfigSpec, EnvironmentConfigStatus,
 };
 
 /// An EnvironmentConfig as cached: metadata, key and status as they are, data sources and
@@ -27,7 +25,7 @@ use crate::{
 pub struct CachedConfig {
     pub metadata: ObjectMeta,
     /// `spec.app` and `spec.environment`.
-    pub spec: ConfigKey,
+    pub spec: ConfigScope,
     /// `spec.dataSources` and `spec.constants`, as JSON.
     entries: Box<[u8]>,
     pub status: Option<EnvironmentConfigStatus>,
@@ -35,7 +33,7 @@ pub struct CachedConfig {
 
 /// The part of a config's spec that says what it configures.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigKey {
+pub struct ConfigScope {
     /// The stage (`spec.environment`).
     pub environment: String,
     /// The app (`spec.app`); `None` for a workspace-wide config.
@@ -72,7 +70,7 @@ impl From<EnvironmentConfig> for CachedConfig {
         .into_boxed_slice();
         CachedConfig {
             metadata,
-            spec: ConfigKey {
+            spec: ConfigScope {
                 environment: spec.environment,
                 app: spec.app,
             },
