@@ -529,6 +529,137 @@ mod tests {
         assert!(text.contains("prod: dana"), "{text}");
     }
 
+    fn ready(status: &str, reason: &str, message: &str) -> Readiness {
+        Readiness {
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The whole text of a board: header, pipeline, gates (every window state) and versions.
+    #[test]
+    fn a_board_renders_as_this_text() {
+        let gate = |policy: &str, open, next_open: Option<&str>, next_close: Option<&str>| Gate {
+            policy: policy.into(),
+            open,
+            next_open: next_open.map(str::to_string),
+            next_close: next_close.map(str::to_string),
+            approvals_required: 1,
+        };
+        let version =
+            |name: &str, stage: &str, released, ready, missing: Option<&str>| VersionState {
+                name: name.into(),
+                version_name: name.trim_start_matches("crm-").into(),
+                stage: stage.into(),
+                released,
+                ready,
+                missing: missing.map(str::to_string),
+                approvals: None,
+            };
+        let mut approved = version("crm-v3", "qa", false, ready("True", "Ready", ""), None);
+        approved.approvals = Some([("prod".to_string(), vec!["dana".into(), "lee".into()])].into());
+        let b = AppBoard {
+            namespace: "ws".into(),
+            app: "crm".into(),
+            display_name: Some("CRM".into()),
+            stages: vec![
+                Stage {
+                    name: "dev".into(),
+                    versions: vec!["crm-v4".into(), "crm-gone".into()],
+                    gates: vec![],
+                },
+                Stage {
+                    name: "qa".into(),
+                    versions: vec!["crm-v3".into()],
+                    gates: vec![
+                        gate(
+                            "office-hours",
+                            Some(true),
+                            None,
+                            Some("2026-01-05T18:00:00Z"),
+                        ),
+                        gate("always", Some(true), None, None),
+                    ],
+                },
+                Stage {
+                    name: "prod".into(),
+                    versions: vec!["crm-v1".into()],
+                    gates: vec![
+                        gate("freeze", Some(false), Some("2026-01-06T08:00:00Z"), None),
+                        gate("shut", Some(false), None, None),
+                        gate("new", None, None, None),
+                    ],
+                },
+            ],
+            release: Some("crm-v1".into()),
+            released_version: Some("crm-v1".into()),
+            ready: ready("False", "RolloutFailed", "Deployment web is missing"),
+            versions: vec![
+                version("crm-v1", "prod", true, ready("True", "Ready", ""), None),
+                approved,
+                version(
+                    "crm-v4",
+                    "dev",
+                    false,
+                    ready("False", "MissingRequirements", "x"),
+                    Some("environment dev lacks constant API_URL"),
+                ),
+                version(
+                    "crm-v5",
+                    "dev",
+                    false,
+                    ready("Unknown", "NotReconciled", "not yet"),
+                    None,
+                ),
+            ],
+        };
+        let expected = "\
+App ws/crm (CRM)  Ready: False (RolloutFailed: Deployment web is missing)
+Released: crm-v1
+
+DEV ->               QA ->            PROD
+crm-v4 (not ready)   crm-v3 (ready)   crm-v1 (released, ready)
+crm-gone
+
+GATE        POLICY         WINDOW                              APPROVALS
+into qa     office-hours   open until 2026-01-05T18:00:00Z     1
+into qa     always         open                                1
+into prod   freeze         closed until 2026-01-06T08:00:00Z   1
+into prod   shut           closed                              1
+into prod   new            unknown                             1
+
+VERSION   NAME   STAGE   READY     RELEASED   DETAILS                                  APPROVALS
+crm-v1    v1     prod    True      yes
+crm-v3    v3     qa      True                                                          prod: dana,lee
+crm-v4    v4     dev     False                environment dev lacks constant API_URL
+crm-v5    v5     dev     Unknown              NotReconciled: not yet
+";
+        assert_eq!(render(&b), expected);
+
+        // Ready, no display name, nothing released, no gates, no versions.
+        let empty = AppBoard {
+            namespace: "ws".into(),
+            app: "new".into(),
+            display_name: None,
+            stages: ["dev", "prod"]
+                .map(|s| Stage {
+                    name: s.into(),
+                    versions: vec![],
+                    gates: vec![],
+                })
+                .into(),
+            release: None,
+            released_version: None,
+            ready: ready("True", "Ready", ""),
+            versions: vec![],
+        };
+        assert_eq!(
+            render(&empty),
+            "App ws/new  Ready: True\nReleased: <none>\n\nDEV ->   PROD\n\n"
+        );
+    }
+
     #[test]
     fn a_status_of_an_older_generation_is_not_taken_as_current() {
         let v: AppVersion = obj(json!({
