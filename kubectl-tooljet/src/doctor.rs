@@ -1,6 +1,8 @@
 //! `doctor`: what a broken install looks like, checked one by one. Failed checks make the
 //! command exit 5; warnings and informational rows do not.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use k8s_openapi::{
     api::{
         admissionregistration::v1::{
@@ -9,6 +11,7 @@ use k8s_openapi::{
         },
         apps::v1::Deployment,
         authorization::v1::SelfSubjectAccessReview,
+        core::v1::{ConfigMap, Container, Secret},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -19,7 +22,8 @@ use kube::{
 use serde::Serialize;
 use serde_json::json;
 use tooljet_operator::{
-    api::{AppVersion, DEFAULT_PIPELINE, GROUP, VERSION},
+    api::{AppVersion, DEFAULT_PIPELINE, GROUP, ToolJetApp, VERSION},
+    effective::{Effective, NameRules, Origin, SourceKind, container_env},
     materialize::workload_secret_name,
     webhook::config,
 };
@@ -465,73 +469,115 @@ async fn verbs(cluster: &Cluster) -> Vec<Check> {
 /// container starts with, computed by Kubernetes' rules from the Deployment and the Secrets it
 /// reads, judged against its workload Secret.
 async fn workloads(cluster: &Cluster) -> Vec<Check> {
-    use std::collections::BTreeMap;
-    use tooljet_operator::effective::{NameRules, SourceKind};
     let apps = match cluster.list_apps().await {
         Ok(apps) => apps,
         Err(e) => return vec![check("rollout workloads", State::Skip, e.to_string())],
     };
     let mut out = Vec::new();
-    // (namespace, Deployment) -> its Deployment and the apps' RolloutReady conflicts.
-    let mut found: BTreeMap<(String, String), (Deployment, Vec<String>)> = BTreeMap::new();
+    let found = rollout_workloads(cluster, &apps, &mut out).await;
+    let rules = name_rules(cluster).await;
+    for ((ns, name), workload) in found {
+        out.push(workload_check(cluster, &ns, &name, &workload, rules).await);
+    }
+    out
+}
+
+/// A Deployment that rollouts name or select, and the apps' RolloutReady conflicts about it.
+struct Workload {
+    deployment: Deployment,
+    conflicts: Vec<String>,
+}
+
+/// (namespace, Deployment) -> the workload, for every app with a rollout. A named Deployment that
+/// is missing, and Deployments that cannot be read, are checks in `out`.
+async fn rollout_workloads(
+    cluster: &Cluster,
+    apps: &[ToolJetApp],
+    out: &mut Vec<Check>,
+) -> BTreeMap<(String, String), Workload> {
+    let mut found: BTreeMap<(String, String), Workload> = BTreeMap::new();
     for app in apps.iter().filter(|a| !a.spec.rollout.is_empty()) {
         let ns = app.namespace().unwrap_or_default();
-        let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns);
-        let conflict = app
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RolloutReady"))
-            .filter(|c| c.reason == "Conflict")
-            .map(|c| format!("app {}: {}", app.name_any(), c.message));
-        let mut named = Vec::new();
-        for target in &app.spec.rollout {
-            for name in &target.deployments {
-                match api.get_opt(name).await {
-                    Ok(Some(d)) => named.push(d),
-                    Ok(None) => out.push(check(
-                        format!("workload {ns}/{name}"),
-                        State::Fail,
-                        format!(
-                            "named in the {} rollout of app {} but does not exist: create it or remove the name",
-                            target.environment,
-                            app.name_any()
-                        ),
-                    )),
-                    Err(e) => {
-                        let (state, detail) = unreadable("Deployments", e);
-                        out.push(check(format!("workload {ns}/{name}"), state, detail));
-                    }
-                }
-            }
-            if let Ok(Some(selector)) = target.parsed_selector() {
-                match api
-                    .list(&ListParams::default().labels_from(&selector))
-                    .await
-                {
-                    Ok(list) => named.extend(list.items),
-                    Err(e) => {
-                        let (state, detail) = unreadable("Deployments", e);
-                        out.push(check(format!("workloads of {ns}"), state, detail));
-                    }
-                }
-            }
-        }
-        for d in named {
+        let conflict = rollout_conflict(app);
+        for d in rollout_deployments(cluster, app, &ns, out).await {
             let name = d.name_any();
             let entry = found
                 .entry((ns.clone(), name.clone()))
-                .or_insert_with(|| (d, vec![]));
+                .or_insert_with(|| Workload {
+                    deployment: d,
+                    conflicts: vec![],
+                });
             // The app's conflicts name the Deployments they are about.
             if let Some(c) = conflict
                 .as_ref()
                 .filter(|c| c.contains(&format!("Deployment {name} serves")))
-                && !entry.1.contains(c)
+                && !entry.conflicts.contains(c)
             {
-                entry.1.push(c.clone());
+                entry.conflicts.push(c.clone());
             }
         }
     }
-    let rules = match cluster.client.apiserver_version().await {
+    found
+}
+
+/// The app's RolloutReady conflict, if it reports one, naming the app.
+fn rollout_conflict(app: &ToolJetApp) -> Option<String> {
+    app.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RolloutReady"))
+        .filter(|c| c.reason == "Conflict")
+        .map(|c| format!("app {}: {}", app.name_any(), c.message))
+}
+
+/// The Deployments in namespace `ns` that `app`'s rollout names or selects, target by target. A
+/// named Deployment that is missing, and Deployments that cannot be read, are checks in `out`
+/// instead.
+async fn rollout_deployments(
+    cluster: &Cluster,
+    app: &ToolJetApp,
+    ns: &str,
+    out: &mut Vec<Check>,
+) -> Vec<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let mut named = Vec::new();
+    for target in &app.spec.rollout {
+        for name in &target.deployments {
+            match api.get_opt(name).await {
+                Ok(Some(d)) => named.push(d),
+                Ok(None) => out.push(check(
+                    format!("workload {ns}/{name}"),
+                    State::Fail,
+                    format!(
+                        "named in the {} rollout of app {} but does not exist: create it or remove the name",
+                        target.environment,
+                        app.name_any()
+                    ),
+                )),
+                Err(e) => {
+                    let (state, detail) = unreadable("Deployments", e);
+                    out.push(check(format!("workload {ns}/{name}"), state, detail));
+                }
+            }
+        }
+        if let Ok(Some(selector)) = target.parsed_selector() {
+            match api
+                .list(&ListParams::default().labels_from(&selector))
+                .await
+            {
+                Ok(list) => named.extend(list.items),
+                Err(e) => {
+                    let (state, detail) = unreadable("Deployments", e);
+                    out.push(check(format!("workloads of {ns}"), state, detail));
+                }
+            }
+        }
+    }
+    named
+}
+
+/// The variable names the apiserver's Kubernetes version accepts (relaxed when unknown).
+async fn name_rules(cluster: &Cluster) -> NameRules {
+    match cluster.client.apiserver_version().await {
         Ok(info) => info
             .minor
             .trim_end_matches('+')
@@ -539,68 +585,103 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
             .map(NameRules::for_minor)
             .unwrap_or(NameRules::Relaxed),
         Err(_) => NameRules::Relaxed,
+    }
+}
+
+/// The check of one workload: its containers' environment, from the Secrets and ConfigMaps they
+/// read, judged; Skip or Fail when one of those cannot be read.
+async fn workload_check(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    workload: &Workload,
+    rules: NameRules,
+) -> Check {
+    let containers = workload
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    let label = format!("workload {ns}/{name}");
+    let data = match read_sources(cluster, ns, name, &containers).await {
+        Ok(data) => data,
+        Err((state, detail)) => return check(label, state, detail),
     };
-    for ((ns, name), (d, conflicts)) in found {
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-            Api::namespaced(cluster.client.clone(), &ns);
-        let containers = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .map(|s| s.containers.clone())
-            .unwrap_or_default();
-        let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-            Api::namespaced(cluster.client.clone(), &ns);
-        // Every Secret and ConfigMap the containers read, as the kubelet would find them.
-        let mut data: BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
-        let mut denied = None;
-        let mut wanted: std::collections::BTreeSet<(SourceKind, String)> = containers
-            .iter()
-            .flat_map(tooljet_operator::effective::sources)
-            .map(|(kind, source)| (kind, source.to_string()))
-            .collect();
-        wanted.insert((SourceKind::Secret, workload_secret_name(&name)));
-        for (kind, source) in wanted {
-            let read = match kind {
-                SourceKind::Secret => secrets.get_opt(&source).await.map(|s| {
-                    s.map(|s| {
-                        s.data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0))
-                            .collect::<BTreeMap<_, _>>()
-                    })
-                }),
-                // The kubelet reads a ConfigMap's `data` into the environment, not `binaryData`.
-                SourceKind::ConfigMap => config_maps.get_opt(&source).await.map(|c| {
-                    c.map(|c| {
-                        c.data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes()))
-                            .collect::<BTreeMap<_, _>>()
-                    })
-                }),
-            };
-            match read {
-                Ok(Some(values)) => {
-                    data.insert((kind, source), values);
-                }
-                Ok(None) => {}
-                Err(e) => denied = Some(unreadable(&format!("{kind}s"), e)),
-            }
-        }
-        let label = format!("workload {ns}/{name}");
-        if let Some((state, detail)) = denied {
-            out.push(check(label, state, detail));
-            continue;
-        }
-        let (state, detail) = judge_workload(&name, &containers, &conflicts, rules, |kind, n| {
+    let (state, detail) =
+        judge_workload(name, &containers, &workload.conflicts, rules, |kind, n| {
             data.get(&(kind, n.to_string()))
         });
-        out.push(check(label, state, detail));
+    check(label, state, detail)
+}
+
+/// The data of the Secrets and ConfigMaps a workload's containers read, by kind and name.
+type SourceData = BTreeMap<(SourceKind, String), BTreeMap<String, Vec<u8>>>;
+
+/// Every Secret and ConfigMap the containers read, and the workload Secret of `deployment`, as
+/// the kubelet would find them (those that do not exist left out). Every one is read; when some
+/// cannot be, the error is the last one's.
+async fn read_sources(
+    cluster: &Cluster,
+    ns: &str,
+    deployment: &str,
+    containers: &[Container],
+) -> Result<SourceData, (State, String)> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), ns);
+    let mut data: SourceData = BTreeMap::new();
+    let mut denied = None;
+    let mut wanted: BTreeSet<(SourceKind, String)> = containers
+        .iter()
+        .flat_map(tooljet_operator::effective::sources)
+        .map(|(kind, source)| (kind, source.to_string()))
+        .collect();
+    wanted.insert((SourceKind::Secret, workload_secret_name(deployment)));
+    for (kind, source) in wanted {
+        match read_source(&secrets, &config_maps, kind, &source).await {
+            Ok(Some(values)) => {
+                data.insert((kind, source), values);
+            }
+            Ok(None) => {}
+            Err(e) => denied = Some(unreadable(&format!("{kind}s"), e)),
+        }
     }
-    out
+    match denied {
+        Some(denied) => Err(denied),
+        None => Ok(data),
+    }
+}
+
+/// One Secret's or ConfigMap's data as the kubelet reads it into the environment; None when it
+/// does not exist.
+async fn read_source(
+    secrets: &Api<Secret>,
+    config_maps: &Api<ConfigMap>,
+    kind: SourceKind,
+    name: &str,
+) -> kube::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    match kind {
+        SourceKind::Secret => secrets.get_opt(name).await.map(|s| {
+            s.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        }),
+        // The kubelet reads a ConfigMap's `data` into the environment, not `binaryData`.
+        SourceKind::ConfigMap => config_maps.get_opt(name).await.map(|c| {
+            c.map(|c| {
+                c.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        }),
+    }
 }
 
 /// Whether ToolJet reads variable `name` as constants (either form: one per variable, or a JSON
@@ -616,23 +697,13 @@ fn is_tooljet_constant(name: &str) -> bool {
 /// not manage). Names keys and sources, never values.
 fn judge_workload<'a>(
     deployment: &str,
-    containers: &[k8s_openapi::api::core::v1::Container],
+    containers: &[Container],
     conflicts: &[String],
-    rules: tooljet_operator::effective::NameRules,
-    data: impl Fn(
-        tooljet_operator::effective::SourceKind,
-        &str,
-    ) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>,
+    rules: NameRules,
+    data: impl Fn(SourceKind, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
 ) -> (State, String) {
-    use tooljet_operator::effective::{Origin, container_env};
     let secret = workload_secret_name(deployment);
-    let is_workload = |o: &Origin| matches!(o, Origin::EnvFrom { name, .. } if *name == secret);
-    let Some(container) = containers.iter().find(|c| {
-        c.env_from
-            .iter()
-            .flatten()
-            .any(|f| f.secret_ref.as_ref().is_some_and(|r| r.name == secret))
-    }) else {
+    let Some(container) = containers.iter().find(|c| takes_in(c, &secret)) else {
         return (
             State::Fail,
             format!(
@@ -642,7 +713,6 @@ fn judge_workload<'a>(
     };
     let env = container_env(container, rules, &data);
     let mut fails = Vec::new();
-    let mut warns = Vec::new();
     fails.extend(conflicts.iter().cloned());
     for blocked in &env.blocking {
         fails.push(format!(
@@ -650,9 +720,37 @@ fn judge_workload<'a>(
             container.name
         ));
     }
-    let expected = data(tooljet_operator::effective::SourceKind::Secret, &secret);
+    let expected = data(SourceKind::Secret, &secret);
+    fails.extend(missing_workload_keys(container, &env, &secret, expected));
+    fails.extend(replaced_workload_keys(&env, &secret));
+    let warns = foreign_constants(&env, &secret);
+    verdict(container, &env, &secret, fails, warns)
+}
+
+/// Whether the container takes in Secret `secret` (`envFrom`).
+fn takes_in(container: &Container, secret: &str) -> bool {
+    container
+        .env_from
+        .iter()
+        .flatten()
+        .any(|f| f.secret_ref.as_ref().is_some_and(|r| r.name == secret))
+}
+
+/// Whether a variable comes from `envFrom` of the workload Secret `secret`.
+fn from_workload(origin: &Origin, secret: &str) -> bool {
+    matches!(origin, Origin::EnvFrom { name, .. } if name == secret)
+}
+
+/// What is wrong with the keys of the workload Secret (`expected`, None when it does not exist):
+/// that it does not exist yet, or the keys missing from the container's environment.
+fn missing_workload_keys(
+    container: &Container,
+    env: &Effective,
+    secret: &str,
+    expected: Option<&BTreeMap<String, Vec<u8>>>,
+) -> Option<String> {
     match expected {
-        None => fails.push(format!(
+        None => Some(format!(
             "Secret {secret} does not exist yet: see the RolloutReady condition of the apps that roll it out"
         )),
         Some(expected) => {
@@ -661,33 +759,56 @@ fn judge_workload<'a>(
                 .keys()
                 .filter(|k| !env.vars.contains_key(*k))
                 .collect();
-            if !missing.is_empty() {
-                fails.push(format!(
+            (!missing.is_empty()).then(|| {
+                format!(
                     "missing from container {}: {} (a prefix on the envFrom entry, or names the cluster refuses)",
                     container.name,
                     missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                ));
-            }
+                )
+            })
         }
     }
-    for s in &env.shadowed {
-        if is_workload(&s.lost) && !is_workload(&s.by) {
-            fails.push(format!(
+}
+
+/// Keys of the workload Secret that a definition from elsewhere replaces.
+fn replaced_workload_keys(env: &Effective, secret: &str) -> Vec<String> {
+    env.shadowed
+        .iter()
+        .filter(|s| from_workload(&s.lost, secret) && !from_workload(&s.by, secret))
+        .map(|s| {
+            format!(
                 "{} from {secret} is replaced by {}{}: remove it there",
                 s.name,
                 s.by,
                 if s.differs { " with another value" } else { "" }
-            ));
-        }
-    }
-    for (name, var) in &env.vars {
-        if is_tooljet_constant(name) && !is_workload(&var.origin) {
-            warns.push(format!(
+            )
+        })
+        .collect()
+}
+
+/// ToolJet constants that reach the container from elsewhere than its workload Secret.
+fn foreign_constants(env: &Effective, secret: &str) -> Vec<String> {
+    env.vars
+        .iter()
+        .filter(|(name, var)| is_tooljet_constant(name) && !from_workload(&var.origin, secret))
+        .map(|(name, var)| {
+            format!(
                 "{name} comes from {}, not from {secret}: move it into an EnvironmentConfig",
                 var.origin
-            ));
-        }
-    }
+            )
+        })
+        .collect()
+}
+
+/// Fail with every finding when something fails, else Warn with the warnings, else Ok with the
+/// number of constants the container reads.
+fn verdict(
+    container: &Container,
+    env: &Effective,
+    secret: &str,
+    mut fails: Vec<String>,
+    warns: Vec<String>,
+) -> (State, String) {
     if !fails.is_empty() {
         fails.extend(warns);
         return (State::Fail, fails.join("; "));

@@ -285,8 +285,24 @@ fn mark(v: &VersionState) -> String {
     }
 }
 
-/// The board as text: a header, the pipeline as columns, then one line per version.
+/// The board as text: a header, the pipeline as columns, the gates into stages (when any), then
+/// one line per version.
 pub fn render(b: &AppBoard) -> String {
+    let mut out = header(b);
+    out += &pipeline_table(b);
+    if b.stages.iter().any(|s| !s.gates.is_empty()) {
+        out.push('\n');
+        out += &gates_table(b);
+    }
+    if !b.versions.is_empty() {
+        out.push('\n');
+        out += &versions_table(b);
+    }
+    out
+}
+
+/// The app, its readiness (why, when not ready) and its released version.
+fn header(b: &AppBoard) -> String {
     let mut out = format!(
         "App {}/{}{}  Ready: {}{}\n",
         b.namespace,
@@ -306,6 +322,11 @@ pub fn render(b: &AppBoard) -> String {
         "Released: {}\n\n",
         b.released_version.as_deref().unwrap_or("<none>")
     );
+    out
+}
+
+/// The pipeline: a column per stage, left to right, with the versions in it.
+fn pipeline_table(b: &AppBoard) -> String {
     let depth = b
         .stages
         .iter()
@@ -344,76 +365,85 @@ pub fn render(b: &AppBoard) -> String {
             .collect::<Vec<_>>()
     });
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
-    out += &output::table(&header_refs, rows);
+    output::table(&header_refs, rows)
+}
+
+/// The PromotionPolicies guarding the stages: a line per stage and policy.
+fn gates_table(b: &AppBoard) -> String {
     let gated: Vec<(&Stage, &Gate)> = b
         .stages
         .iter()
         .flat_map(|s| s.gates.iter().map(move |g| (s, g)))
         .collect();
-    if !gated.is_empty() {
-        out.push('\n');
-        out += &output::table(
-            &["gate", "policy", "window", "approvals"],
-            gated.iter().map(|(s, g)| {
-                let window = match (g.open, &g.next_close, &g.next_open) {
-                    (Some(true), Some(close), _) => format!("open until {close}"),
-                    (Some(true), None, _) => "open".to_string(),
-                    (Some(false), _, Some(open)) => format!("closed until {open}"),
-                    (Some(false), _, None) => "closed".to_string(),
-                    (None, _, _) => "unknown".to_string(),
-                };
-                [
-                    format!("into {}", s.name),
-                    g.policy.clone(),
-                    window,
-                    g.approvals_required.to_string(),
-                ]
-            }),
+    output::table(
+        &["gate", "policy", "window", "approvals"],
+        gated.iter().map(|(s, g)| {
+            [
+                format!("into {}", s.name),
+                g.policy.clone(),
+                window(g),
+                g.approvals_required.to_string(),
+            ]
+        }),
+    )
+}
+
+/// Whether a gate's windows let promotions in, and until when.
+fn window(g: &Gate) -> String {
+    match (g.open, &g.next_close, &g.next_open) {
+        (Some(true), Some(close), _) => format!("open until {close}"),
+        (Some(true), None, _) => "open".to_string(),
+        (Some(false), _, Some(open)) => format!("closed until {open}"),
+        (Some(false), _, None) => "closed".to_string(),
+        (None, _, _) => "unknown".to_string(),
+    }
+}
+
+/// A line per version; the approvals column only when a version has approvals.
+fn versions_table(b: &AppBoard) -> String {
+    let with_approvals = b
+        .versions
+        .iter()
+        .any(|v| v.approvals.as_ref().is_some_and(|a| !a.is_empty()));
+    let mut headers = vec!["version", "name", "stage", "ready", "released", "details"];
+    if with_approvals {
+        headers.push("approvals");
+    }
+    let rows = b.versions.iter().map(|v| version_row(v, with_approvals));
+    output::table(&headers, rows)
+}
+
+/// One version's line: names, stage, readiness, whether released, what is missing (or why it is
+/// not ready) and, `with_approvals`, its approvals by stage.
+fn version_row(v: &VersionState, with_approvals: bool) -> Vec<String> {
+    let details = match (&v.missing, v.ready.status.as_str()) {
+        (Some(m), _) => m.clone(),
+        (None, "True") => String::new(),
+        (None, _) => format!("{}: {}", v.ready.reason, v.ready.message),
+    };
+    let mut row = vec![
+        v.name.clone(),
+        v.version_name.clone(),
+        v.stage.clone(),
+        v.ready.status.clone(),
+        if v.released {
+            "yes".into()
+        } else {
+            String::new()
+        },
+        details,
+    ];
+    if with_approvals {
+        row.push(
+            v.approvals
+                .iter()
+                .flatten()
+                .map(|(stage, who)| format!("{stage}: {}", who.join(",")))
+                .collect::<Vec<_>>()
+                .join("; "),
         );
     }
-    if !b.versions.is_empty() {
-        out.push('\n');
-        let with_approvals = b
-            .versions
-            .iter()
-            .any(|v| v.approvals.as_ref().is_some_and(|a| !a.is_empty()));
-        let mut headers = vec!["version", "name", "stage", "ready", "released", "details"];
-        if with_approvals {
-            headers.push("approvals");
-        }
-        let rows = b.versions.iter().map(|v| {
-            let details = match (&v.missing, v.ready.status.as_str()) {
-                (Some(m), _) => m.clone(),
-                (None, "True") => String::new(),
-                (None, _) => format!("{}: {}", v.ready.reason, v.ready.message),
-            };
-            let mut row = vec![
-                v.name.clone(),
-                v.version_name.clone(),
-                v.stage.clone(),
-                v.ready.status.clone(),
-                if v.released {
-                    "yes".into()
-                } else {
-                    String::new()
-                },
-                details,
-            ];
-            if with_approvals {
-                row.push(
-                    v.approvals
-                        .iter()
-                        .flatten()
-                        .map(|(stage, who)| format!("{stage}: {}", who.join(",")))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                );
-            }
-            row
-        });
-        out += &output::table(&headers, rows);
-    }
-    out
+    row
 }
 
 #[cfg(test)]
@@ -527,6 +557,137 @@ mod tests {
         );
         assert!(text.contains("closed until 2026-01-05T08:00:00Z"), "{text}");
         assert!(text.contains("prod: dana"), "{text}");
+    }
+
+    fn ready(status: &str, reason: &str, message: &str) -> Readiness {
+        Readiness {
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The whole text of a board: header, pipeline, gates (every window state) and versions.
+    #[test]
+    fn a_board_renders_as_this_text() {
+        let gate = |policy: &str, open, next_open: Option<&str>, next_close: Option<&str>| Gate {
+            policy: policy.into(),
+            open,
+            next_open: next_open.map(str::to_string),
+            next_close: next_close.map(str::to_string),
+            approvals_required: 1,
+        };
+        let version =
+            |name: &str, stage: &str, released, ready, missing: Option<&str>| VersionState {
+                name: name.into(),
+                version_name: name.trim_start_matches("crm-").into(),
+                stage: stage.into(),
+                released,
+                ready,
+                missing: missing.map(str::to_string),
+                approvals: None,
+            };
+        let mut approved = version("crm-v3", "qa", false, ready("True", "Ready", ""), None);
+        approved.approvals = Some([("prod".to_string(), vec!["dana".into(), "lee".into()])].into());
+        let b = AppBoard {
+            namespace: "ws".into(),
+            app: "crm".into(),
+            display_name: Some("CRM".into()),
+            stages: vec![
+                Stage {
+                    name: "dev".into(),
+                    versions: vec!["crm-v4".into(), "crm-gone".into()],
+                    gates: vec![],
+                },
+                Stage {
+                    name: "qa".into(),
+                    versions: vec!["crm-v3".into()],
+                    gates: vec![
+                        gate(
+                            "office-hours",
+                            Some(true),
+                            None,
+                            Some("2026-01-05T18:00:00Z"),
+                        ),
+                        gate("always", Some(true), None, None),
+                    ],
+                },
+                Stage {
+                    name: "prod".into(),
+                    versions: vec!["crm-v1".into()],
+                    gates: vec![
+                        gate("freeze", Some(false), Some("2026-01-06T08:00:00Z"), None),
+                        gate("shut", Some(false), None, None),
+                        gate("new", None, None, None),
+                    ],
+                },
+            ],
+            release: Some("crm-v1".into()),
+            released_version: Some("crm-v1".into()),
+            ready: ready("False", "RolloutFailed", "Deployment web is missing"),
+            versions: vec![
+                version("crm-v1", "prod", true, ready("True", "Ready", ""), None),
+                approved,
+                version(
+                    "crm-v4",
+                    "dev",
+                    false,
+                    ready("False", "MissingRequirements", "x"),
+                    Some("environment dev lacks constant API_URL"),
+                ),
+                version(
+                    "crm-v5",
+                    "dev",
+                    false,
+                    ready("Unknown", "NotReconciled", "not yet"),
+                    None,
+                ),
+            ],
+        };
+        let expected = "\
+App ws/crm (CRM)  Ready: False (RolloutFailed: Deployment web is missing)
+Released: crm-v1
+
+DEV ->               QA ->            PROD
+crm-v4 (not ready)   crm-v3 (ready)   crm-v1 (released, ready)
+crm-gone
+
+GATE        POLICY         WINDOW                              APPROVALS
+into qa     office-hours   open until 2026-01-05T18:00:00Z     1
+into qa     always         open                                1
+into prod   freeze         closed until 2026-01-06T08:00:00Z   1
+into prod   shut           closed                              1
+into prod   new            unknown                             1
+
+VERSION   NAME   STAGE   READY     RELEASED   DETAILS                                  APPROVALS
+crm-v1    v1     prod    True      yes
+crm-v3    v3     qa      True                                                          prod: dana,lee
+crm-v4    v4     dev     False                environment dev lacks constant API_URL
+crm-v5    v5     dev     Unknown              NotReconciled: not yet
+";
+        assert_eq!(render(&b), expected);
+
+        // Ready, no display name, nothing released, no gates, no versions.
+        let empty = AppBoard {
+            namespace: "ws".into(),
+            app: "new".into(),
+            display_name: None,
+            stages: ["dev", "prod"]
+                .map(|s| Stage {
+                    name: s.into(),
+                    versions: vec![],
+                    gates: vec![],
+                })
+                .into(),
+            release: None,
+            released_version: None,
+            ready: ready("True", "Ready", ""),
+            versions: vec![],
+        };
+        assert_eq!(
+            render(&empty),
+            "App ws/new  Ready: True\nReleased: <none>\n\nDEV ->   PROD\n\n"
+        );
     }
 
     #[test]

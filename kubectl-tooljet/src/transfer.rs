@@ -61,33 +61,138 @@ pub fn secret_key(data_source: &str, option: &str) -> String {
 
 /// Reads an export into objects. Errors name what is missing or invalid.
 pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> {
-    let entry = export
-        .get("app")
-        .and_then(Value::as_array)
-        .and_then(|apps| apps.first())
-        .ok_or("not a ToolJet app export: no app[0] (expected {tooljet_version, app: [{definition: {appV2: ...}}]})")?;
-    let definition = entry
-        .get("definition")
-        .filter(|d| d.is_object())
-        .ok_or("not a ToolJet app export: app[0].definition is missing")?;
-    let app_v2 = definition
-        .get("appV2")
-        .and_then(Value::as_object)
-        .ok_or("app[0].definition.appV2 is missing: exports before ToolJet 2.x are not supported; re-export the app")?;
+    let parts = ExportParts::read(export)?;
     let mut notes = Vec::new();
+    let plan = Plan::of(&parts, opts, &mut notes)?;
+    let (configs, secrets) = stage_configs(&parts, &plan);
+    notes.extend(left_to_the_user(&parts, &plan.requires));
+    Ok(Imported {
+        app: app_object(&parts, &plan),
+        version: version_object(&parts, plan),
+        configs,
+        secrets,
+        notes,
+    })
+}
 
-    let app_name = match &opts.app {
-        Some(name) => dns_name(name, "--app")?,
+/// The parts of a ToolJet export that import reads.
+struct ExportParts<'a> {
+    /// The whole export (`tooljet_version`, `tooljet_database`).
+    export: &'a Value,
+    /// `app[0].definition`, kept exactly as the version's definition.
+    definition: &'a Value,
+    /// `app[0].definition.appV2`.
+    app_v2: &'a Map<String, Value>,
+}
+
+impl<'a> ExportParts<'a> {
+    /// Finds the app's definition in an export, or says which part of the expected shape is
+    /// missing.
+    fn read(export: &'a Value) -> Result<Self, String> {
+        let entry = export
+            .get("app")
+            .and_then(Value::as_array)
+            .and_then(|apps| apps.first())
+            .ok_or("not a ToolJet app export: no app[0] (expected {tooljet_version, app: [{definition: {appV2: ...}}]})")?;
+        let definition = entry
+            .get("definition")
+            .filter(|d| d.is_object())
+            .ok_or("not a ToolJet app export: app[0].definition is missing")?;
+        let app_v2 = definition
+            .get("appV2")
+            .and_then(Value::as_object)
+            .ok_or("app[0].definition.appV2 is missing: exports before ToolJet 2.x are not supported; re-export the app")?;
+        Ok(ExportParts {
+            export,
+            definition,
+            app_v2,
+        })
+    }
+}
+
+/// What an export becomes, decided before any object is built.
+struct Plan {
+    /// metadata.name of the ToolJetApp.
+    app: String,
+    /// The pipeline, first stage first.
+    environments: Vec<Environment>,
+    /// spec.versionName of the AppVersion.
+    version_name: String,
+    /// metadata.name of the AppVersion.
+    version_object: String,
+    /// The user's data sources, each configured in every stage.
+    data_sources: Vec<UserDataSource>,
+    /// The AppVersion's spec.requires.
+    requires: Requirements,
+}
+
+/// An enabled environment of the export, and the stage it becomes.
+struct Environment {
+    priority: i64,
+    /// Its id in the export (empty in the default pipeline).
+    id: String,
+    stage: String,
+}
+
+/// A data source of the user's (not one ToolJet creates itself).
+struct UserDataSource {
+    /// Its id in the export.
+    id: String,
+    /// Its name as EnvironmentConfigs accept it.
+    name: String,
+    /// Its kind as the export names it.
+    kind: String,
+}
+
+impl Plan {
+    /// Decides, in this order (so the first error is the same), the app's name, the pipeline,
+    /// the version, the data sources and the requirements. Renames are noted in `notes`.
+    fn of(
+        parts: &ExportParts,
+        opts: &ImportOptions,
+        notes: &mut Vec<String>,
+    ) -> Result<Plan, String> {
+        let app = app_name(parts.app_v2, opts)?;
+        let environments = pipeline(parts.app_v2, notes)?;
+        let (version_name, version_object) = version_names(parts.app_v2, &app, opts)?;
+        let data_sources = user_data_sources(parts.app_v2, notes)?;
+        let requires = requirements(parts, &data_sources);
+        Ok(Plan {
+            app,
+            environments,
+            version_name,
+            version_object,
+            data_sources,
+            requires,
+        })
+    }
+
+    /// The stage names, first stage first.
+    fn stages(&self) -> Vec<String> {
+        self.environments.iter().map(|e| e.stage.clone()).collect()
+    }
+}
+
+/// metadata.name of the ToolJetApp: `--app`, else the app's name as a DNS label.
+fn app_name(app_v2: &Map<String, Value>, opts: &ImportOptions) -> Result<String, String> {
+    match &opts.app {
+        Some(name) => dns_name(name, "--app"),
         None => {
             let name = str_field(app_v2, "name").ok_or("appV2.name is missing; pass --app NAME")?;
             dns_label(name).ok_or_else(|| {
                 format!("the app name {name:?} has no letters or digits; pass --app NAME")
-            })?
+            })
         }
-    };
+    }
+}
 
-    // The pipeline: enabled environments by priority.
-    let mut envs: Vec<(i64, String, String)> = Vec::new(); // (priority, id, stage)
+/// The pipeline: enabled environments by priority (the default pipeline when the export lists
+/// none); 2-10 stages, unique as stage names.
+fn pipeline(
+    app_v2: &Map<String, Value>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Environment>, String> {
+    let mut envs: Vec<Environment> = Vec::new();
     for env in array_field(app_v2, "appEnvironments") {
         if env.get("enabled").and_then(Value::as_bool) == Some(false) {
             continue;
@@ -106,9 +211,17 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             .get("priority")
             .and_then(Value::as_i64)
             .unwrap_or(i64::MAX);
-        envs.push((priority, id.to_string(), stage));
+        envs.push(Environment {
+            priority,
+            id: id.to_string(),
+            stage,
+        });
     }
-    envs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+    envs.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then_with(|| a.stage.cmp(&b.stage))
+    });
     if envs.is_empty() {
         notes.push(
             "the export lists no environments; using the default pipeline development, staging, production".into(),
@@ -116,10 +229,14 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
         envs = tooljet_operator::api::DEFAULT_PIPELINE
             .iter()
             .enumerate()
-            .map(|(i, s)| (i as i64, String::new(), s.to_string()))
+            .map(|(i, s)| Environment {
+                priority: i as i64,
+                id: String::new(),
+                stage: s.to_string(),
+            })
             .collect();
     }
-    let stages: Vec<String> = envs.iter().map(|e| e.2.clone()).collect();
+    let stages: Vec<String> = envs.iter().map(|e| e.stage.clone()).collect();
     if stages.len() < 2 || stages.len() > 10 {
         return Err(format!(
             "the export's pipeline {stages:?} has {} enabled environments; a ToolJetApp needs 2-10",
@@ -131,8 +248,16 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             "the export's environments {stages:?} are not unique as stage names"
         ));
     }
+    Ok(envs)
+}
 
-    // The version: the one being edited, else the last one.
+/// The version: the one being edited, else the last one. Its name (spec.versionName, at most
+/// 25 characters) and its object's name (`--version`, else `<app>-<version name>`).
+fn version_names(
+    app_v2: &Map<String, Value>,
+    app_name: &str,
+    opts: &ImportOptions,
+) -> Result<(String, String), String> {
     let versions = array_field(app_v2, "appVersions");
     let editing_id = app_v2
         .get("editingVersion")
@@ -160,9 +285,16 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             "the version name",
         )?,
     };
+    Ok((version_name, version_object))
+}
 
-    // Data sources: the user's, by id (internal ones stay in the definition only).
-    let mut user_sources: Vec<(String, String, String)> = Vec::new(); // (id, name, kind)
+/// Data sources: the user's, by id (internal ones stay in the definition only), each name
+/// unique once made acceptable to EnvironmentConfigs.
+fn user_data_sources(
+    app_v2: &Map<String, Value>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<UserDataSource>, String> {
+    let mut user_sources = Vec::new();
     let mut seen = BTreeSet::new();
     for ds in array_field(app_v2, "dataSources") {
         if is_internal(ds) {
@@ -192,107 +324,141 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        user_sources.push((id, name, kind));
+        user_sources.push(UserDataSource { id, name, kind });
     }
+    Ok(user_sources)
+}
 
-    // Requirements: data sources the queries use, constants and secrets the definition names.
+/// Requirements: data sources the queries use, constants and secrets the definition names.
+fn requirements(parts: &ExportParts, user_sources: &[UserDataSource]) -> Requirements {
     let mut required_sources = BTreeSet::new();
-    for query in array_field(app_v2, "dataQueries") {
+    for query in array_field(parts.app_v2, "dataQueries") {
         let id = query.get("dataSourceId").and_then(Value::as_str);
-        if let Some((_, name, _)) = user_sources
-            .iter()
-            .find(|(ds, _, _)| Some(ds.as_str()) == id)
-        {
-            required_sources.insert(name.clone());
+        if let Some(ds) = user_sources.iter().find(|ds| Some(ds.id.as_str()) == id) {
+            required_sources.insert(ds.name.clone());
         }
     }
     // What the operator reads of the definition (one scanner: the version is stamped with it).
-    let references = References::of(Some(definition));
+    let references = References::of(Some(parts.definition));
     let constants: BTreeSet<String> = references
         .constants
         .into_iter()
         .chain(references.secrets)
         .collect();
+    Requirements {
+        data_sources: required_sources.into_iter().collect(),
+        constants: constants.into_iter().collect(),
+    }
+}
 
-    // One EnvironmentConfig per stage.
-    let options = array_field(app_v2, "dataSourceOptions");
+/// One EnvironmentConfig per stage, and the Secrets (name -> keys) they reference.
+fn stage_configs(
+    parts: &ExportParts,
+    plan: &Plan,
+) -> (Vec<EnvironmentConfig>, BTreeMap<String, BTreeSet<String>>) {
+    let options = array_field(parts.app_v2, "dataSourceOptions");
     let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut configs = Vec::new();
-    for (_, env_id, stage) in &envs {
+    for env in &plan.environments {
         let mut data_sources = Vec::new();
-        for (ds_id, name, kind) in &user_sources {
+        for ds in &plan.data_sources {
             let found = options.iter().find(|o| {
-                o.get("dataSourceId").and_then(Value::as_str) == Some(ds_id.as_str())
-                    && o.get("environmentId").and_then(Value::as_str) == Some(env_id.as_str())
+                o.get("dataSourceId").and_then(Value::as_str) == Some(ds.id.as_str())
+                    && o.get("environmentId").and_then(Value::as_str) == Some(env.id.as_str())
             });
-            let mut plain = BTreeMap::new();
-            let mut secret = BTreeMap::new();
-            if let Some(Value::Object(opts)) = found.and_then(|o| o.get("options")) {
-                for (key, option) in opts {
-                    let encrypted = option
-                        .get("encrypted")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    let reference = option
-                        .get("value")
-                        .and_then(Value::as_str)
-                        .is_some_and(is_secret_reference);
-                    if encrypted || reference {
-                        let secret_name = secret_name(&app_name, stage);
-                        let secret_key = secret_key(name, key);
-                        secrets
-                            .entry(secret_name.clone())
-                            .or_default()
-                            .insert(secret_key.clone());
-                        secret.insert(
-                            key.clone(),
-                            SecretValueSource {
-                                secret_key_ref: SecretKeySelector {
-                                    name: secret_name,
-                                    key: secret_key,
-                                },
-                            },
-                        );
-                    } else if let Some(obj) =
-                        option.as_object().filter(|o| o.contains_key("encrypted"))
-                    {
-                        plain.insert(
-                            key.clone(),
-                            obj.get("value").cloned().unwrap_or(Value::Null),
-                        );
-                    } else {
-                        // Exports before per-option encryption flags: the value itself.
-                        plain.insert(key.clone(), option.clone());
-                    }
-                }
-            }
-            data_sources.push(DataSource {
-                name: name.clone(),
-                kind: kind_name(kind),
-                options: plain,
-                secret_options: secret,
-            });
+            data_sources.push(stage_data_source(
+                &plan.app,
+                &env.stage,
+                ds,
+                found,
+                &mut secrets,
+            ));
         }
         let mut config = EnvironmentConfig::new(
-            &format!("{app_name}-{stage}"),
+            &format!("{}-{}", plan.app, env.stage),
             EnvironmentConfigSpec {
-                environment: stage.clone(),
-                app: Some(app_name.clone()),
+                environment: env.stage.clone(),
+                app: Some(plan.app.clone()),
                 data_sources,
                 constants: vec![],
             },
         );
-        config.metadata.labels = Some(labels(&app_name));
+        config.metadata.labels = Some(labels(&plan.app));
         configs.push(config);
     }
-    if !constants.is_empty() {
+    (configs, secrets)
+}
+
+/// Data source `ds` in `stage`, from its `dataSourceOptions` entry (`found`): encrypted options
+/// and secret constant references become secret options read from the stage's Secret (their
+/// keys recorded in `secrets`), the others plain options.
+fn stage_data_source(
+    app_name: &str,
+    stage: &str,
+    ds: &UserDataSource,
+    found: Option<&Value>,
+    secrets: &mut BTreeMap<String, BTreeSet<String>>,
+) -> DataSource {
+    let mut plain = BTreeMap::new();
+    let mut secret = BTreeMap::new();
+    if let Some(Value::Object(opts)) = found.and_then(|o| o.get("options")) {
+        for (key, option) in opts {
+            let encrypted = option
+                .get("encrypted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let reference = option
+                .get("value")
+                .and_then(Value::as_str)
+                .is_some_and(is_secret_reference);
+            if encrypted || reference {
+                let secret_name = secret_name(app_name, stage);
+                let secret_key = secret_key(&ds.name, key);
+                secrets
+                    .entry(secret_name.clone())
+                    .or_default()
+                    .insert(secret_key.clone());
+                secret.insert(
+                    key.clone(),
+                    SecretValueSource {
+                        secret_key_ref: SecretKeySelector {
+                            name: secret_name,
+                            key: secret_key,
+                        },
+                    },
+                );
+            } else if let Some(obj) = option.as_object().filter(|o| o.contains_key("encrypted")) {
+                plain.insert(
+                    key.clone(),
+                    obj.get("value").cloned().unwrap_or(Value::Null),
+                );
+            } else {
+                // Exports before per-option encryption flags: the value itself.
+                plain.insert(key.clone(), option.clone());
+            }
+        }
+    }
+    DataSource {
+        name: ds.name.clone(),
+        kind: kind_name(&ds.kind),
+        options: plain,
+        secret_options: secret,
+    }
+}
+
+/// Notes on what import leaves to the user: the constants and secrets the definition uses, and
+/// the ToolJet Database tables it does not import.
+fn left_to_the_user(parts: &ExportParts, requires: &Requirements) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !requires.constants.is_empty() {
         notes.push(format!(
             "the definition uses constants/secrets {}: add them to each stage's EnvironmentConfig (spec.constants; \
              type Global for {{{{constants.X}}}}, type Secret with valueFrom for {{{{secrets.X}}}})",
-            constants.iter().cloned().collect::<Vec<_>>().join(", ")
+            requires.constants.join(", ")
         ));
     }
-    if export
+    if parts
+        .export
         .get("tooljet_database")
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty())
@@ -302,48 +468,48 @@ pub fn import(export: &Value, opts: &ImportOptions) -> Result<Imported, String> 
                 .into(),
         );
     }
+    notes
+}
 
+/// The ToolJetApp: the pipeline, displayed under the export's app name.
+fn app_object(parts: &ExportParts, plan: &Plan) -> ToolJetApp {
     let mut app = ToolJetApp::new(
-        &app_name,
+        &plan.app,
         ToolJetAppSpec {
-            display_name: str_field(app_v2, "name").map(|n| n.chars().take(255).collect()),
-            environments: stages.clone(),
+            display_name: str_field(parts.app_v2, "name").map(|n| n.chars().take(255).collect()),
+            environments: plan.stages(),
             release: None,
             rollout: vec![],
         },
     );
-    app.metadata.labels = Some(labels(&app_name));
+    app.metadata.labels = Some(labels(&plan.app));
+    app
+}
 
+/// The AppVersion, in the first stage: the export's definition, kept exactly, its requirements,
+/// and the export's ToolJet version as an annotation.
+fn version_object(parts: &ExportParts, plan: Plan) -> AppVersion {
     let mut version = AppVersion::new(
-        &version_object,
+        &plan.version_object,
         AppVersionSpec {
-            app: app_name.clone(),
-            version_name,
+            app: plan.app.clone(),
+            version_name: plan.version_name,
             description: Some(format!(
                 "imported from a ToolJet export of {:?}",
-                str_field(app_v2, "name").unwrap_or(&app_name)
+                str_field(parts.app_v2, "name").unwrap_or(&plan.app)
             ))
             .map(|d| d.chars().take(1000).collect()),
-            environment: stages[0].clone(),
-            definition: Some(definition.clone()),
-            requires: Some(Requirements {
-                data_sources: required_sources.into_iter().collect(),
-                constants: constants.into_iter().collect(),
-            }),
+            environment: plan.environments[0].stage.clone(),
+            definition: Some(parts.definition.clone()),
+            requires: Some(plan.requires),
         },
     );
-    version.metadata.labels = Some(labels(&app_name));
-    if let Some(v) = export.get("tooljet_version").and_then(Value::as_str) {
+    version.metadata.labels = Some(labels(&plan.app));
+    if let Some(v) = parts.export.get("tooljet_version").and_then(Value::as_str) {
         version.metadata.annotations =
             Some([(SOURCE_VERSION_ANNOTATION.to_string(), v.to_string())].into());
     }
-    Ok(Imported {
-        app,
-        version,
-        configs,
-        secrets,
-        notes,
-    })
+    version
 }
 
 /// A ToolJet export of `version` whose data source options are, in every environment, that
@@ -361,8 +527,32 @@ pub fn export(
     stage: &str,
     configs: &[EnvironmentConfig],
 ) -> Result<Value, String> {
+    let mut definition = exportable_definition(version)?;
+    let configured = configured_per_stage(configs);
+    let app_v2 = definition
+        .get_mut("appV2")
+        .and_then(Value::as_object_mut)
+        .ok_or("spec.definition.appV2 is not an object")?;
+    put_names(app_v2, version, app);
+    let mut missing = put_options(app_v2, &configured, stage);
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(format!(
+            "stage {stage} has no configuration for data source(s) {}; add them to the stage's EnvironmentConfig or export another stage",
+            missing.join(", ")
+        ));
+    }
+    Ok(export_file(version, definition))
+}
+
+/// Per stage, data source name -> its configuration.
+type Configured<'a> = BTreeMap<&'a str, BTreeMap<String, &'a DataSource>>;
+
+/// A copy of the version's definition, which must hold an `appV2` object.
+fn exportable_definition(version: &AppVersion) -> Result<Value, String> {
     let name = version.metadata.name.as_deref().unwrap_or_default();
-    let mut definition = version
+    version
         .spec
         .definition
         .clone()
@@ -371,22 +561,26 @@ pub fn export(
             format!(
                 "AppVersion {name} has no ToolJet definition (spec.definition.appV2); only versions created by `kubectl tooljet import` or holding an appV2 definition can be exported"
             )
-        })?;
-    // Per stage, data source name -> its configuration; workspace-wide first, then the app's.
+        })
+}
+
+/// Per stage, data source name -> its configuration; workspace-wide first, then the app's.
+fn configured_per_stage(configs: &[EnvironmentConfig]) -> Configured<'_> {
     let mut ordered: Vec<&EnvironmentConfig> = configs.iter().collect();
     ordered.sort_by_key(|c| c.spec.app.is_some());
-    let mut effective: BTreeMap<&str, BTreeMap<String, &DataSource>> = BTreeMap::new();
+    let mut effective: Configured = BTreeMap::new();
     for config in ordered {
         let stage_sources = effective.entry(&config.spec.environment).or_default();
         for ds in &config.spec.data_sources {
             stage_sources.insert(ds.name.clone(), ds);
         }
     }
-    let app_v2 = definition
-        .get_mut("appV2")
-        .and_then(Value::as_object_mut)
-        .ok_or("spec.definition.appV2 is not an object")?;
+    effective
+}
 
+/// The cluster's names in the definition: the version's display name and, given the app, the
+/// app's.
+fn put_names(app_v2: &mut Map<String, Value>, version: &AppVersion, app: Option<&ToolJetApp>) {
     // The version's display name may have been changed (a rename in the first stage).
     let rename = |v: &mut Value| {
         if let Some(obj) = v.as_object_mut() {
@@ -406,25 +600,18 @@ pub fn export(
     if let Some(display) = app.and_then(|a| a.spec.display_name.clone()) {
         app_v2.insert("name".into(), json!(display));
     }
+}
 
-    // Environment id -> stage name.
-    let env_stages: BTreeMap<String, String> = array_field(app_v2, "appEnvironments")
-        .iter()
-        .filter_map(|e| {
-            let id = e.get("id")?.as_str()?.to_string();
-            let stage = dns_label(e.get("name")?.as_str()?)?;
-            Some((id, stage))
-        })
-        .collect();
-    let sources: BTreeMap<String, String> = array_field(app_v2, "dataSources")
-        .iter()
-        .filter(|ds| !is_internal(ds))
-        .filter_map(|ds| {
-            let id = ds.get("id")?.as_str()?.to_string();
-            let name = data_source_name(ds.get("name")?.as_str()?)?;
-            Some((id, name))
-        })
-        .collect();
+/// Replaces the options of every user data source's `dataSourceOptions` entry with its
+/// environment's configuration (see [`export`]). Returns the data sources `stage` does not
+/// configure (their options emptied), possibly repeated.
+fn put_options(
+    app_v2: &mut Map<String, Value>,
+    configured: &Configured,
+    stage: &str,
+) -> Vec<String> {
+    let env_stages = environment_stages(app_v2);
+    let sources = user_data_source_names(app_v2);
     let mut missing = Vec::new();
     for entry in app_v2
         .get_mut("dataSourceOptions")
@@ -446,10 +633,10 @@ pub fn export(
             .get("environmentId")
             .and_then(Value::as_str)
             .and_then(|id| env_stages.get(id));
-        let configured = entry_stage
-            .and_then(|s| effective.get(s.as_str()))
+        let stage_configured = entry_stage
+            .and_then(|s| configured.get(s.as_str()))
             .and_then(|sources| sources.get(ds_name));
-        let options = match configured {
+        let options = match stage_configured {
             Some(ds) => Some(tooljet_options(ds)),
             None if entry_stage.map(String::as_str) == Some(stage) => {
                 missing.push(ds_name.clone());
@@ -465,14 +652,37 @@ pub fn export(
             options.map(Value::Object).unwrap_or(Value::Null),
         );
     }
-    if !missing.is_empty() {
-        missing.sort();
-        missing.dedup();
-        return Err(format!(
-            "stage {stage} has no configuration for data source(s) {}; add them to the stage's EnvironmentConfig or export another stage",
-            missing.join(", ")
-        ));
-    }
+    missing
+}
+
+/// Environment id -> stage name.
+fn environment_stages(app_v2: &Map<String, Value>) -> BTreeMap<String, String> {
+    array_field(app_v2, "appEnvironments")
+        .iter()
+        .filter_map(|e| {
+            let id = e.get("id")?.as_str()?.to_string();
+            let stage = dns_label(e.get("name")?.as_str()?)?;
+            Some((id, stage))
+        })
+        .collect()
+}
+
+/// User data source id -> its name in EnvironmentConfigs.
+fn user_data_source_names(app_v2: &Map<String, Value>) -> BTreeMap<String, String> {
+    array_field(app_v2, "dataSources")
+        .iter()
+        .filter(|ds| !is_internal(ds))
+        .filter_map(|ds| {
+            let id = ds.get("id")?.as_str()?.to_string();
+            let name = data_source_name(ds.get("name")?.as_str()?)?;
+            Some((id, name))
+        })
+        .collect()
+}
+
+/// The export file around `definition`: `app[0]` named as the imported app was, no ToolJet
+/// Database tables, and the ToolJet version the import came from.
+fn export_file(version: &AppVersion, definition: Value) -> Value {
     let mut app_entry = Map::new();
     app_entry.insert("definition".into(), definition);
     if let Some(a) = version
@@ -496,7 +706,7 @@ pub fn export(
     if let Some(v) = source {
         out.insert("tooljet_version".into(), json!(v));
     }
-    Ok(Value::Object(out))
+    Value::Object(out)
 }
 
 /// A data source's options in ToolJet's `{key: {value, encrypted}}` form; each secret option a
