@@ -11,13 +11,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    api::PartialObjectMeta,
     runtime::{
-        WatchStreamExt,
         events::{Recorder, Reporter},
         reflector::Store,
         watcher,
@@ -27,14 +25,8 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::{
-    api::{
-        AppVersion, Approval, EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-        PromotionPolicy, ToolJetApp,
-    },
-    cache::{
-        CachedConfig, Echoes, Hub, Lean, Lookups, ManagedSecret, Readiness, RefIndex, triggers,
-        watch,
-    },
+    api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    cache::{CachedConfig, Echoes, Hubs, Lean, Lookups, ManagedSecret, Readiness, RefIndex, watch},
     controller::{self, Context, MANAGER, Settings, app, appversion, envconfig, policy},
     leader::Leadership,
     materialize::HashKey,
@@ -137,14 +129,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         unstamped: Arc::default(),
         sharing: Arc::default(),
     });
-    run_controllers(
-        &mut tasks,
-        &client,
-        &options.settings,
-        caches,
-        ctx,
-        &leadership,
-    );
+    run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);
     supervise(tasks).await
 }
 
@@ -154,12 +139,7 @@ struct Caches {
     readiness: Arc<Readiness>,
     lookups: Lookups,
     managed_secrets: Store<ManagedSecret>,
-    managed_hub: Hub<ManagedSecret>,
-    config_hub: Hub<CachedConfig>,
-    version_hub: Hub<AppVersion>,
-    app_hub: Hub<ToolJetApp>,
-    policy_hub: Hub<PromotionPolicy>,
-    approval_hub: Hub<Approval>,
+    hubs: Hubs,
 }
 
 impl Caches {
@@ -172,7 +152,7 @@ impl Caches {
             "ToolJetApps",
             "PromotionPolicies",
             "Approvals",
-            REFERENCED_SECRETS,
+            envconfig::REFERENCED_SECRETS,
         ]);
         let any = || watcher::Config::default().any_semantic();
         let (managed_secrets, managed_hub) = watch::watch_as(
@@ -209,12 +189,14 @@ impl Caches {
             readiness,
             lookups,
             managed_secrets,
-            managed_hub,
-            config_hub,
-            version_hub,
-            app_hub,
-            policy_hub,
-            approval_hub,
+            hubs: Hubs {
+                managed: managed_hub,
+                configs: config_hub,
+                versions: version_hub,
+                apps: app_hub,
+                policies: policy_hub,
+                approvals: approval_hub,
+            },
         }
     }
 }
@@ -276,96 +258,34 @@ async fn serve_health(
     Ok(())
 }
 
-/// The readiness name of the metadata watch of Secrets (not the operator's own): a restarted
-/// operator finds unchanged configurations current from their versions without reading them.
-const REFERENCED_SECRETS: &str = "Secret versions";
-
-/// The four controllers, wired to the caches' changes, and the watches that feed them. When
-/// this replica becomes the leader, everything is reconciled once.
+/// The four controllers, each subscribed to the changes it reacts to, and the hubs that feed
+/// them. When this replica becomes the leader, everything is reconciled once.
 fn run_controllers(
     tasks: &mut JoinSet<(&'static str, Result<()>)>,
-    client: &Client,
     settings: &Settings,
-    mut caches: Caches,
+    caches: Caches,
     ctx: Arc<Context>,
     leadership: &Arc<Leadership>,
 ) {
-    // Metadata only (never a value), and not the operator's own Secrets: enough to notice a
-    // rotation. Their resourceVersions go to `refs` before any reconcile sees the event.
-    let (refs, readiness) = (ctx.refs.clone(), caches.readiness.clone());
-    let referenced = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
-    )
-    .default_backoff()
-    .modify(watch::strip)
-    .inspect_ok(move |event| {
-        refs.saw(event);
-        if let watcher::Event::InitDone = event {
-            readiness.listed(REFERENCED_SECRETS);
-        }
-    })
-    .touched_objects();
-    let envconfigs = envconfig::controller(
-        settings,
-        &caches.lookups,
-        (
-            triggers::changes(caches.config_hub.subscribe(), triggers::generation),
-            triggers::changes(caches.config_hub.subscribe(), envconfig::key_of),
-        ),
-        (ctx.refs.clone(), ctx.echoes.clone()),
-        triggers::forgetting(caches.managed_hub.subscribe(), ctx.echoes.clone()),
-        referenced,
-    );
-    let versions = appversion::controller(
-        settings,
-        &caches.lookups,
-        triggers::changes(caches.version_hub.subscribe(), triggers::generation),
-        ctx.echoes.clone(),
-        (
-            triggers::all(caches.managed_hub.subscribe()),
-            triggers::changes(caches.config_hub.subscribe(), appversion::config_facts),
-        ),
-        triggers::changes(caches.app_hub.subscribe(), appversion::app_facts),
-        (
-            triggers::changes(caches.approval_hub.subscribe(), triggers::generation),
-            triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
-        ),
-    );
-    let apps = app::controller(
-        client.clone(),
-        settings,
-        &caches.lookups,
-        (&ctx.sharing, &ctx.echoes),
-        (
-            triggers::changes(caches.app_hub.subscribe(), app::own_facts),
-            triggers::deletions(caches.app_hub.subscribe()),
-        ),
-        triggers::changes(caches.version_hub.subscribe(), app::version_facts),
-        triggers::all(caches.managed_hub.subscribe()),
-        triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
-    );
-    let policies = policy::controller(
-        settings,
-        &caches.lookups,
-        triggers::changes(caches.policy_hub.subscribe(), triggers::generation),
-        triggers::changes(caches.app_hub.subscribe(), policy::selection_facts),
-    );
-    let Caches {
-        managed_hub,
-        config_hub,
-        version_hub,
-        app_hub,
-        policy_hub,
-        approval_hub,
-        ..
-    } = caches;
-    tasks.spawn(hub("watch of managed Secrets", managed_hub.run()));
-    tasks.spawn(hub("watch of EnvironmentConfigs", config_hub.run()));
+    let mut hubs = caches.hubs;
+    let envconfigs = envconfig::controller(&ctx, settings, &mut hubs);
+    let versions = appversion::controller(&ctx, settings, &mut hubs);
+    let apps = app::controller(&ctx, settings, &mut hubs);
+    let policies = policy::controller(&ctx, settings, &mut hubs);
+    let Hubs {
+        managed,
+        configs,
+        versions: version_hub,
+        apps: app_hub,
+        policies: policy_hub,
+        approvals,
+    } = hubs;
+    tasks.spawn(hub("watch of managed Secrets", managed.run()));
+    tasks.spawn(hub("watch of EnvironmentConfigs", configs.run()));
     tasks.spawn(hub("watch of AppVersions", version_hub.run()));
     tasks.spawn(hub("watch of ToolJetApps", app_hub.run()));
     tasks.spawn(hub("watch of PromotionPolicies", policy_hub.run()));
-    tasks.spawn(hub("watch of Approvals", approval_hub.run()));
+    tasks.spawn(hub("watch of Approvals", approvals.run()));
     let leadership = leadership.clone();
     tasks.spawn(async move {
         let all = || leadership.acquisitions();

@@ -11,11 +11,22 @@ use kube::{ResourceExt, runtime::reflector::Store};
 
 #[cfg(test)]
 use super::watch::watch_nothing;
-use super::{config::CachedConfig, index::Index, watch::Hub};
+use super::{config::CachedConfig, index::Index, secret::ManagedSecret, watch::Hub};
 use crate::{
     api::{AppVersion, Approval, PromotionPolicy, ToolJetApp},
     lifecycle::names::app_label_value,
 };
+
+/// The hub of every kind's cache: each controller subscribes to the changes it reacts to
+/// (`controller::*::controller`), then the operator runs them.
+pub struct Hubs {
+    pub managed: Hub<ManagedSecret>,
+    pub configs: Hub<CachedConfig>,
+    pub versions: Hub<AppVersion>,
+    pub apps: Hub<ToolJetApp>,
+    pub policies: Hub<PromotionPolicy>,
+    pub approvals: Hub<Approval>,
+}
 
 /// (namespace, app or none for workspace-wide, stage): what makes two EnvironmentConfigs rivals.
 type ScopeKey = (String, Option<String>, String);

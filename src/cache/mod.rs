@@ -59,7 +59,7 @@ pub use config::CachedConfig;
 pub use echoes::Echoes;
 pub use index::Index;
 pub use lean::Lean;
-pub use lookups::Lookups;
+pub use lookups::{Hubs, Lookups};
 pub use ownership::{Controlled, controlled_by};
 pub use refs::RefIndex;
 pub use secret::ManagedSecret;

@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
@@ -44,6 +44,7 @@ use crate::api::{
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
 use crate::{
     cache::{Controlled, Echoes, Lookups, ManagedSecret},
+    cache::{Hubs, triggers},
     gate,
     lifecycle::names::app_label_value,
 };
@@ -55,20 +56,13 @@ pub const CONTROLLER: &str = "tooljetapp";
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
 /// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
 /// PromotionPolicies of its namespace (its stage gates), and the apps sharing its workloads.
-#[allow(clippy::too_many_arguments)] // one stream per trigger, as the other controllers take them
-pub fn controller(
-    client: Client,
-    settings: &Settings,
-    lookups: &Lookups,
-    (sharing, echoes): (&Arc<Sharing>, &Arc<Echoes>),
-    (main, deleted): (
-        impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
-        impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
-    ),
-    versions: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
-    managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
-    policies: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
-) -> Controller<ToolJetApp> {
+pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Controller<ToolJetApp> {
+    let (lookups, sharing, echoes) = (&ctx.lookups, &ctx.sharing, &ctx.echoes);
+    let main = triggers::changes(hubs.apps.subscribe(), own_facts);
+    let deleted = triggers::deletions(hubs.apps.subscribe());
+    let versions = triggers::changes(hubs.versions.subscribe(), version_facts);
+    let managed = triggers::all(hubs.managed.subscribe());
+    let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
@@ -100,7 +94,7 @@ pub fn controller(
         ))
         .watches_stream(
             watcher(
-                Api::<PartialObjectMeta<Deployment>>::all(client),
+                Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone()),
                 watcher::Config::default().any_semantic(),
             )
             .default_backoff()
@@ -119,7 +113,7 @@ pub fn controller(
 
 /// What of an app its own reconcile reacts to: its spec, its deletion, and its labels (which
 /// PromotionPolicies select it).
-pub fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
+fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
     (
         crate::cache::triggers::generation(app),
         app.labels().clone(),
@@ -128,7 +122,7 @@ pub fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, Str
 
 /// What of a version its app depends on: which app, which stage (the app's status lists versions
 /// per stage), and whether it exists.
-pub fn version_facts(v: &AppVersion) -> (String, String) {
+fn version_facts(v: &AppVersion) -> (String, String) {
     (v.spec.app.clone(), v.spec.environment.clone())
 }
 

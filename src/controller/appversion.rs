@@ -14,7 +14,6 @@ use std::{
 };
 
 use super::{PENDING_RECHECK, RECHECK};
-use futures::Stream;
 use k8s_openapi::{
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -44,10 +43,11 @@ use crate::{
         STAGE_SECRET_KIND, StageApprovals, ToolJetApp, conditions,
     },
     cache::{
-        CachedConfig, Echoes, Lookups, ManagedSecret, controlled_by,
+        CachedConfig, Lookups, ManagedSecret, controlled_by,
         secret::OwnerKind,
         stage::{explain_missing, resolve, unmaterialisable},
     },
+    cache::{Hubs, triggers},
     gate,
     lifecycle::References,
     materialize::{Materialized, Missing, missing_requirements, resolved_secret_name, secret_name},
@@ -62,21 +62,14 @@ pub const CONTROLLER: &str = "appversion";
 /// configurations' Secrets for config changes), the EnvironmentConfigs deleted or (un)able to be
 /// materialised ([`config_facts`]), the Approvals (of the version they name) and the
 /// PromotionPolicies (of the versions of their namespace: the approvals a next stage requires).
-pub fn controller(
-    settings: &Settings,
-    lookups: &Lookups,
-    main: impl Stream<Item = Arc<AppVersion>> + Send + 'static,
-    echoes: Arc<Echoes>,
-    (managed, configs): (
-        impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
-        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
-    ),
-    apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
-    (approvals, policies): (
-        impl Stream<Item = Arc<Approval>> + Send + 'static,
-        impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
-    ),
-) -> Controller<AppVersion> {
+pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Controller<AppVersion> {
+    let (lookups, echoes) = (&ctx.lookups, ctx.echoes.clone());
+    let main = triggers::changes(hubs.versions.subscribe(), triggers::generation);
+    let managed = triggers::all(hubs.managed.subscribe());
+    let configs = triggers::changes(hubs.configs.subscribe(), config_facts);
+    let apps = triggers::changes(hubs.apps.subscribe(), app_facts);
+    let approvals = triggers::changes(hubs.approvals.subscribe(), triggers::generation);
+    let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let for_secrets = lookups.clone();
     let by_config = lookups.clone();
     let by_app = lookups.clone();
@@ -135,14 +128,14 @@ pub fn controller(
 
 /// What of a configuration its stage's versions depend on besides its Secret: why it cannot be
 /// materialised, if it cannot.
-pub fn config_facts(c: &CachedConfig) -> Option<String> {
+fn config_facts(c: &CachedConfig) -> Option<String> {
     unmaterialisable(c).map(str::to_string)
 }
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
 /// version (a version's `Released` condition), its labels (which PromotionPolicies guard its
 /// stages), and whether it exists.
-pub fn app_facts(
+fn app_facts(
     app: &ToolJetApp,
 ) -> (
     Vec<String>,

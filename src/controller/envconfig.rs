@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, PartialObjectMeta, Preconditions},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
         reflector::ObjectRef,
@@ -32,13 +32,14 @@ use super::{
 };
 use crate::{
     api::{
-        EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION, STAGE_SECRET_KIND,
-        conditions,
+        EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION, MANAGED_BY_LABEL,
+        MANAGED_BY_VALUE, STAGE_SECRET_KIND, conditions,
     },
     cache::{
-        CachedConfig, Echoes, Lookups, ManagedSecret, RefIndex, controlled_by,
+        CachedConfig, Lookups, ManagedSecret, controlled_by,
         secret::{Inputs, OwnerKind, inputs_annotation},
     },
+    cache::{Hubs, triggers},
     materialize::{
         Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
     },
@@ -51,17 +52,13 @@ pub const CONTROLLER: &str = "environmentconfig";
 /// configs of the same key so a conflict is reported on both), the materialised Secrets it owns
 /// (drift), the Secrets its configs reference (rotation), and a Secret that blocks a config's
 /// target name (so its deletion, or garbage collection, lets the config materialise at once).
-pub fn controller(
-    settings: &Settings,
-    lookups: &Lookups,
-    (main, keys): (
-        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
-        impl Stream<Item = Arc<CachedConfig>> + Send + 'static,
-    ),
-    (refs, echoes): (Arc<RefIndex>, Arc<Echoes>),
-    managed: impl Stream<Item = Arc<ManagedSecret>> + Send + 'static,
-    referenced: impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
-) -> Controller<CachedConfig> {
+pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Controller<CachedConfig> {
+    let lookups = &ctx.lookups;
+    let (refs, echoes) = (ctx.refs.clone(), ctx.echoes.clone());
+    let main = triggers::changes(hubs.configs.subscribe(), triggers::generation);
+    let keys = triggers::changes(hubs.configs.subscribe(), key_of);
+    let managed = triggers::forgetting(hubs.managed.subscribe(), echoes.clone());
+    let referenced = referenced_secrets_watch(ctx);
     let for_managed = lookups.clone();
     let for_referenced = lookups.clone();
     let for_siblings = lookups.clone();
@@ -98,9 +95,35 @@ pub fn controller(
         })
 }
 
+/// The readiness name of the metadata watch of Secrets (not the operator's own): a restarted
+/// operator finds unchanged configurations current from their versions without reading them.
+pub const REFERENCED_SECRETS: &str = "Secret versions";
+
+/// The Secrets configurations may reference, metadata only (never a value), and not the
+/// operator's own: enough to notice a rotation. Their resourceVersions go to `refs` before any
+/// reconcile sees the event; the first complete list marks [`REFERENCED_SECRETS`] ready.
+fn referenced_secrets_watch(
+    ctx: &Context,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let (refs, readiness) = (ctx.refs.clone(), ctx.readiness.clone());
+    watcher(
+        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
+    )
+    .default_backoff()
+    .modify(crate::cache::watch::strip)
+    .inspect_ok(move |event| {
+        refs.saw(event);
+        if let watcher::Event::InitDone = event {
+            readiness.listed(REFERENCED_SECRETS);
+        }
+    })
+    .touched_objects()
+}
+
 /// What makes two configs conflict, and whether this one is going: a change of it wakes the
 /// configs of the same key.
-pub fn key_of(cfg: &CachedConfig) -> (Option<String>, Option<String>, String, bool) {
+fn key_of(cfg: &CachedConfig) -> (Option<String>, Option<String>, String, bool) {
     (
         cfg.namespace(),
         cfg.spec.app.clone(),

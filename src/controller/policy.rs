@@ -5,7 +5,6 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     ResourceExt,
@@ -24,6 +23,7 @@ use super::{
 use crate::{
     api::{GuardedApp, PromotionPolicy, PromotionPolicyStatus, ToolJetApp, conditions},
     cache::Lookups,
+    cache::{Hubs, triggers},
     gate,
 };
 
@@ -37,11 +37,13 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// The controller and its triggers: its own kind (spec changes) and the apps of its namespace
 /// (what it selects and guards: labels, pipeline, creation and deletion).
 pub fn controller(
+    ctx: &Context,
     settings: &Settings,
-    lookups: &Lookups,
-    main: impl Stream<Item = Arc<PromotionPolicy>> + Send + 'static,
-    apps: impl Stream<Item = Arc<ToolJetApp>> + Send + 'static,
+    hubs: &mut Hubs,
 ) -> Controller<PromotionPolicy> {
+    let lookups = &ctx.lookups;
+    let main = triggers::changes(hubs.policies.subscribe(), triggers::generation);
+    let apps = triggers::changes(hubs.apps.subscribe(), selection_facts);
     let by_app = lookups.clone();
     Controller::for_shared_stream(main, lookups.policies.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -55,9 +57,7 @@ pub fn controller(
 }
 
 /// What of an app decides whether a policy selects it and which of its stages it guards.
-pub fn selection_facts(
-    app: &ToolJetApp,
-) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+fn selection_facts(app: &ToolJetApp) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
     (app.labels().clone(), app.spec.environments.clone())
 }
 
