@@ -3,6 +3,7 @@
 //! the first stage, no demotion, and promotion, release and configuration only with their verbs)
 //! even if the webhook configuration is deleted.
 
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
@@ -13,7 +14,11 @@ use k8s_openapi::{
         Validation, Variable, WebhookClientConfig,
     },
 };
-use kube::api::ObjectMeta;
+use kube::{
+    Api, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::vocabulary::{APPROVE, CONFIGURE, OVERRIDE, PROMOTE, RELEASE, UNPROTECT};
 use crate::api::{
@@ -330,36 +335,47 @@ fn policy_for(
 /// deleted. A version's stages come from its `tooljet.io/stages` stamp (the first is its
 /// pipeline's first stage); an unstamped version is judged by the default pipeline's names.
 pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
-    let later = "['staging', 'production']";
-    let frozen = [
-        "definition",
-        "description",
-        "requires",
-        "versionName",
-        "app",
+    let validations = [
+        version_creation_rules(),
+        version_edit_rules(),
+        version_promotion_rules(),
+        version_deletion_rules(),
     ]
-    .map(unchanged)
-    .join(" && ");
-    let annotation = |obj: &str| {
-        format!(
-            "has({obj}.metadata.annotations) && '{STAGES_ANNOTATION}' in {obj}.metadata.annotations ? \
-             {obj}.metadata.annotations['{STAGES_ANNOTATION}'] : ''"
-        )
-    };
-    let variables = vec![
+    .concat();
+    policy_for(POLICY_NAME, "appversions", version_variables(), validations)
+}
+
+/// The default pipeline's stages past the first, in CEL: where an unstamped version is past its
+/// first stage.
+const LATER_DEFAULT_STAGES: &str = "['staging', 'production']";
+
+/// The `tooljet.io/stages` annotation of `obj` (`object` or `oldObject`), `''` when absent, in
+/// CEL.
+fn stages_annotation(obj: &str) -> String {
+    format!(
+        "has({obj}.metadata.annotations) && '{STAGES_ANNOTATION}' in {obj}.metadata.annotations ? \
+         {obj}.metadata.annotations['{STAGES_ANNOTATION}'] : ''"
+    )
+}
+
+/// The variables the version rules read: the stages recorded before and after, whether the
+/// stored version is past its first stage, its first stage, and whether it moves.
+fn version_variables() -> Vec<Variable> {
+    let later = LATER_DEFAULT_STAGES;
+    vec![
         // The stages the stored version has been in ([] when unstamped or on CREATE).
         variable(
             "oldStages",
             &format!(
                 "request.operation == 'CREATE' ? [] : ({}).split(',').filter(s, s != '')",
-                annotation("oldObject")
+                stages_annotation("oldObject")
             ),
         ),
         variable(
             "newStages",
             &format!(
                 "request.operation == 'DELETE' ? '' : ({})",
-                annotation("object")
+                stages_annotation("object")
             ),
         ),
         // Whether the stored version is past its first stage: by its stamp, or else by name.
@@ -378,8 +394,13 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
             "moved",
             "request.operation == 'UPDATE' && object.spec.environment != oldObject.spec.environment",
         ),
-    ];
-    let validations = vec![
+    ]
+}
+
+/// Versions are created in the first stage only, with no stage record but their own.
+fn version_creation_rules() -> Vec<Validation> {
+    let later = LATER_DEFAULT_STAGES;
+    vec![
         validation(
             format!("request.operation != 'CREATE' || !(object.spec.environment in {later})"),
             "'AppVersion ' + object.metadata.name + ' cannot be created in ' + object.spec.environment + \
@@ -393,20 +414,40 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
                  created in; remove it (tooljet-operator stamps it)'"
             ),
         ),
-        validation(
-            format!("request.operation != 'UPDATE' || !variables.advanced || ({frozen})"),
-            // The same words as the webhook's denial, naming the first changed field.
-            format!(
-                "'AppVersion ' + object.metadata.name + ' is in ' + oldObject.spec.environment + ': ' + \
-                 (!{d} ? 'edits (spec.definition) are' : !{s} ? 'edits (spec.description) are' : \
-                 !{r} ? 'edits (spec.requires) are' : !{n} ? 'renames (spec.versionName) are' : 'changes of spec.app are') + \
-                 ' only allowed in ' + variables.first + '; create a new version in ' + variables.first",
-                d = unchanged("definition"),
-                s = unchanged("description"),
-                r = unchanged("requires"),
-                n = unchanged("versionName"),
-            ),
+    ]
+}
+
+/// Versions past their first stage are not edited, renamed or moved to another app.
+fn version_edit_rules() -> Vec<Validation> {
+    let frozen = [
+        "definition",
+        "description",
+        "requires",
+        "versionName",
+        "app",
+    ]
+    .map(unchanged)
+    .join(" && ");
+    vec![validation(
+        format!("request.operation != 'UPDATE' || !variables.advanced || ({frozen})"),
+        // The same words as the webhook's denial, naming the first changed field.
+        format!(
+            "'AppVersion ' + object.metadata.name + ' is in ' + oldObject.spec.environment + ': ' + \
+             (!{d} ? 'edits (spec.definition) are' : !{s} ? 'edits (spec.description) are' : \
+             !{r} ? 'edits (spec.requires) are' : !{n} ? 'renames (spec.versionName) are' : 'changes of spec.app are') + \
+             ' only allowed in ' + variables.first + '; create a new version in ' + variables.first",
+            d = unchanged("definition"),
+            s = unchanged("description"),
+            r = unchanged("requires"),
+            n = unchanged("versionName"),
         ),
+    )]
+}
+
+/// Promotions only move forward, are recorded in the stage record (which users do not change
+/// otherwise), need `promote` on the stage entered, and do not move a version being deleted.
+fn version_promotion_rules() -> Vec<Validation> {
+    vec![
         validation(
             "!variables.moved || size(variables.oldStages) == 0 || \
              !(object.spec.environment in variables.oldStages)"
@@ -441,7 +482,7 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
                 "variables.moved ? {} : (request.operation != 'UPDATE' || variables.newStages == \
                  ({}))",
                 authorized(GROUP, "environments", "object.spec.environment", "promote"),
-                annotation("oldObject"),
+                stages_annotation("oldObject"),
             ),
             "variables.moved ? 'user ' + request.userInfo.username + ' may not promote AppVersion ' + \
              object.metadata.name + ' to ' + object.spec.environment + ': promoting into ' + \
@@ -460,6 +501,14 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
              object.spec.environment + '; create a new version in ' + variables.first + ' and promote that one'"
                 .into(),
         ),
+    ]
+}
+
+/// What deletes a version or holds its deletion: its owners and finalizers change only with
+/// `delete` on it, and past its first stage not at all (but for finalizers removed from a version
+/// being deleted); and only versions in their first stage are deleted (or their whole namespace).
+fn version_deletion_rules() -> Vec<Validation> {
+    vec![
         validation(
             format!(
                 "request.operation != 'UPDATE' || {OWNERS_UNCHANGED} || (!variables.advanced && {})",
@@ -499,8 +548,7 @@ pub fn version_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicy
              ' are kept as the app\\'s release and rollback history (deleting the namespace removes the whole workspace)'"
                 .into(),
         ),
-    ];
-    policy_for(POLICY_NAME, "appversions", variables, validations)
+    ]
 }
 
 /// Releases and pipeline or rollout changes need the same verbs as in the webhook.
@@ -693,46 +741,60 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
     ]
 }
 
-/// Example ClusterRoles for the people who work with ToolJet apps. Bind them with RoleBindings
-/// in a workspace namespace (or ClusterRoleBindings for every workspace). To let someone promote
-/// into or configure only some stages, copy a role and list the stages in `resourceNames`.
-pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
-    let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
+/// The verbs that read a tooljet.io resource.
+const READ: [&str; 3] = ["get", "list", "watch"];
+/// The verbs that read and write a tooljet.io resource.
+const WRITE: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+
+/// A rule granting `verbs` on tooljet.io `resources`.
+fn grant(resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
         api_groups: Some(vec![GROUP.into()]),
         resources: Some(resources.iter().map(|r| r.to_string()).collect()),
         verbs: verbs.iter().map(|v| v.to_string()).collect(),
         ..Default::default()
-    };
-    let read = ["get", "list", "watch"];
-    let write = [
-        "get",
-        "list",
-        "watch",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-    ];
-    let role = |name: &str, rules: Vec<PolicyRule>| ClusterRole {
-        metadata: meta(name),
-        rules: Some(rules),
-        ..Default::default()
-    };
-    let configure_stages = |stages: &[&str]| PolicyRule {
+    }
+}
+
+/// A rule granting `configure` on the environments named `stages`.
+fn configure_stages(stages: &[&str]) -> PolicyRule {
+    PolicyRule {
         api_groups: Some(vec![GROUP.into()]),
         resources: Some(vec!["environments".into()]),
         verbs: vec![CONFIGURE.into()],
         resource_names: Some(stages.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
-    };
+    }
+}
+
+/// The ClusterRole `name`, labelled as the operator's.
+fn role(name: &str, rules: Vec<PolicyRule>) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(name),
+        rules: Some(rules),
+        ..Default::default()
+    }
+}
+
+/// Example ClusterRoles for the people who work with ToolJet apps. Bind them with RoleBindings
+/// in a workspace namespace (or ClusterRoleBindings for every workspace). To let someone promote
+/// into or configure only some stages, copy a role and list the stages in `resourceNames`.
+pub fn user_roles() -> Vec<ClusterRole> {
     vec![
         role(
             "tooljet-developer",
             vec![
-                rule(&["appversions", "environmentconfigs"], &write),
-                rule(&["tooljetapps"], &read),
+                grant(&["appversions", "environmentconfigs"], &WRITE),
+                grant(&["tooljetapps"], &READ),
                 // The default pipeline's first stage only; see README for custom pipelines.
                 configure_stages(&[DEFAULT_PIPELINE[0]]),
             ],
@@ -740,63 +802,63 @@ pub fn user_roles() -> Vec<k8s_openapi::api::rbac::v1::ClusterRole> {
         role(
             "tooljet-promoter",
             vec![
-                rule(
+                grant(
                     &["appversions"],
                     &["get", "list", "watch", "update", "patch"],
                 ),
-                rule(&["tooljetapps", "environmentconfigs"], &read),
-                rule(&["environments"], &["promote"]),
+                grant(&["tooljetapps", "environmentconfigs"], &READ),
+                grant(&["environments"], &["promote"]),
             ],
         ),
         role(
             "tooljet-release-manager",
             vec![
-                rule(
+                grant(
                     &["tooljetapps"],
                     &["get", "list", "watch", "update", "patch"],
                 ),
-                rule(&["appversions", "environmentconfigs"], &read),
-                rule(&["environments"], &["release"]),
+                grant(&["appversions", "environmentconfigs"], &READ),
+                grant(&["environments"], &["release"]),
             ],
         ),
         role(
             "tooljet-environment-admin",
             vec![
-                rule(&["environmentconfigs"], &write),
-                rule(
+                grant(&["environmentconfigs"], &WRITE),
+                grant(
                     &["tooljetapps"],
                     &["get", "list", "watch", "create", "update", "patch"],
                 ),
-                rule(&["appversions"], &read),
-                rule(&["environments", "tooljetapps"], &[CONFIGURE]),
+                grant(&["appversions"], &READ),
+                grant(&["environments", "tooljetapps"], &[CONFIGURE]),
             ],
         ),
         role(
             "tooljet-approver",
             vec![
-                rule(
+                grant(
                     &["approvals"],
                     &["get", "list", "watch", "create", "delete"],
                 ),
-                rule(&["tooljetapps", "appversions", "promotionpolicies"], &read),
-                rule(&["environments"], &[APPROVE]),
+                grant(&["tooljetapps", "appversions", "promotionpolicies"], &READ),
+                grant(&["environments"], &[APPROVE]),
             ],
         ),
         role(
             "tooljet-admin",
             vec![
-                rule(
+                grant(
                     &[
                         "tooljetapps",
                         "appversions",
                         "environmentconfigs",
                         "promotionpolicies",
                     ],
-                    &write,
+                    &WRITE,
                 ),
-                rule(&["approvals"], &read),
-                rule(&["environments"], &[PROMOTE, RELEASE, CONFIGURE, OVERRIDE]),
-                rule(&["tooljetapps"], &[UNPROTECT, CONFIGURE]),
+                grant(&["approvals"], &READ),
+                grant(&["environments"], &[PROMOTE, RELEASE, CONFIGURE, OVERRIDE]),
+                grant(&["tooljetapps"], &[UNPROTECT, CONFIGURE]),
             ],
         ),
     ]
@@ -810,33 +872,6 @@ pub async fn install(
     endpoint: &Endpoint,
     manager: &str,
 ) -> Result<(), kube::Error> {
-    use kube::{
-        Api, ResourceExt,
-        api::{Patch, PatchParams},
-    };
-    use serde::{Serialize, de::DeserializeOwned};
-    async fn apply<K>(
-        client: &kube::Client,
-        obj: &K,
-        api_version: &str,
-        kind: &str,
-        params: &PatchParams,
-    ) -> Result<(), kube::Error>
-    where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
-        let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
-        value["apiVersion"] = api_version.into();
-        value["kind"] = kind.into();
-        Api::<K>::all(client.clone())
-            .patch(&obj.name_any(), params, &Patch::Apply(&value))
-            .await
-            .map(|_| ())
-    }
     let params = PatchParams::apply(manager).force();
     let admission = "admissionregistration.k8s.io/v1";
     let (validating, mutating) = (validating(endpoint, None), mutating(endpoint, None));
@@ -885,6 +920,30 @@ pub async fn install(
         .await?;
     }
     Ok(())
+}
+
+/// Server-side applies (`params`) the cluster-scoped `obj`, of `kind` in `api_version`.
+async fn apply<K>(
+    client: &kube::Client,
+    obj: &K,
+    api_version: &str,
+    kind: &str,
+    params: &PatchParams,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
+    value["apiVersion"] = api_version.into();
+    value["kind"] = kind.into();
+    Api::<K>::all(client.clone())
+        .patch(&obj.name_any(), params, &Patch::Apply(&value))
+        .await
+        .map(|_| ())
 }
 
 /// One YAML document (`---` first) for an object of `kind`.

@@ -76,159 +76,207 @@ pub fn review_approval(
     user: &str,
     facts: &Facts,
 ) -> Verdict {
-    let Some(subject) = new.or(old) else {
+    let Some(r) = Review::of(old, new, user, facts) else {
         return Deny(MALFORMED.into());
     };
-    let name = subject.name_any();
-    let ns = subject.namespace().unwrap_or_default();
-    let stage = &subject.spec.environment;
-    let version = &subject.spec.version;
     match (op, old, new) {
-        (Op::Create, _, Some(new)) => {
-            let Some(v) = &facts.approved else {
-                return Deny(format!(
-                    "Approval {name}: AppVersion {version} does not exist in namespace {ns}; approve an existing \
-                     version (kubectl get appversions -n {ns})"
-                ));
-            };
-            if v.deleting {
-                return Deny(format!(
-                    "Approval {name}: AppVersion {version} is being deleted"
-                ));
-            }
-            if v.next_stage.as_deref() != Some(stage.as_str()) {
-                let fix = match &v.next_stage {
-                    Some(next) => format!("approve it for {next}, the stage after {}", v.stage),
-                    None => format!(
-                        "it is in {}, the last stage: there is nothing to approve",
-                        v.stage
-                    ),
-                };
-                return Deny(format!(
-                    "Approval {name}: AppVersion {version} is in {}, so it cannot be approved for {stage}: an \
-                     approval is for the stage right after the one the version is in; {fix}",
-                    v.stage
-                ));
-            }
-            match new.spec.generation {
-                None => {
-                    return Deny(format!(
-                        "Approval {name}: spec.generation is required: set it to the metadata.generation of \
-                         AppVersion {version} you reviewed (it is {} now; kubectl tooljet status shows it, and \
-                         kubectl tooljet approve sets it)",
-                        v.generation
-                    ));
-                }
-                Some(reviewed) if reviewed != v.generation => {
-                    let by = v
-                        .last_editor
-                        .as_deref()
-                        .map(|e| format!(", last edited by {e}"))
-                        .unwrap_or_default();
-                    return Deny(format!(
-                        "Approval {name}: it approves generation {reviewed} of AppVersion {version}, which is at \
-                         generation {} now{by}; review what changed and approve generation {}",
-                        v.generation, v.generation
-                    ));
-                }
-                Some(_) => {}
-            }
-            let access = Access::environment(APPROVE, stage);
-            if !facts.may(&access) {
-                return forbidden(
-                    user,
-                    &format!("approve AppVersion {version} for {stage}"),
-                    "approving",
-                    &access,
-                    &ns,
-                    "ask an admin for a role that grants it (e.g. tooljet-approver)",
-                );
-            }
-            if let Some(gate) = facts.gate.as_ref().filter(|g| g.separation_of_duties) {
-                let role = if v.creator.as_deref() == Some(user) {
-                    Some("created")
-                } else if v.last_editor.as_deref() == Some(user) {
-                    Some("last edited")
-                } else if v.editors.iter().any(|e| e == user) {
-                    Some("edited")
-                } else {
-                    None
-                };
-                if let Some(role) = role {
-                    return Deny(format!(
-                        "Approval {name}: user {user} {role} AppVersion {version} and may not approve it: \
-                         PromotionPolicy {} requires separation of duties; ask another approver",
-                        gate.policies.join(", ")
-                    ));
-                }
-            }
-            let a = new.annotations();
-            let stamp_ok = a.get(APPROVED_BY_ANNOTATION).map(String::as_str) == Some(user)
-                && a.get(APPROVED_GENERATION_ANNOTATION) == Some(&v.generation.to_string())
-                && a.get(APPROVED_AT_ANNOTATION)
-                    .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok())
-                && owner_uid(new) == Some(v.uid.as_str());
-            if !stamp_ok {
-                return Deny(format!(
-                    "Approval {name}: it is not stamped with who approved which version ({NOT_STAMPED})"
-                ));
-            }
-            let keys = forged(
-                None::<&Approval>,
-                new,
-                &[
-                    APPROVED_BY_ANNOTATION,
-                    APPROVED_AT_ANNOTATION,
-                    APPROVED_GENERATION_ANNOTATION,
-                ],
-            );
-            if !keys.is_empty() {
-                return Deny(forged_message("Approval", &name, &keys));
-            }
-            Allow
-        }
-        (Op::Update, Some(old), Some(new)) => {
-            if old.spec != new.spec {
-                return Deny(format!(
-                    "Approval {name} is immutable: delete it (revoke) and create a new one"
-                ));
-            }
-            if old.owner_references() != new.owner_references() {
-                return Deny(format!(
-                    "Approval {name}: metadata.ownerReferences ties it to its version and cannot change"
-                ));
-            }
-            let keys = forged(Some(old), new, &[]);
-            if !keys.is_empty() {
-                return Deny(forged_message("Approval", &name, &keys));
-            }
-            Allow
-        }
-        (Op::Delete, Some(old), _) => {
-            // Its version is gone or going: the garbage collector (or the namespace's deletion)
-            // removes what approved nothing any more.
-            let version_gone = match &facts.approved {
-                None => true,
-                Some(v) => v.deleting || owner_uid(old) != Some(v.uid.as_str()),
-            };
-            if facts.namespace_terminating || version_gone {
-                return Allow;
-            }
-            let access = Access::environment(APPROVE, stage);
-            if facts.may(&access) {
-                Allow
-            } else {
-                forbidden(
-                    user,
-                    &format!("revoke Approval {name} of AppVersion {version} for {stage}"),
-                    "revoking an approval",
-                    &access,
-                    &ns,
-                    "ask an approver of the stage",
-                )
-            }
-        }
+        (Op::Create, _, Some(new)) => review_approval_create(&r, new),
+        (Op::Update, Some(old), Some(new)) => review_approval_update(&r.name, old, new),
+        (Op::Delete, Some(old), _) => review_approval_delete(&r, old),
         _ => Deny(MALFORMED.into()),
+    }
+}
+
+/// A new Approval: of a version that exists and is not being deleted, for the stage right after
+/// the version's, of the generation the approver reviewed, by someone who may approve for the
+/// stage (and, under separation of duties, did not create or edit the version), and stamped by
+/// the mutating webhook.
+fn review_approval_create(r: &Review<Approval>, new: &Approval) -> Verdict {
+    let (name, ns, version) = (&r.name, &r.ns, &r.subject.spec.version);
+    let Some(v) = &r.facts.approved else {
+        return Deny(format!(
+            "Approval {name}: AppVersion {version} does not exist in namespace {ns}; approve an existing \
+             version (kubectl get appversions -n {ns})"
+        ));
+    };
+    if v.deleting {
+        return Deny(format!(
+            "Approval {name}: AppVersion {version} is being deleted"
+        ));
+    }
+    approved_for_another_stage(r, v)
+        .or_else(|| generation_not_reviewed(r, new, v))
+        .or_else(|| approving_not_permitted(r))
+        .or_else(|| approver_edited_version(r, v))
+        .unwrap_or_else(|| approval_stamps(r, new, v))
+}
+
+/// An approval is for the stage right after the one the version is in.
+fn approved_for_another_stage(r: &Review<Approval>, v: &ApprovedVersion) -> Option<Verdict> {
+    let (name, version, stage) = (
+        &r.name,
+        &r.subject.spec.version,
+        &r.subject.spec.environment,
+    );
+    if v.next_stage.as_deref() == Some(stage.as_str()) {
+        return None;
+    }
+    let fix = match &v.next_stage {
+        Some(next) => format!("approve it for {next}, the stage after {}", v.stage),
+        None => format!(
+            "it is in {}, the last stage: there is nothing to approve",
+            v.stage
+        ),
+    };
+    Some(Deny(format!(
+        "Approval {name}: AppVersion {version} is in {}, so it cannot be approved for {stage}: an \
+         approval is for the stage right after the one the version is in; {fix}",
+        v.stage
+    )))
+}
+
+/// An approval names the generation of the version that was reviewed (spec.generation), and it
+/// is the version's generation now.
+fn generation_not_reviewed(
+    r: &Review<Approval>,
+    new: &Approval,
+    v: &ApprovedVersion,
+) -> Option<Verdict> {
+    let (name, version) = (&r.name, &r.subject.spec.version);
+    match new.spec.generation {
+        None => Some(Deny(format!(
+            "Approval {name}: spec.generation is required: set it to the metadata.generation of \
+             AppVersion {version} you reviewed (it is {} now; kubectl tooljet status shows it, and \
+             kubectl tooljet approve sets it)",
+            v.generation
+        ))),
+        Some(reviewed) if reviewed != v.generation => {
+            let by = v
+                .last_editor
+                .as_deref()
+                .map(|e| format!(", last edited by {e}"))
+                .unwrap_or_default();
+            Some(Deny(format!(
+                "Approval {name}: it approves generation {reviewed} of AppVersion {version}, which is at \
+                 generation {} now{by}; review what changed and approve generation {}",
+                v.generation, v.generation
+            )))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Approving needs `approve` on the stage.
+fn approving_not_permitted(r: &Review<Approval>) -> Option<Verdict> {
+    let (version, stage) = (&r.subject.spec.version, &r.subject.spec.environment);
+    let access = Access::environment(APPROVE, stage);
+    (!r.facts.may(&access)).then(|| {
+        forbidden(
+            r.user,
+            &format!("approve AppVersion {version} for {stage}"),
+            "approving",
+            &access,
+            &r.ns,
+            "ask an admin for a role that grants it (e.g. tooljet-approver)",
+        )
+    })
+}
+
+/// Under separation of duties (a guarding policy requires it), the version's creator, last
+/// editor and other editors may not approve it.
+fn approver_edited_version(r: &Review<Approval>, v: &ApprovedVersion) -> Option<Verdict> {
+    let (name, user, version) = (&r.name, r.user, &r.subject.spec.version);
+    let gate = r.facts.gate.as_ref().filter(|g| g.separation_of_duties)?;
+    let role = if v.creator.as_deref() == Some(user) {
+        Some("created")
+    } else if v.last_editor.as_deref() == Some(user) {
+        Some("last edited")
+    } else if v.editors.iter().any(|e| e == user) {
+        Some("edited")
+    } else {
+        None
+    };
+    role.map(|role| {
+        Deny(format!(
+            "Approval {name}: user {user} {role} AppVersion {version} and may not approve it: \
+             PromotionPolicy {} requires separation of duties; ask another approver",
+            gate.policies.join(", ")
+        ))
+    })
+}
+
+/// A new Approval is stamped with who approved which generation when, is owned by the version it
+/// approves, and carries no other `tooljet.io/` annotation.
+fn approval_stamps(r: &Review<Approval>, new: &Approval, v: &ApprovedVersion) -> Verdict {
+    let (name, user) = (&r.name, r.user);
+    let a = new.annotations();
+    let stamp_ok = a.get(APPROVED_BY_ANNOTATION).map(String::as_str) == Some(user)
+        && a.get(APPROVED_GENERATION_ANNOTATION) == Some(&v.generation.to_string())
+        && a.get(APPROVED_AT_ANNOTATION)
+            .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok())
+        && owner_uid(new) == Some(v.uid.as_str());
+    if !stamp_ok {
+        return Deny(format!(
+            "Approval {name}: it is not stamped with who approved which version ({NOT_STAMPED})"
+        ));
+    }
+    forgery_rule(
+        "Approval",
+        name,
+        None::<&Approval>,
+        new,
+        &[
+            APPROVED_BY_ANNOTATION,
+            APPROVED_AT_ANNOTATION,
+            APPROVED_GENERATION_ANNOTATION,
+        ],
+    )
+    .unwrap_or(Allow)
+}
+
+/// An Approval is immutable: its spec, its owner (its version) and its stamps.
+fn review_approval_update(name: &str, old: &Approval, new: &Approval) -> Verdict {
+    if old.spec != new.spec {
+        return Deny(format!(
+            "Approval {name} is immutable: delete it (revoke) and create a new one"
+        ));
+    }
+    if old.owner_references() != new.owner_references() {
+        return Deny(format!(
+            "Approval {name}: metadata.ownerReferences ties it to its version and cannot change"
+        ));
+    }
+    forgery_rule("Approval", name, Some(old), new, &[]).unwrap_or(Allow)
+}
+
+/// Revoking an Approval needs `approve` on its stage, unless its version is gone or going.
+fn review_approval_delete(r: &Review<Approval>, old: &Approval) -> Verdict {
+    let (name, version, stage) = (
+        &r.name,
+        &r.subject.spec.version,
+        &r.subject.spec.environment,
+    );
+    // Its version is gone or going: the garbage collector (or the namespace's deletion)
+    // removes what approved nothing any more.
+    let version_gone = match &r.facts.approved {
+        None => true,
+        Some(v) => v.deleting || owner_uid(old) != Some(v.uid.as_str()),
+    };
+    if r.facts.namespace_terminating || version_gone {
+        return Allow;
+    }
+    let access = Access::environment(APPROVE, stage);
+    if r.facts.may(&access) {
+        Allow
+    } else {
+        forbidden(
+            r.user,
+            &format!("revoke Approval {name} of AppVersion {version} for {stage}"),
+            "revoking an approval",
+            &access,
+            &r.ns,
+            "ask an approver of the stage",
+        )
     }
 }
 
@@ -242,11 +290,9 @@ pub fn review_policy(
     problems: &[String],
     facts: &Facts,
 ) -> Verdict {
-    let Some(subject) = new.or(old) else {
+    let Some(Review { name, ns, .. }) = Review::of(old, new, user, facts) else {
         return Deny(MALFORMED.into());
     };
-    let name = subject.name_any();
-    let ns = subject.namespace().unwrap_or_default();
     if op == Op::Delete && facts.namespace_terminating {
         return Allow;
     }

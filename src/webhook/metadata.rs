@@ -197,6 +197,19 @@ pub(super) fn forged_message(kind: &str, name: &str, keys: &[&String]) -> String
     )
 }
 
+/// The denial of reserved annotations a user changed ([`forged`]; `stamped`: those the mutating
+/// webhook stamped for this request), if any.
+pub(super) fn forgery_rule(
+    kind: &str,
+    name: &str,
+    old: Option<&impl ResourceExt>,
+    new: &impl ResourceExt,
+    stamped: &[&str],
+) -> Option<Verdict> {
+    let keys = forged(old, new, stamped);
+    (!keys.is_empty()).then(|| Deny(forged_message(kind, name, &keys)))
+}
+
 /// `tooljet.io/override-reason` left in an object: the mutating webhook consumes it on a
 /// promotion or release, so it is set without one (or the mutating webhook did not run).
 pub(super) fn reason_outside_request(

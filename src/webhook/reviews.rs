@@ -46,274 +46,385 @@ pub fn review_version(
     user: &str,
     facts: &Facts,
 ) -> Verdict {
-    let Some(subject) = new.or(old) else {
+    let Some(r) = Review::of(old, new, user, facts) else {
         return Deny(MALFORMED.into());
     };
-    let name = subject.name_any();
-    let ns = subject.namespace().unwrap_or_default();
     if op == Op::Delete && facts.namespace_terminating {
         return Allow;
     }
     let Some(app) = &facts.app else {
+        let (name, ns) = (&r.name, &r.ns);
         return match op {
             // An orphan (its app was deleted, which only a first-stage-only app allows) may go.
             Op::Delete => Allow,
             _ => Deny(format!(
                 "AppVersion {name} refers to ToolJetApp {}, which does not exist in namespace {ns}; create the app first",
-                subject.spec.app
+                r.subject.spec.app
             )),
         };
     };
-    let first = app.pipeline().first();
-    match op {
-        Op::Create => {
-            let Some(new) = new else {
-                return Deny(MALFORMED.into());
-            };
-            if new.spec.environment != first {
-                return Deny(format!(
-                    "AppVersion {name} cannot be created in {}: versions are created only in {first}, the first stage \
-                     of ToolJetApp {} ({}); create it in {first} and promote it",
-                    new.spec.environment,
-                    app.name,
-                    app.pipeline()
-                ));
-            }
-            if let Some(verdict) = version_name_taken(&name, new, app) {
-                return verdict;
-            }
-            let references = References::of(new.spec.definition.as_ref()).stamp();
-            if let Some(verdict) = definition_too_large(&name, new, &references) {
-                return verdict;
-            }
-            if let Some(verdict) = deletion_metadata_rule(
-                "AppVersion",
-                "appversions",
-                None::<&AppVersion>,
-                Some(new),
-                user,
-                None,
-                facts,
-            ) {
-                return verdict;
-            }
-            if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment)
-                || new
-                    .annotations()
-                    .get(CREATED_BY_ANNOTATION)
-                    .map(String::as_str)
-                    != Some(user)
-            {
-                return Deny(format!(
-                    "AppVersion {name} is not stamped with its stage and creator (annotations \
-                     {STAGES_ANNOTATION}, {CREATED_BY_ANNOTATION}); {NOT_STAMPED}"
-                ));
-            }
-            if let Err(verdict) = references_stamped(&name, None, new, Some(&references)) {
-                return verdict;
-            }
-            let keys = forged(
-                None::<&AppVersion>,
-                new,
-                &[
-                    STAGES_ANNOTATION,
-                    CREATED_BY_ANNOTATION,
-                    REFERENCES_ANNOTATION,
-                ],
-            );
-            if !keys.is_empty() {
-                return Deny(forged_message("AppVersion", &name, &keys));
-            }
-            Allow
-        }
-        Op::Delete => {
-            let Some(old) = old else {
-                return Deny(MALFORMED.into());
-            };
-            if old.spec.environment == first {
-                Allow
-            } else {
-                Deny(format!(
-                    "AppVersion {name} is in {}: deletion is only allowed in {first}; versions that left {first} are \
-                     kept as the app's release and rollback history (deleting the namespace removes the whole workspace)",
-                    old.spec.environment
-                ))
-            }
-        }
-        Op::Update => match (old, new) {
-            (Some(old), Some(new)) => review_version_update(old, new, &name, user, app, facts),
-            _ => Deny(MALFORMED.into()),
-        },
+    match (op, old, new) {
+        (Op::Create, _, Some(new)) => review_version_create(&r, new, app),
+        (Op::Delete, Some(old), _) => review_version_delete(&r, old, app),
+        (Op::Update, Some(old), Some(new)) => review_version_update(&r, old, new, app),
+        _ => Deny(MALFORMED.into()),
     }
 }
 
-fn review_version_update(
-    old: &AppVersion,
-    new: &AppVersion,
-    name: &str,
-    user: &str,
-    app: &AppFact,
-    facts: &Facts,
-) -> Verdict {
+/// A new version: created in its app's first stage, under a versionName no other version of the
+/// app holds, with a definition within bounds, owners and finalizers as
+/// [`deletion_metadata_rule`] allows, and stamped by the mutating webhook.
+fn review_version_create(r: &Review<AppVersion>, new: &AppVersion, app: &AppFact) -> Verdict {
+    let name = &r.name;
+    if let Some(verdict) = created_outside_first_stage(name, new, app) {
+        return verdict;
+    }
+    if let Some(verdict) = version_name_taken(name, new, app) {
+        return verdict;
+    }
+    let references = References::of(new.spec.definition.as_ref()).stamp();
+    if let Some(verdict) = definition_too_large(name, new, &references) {
+        return verdict;
+    }
+    if let Some(verdict) = deletion_metadata_rule(
+        "AppVersion",
+        "appversions",
+        None::<&AppVersion>,
+        Some(new),
+        r.user,
+        None,
+        r.facts,
+    ) {
+        return verdict;
+    }
+    creation_stamps(name, new, r.user, &references)
+}
+
+/// Versions are created only in the app's first stage, and reach the others by promotion.
+fn created_outside_first_stage(name: &str, new: &AppVersion, app: &AppFact) -> Option<Verdict> {
     let first = app.pipeline().first();
-    if old.spec.app != new.spec.app {
+    (new.spec.environment != first).then(|| {
+        Deny(format!(
+            "AppVersion {name} cannot be created in {}: versions are created only in {first}, the first stage \
+             of ToolJetApp {} ({}); create it in {first} and promote it",
+            new.spec.environment,
+            app.name,
+            app.pipeline()
+        ))
+    })
+}
+
+/// A new version is stamped with its stage, its creator and the names its definition references
+/// (`references`), and carries no other `tooljet.io/` annotation.
+fn creation_stamps(name: &str, new: &AppVersion, user: &str, references: &str) -> Verdict {
+    if new.annotations().get(STAGES_ANNOTATION) != Some(&new.spec.environment)
+        || new
+            .annotations()
+            .get(CREATED_BY_ANNOTATION)
+            .map(String::as_str)
+            != Some(user)
+    {
         return Deny(format!(
-            "AppVersion {name}: spec.app is immutable (it is a version of {}); create a new AppVersion for {} instead",
-            old.spec.app, new.spec.app
+            "AppVersion {name} is not stamped with its stage and creator (annotations \
+             {STAGES_ANNOTATION}, {CREATED_BY_ANNOTATION}); {NOT_STAMPED}"
         ));
     }
+    if let Err(verdict) = references_stamped(name, None, new, Some(references)) {
+        return verdict;
+    }
+    forgery_rule(
+        "AppVersion",
+        name,
+        None::<&AppVersion>,
+        new,
+        &[
+            STAGES_ANNOTATION,
+            CREATED_BY_ANNOTATION,
+            REFERENCES_ANNOTATION,
+        ],
+    )
+    .unwrap_or(Allow)
+}
+
+/// Deleting a version: only in its app's first stage; the versions that left it are the app's
+/// release and rollback history.
+fn review_version_delete(r: &Review<AppVersion>, old: &AppVersion, app: &AppFact) -> Verdict {
+    let name = &r.name;
+    let first = app.pipeline().first();
+    if old.spec.environment == first {
+        Allow
+    } else {
+        Deny(format!(
+            "AppVersion {name} is in {}: deletion is only allowed in {first}; versions that left {first} are \
+             kept as the app's release and rollback history (deleting the namespace removes the whole workspace)",
+            old.spec.environment
+        ))
+    }
+}
+
+/// An update of a version: its app never changes, its owners and finalizers change only as
+/// [`deletion_metadata_rule`] allows, and the rest is either a promotion ([`review_promotion`])
+/// or an edit ([`review_edit`]).
+fn review_version_update(
+    r: &Review<AppVersion>,
+    old: &AppVersion,
+    new: &AppVersion,
+    app: &AppFact,
+) -> Verdict {
+    if let Some(verdict) = app_changed(&r.name, old, new) {
+        return verdict;
+    }
+    if let Some(verdict) = version_deletion_metadata(r, old, new, app) {
+        return verdict;
+    }
+    let edits = SpecEdits::between(old, new);
+    match promotion(old, new) {
+        Some(step) => review_promotion(r, old, new, app, step, &edits),
+        None => review_edit(r, old, new, app, &edits),
+    }
+}
+
+/// spec.app is immutable: a version belongs to one app.
+fn app_changed(name: &str, old: &AppVersion, new: &AppVersion) -> Option<Verdict> {
+    (old.spec.app != new.spec.app).then(|| {
+        Deny(format!(
+            "AppVersion {name}: spec.app is immutable (it is a version of {}); create a new AppVersion for {} instead",
+            old.spec.app, new.spec.app
+        ))
+    })
+}
+
+/// The owners and finalizers of a version ([`deletion_metadata_rule`]): one that left its app's
+/// first stage is as undeletable through them as through a delete.
+fn version_deletion_metadata(
+    r: &Review<AppVersion>,
+    old: &AppVersion,
+    new: &AppVersion,
+    app: &AppFact,
+) -> Option<Verdict> {
+    let first = app.pipeline().first();
     let undeletable = (old.spec.environment != first).then(|| {
         format!(
             "it is in {}: versions that left {first} are kept as the app's release and rollback history",
             old.spec.environment
         )
     });
-    if let Some(verdict) = deletion_metadata_rule(
+    deletion_metadata_rule(
         "AppVersion",
         "appversions",
         Some(old),
         Some(new),
-        user,
+        r.user,
         undeletable,
-        facts,
-    ) {
+        r.facts,
+    )
+}
+
+/// What an update changes of a version's spec besides its stage.
+struct SpecEdits {
+    /// The edited fields among definition, description and requires, in that order.
+    fields: Vec<&'static str>,
+    /// Whether spec.versionName changes.
+    renamed: bool,
+}
+
+impl SpecEdits {
+    fn between(old: &AppVersion, new: &AppVersion) -> SpecEdits {
+        let fields = [
+            ("definition", old.spec.definition != new.spec.definition),
+            ("description", old.spec.description != new.spec.description),
+            ("requires", old.spec.requires != new.spec.requires),
+        ]
+        .into_iter()
+        .filter_map(|(field, changed)| changed.then_some(field))
+        .collect();
+        SpecEdits {
+            fields,
+            renamed: old.spec.version_name != new.spec.version_name,
+        }
+    }
+}
+
+/// A promotion from `from` to `to`: of a version not being deleted, changing nothing but its
+/// stage, one stage forward, by someone who may promote into the stage, into a stage configured
+/// for what the version needs, through the stage's gate, and stamped by the mutating webhook.
+fn review_promotion(
+    r: &Review<AppVersion>,
+    old: &AppVersion,
+    new: &AppVersion,
+    app: &AppFact,
+    (from, to): (&str, &str),
+    edits: &SpecEdits,
+) -> Verdict {
+    // The reason of a break-glass override stamped for this request, if any.
+    let override_reason = overridden(new, PROMOTED_AT_ANNOTATION, r.user);
+    promoting_while_deleted(&r.name, old, to, app)
+        .or_else(|| promotion_with_edits(&r.name, edits, app))
+        .or_else(|| illegal_step(&r.name, from, to, app))
+        .or_else(|| promotion_not_permitted(r, to))
+        .or_else(|| target_lacks_requirements(&r.name, to, r.facts))
+        .or_else(|| promotion_gate(r, to, override_reason))
+        .unwrap_or_else(|| promotion_stamps(&r.name, old, new, r.user, (from, to), override_reason))
+}
+
+/// A version being deleted cannot be promoted: it would be deleted in the stage it enters.
+fn promoting_while_deleted(
+    name: &str,
+    old: &AppVersion,
+    to: &str,
+    app: &AppFact,
+) -> Option<Verdict> {
+    old.metadata.deletion_timestamp.is_some().then(|| {
+        let first = app.pipeline().first();
+        let holders = old.finalizers().join(", ");
+        Deny(format!(
+            "AppVersion {name} is being deleted (metadata.deletionTimestamp is set; finalizers {holders} hold it): \
+             a version being deleted cannot be promoted, since it would be deleted in {to}; create a new \
+             version in {first} and promote that one"
+        ))
+    })
+}
+
+/// A promotion changes nothing but spec.environment.
+fn promotion_with_edits(name: &str, edits: &SpecEdits, app: &AppFact) -> Option<Verdict> {
+    if edits.fields.is_empty() && !edits.renamed {
+        return None;
+    }
+    let first = app.pipeline().first();
+    Some(Deny(format!(
+        "AppVersion {name}: a promotion must change nothing but spec.environment (this one also changes {}); \
+         make the edits in {first} first, then promote",
+        edits
+            .fields
+            .iter()
+            .copied()
+            .chain(edits.renamed.then_some("versionName"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// A promotion moves one stage forward in the app's pipeline.
+fn illegal_step(name: &str, from: &str, to: &str, app: &AppFact) -> Option<Verdict> {
+    let first = app.pipeline().first();
+    match app.pipeline().step(from, to) {
+        Move::Forward => None,
+        Move::Unknown { stage } => Some(Deny(format!(
+            "AppVersion {name} cannot move to {to}: {stage} is not a stage of ToolJetApp {} ({})",
+            app.name,
+            app.pipeline()
+        ))),
+        Move::Backward => Some(Deny(format!(
+            "AppVersion {name} cannot move back from {from} to {to}: promotion only moves forward ({}); \
+             create a new version in {first} instead",
+            app.pipeline()
+        ))),
+        Move::Skips { next } => Some(Deny(format!(
+            "AppVersion {name} cannot move from {from} to {to}: promotion goes one stage at a time ({}); \
+             promote it to {next} first",
+            app.pipeline()
+        ))),
+    }
+}
+
+/// Promoting into `to` needs `promote` on the stage.
+fn promotion_not_permitted(r: &Review<AppVersion>, to: &str) -> Option<Verdict> {
+    let name = &r.name;
+    let access = Access::environment(PROMOTE, to);
+    (!r.facts.may(&access)).then(|| {
+        forbidden(
+            r.user,
+            &format!("promote AppVersion {name} to {to}"),
+            &format!("promoting into {to}"),
+            &access,
+            &r.ns,
+            "ask an admin for a role that grants it (e.g. tooljet-promoter)",
+        )
+    })
+}
+
+/// The stage entered is configured for what the version needs (`facts.missing_in_target`).
+fn target_lacks_requirements(name: &str, to: &str, facts: &Facts) -> Option<Verdict> {
+    (!facts.missing_in_target.is_empty()).then(|| {
+        Deny(format!(
+            "AppVersion {name} cannot be promoted to {to}: {to} lacks {}; add what is not declared to an \
+             EnvironmentConfig for {to} first",
+            facts.missing_in_target.join(", ")
+        ))
+    })
+}
+
+/// The gate on entering `to` ([`super::gates::judge`]), approvals included.
+fn promotion_gate(
+    r: &Review<AppVersion>,
+    to: &str,
+    override_reason: Option<&str>,
+) -> Option<Verdict> {
+    let what = format!("AppVersion {} cannot be promoted to {to}", r.name);
+    super::gates::judge(&what, to, true, override_reason, r.user, &r.ns, r.facts)
+}
+
+/// A promotion is stamped with who made it, when, from where, the stages the version has been in
+/// (and the override, if any; the references when the stamp is renewed), and changes no other
+/// `tooljet.io/` annotation.
+fn promotion_stamps(
+    name: &str,
+    old: &AppVersion,
+    new: &AppVersion,
+    user: &str,
+    (from, to): (&str, &str),
+    override_reason: Option<&str>,
+) -> Verdict {
+    let mut stamped = vec![
+        PROMOTED_BY_ANNOTATION,
+        PROMOTED_AT_ANNOTATION,
+        PROMOTED_FROM_ANNOTATION,
+        STAGES_ANNOTATION,
+    ];
+    if override_reason.is_some() {
+        stamped.extend(OVERRIDE_STAMPS);
+    }
+    match references_stamped(name, Some(old), new, None) {
+        Ok(true) => stamped.push(REFERENCES_ANNOTATION),
+        Ok(false) => {}
+        Err(verdict) => return verdict,
+    }
+    let annotations = new.annotations();
+    let stages = stamps::stages_after(old, to);
+    let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
+        && annotations
+            .get(PROMOTED_FROM_ANNOTATION)
+            .map(String::as_str)
+            == Some(from)
+        && annotations.get(STAGES_ANNOTATION) == Some(&stages)
+        && annotations
+            .get(PROMOTED_AT_ANNOTATION)
+            .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
+    if !stamp_ok {
+        return Deny(format!(
+            "AppVersion {name}: the promotion is not stamped with who made it ({NOT_STAMPED})"
+        ));
+    }
+    forgery_rule("AppVersion", name, Some(old), new, &stamped).unwrap_or(Allow)
+}
+
+/// An edit (an update that is not a promotion): spec fields and versionName change only in the
+/// app's first stage, a new versionName is free, a new definition is within bounds, and the edit
+/// is stamped.
+fn review_edit(
+    r: &Review<AppVersion>,
+    old: &AppVersion,
+    new: &AppVersion,
+    app: &AppFact,
+    edits: &SpecEdits,
+) -> Verdict {
+    let name = &r.name;
+    if let Some(verdict) = edited_outside_first_stage(name, old, edits, app) {
         return verdict;
     }
-    let edited: Vec<&str> = [
-        ("definition", old.spec.definition != new.spec.definition),
-        ("description", old.spec.description != new.spec.description),
-        ("requires", old.spec.requires != new.spec.requires),
-    ]
-    .into_iter()
-    .filter_map(|(field, changed)| changed.then_some(field))
-    .collect();
-    let renamed = old.spec.version_name != new.spec.version_name;
-
-    if let Some((from, to)) = promotion(old, new) {
-        if old.metadata.deletion_timestamp.is_some() {
-            let holders = old.finalizers().join(", ");
-            return Deny(format!(
-                "AppVersion {name} is being deleted (metadata.deletionTimestamp is set; finalizers {holders} hold it): \
-                 a version being deleted cannot be promoted, since it would be deleted in {to}; create a new \
-                 version in {first} and promote that one"
-            ));
-        }
-        if !edited.is_empty() || renamed {
-            return Deny(format!(
-                "AppVersion {name}: a promotion must change nothing but spec.environment (this one also changes {}); \
-                 make the edits in {first} first, then promote",
-                edited
-                    .iter()
-                    .copied()
-                    .chain(renamed.then_some("versionName"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        match app.pipeline().step(from, to) {
-            Move::Forward => {}
-            Move::Unknown { stage } => {
-                return Deny(format!(
-                    "AppVersion {name} cannot move to {to}: {stage} is not a stage of ToolJetApp {} ({})",
-                    app.name,
-                    app.pipeline()
-                ));
-            }
-            Move::Backward => {
-                return Deny(format!(
-                    "AppVersion {name} cannot move back from {from} to {to}: promotion only moves forward ({}); \
-                     create a new version in {first} instead",
-                    app.pipeline()
-                ));
-            }
-            Move::Skips { next } => {
-                return Deny(format!(
-                    "AppVersion {name} cannot move from {from} to {to}: promotion goes one stage at a time ({}); \
-                     promote it to {next} first",
-                    app.pipeline()
-                ));
-            }
-        }
-        let access = Access::environment(PROMOTE, to);
-        if !facts.may(&access) {
-            return forbidden(
-                user,
-                &format!("promote AppVersion {name} to {to}"),
-                &format!("promoting into {to}"),
-                &access,
-                &new.namespace().unwrap_or_default(),
-                "ask an admin for a role that grants it (e.g. tooljet-promoter)",
-            );
-        }
-        if !facts.missing_in_target.is_empty() {
-            return Deny(format!(
-                "AppVersion {name} cannot be promoted to {to}: {to} lacks {}; add what is not declared to an \
-                 EnvironmentConfig for {to} first",
-                facts.missing_in_target.join(", ")
-            ));
-        }
-        let ns = new.namespace().unwrap_or_default();
-        let override_reason = overridden(new, PROMOTED_AT_ANNOTATION, user);
-        let what = format!("AppVersion {name} cannot be promoted to {to}");
-        if let Some(verdict) =
-            super::gates::judge(&what, to, true, override_reason, user, &ns, facts)
-        {
-            return verdict;
-        }
-        let mut stamped = vec![
-            PROMOTED_BY_ANNOTATION,
-            PROMOTED_AT_ANNOTATION,
-            PROMOTED_FROM_ANNOTATION,
-            STAGES_ANNOTATION,
-        ];
-        if override_reason.is_some() {
-            stamped.extend(OVERRIDE_STAMPS);
-        }
-        match references_stamped(name, Some(old), new, None) {
-            Ok(true) => stamped.push(REFERENCES_ANNOTATION),
-            Ok(false) => {}
-            Err(verdict) => return verdict,
-        }
-        let annotations = new.annotations();
-        let stages = stamps::stages_after(old, to);
-        let stamp_ok = annotations.get(PROMOTED_BY_ANNOTATION).map(String::as_str) == Some(user)
-            && annotations
-                .get(PROMOTED_FROM_ANNOTATION)
-                .map(String::as_str)
-                == Some(from)
-            && annotations.get(STAGES_ANNOTATION) == Some(&stages)
-            && annotations
-                .get(PROMOTED_AT_ANNOTATION)
-                .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
-        if !stamp_ok {
-            return Deny(format!(
-                "AppVersion {name}: the promotion is not stamped with who made it ({NOT_STAMPED})"
-            ));
-        }
-        let keys = forged(Some(old), new, &stamped);
-        if !keys.is_empty() {
-            return Deny(forged_message("AppVersion", name, &keys));
-        }
-        return Allow;
-    }
-
-    if old.spec.environment != first {
-        if let Some(field) = edited.first() {
-            return Deny(format!(
-                "AppVersion {name} is in {}: edits (spec.{field}) are only allowed in {first}; create a new version in \
-                 {first}",
-                old.spec.environment
-            ));
-        }
-        if renamed {
-            return Deny(format!(
-                "AppVersion {name} is in {}: renames (spec.versionName) are only allowed in {first}; create a new \
-                 version in {first}",
-                old.spec.environment
-            ));
-        }
-    }
-    if renamed && let Some(verdict) = version_name_taken(name, new, app) {
+    if edits.renamed
+        && let Some(verdict) = version_name_taken(name, new, app)
+    {
         return verdict;
     }
     // A new definition is read once, for its size and its stamp.
@@ -324,47 +435,99 @@ fn review_version_update(
     {
         return verdict;
     }
+    edit_stamps(name, old, new, r.user, references.as_deref())
+}
+
+/// Outside the app's first stage a version is not edited (spec.definition, description,
+/// requires) nor renamed (spec.versionName).
+fn edited_outside_first_stage(
+    name: &str,
+    old: &AppVersion,
+    edits: &SpecEdits,
+    app: &AppFact,
+) -> Option<Verdict> {
+    let first = app.pipeline().first();
+    if old.spec.environment == first {
+        return None;
+    }
+    if let Some(field) = edits.fields.first() {
+        return Some(Deny(format!(
+            "AppVersion {name} is in {}: edits (spec.{field}) are only allowed in {first}; create a new version in \
+             {first}",
+            old.spec.environment
+        )));
+    }
+    edits.renamed.then(|| {
+        Deny(format!(
+            "AppVersion {name} is in {}: renames (spec.versionName) are only allowed in {first}; create a new \
+             version in {first}",
+            old.spec.environment
+        ))
+    })
+}
+
+/// An edit is stamped with the names a new definition references (`references`: their stamp,
+/// when the definition changes) and, when it changes the spec, with its editor
+/// ([`editor_stamps`]); it leaves no override reason and changes no other `tooljet.io/`
+/// annotation.
+fn edit_stamps(
+    name: &str,
+    old: &AppVersion,
+    new: &AppVersion,
+    user: &str,
+    references: Option<&str>,
+) -> Verdict {
     let mut stamped = vec![];
-    match references_stamped(name, Some(old), new, references.as_deref()) {
+    match references_stamped(name, Some(old), new, references) {
         Ok(true) => stamped.push(REFERENCES_ANNOTATION),
         Ok(false) => {}
         Err(verdict) => return verdict,
     }
     if old.spec != new.spec {
-        if new
-            .annotations()
-            .get(LAST_EDITED_BY_ANNOTATION)
-            .map(String::as_str)
-            != Some(user)
-        {
-            return Deny(format!(
-                "AppVersion {name}: the edit is not stamped with who made it (annotation \
-                 {LAST_EDITED_BY_ANNOTATION}); {NOT_STAMPED}"
-            ));
+        match editor_stamps(name, old, new, user) {
+            Ok(keys) => stamped.extend(keys),
+            Err(verdict) => return verdict,
         }
-        stamped.push(LAST_EDITED_BY_ANNOTATION);
-        match editors_after(old, user) {
-            Err(full) => return Deny(full),
-            Ok(None) => {}
-            Ok(Some(editors)) => {
-                if new.annotations().get(EDITORS_ANNOTATION) != Some(&editors) {
-                    return Deny(format!(
-                        "AppVersion {name}: the edit is not recorded among its editors (annotation \
-                         {EDITORS_ANNOTATION}); {NOT_STAMPED}"
-                    ));
-                }
-                stamped.push(EDITORS_ANNOTATION);
+    }
+    reason_outside_request("AppVersion", name, new)
+        .or_else(|| forgery_rule("AppVersion", name, Some(old), new, &stamped))
+        .unwrap_or(Allow)
+}
+
+/// A spec edit is stamped with its editor: the last editor, and the record of editors when it
+/// grows. The stamps it carries, or the denial.
+fn editor_stamps(
+    name: &str,
+    old: &AppVersion,
+    new: &AppVersion,
+    user: &str,
+) -> Result<Vec<&'static str>, Verdict> {
+    if new
+        .annotations()
+        .get(LAST_EDITED_BY_ANNOTATION)
+        .map(String::as_str)
+        != Some(user)
+    {
+        return Err(Deny(format!(
+            "AppVersion {name}: the edit is not stamped with who made it (annotation \
+             {LAST_EDITED_BY_ANNOTATION}); {NOT_STAMPED}"
+        )));
+    }
+    let mut stamped = vec![LAST_EDITED_BY_ANNOTATION];
+    match editors_after(old, user) {
+        Err(full) => return Err(Deny(full)),
+        Ok(None) => {}
+        Ok(Some(editors)) => {
+            if new.annotations().get(EDITORS_ANNOTATION) != Some(&editors) {
+                return Err(Deny(format!(
+                    "AppVersion {name}: the edit is not recorded among its editors (annotation \
+                     {EDITORS_ANNOTATION}); {NOT_STAMPED}"
+                )));
             }
+            stamped.push(EDITORS_ANNOTATION);
         }
     }
-    if let Some(verdict) = reason_outside_request("AppVersion", name, new) {
-        return verdict;
-    }
-    let keys = forged(Some(old), new, &stamped);
-    if !keys.is_empty() {
-        return Deny(forged_message("AppVersion", name, &keys));
-    }
-    Allow
+    Ok(stamped)
 }
 
 /// The rules for a ToolJetApp request. `facts.app` is the stored app with its versions.
@@ -375,11 +538,9 @@ pub fn review_app(
     user: &str,
     facts: &Facts,
 ) -> Verdict {
-    let Some(subject) = new.or(old) else {
+    let Some(r) = Review::of(old, new, user, facts) else {
         return Deny(MALFORMED.into());
     };
-    let name = subject.name_any();
-    let ns = subject.namespace().unwrap_or_default();
     let versions = facts
         .app
         .as_ref()
@@ -390,210 +551,304 @@ pub fn review_app(
             if facts.namespace_terminating {
                 return Allow;
             }
-            let Some(old) = old else {
-                return Deny(MALFORMED.into());
-            };
-            let first = Pipeline::of(old).first();
-            let advanced: Vec<String> = versions
-                .iter()
-                .filter(|v| v.environment != first)
-                .map(|v| format!("{} in {}", v.name, v.environment))
-                .collect();
-            let unprotected = old
-                .annotations()
-                .get(DELETION_PROTECTION_ANNOTATION)
-                .map(String::as_str)
-                == Some("disabled");
-            if advanced.is_empty() || unprotected {
-                Allow
-            } else {
-                Deny(format!(
-                    "ToolJetApp {name} has versions past {first} ({}): deleting it would lose its release history. \
-                     To delete it anyway, have an admin with verb unprotect on tooljetapps (group tooljet.io) set \
-                     annotation {DELETION_PROTECTION_ANNOTATION}=disabled first, or delete the namespace",
-                    advanced.join(", ")
-                ))
+            match old {
+                Some(old) => review_app_delete(&r.name, old, versions),
+                None => Deny(MALFORMED.into()),
             }
         }
-        Op::Create | Op::Update => {
-            let Some(new) = new else {
-                return Deny(MALFORMED.into());
-            };
-            // An app that has a release, or versions past its first stage, is as undeletable
-            // through its owners as through a delete (its protection annotation aside: that
-            // guards a deliberate delete, not a deferred one).
-            let first = Pipeline::of(old.unwrap_or(new)).first();
-            let released = old.and_then(|o| o.released()).or(new.released());
-            let advanced = versions.iter().find(|v| v.environment != first);
-            let undeletable = match (released, advanced) {
-                (Some(v), _) => Some(format!("it releases {v}")),
-                (None, Some(v)) => Some(format!(
-                    "it has versions past {first} ({} in {})",
-                    v.name, v.environment
-                )),
-                (None, None) => None,
-            };
-            if let Some(verdict) = deletion_metadata_rule(
-                "ToolJetApp",
-                "tooljetapps",
-                old,
-                Some(new),
-                user,
-                undeletable,
-                facts,
-            ) {
-                return verdict;
-            }
-            for (policy, stages) in &facts.guards_changed {
-                let what = if pipeline_changed(old, new) {
-                    "change the labels or spec.environments"
-                } else {
-                    "change the labels"
-                };
-                for access in editing_policy(policy, stages) {
-                    if !facts.may(&access) {
-                        return forbidden(
-                            user,
-                            &format!("{what} of ToolJetApp {name}"),
-                            &format!(
-                                "it changes whether PromotionPolicy {policy} (guarding {}) guards the app, which is \
-                                 editing that policy: it",
-                                stages.join(", ")
-                            ),
-                            &access,
-                            &ns,
-                            "ask someone who may edit the policy (e.g. tooljet-admin), or change the policy's \
-                             appSelector or environments instead",
-                        );
-                    }
-                }
-            }
-            let changes: Vec<&str> = [
-                ("spec.environments", pipeline_changed(old, new)),
-                ("spec.rollout", rollout_changed(old, new)),
-            ]
-            .into_iter()
-            .filter_map(|(field, changed)| changed.then_some(field))
-            .collect();
-            if !changes.is_empty() {
-                let access = Access::app(CONFIGURE, &name);
-                if !facts.may(&access) {
-                    return forbidden(
-                        user,
-                        &format!("change {} of ToolJetApp {name}", changes.join(" and ")),
-                        "changing an app's pipeline or rollout",
-                        &access,
-                        &ns,
-                        "ask an admin for a role that grants it (e.g. tooljet-environment-admin)",
-                    );
-                }
-            }
-            if let Some(verdict) = review_pipeline_change(old, new, versions) {
-                return verdict;
-            }
-            if rollout_changed(old, new)
-                && let Some(verdict) = review_rollout(old, new, user, facts)
-            {
-                return verdict;
-            }
-            if protection_changed(old, new) && !facts.may(&Access::app(UNPROTECT, &name)) {
-                return Deny(format!(
-                    "user {user} may not change annotation {DELETION_PROTECTION_ANNOTATION} of ToolJetApp {name}: it \
-                     needs verb unprotect on resource tooljetapps named {name} (group tooljet.io); ask a cluster admin"
-                ));
-            }
-            let last = Pipeline::of(new).last();
-            let release_access = Access::environment(RELEASE, last);
-            if release_changed(old, new) && !facts.may(&release_access) {
-                let what = match new.released() {
-                    Some(_) => format!("release ToolJetApp {name}"),
-                    None => format!("remove the release of ToolJetApp {name}"),
-                };
-                return forbidden(
-                    user,
-                    &what,
-                    "setting, changing or removing a release",
-                    &release_access,
-                    &ns,
-                    "ask an admin for a role that grants it (e.g. tooljet-release-manager)",
-                );
-            }
-            let mut stamped: Vec<&str> = vec![];
-            if let Some(version) = release(old, new) {
-                let stage = versions
-                    .iter()
-                    .find(|v| v.name == version)
-                    .map(|v| v.environment.as_str());
-                match Pipeline::of(new).release_check(stage) {
-                    ReleaseCheck::NotAVersion => {
-                        return Deny(format!(
-                            "ToolJetApp {name} cannot release {version}: it is not an AppVersion of app {name} in this \
-                             namespace; release one of its {last} versions"
-                        ));
-                    }
-                    ReleaseCheck::NotInLastStage { stage } => {
-                        return Deny(format!(
-                            "ToolJetApp {name} cannot release {version}: it is in {stage}, and only {last} versions can be \
-                             released; promote it to {last} first"
-                        ));
-                    }
-                    ReleaseCheck::Releasable => {}
-                }
-                let annotations = new.annotations();
-                let stamp_ok = annotations.get(RELEASED_BY_ANNOTATION).map(String::as_str)
-                    == Some(user)
-                    && annotations
-                        .get(RELEASED_VERSION_ANNOTATION)
-                        .map(String::as_str)
-                        == Some(version)
-                    && annotations
-                        .get(RELEASED_AT_ANNOTATION)
-                        .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
-                if !stamp_ok {
-                    return Deny(format!(
-                        "ToolJetApp {name}: the release is not stamped with who made it ({NOT_STAMPED})"
-                    ));
-                }
-                stamped = vec![
-                    RELEASED_BY_ANNOTATION,
-                    RELEASED_AT_ANNOTATION,
-                    RELEASED_VERSION_ANNOTATION,
-                ];
-            }
-            // Setting or changing the release (a release or a rollback) passes the gate of the
-            // last stage; removing it does not release anything.
-            if let Some(version) = release(old, new) {
-                let override_reason = overridden(new, RELEASED_AT_ANNOTATION, user);
-                let what = format!("ToolJetApp {name} cannot release {version}");
-                if let Some(verdict) =
-                    super::gates::judge(&what, last, false, override_reason, user, &ns, facts)
-                {
-                    return verdict;
-                }
-                if override_reason.is_some() {
-                    stamped.extend(OVERRIDE_STAMPS);
-                }
-            }
-            if let Some(verdict) = reason_outside_request("ToolJetApp", &name, new) {
-                return verdict;
-            }
-            let keys = forged(old, new, &stamped);
-            if !keys.is_empty() {
-                return Deny(forged_message("ToolJetApp", &name, &keys));
-            }
-            Allow
-        }
+        Op::Create | Op::Update => match new {
+            Some(new) => review_app_change(&r, old, new, versions),
+            None => Deny(MALFORMED.into()),
+        },
     }
 }
 
-/// The rollout of `new`: every selector well-formed and not empty, and every Deployment it newly
-/// names or selects patchable by the requester (the operator patches them on the user's behalf).
+/// Deleting an app: refused while it has versions past its first stage (its release history),
+/// unless its deletion protection was switched off.
+fn review_app_delete(name: &str, old: &ToolJetApp, versions: &[VersionFact]) -> Verdict {
+    let first = Pipeline::of(old).first();
+    let advanced: Vec<String> = versions
+        .iter()
+        .filter(|v| v.environment != first)
+        .map(|v| format!("{} in {}", v.name, v.environment))
+        .collect();
+    let unprotected = old
+        .annotations()
+        .get(DELETION_PROTECTION_ANNOTATION)
+        .map(String::as_str)
+        == Some("disabled");
+    if advanced.is_empty() || unprotected {
+        Allow
+    } else {
+        Deny(format!(
+            "ToolJetApp {name} has versions past {first} ({}): deleting it would lose its release history. \
+             To delete it anyway, have an admin with verb unprotect on tooljetapps (group tooljet.io) set \
+             annotation {DELETION_PROTECTION_ANNOTATION}=disabled first, or delete the namespace",
+            advanced.join(", ")
+        ))
+    }
+}
+
+/// A new or changed app, rule by rule: its owners and finalizers, the policies whose guard it
+/// changes, who may change its pipeline and rollout, the pipeline change itself, the rollout, the
+/// deletion protection, who may change the release, and the release itself with the stamps.
+fn review_app_change(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+    versions: &[VersionFact],
+) -> Verdict {
+    app_deletion_metadata(r, old, new, versions)
+        .or_else(|| guard_change_not_permitted(r, old, new))
+        .or_else(|| pipeline_or_rollout_change_not_permitted(r, old, new))
+        .or_else(|| review_pipeline_change(old, new, versions))
+        .or_else(|| review_rollout(old, new, r.user, r.facts))
+        .or_else(|| protection_change_not_permitted(r, old, new))
+        .or_else(|| release_change_not_permitted(r, old, new))
+        .unwrap_or_else(|| review_release_and_stamps(r, old, new, versions))
+}
+
+/// The owners and finalizers of an app ([`deletion_metadata_rule`]).
+fn app_deletion_metadata(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+    versions: &[VersionFact],
+) -> Option<Verdict> {
+    // An app that has a release, or versions past its first stage, is as undeletable
+    // through its owners as through a delete (its protection annotation aside: that
+    // guards a deliberate delete, not a deferred one).
+    let first = Pipeline::of(old.unwrap_or(new)).first();
+    let released = old.and_then(|o| o.released()).or(new.released());
+    let advanced = versions.iter().find(|v| v.environment != first);
+    let undeletable = match (released, advanced) {
+        (Some(v), _) => Some(format!("it releases {v}")),
+        (None, Some(v)) => Some(format!(
+            "it has versions past {first} ({} in {})",
+            v.name, v.environment
+        )),
+        (None, None) => None,
+    };
+    deletion_metadata_rule(
+        "ToolJetApp",
+        "tooljetapps",
+        old,
+        Some(new),
+        r.user,
+        undeletable,
+        r.facts,
+    )
+}
+
+/// A change of labels or stages that changes whether a PromotionPolicy guards the app
+/// (`facts.guards_changed`) is an edit of that policy, and needs what editing it needs.
+fn guard_change_not_permitted(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+) -> Option<Verdict> {
+    let name = &r.name;
+    for (policy, stages) in &r.facts.guards_changed {
+        let what = if pipeline_changed(old, new) {
+            "change the labels or spec.environments"
+        } else {
+            "change the labels"
+        };
+        for access in editing_policy(policy, stages) {
+            if !r.facts.may(&access) {
+                return Some(forbidden(
+                    r.user,
+                    &format!("{what} of ToolJetApp {name}"),
+                    &format!(
+                        "it changes whether PromotionPolicy {policy} (guarding {}) guards the app, which is \
+                         editing that policy: it",
+                        stages.join(", ")
+                    ),
+                    &access,
+                    &r.ns,
+                    "ask someone who may edit the policy (e.g. tooljet-admin), or change the policy's \
+                     appSelector or environments instead",
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Changing an app's pipeline (spec.environments) or rollout needs `configure` on the app.
+fn pipeline_or_rollout_change_not_permitted(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+) -> Option<Verdict> {
+    let changes: Vec<&str> = [
+        ("spec.environments", pipeline_changed(old, new)),
+        ("spec.rollout", rollout_changed(old, new)),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let name = &r.name;
+    let access = Access::app(CONFIGURE, name);
+    (!r.facts.may(&access)).then(|| {
+        forbidden(
+            r.user,
+            &format!("change {} of ToolJetApp {name}", changes.join(" and ")),
+            "changing an app's pipeline or rollout",
+            &access,
+            &r.ns,
+            "ask an admin for a role that grants it (e.g. tooljet-environment-admin)",
+        )
+    })
+}
+
+/// Changing the deletion protection annotation needs `unprotect` on the app.
+fn protection_change_not_permitted(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+) -> Option<Verdict> {
+    let (name, user) = (&r.name, r.user);
+    (protection_changed(old, new) && !r.facts.may(&Access::app(UNPROTECT, name))).then(|| {
+        Deny(format!(
+            "user {user} may not change annotation {DELETION_PROTECTION_ANNOTATION} of ToolJetApp {name}: it \
+             needs verb unprotect on resource tooljetapps named {name} (group tooljet.io); ask a cluster admin"
+        ))
+    })
+}
+
+/// Setting, changing or removing the release needs `release` on the app's last stage.
+fn release_change_not_permitted(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+) -> Option<Verdict> {
+    let name = &r.name;
+    let release_access = Access::environment(RELEASE, Pipeline::of(new).last());
+    (release_changed(old, new) && !r.facts.may(&release_access)).then(|| {
+        let what = match new.released() {
+            Some(_) => format!("release ToolJetApp {name}"),
+            None => format!("remove the release of ToolJetApp {name}"),
+        };
+        forbidden(
+            r.user,
+            &what,
+            "setting, changing or removing a release",
+            &release_access,
+            &r.ns,
+            "ask an admin for a role that grants it (e.g. tooljet-release-manager)",
+        )
+    })
+}
+
+/// The release the change sets, if any ([`review_release`]), then the stamps: no override reason
+/// left outside a release, and no other `tooljet.io/` annotation changed.
+fn review_release_and_stamps(
+    r: &Review<ToolJetApp>,
+    old: Option<&ToolJetApp>,
+    new: &ToolJetApp,
+    versions: &[VersionFact],
+) -> Verdict {
+    let stamped = match release(old, new) {
+        Some(version) => match review_release(r, new, version, versions) {
+            Ok(stamped) => stamped,
+            Err(verdict) => return verdict,
+        },
+        None => vec![],
+    };
+    reason_outside_request("ToolJetApp", &r.name, new)
+        .or_else(|| forgery_rule("ToolJetApp", &r.name, old, new, &stamped))
+        .unwrap_or(Allow)
+}
+
+/// Setting or changing the release to `version` (a release or a rollback): a version of the app
+/// in its last stage, stamped with who released it, through the last stage's gate. The stamps
+/// the request carries, or the denial.
+fn review_release(
+    r: &Review<ToolJetApp>,
+    new: &ToolJetApp,
+    version: &str,
+    versions: &[VersionFact],
+) -> Result<Vec<&'static str>, Verdict> {
+    let (name, user) = (&r.name, r.user);
+    let last = Pipeline::of(new).last();
+    if let Some(verdict) = unreleasable(name, new, version, versions) {
+        return Err(verdict);
+    }
+    let annotations = new.annotations();
+    let stamp_ok = annotations.get(RELEASED_BY_ANNOTATION).map(String::as_str) == Some(user)
+        && annotations
+            .get(RELEASED_VERSION_ANNOTATION)
+            .map(String::as_str)
+            == Some(version)
+        && annotations
+            .get(RELEASED_AT_ANNOTATION)
+            .is_some_and(|t| t.parse::<k8s_openapi::jiff::Timestamp>().is_ok());
+    if !stamp_ok {
+        return Err(Deny(format!(
+            "ToolJetApp {name}: the release is not stamped with who made it ({NOT_STAMPED})"
+        )));
+    }
+    let mut stamped = vec![
+        RELEASED_BY_ANNOTATION,
+        RELEASED_AT_ANNOTATION,
+        RELEASED_VERSION_ANNOTATION,
+    ];
+    // Setting or changing the release (a release or a rollback) passes the gate of the
+    // last stage; removing it does not release anything.
+    let override_reason = overridden(new, RELEASED_AT_ANNOTATION, user);
+    let what = format!("ToolJetApp {name} cannot release {version}");
+    if let Some(verdict) =
+        super::gates::judge(&what, last, false, override_reason, user, &r.ns, r.facts)
+    {
+        return Err(verdict);
+    }
+    if override_reason.is_some() {
+        stamped.extend(OVERRIDE_STAMPS);
+    }
+    Ok(stamped)
+}
+
+/// Only a version of the app in its last stage can be released.
+fn unreleasable(
+    name: &str,
+    new: &ToolJetApp,
+    version: &str,
+    versions: &[VersionFact],
+) -> Option<Verdict> {
+    let last = Pipeline::of(new).last();
+    let stage = versions
+        .iter()
+        .find(|v| v.name == version)
+        .map(|v| v.environment.as_str());
+    match Pipeline::of(new).release_check(stage) {
+        ReleaseCheck::NotAVersion => Some(Deny(format!(
+            "ToolJetApp {name} cannot release {version}: it is not an AppVersion of app {name} in this \
+             namespace; release one of its {last} versions"
+        ))),
+        ReleaseCheck::NotInLastStage { stage } => Some(Deny(format!(
+            "ToolJetApp {name} cannot release {version}: it is in {stage}, and only {last} versions can be \
+             released; promote it to {last} first"
+        ))),
+        ReleaseCheck::Releasable => None,
+    }
+}
+
+/// A changed rollout of `new`: every selector well-formed and not empty, and every Deployment it
+/// newly names or selects patchable by the requester (the operator patches them on the user's
+/// behalf).
 fn review_rollout(
     old: Option<&ToolJetApp>,
     new: &ToolJetApp,
     user: &str,
     facts: &Facts,
 ) -> Option<Verdict> {
+    if !rollout_changed(old, new) {
+        return None;
+    }
     let name = new.name_any();
     let ns = new.namespace().unwrap_or_default();
     if let Err(problem) = rollout_selectors(new) {
@@ -705,41 +960,17 @@ pub fn review_config(
     user: &str,
     facts: &Facts,
 ) -> Verdict {
-    let Some(subject) = new.or(old) else {
+    let Some(r) = Review::of(old, new, user, facts) else {
         return Deny(MALFORMED.into());
     };
-    let name = subject.name_any();
-    let ns = subject.namespace().unwrap_or_default();
     if op == Op::Delete && facts.namespace_terminating {
         return Allow;
     }
-    let (verb, stages): (&str, Vec<&str>) = match (op, old, new) {
-        (Op::Create, _, Some(new)) => ("create", vec![new.spec.environment.as_str()]),
-        (Op::Update, Some(old), Some(new)) if config_changed(old, new) => (
-            "change",
-            if old.spec.environment == new.spec.environment {
-                vec![new.spec.environment.as_str()]
-            } else {
-                vec![old.spec.environment.as_str(), new.spec.environment.as_str()]
-            },
-        ),
-        (Op::Update, Some(_), Some(_)) => ("change", vec![]),
-        (Op::Delete, Some(old), _) => ("delete", vec![old.spec.environment.as_str()]),
-        _ => return Deny(MALFORMED.into()),
+    let Some((verb, stages)) = configured_stages(op, old, new) else {
+        return Deny(MALFORMED.into());
     };
-    for stage in stages {
-        let access = Access::environment(CONFIGURE, stage);
-        if !facts.may(&access) {
-            return forbidden(
-                user,
-                &format!("{verb} EnvironmentConfig {name}"),
-                &format!("configuring {stage}"),
-                &access,
-                &ns,
-                "ask an admin for a role that grants it (tooljet-developer may configure development; \
-                 tooljet-environment-admin every stage)",
-            );
-        }
+    if let Some(verdict) = configuring_not_permitted(&r, verb, stages) {
+        return verdict;
     }
     if let Some(verdict) = deletion_metadata_rule(
         "EnvironmentConfig",
@@ -755,51 +986,130 @@ pub fn review_config(
     let Some(new) = new else {
         return Allow;
     };
-    if let Some(rival) = &facts.rival {
-        let scope = new
-            .spec
-            .app
-            .as_deref()
-            .map(|a| format!("app {a}"))
-            .unwrap_or_else(|| "the workspace".into());
-        return Deny(format!(
-            "EnvironmentConfig {name} cannot configure {scope} in {}: EnvironmentConfig {rival} already does (one \
-             per app or workspace and stage); edit {rival} instead, or delete it first",
-            new.spec.environment
-        ));
+    rival_config(&r, new)
+        .or_else(|| secret_reads_not_permitted(&r, old, new))
+        .or_else(|| {
+            option_constant_clash(&new.spec)
+                .map(|problem| Deny(format!("EnvironmentConfig {}: {problem}", r.name)))
+        })
+        .or_else(|| oversized_options(&r.name, op, old, new))
+        .unwrap_or(Allow)
+}
+
+/// What a request does to a stage's configuration ("create", "change" or "delete") and the
+/// stages whose configuration it changes (none for an update that changes no configuration);
+/// `None` when the request lacks the object(s) its operation carries.
+fn configured_stages<'a>(
+    op: Op,
+    old: Option<&'a EnvironmentConfig>,
+    new: Option<&'a EnvironmentConfig>,
+) -> Option<(&'static str, Vec<&'a str>)> {
+    match (op, old, new) {
+        (Op::Create, _, Some(new)) => Some(("create", vec![new.spec.environment.as_str()])),
+        (Op::Update, Some(old), Some(new)) if config_changed(old, new) => Some((
+            "change",
+            if old.spec.environment == new.spec.environment {
+                vec![new.spec.environment.as_str()]
+            } else {
+                vec![old.spec.environment.as_str(), new.spec.environment.as_str()]
+            },
+        )),
+        (Op::Update, Some(_), Some(_)) => Some(("change", vec![])),
+        (Op::Delete, Some(old), _) => Some(("delete", vec![old.spec.environment.as_str()])),
+        _ => None,
     }
+}
+
+/// Configuring a stage (`verb`: creating, changing or deleting its configuration) needs
+/// `configure` on the stage.
+fn configuring_not_permitted(
+    r: &Review<EnvironmentConfig>,
+    verb: &str,
+    stages: Vec<&str>,
+) -> Option<Verdict> {
+    let name = &r.name;
+    for stage in stages {
+        let access = Access::environment(CONFIGURE, stage);
+        if !r.facts.may(&access) {
+            return Some(forbidden(
+                r.user,
+                &format!("{verb} EnvironmentConfig {name}"),
+                &format!("configuring {stage}"),
+                &access,
+                &r.ns,
+                "ask an admin for a role that grants it (tooljet-developer may configure development; \
+                 tooljet-environment-admin every stage)",
+            ));
+        }
+    }
+    None
+}
+
+/// One config per (app-or-workspace, stage): `facts.rival` already configures it.
+fn rival_config(r: &Review<EnvironmentConfig>, new: &EnvironmentConfig) -> Option<Verdict> {
+    let rival = r.facts.rival.as_ref()?;
+    let name = &r.name;
+    let scope = new
+        .spec
+        .app
+        .as_deref()
+        .map(|a| format!("app {a}"))
+        .unwrap_or_else(|| "the workspace".into());
+    Some(Deny(format!(
+        "EnvironmentConfig {name} cannot configure {scope} in {}: EnvironmentConfig {rival} already does (one \
+         per app or workspace and stage); edit {rival} instead, or delete it first",
+        new.spec.environment
+    )))
+}
+
+/// Referencing a Secret key the config did not reference before needs `get` on the Secret: the
+/// operator copies the value on the requester's behalf.
+fn secret_reads_not_permitted(
+    r: &Review<EnvironmentConfig>,
+    old: Option<&EnvironmentConfig>,
+    new: &EnvironmentConfig,
+) -> Option<Verdict> {
+    let name = &r.name;
     for ((secret, key), path) in new_references(old, new) {
         let access = Access::read_secret(&secret);
-        if !facts.may(&access) {
-            return forbidden(
-                user,
+        if !r.facts.may(&access) {
+            return Some(forbidden(
+                r.user,
                 &format!("reference Secret {secret} (key {key}) from EnvironmentConfig {name}"),
                 &format!(
                     "{path} makes the operator copy that value into the stage's configuration, which"
                 ),
                 &access,
-                &ns,
+                &r.ns,
                 "reference a Secret you may read, or ask whoever manages that Secret to add the reference",
-            );
+            ));
         }
     }
-    if let Some(problem) = option_constant_clash(&new.spec) {
-        return Deny(format!("EnvironmentConfig {name}: {problem}"));
-    }
+    None
+}
+
+/// The options of each data source within bounds, judged when the data sources are new or
+/// change.
+fn oversized_options(
+    name: &str,
+    op: Op,
+    old: Option<&EnvironmentConfig>,
+    new: &EnvironmentConfig,
+) -> Option<Verdict> {
     if op == Op::Update && old.is_some_and(|o| o.spec.data_sources == new.spec.data_sources) {
-        return Allow;
+        return None;
     }
     for ds in &new.spec.data_sources {
         let options = Value::Object(ds.options.clone().into_iter().collect());
         if let Some(problem) = oversized(&options, MAX_OPTIONS_BYTES) {
-            return Deny(format!(
+            return Some(Deny(format!(
                 "EnvironmentConfig {name}: spec.dataSources[{}].options {problem}; keep options to connection \
                  settings",
                 ds.name
-            ));
+            )));
         }
     }
-    Allow
+    None
 }
 
 /// A secret option whose secret constant ([`crate::lifecycle::constants::option_constant`]) would be

@@ -444,7 +444,7 @@ async fn stored_versions_selected(
 }
 
 /// [`stored_versions_of`] against CRDs that do not declare the fields it selects: the versions
-/// of the namespace in pages, read without their definitions ([`crate::lean`]).
+/// of the namespace in pages, read without their definitions ([`crate::cache::lean`]).
 async fn stored_versions_in_pages(
     client: &Client,
     ns: &str,
@@ -526,53 +526,10 @@ async fn review_version(
     let subject = new.or(old).ok_or(vocabulary::MALFORMED)?;
     let mut facts = Facts::default();
     let app = app_of(state, ns, &subject.spec.app).await?;
-    // The versions matter to a create or a rename only (versionName is unique per app), and there
-    // a version created a moment ago must count: the versions that already carry the requested
-    // name are read from the API (metadata only), while the SubjectAccessReviews run.
-    let named = new.filter(|n| old.is_none_or(|o| o.spec.version_name != n.spec.version_name));
-    let versions_read = async {
-        match (&app, named) {
-            (Some(_), Some(n)) => Ok(Some(
-                stored_versions_of(
-                    &state.client,
-                    ns,
-                    &subject.spec.app,
-                    Some(&n.spec.version_name),
-                )
-                .await?
-                .into_iter()
-                .filter(|v| v.name != req.name)
-                .collect(),
-            )),
-            (Some(_), None) => Ok(Some(versions_of(
-                state,
-                ns,
-                &subject.spec.app,
-                Some(&req.name),
-            ))),
-            (None, _) => Ok::<Option<Vec<VersionFact>>, String>(None),
-        }
-    };
-    let terminating = async {
-        match op {
-            Op::Delete => namespace_terminating(&state.client, ns).await,
-            _ => Ok(false),
-        }
-    };
     // The stage a promotion enters.
     let promoted_to = match (old, new) {
         (Some(old), Some(new)) => needs::promotion(old, new).map(|(_, to)| to),
         _ => None,
-    };
-    // A promotion's gate (its Approvals read from the API). spec.app is immutable (CEL and the
-    // rules), so `subject`'s app is the one promoted in.
-    let gate = async {
-        match (old, &app, promoted_to) {
-            (Some(old), Some(app), Some(to)) => {
-                gate_facts(state, ns, app, to, Some((old, &r.user))).await
-            }
-            _ => Ok(None),
-        }
     };
     let versions;
     (
@@ -582,9 +539,17 @@ async fn review_version(
         facts.namespace_terminating,
     ) = futures::try_join!(
         r.grants(state, needs::needed_for_version(old, new, &r.user)),
-        gate,
-        versions_read,
-        terminating,
+        promotion_gate(state, ns, old, app.as_deref(), promoted_to, &r.user),
+        other_versions(
+            state,
+            ns,
+            app.is_some(),
+            &subject.spec.app,
+            old,
+            new,
+            &req.name
+        ),
+        terminating_if_deleted(state, ns, op),
     )?;
     if let (Some(app), Some(versions)) = (&app, versions) {
         facts.app = Some(AppFact {
@@ -594,31 +559,88 @@ async fn review_version(
         });
     }
     if let (Some(new), Some(to)) = (new, promoted_to) {
-        let resolved = crate::cache::stage::resolve(
-            &state.hash_key,
-            &state.managed_secrets,
-            &state.lookups.configs,
-            ns,
-            &new.spec.app,
-            to,
-        );
-        let requires = new.spec.requires.clone().unwrap_or_default();
-        // The definition is the request's own: its references are computed from it, not read
-        // from a stamp.
-        facts.missing_in_target = crate::cache::stage::explain_missing(
-            &state.lookups,
-            ns,
-            &new.spec.app,
-            to,
-            missing_requirements(
-                &requires.data_sources,
-                &requires.constants,
-                &References::of(new.spec.definition.as_ref()),
-                &resolved.data,
-            ),
-        );
+        facts.missing_in_target = missing_in_target(state, ns, new, to);
     }
     Ok(reviews::review_version(op, old, new, &r.user, &facts))
+}
+
+/// The other versions of `app` (a version's spec.app), for an AppVersion request (`None` when
+/// the app does not exist). The versions matter to a create or a rename only (versionName is
+/// unique per app), and there a version created a moment ago must count: the versions that
+/// already carry the requested name are read from the API (metadata only), while the
+/// SubjectAccessReviews run. `name`: the version under review, left out.
+async fn other_versions(
+    state: &WebhookState,
+    ns: &str,
+    app_exists: bool,
+    app: &str,
+    old: Option<&AppVersion>,
+    new: Option<&AppVersion>,
+    name: &str,
+) -> Result<Option<Vec<VersionFact>>, String> {
+    let named = new.filter(|n| old.is_none_or(|o| o.spec.version_name != n.spec.version_name));
+    match (app_exists, named) {
+        (true, Some(n)) => Ok(Some(
+            stored_versions_of(&state.client, ns, app, Some(&n.spec.version_name))
+                .await?
+                .into_iter()
+                .filter(|v| v.name != name)
+                .collect(),
+        )),
+        (true, None) => Ok(Some(versions_of(state, ns, app, Some(name)))),
+        (false, _) => Ok(None),
+    }
+}
+
+/// Whether the namespace is being deleted, asked of a deletion only.
+async fn terminating_if_deleted(state: &WebhookState, ns: &str, op: Op) -> Result<bool, String> {
+    match op {
+        Op::Delete => namespace_terminating(&state.client, ns).await,
+        _ => Ok(false),
+    }
+}
+
+/// A promotion's gate (its Approvals read from the API): `to`, the stage it enters. spec.app is
+/// immutable (CEL and the rules), so the version's app is the one promoted in.
+async fn promotion_gate(
+    state: &WebhookState,
+    ns: &str,
+    old: Option<&AppVersion>,
+    app: Option<&ToolJetApp>,
+    to: Option<&str>,
+    user: &str,
+) -> Result<Option<GateFacts>, String> {
+    match (old, app, to) {
+        (Some(old), Some(app), Some(to)) => gate_facts(state, ns, app, to, Some((old, user))).await,
+        _ => Ok(None),
+    }
+}
+
+/// What the configuration of `to`, the stage a promotion enters, lacks of what `new` needs.
+fn missing_in_target(state: &WebhookState, ns: &str, new: &AppVersion, to: &str) -> Vec<String> {
+    let resolved = crate::cache::stage::resolve(
+        &state.hash_key,
+        &state.managed_secrets,
+        &state.lookups.configs,
+        ns,
+        &new.spec.app,
+        to,
+    );
+    let requires = new.spec.requires.clone().unwrap_or_default();
+    // The definition is the request's own: its references are computed from it, not read
+    // from a stamp.
+    crate::cache::stage::explain_missing(
+        &state.lookups,
+        ns,
+        &new.spec.app,
+        to,
+        missing_requirements(
+            &requires.data_sources,
+            &requires.constants,
+            &References::of(new.spec.definition.as_ref()),
+            &resolved.data,
+        ),
+    )
 }
 
 /// The app `name`, from the cache or, when the cache does not show it, from the API: an app

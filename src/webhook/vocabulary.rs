@@ -1,10 +1,13 @@
 //! The admission webhook's vocabulary: the operations it judges, the accesses (verbs on
 //! `environments` and `tooljetapps`) a request may need, the facts the server gathers for a
-//! request ([`Facts`]), and the verdict. The rules that use them: [`super::needs`] (which
-//! accesses a request needs), [`super::reviews`] and [`super::gates`] (the verdicts),
-//! [`super::mutations`] (the stamps the mutating webhook writes).
+//! request ([`Facts`]), what every review starts from ([`Review`]), and the verdict. The rules
+//! that use them: [`super::needs`] (which accesses a request needs), [`super::reviews`] and
+//! [`super::gates`] (the verdicts), [`super::mutations`] (the stamps the mutating webhook
+//! writes).
 
 use std::collections::BTreeMap;
+
+use kube::ResourceExt;
 
 use crate::api::GROUP;
 use crate::lifecycle::Pipeline;
@@ -182,6 +185,35 @@ impl Facts {
     /// Whether the requester holds `access`.
     pub fn may(&self, access: &Access) -> bool {
         self.granted.get(access) == Some(&true)
+    }
+}
+
+/// What every review starts from: the object the request concerns (the new one, else the old),
+/// its name and namespace, the requester and the facts.
+pub(super) struct Review<'a, K> {
+    pub subject: &'a K,
+    pub name: String,
+    pub ns: String,
+    pub user: &'a str,
+    pub facts: &'a Facts,
+}
+
+impl<'a, K: ResourceExt> Review<'a, K> {
+    /// `None` when the request carries neither object (it is malformed: [`MALFORMED`]).
+    pub fn of(
+        old: Option<&'a K>,
+        new: Option<&'a K>,
+        user: &'a str,
+        facts: &'a Facts,
+    ) -> Option<Self> {
+        let subject = new.or(old)?;
+        Some(Review {
+            subject,
+            name: subject.name_any(),
+            ns: subject.namespace().unwrap_or_default(),
+            user,
+            facts,
+        })
     }
 }
 
