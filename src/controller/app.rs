@@ -10,7 +10,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, channel::mpsc};
 use k8s_openapi::{
-    api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+    api::apps::v1::Deployment,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -466,6 +468,9 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
 /// across apps ([`workload`]), and its pod template carries that Secret's hash, so it restarts
 /// when, and only when, what it reads changes. A Deployment may serve several stages (one ToolJet
 /// instance for every environment) and several apps (one instance per environment).
+///
+/// Gather (the Deployments), decide per Deployment ([`plan_workload`], pure but for the cached
+/// stage configurations), apply ([`apply_workload`]), and record what each workload served.
 async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutProblems, Error> {
     let mut problems = RolloutProblems::default();
     if app.spec.rollout.is_empty() {
@@ -474,6 +479,42 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
         return Ok(problems);
     }
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let deployments = rollout_deployments(&api, app, &mut problems).await?;
+    let apps = ctx.lookups.apps_with_rollout(ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut seen: BTreeMap<String, Served> = BTreeMap::new();
+    // Each (app, stage) configuration is merged once, however many Deployments take it in.
+    let mut merged: BTreeMap<(String, String), Materialized> = BTreeMap::new();
+    for (name, d) in &deployments {
+        let plan = plan_workload(ctx, app, &apps, ns, (name, d), &mut merged);
+        seen.insert(name.clone(), (plan.fingerprint, plan.served));
+        match plan.secret {
+            Ok(m) => {
+                apply_workload(
+                    ctx,
+                    app,
+                    (&api, &secrets),
+                    d,
+                    &plan.serves,
+                    m,
+                    &mut problems,
+                )
+                .await?
+            }
+            Err(conflict) => problems.conflicts.push(conflict),
+        }
+    }
+    ctx.sharing.record(ns, &app.name_any(), seen);
+    Ok(problems)
+}
+
+/// The Deployments the app's rollout names (those not found are reported missing) or selects (a
+/// malformed selector is reported invalid), by name.
+async fn rollout_deployments(
+    api: &Api<Deployment>,
+    app: &ToolJetApp,
+    problems: &mut RolloutProblems,
+) -> Result<BTreeMap<String, Deployment>, Error> {
     let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
     for target in &app.spec.rollout {
         let stage = target.environment.as_str();
@@ -504,121 +545,152 @@ async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutPr
                 .push(format!("the selector of the {stage} entry: {problem}")),
         }
     }
-    let apps = ctx.lookups.apps_with_rollout(ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut seen: BTreeMap<String, Served> = BTreeMap::new();
-    // Each (app, stage) configuration is merged once, however many Deployments take it in.
-    let mut merged: BTreeMap<(String, String), Materialized> = BTreeMap::new();
-    for (name, d) in &deployments {
-        let claims = claims_on(app, &apps, name, d.labels());
-        for (a, stage) in &claims {
-            merged.entry((a.clone(), stage.clone())).or_insert_with(|| {
-                crate::cache::stage::resolve(
-                    &ctx.hash_key,
-                    &ctx.managed_secrets,
-                    &ctx.lookups.configs,
-                    ns,
-                    a,
-                    stage,
-                )
-            });
-        }
-        let inputs: Vec<Claim> = claims
-            .iter()
-            .map(|(a, stage)| Claim {
-                app: a,
+    Ok(deployments)
+}
+
+/// What one workload should hold: the configuration of every (app, stage) that claims it.
+struct WorkloadPlan {
+    /// The apps it serves, and what its Secret was computed to be (for [`Sharing`]).
+    served: BTreeSet<String>,
+    fingerprint: String,
+    /// `app/stage, ...`, for messages.
+    serves: String,
+    /// Its Secret's content, or why there is none (apps that disagree on a value).
+    secret: Result<Materialized, String>,
+}
+
+/// Decides what the Deployment `name` should hold, from the cached stage configurations of every
+/// (app, stage) that claims it, merging each (app, stage) once into `merged`.
+fn plan_workload(
+    ctx: &Context,
+    app: &ToolJetApp,
+    apps: &[Arc<ToolJetApp>],
+    ns: &str,
+    (name, d): (&str, &Deployment),
+    merged: &mut BTreeMap<(String, String), Materialized>,
+) -> WorkloadPlan {
+    let claims = claims_on(app, apps, name, d.labels());
+    for (a, stage) in &claims {
+        merged.entry((a.clone(), stage.clone())).or_insert_with(|| {
+            crate::cache::stage::resolve(
+                &ctx.hash_key,
+                &ctx.managed_secrets,
+                &ctx.lookups.configs,
+                ns,
+                a,
                 stage,
-                config: &merged[&(a.clone(), stage.clone())].data,
-            })
-            .collect();
-        let served: BTreeSet<String> = claims.iter().map(|(a, _)| a.clone()).collect();
-        let serves = claims
-            .iter()
-            .map(|(a, s)| format!("{a}/{s}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let outcome = workload(&ctx.hash_key, &inputs);
-        let fingerprint = match &outcome {
-            Ok(m) => m.hash.clone(),
-            Err(clashes) => format!("{clashes:?}"),
-        };
-        seen.insert(name.clone(), (fingerprint, served));
-        let m = match outcome {
-            Ok(m) => m,
-            Err(clashes) => {
-                problems.conflicts.push(format!(
-                    "Deployment {name} serves {}: {}; one ToolJet server has one value per environment and name, so \
-                     give the apps the same value (or move it to the workspace-wide EnvironmentConfig) or run them \
-                     on separate Deployments; its configuration is left as it was",
-                    serves,
-                    clashes
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ));
-                continue;
-            }
-        };
-        let desired = workload_secret(d, &m);
-        let owner_uid = d.metadata.uid.as_deref();
-        // A Deployment deleted and created again (kubectl replace --force, a reinstall) finds
-        // the workload Secret of its predecessor, still controlled by the old UID until the
-        // garbage collector runs (or for good after an orphaning delete): it is taken over.
-        let replaced = |existing: &ManagedSecret| {
-            existing.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND)
-                && existing
-                    .controller()
-                    .is_none_or(|(owner, _)| owner == name.as_str())
-        };
-        if secrets::sync(ctx, CONTROLLER, &secrets, owner_uid, replaced, &desired).await?
-            == Synced::Taken
-        {
-            problems.invalid.push(format!(
-                "Secret {} exists and is not Deployment {name}'s workload Secret (it is not labelled as one, or \
-                 another object controls it); delete or rename it",
-                desired.name_any()
-            ));
-            continue;
-        }
-        let hash = m.hash;
-        let current = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(HASH_ANNOTATION));
-        if current == Some(&hash) {
-            continue;
-        }
-        let patch = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": { "name": name },
-            "spec": { "template": { "metadata": { "annotations": { HASH_ANNOTATION: hash } } } },
+            )
         });
-        ctx.may_write()?;
-        api.patch(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .at(Step::PatchDeployment)?;
-        ctx.metrics.wrote(CONTROLLER, "deployment");
-        info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
-        publish(
-            &ctx.recorder,
-            app,
-            EventType::Normal,
-            "RolloutTriggered",
-            "Rollout",
-            format!("Deployment {name} restarts with the changed configuration of {serves}"),
-        )
-        .await;
     }
-    ctx.sharing.record(ns, &app.name_any(), seen);
-    Ok(problems)
+    let inputs: Vec<Claim> = claims
+        .iter()
+        .map(|(a, stage)| Claim {
+            app: a,
+            stage,
+            config: &merged[&(a.clone(), stage.clone())].data,
+        })
+        .collect();
+    let served: BTreeSet<String> = claims.iter().map(|(a, _)| a.clone()).collect();
+    let serves = claims
+        .iter()
+        .map(|(a, s)| format!("{a}/{s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outcome = workload(&ctx.hash_key, &inputs);
+    let fingerprint = match &outcome {
+        Ok(m) => m.hash.clone(),
+        Err(clashes) => format!("{clashes:?}"),
+    };
+    let secret = outcome.map_err(|clashes| {
+        format!(
+            "Deployment {name} serves {}: {}; one ToolJet server has one value per environment and name, so \
+             give the apps the same value (or move it to the workspace-wide EnvironmentConfig) or run them \
+             on separate Deployments; its configuration is left as it was",
+            serves,
+            clashes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+    WorkloadPlan {
+        served,
+        fingerprint,
+        serves,
+        secret,
+    }
+}
+
+/// Writes the Deployment's workload Secret (unless another object holds its name: reported
+/// invalid) and, when its hash changed, stamps the hash on the pod template, which restarts it.
+async fn apply_workload(
+    ctx: &Context,
+    app: &ToolJetApp,
+    (api, secrets): (&Api<Deployment>, &Api<Secret>),
+    d: &Deployment,
+    serves: &str,
+    m: Materialized,
+    problems: &mut RolloutProblems,
+) -> Result<(), Error> {
+    let name = d.name_any();
+    let desired = workload_secret(d, &m);
+    let owner_uid = d.metadata.uid.as_deref();
+    // A Deployment deleted and created again (kubectl replace --force, a reinstall) finds
+    // the workload Secret of its predecessor, still controlled by the old UID until the
+    // garbage collector runs (or for good after an orphaning delete): it is taken over.
+    let replaced = |existing: &ManagedSecret| {
+        existing.label(KIND_LABEL) == Some(WORKLOAD_SECRET_KIND)
+            && existing
+                .controller()
+                .is_none_or(|(owner, _)| owner == name.as_str())
+    };
+    if secrets::sync(ctx, CONTROLLER, secrets, owner_uid, replaced, &desired).await?
+        == Synced::Taken
+    {
+        problems.invalid.push(format!(
+            "Secret {} exists and is not Deployment {name}'s workload Secret (it is not labelled as one, or \
+             another object controls it); delete or rename it",
+            desired.name_any()
+        ));
+        return Ok(());
+    }
+    let hash = m.hash;
+    let current = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(HASH_ANNOTATION));
+    if current == Some(&hash) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "template": { "metadata": { "annotations": { HASH_ANNOTATION: hash } } } },
+    });
+    ctx.may_write()?;
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .at(Step::PatchDeployment)?;
+    ctx.metrics.wrote(CONTROLLER, "deployment");
+    info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
+    publish(
+        &ctx.recorder,
+        app,
+        EventType::Normal,
+        "RolloutTriggered",
+        "Rollout",
+        format!("Deployment {name} restarts with the changed configuration of {serves}"),
+    )
+    .await;
+    Ok(())
 }
 
 /// The status (pure), and the release to record if the released version changed.
@@ -633,8 +705,19 @@ fn desired_status(
     let generation = app.metadata.generation;
     status.observed_generation = generation;
     status.gates = gates;
-    status.environments = app
-        .spec
+    status.environments = versions_per_stage(app, versions);
+    let (ready, record) = release_condition(app, release, &mut status);
+    set_condition(&mut status.conditions, ready);
+    set_condition(
+        &mut status.conditions,
+        rollout_condition(rollout, generation),
+    );
+    (status, record)
+}
+
+/// The versions in each stage of the pipeline, by name.
+fn versions_per_stage(app: &ToolJetApp, versions: &[Arc<AppVersion>]) -> Vec<EnvironmentVersions> {
+    app.spec
         .environments
         .iter()
         .map(|stage| {
@@ -649,8 +732,17 @@ fn desired_status(
                 versions: names,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// The Ready condition, from the release; a newly released version is recorded in `status`
+/// (released version and history) and returned as the release to announce.
+fn release_condition(
+    app: &ToolJetApp,
+    release: &Release,
+    status: &mut ToolJetAppStatus,
+) -> (Condition, Option<ReleaseRecord>) {
+    let generation = app.metadata.generation;
     let mut record = None;
     let ready = match release {
         Release::None => {
@@ -665,20 +757,7 @@ fn desired_status(
         }
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
-                let annotations = app.annotations();
-                // The stamps describe the release of the version they name only.
-                let made = if annotations.get(RELEASED_VERSION_ANNOTATION) == Some(version) {
-                    stamps::made(annotations, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION)
-                } else {
-                    stamps::Made::default()
-                };
-                let r = ReleaseRecord {
-                    version: version.clone(),
-                    at: Time(made.at.unwrap_or_else(Timestamp::now)),
-                    by: made.by,
-                    override_reason: made.override_reason,
-                    rollback: status.release_history.iter().any(|h| &h.version == version),
-                };
+                let r = release_record(app, version, status);
                 history::record(&mut status.release_history, r.clone());
                 status.released_version = Some(version.clone());
                 record = Some(r);
@@ -706,7 +785,35 @@ fn desired_status(
             )
         }
     };
-    let rollout = if !rollout.conflicts.is_empty() {
+    (ready, record)
+}
+
+/// The history record of releasing `version` now: who and when from the webhook's stamps when
+/// they describe this release, and whether it was released before (a rollback).
+fn release_record(app: &ToolJetApp, version: &str, status: &ToolJetAppStatus) -> ReleaseRecord {
+    let annotations = app.annotations();
+    // The stamps describe the release of the version they name only.
+    let made = if annotations
+        .get(RELEASED_VERSION_ANNOTATION)
+        .map(String::as_str)
+        == Some(version)
+    {
+        stamps::made(annotations, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION)
+    } else {
+        stamps::Made::default()
+    };
+    ReleaseRecord {
+        version: version.to_string(),
+        at: Time(made.at.unwrap_or_else(Timestamp::now)),
+        by: made.by,
+        override_reason: made.override_reason,
+        rollback: status.release_history.iter().any(|h| h.version == version),
+    }
+}
+
+/// The RolloutReady condition: the first kind of problem, in order of what to fix first.
+fn rollout_condition(rollout: &RolloutProblems, generation: Option<i64>) -> Condition {
+    if !rollout.conflicts.is_empty() {
         condition(
             conditions::ROLLOUT_READY,
             false,
@@ -744,10 +851,7 @@ fn desired_status(
             "every rollout workload's Secret holds what it serves, and its pod template that Secret's hash",
             generation,
         )
-    };
-    set_condition(&mut status.conditions, ready);
-    set_condition(&mut status.conditions, rollout);
-    (status, record)
+    }
 }
 
 pub fn error_policy(app: Arc<ToolJetApp>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -430,7 +430,32 @@ fn desired_status(
     let environment = v.spec.environment.clone();
     status.observed_generation = generation;
     status.approvals = approvals.map(stage_approvals);
+    let promotions = record_promotions(v, app, &mut status);
+    status.environment = Some(environment.clone());
+    if !taken {
+        status.resolved_config = Some(ResolvedConfig {
+            secret_name: secret.to_string(),
+            hash: resolved.hash.clone(),
+            environment,
+        });
+    }
+    let config = config_condition(v, resolved, missing, secret, taken);
+    let released = released_condition(v, app);
+    let ready = ready_condition(v, app, &config, generation);
+    set_condition(&mut status.conditions, config);
+    set_condition(&mut status.conditions, released);
+    set_condition(&mut status.conditions, ready);
+    (status, promotions)
+}
 
+/// Records in `status` every step from the stage it last recorded to the version's stage, and
+/// returns them (to announce).
+fn record_promotions(
+    v: &AppVersion,
+    app: Option<&ToolJetApp>,
+    status: &mut AppVersionStatus,
+) -> Vec<Promotion> {
+    let environment = v.spec.environment.as_str();
     let annotations = v.annotations();
     let stamped_path = stamps::stage_path(annotations);
     let pipeline = app
@@ -438,7 +463,7 @@ fn desired_status(
         .unwrap_or_default();
     let steps = stage_steps(
         status.environment.as_deref(),
-        &environment,
+        environment,
         &stamped_path,
         pipeline,
     );
@@ -463,16 +488,21 @@ fn desired_status(
         history::record(&mut status.promotions, record.clone());
         promotions.push(record);
     }
-    status.environment = Some(environment.clone());
-    if !taken {
-        status.resolved_config = Some(ResolvedConfig {
-            secret_name: secret.to_string(),
-            hash: resolved.hash.clone(),
-            environment: environment.clone(),
-        });
-    }
+    promotions
+}
 
-    let config = if taken {
+/// ConfigResolved: the resolved Secret's name taken by another object, what the stage lacks, or
+/// what it holds.
+fn config_condition(
+    v: &AppVersion,
+    resolved: &Materialized,
+    missing: &[String],
+    secret: &str,
+    taken: bool,
+) -> Condition {
+    let generation = v.metadata.generation;
+    let environment = &v.spec.environment;
+    if taken {
         condition(
             conditions::CONFIG_RESOLVED,
             false,
@@ -505,12 +535,17 @@ fn desired_status(
             ),
             generation,
         )
-    };
+    }
+}
+
+/// Released: whether the app's released version is this one.
+fn released_condition(v: &AppVersion, app: Option<&ToolJetApp>) -> Condition {
+    let generation = v.metadata.generation;
     let released = app
         .and_then(|a| a.status.as_ref())
         .and_then(|s| s.released_version.as_deref())
         == Some(v.name_any().as_str());
-    let released_condition = if released {
+    if released {
         condition(
             conditions::RELEASED,
             true,
@@ -526,12 +561,7 @@ fn desired_status(
             "another version (or none) is released",
             generation,
         )
-    };
-    let ready = ready_condition(v, app, &config, generation);
-    set_condition(&mut status.conditions, config);
-    set_condition(&mut status.conditions, released_condition);
-    set_condition(&mut status.conditions, ready);
-    (status, promotions)
+    }
 }
 
 /// The promotions to record when a version is seen in `current` after `previous` (`None`: never

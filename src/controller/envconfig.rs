@@ -235,6 +235,8 @@ pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Acti
     })
 }
 
+/// Gather (siblings, whether it is current, the referenced Secrets), decide (materialise, pure),
+/// apply (the stage Secret, and the Secret of a key it no longer has).
 async fn outcome(
     cfg: &CachedConfig,
     spec: &EnvironmentConfigSpec,
@@ -256,11 +258,42 @@ async fn outcome(
     }
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let (data, versions) = read_referenced(ctx, &secrets, ns, &referenced).await?;
+    let materialized = match materialize(&ctx.hash_key, &spec.environment, &[spec], &data) {
+        Ok(m) => m,
+        Err(problems) => return Ok(Outcome::Unresolved(problems)),
+    };
+    let desired = stage_secret(cfg, ctx, &target, &materialized, &versions);
+    let change = match write_stage_secret(cfg, ctx, &secrets, &desired).await? {
+        Synced::Taken => return Ok(Outcome::SecretTaken(target)),
+        Synced::Ours(change) => change,
+    };
+    match change {
+        Some(change) => {
+            info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret")
+        }
+        None => debug!(secret = %target, "materialised Secret is up to date"),
+    }
+    drop_previous_secret(cfg, ctx, &secrets, &target).await?;
+    Ok(Outcome::Materialized {
+        materialized,
+        secret: target,
+        change,
+    })
+}
+
+/// The data of the referenced Secrets that exist, and the resourceVersion of each. Reads from
+/// the API only what changed since it was last read.
+async fn read_referenced<'a>(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    ns: &str,
+    referenced: &'a std::collections::BTreeSet<String>,
+) -> Result<(SecretData, Vec<(&'a str, Option<u64>)>), Error> {
     let mut data = SecretData::new();
     // The resourceVersion of each Secret whose data is used.
     let mut versions = Vec::with_capacity(referenced.len());
-    for name in &referenced {
-        // Read from the API only what changed since it was last read.
+    for name in referenced {
         let found = match ctx.refs.cached(ns, name) {
             Some((version, values)) => Some((Some(version), values)),
             None => {
@@ -286,29 +319,44 @@ async fn outcome(
             data.insert(name.clone(), values);
         }
     }
-    let materialized = match materialize(&ctx.hash_key, &spec.environment, &[spec], &data) {
-        Ok(m) => m,
-        Err(problems) => return Ok(Outcome::Unresolved(problems)),
-    };
+    Ok((data, versions))
+}
 
+/// The stage Secret to write (pure): the materialised content, and what it is made from.
+fn stage_secret(
+    cfg: &CachedConfig,
+    ctx: &Context,
+    target: &str,
+    materialized: &Materialized,
+    versions: &[(&str, Option<u64>)],
+) -> Secret {
     let mut desired = managed_secret(
         cfg,
-        &target,
+        target,
         STAGE_SECRET_KIND,
         &cfg.spec.environment,
         cfg.spec.app.as_deref(),
-        &materialized,
+        materialized,
     );
     // What it is made from, so that a restarted operator can tell it is current without reading
     // the referenced Secrets again. Written with the content, never on its own (see `current`).
-    if let Some(inputs) = inputs(cfg, &versions) {
+    if let Some(inputs) = inputs(cfg, versions) {
         let value = inputs_annotation(&ctx.hash_key, &desired, &inputs);
         desired
             .annotations_mut()
             .insert(INPUTS_ANNOTATION.into(), value);
     }
-    // A configuration of the same key being deleted (a finalizer may hold it for long) hands its
-    // Secret over to this one.
+    desired
+}
+
+/// Writes the stage Secret when it differs. A configuration of the same key being deleted (a
+/// finalizer may hold it for long) hands its Secret over to this one.
+async fn write_stage_secret(
+    cfg: &CachedConfig,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    desired: &Secret,
+) -> Result<Synced, Error> {
     let predecessor = |secret: &ManagedSecret| {
         secret.owners().iter().any(|o| {
             o.controller
@@ -325,40 +373,33 @@ async fn outcome(
                     })
         })
     };
-    let change = match sync(
+    sync(
         ctx,
         CONTROLLER,
-        &secrets,
+        secrets,
         cfg.metadata.uid.as_deref(),
         predecessor,
-        &desired,
+        desired,
     )
-    .await?
-    {
-        Synced::Taken => return Ok(Outcome::SecretTaken(target)),
-        Synced::Ours(change) => change,
-    };
-    match change {
-        Some(change) => {
-            info!(secret = %target, hash = %materialized.hash, ?change, "materialised Secret")
-        }
-        None => debug!(secret = %target, "materialised Secret is up to date"),
-    }
+    .await
+}
 
-    // The key changed (another app or environment): the Secret of the old key is no longer wanted.
+/// The key changed (another app or environment): the Secret of the old key is no longer wanted.
+async fn drop_previous_secret(
+    cfg: &CachedConfig,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+) -> Result<(), Error> {
     if let Some(previous) = cfg.status.as_ref().and_then(|s| s.secret_name.as_deref())
         && previous != target
     {
         ctx.may_write()?;
-        if delete_if_owned(&secrets, previous, cfg).await? {
+        if delete_if_owned(secrets, previous, cfg).await? {
             ctx.metrics.wrote(CONTROLLER, "secret");
         }
     }
-    Ok(Outcome::Materialized {
-        materialized,
-        secret: target,
-        change,
-    })
+    Ok(())
 }
 
 /// Whether `cfg` is materialised and reported as it is now, known without reading a referenced
