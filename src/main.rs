@@ -95,9 +95,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 
 /// jemalloc, not glibc's malloc: its size classes hold the caches' many small strings closer
 /// (glibc's malloc takes 32 bytes for any of 1 to 24), and it returns freed memory on its own.
-/// Measured with the same code at N=1000 (docs/benchmarks.md): steady RSS 54 against 57 MiB,
-/// operator CPU in the minute after a restart 0.44 against 0.63-0.72 s (glibc's malloc and free
-/// were 28% of that start-up's samples).
+/// docs/benchmarks.md has the measurement that chose it.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -3,10 +3,9 @@
 //! Every controller and the admission webhook read a cached config's metadata, its key (app and
 //! environment) and its status; only the EnvironmentConfig reconcile, when it checks or
 //! materialises, reads its data sources and constants. Typed, those are most of a cached config:
-//! every name, value, option and Secret reference a string of its own (59 allocations, 3.5 KB
-//! for the benchmark's 10 constants and 2 data sources, with jemalloc's size classes). A
-//! [`CachedConfig`] keeps them as the compact JSON they came in (one allocation, about 1 KB),
-//! and [`CachedConfig::spec`] reads them back.
+//! every name, value, option and Secret reference a string of its own. A [`CachedConfig`] keeps
+//! them as the compact JSON they came in (one allocation), and [`CachedConfig::spec`] reads them
+//! back (the saving is measured in docs/benchmarks.md).
 
 use std::borrow::Cow;
 

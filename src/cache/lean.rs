@@ -3,9 +3,8 @@
 //! Server-side apply records, per field manager, every field it owns as a free-form JSON tree
 //! (`metadata.managedFields[].fieldsV1`). The operator never reads it, and it is most of the JSON
 //! of an object whose spec and status have many list entries. k8s-openapi's `ObjectMeta` parses it
-//! into `serde_json::Value` trees that [`crate::cache::watch::strip`] then drops: at N=1000 a restarted
-//! operator spent about 5% of its start-up CPU allocating and freeing them (perf, see
-//! docs/benchmarks.md). [`Lean`] reads an object through a mirror of `ObjectMeta` that has no such
+//! into `serde_json::Value` trees that [`crate::cache::watch::strip`] then drops, at a cost in start-up
+//! CPU that docs/benchmarks.md measures. [`Lean`] reads an object through a mirror of `ObjectMeta` that has no such
 //! field, so the parser skips it without allocating anything.
 
 use std::{borrow::Cow, collections::BTreeMap};

@@ -348,9 +348,7 @@ fn digest(data: Option<&BTreeMap<String, ByteString>>) -> [u8; 32] {
 
 /// A Secret's data as one buffer: per entry, the key's and the value's lengths (u32, little
 /// endian) and bytes, in the order given. (A Secret is at most 1 MiB.) A map of a few short
-/// entries takes one small allocation instead of a tree node and two allocations per entry
-/// (a `BTreeMap` of 4 short keys and values: 832 bytes in 10 allocations with jemalloc's size
-/// classes, packed about 130 in 1).
+/// entries takes one small allocation instead of a tree node and two allocations per entry.
 pub fn pack<'a, T>(entries: impl Iterator<Item = (&'a str, T)> + Clone) -> Box<[u8]>
 where
     T: AsRef<[u8]>,

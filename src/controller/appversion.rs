@@ -33,7 +33,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, KIND_LABEL, Settings, Step, apply_status,
     condition, new_failure, publish,
-    secrets::{Change, Synced, managed_secret, sync},
+    secrets::{SecretWrite, Synced, managed_secret, sync},
     set_condition,
 };
 use crate::{
@@ -660,7 +660,7 @@ async fn report(
     ctx: &Context,
     status: &AppVersionStatus,
     promotions: &[Promotion],
-    change: Option<Change>,
+    change: Option<SecretWrite>,
 ) {
     for p in promotions {
         let by =
@@ -679,7 +679,7 @@ async fn report(
     }
     // Routine writes (the first resolution, a stage's config changing, the switch a promotion
     // makes) publish nothing: the promotion's Event and the status say it. Outside edits do.
-    if change == Some(Change::DriftReverted) {
+    if change == Some(SecretWrite::DriftReverted) {
         publish(
             &ctx.recorder,
             v,

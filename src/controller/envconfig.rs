@@ -27,7 +27,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::{
     AtStep, Context, Error, RECHECK, Settings, Step, apply_status, condition, new_failure, publish,
-    secrets::{Change, Synced, managed_metadata, managed_secret, sync},
+    secrets::{SecretWrite, Synced, managed_metadata, managed_secret, sync},
     set_condition,
 };
 use crate::{
@@ -201,7 +201,7 @@ enum Outcome {
     Materialized {
         materialized: Materialized,
         secret: String,
-        change: Option<Change>,
+        change: Option<SecretWrite>,
     },
     Unresolved(Vec<Unresolved>),
     Conflict(Vec<String>),
@@ -596,7 +596,7 @@ async fn report(cfg: &CachedConfig, ctx: &Context, outcome: &Outcome) -> Result<
         Outcome::Materialized {
             materialized,
             secret,
-            change: Some(Change::DriftReverted),
+            change: Some(SecretWrite::DriftReverted),
         } => {
             let note = format!(
                 "Secret {secret} restored after an outside edit: {} constants, {} data sources (hash {})",

@@ -37,7 +37,7 @@ pub const HASH_KEY_DATA: &str = "key";
 
 /// Why a Secret was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub enum SecretWrite {
     Created,
     Updated,
     /// Someone edited the Secret; its content is restored.
@@ -112,7 +112,7 @@ pub fn managed_metadata<K: Resource<DynamicType = ()>>(
 }
 
 /// The write `existing` needs to become `desired`, if any.
-pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Change> {
+pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<SecretWrite> {
     match existing {
         Some(existing) if existing.holds(desired) => None,
         Some(existing)
@@ -122,10 +122,10 @@ pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Chan
                     .get(HASH_ANNOTATION)
                     .map(String::as_str) =>
         {
-            Some(Change::DriftReverted)
+            Some(SecretWrite::DriftReverted)
         }
-        Some(_) => Some(Change::Updated),
-        None => Some(Change::Created),
+        Some(_) => Some(SecretWrite::Updated),
+        None => Some(SecretWrite::Created),
     }
 }
 
@@ -133,7 +133,7 @@ pub fn change(existing: Option<&ManagedSecret>, desired: &Secret) -> Option<Chan
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
     /// The Secret is ours and now holds the desired content; `Some` when it was written.
-    Ours(Option<Change>),
+    Ours(Option<SecretWrite>),
     /// A Secret of that name exists that the owner does not control (by UID): left alone.
     Taken,
 }
@@ -158,7 +158,7 @@ pub async fn sync(
     {
         Some(cached) => Some(cached),
         None if create_secret(ctx, controller, api, desired).await? => {
-            return Ok(Synced::Ours(Some(Change::Created)));
+            return Ok(Synced::Ours(Some(SecretWrite::Created)));
         }
         // Judged as the cache would hold it.
         None => api
@@ -217,7 +217,7 @@ async fn ensure_secret(
     api: &Api<Secret>,
     existing: Option<&ManagedSecret>,
     desired: &Secret,
-) -> Result<Option<Change>, Error> {
+) -> Result<Option<SecretWrite>, Error> {
     let change = change(existing, desired);
     if change.is_some() {
         ctx.may_write()?;
@@ -460,7 +460,7 @@ mod tests {
         let owner = &s.owner_references()[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u1", Some(true)));
         assert_eq!(change(Some(&cached(&s)), &s), None);
-        assert_eq!(change(None, &s), Some(Change::Created));
+        assert_eq!(change(None, &s), Some(SecretWrite::Created));
     }
 
     #[test]
@@ -474,7 +474,7 @@ mod tests {
             .insert("EXTRA".into(), ByteString(b"x".to_vec()));
         assert_eq!(
             change(Some(&cached(&edited)), &desired),
-            Some(Change::DriftReverted)
+            Some(SecretWrite::DriftReverted)
         );
         let mut relabelled = desired.clone();
         relabelled
@@ -485,7 +485,7 @@ mod tests {
             .remove(MANAGED_BY_LABEL);
         assert_eq!(
             change(Some(&cached(&relabelled)), &desired),
-            Some(Change::DriftReverted)
+            Some(SecretWrite::DriftReverted)
         );
         let mut older = desired.clone();
         older
@@ -496,7 +496,7 @@ mod tests {
             .insert(HASH_ANNOTATION.into(), "old".into());
         assert_eq!(
             change(Some(&cached(&older)), &desired),
-            Some(Change::Updated)
+            Some(SecretWrite::Updated)
         );
     }
 
