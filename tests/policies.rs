@@ -81,21 +81,21 @@ async fn until_allowed(what: &str, attempt: impl AsyncFn() -> Result<DynamicObje
 /// policies from the operator's cache, which the controller read to write that status, so a
 /// promotion made after this is judged with the policy.
 async fn in_force(w: &Workspace, policy: &str) {
-    in_force_on(w, "crm", policy).await;
+    in_force_on(w, "crm", "production", policy).await;
 }
 
-/// [`in_force`] for ToolJetApp `app`.
-async fn in_force_on(w: &Workspace, app: &str, policy: &str) {
+/// [`in_force`] for ToolJetApp `app` and stage `stage`.
+async fn in_force_on(w: &Workspace, app: &str, stage: &str, policy: &str) {
     support::eventually(
         WAIT,
-        &format!("PromotionPolicy {policy} in force on {app}"),
+        &format!("PromotionPolicy {policy} in force on {app}/{stage}"),
         || async {
             let app = w.get("ToolJetApp", app).await?;
             app.data["status"]["gates"]
                 .as_array()?
                 .iter()
                 .any(|g| {
-                    g["environment"] == "production"
+                    g["environment"] == stage
                         && g["policies"]
                             .as_array()
                             .is_some_and(|p| p.iter().any(|n| n == policy))
@@ -640,7 +640,7 @@ async fn labels_and_stage_names_cannot_lift_a_policy() {
     w.create(&w.admin, "ToolJetApp", "billing", json!({}))
         .await
         .unwrap();
-    in_force_on(&w, "billing", "all-production").await;
+    in_force_on(&w, "billing", "production", "all-production").await;
     let renamed = json!({ "spec": { "environments": ["development", "staging", "prod"] } });
     let m = support::eventually(WAIT, "erin's rename refused for the policy", || async {
         match w
@@ -679,6 +679,7 @@ async fn an_approval_is_pinned_to_the_generation_reviewed() {
     )
     .await
     .unwrap();
+    in_force_on(&w, "crm", "staging", "reviewed").await;
     w.create(
         &w.alice,
         "AppVersion",
@@ -787,6 +788,7 @@ async fn a_co_author_cannot_approve_under_separation_of_duties() {
     )
     .await
     .unwrap();
+    in_force_on(&w, "crm", "staging", "four-eyes").await;
     w.create(
         &w.alice,
         "AppVersion",
