@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVarSource};
+use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, EnvVarSource};
 
 /// Which names the kubelet accepts as variables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,36 +188,42 @@ pub fn container_env<'a>(
     rules: NameRules,
     data: impl Fn(SourceKind, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
 ) -> Effective {
-    let mut out = Effective::default();
-    let set = |out: &mut Effective, name: String, var: Var| {
-        if let Some(old) = out.vars.get(&name) {
-            let differs = match (&old.value, &var.value) {
-                (Some(a), Some(b)) => a != b,
-                _ => false,
-            };
-            out.shadowed.push(Shadowed {
-                name: name.clone(),
-                lost: old.origin.clone(),
-                by: var.origin.clone(),
-                differs,
-            });
-        }
-        out.vars.insert(name, var);
+    let mut kubelet = Kubelet {
+        rules,
+        data,
+        out: Effective::default(),
     };
-
     for (index, source) in container.env_from.iter().flatten().enumerate() {
+        kubelet.take_env_from(index, source);
+    }
+    for (index, entry) in container.env.iter().flatten().enumerate() {
+        kubelet.take_env(index, entry);
+    }
+    kubelet.out
+}
+
+/// [`container_env`] at work: the name rules, where Secret and ConfigMap data come from, and the
+/// environment so far.
+struct Kubelet<F> {
+    rules: NameRules,
+    data: F,
+    out: Effective,
+}
+
+impl<'a, F> Kubelet<F>
+where
+    F: Fn(SourceKind, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
+{
+    /// `envFrom[index]`: every key of its Secret or ConfigMap, prefixed.
+    fn take_env_from(&mut self, index: usize, source: &EnvFromSource) {
         let Some((kind, name, optional)) = whole_source(source) else {
-            continue;
+            return;
         };
         let optional = optional == Some(true);
-        let Some(entries) = data(kind, name) else {
+        let Some(entries) = (self.data)(kind, name) else {
             let what = format!("envFrom[{index}]: {kind} {name} does not exist");
-            if optional {
-                out.skipped.push(Skipped::Optional { what });
-            } else {
-                out.blocking.push(what);
-            }
-            continue;
+            self.missing(what, optional);
+            return;
         };
         let prefix = source.prefix.as_deref().unwrap_or_default();
         for (key, value) in entries {
@@ -227,40 +233,25 @@ pub fn container_env<'a>(
                 kind,
                 name: name.to_string(),
             };
-            if !rules.valid(&var_name) {
-                out.skipped.push(Skipped::InvalidName {
-                    name: var_name,
-                    origin,
-                });
-                continue;
-            }
-            set(
-                &mut out,
-                var_name,
-                Var {
-                    value: Some(value.clone()),
-                    origin,
-                },
-            );
+            let value = Some(value.clone());
+            self.define(var_name, Var { value, origin });
         }
     }
 
-    for (index, entry) in container.env.iter().flatten().enumerate() {
+    /// `env[index]`: a value (with `$(NAME)` expanded from the variables defined so far), a key of
+    /// a Secret or ConfigMap, or a value only the running pod knows.
+    fn take_env(&mut self, index: usize, entry: &EnvVar) {
         let origin = Origin::Env { index };
         let value = if let Some(from) = &entry.value_from {
             match keyed_source(from) {
                 Some((kind, name, key, optional)) => {
-                    match data(kind, name).and_then(|d| d.get(key)) {
+                    match (self.data)(kind, name).and_then(|d| d.get(key)) {
                         Some(v) => Some(v.clone()),
                         None => {
                             let what =
                                 format!("env[{index}] {}: key {key} of {kind} {name}", entry.name);
-                            if optional == Some(true) {
-                                out.skipped.push(Skipped::Optional { what });
-                            } else {
-                                out.blocking.push(what);
-                            }
-                            continue;
+                            self.missing(what, optional == Some(true));
+                            return;
                         }
                     }
                 }
@@ -268,18 +259,44 @@ pub fn container_env<'a>(
                 None => None,
             }
         } else {
-            Some(expand(entry.value.as_deref().unwrap_or_default(), &out.vars).into_bytes())
+            Some(expand(entry.value.as_deref().unwrap_or_default(), &self.out.vars).into_bytes())
         };
-        if !rules.valid(&entry.name) {
-            out.skipped.push(Skipped::InvalidName {
-                name: entry.name.clone(),
-                origin,
-            });
-            continue;
-        }
-        set(&mut out, entry.name.clone(), Var { value, origin });
+        self.define(entry.name.clone(), Var { value, origin });
     }
-    out
+
+    /// A source or key that is not there: skipped when optional, else the container does not start.
+    fn missing(&mut self, what: String, optional: bool) {
+        if optional {
+            self.out.skipped.push(Skipped::Optional { what });
+        } else {
+            self.out.blocking.push(what);
+        }
+    }
+
+    /// Defines variable `name` as `var`, replacing (and recording) an earlier definition; a name
+    /// that is invalid under the rules is skipped.
+    fn define(&mut self, name: String, var: Var) {
+        if !self.rules.valid(&name) {
+            self.out.skipped.push(Skipped::InvalidName {
+                name,
+                origin: var.origin,
+            });
+            return;
+        }
+        if let Some(old) = self.out.vars.get(&name) {
+            let differs = match (&old.value, &var.value) {
+                (Some(a), Some(b)) => a != b,
+                _ => false,
+            };
+            self.out.shadowed.push(Shadowed {
+                name: name.clone(),
+                lost: old.origin.clone(),
+                by: var.origin.clone(),
+                differs,
+            });
+        }
+        self.out.vars.insert(name, var);
+    }
 }
 
 /// `$(NAME)` expanded from `defined`; `$$` is `$`; anything else is kept as written.

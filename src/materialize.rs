@@ -19,7 +19,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api::{ConstantType, EnvironmentConfigSpec, SecretKeySelector};
+use crate::api::{
+    ConstantType, DataSource, EnvironmentConfigSpec, SecretKeySelector, SecretValueSource,
+};
 use crate::lifecycle::{
     References,
     constants::{MAX_CONSTANT_VALUE, option_constant},
@@ -296,12 +298,46 @@ pub fn materialize(
     layers: &[&EnvironmentConfigSpec],
     secrets: &SecretData,
 ) -> Result<Materialized, Vec<Unresolved>> {
-    let mut problems = BTreeSet::new();
-    let lookup = |r: &SecretKeySelector,
-                  used_by: &dyn Fn() -> String,
-                  problems: &mut BTreeSet<Unresolved>| {
-        let Some(data) = secrets.get(&r.name) else {
-            problems.insert(Unresolved::SecretNotFound {
+    let mut m = Materializing::new(secrets);
+    m.resolve_constants(layers);
+    m.resolve_data_sources(layers);
+    m.check_value_lengths();
+    if !m.problems.is_empty() {
+        return Err(m.problems.into_iter().collect());
+    }
+    Ok(m.into_materialized(key, environment))
+}
+
+/// One run of [`materialize`]: the Secrets it reads, what it has resolved so far and every
+/// problem it has met.
+struct Materializing<'a> {
+    secrets: &'a SecretData,
+    problems: BTreeSet<Unresolved>,
+    /// Constant name -> type and value.
+    constants: BTreeMap<&'a str, (ConstantType, Vec<u8>)>,
+    /// Data source name -> its entry of the data source document.
+    sources: BTreeMap<&'a str, Value>,
+    /// The Secret constants that secret options become: name -> (the option, as named in
+    /// problems), value.
+    option_secrets: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+impl<'a> Materializing<'a> {
+    fn new(secrets: &'a SecretData) -> Self {
+        Materializing {
+            secrets,
+            problems: BTreeSet::new(),
+            constants: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            option_secrets: BTreeMap::new(),
+        }
+    }
+
+    /// The value `r` refers to; `None` when its Secret or key is missing, a problem recorded
+    /// against `used_by`.
+    fn lookup(&mut self, r: &SecretKeySelector, used_by: &dyn Fn() -> String) -> Option<Vec<u8>> {
+        let Some(data) = self.secrets.get(&r.name) else {
+            self.problems.insert(Unresolved::SecretNotFound {
                 secret: r.name.clone(),
                 key: r.key.clone(),
                 used_by: used_by(),
@@ -311,7 +347,7 @@ pub fn materialize(
         match data.get(&r.key) {
             Some(v) => Some(v.clone()),
             None => {
-                problems.insert(Unresolved::KeyNotFound {
+                self.problems.insert(Unresolved::KeyNotFound {
                     secret: r.name.clone(),
                     key: r.key.clone(),
                     used_by: used_by(),
@@ -319,146 +355,173 @@ pub fn materialize(
                 None
             }
         }
-    };
+    }
 
-    // Constants: the last layer that defines a name wins (its type included).
-    let mut constants: BTreeMap<&str, (ConstantType, Vec<u8>)> = BTreeMap::new();
-    for layer in layers {
-        for c in &layer.constants {
-            let value = match (c.type_, &c.value, &c.value_from) {
-                (ConstantType::Global, Some(v), _) => Some(v.clone().into_bytes()),
-                (_, _, Some(src)) => lookup(
-                    &src.secret_key_ref,
-                    &|| format!("constants[{}]", c.name),
-                    &mut problems,
-                ),
-                // The schema makes every other shape impossible; skip rather than guess.
-                _ => None,
-            };
-            if let Some(v) = value {
-                constants.insert(&c.name, (c.type_, v));
-            } else {
-                constants.remove(c.name.as_str());
+    /// Constants: the last layer that defines a name wins (its type included).
+    fn resolve_constants(&mut self, layers: &[&'a EnvironmentConfigSpec]) {
+        for layer in layers {
+            for c in &layer.constants {
+                let value = match (c.type_, &c.value, &c.value_from) {
+                    (ConstantType::Global, Some(v), _) => Some(v.clone().into_bytes()),
+                    (_, _, Some(src)) => {
+                        self.lookup(&src.secret_key_ref, &|| format!("constants[{}]", c.name))
+                    }
+                    // The schema makes every other shape impossible; skip rather than guess.
+                    _ => None,
+                };
+                if let Some(v) = value {
+                    self.constants.insert(&c.name, (c.type_, v));
+                } else {
+                    self.constants.remove(c.name.as_str());
+                }
             }
         }
     }
 
-    // Data sources: the last layer that defines a name wins, as a whole. Each secret option
-    // becomes a Secret constant of the stage (ToolJet resolves `{{secrets.NAME}}` in a data
-    // source's options at query time, for the environment the query runs in); the option itself
-    // holds that reference, so the data source document carries no credential.
-    let mut winners: BTreeMap<&str, &crate::api::DataSource> = BTreeMap::new();
-    for layer in layers {
-        for ds in &layer.data_sources {
-            winners.insert(&ds.name, ds);
+    /// Data sources: the last layer that defines a name wins, as a whole. Each secret option
+    /// becomes a Secret constant of the stage (ToolJet resolves `{{secrets.NAME}}` in a data
+    /// source's options at query time, for the environment the query runs in); the option itself
+    /// holds that reference, so the data source document carries no credential.
+    ///
+    /// Runs after [`Materializing::resolve_constants`]: a secret option's constant may share a
+    /// name only with a Secret constant of the same value.
+    fn resolve_data_sources(&mut self, layers: &[&'a EnvironmentConfigSpec]) {
+        let mut winners: BTreeMap<&str, &DataSource> = BTreeMap::new();
+        for layer in layers {
+            for ds in &layer.data_sources {
+                winners.insert(&ds.name, ds);
+            }
+        }
+        for (name, ds) in &winners {
+            let entry = self.data_source_entry(ds);
+            self.sources.insert(name, entry);
         }
     }
-    let mut sources: BTreeMap<&str, Value> = BTreeMap::new();
-    let mut option_secrets: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
-    for (name, ds) in &winners {
+
+    /// A data source's entry of the document: its kind, and its options with each secret option
+    /// replaced by `{{secrets.<its constant>}}` (the value carried as that constant).
+    fn data_source_entry(&mut self, ds: &DataSource) -> Value {
         let mut options: Map<String, Value> = ds
             .options
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (option, src) in &ds.secret_options {
-            let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
             let constant = option_constant(&ds.name, option);
             options.insert(
                 option.clone(),
                 Value::String(format!("{{{{secrets.{constant}}}}}")),
             );
-            let Some(bytes) = lookup(&src.secret_key_ref, &used_by, &mut problems) else {
-                continue;
-            };
-            if std::str::from_utf8(&bytes).is_err() {
-                problems.insert(Unresolved::NotText {
-                    secret: src.secret_key_ref.name.clone(),
-                    key: src.secret_key_ref.key.clone(),
-                    used_by: used_by(),
-                });
-                continue;
-            }
-            // One name, one value: the name may be shared only with the same secret value.
-            let taken_by = match (
-                option_secrets.get(&constant),
-                constants.get(constant.as_str()),
-            ) {
-                (Some((other, value)), _) if *value != bytes => Some(other.clone()),
-                (_, Some((ConstantType::Global, _))) => {
-                    Some(format!("Global constants[{constant}]"))
-                }
-                (_, Some((ConstantType::Secret, value))) if *value != bytes => {
-                    Some(format!("constants[{constant}] (with another value)"))
-                }
-                _ => None,
-            };
-            if let Some(taken_by) = taken_by {
-                problems.insert(Unresolved::NameTaken {
-                    name: constant.clone(),
-                    used_by: used_by(),
-                    taken_by,
-                });
-                continue;
-            }
-            if !constants.contains_key(constant.as_str()) {
-                option_secrets.insert(constant, (used_by(), bytes));
-            }
+            self.carry_secret_option(ds, option, src, constant);
         }
         let mut entry = Map::new();
         entry.insert("kind".into(), Value::String(ds.kind.clone()));
         entry.insert("options".into(), Value::Object(options));
-        sources.insert(name, Value::Object(entry));
+        Value::Object(entry)
     }
 
-    // ToolJet's limit on a constant's value, for values read from Secrets (inline values are
-    // held to it by the schema).
-    for (name, (_, value)) in &constants {
-        if value.len() > MAX_CONSTANT_VALUE {
-            problems.insert(Unresolved::TooLong {
-                name: name.to_string(),
-                len: value.len(),
+    /// Carries the value of secret option `option` of `ds` as Secret constant `constant`, unless
+    /// it is missing, not text, or the name is taken (each a problem). A Secret constant of that
+    /// name and value already carries it.
+    fn carry_secret_option(
+        &mut self,
+        ds: &DataSource,
+        option: &str,
+        src: &SecretValueSource,
+        constant: String,
+    ) {
+        let used_by = || format!("dataSources[{}].secretOptions.{option}", ds.name);
+        let Some(bytes) = self.lookup(&src.secret_key_ref, &used_by) else {
+            return;
+        };
+        if std::str::from_utf8(&bytes).is_err() {
+            self.problems.insert(Unresolved::NotText {
+                secret: src.secret_key_ref.name.clone(),
+                key: src.secret_key_ref.key.clone(),
+                used_by: used_by(),
             });
+            return;
+        }
+        if let Some(taken_by) = self.taken_by(&constant, &bytes) {
+            self.problems.insert(Unresolved::NameTaken {
+                name: constant.clone(),
+                used_by: used_by(),
+                taken_by,
+            });
+            return;
+        }
+        if !self.constants.contains_key(constant.as_str()) {
+            self.option_secrets.insert(constant, (used_by(), bytes));
         }
     }
-    for (name, (_, value)) in &option_secrets {
-        if value.len() > MAX_CONSTANT_VALUE {
-            problems.insert(Unresolved::TooLong {
-                name: name.clone(),
-                len: value.len(),
-            });
+
+    /// What already holds constant name `constant` with something other than secret value
+    /// `bytes`. One name, one value: the name may be shared only with the same secret value.
+    fn taken_by(&self, constant: &str, bytes: &[u8]) -> Option<String> {
+        match (
+            self.option_secrets.get(constant),
+            self.constants.get(constant),
+        ) {
+            (Some((other, value)), _) if value.as_slice() != bytes => Some(other.clone()),
+            (_, Some((ConstantType::Global, _))) => Some(format!("Global constants[{constant}]")),
+            (_, Some((ConstantType::Secret, value))) if value.as_slice() != bytes => {
+                Some(format!("constants[{constant}] (with another value)"))
+            }
+            _ => None,
         }
     }
 
-    if !problems.is_empty() {
-        return Err(problems.into_iter().collect());
+    /// ToolJet's limit on a constant's value, for values read from Secrets (inline values are
+    /// held to it by the schema).
+    fn check_value_lengths(&mut self) {
+        for (name, (_, value)) in &self.constants {
+            if value.len() > MAX_CONSTANT_VALUE {
+                self.problems.insert(Unresolved::TooLong {
+                    name: name.to_string(),
+                    len: value.len(),
+                });
+            }
+        }
+        for (name, (_, value)) in &self.option_secrets {
+            if value.len() > MAX_CONSTANT_VALUE {
+                self.problems.insert(Unresolved::TooLong {
+                    name: name.clone(),
+                    len: value.len(),
+                });
+            }
+        }
     }
 
-    let mut data = BTreeMap::new();
-    for (name, (kind, value)) in &constants {
-        data.insert(constant_key(environment, *kind, name), value.clone());
-    }
-    for (name, (_, value)) in &option_secrets {
+    /// The Secret data (every constant under its key for `environment`, and the data source
+    /// document) and its hash with `key`.
+    fn into_materialized(self, key: &HashKey, environment: &str) -> Materialized {
+        let mut data = BTreeMap::new();
+        for (name, (kind, value)) in &self.constants {
+            data.insert(constant_key(environment, *kind, name), value.clone());
+        }
+        for (name, (_, value)) in &self.option_secrets {
+            data.insert(
+                constant_key(environment, ConstantType::Secret, name),
+                value.clone(),
+            );
+        }
+        let document: Map<String, Value> = self
+            .sources
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        // serde_json's Map is ordered by key here (no preserve_order feature): deterministic bytes.
         data.insert(
-            constant_key(environment, ConstantType::Secret, name),
-            value.clone(),
+            DATASOURCES_KEY.to_string(),
+            serde_json::to_vec(&Value::Object(document)).expect("JSON values serialize"),
         );
+        Materialized {
+            hash: hash(key, &data),
+            data,
+            data_sources: self.sources.len(),
+            constants: self.constants.len() + self.option_secrets.len(),
+        }
     }
-    let document: Map<String, Value> = sources
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    // serde_json's Map is ordered by key here (no preserve_order feature): deterministic bytes.
-    data.insert(
-        DATASOURCES_KEY.to_string(),
-        serde_json::to_vec(&Value::Object(document)).expect("JSON values serialize"),
-    );
-    Ok(Materialized {
-        hash: hash(key, &data),
-        data,
-        data_sources: sources.len(),
-        constants: constants.len() + option_secrets.len(),
-    })
 }
 
 /// Two apps a workload serves that give one of its constants different values, or one name

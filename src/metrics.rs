@@ -10,7 +10,7 @@ use kube::core::admission::Operation;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use crate::api::GROUP;
@@ -172,81 +172,112 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every family registered, and the series of the closed label sets started at zero.
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tooljet_operator");
-        let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register("reconciles", "Reconciliations run", reconciles.clone());
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Reconciliations that failed, by reason",
-            reconcile_errors.clone(),
-        );
-        let reconcile_duration =
-            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new([
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ])
-            });
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time to reconcile one object",
-            reconcile_duration.clone(),
-        );
-        let writes = Family::<WriteLabels, Counter>::default();
-        registry.register(
-            "writes",
-            "Writes to the Kubernetes API, by object",
-            writes.clone(),
-        );
-        let materializations = Counter::default();
-        registry.register(
-            "materializations",
-            "Materialised Secrets written (created, updated or restored)",
-            materializations.clone(),
-        );
-        let secret_reads = Counter::default();
-        registry.register(
-            "referenced_secret_reads",
-            "Secrets referenced by an EnvironmentConfig read from the API (not cached at their latest resourceVersion)",
-            secret_reads.clone(),
-        );
-        let promotions = Counter::default();
-        registry.register("promotions", "Promotions observed", promotions.clone());
-        let releases = Counter::default();
-        registry.register(
-            "releases",
-            "Releases and rollbacks observed",
-            releases.clone(),
-        );
-        let admission_requests = Family::<AdmissionLabels, Counter>::default();
-        registry.register(
-            "admission_requests",
-            "Admission reviews answered, by result",
-            admission_requests.clone(),
-        );
-        let admission_duration = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                0.25, 1.0,
-            ])
-        });
-        registry.register(
-            "admission_duration_seconds",
-            "Server-side time to decide an admission review",
-            admission_duration.clone(),
-        );
-        let access_reviews = Family::<AccessLabels, Counter>::default();
-        registry.register(
-            "access_reviews",
-            "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
-            access_reviews.clone(),
-        );
+        let r = &mut registry;
+        // Fields are initialised in the order written, so the families are registered (and
+        // rendered) in this order; the registry moves in last.
+        let metrics = Metrics {
+            reconciles: register(r, "reconciles", "Reconciliations run", Family::default()),
+            reconcile_errors: register(
+                r,
+                "reconcile_errors",
+                "Reconciliations that failed, by reason",
+                Family::default(),
+            ),
+            reconcile_duration: register(
+                r,
+                "reconcile_duration_seconds",
+                "Time to reconcile one object",
+                Family::new_with_constructor(reconcile_histogram),
+            ),
+            writes: register(
+                r,
+                "writes",
+                "Writes to the Kubernetes API, by object",
+                Family::default(),
+            ),
+            materializations: register(
+                r,
+                "materializations",
+                "Materialised Secrets written (created, updated or restored)",
+                Counter::default(),
+            ),
+            secret_reads: register(
+                r,
+                "referenced_secret_reads",
+                "Secrets referenced by an EnvironmentConfig read from the API (not cached at their latest resourceVersion)",
+                Counter::default(),
+            ),
+            promotions: register(r, "promotions", "Promotions observed", Counter::default()),
+            releases: register(
+                r,
+                "releases",
+                "Releases and rollbacks observed",
+                Counter::default(),
+            ),
+            admission_requests: register(
+                r,
+                "admission_requests",
+                "Admission reviews answered, by result",
+                Family::default(),
+            ),
+            admission_duration: register(
+                r,
+                "admission_duration_seconds",
+                "Server-side time to decide an admission review",
+                Family::new_with_constructor(admission_histogram),
+            ),
+            access_reviews: register(
+                r,
+                "access_reviews",
+                "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
+                Family::default(),
+            ),
+            registry,
+        };
+        metrics.start_access_series();
+        metrics.start_admission_series();
+        metrics
+    }
+}
+
+/// The buckets of a reconcile's duration (seconds).
+fn reconcile_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ])
+}
+
+/// The buckets of an admission decision's duration (seconds).
+fn admission_histogram() -> Histogram {
+    Histogram::new([
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ])
+}
+
+/// Registers `metric` as `name` with `help`, and returns it (a handle on the registered one).
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+impl Metrics {
+    /// Starts the series of every access answer at zero.
+    fn start_access_series(&self) {
         for &answer in AccessAnswer::ALL {
-            let _ = access_reviews.get_or_create(&AccessLabels { answer });
+            let _ = self.access_reviews.get_or_create(&AccessLabels { answer });
         }
+    }
+
+    /// Starts at zero, for each webhook, its duration series, the request series of every
+    /// decision on our apps and versions, and the series of undecodable bodies.
+    fn start_admission_series(&self) {
         for &webhook in Webhook::ALL {
-            let _ = admission_duration.get_or_create(&WebhookLabels { webhook });
+            let _ = self
+                .admission_duration
+                .get_or_create(&WebhookLabels { webhook });
             for kind in [AdmissionKind::AppVersion, AdmissionKind::ToolJetApp] {
                 for operation in [
                     AdmissionOperation::Create,
@@ -254,7 +285,7 @@ impl Default for Metrics {
                     AdmissionOperation::Delete,
                 ] {
                     for result in [AdmissionResult::Allowed, AdmissionResult::Denied] {
-                        let _ = admission_requests.get_or_create(&AdmissionLabels {
+                        let _ = self.admission_requests.get_or_create(&AdmissionLabels {
                             webhook,
                             kind,
                             operation,
@@ -264,21 +295,9 @@ impl Default for Metrics {
                 }
             }
             // Undecodable bodies have one series per webhook, so an alert on them sees it at 0.
-            let _ = admission_requests.get_or_create(&AdmissionLabels::invalid(webhook));
-        }
-        Metrics {
-            registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            writes,
-            materializations,
-            secret_reads,
-            promotions,
-            releases,
-            admission_requests,
-            admission_duration,
-            access_reviews,
+            let _ = self
+                .admission_requests
+                .get_or_create(&AdmissionLabels::invalid(webhook));
         }
     }
 }

@@ -191,49 +191,13 @@ impl Schedule {
     /// Parses a 5-field cron schedule or one of the supported `@` macros.
     pub fn parse(source: &str) -> Result<Schedule, ScheduleError> {
         let trimmed = source.trim();
-        let expanded = if let Some(name) = trimmed.strip_prefix('@') {
-            match name.to_ascii_lowercase().as_str() {
-                "yearly" | "annually" => "0 0 1 1 *",
-                "monthly" => "0 0 1 * *",
-                "weekly" => "0 0 * * 0",
-                "daily" | "midnight" => "0 0 * * *",
-                "hourly" => "0 * * * *",
-                _ => {
-                    return Err(ScheduleError::new(
-                        None,
-                        trimmed,
-                        "this macro is not supported".into(),
-                        "use a 5-field schedule (minute hour day-of-month month day-of-week) or one of \
-                         @yearly, @monthly, @weekly, @daily, @hourly"
-                            .into(),
-                    ));
-                }
-            }
-        } else {
-            trimmed
-        };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            let fix = if fields.len() > 5 {
-                "remove the extra fields (seconds and years are not supported), e.g. \"0 18 * * 5\""
-            } else {
-                "give all five fields, with * for those that match everything, e.g. \"0 18 * * 5\""
-            };
-            return Err(ScheduleError::new(
-                None,
-                source,
-                format!(
-                    "a schedule has 5 fields (minute hour day-of-month month day-of-week), found {}",
-                    fields.len()
-                ),
-                fix.into(),
-            ));
-        }
+        let fields = five_fields(source, expand_macro(trimmed)?)?;
         let mut bits = [0u64; 5];
         for (slot, (field, text)) in bits.iter_mut().zip(CronField::ALL.into_iter().zip(&fields)) {
             *slot = parse_field(field, text)?;
         }
         let [minutes, hours, days_of_month, months, mut days_of_week] = bits;
+        // 7 is Sunday, as 0 is.
         if days_of_week & (1 << 7) != 0 {
             days_of_week = (days_of_week & !(1 << 7)) | 1;
         }
@@ -245,21 +209,21 @@ impl Schedule {
             days_of_week,
             dom_restricted: !unrestricted(fields[2]),
             dow_restricted: !unrestricted(fields[4]),
-            times: (0u16..24)
-                .filter(|h| hours & (1 << h) != 0)
-                .flat_map(|h| {
-                    (0u16..60)
-                        .filter(move |m| minutes & (1 << m) != 0)
-                        .map(move |m| h * 60 + m)
-                })
-                .collect(),
+            times: fire_times(hours, minutes),
         };
-        if schedule.dom_restricted && !schedule.dow_restricted {
+        schedule.check_days_exist(&fields)?;
+        Ok(schedule)
+    }
+
+    /// Refuses a schedule whose restricted days of the month exist in none of its months (then
+    /// it never fires). `fields` are the schedule's five fields, for the message.
+    fn check_days_exist(&self, fields: &[&str]) -> Result<(), ScheduleError> {
+        if self.dom_restricted && !self.dow_restricted {
             // Longest length of each month (February has 29 days in leap years).
             const LONGEST: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
             let possible = (1..=12u32)
-                .filter(|m| months & (1 << m) != 0)
-                .any(|m| (1..=LONGEST[m as usize - 1]).any(|d| days_of_month & (1 << d) != 0));
+                .filter(|m| self.months & (1 << m) != 0)
+                .any(|m| (1..=LONGEST[m as usize - 1]).any(|d| self.days_of_month & (1 << d) != 0));
             if !possible {
                 return Err(ScheduleError::new(
                     Some(CronField::DayOfMonth),
@@ -269,7 +233,7 @@ impl Schedule {
                 ));
             }
         }
-        Ok(schedule)
+        Ok(())
     }
 
     /// The schedule as written.
@@ -338,6 +302,63 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
+}
+
+/// The 5-field schedule a supported `@` macro stands for; anything else as it is.
+fn expand_macro(trimmed: &str) -> Result<&str, ScheduleError> {
+    let Some(name) = trimmed.strip_prefix('@') else {
+        return Ok(trimmed);
+    };
+    match name.to_ascii_lowercase().as_str() {
+        "yearly" | "annually" => Ok("0 0 1 1 *"),
+        "monthly" => Ok("0 0 1 * *"),
+        "weekly" => Ok("0 0 * * 0"),
+        "daily" | "midnight" => Ok("0 0 * * *"),
+        "hourly" => Ok("0 * * * *"),
+        _ => Err(ScheduleError::new(
+            None,
+            trimmed,
+            "this macro is not supported".into(),
+            "use a 5-field schedule (minute hour day-of-month month day-of-week) or one of \
+             @yearly, @monthly, @weekly, @daily, @hourly"
+                .into(),
+        )),
+    }
+}
+
+/// The five fields of `expanded` (the schedule `source`, macros expanded), or why there are not
+/// five.
+fn five_fields<'a>(source: &str, expanded: &'a str) -> Result<Vec<&'a str>, ScheduleError> {
+    let fields: Vec<&str> = expanded.split_whitespace().collect();
+    if fields.len() != 5 {
+        let fix = if fields.len() > 5 {
+            "remove the extra fields (seconds and years are not supported), e.g. \"0 18 * * 5\""
+        } else {
+            "give all five fields, with * for those that match everything, e.g. \"0 18 * * 5\""
+        };
+        return Err(ScheduleError::new(
+            None,
+            source,
+            format!(
+                "a schedule has 5 fields (minute hour day-of-month month day-of-week), found {}",
+                fields.len()
+            ),
+            fix.into(),
+        ));
+    }
+    Ok(fields)
+}
+
+/// Minutes of the day (hour * 60 + minute) of every hour and minute set in the bit sets, sorted.
+fn fire_times(hours: u64, minutes: u64) -> Vec<u16> {
+    (0u16..24)
+        .filter(|h| hours & (1 << h) != 0)
+        .flat_map(|h| {
+            (0u16..60)
+                .filter(move |m| minutes & (1 << m) != 0)
+                .map(move |m| h * 60 + m)
+        })
+        .collect()
 }
 
 fn parse_field(field: CronField, text: &str) -> Result<u64, ScheduleError> {
@@ -920,93 +941,24 @@ impl fmt::Display for Gate {
 /// Whether promotions may pass at `now` under `windows`, why, and when that changes.
 pub fn gate(windows: &[Window], now: DateTime<Utc>) -> Gate {
     let horizon = now + TimeDelta::days(HORIZON_DAYS);
-    let mut active = Vec::new();
-    let (mut allow, mut deny) = (Vec::new(), Vec::new());
-    for (index, window) in windows.iter().enumerate() {
-        let mut intervals = Intervals::new(window, now, horizon).peekable();
-        while intervals.next_if(|iv| iv.1 <= now).is_some() {}
-        if let Some(&(start, end)) = intervals.peek()
-            && start <= now
-        {
-            active.push(ActiveWindow {
-                index,
-                kind: window.kind,
-                label: window.to_string(),
-                until: (end <= horizon).then_some(end),
-            });
-        }
-        match window.kind {
-            WindowKind::Allow => allow.push(intervals),
-            WindowKind::Deny => deny.push(intervals),
-        }
-    }
-    let has_allow = !allow.is_empty();
-    let mut allow = Cursor(
-        Union {
-            sources: allow,
-            pending: None,
-        }
-        .peekable(),
-    );
-    let mut deny = Cursor(
-        Union {
-            sources: deny,
-            pending: None,
-        }
-        .peekable(),
-    );
+    let (mut timeline, active) = Timeline::new(windows, now, horizon);
     let within = |t: Option<DateTime<Utc>>| t.filter(|t| *t <= horizon);
 
-    let denied = deny.contains(now);
-    let allowed = allow.contains(now);
-    if !denied && (!has_allow || allowed) {
-        // Open: it closes when the next Deny starts or the current Allow ends.
-        let deny_starts = deny.at(now).map(|iv| iv.0);
-        let allow_ends = if has_allow {
-            allow.at(now).map(|iv| iv.1)
-        } else {
-            None
-        };
-        let next_close = match (deny_starts, allow_ends) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+    let denied = timeline.deny.contains(now);
+    let allowed = timeline.allow.contains(now);
+    if !denied && (!timeline.has_allow || allowed) {
         return Gate {
             open: true,
-            reason: if has_allow {
+            reason: if timeline.has_allow {
                 Reason::InsideAllow
             } else {
                 Reason::Unrestricted
             },
             active,
             next_open: None,
-            next_close: within(next_close),
+            next_close: within(timeline.next_close(now)),
         };
     }
-    // Closed: step over Deny intervals and gaps between Allow intervals until both agree.
-    let mut t = now;
-    let next_open = loop {
-        if t > horizon {
-            break None;
-        }
-        if let Some((start, end)) = deny.at(t)
-            && start <= t
-        {
-            t = end;
-            continue;
-        }
-        if has_allow {
-            match allow.at(t) {
-                None => break None,
-                Some((start, _)) if start > t => {
-                    t = start;
-                    continue;
-                }
-                Some(_) => {}
-            }
-        }
-        break Some(t);
-    };
     Gate {
         open: false,
         reason: if denied {
@@ -1015,8 +967,106 @@ pub fn gate(windows: &[Window], now: DateTime<Utc>) -> Gate {
             Reason::OutsideAllow
         },
         active,
-        next_open: within(next_open),
+        next_open: within(timeline.next_open(now)),
         next_close: None,
+    }
+}
+
+/// The Allow windows' and the Deny windows' intervals, each a union walked forward from the time
+/// of the gate.
+struct Timeline<'a> {
+    allow: Cursor<'a>,
+    deny: Cursor<'a>,
+    /// Whether any Allow window exists: then the gate is open only inside one.
+    has_allow: bool,
+    horizon: DateTime<Utc>,
+}
+
+impl<'a> Timeline<'a> {
+    /// The timeline of `windows` from `now` to `horizon`, and the windows active at `now`.
+    fn new(
+        windows: &'a [Window],
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> (Timeline<'a>, Vec<ActiveWindow>) {
+        let mut active = Vec::new();
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for (index, window) in windows.iter().enumerate() {
+            let mut intervals = Intervals::new(window, now, horizon).peekable();
+            while intervals.next_if(|iv| iv.1 <= now).is_some() {}
+            if let Some(&(start, end)) = intervals.peek()
+                && start <= now
+            {
+                active.push(ActiveWindow {
+                    index,
+                    kind: window.kind,
+                    label: window.to_string(),
+                    until: (end <= horizon).then_some(end),
+                });
+            }
+            match window.kind {
+                WindowKind::Allow => allow.push(intervals),
+                WindowKind::Deny => deny.push(intervals),
+            }
+        }
+        let union = |sources| {
+            Cursor(
+                Union {
+                    sources,
+                    pending: None,
+                }
+                .peekable(),
+            )
+        };
+        let timeline = Timeline {
+            has_allow: !allow.is_empty(),
+            allow: union(allow),
+            deny: union(deny),
+            horizon,
+        };
+        (timeline, active)
+    }
+
+    /// When the gate, open at `now`, closes: when the next Deny starts or the current Allow ends.
+    fn next_close(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let deny_starts = self.deny.at(now).map(|iv| iv.0);
+        let allow_ends = if self.has_allow {
+            self.allow.at(now).map(|iv| iv.1)
+        } else {
+            None
+        };
+        match (deny_starts, allow_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the gate, closed at `now`, opens: step over Deny intervals and gaps between Allow
+    /// intervals until both agree (`None` past the horizon).
+    fn next_open(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut t = now;
+        loop {
+            if t > self.horizon {
+                return None;
+            }
+            if let Some((start, end)) = self.deny.at(t)
+                && start <= t
+            {
+                t = end;
+                continue;
+            }
+            if self.has_allow {
+                match self.allow.at(t) {
+                    None => return None,
+                    Some((start, _)) if start > t => {
+                        t = start;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            return Some(t);
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Child, Command, ExitCode},
     time::{Duration, Instant},
 };
 
@@ -565,62 +565,308 @@ fn up(detach: bool, options: Options) -> Result<()> {
              `cargo xtask control-plane stop` it, or pass --no-pods"
         );
     }
-    let root = root();
-    let local = local_dir();
-    println!("Installing the CRDs from crds/ ...");
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &root.join("crds").display().to_string(),
-    ])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "-l",
-        "app.kubernetes.io/part-of=tooljet-operator",
-    ])?;
-    kubectl(&[
-        "create",
-        "namespace",
-        "tooljet-system",
-        "--dry-run=client",
-        "-o",
-        "yaml",
-    ])
-    .and_then(|yaml| {
-        let path = local.join("namespace.yaml");
-        std::fs::write(&path, yaml)?;
-        kubectl(&["apply", "-f", &path.display().to_string()])
-    })?;
-    println!("Building the operator and the kubectl plugin ...");
-    run_cmd(cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "tooljet-operator",
-        "-p",
-        "kubectl-tooljet",
-        "--bin",
-        "tooljet-operator",
-        "--bin",
-        "crdgen",
-        "--bin",
-        "kubectl-tooljet",
-    ]))?;
-    let target = target_dir();
-    let bin = |name: &str| target.join("debug").join(name);
-    // `kubectl tooljet`: kubectl finds plugins on PATH; the printed exports put this directory there.
-    let plugin_dir = plugin_dir();
-    std::fs::create_dir_all(&plugin_dir)?;
-    let link = plugin_dir.join("kubectl-tooljet");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(bin("kubectl-tooljet"), &link)
-        .with_context(|| format!("linking {}", link.display()))?;
+    let up = Up {
+        root: root(),
+        local: local_dir(),
+    };
+    up.install_crds()?;
+    up.build_binaries()?;
+    ensure_operator_addresses_free()?;
+    up.register_admission()?;
+    let operator = up.start_operator(detach)?;
+    up.apply_examples()?;
+    up.import_sales_dashboard()?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("{}", kubectl(&["get", "tooljet", "-A"])?);
+    if options.pods {
+        show_example_pods()?;
+    }
+    up.hand_over(operator, detach)
+}
 
+/// What the phases of `cargo xtask up` share: the repository root and the control plane's local
+/// directory.
+struct Up {
+    root: PathBuf,
+    local: PathBuf,
+}
+
+impl Up {
+    /// A binary of the workspace's debug build.
+    fn bin(&self, name: &str) -> PathBuf {
+        target_dir().join("debug").join(name)
+    }
+
+    fn examples(&self) -> PathBuf {
+        self.root.join("examples")
+    }
+
+    fn operator_log(&self) -> PathBuf {
+        self.local.join("logs").join("operator.log")
+    }
+
+    /// The CRDs from crds/, established, and the operator's namespace.
+    fn install_crds(&self) -> Result<()> {
+        println!("Installing the CRDs from crds/ ...");
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &self.root.join("crds").display().to_string(),
+        ])?;
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=tooljet-operator",
+        ])?;
+        kubectl(&[
+            "create",
+            "namespace",
+            "tooljet-system",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+        .and_then(|yaml| {
+            let path = self.local.join("namespace.yaml");
+            std::fs::write(&path, yaml)?;
+            kubectl(&["apply", "-f", &path.display().to_string()])
+        })?;
+        Ok(())
+    }
+
+    /// The operator, `crdgen` and the kubectl plugin, built; the plugin linked where kubectl
+    /// finds it.
+    fn build_binaries(&self) -> Result<()> {
+        println!("Building the operator and the kubectl plugin ...");
+        run_cmd(cargo().args([
+            "build",
+            "--quiet",
+            "-p",
+            "tooljet-operator",
+            "-p",
+            "kubectl-tooljet",
+            "--bin",
+            "tooljet-operator",
+            "--bin",
+            "crdgen",
+            "--bin",
+            "kubectl-tooljet",
+        ]))?;
+        // `kubectl tooljet`: kubectl finds plugins on PATH; the printed exports put this directory
+        // there.
+        let plugin_dir = plugin_dir();
+        std::fs::create_dir_all(&plugin_dir)?;
+        let link = plugin_dir.join("kubectl-tooljet");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(self.bin("kubectl-tooljet"), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        Ok(())
+    }
+
+    /// The admission webhook (at [`WEBHOOK_ADDR`]), policy and user roles that `crdgen admission`
+    /// prints, applied.
+    fn register_admission(&self) -> Result<()> {
+        println!(
+            "Registering the admission webhook (https://{WEBHOOK_ADDR}), policy and user roles ..."
+        );
+        let admission = Command::new(self.bin("crdgen"))
+            .args([
+                "admission",
+                "--webhook-url",
+                &format!("https://{WEBHOOK_ADDR}"),
+            ])
+            .output()?;
+        if !admission.status.success() {
+            bail!(
+                "crdgen admission failed: {}",
+                String::from_utf8_lossy(&admission.stderr)
+            );
+        }
+        let admission_path = self.local.join("admission.yaml");
+        std::fs::write(&admission_path, &admission.stdout)?;
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &admission_path.display().to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// The operator, started (its output in the log file when `detach`), ready, and its webhook's
+    /// caBundle published.
+    fn start_operator(&self, detach: bool) -> Result<Child> {
+        let mut operator = Command::new(self.bin("tooljet-operator"));
+        operator
+            .args([
+                "--namespace",
+                "tooljet-system",
+                "--webhook-addr",
+                WEBHOOK_ADDR,
+                "--webhook-host",
+                "127.0.0.1",
+                "--health-addr",
+                HEALTH_ADDR,
+            ])
+            .env("KUBECONFIG", kubeconfig())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if detach {
+            let log = std::fs::File::create(self.operator_log())?;
+            operator.stdout(log.try_clone()?).stderr(log);
+        }
+        let mut child = operator
+            .spawn()
+            .with_context(|| "starting the operator".to_string())?;
+        self.wait_until_serving(&mut child)?;
+        Ok(child)
+    }
+
+    /// Until the operator is ready (an error if it exits first) and its webhook has a caBundle.
+    fn wait_until_serving(&self, child: &mut Child) -> Result<()> {
+        wait_for("the operator's /readyz", Duration::from_secs(60), || {
+            http_status(HEALTH_ADDR, "/readyz") == Some(200)
+                || matches!(child.try_wait(), Ok(Some(_)))
+        })?;
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the operator exited at start ({status}); see {}",
+                self.operator_log().display()
+            );
+        }
+        wait_for("the webhook's caBundle", Duration::from_secs(30), || {
+            kubectl(&[
+                "get",
+                "validatingwebhookconfiguration",
+                "tooljet-operator",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .is_ok_and(|ca| !ca.trim().is_empty())
+        })
+    }
+
+    /// examples/: the namespace, Secrets, app, configurations and policies, then (once the
+    /// webhook sees the app) the versions and the ToolJet Deployments.
+    fn apply_examples(&self) -> Result<()> {
+        println!("Applying examples/ ...");
+        let examples = self.examples();
+        kubectl(&[
+            "apply",
+            "-f",
+            &examples.join("namespace.yaml").display().to_string(),
+        ])?;
+        // The webhook judges versions against their app: apply the app (and everything else) first.
+        for file in [
+            "secrets.yaml",
+            "app.yaml",
+            "environment-configs.yaml",
+            "workspace-configs.yaml",
+            "policies.yaml",
+        ] {
+            kubectl(&["apply", "-f", &examples.join(file).display().to_string()])?;
+        }
+        wait_for(
+            "the webhook to see app crm",
+            Duration::from_secs(30),
+            || {
+                kubectl(&[
+                    "apply",
+                    "--dry-run=server",
+                    "-f",
+                    &examples.join("versions.yaml").display().to_string(),
+                ])
+                .is_ok()
+            },
+        )?;
+        kubectl(&[
+            "apply",
+            "-f",
+            &examples.join("versions.yaml").display().to_string(),
+        ])?;
+        // The ToolJet Deployments the app's spec.rollout targets, once every stage's configuration
+        // is in: each starts, then restarts once with its stage's config hash stamped.
+        kubectl(&[
+            "apply",
+            "-f",
+            &examples.join("deployments.yaml").display().to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// A real ToolJet export, imported as a user would, on one ToolJet server for every stage
+    /// (examples/single-instance.yaml, which its rollout names).
+    fn import_sales_dashboard(&self) -> Result<()> {
+        let examples = self.examples();
+        let sales = examples.join("sales-dashboard");
+        println!("Importing a ToolJet export: examples/sales-dashboard/export.json ...");
+        kubectl(&[
+            "apply",
+            "-f",
+            &sales.join("credentials.yaml").display().to_string(),
+        ])?;
+        run_cmd(
+            Command::new(self.bin("kubectl-tooljet"))
+                .env("KUBECONFIG", kubeconfig())
+                .args(["-n", "acme-workspace", "import"])
+                .arg(sales.join("export.json"))
+                .arg("--apply"),
+        )?;
+        kubectl(&[
+            "-n",
+            "acme-workspace",
+            "patch",
+            "tjapp",
+            "sales-dashboard",
+            "--type",
+            "merge",
+            "--patch-file",
+            &sales.join("rollout.yaml").display().to_string(),
+        ])?;
+        kubectl(&[
+            "apply",
+            "-f",
+            &examples.join("single-instance.yaml").display().to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// With `detach`, leaves the operator running (its pid recorded for `control-plane stop`);
+    /// otherwise runs it in the foreground until it exits.
+    fn hand_over(&self, mut operator: Child, detach: bool) -> Result<()> {
+        if detach {
+            let pids_file = self.local.join("pids");
+            let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
+            pids.push_str(&format!("\n{}", operator.id()));
+            std::fs::write(&pids_file, pids)?;
+            println!(
+                "The operator runs in the background (log: {}).\n{}",
+                self.operator_log().display(),
+                env_exports()
+            );
+            println!("Stop everything with `cargo xtask control-plane stop`.");
+            return Ok(());
+        }
+        println!(
+            "The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}",
+            env_exports()
+        );
+        let status = operator.wait()?;
+        println!("operator exited: {status}");
+        Ok(())
+    }
+}
+
+/// Refuses to start a second operator: the webhook and health addresses must be free.
+fn ensure_operator_addresses_free() -> Result<()> {
     if http_status(HEALTH_ADDR, "/healthz").is_some()
         || std::net::TcpListener::bind(WEBHOOK_ADDR).is_err()
     {
@@ -628,177 +874,5 @@ fn up(detach: bool, options: Options) -> Result<()> {
             "{WEBHOOK_ADDR} or {HEALTH_ADDR} is in use (an operator from an earlier `cargo xtask up`?); stop it first"
         );
     }
-    println!(
-        "Registering the admission webhook (https://{WEBHOOK_ADDR}), policy and user roles ..."
-    );
-    let admission = Command::new(bin("crdgen"))
-        .args([
-            "admission",
-            "--webhook-url",
-            &format!("https://{WEBHOOK_ADDR}"),
-        ])
-        .output()?;
-    if !admission.status.success() {
-        bail!(
-            "crdgen admission failed: {}",
-            String::from_utf8_lossy(&admission.stderr)
-        );
-    }
-    let admission_path = local.join("admission.yaml");
-    std::fs::write(&admission_path, &admission.stdout)?;
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &admission_path.display().to_string(),
-    ])?;
-
-    let mut operator = Command::new(bin("tooljet-operator"));
-    operator
-        .args([
-            "--namespace",
-            "tooljet-system",
-            "--webhook-addr",
-            WEBHOOK_ADDR,
-            "--webhook-host",
-            "127.0.0.1",
-            "--health-addr",
-            HEALTH_ADDR,
-        ])
-        .env("KUBECONFIG", kubeconfig())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-    let log_path = local.join("logs").join("operator.log");
-    if detach {
-        let log = std::fs::File::create(&log_path)?;
-        operator.stdout(log.try_clone()?).stderr(log);
-    }
-    let mut child = operator
-        .spawn()
-        .with_context(|| "starting the operator".to_string())?;
-    wait_for("the operator's /readyz", Duration::from_secs(60), || {
-        http_status(HEALTH_ADDR, "/readyz") == Some(200) || matches!(child.try_wait(), Ok(Some(_)))
-    })?;
-    if let Some(status) = child.try_wait()? {
-        bail!(
-            "the operator exited at start ({status}); see {}",
-            log_path.display()
-        );
-    }
-    wait_for("the webhook's caBundle", Duration::from_secs(30), || {
-        kubectl(&[
-            "get",
-            "validatingwebhookconfiguration",
-            "tooljet-operator",
-            "-o",
-            "jsonpath={.webhooks[0].clientConfig.caBundle}",
-        ])
-        .is_ok_and(|ca| !ca.trim().is_empty())
-    })?;
-
-    println!("Applying examples/ ...");
-    kubectl(&[
-        "apply",
-        "-f",
-        &root
-            .join("examples")
-            .join("namespace.yaml")
-            .display()
-            .to_string(),
-    ])?;
-    // The webhook judges versions against their app: apply the app (and everything else) first.
-    let examples = root.join("examples");
-    for file in [
-        "secrets.yaml",
-        "app.yaml",
-        "environment-configs.yaml",
-        "workspace-configs.yaml",
-        "policies.yaml",
-    ] {
-        kubectl(&["apply", "-f", &examples.join(file).display().to_string()])?;
-    }
-    wait_for(
-        "the webhook to see app crm",
-        Duration::from_secs(30),
-        || {
-            kubectl(&[
-                "apply",
-                "--dry-run=server",
-                "-f",
-                &examples.join("versions.yaml").display().to_string(),
-            ])
-            .is_ok()
-        },
-    )?;
-    kubectl(&[
-        "apply",
-        "-f",
-        &examples.join("versions.yaml").display().to_string(),
-    ])?;
-    // The ToolJet Deployments the app's spec.rollout targets, once every stage's configuration
-    // is in: each starts, then restarts once with its stage's config hash stamped.
-    kubectl(&[
-        "apply",
-        "-f",
-        &examples.join("deployments.yaml").display().to_string(),
-    ])?;
-    // A real ToolJet export, imported as a user would, on one ToolJet server for every stage.
-    let sales = examples.join("sales-dashboard");
-    println!("Importing a ToolJet export: examples/sales-dashboard/export.json ...");
-    kubectl(&[
-        "apply",
-        "-f",
-        &sales.join("credentials.yaml").display().to_string(),
-    ])?;
-    run_cmd(
-        Command::new(bin("kubectl-tooljet"))
-            .env("KUBECONFIG", kubeconfig())
-            .args(["-n", "acme-workspace", "import"])
-            .arg(sales.join("export.json"))
-            .arg("--apply"),
-    )?;
-    kubectl(&[
-        "-n",
-        "acme-workspace",
-        "patch",
-        "tjapp",
-        "sales-dashboard",
-        "--type",
-        "merge",
-        "--patch-file",
-        &sales.join("rollout.yaml").display().to_string(),
-    ])?;
-    kubectl(&[
-        "apply",
-        "-f",
-        &examples.join("single-instance.yaml").display().to_string(),
-    ])?;
-    std::thread::sleep(Duration::from_secs(2));
-    println!("{}", kubectl(&["get", "tooljet", "-A"])?);
-    if options.pods {
-        show_example_pods()?;
-    }
-    if detach {
-        let pids_file = local.join("pids");
-        let mut pids = std::fs::read_to_string(&pids_file).unwrap_or_default();
-        pids.push_str(&format!("\n{}", child.id()));
-        std::fs::write(&pids_file, pids)?;
-        println!(
-            "The operator runs in the background (log: {}).\n{}",
-            log_path.display(),
-            env_exports()
-        );
-        println!("Stop everything with `cargo xtask control-plane stop`.");
-        return Ok(());
-    }
-    println!(
-        "The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}",
-        env_exports()
-    );
-    let status = child.wait()?;
-    println!("operator exited: {status}");
     Ok(())
 }
