@@ -679,8 +679,6 @@ pub fn merge_layers(key: &HashKey, layers: &[&BTreeMap<String, Vec<u8>>]) -> Mat
     }
 }
 
-/// The names a version needs and the configuration of its stage lacks, as `kind name` phrases
-/// (`data source crm-api`, `constant API_URL`, `secret STRIPE_KEY`), sorted.
 /// Something a version needs that its stage's configuration lacks; shown as `constant X`,
 /// `data source X` or `secret X` (and ordered so).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -702,6 +700,7 @@ impl std::fmt::Display for Missing {
     }
 }
 
+/// The names a version needs and the configuration of its stage lacks ([`Missing`]), sorted.
 pub fn missing_requirements(
     required_sources: &[String],
     required_constants: &[String],

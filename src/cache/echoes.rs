@@ -57,17 +57,7 @@ impl Echoes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use k8s_openapi::api::core::v1::ConfigMap;
-
-    fn config_map(name: &str, generation: i64, rv: &str) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some(name.into());
-        cm.metadata.namespace = Some("ns".into());
-        cm.metadata.generation = Some(generation);
-        cm.metadata.resource_version = Some(rv.into());
-        cm
-    }
+    use crate::cache::fixtures::config_map;
 
     #[test]
     fn echoes_are_the_operators_own_writes_only() {

@@ -146,18 +146,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fixtures::config_map;
 
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::ResourceExt;
-
-    fn config_map(name: &str, generation: i64, rv: &str) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some(name.into());
-        cm.metadata.namespace = Some("ns".into());
-        cm.metadata.generation = Some(generation);
-        cm.metadata.resource_version = Some(rv.into());
-        cm
-    }
 
     #[test]
     fn an_index_follows_changes_deletions_and_relists() {

@@ -64,3 +64,19 @@ pub use ownership::{Controlled, controlled_by};
 pub use refs::RefIndex;
 pub use secret::ManagedSecret;
 pub use watch::{Change, Hub, Readiness, VERSION_PAGE};
+
+/// Objects for the cache's unit tests: a ConfigMap stands in for any cached kind.
+#[cfg(test)]
+mod fixtures {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// A ConfigMap in namespace `ns` with a name, generation and resourceVersion.
+    pub fn config_map(name: &str, generation: i64, rv: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("ns".into());
+        cm.metadata.generation = Some(generation);
+        cm.metadata.resource_version = Some(rv.into());
+        cm
+    }
+}

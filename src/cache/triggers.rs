@@ -108,18 +108,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fixtures::config_map;
 
     use futures::channel::mpsc;
-    use k8s_openapi::api::core::v1::ConfigMap;
-
-    fn config_map(name: &str, generation: i64, rv: &str) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some(name.into());
-        cm.metadata.namespace = Some("ns".into());
-        cm.metadata.generation = Some(generation);
-        cm.metadata.resource_version = Some(rv.into());
-        cm
-    }
 
     #[tokio::test]
     async fn changes_pass_new_changed_and_deleted_objects_only() {

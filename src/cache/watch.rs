@@ -348,20 +348,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::fixtures::config_map;
 
     use k8s_openapi::{
         api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
     };
     use kube::ResourceExt;
-
-    fn config_map(name: &str, generation: i64, rv: &str) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some(name.into());
-        cm.metadata.namespace = Some("ns".into());
-        cm.metadata.generation = Some(generation);
-        cm.metadata.resource_version = Some(rv.into());
-        cm
-    }
 
     #[test]
     fn stripping_drops_managed_fields_and_the_last_applied_copy_only() {
