@@ -57,7 +57,7 @@ impl StageGuard {
                 )),
             };
         }
-        let gate = policy::gate(&self.windows, now);
+        let gate = policy::window_state(&self.windows, now);
         WindowState {
             open: gate.open,
             next_open: gate.next_open,

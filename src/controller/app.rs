@@ -60,9 +60,9 @@ pub const CONTROLLER: &str = "tooljetapp";
 /// PromotionPolicies of its namespace (its stage gates), and the apps sharing its workloads.
 pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Controller<ToolJetApp> {
     let (lookups, sharing, echoes) = (&ctx.lookups, &ctx.sharing, &ctx.echoes);
-    let main = triggers::changes(hubs.apps.subscribe(), own_facts);
+    let main = triggers::changes(hubs.apps.subscribe(), own_trigger);
     let deleted = triggers::deletions(hubs.apps.subscribe());
-    let versions = triggers::changes(hubs.versions.subscribe(), version_facts);
+    let versions = triggers::changes(hubs.versions.subscribe(), version_trigger);
     let managed = triggers::all(hubs.managed.subscribe());
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
@@ -115,7 +115,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
 
 /// What of an app its own reconcile reacts to: its spec, its deletion, and its labels (which
 /// PromotionPolicies select it).
-fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
+fn own_trigger(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>) {
     (
         crate::cache::triggers::generation(app),
         app.labels().clone(),
@@ -124,7 +124,7 @@ fn own_facts(app: &ToolJetApp) -> ((Option<i64>, bool), BTreeMap<String, String>
 
 /// What of a version its app depends on: which app, which stage (the app's status lists versions
 /// per stage), and whether it exists.
-fn version_facts(v: &AppVersion) -> (String, String) {
+fn version_trigger(v: &AppVersion) -> (String, String) {
     (v.spec.app.clone(), v.spec.environment.clone())
 }
 

@@ -60,14 +60,14 @@ pub const CONTROLLER: &str = "appversion";
 /// The controller and its triggers: its own kind, the ToolJetApps (release, pipeline and label
 /// changes), the materialised Secrets (its own resolved Secrets for drift; the stage
 /// configurations' Secrets for config changes), the EnvironmentConfigs deleted or (un)able to be
-/// materialised ([`config_facts`]), the Approvals (of the version they name) and the
+/// materialised (`config_trigger`), the Approvals (of the version they name) and the
 /// PromotionPolicies (of the versions of their namespace: the approvals a next stage requires).
 pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Controller<AppVersion> {
     let (lookups, echoes) = (&ctx.lookups, ctx.echoes.clone());
     let main = triggers::changes(hubs.versions.subscribe(), triggers::generation);
     let managed = triggers::all(hubs.managed.subscribe());
-    let configs = triggers::changes(hubs.configs.subscribe(), config_facts);
-    let apps = triggers::changes(hubs.apps.subscribe(), app_facts);
+    let configs = triggers::changes(hubs.configs.subscribe(), config_trigger);
+    let apps = triggers::changes(hubs.apps.subscribe(), app_trigger);
     let approvals = triggers::changes(hubs.approvals.subscribe(), triggers::generation);
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let for_secrets = lookups.clone();
@@ -128,14 +128,14 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
 
 /// What of a configuration its stage's versions depend on besides its Secret: why it cannot be
 /// materialised, if it cannot.
-fn config_facts(c: &CachedConfig) -> Option<String> {
+fn config_trigger(c: &CachedConfig) -> Option<String> {
     unmaterialisable(c).map(str::to_string)
 }
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
 /// version (a version's `Released` condition), its labels (which PromotionPolicies guard its
 /// stages), and whether it exists.
-fn app_facts(
+fn app_trigger(
     app: &ToolJetApp,
 ) -> (
     Vec<String>,

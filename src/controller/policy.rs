@@ -43,7 +43,7 @@ pub fn controller(
 ) -> Controller<PromotionPolicy> {
     let lookups = &ctx.lookups;
     let main = triggers::changes(hubs.policies.subscribe(), triggers::generation);
-    let apps = triggers::changes(hubs.apps.subscribe(), selection_facts);
+    let apps = triggers::changes(hubs.apps.subscribe(), selection_trigger);
     let by_app = lookups.clone();
     Controller::for_shared_stream(main, lookups.policies.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -57,7 +57,9 @@ pub fn controller(
 }
 
 /// What of an app decides whether a policy selects it and which of its stages it guards.
-fn selection_facts(app: &ToolJetApp) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+fn selection_trigger(
+    app: &ToolJetApp,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
     (app.labels().clone(), app.spec.environments.clone())
 }
 
@@ -137,7 +139,7 @@ fn desired_status(
     // The policy's own windows (an unparsable one keeps the stages closed: fail closed).
     let (windows, next) = match gate::windows_of(policy) {
         Ok(windows) => {
-            let g = crate::policy::gate(&windows, now);
+            let g = crate::policy::window_state(&windows, now);
             status.open = Some(g.open);
             status.next_open = g.next_open.map(gate::to_time);
             status.next_close = g.next_close.map(gate::to_time);

@@ -21,6 +21,6 @@ pub use approvals::{
     ApprovalFact, Excluded, Ignored, IgnoredReason, Requirement, Role, Tally, count,
 };
 pub use window::{
-    ActiveWindow, CronField, Gate, Reason, Schedule, ScheduleError, Window, WindowError,
-    WindowKind, WindowSpec, gate,
+    ActiveWindow, CronField, Reason, Schedule, ScheduleError, Window, WindowError, WindowKind,
+    WindowSpec, WindowState, window_state,
 };

@@ -26,7 +26,7 @@
 //!
 //! **The gate.** No windows: open. Any active Deny window: closed (deny wins). If at least one Allow
 //! window exists: open only while some Allow window is active and no Deny window is. The state can
-//! only change at the start or end of an occurrence, so [`gate`] enumerates those boundaries
+//! only change at the start or end of an occurrence, so [`window_state`] enumerates those boundaries
 //! instead of stepping through time. Occurrences of one window are enumerated a day at a time: the
 //! fires of one day that chain (the gap between consecutive fires is at most the duration) form one
 //! interval, so `* * * * *` costs one interval per day, not 1440; only days where the UTC offset
@@ -45,7 +45,7 @@ use chrono::{
 };
 use chrono_tz::Tz;
 
-/// How far [`gate`] looks ahead for the next change of state.
+/// How far [`window_state`] looks ahead for the next change of state.
 pub const HORIZON_DAYS: i64 = 731;
 
 /// The longest duration a window may have.
@@ -144,12 +144,6 @@ impl ScheduleError {
             problem,
             fix,
         }
-    }
-
-    /// The cron field at fault, if the problem is in one field.
-    #[cfg(test)]
-    fn cron_field(&self) -> Option<CronField> {
-        self.field
     }
 
     /// The offending token.
@@ -848,7 +842,7 @@ impl Cursor<'_> {
 /// A window active at the time of the gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveWindow {
-    /// Index into the windows given to [`gate`].
+    /// Index into the windows given to [`window_state`].
     pub index: usize,
     pub kind: WindowKind,
     /// `Deny window "weekend freeze" (0 18 * * 5, 62h, Europe/Berlin)`
@@ -872,7 +866,7 @@ pub enum Reason {
 
 /// The state of a stage's windows at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gate {
+pub struct WindowState {
     pub open: bool,
     pub reason: Reason,
     /// Every window active now, Allow and Deny, in the order given.
@@ -883,7 +877,7 @@ pub struct Gate {
     pub next_close: Option<DateTime<Utc>>,
 }
 
-impl Gate {
+impl WindowState {
     /// The active Deny windows that close the gate.
     pub fn closed_by(&self) -> impl Iterator<Item = &ActiveWindow> {
         self.active.iter().filter(|w| w.kind == WindowKind::Deny)
@@ -932,14 +926,14 @@ impl Gate {
     }
 }
 
-impl fmt::Display for Gate {
+impl fmt::Display for WindowState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
     }
 }
 
 /// Whether promotions may pass at `now` under `windows`, why, and when that changes.
-pub fn gate(windows: &[Window], now: DateTime<Utc>) -> Gate {
+pub fn window_state(windows: &[Window], now: DateTime<Utc>) -> WindowState {
     let horizon = now + TimeDelta::days(HORIZON_DAYS);
     let (mut timeline, active) = Timeline::new(windows, now, horizon);
     let within = |t: Option<DateTime<Utc>>| t.filter(|t| *t <= horizon);
@@ -947,7 +941,7 @@ pub fn gate(windows: &[Window], now: DateTime<Utc>) -> Gate {
     let denied = timeline.deny.contains(now);
     let allowed = timeline.allow.contains(now);
     if !denied && (!timeline.has_allow || allowed) {
-        return Gate {
+        return WindowState {
             open: true,
             reason: if timeline.has_allow {
                 Reason::InsideAllow
@@ -959,7 +953,7 @@ pub fn gate(windows: &[Window], now: DateTime<Utc>) -> Gate {
             next_close: within(timeline.next_close(now)),
         };
     }
-    Gate {
+    WindowState {
         open: false,
         reason: if denied {
             Reason::Denied
@@ -1183,7 +1177,7 @@ mod tests {
             ("0 0 31 APR,JUN *", Some(DayOfMonth), "31", "never fires"),
         ] {
             let err = Schedule::parse(s).expect_err(s);
-            assert_eq!(err.cron_field(), field, "{s}: {err}");
+            assert_eq!(err.field, field, "{s}: {err}");
             assert_eq!(err.token(), token, "{s}: {err}");
             assert!(err.to_string().contains(fix), "{s}: {err}");
         }
@@ -1307,12 +1301,12 @@ mod tests {
         assert!(w[0].is_active(utc("2026-11-27T17:00:00Z")));
         assert!(w[0].is_active(utc("2026-11-30T06:59:59Z")));
         assert!(!w[0].is_active(utc("2026-11-30T07:00:00Z")));
-        let g = gate(&w, utc("2026-11-28T12:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T12:00:00Z"));
         assert!(!g.open);
         assert_eq!(g.reason, Reason::Denied);
         assert_eq!(g.next_open, Some(utc("2026-11-30T07:00:00Z")));
         assert_eq!(g.closed_by().count(), 1);
-        let g = gate(&w, utc("2026-11-30T07:00:00Z"));
+        let g = window_state(&w, utc("2026-11-30T07:00:00Z"));
         assert!(g.open);
         assert_eq!(g.next_close, Some(utc("2026-12-04T17:00:00Z")));
     }
@@ -1320,11 +1314,11 @@ mod tests {
     #[test]
     fn a_window_crosses_midnight() {
         let w = [allow("0 22 * * *", "4h", None)];
-        let g = gate(&w, utc("2026-11-28T01:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T01:00:00Z"));
         assert!(g.open);
         assert_eq!(g.reason, Reason::InsideAllow);
         assert_eq!(g.next_close, Some(utc("2026-11-28T02:00:00Z")));
-        let g = gate(&w, utc("2026-11-28T02:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T02:00:00Z"));
         assert!(!g.open);
         assert_eq!(g.reason, Reason::OutsideAllow);
         assert_eq!(g.next_open, Some(utc("2026-11-28T22:00:00Z")));
@@ -1352,7 +1346,7 @@ mod tests {
             ny.next_start_after(utc("2026-03-08T07:00:00Z")),
             Some(utc("2026-03-09T06:30:00Z"))
         );
-        let g = gate(&[ny], utc("2026-03-08T07:30:00Z"));
+        let g = window_state(&[ny], utc("2026-03-08T07:30:00Z"));
         assert!(!g.open);
         assert_eq!(g.next_open, Some(utc("2026-03-08T08:00:00Z")));
     }
@@ -1380,7 +1374,7 @@ mod tests {
             ny.next_start_after(utc("2026-11-01T05:30:00Z")),
             Some(utc("2026-11-02T06:30:00Z"))
         );
-        let g = gate(&[ny], utc("2026-11-01T05:45:00Z"));
+        let g = window_state(&[ny], utc("2026-11-01T05:45:00Z"));
         assert_eq!(g.next_open, Some(utc("2026-11-01T06:30:00Z")));
     }
 
@@ -1388,14 +1382,14 @@ mod tests {
     fn an_hourly_window_leaves_a_hole_after_the_repeated_hour() {
         // Hourly for an hour in Berlin: fires 02:00 CEST (00:00Z), then 03:00 CET (02:00Z).
         let w = [deny("0 * * * *", "1h", Some("Europe/Berlin"))];
-        let g = gate(&w, utc("2026-10-24T12:00:00Z"));
+        let g = window_state(&w, utc("2026-10-24T12:00:00Z"));
         assert!(!g.open);
         assert_eq!(g.next_open, Some(utc("2026-10-25T01:00:00Z")));
-        let g = gate(&w, utc("2026-10-25T01:00:00Z"));
+        let g = window_state(&w, utc("2026-10-25T01:00:00Z"));
         assert!(g.open);
         assert_eq!(g.next_close, Some(utc("2026-10-25T02:00:00Z")));
         // In spring the chain stays unbroken across the gap: the next hole is in October.
-        let g = gate(&w, utc("2026-03-28T12:00:00Z"));
+        let g = window_state(&w, utc("2026-03-28T12:00:00Z"));
         assert_eq!(g.next_open, Some(utc("2026-10-25T01:00:00Z")));
     }
 
@@ -1406,10 +1400,10 @@ mod tests {
             allow("0 9 * * MON-FRI", "8h", None),
             deny("0 13 * * FRI", "11h", None),
         ];
-        let g = gate(&w, utc("2026-11-27T10:00:00Z"));
+        let g = window_state(&w, utc("2026-11-27T10:00:00Z"));
         assert!(g.open);
         assert_eq!(g.next_close, Some(utc("2026-11-27T13:00:00Z")));
-        let g = gate(&w, utc("2026-11-27T14:00:00Z"));
+        let g = window_state(&w, utc("2026-11-27T14:00:00Z"));
         assert!(!g.open);
         assert_eq!(g.reason, Reason::Denied);
         assert_eq!(g.active.len(), 2);
@@ -1425,7 +1419,7 @@ mod tests {
             allow("0 10 * * MON", "1h", None),
         ];
         // Saturday.
-        let g = gate(&w, utc("2026-11-28T12:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T12:00:00Z"));
         assert!(!g.open);
         assert_eq!(g.reason, Reason::OutsideAllow);
         assert!(g.active.is_empty());
@@ -1443,7 +1437,7 @@ mod tests {
             deny("0 6 * * MON", "4h", Some("Europe/Berlin")),
             deny("0 9 * * MON", "2h", Some("Europe/Berlin")),
         ];
-        let g = gate(&w, utc("2026-11-28T12:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T12:00:00Z"));
         assert!(!g.open);
         // Monday 11:00 CET.
         assert_eq!(g.next_open, Some(utc("2026-11-30T10:00:00Z")));
@@ -1452,7 +1446,7 @@ mod tests {
 
     #[test]
     fn no_windows_means_always_open() {
-        let g = gate(&[], utc("2026-11-28T12:00:00Z"));
+        let g = window_state(&[], utc("2026-11-28T12:00:00Z"));
         assert!(g.open);
         assert_eq!(g.reason, Reason::Unrestricted);
         assert_eq!((g.next_open, g.next_close), (None, None));
@@ -1461,7 +1455,7 @@ mod tests {
 
     #[test]
     fn an_inactive_deny_closes_the_gate_when_it_starts() {
-        let g = gate(
+        let g = window_state(
             &[deny("0 0 24 12 *", "48h", None)],
             utc("2026-11-28T12:00:00Z"),
         );
@@ -1474,7 +1468,7 @@ mod tests {
     fn an_every_minute_deny_closes_for_good_without_enumerating_every_minute() {
         let w = [deny("* * * * *", "2h", Some("Europe/Berlin"))];
         let now = utc("2026-11-28T12:00:00Z");
-        let g = gate(&w, now);
+        let g = window_state(&w, now);
         assert!(!g.open);
         assert_eq!(g.next_open, None);
         assert_eq!(g.active[0].until, None);
@@ -1492,7 +1486,7 @@ mod tests {
         );
         assert_eq!(intervals.len(), 1);
         let every_minute_allow = [allow("* * * * *", "1m", None)];
-        let g = gate(&every_minute_allow, now);
+        let g = window_state(&every_minute_allow, now);
         assert!(g.open);
         assert_eq!(g.next_close, None);
     }
@@ -1507,7 +1501,7 @@ mod tests {
             description: Some("weekend freeze".into()),
         })
         .unwrap()];
-        let g = gate(&w, utc("2026-11-28T12:00:00Z"));
+        let g = window_state(&w, utc("2026-11-28T12:00:00Z"));
         assert_eq!(
             g.to_string(),
             "closed by Deny window \"weekend freeze\" (0 18 * * 5, 62h, Europe/Berlin) until 2026-11-30T07:00:00Z"
@@ -1588,7 +1582,7 @@ mod tests {
                 ],
             ) {
                 let now = DateTime::from_timestamp(secs, 0).unwrap();
-                let g = gate(&windows, now);
+                let g = window_state(&windows, now);
                 prop_assert_eq!(g.open, open_by_definition(&windows, now));
                 let change = if g.open { g.next_close } else { g.next_open };
                 if let Some(t) = change {

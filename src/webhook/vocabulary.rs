@@ -1,6 +1,6 @@
 //! The admission webhook's vocabulary: the operations it judges, the accesses (verbs on
 //! `environments` and `tooljetapps`) a request may need, the facts the server gathers for a
-//! request ([`Facts`]), what every review starts from ([`Review`]), and the verdict. The rules
+//! request ([`Facts`]), what every review starts from (`Review`), and the verdict. The rules
 //! that use them: [`super::needs`] (which accesses a request needs), [`super::reviews`] and
 //! [`super::gates`] (the verdicts), [`super::mutations`] (the stamps the mutating webhook
 //! writes).
