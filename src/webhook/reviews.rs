@@ -1231,23 +1231,40 @@ mod tests {
         f
     }
 
+    /// `v` with `patch` applied, as the apiserver applies a mutating webhook's answer.
+    fn patched(v: &AppVersion, patch: &json_patch::Patch) -> AppVersion {
+        let mut doc = serde_json::to_value(v).unwrap();
+        json_patch::patch(&mut doc, patch).unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    /// A new version as the mutating webhook stamps it.
+    fn stamped_new(v: &AppVersion) -> AppVersion {
+        patched(v, &mutation_for_new_version(v, USER))
+    }
+
+    /// `new` as the mutating webhook stamps it over `old` (unchanged when it stamps nothing).
+    fn stamped_update(old: &AppVersion, new: &AppVersion) -> AppVersion {
+        match mutation_for_version(old, new, USER, NOW) {
+            Some(patch) => patched(new, &patch),
+            None => new.clone(),
+        }
+    }
+
     /// Applies the mutating webhook's stamp to a new version, then reviews its creation.
     fn create(v: &AppVersion, f: &Facts) -> Verdict {
-        let mut doc = serde_json::to_value(v).unwrap();
-        json_patch::patch(&mut doc, &mutation_for_new_version(v, USER)).unwrap();
-        let v: AppVersion = serde_json::from_value(doc).unwrap();
-        review_version(Op::Create, None, Some(&v), USER, f)
+        review_version(Op::Create, None, Some(&stamped_new(v)), USER, f)
     }
 
     /// Applies what the mutating webhook would to `new`, then reviews it.
     fn update(old: &AppVersion, new: &AppVersion, f: &Facts) -> Verdict {
-        let mut new = new.clone();
-        if let Some(patch) = mutation_for_version(old, &new, USER, NOW) {
-            let mut doc = serde_json::to_value(&new).unwrap();
-            json_patch::patch(&mut doc, &patch).unwrap();
-            new = serde_json::from_value(doc).unwrap();
-        }
-        review_version(Op::Update, Some(old), Some(&new), USER, f)
+        review_version(
+            Op::Update,
+            Some(old),
+            Some(&stamped_update(old, new)),
+            USER,
+            f,
+        )
     }
 
     fn denied_with(v: Verdict, needle: &str) {
@@ -1995,12 +2012,7 @@ mod tests {
         let f = facts(PIPELINES[0]);
         let mut v = version("development");
         v.spec.definition = Some(json!({ "q": "{{constants.API_URL}} {{secrets.TOKEN}}" }));
-        let stamped = |v: &AppVersion| {
-            let mut doc = serde_json::to_value(v).unwrap();
-            json_patch::patch(&mut doc, &mutation_for_new_version(v, USER)).unwrap();
-            serde_json::from_value::<AppVersion>(doc).unwrap()
-        };
-        let new = stamped(&v);
+        let new = stamped_new(&v);
         assert_eq!(
             new.annotations()
                 .get(REFERENCES_ANNOTATION)
@@ -2028,13 +2040,10 @@ mod tests {
         // An edit of the definition is restamped by the mutating webhook, by any editor.
         let mut edited = new.clone();
         edited.spec.definition = Some(json!({ "q": "{{constants.OTHER}}" }));
-        let mut doc = serde_json::to_value(&edited).unwrap();
-        json_patch::patch(
-            &mut doc,
+        let restamped = patched(
+            &edited,
             &mutation_for_version(&new, &edited, USER, NOW).unwrap(),
-        )
-        .unwrap();
-        let restamped: AppVersion = serde_json::from_value(doc).unwrap();
+        );
         assert_eq!(
             restamped
                 .annotations()
@@ -2096,13 +2105,10 @@ mod tests {
             review_version(Op::Update, Some(&earlier), Some(&described), USER, &f),
             Allow
         );
-        let mut doc = serde_json::to_value(&described).unwrap();
-        json_patch::patch(
-            &mut doc,
+        let restamped = patched(
+            &described,
             &mutation_for_version(&earlier, &described, USER, NOW).unwrap(),
-        )
-        .unwrap();
-        let restamped: AppVersion = serde_json::from_value(doc).unwrap();
+        );
         assert_eq!(
             restamped
                 .annotations()
@@ -2329,17 +2335,12 @@ mod tests {
 
     #[test]
     fn versions_carry_the_stages_they_have_been_in() {
-        let v = version("development");
-        let mut doc = serde_json::to_value(&v).unwrap();
-        json_patch::patch(&mut doc, &mutation_for_new_version(&v, USER)).unwrap();
-        let created: AppVersion = serde_json::from_value(doc).unwrap();
+        let created = stamped_new(&version("development"));
         assert_eq!(stamps::stages_of(&created), "development");
         let mut promoted = created.clone();
         promoted.spec.environment = "staging".into();
         let patch = mutation_for_version(&created, &promoted, USER, NOW).unwrap();
-        let mut doc = serde_json::to_value(&promoted).unwrap();
-        json_patch::patch(&mut doc, &patch).unwrap();
-        let promoted: AppVersion = serde_json::from_value(doc).unwrap();
+        let promoted = patched(&promoted, &patch);
         assert_eq!(stamps::stages_of(&promoted), "development,staging");
         // Users cannot rewrite the record.
         let mut forged = promoted.clone();
