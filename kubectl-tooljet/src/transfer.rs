@@ -480,6 +480,7 @@ fn app_object(parts: &ExportParts, plan: &Plan) -> ToolJetApp {
             environments: plan.stages(),
             release: None,
             rollout: vec![],
+            verification: None,
         },
     );
     app.metadata.labels = Some(labels(&plan.app));

@@ -3,6 +3,7 @@ use kube::{
     CustomResource, KubeSchema,
     core::{Selector, SelectorExt},
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_PIPELINE, matches, patterns, schema};
@@ -78,12 +79,67 @@ pub struct ToolJetAppSpec {
     #[schemars(length(max = 10))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["environment".into()]))]
     pub rollout: Vec<RolloutTarget>,
+
+    /// How a stage's rollout workloads are verified after a release, a rollback, a promotion
+    /// into the stage or a change of its configuration, and whether a release that fails is
+    /// rolled back automatically. Defaults: 600 s, no automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// How a stage's workloads are verified, and what a failed release does.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// How long the stage's workloads have to become available with what changed (every
+    /// Deployment's new ReplicaSet fully available) before the verification fails. 10-86400;
+    /// default 600. A Deployment reporting ProgressDeadlineExceeded fails it sooner.
+    #[serde(default = "default_verification_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: u32,
+
+    /// Release the previous release again when a release fails verification (recorded as
+    /// automatic in the release history, allowed through a deny window). A rollback that fails
+    /// verification is not rolled back: the operator stops and reports. Default false.
+    #[serde(default)]
+    pub auto_rollback: bool,
+}
+
+/// The verification timeout when none is set: 10 minutes (the Deployment default progress
+/// deadline).
+pub const DEFAULT_VERIFICATION_TIMEOUT: u32 = 600;
+
+fn default_verification_timeout() -> u32 {
+    DEFAULT_VERIFICATION_TIMEOUT
+}
+
+impl Default for Verification {
+    fn default() -> Verification {
+        Verification {
+            timeout_seconds: DEFAULT_VERIFICATION_TIMEOUT,
+            auto_rollback: false,
+        }
+    }
 }
 
 impl ToolJetApp {
     /// The released version, if any.
     pub fn released(&self) -> Option<&str> {
         self.spec.release.as_ref().map(|r| r.version.as_str())
+    }
+
+    /// The verification settings, defaults filled in.
+    pub fn verification(&self) -> Verification {
+        self.spec.verification.clone().unwrap_or_default()
+    }
+
+    /// The last verification of `stage`'s workloads, if it has rollout workloads.
+    pub fn verification_of(&self, stage: &str) -> Option<&StageVerification> {
+        self.status
+            .as_ref()?
+            .verifications
+            .iter()
+            .find(|v| v.environment == stage)
     }
 }
 
@@ -176,6 +232,28 @@ pub struct RolloutTarget {
     /// Deployments (in this namespace) selected by label, restarted likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+
+    /// How the workloads restart when the stage's configuration (or, in the last stage, the
+    /// release) changes: `AllAtOnce` (default) or `OneAtATime` (by name, each fully available
+    /// before the next starts; a workload that fails stops the rest).
+    #[serde(default, skip_serializing_if = "RolloutStrategy::is_default")]
+    pub strategy: RolloutStrategy,
+}
+
+/// How a stage's workloads restart.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// Every workload at once.
+    #[default]
+    AllAtOnce,
+    /// One workload at a time, by name, each fully available before the next.
+    OneAtATime,
+}
+
+impl RolloutStrategy {
+    fn is_default(&self) -> bool {
+        *self == RolloutStrategy::AllAtOnce
+    }
 }
 
 /// Observed state of a ToolJetApp.
@@ -202,10 +280,74 @@ pub struct ToolJetAppStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<StageGate>,
 
-    /// `Ready`: the release points at a version in the last stage and every stage is consistent.
+    /// The last verification of each stage that has rollout workloads, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verifications: Vec<StageVerification>,
+
+    /// `Ready`: the release points at a version in the last stage and every stage is consistent;
+    /// `RolloutReady`: every rollout workload holds what it serves; `Verified`: no stage's
+    /// workloads failed their last verification.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+/// What started a stage's verification.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationCause {
+    /// A release (the last stage).
+    Release,
+    /// A release of a version released before (the last stage).
+    Rollback,
+    /// The operator's own rollback after a release failed verification (the last stage).
+    AutomaticRollback,
+    /// A version entered the stage.
+    Promotion,
+    /// The stage's configuration changed (its workloads restarted).
+    Configuration,
+}
+
+/// Where a verification stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationPhase {
+    /// Waiting for the workloads.
+    Progressing,
+    /// Every workload is available with what changed.
+    Verified,
+    /// A workload reported ProgressDeadlineExceeded, or the timeout passed first.
+    Failed,
+}
+
+/// The last verification of one stage's rollout workloads.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageVerification {
+    /// The stage.
+    pub environment: String,
+    /// What started it.
+    pub cause: VerificationCause,
+    /// The version released, rolled back to or promoted (none for a configuration change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Progressing, Verified or Failed.
+    pub phase: VerificationPhase,
+    /// When it started.
+    pub started_at: Time,
+    /// When it was verified or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The Deployment waited for (Progressing) or that failed (Failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Workloads available with what changed, of all: `1/3`.
+    pub progress: String,
+    /// What it waits for, what failed, or how long it took.
+    pub message: String,
+    /// A digest of what the stage's workloads were to carry when it started (their
+    /// configuration hashes and release): the same change seen again (after a restart, or as
+    /// one-at-a-time restarts go on) does not start it over.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 /// The versions of an app in one stage.
@@ -262,4 +404,14 @@ pub struct ReleaseRecord {
     /// Whether this release went back to a version released before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,
+    /// Whether the operator made it: an automatic rollback after a release failed verification.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automatic: bool,
+    /// Why the operator made it (automatic rollbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How its verification ended (absent while it runs, or when the last stage has no rollout
+    /// workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationPhase>,
 }

@@ -5,6 +5,7 @@ pub const READY: &str = "Ready";
 pub const CONFIG_RESOLVED: &str = "ConfigResolved";
 pub const RELEASED: &str = "Released";
 pub const ROLLOUT_READY: &str = "RolloutReady";
+pub const VERIFIED: &str = "Verified";
 
 /// Reasons.
 pub const APP_NOT_FOUND: &str = "AppNotFound";
@@ -16,8 +17,11 @@ pub const INVALID_ROLLOUT: &str = "InvalidRollout";
 pub const INVALID_SELECTOR: &str = "InvalidSelector";
 pub const INVALID_WINDOW: &str = "InvalidWindow";
 pub const MATERIALIZED: &str = "Materialized";
+pub const PROGRESSING: &str = "Progressing";
+pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 pub const MISSING_REQUIREMENTS: &str = "MissingRequirements";
 pub const NO_RELEASE: &str = "NoRelease";
+pub const NO_WORKLOADS: &str = "NoWorkloads";
 pub const NOT_RELEASED: &str = "NotReleased";
 pub const RESOLVED: &str = "Resolved";
 pub const SECRET_EXISTS: &str = "SecretExists";
@@ -25,3 +29,4 @@ pub const SYNCED: &str = "Synced";
 /// Reasons that are the same word as a condition type.
 pub const RELEASED_REASON: &str = "Released";
 pub const READY_REASON: &str = "Ready";
+pub const VERIFIED_REASON: &str = "Verified";

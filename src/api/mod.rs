@@ -42,6 +42,11 @@ pub const ENVIRONMENT_LABEL: &str = "tooljet.io/environment";
 pub const APP_LABEL: &str = "tooljet.io/app";
 /// Annotation with the content hash of a managed Secret.
 pub const HASH_ANNOTATION: &str = "tooljet.io/config-hash";
+/// Pod-template annotation of a rollout workload serving the last stage of apps with a release:
+/// `app=version` for each, sorted, comma-separated. A release or rollback changes it, so the
+/// workload rolls out a new ReplicaSet that the release's verification follows; a pod reads it
+/// through the downward API.
+pub const RELEASE_ANNOTATION: &str = "tooljet.io/release";
 /// Annotation of a stage configuration's Secret: what it was made from (the config's UID and
 /// generation, each referenced Secret's resourceVersion, [`crate::materialize::FORMAT`]), bound to
 /// its content by an HMAC with the installation's key. See [`crate::cache::secret::inputs_annotation`].

@@ -147,8 +147,9 @@ pub struct AppVersionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_config: Option<ResolvedConfig>,
 
-    /// `Ready`, `ConfigResolved` (every required data source and constant exists in the stage)
-    /// and `Released` (this is the app's released version).
+    /// `Ready`, `ConfigResolved` (every required data source and constant exists in the stage),
+    /// `Released` (this is the app's released version) and `Verified` (its stage's workloads
+    /// passed their last verification; a version is not promoted out of a stage that failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -171,6 +172,10 @@ pub struct Promotion {
     /// reason given (`tooljet.io/override-reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_reason: Option<String>,
+    /// How the verification of the stage it entered ended (absent while it runs, or when that
+    /// stage has no rollout workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<super::VerificationPhase>,
 }
 
 /// The approvals of a version for the stage after the one it is in, as a guarding policy counts

@@ -29,6 +29,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::secrets::{self, Synced};
+use super::verify::{self, WorkloadState};
 use super::{
     APP_LABEL, AtStep, Context, ENVIRONMENT_LABEL, Error, HASH_ANNOTATION, KIND_LABEL, MANAGER,
     Settings, Step, apply_status, condition, new_failure,
@@ -36,9 +37,10 @@ use super::{
     publish, set_condition,
 };
 use crate::api::{
-    AppVersion, EnvironmentVersions, PromotionPolicy, RELEASED_AT_ANNOTATION,
-    RELEASED_BY_ANNOTATION, RELEASED_VERSION_ANNOTATION, ReleaseRecord, StageGate, ToolJetApp,
-    ToolJetAppStatus,
+    AppVersion, EnvironmentVersions, OVERRIDE_REASON_ANNOTATION, PromotionPolicy,
+    RELEASE_ANNOTATION, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
+    RELEASED_VERSION_ANNOTATION, ReleaseRecord, RolloutStrategy, StageGate, StageVerification,
+    ToolJetApp, ToolJetAppStatus, VerificationCause, VerificationPhase,
 };
 use crate::api::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_SECRET_KIND, WORKLOAD_SECRET_KIND, conditions,
@@ -245,34 +247,106 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let now = gate::to_chrono(Timestamp::now());
     let (gates, next_transition) = stage_gates(&app, &policies, now);
 
-    let rollout_problems = roll_out(&ctx, &app, &ns).await?;
+    // What the workloads carry: the release live now (an invalid one leaves the last one live).
+    let live = match &release {
+        Release::Valid(v) => Some(v.clone()),
+        Release::Invalid { .. } => app.status.as_ref().and_then(|s| s.released_version.clone()),
+        Release::None => None,
+    };
+    let rollout = roll_out(&ctx, &app, &ns, live.as_deref()).await?;
 
-    let (status, record) = desired_status(&app, &versions, &release, &rollout_problems, gates);
+    let identity = ctx.identity.as_deref();
+    let (status, record) =
+        desired_status(&app, &versions, &release, &rollout, gates, identity, now);
     apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await?;
 
-    if let Some(record) = record {
-        let by = record
-            .by
+    if let Some(record) = &record {
+        report_release(&ctx, &app, &versions, record).await;
+    }
+    report_verifications(&ctx, &app, &status).await;
+    report_failures(&ctx, &app, &status).await;
+    roll_back_if_failed(&ctx, &app, &status, &versions).await?;
+    // A gate's window opening or closing changes the status by itself, and so does a
+    // verification's timeout: wake at the first of them.
+    let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
+    let deadlines = status
+        .verifications
+        .iter()
+        .filter_map(|v| verify::deadline(v, timeout));
+    let wake = next_transition.into_iter().chain(deadlines).min();
+    Ok(at_transition(wake, now))
+}
+
+/// The Event (and log line) of a new release or rollback.
+async fn report_release(
+    ctx: &Context,
+    app: &ToolJetApp,
+    _versions: &[Arc<AppVersion>],
+    record: &ReleaseRecord,
+) {
+    let by = record
+        .by
+        .as_deref()
+        .map(|b| format!(" by {b}"))
+        .unwrap_or_default();
+    let (reason, verb) = match (record.automatic, record.rollback) {
+        (true, _) => ("RolledBackAutomatically", "rolled back automatically to"),
+        (false, true) => ("RolledBack", "rolled back to"),
+        (false, false) => ("Released", "released"),
+    };
+    info!(version = %record.version, rollback = record.rollback, automatic = record.automatic, "release");
+    ctx.metrics.releases.inc();
+    let why = record
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    publish(
+        &ctx.recorder,
+        app,
+        EventType::Normal,
+        reason,
+        "Release",
+        format!("{verb} {}{by}{why}", record.version),
+    )
+    .await;
+}
+
+/// An Event for each stage whose verification ended in this pass: Normal when verified,
+/// Warning when failed.
+async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppStatus) {
+    for v in &status.verifications {
+        let before = app.verification_of(&v.environment);
+        let ended = v.phase != VerificationPhase::Progressing
+            && before.is_none_or(|b| b.phase != v.phase || b.started_at != v.started_at);
+        if !ended {
+            continue;
+        }
+        let about = v
+            .version
             .as_deref()
-            .map(|b| format!(" by {b}"))
-            .unwrap_or_default();
-        let (reason, verb) = if record.rollback {
-            ("RolledBack", "rolled back to")
+            .map(|version| format!(" ({:?} of {version})", v.cause))
+            .unwrap_or_else(|| format!(" ({:?})", v.cause));
+        let (type_, reason) = if v.phase == VerificationPhase::Verified {
+            (EventType::Normal, conditions::VERIFIED_REASON)
         } else {
-            ("Released", "released")
+            warn!(stage = %v.environment, message = %v.message, "verification failed");
+            (EventType::Warning, conditions::VERIFICATION_FAILED)
         };
-        info!(version = %record.version, rollback = record.rollback, "release");
-        ctx.metrics.releases.inc();
         publish(
             &ctx.recorder,
-            &*app,
-            EventType::Normal,
+            app,
+            type_,
             reason,
-            "Release",
-            format!("{verb} {}{by}", record.version),
+            "Verify",
+            format!("{}{about}: {}", v.environment, v.message),
         )
         .await;
     }
+}
+
+/// A Warning Event for each condition that newly failed (once, not on every pass).
+async fn report_failures(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppStatus) {
     let old = app.status.as_ref().map(|s| s.conditions.as_slice());
     for (condition, action, what) in [
         (conditions::READY, "Release", "app not ready"),
@@ -282,7 +356,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
             warn!(reason = %after.reason, message = %after.message, "{what}");
             publish(
                 &ctx.recorder,
-                &*app,
+                app,
                 EventType::Warning,
                 &after.reason,
                 action,
@@ -291,8 +365,85 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
             .await;
         }
     }
-    // A gate's window opening or closing changes the status by itself: wake then.
-    Ok(at_transition(next_transition, now))
+}
+
+/// Releases the previous release again when the release failed verification and the app rolls
+/// back automatically ([`automatic_rollback`]): one merge patch of `spec.release`, made only if
+/// the app is still as read (its resourceVersion), judged by the webhook and the policies like
+/// a person's. Through a closed window it carries the reason as a break-glass override. A denial
+/// is reported (Event and log), not retried in a loop.
+async fn roll_back_if_failed(
+    ctx: &Context,
+    app: &ToolJetApp,
+    status: &ToolJetAppStatus,
+    versions: &[Arc<AppVersion>],
+) -> Result<(), Error> {
+    let Ok(Some((target, reason))) =
+        automatic_rollback(app, status, versions, ctx.identity.as_deref())
+    else {
+        return Ok(());
+    };
+    let last = Pipeline::of(app).last();
+    let closed = status
+        .gates
+        .iter()
+        .any(|g| g.environment == last && !g.open);
+    let mut annotations = serde_json::Map::new();
+    if closed {
+        annotations.insert(OVERRIDE_REASON_ANNOTATION.into(), json!(reason));
+    }
+    let patch = json!({
+        "metadata": { "resourceVersion": app.resource_version(), "annotations": annotations },
+        "spec": { "release": { "version": target } },
+    });
+    ctx.may_write()?;
+    let ns = app.namespace().unwrap_or_default();
+    let api: Api<ToolJetApp> = Api::namespaced(ctx.client.clone(), &ns);
+    match api
+        .patch(
+            &app.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.wrote(CONTROLLER, "tooljetapp");
+            warn!(%target, %reason, "automatic rollback");
+            publish(
+                &ctx.recorder,
+                app,
+                EventType::Warning,
+                "AutomaticRollback",
+                "Release",
+                format!("{reason}; releasing {target} again"),
+            )
+            .await;
+            Ok(())
+        }
+        // Someone changed the app meanwhile: judged again on the next pass.
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Kube {
+            step: Step::RollBack,
+            source: kube::Error::Api(e),
+        }),
+        Err(kube::Error::Api(e)) if e.code == 403 || e.code == 400 || e.code == 422 => {
+            warn!(%target, message = %e.message, "automatic rollback refused");
+            publish(
+                &ctx.recorder,
+                app,
+                EventType::Warning,
+                "AutomaticRollbackRefused",
+                "Release",
+                format!("releasing {target} again was refused: {}", e.message),
+            )
+            .await;
+            Ok(())
+        }
+        Err(e) => Err(Error::Kube {
+            step: Step::RollBack,
+            source: e,
+        }),
+    }
 }
 
 /// The gate on each stage of the app's pipeline that some policy guards (pure), in pipeline
@@ -463,49 +614,215 @@ fn workload_secret(d: &Deployment, m: &Materialized) -> Secret {
     )
 }
 
+/// What the rollout found and did: its problems, and for each stage of the app that has rollout
+/// workloads, where each stands and what they are to carry.
+#[derive(Debug, Default)]
+struct Rollout {
+    problems: RolloutProblems,
+    stages: BTreeMap<String, StageWorkloads>,
+}
+
+/// One stage's rollout workloads after this pass.
+#[derive(Debug, Default, PartialEq)]
+struct StageWorkloads {
+    /// By name, each as its Deployment reports it (one waiting its turn is Waiting).
+    workloads: Vec<(String, WorkloadState)>,
+    /// A digest of what they are to carry (configuration hashes and release).
+    revision: String,
+}
+
 /// For each Deployment the app's rollout names or selects: its workload Secret
 /// (`tooljet-workload.<deployment>`) holds the constants of every (app, stage) that claims it,
-/// across apps ([`workload`]), and its pod template carries that Secret's hash, so it restarts
-/// when, and only when, what it reads changes. A Deployment may serve several stages (one ToolJet
-/// instance for every environment) and several apps (one instance per environment).
+/// across apps ([`workload`]), and its pod template carries that Secret's hash and the releases
+/// of the apps whose last stage it serves ([`RELEASE_ANNOTATION`]), so it restarts when, and
+/// only when, what it reads or what is released changes. A Deployment may serve several stages
+/// (one ToolJet instance for every environment) and several apps (one instance per environment).
+/// In a stage whose rollout restarts one at a time, a Deployment is changed only while no other
+/// Deployment of that stage is rolling out.
 ///
 /// Gather (the Deployments), decide per Deployment ([`plan_workload`], pure but for the cached
 /// stage configurations), apply ([`apply_workload`]), and record what each workload served.
-async fn roll_out(ctx: &Context, app: &ToolJetApp, ns: &str) -> Result<RolloutProblems, Error> {
-    let mut problems = RolloutProblems::default();
+async fn roll_out(
+    ctx: &Context,
+    app: &ToolJetApp,
+    ns: &str,
+    live: Option<&str>,
+) -> Result<Rollout, Error> {
+    let mut rollout = Rollout::default();
     if app.spec.rollout.is_empty() {
         // Workloads it shared with other apps, if any, are theirs now.
         ctx.sharing.record(ns, &app.name_any(), BTreeMap::new());
-        return Ok(problems);
+        return Ok(rollout);
     }
+    let problems = &mut rollout.problems;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let deployments = rollout_deployments(&api, app, &mut problems).await?;
+    let deployments = rollout_deployments(&api, app, problems).await?;
     let apps = ctx.lookups.apps_with_rollout(ns);
+    let releases = live_releases(app, &apps, live);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut seen: BTreeMap<String, Served> = BTreeMap::new();
     // Each (app, stage) configuration is merged once, however many Deployments take it in.
     let mut merged: BTreeMap<(String, String), Materialized> = BTreeMap::new();
+    let members = stage_members(app, &deployments);
+    let mut states: BTreeMap<String, WorkloadState> = deployments
+        .iter()
+        .map(|(name, d)| (name.clone(), verify::workload_state(d)))
+        .collect();
+    let mut restarting: BTreeSet<String> = states
+        .iter()
+        .filter(|(_, s)| **s != WorkloadState::Available)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut desired: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &deployments {
-        let plan = plan_workload(ctx, app, &apps, ns, (name, d), &mut merged);
-        seen.insert(name.clone(), (plan.fingerprint, plan.served));
-        match plan.secret {
-            Ok(m) => {
-                apply_workload(
-                    ctx,
-                    app,
-                    (&api, &secrets),
-                    d,
-                    &plan.serves,
-                    m,
-                    &mut problems,
-                )
-                .await?
+        let plan = plan_workload(ctx, app, &apps, ns, (name, d), &mut merged, &releases);
+        seen.insert(name.clone(), (plan.fingerprint.clone(), plan.served));
+        let release = plan.release;
+        desired.insert(
+            name.clone(),
+            format!(
+                "{}|{}",
+                plan.fingerprint,
+                release.as_deref().unwrap_or_default()
+            ),
+        );
+        let m = match plan.secret {
+            Ok(m) => m,
+            Err(conflict) => {
+                problems.conflicts.push(conflict);
+                continue;
             }
-            Err(conflict) => problems.conflicts.push(conflict),
+        };
+        if template_differs(d, &m.hash, release.as_deref())
+            && let Some(first) = turn_of_another(app, &members, &restarting, name)
+        {
+            states.insert(
+                name.clone(),
+                WorkloadState::Waiting(format!(
+                    "waiting its turn (one workload at a time): Deployment {first} is rolling out"
+                )),
+            );
+            continue;
+        }
+        let target = (&api, &secrets);
+        if let Some(stamped) =
+            apply_workload(ctx, app, target, d, &plan.serves, m, release, problems).await?
+        {
+            states.insert(name.clone(), verify::workload_state(&stamped));
+            restarting.insert(name.clone());
         }
     }
     ctx.sharing.record(ns, &app.name_any(), seen);
-    Ok(problems)
+    rollout.stages = members
+        .into_iter()
+        .map(|(stage, names)| {
+            let workloads: Vec<(String, WorkloadState)> = names
+                .iter()
+                .map(|n| (n.clone(), states[n].clone()))
+                .collect();
+            let revision = revision_of(names.iter().map(|n| (n.as_str(), desired[n].as_str())));
+            (
+                stage,
+                StageWorkloads {
+                    workloads,
+                    revision,
+                },
+            )
+        })
+        .filter(|(_, w)| !w.workloads.is_empty())
+        .collect();
+    Ok(rollout)
+}
+
+/// For each stage of the app's rollout, the Deployments found that it takes, by name.
+fn stage_members(
+    app: &ToolJetApp,
+    deployments: &BTreeMap<String, Deployment>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for target in &app.spec.rollout {
+        let names = members.entry(target.environment.clone()).or_default();
+        for (name, d) in deployments {
+            if target.takes(name, d.labels()) && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+    }
+    members
+}
+
+/// In a stage of `name` that restarts one at a time, another Deployment still rolling out (or
+/// changed in this pass), whose turn it is: `name` waits for it.
+fn turn_of_another(
+    app: &ToolJetApp,
+    members: &BTreeMap<String, Vec<String>>,
+    restarting: &BTreeSet<String>,
+    name: &str,
+) -> Option<String> {
+    app.spec
+        .rollout
+        .iter()
+        .filter(|t| t.strategy == RolloutStrategy::OneAtATime)
+        .filter_map(|t| members.get(&t.environment))
+        .filter(|names| names.iter().any(|n| n == name))
+        .flat_map(|names| names.iter())
+        .find(|n| n.as_str() != name && restarting.contains(n.as_str()))
+        .cloned()
+}
+
+/// A short digest of what a stage's workloads are to carry (pure).
+fn revision_of<'a>(desired: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, what) in desired {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(what.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// App name -> (its last stage, its live release) for every app with a release: `app` with
+/// `live` (this pass's), the others with their last recorded release.
+fn live_releases(
+    app: &ToolJetApp,
+    apps: &[Arc<ToolJetApp>],
+    live: Option<&str>,
+) -> BTreeMap<String, (String, String)> {
+    let this = app.name_any();
+    let others = apps
+        .iter()
+        .filter(|a| a.name_any() != this)
+        .filter_map(|a| {
+            let released = a.status.as_ref()?.released_version.clone()?;
+            Some((a.name_any(), (Pipeline::of(a).last().to_string(), released)))
+        });
+    live.map(|v| {
+        (
+            this.clone(),
+            (Pipeline::of(app).last().to_string(), v.to_string()),
+        )
+    })
+    .into_iter()
+    .chain(others)
+    .collect()
+}
+
+/// Whether the Deployment's pod template lacks the configuration hash or the release annotation
+/// it should carry.
+fn template_differs(d: &Deployment, hash: &str, release: Option<&str>) -> bool {
+    let annotations = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    get(HASH_ANNOTATION) != Some(hash) || get(RELEASE_ANNOTATION) != release
 }
 
 /// The Deployments the app's rollout names (those not found are reported missing) or selects (a
@@ -557,6 +874,8 @@ struct WorkloadPlan {
     serves: String,
     /// Its Secret's content, or why there is none (apps that disagree on a value).
     secret: Result<Materialized, String>,
+    /// Its [`RELEASE_ANNOTATION`]: the releases of the apps whose last stage it serves.
+    release: Option<String>,
 }
 
 /// Decides what the Deployment `name` should hold, from the cached stage configurations of every
@@ -568,8 +887,19 @@ fn plan_workload(
     ns: &str,
     (name, d): (&str, &Deployment),
     merged: &mut BTreeMap<(String, String), Materialized>,
+    releases: &BTreeMap<String, (String, String)>,
 ) -> WorkloadPlan {
     let claims = claims_on(app, apps, name, d.labels());
+    let released: Vec<String> = claims
+        .iter()
+        .filter_map(|(a, stage)| {
+            releases
+                .get(a)
+                .filter(|(last, _)| last == stage)
+                .map(|(_, version)| format!("{a}={version}"))
+        })
+        .collect();
+    let release = (!released.is_empty()).then(|| released.join(","));
     for (a, stage) in &claims {
         merged.entry((a.clone(), stage.clone())).or_insert_with(|| {
             crate::cache::stage::resolve(
@@ -619,11 +949,14 @@ fn plan_workload(
         fingerprint,
         serves,
         secret,
+        release,
     }
 }
 
 /// Writes the Deployment's workload Secret (unless another object holds its name: reported
-/// invalid) and, when its hash changed, stamps the hash on the pod template, which restarts it.
+/// invalid) and, when its hash or release changed, stamps both on the pod template, which
+/// restarts it. The Deployment as stamped, when it was.
+#[allow(clippy::too_many_arguments)]
 async fn apply_workload(
     ctx: &Context,
     app: &ToolJetApp,
@@ -631,8 +964,9 @@ async fn apply_workload(
     d: &Deployment,
     serves: &str,
     m: Materialized,
+    release: Option<String>,
     problems: &mut RolloutProblems,
-) -> Result<(), Error> {
+) -> Result<Option<Deployment>, Error> {
     let name = d.name_any();
     let desired = workload_secret(d, &m);
     let owner_uid = d.metadata.uid.as_deref();
@@ -653,66 +987,333 @@ async fn apply_workload(
              another object controls it); delete or rename it",
             desired.name_any()
         ));
-        return Ok(());
+        return Ok(None);
     }
     let hash = m.hash;
-    let current = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(HASH_ANNOTATION));
-    if current == Some(&hash) {
-        return Ok(());
+    if !template_differs(d, &hash, release.as_deref()) {
+        return Ok(None);
     }
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(HASH_ANNOTATION.into(), json!(hash));
+    if let Some(release) = &release {
+        annotations.insert(RELEASE_ANNOTATION.into(), json!(release));
+    }
+    // Server-side apply: a release left out is removed (this manager set it).
     let patch = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": { "name": name },
-        "spec": { "template": { "metadata": { "annotations": { HASH_ANNOTATION: hash } } } },
+        "spec": { "template": { "metadata": { "annotations": annotations } } },
     });
     ctx.may_write()?;
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .at(Step::PatchDeployment)?;
+    let stamped = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .at(Step::PatchDeployment)?;
     ctx.metrics.wrote(CONTROLLER, "deployment");
-    info!(deployment = %name, %serves, %hash, "rollout: configuration hash stamped");
+    let release = release.unwrap_or_default();
+    info!(deployment = %name, %serves, %hash, %release, "rollout: configuration hash and release stamped");
     publish(
         &ctx.recorder,
         app,
         EventType::Normal,
         "RolloutTriggered",
         "Rollout",
-        format!("Deployment {name} restarts with the changed configuration of {serves}"),
+        format!("Deployment {name} restarts with the changed configuration or release of {serves}"),
     )
     .await;
-    Ok(())
+    Ok(Some(stamped))
 }
 
-/// The status (pure), and the release to record if the released version changed.
+/// The status (pure), and the release to record if the released version changed. `identity`:
+/// the user this process acts as (its own releases are automatic rollbacks).
 fn desired_status(
     app: &ToolJetApp,
     versions: &[Arc<AppVersion>],
     release: &Release,
-    rollout: &RolloutProblems,
+    rollout: &Rollout,
     gates: Vec<StageGate>,
+    identity: Option<&str>,
+    now: DateTime<Utc>,
 ) -> (ToolJetAppStatus, Option<ReleaseRecord>) {
     let mut status = app.status.clone().unwrap_or_default();
     let generation = app.metadata.generation;
     status.observed_generation = generation;
     status.gates = gates;
+    let before = std::mem::take(&mut status.environments);
     status.environments = versions_per_stage(app, versions);
-    let (ready, record) = release_condition(app, release, &mut status);
+    let (ready, record) = release_condition(app, release, &mut status, identity);
+    status.verifications = verifications(app, &before, &status, record.as_ref(), rollout, now);
+    record_outcome(app, &mut status);
     set_condition(&mut status.conditions, ready);
     set_condition(
         &mut status.conditions,
-        rollout_condition(rollout, generation),
+        rollout_condition(&rollout.problems, generation),
+    );
+    let rollback = automatic_rollback(app, &status, versions, identity);
+    set_condition(
+        &mut status.conditions,
+        verified_condition(&status.verifications, &rollback, generation),
     );
     (status, record)
+}
+
+/// Each stage's verification after this pass, for the stages with rollout workloads (pure).
+fn verifications(
+    app: &ToolJetApp,
+    before: &[EnvironmentVersions],
+    status: &ToolJetAppStatus,
+    record: Option<&ReleaseRecord>,
+    rollout: &Rollout,
+    now: DateTime<Utc>,
+) -> Vec<StageVerification> {
+    let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
+    app.spec
+        .environments
+        .iter()
+        .filter_map(|stage| {
+            let workloads = rollout.stages.get(stage)?;
+            let previous = app.verification_of(stage);
+            let entered = newly_in(stage, before, &status.environments);
+            let start = start_of(app, stage, entered, record, previous, &workloads.revision);
+            let mut v = verify::advance(stage, previous, start, &workloads.workloads, timeout, now);
+            v.revision = workloads.revision.clone();
+            Some(v)
+        })
+        .collect()
+}
+
+/// A version in `stage` now that was not before this pass (promoted into it), if any.
+fn newly_in<'a>(
+    stage: &str,
+    before: &[EnvironmentVersions],
+    after: &'a [EnvironmentVersions],
+) -> Option<&'a str> {
+    let was = before.iter().find(|e| e.name == stage);
+    after
+        .iter()
+        .find(|e| e.name == stage)?
+        .versions
+        .iter()
+        .find(|v| was.is_none_or(|w| !w.versions.contains(v)))
+        .map(String::as_str)
+}
+
+/// Whether a new verification of `stage` starts in this pass, and why (pure): a release or
+/// rollback (the last stage); a version promoted into it (not while one is under way: that one
+/// verifies the stage too); or a change of what its workloads are to carry (a configuration
+/// change; while a release is being verified, it goes on as that release's, from now).
+fn start_of(
+    app: &ToolJetApp,
+    stage: &str,
+    entered: Option<&str>,
+    record: Option<&ReleaseRecord>,
+    previous: Option<&StageVerification>,
+    revision: &str,
+) -> Option<verify::Start> {
+    let pipeline = Pipeline::of(app);
+    if stage == pipeline.last()
+        && let Some(r) = record
+    {
+        let cause = if r.automatic {
+            VerificationCause::AutomaticRollback
+        } else if r.rollback {
+            VerificationCause::Rollback
+        } else {
+            VerificationCause::Release
+        };
+        return Some(verify::Start {
+            cause,
+            version: Some(r.version.clone()),
+        });
+    }
+    let under_way = previous.filter(|p| p.phase == VerificationPhase::Progressing);
+    if let Some(version) = entered.filter(|_| stage != pipeline.first())
+        && under_way.is_none()
+    {
+        return Some(verify::Start {
+            cause: VerificationCause::Promotion,
+            version: Some(version.to_string()),
+        });
+    }
+    if previous.is_some_and(|p| p.revision == revision) {
+        return None;
+    }
+    Some(match under_way {
+        Some(p) => verify::Start {
+            cause: p.cause,
+            version: p.version.clone(),
+        },
+        None => verify::Start {
+            cause: VerificationCause::Configuration,
+            version: None,
+        },
+    })
+}
+
+/// Whether a verification was started by a release or rollback.
+fn verifies_a_release(v: &StageVerification) -> bool {
+    matches!(
+        v.cause,
+        VerificationCause::Release
+            | VerificationCause::Rollback
+            | VerificationCause::AutomaticRollback
+    )
+}
+
+/// A release's verification outcome, once known, in its history record (the newest of that
+/// version).
+fn record_outcome(app: &ToolJetApp, status: &mut ToolJetAppStatus) {
+    let last = Pipeline::of(app).last();
+    let Some(v) = status
+        .verifications
+        .iter()
+        .find(|v| v.environment == last && verifies_a_release(v))
+    else {
+        return;
+    };
+    if v.phase == VerificationPhase::Progressing {
+        return;
+    }
+    if let Some(r) = status
+        .release_history
+        .iter_mut()
+        .rev()
+        .find(|r| Some(&r.version) == v.version.as_ref())
+    {
+        r.verification = Some(v.phase);
+    }
+}
+
+/// What the operator does about a release that failed verification (pure): `Ok(Some((version,
+/// reason)))` releases `version` again; `Ok(None)`: nothing to do (no failed release, automatic
+/// rollback off, or a rollback that failed: the operator never rolls back a rollback);
+/// `Err(why)`: it should, and cannot.
+fn automatic_rollback(
+    app: &ToolJetApp,
+    status: &ToolJetAppStatus,
+    versions: &[Arc<AppVersion>],
+    identity: Option<&str>,
+) -> Result<Option<(String, String)>, String> {
+    let last = Pipeline::of(app).last();
+    let Some(failed) = status.verifications.iter().find(|v| {
+        v.environment == last
+            && v.phase == VerificationPhase::Failed
+            && matches!(
+                v.cause,
+                VerificationCause::Release | VerificationCause::Rollback
+            )
+    }) else {
+        return Ok(None);
+    };
+    let Some(failing) = failed.version.as_deref() else {
+        return Ok(None);
+    };
+    if !app.verification().auto_rollback || app.released() != Some(failing) {
+        return Ok(None);
+    }
+    if identity.is_none() {
+        return Err(
+            "the operator could not learn which user it acts as (SelfSubjectReview), so it makes no \
+             automatic rollback; roll back by hand (spec.release.version)"
+                .into(),
+        );
+    }
+    let in_last = |name: &str| {
+        versions
+            .iter()
+            .any(|v| v.name_any() == name && v.spec.environment == last)
+    };
+    let target = status
+        .release_history
+        .iter()
+        .rev()
+        .skip_while(|r| r.version == failing)
+        .find(|r| {
+            r.version != failing
+                && r.verification != Some(VerificationPhase::Failed)
+                && in_last(&r.version)
+        });
+    match target {
+        Some(r) => Ok(Some((
+            r.version.clone(),
+            format!(
+                "automatic rollback: the release of {failing} failed verification ({})",
+                failed.message
+            ),
+        ))),
+        None => Err(format!(
+            "there is no earlier release of a {last} version that did not fail verification to go back to; \
+             release one by hand"
+        )),
+    }
+}
+
+/// The Verified condition: a failed stage first (with what the operator does about it), then
+/// one under way, else every stage verified (or none has workloads).
+fn verified_condition(
+    vs: &[StageVerification],
+    rollback: &Result<Option<(String, String)>, String>,
+    generation: Option<i64>,
+) -> Condition {
+    if let Some(f) = vs.iter().find(|v| v.phase == VerificationPhase::Failed) {
+        let what = match (f.cause, rollback) {
+            (VerificationCause::AutomaticRollback, _) => {
+                "; this was an automatic rollback, which is not rolled back again: fix the workloads or release \
+                 another version"
+                    .to_string()
+            }
+            (_, Ok(Some((target, _)))) => format!("; rolling back to {target} automatically"),
+            (_, Err(why)) => format!("; no automatic rollback: {why}"),
+            (_, Ok(None)) => String::new(),
+        };
+        let about = f
+            .version
+            .as_deref()
+            .map(|v| format!(" ({:?} of {v})", f.cause))
+            .unwrap_or_default();
+        return condition(
+            conditions::VERIFIED,
+            false,
+            conditions::VERIFICATION_FAILED,
+            format!("{}{about}: {}{what}", f.environment, f.message),
+            generation,
+        );
+    }
+    if let Some(p) = vs
+        .iter()
+        .find(|v| v.phase == VerificationPhase::Progressing)
+    {
+        let mut c = condition(
+            conditions::VERIFIED,
+            false,
+            conditions::PROGRESSING,
+            format!("{} ({}): {}", p.environment, p.progress, p.message),
+            generation,
+        );
+        c.status = "Unknown".into();
+        return c;
+    }
+    if vs.is_empty() {
+        return condition(
+            conditions::VERIFIED,
+            true,
+            conditions::NO_WORKLOADS,
+            "no stage has rollout workloads to verify",
+            generation,
+        );
+    }
+    condition(
+        conditions::VERIFIED,
+        true,
+        conditions::VERIFIED_REASON,
+        "every stage with rollout workloads passed its last verification",
+        generation,
+    )
 }
 
 /// The versions in each stage of the pipeline, by name.
@@ -741,6 +1342,7 @@ fn release_condition(
     app: &ToolJetApp,
     release: &Release,
     status: &mut ToolJetAppStatus,
+    identity: Option<&str>,
 ) -> (Condition, Option<ReleaseRecord>) {
     let generation = app.metadata.generation;
     let mut record = None;
@@ -757,7 +1359,7 @@ fn release_condition(
         }
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
-                let r = release_record(app, version, status);
+                let r = release_record(app, version, status, identity);
                 history::record(&mut status.release_history, r.clone());
                 status.released_version = Some(version.clone());
                 record = Some(r);
@@ -790,7 +1392,12 @@ fn release_condition(
 
 /// The history record of releasing `version` now: who and when from the webhook's stamps when
 /// they describe this release, and whether it was released before (a rollback).
-fn release_record(app: &ToolJetApp, version: &str, status: &ToolJetAppStatus) -> ReleaseRecord {
+fn release_record(
+    app: &ToolJetApp,
+    version: &str,
+    status: &ToolJetAppStatus,
+    identity: Option<&str>,
+) -> ReleaseRecord {
     let annotations = app.annotations();
     // The stamps describe the release of the version they name only.
     let made = if annotations
@@ -802,12 +1409,32 @@ fn release_record(app: &ToolJetApp, version: &str, status: &ToolJetAppStatus) ->
     } else {
         stamps::Made::default()
     };
+    // Made by this process: its automatic rollback of the release whose verification failed.
+    let automatic = identity.is_some() && made.by.as_deref() == identity;
+    let reason = automatic
+        .then(|| {
+            let last = Pipeline::of(app).last();
+            let failed = status.verifications.iter().find(|v| {
+                v.environment == last
+                    && v.phase == VerificationPhase::Failed
+                    && verifies_a_release(v)
+            })?;
+            Some(format!(
+                "the release of {} failed verification: {}",
+                failed.version.as_deref().unwrap_or_default(),
+                failed.message
+            ))
+        })
+        .flatten();
     ReleaseRecord {
         version: version.to_string(),
         at: Time(made.at.unwrap_or_else(Timestamp::now)),
         by: made.by,
         override_reason: made.override_reason,
         rollback: status.release_history.iter().any(|h| h.version == version),
+        automatic,
+        reason,
+        verification: None,
     }
 }
 
@@ -873,6 +1500,7 @@ mod tests {
                 environments: crate::api::default_pipeline(),
                 release: release.map(|v| ReleaseSpec { version: v.into() }),
                 rollout: vec![],
+                verification: None,
             },
         );
         a.metadata.generation = Some(2);
@@ -900,6 +1528,298 @@ mod tests {
             version("v3", "staging"),
             version("v4", "development"),
         ]
+    }
+
+    fn secs(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    const OPERATOR: &str = "system:serviceaccount:tooljet-system:tooljet-operator";
+
+    /// The production stage's one workload, in `state`, carrying `revision`.
+    fn production(state: WorkloadState, revision: &str) -> Rollout {
+        Rollout {
+            problems: RolloutProblems::default(),
+            stages: BTreeMap::from([(
+                "production".to_string(),
+                StageWorkloads {
+                    workloads: vec![("web".into(), state)],
+                    revision: revision.into(),
+                },
+            )]),
+        }
+    }
+
+    /// One pass: the status `a` gets with its production workload in `state` at `t`.
+    fn pass(
+        a: &mut ToolJetApp,
+        state: WorkloadState,
+        revision: &str,
+        t: i64,
+    ) -> Option<ReleaseRecord> {
+        let (s, r) = desired_status(
+            a,
+            &versions(),
+            &check_release(a, &versions()),
+            &production(state, revision),
+            vec![],
+            Some(OPERATOR),
+            secs(t),
+        );
+        a.status = Some(s);
+        r
+    }
+
+    fn release_by(a: &mut ToolJetApp, version: &str, by: &str) {
+        a.spec.release = Some(ReleaseSpec {
+            version: version.into(),
+        });
+        let annotations = a.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(RELEASED_VERSION_ANNOTATION.into(), version.into());
+        annotations.insert(RELEASED_BY_ANNOTATION.into(), by.into());
+    }
+
+    fn verified(a: &ToolJetApp) -> (String, String, String) {
+        let c = a
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Verified")
+            .unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn stuck() -> WorkloadState {
+        WorkloadState::Failed(
+            "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
+        )
+    }
+
+    #[test]
+    fn a_failed_release_is_rolled_back_once_and_recorded_as_automatic() {
+        let mut a = app(None);
+        a.spec.verification = Some(crate::api::Verification {
+            timeout_seconds: 60,
+            auto_rollback: true,
+        });
+        release_by(&mut a, "v1", "carol");
+        pass(&mut a, WorkloadState::Available, "r1", 0);
+        assert_eq!(verified(&a).0, "True");
+
+        release_by(&mut a, "v2", "carol");
+        let r = pass(
+            &mut a,
+            WorkloadState::Waiting("0 of 1 new pods available".into()),
+            "r2",
+            10,
+        );
+        assert!(!r.unwrap().automatic);
+        let v = a.verification_of("production").unwrap().clone();
+        assert_eq!(
+            (v.cause, v.phase, v.version.as_deref()),
+            (
+                VerificationCause::Release,
+                VerificationPhase::Progressing,
+                Some("v2")
+            )
+        );
+        assert_eq!(verified(&a).0, "Unknown");
+        // The same pass again (a restart): nothing starts over.
+        pass(
+            &mut a,
+            WorkloadState::Waiting("0 of 1 new pods available".into()),
+            "r2",
+            20,
+        );
+        assert_eq!(
+            a.verification_of("production").unwrap().started_at,
+            v.started_at
+        );
+
+        pass(&mut a, stuck(), "r2", 30);
+        let (status, reason, message) = verified(&a);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "VerificationFailed")
+        );
+        assert!(
+            message.contains("rolling back to v1 automatically"),
+            "{message}"
+        );
+        let status = a.status.clone().unwrap();
+        assert_eq!(
+            status.release_history.last().unwrap().verification,
+            Some(VerificationPhase::Failed)
+        );
+        let decision = automatic_rollback(&a, &status, &versions(), Some(OPERATOR));
+        let Ok(Some((target, why))) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(target, "v1");
+        assert!(
+            why.contains("the release of v2 failed verification"),
+            "{why}"
+        );
+        // Without knowing who it is, the operator does not roll back, and says why.
+        assert!(automatic_rollback(&a, &status, &versions(), None).is_err());
+
+        // The operator's own release of v1: automatic, with the reason.
+        release_by(&mut a, "v1", OPERATOR);
+        let r = pass(
+            &mut a,
+            WorkloadState::Waiting("0 of 1 new pods available".into()),
+            "r1",
+            40,
+        )
+        .unwrap();
+        assert!(r.automatic && r.rollback, "{r:?}");
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("the release of v2 failed verification")
+        );
+        assert_eq!(
+            a.verification_of("production").unwrap().cause,
+            VerificationCause::AutomaticRollback
+        );
+        // Nothing more to do while it is verified, and after.
+        let status = a.status.clone().unwrap();
+        assert_eq!(
+            automatic_rollback(&a, &status, &versions(), Some(OPERATOR)),
+            Ok(None)
+        );
+        pass(&mut a, WorkloadState::Available, "r1", 45);
+        let history: Vec<(&str, bool, Option<VerificationPhase>)> = a
+            .status
+            .as_ref()
+            .unwrap()
+            .release_history
+            .iter()
+            .map(|h| (h.version.as_str(), h.automatic, h.verification))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("v1", false, Some(VerificationPhase::Verified)),
+                ("v2", false, Some(VerificationPhase::Failed)),
+                ("v1", true, Some(VerificationPhase::Verified)),
+            ]
+        );
+        assert_eq!(verified(&a).0, "True");
+    }
+
+    #[test]
+    fn a_rollback_that_fails_is_not_rolled_back_again_and_without_opt_in_nothing_is() {
+        let mut a = app(None);
+        a.spec.verification = Some(crate::api::Verification {
+            timeout_seconds: 60,
+            auto_rollback: true,
+        });
+        release_by(&mut a, "v1", "carol");
+        pass(&mut a, WorkloadState::Available, "r1", 0);
+        release_by(&mut a, "v2", "carol");
+        pass(&mut a, stuck(), "r2", 10);
+        release_by(&mut a, "v1", OPERATOR);
+        pass(&mut a, stuck(), "r1", 20);
+        let status = a.status.clone().unwrap();
+        assert_eq!(
+            automatic_rollback(&a, &status, &versions(), Some(OPERATOR)),
+            Ok(None)
+        );
+        assert!(
+            verified(&a).2.contains("not rolled back again"),
+            "{:?}",
+            verified(&a)
+        );
+
+        let mut b = app(None);
+        release_by(&mut b, "v1", "carol");
+        pass(&mut b, WorkloadState::Available, "r1", 0);
+        release_by(&mut b, "v2", "carol");
+        pass(&mut b, stuck(), "r2", 10);
+        let status = b.status.clone().unwrap();
+        assert_eq!(
+            automatic_rollback(&b, &status, &versions(), Some(OPERATOR)),
+            Ok(None)
+        );
+        let (status, _, message) = verified(&b);
+        assert_eq!(status, "False");
+        assert!(!message.contains("rolling back"), "{message}");
+    }
+
+    #[test]
+    fn a_promotion_starts_a_verification_unless_one_is_under_way() {
+        let mut a = app(None);
+        pass(&mut a, WorkloadState::Available, "r1", 0);
+        let mut more = versions();
+        more.push(version("v5", "production"));
+        let (s, _) = desired_status(
+            &a,
+            &more,
+            &Release::None,
+            &production(WorkloadState::Available, "r1"),
+            vec![],
+            None,
+            secs(10),
+        );
+        let v = &s.verifications[0];
+        assert_eq!(
+            (v.cause, v.version.as_deref(), v.phase),
+            (
+                VerificationCause::Promotion,
+                Some("v5"),
+                VerificationPhase::Verified
+            )
+        );
+        // While a configuration change is being verified, a promotion does not restart it.
+        pass(
+            &mut a,
+            WorkloadState::Waiting("1 old pods still terminating".into()),
+            "r2",
+            20,
+        );
+        let (s, _) = desired_status(
+            &a,
+            &more,
+            &Release::None,
+            &production(
+                WorkloadState::Waiting("1 old pods still terminating".into()),
+                "r2",
+            ),
+            vec![],
+            None,
+            secs(30),
+        );
+        assert_eq!(s.verifications[0].cause, VerificationCause::Configuration);
+        assert_eq!(s.verifications[0].started_at, verify::time(secs(20)));
+    }
+
+    #[test]
+    fn one_at_a_time_waits_for_every_other_workload_of_the_stage() {
+        let mut a = app(None);
+        a.spec.rollout = vec![RolloutTarget {
+            environment: "production".into(),
+            deployments: vec!["a".into(), "b".into(), "c".into()],
+            selector: None,
+            strategy: RolloutStrategy::OneAtATime,
+        }];
+        let members = BTreeMap::from([(
+            "production".to_string(),
+            vec!["a".to_string(), "b".to_string(), "c".to_string()],
+        )]);
+        let restarting = BTreeSet::from(["a".to_string()]);
+        assert_eq!(
+            turn_of_another(&a, &members, &restarting, "b"),
+            Some("a".into())
+        );
+        // A workload never waits for itself (a failing one can be fixed by a new change).
+        assert_eq!(turn_of_another(&a, &members, &restarting, "a"), None);
+        assert_eq!(turn_of_another(&a, &members, &BTreeSet::new(), "b"), None);
+        a.spec.rollout[0].strategy = RolloutStrategy::AllAtOnce;
+        assert_eq!(turn_of_another(&a, &members, &restarting, "b"), None);
     }
 
     #[test]
@@ -931,8 +1851,10 @@ mod tests {
             &a,
             &versions(),
             &check_release(&a, &versions()),
-            &RolloutProblems::default(),
+            &Rollout::default(),
             vec![],
+            None,
+            secs(0),
         );
         assert_eq!(s.released_version.as_deref(), Some("v1"));
         assert!(!r.unwrap().rollback);
@@ -945,8 +1867,10 @@ mod tests {
             &a,
             &versions(),
             &check_release(&a, &versions()),
-            &RolloutProblems::default(),
+            &Rollout::default(),
             vec![],
+            None,
+            secs(0),
         );
         assert_eq!(r.unwrap().version, "v2");
         a.status = Some(s);
@@ -958,8 +1882,10 @@ mod tests {
             &a,
             &versions(),
             &check_release(&a, &versions()),
-            &RolloutProblems::default(),
+            &Rollout::default(),
             vec![],
+            None,
+            secs(0),
         );
         assert!(
             r.unwrap().rollback,
@@ -981,8 +1907,10 @@ mod tests {
             &a,
             &versions(),
             &check_release(&a, &versions()),
-            &RolloutProblems::default(),
+            &Rollout::default(),
             vec![],
+            None,
+            secs(0),
         );
         assert!(r.is_none());
         assert_eq!(
@@ -1005,8 +1933,10 @@ mod tests {
             &a,
             &versions(),
             &Release::None,
-            &RolloutProblems::default(),
+            &Rollout::default(),
             vec![],
+            None,
+            secs(0),
         );
         let listed: Vec<(&str, Vec<&str>)> = s
             .environments
@@ -1138,8 +2068,10 @@ mod tests {
             &a,
             &versions(),
             &Release::None,
-            &RolloutProblems::default(),
+            &Rollout::default(),
             gates,
+            None,
+            secs(0),
         );
         assert_eq!(s.gates.len(), 2);
     }
@@ -1156,7 +2088,23 @@ mod tests {
     fn rollout_problems_set_the_rollout_condition() {
         let a = app(None);
         let condition_for = |problems: &RolloutProblems| {
-            let (s, _) = desired_status(&a, &versions(), &Release::None, problems, vec![]);
+            let rollout = Rollout {
+                problems: RolloutProblems {
+                    missing: problems.missing.clone(),
+                    invalid: problems.invalid.clone(),
+                    conflicts: problems.conflicts.clone(),
+                },
+                stages: BTreeMap::new(),
+            };
+            let (s, _) = desired_status(
+                &a,
+                &versions(),
+                &Release::None,
+                &rollout,
+                vec![],
+                None,
+                secs(0),
+            );
             s.conditions
                 .into_iter()
                 .find(|c| c.type_ == "RolloutReady")
@@ -1270,6 +2218,7 @@ mod tests {
             environment: "production".into(),
             deployments: vec![],
             selector: Some(selector),
+            strategy: RolloutStrategy::AllAtOnce,
         };
         let mut s = LabelSelector {
             match_labels: Some(BTreeMap::from([("app".into(), "tooljet".into())])),

@@ -7,6 +7,7 @@
 //! create one of that name carrying the managed-by label, and must not thereby configure a stage
 //! (the operator would be their confused deputy).
 
+use crate::api::{VerificationCause, VerificationPhase};
 use crate::lifecycle::{Pipeline, history, stamps};
 use std::{
     collections::HashMap,
@@ -134,20 +135,37 @@ fn config_trigger(c: &CachedConfig) -> Option<String> {
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
 /// version (a version's `Released` condition), its labels (which PromotionPolicies guard its
-/// stages), and whether it exists.
-fn app_trigger(
-    app: &ToolJetApp,
-) -> (
-    Vec<String>,
-    Option<String>,
-    std::collections::BTreeMap<String, String>,
-) {
+/// stages), its stages' verifications (a version's `Verified` condition and promotion record),
+/// and whether it exists.
+fn app_trigger(app: &ToolJetApp) -> AppTrigger {
+    let verifications = app
+        .status
+        .iter()
+        .flat_map(|s| &s.verifications)
+        .map(|v| {
+            (
+                v.environment.clone(),
+                format!("{:?}/{:?}", v.cause, v.phase),
+                v.version.clone(),
+                v.message.clone(),
+            )
+        })
+        .collect();
     (
         app.spec.environments.clone(),
         app.status.as_ref().and_then(|s| s.released_version.clone()),
         app.labels().clone(),
+        verifications,
     )
 }
+
+/// See [`app_trigger`].
+type AppTrigger = (
+    Vec<String>,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+    Vec<(String, String, Option<String>, String)>,
+);
 
 /// The versions a managed Secret matters to: its owner for a resolved-config Secret, every version
 /// in that stage (of that app, for an app-scoped one) for a stage configuration, and the version
@@ -439,13 +457,91 @@ fn desired_status(
             environment,
         });
     }
+    record_verification(v, app, &mut status);
     let config = config_condition(v, resolved, missing, secret, taken);
     let released = released_condition(v, app);
+    let verified = verified_condition(v, app);
     let ready = ready_condition(v, app, &config, generation);
     set_condition(&mut status.conditions, config);
     set_condition(&mut status.conditions, released);
+    set_condition(&mut status.conditions, verified);
     set_condition(&mut status.conditions, ready);
     (status, promotions)
+}
+
+/// The outcome of the verification its promotion into its stage started, once known, in that
+/// promotion's record.
+fn record_verification(v: &AppVersion, app: Option<&ToolJetApp>, status: &mut AppVersionStatus) {
+    let stage = &v.spec.environment;
+    let Some(check) = app.and_then(|a| a.verification_of(stage)) else {
+        return;
+    };
+    if check.cause != VerificationCause::Promotion
+        || check.phase == VerificationPhase::Progressing
+        || check.version.as_deref() != Some(v.name_any().as_str())
+    {
+        return;
+    }
+    if let Some(p) = status.promotions.last_mut().filter(|p| &p.to == stage) {
+        p.verification = Some(check.phase);
+    }
+}
+
+/// Verified: how the last verification of its stage's workloads went. A version in a stage
+/// whose verification failed is not promoted out of it (the webhook refuses).
+fn verified_condition(v: &AppVersion, app: Option<&ToolJetApp>) -> Condition {
+    let generation = v.metadata.generation;
+    let stage = &v.spec.environment;
+    let Some(check) = app.and_then(|a| a.verification_of(stage)) else {
+        return condition(
+            conditions::VERIFIED,
+            true,
+            conditions::NO_WORKLOADS,
+            format!("{stage} has no rollout workloads to verify"),
+            generation,
+        );
+    };
+    let about = match &check.version {
+        Some(version) => format!("{:?} of {version}", check.cause),
+        None => format!("{:?}", check.cause),
+    };
+    match check.phase {
+        VerificationPhase::Verified => condition(
+            conditions::VERIFIED,
+            true,
+            conditions::VERIFIED_REASON,
+            format!(
+                "{stage}'s workloads passed their last verification ({about}): {}",
+                check.message
+            ),
+            generation,
+        ),
+        VerificationPhase::Progressing => {
+            let mut c = condition(
+                conditions::VERIFIED,
+                false,
+                conditions::PROGRESSING,
+                format!(
+                    "{stage}'s workloads are being verified ({about}, {}): {}",
+                    check.progress, check.message
+                ),
+                generation,
+            );
+            c.status = "Unknown".into();
+            c
+        }
+        VerificationPhase::Failed => condition(
+            conditions::VERIFIED,
+            false,
+            conditions::VERIFICATION_FAILED,
+            format!(
+                "{stage}'s workloads failed their last verification ({about}): {}; no version is promoted out of \
+                 {stage} until they pass",
+                check.message
+            ),
+            generation,
+        ),
+    }
 }
 
 /// Records in `status` every step from the stage it last recorded to the version's stage, and
@@ -484,6 +580,7 @@ fn record_promotions(
             at: Time(made.at.unwrap_or_else(Timestamp::now)),
             by: made.by,
             override_reason: made.override_reason,
+            verification: None,
         };
         history::record(&mut status.promotions, record.clone());
         promotions.push(record);
@@ -744,6 +841,7 @@ mod tests {
                 environments: crate::api::default_pipeline(),
                 release: None,
                 rollout: vec![],
+                verification: None,
             },
         );
         a.status = Some(ToolJetAppStatus {

@@ -5,6 +5,7 @@ pub mod appversion;
 pub mod envconfig;
 pub mod policy;
 pub mod secrets;
+pub mod verify;
 
 use std::{sync::Arc, time::Duration};
 
@@ -79,6 +80,7 @@ pub enum Step {
     ListDeployments,
     PatchDeployment,
     ReadVersion,
+    RollBack,
 }
 
 impl Step {
@@ -96,6 +98,7 @@ impl Step {
             Step::ListDeployments => "ListDeployments",
             Step::PatchDeployment => "PatchDeployment",
             Step::ReadVersion => "ReadVersion",
+            Step::RollBack => "RollBack",
         }
     }
 
@@ -115,6 +118,7 @@ impl Step {
             Step::ListDeployments => "listing the Deployments a rollout selects",
             Step::PatchDeployment => "stamping a rollout Deployment",
             Step::ReadVersion => "reading an AppVersion that carries no references stamp",
+            Step::RollBack => "releasing the previous release again (automatic rollback)",
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct Context {
     pub unstamped: Arc<appversion::Unstamped>,
     /// Rollout workloads that several apps share.
     pub sharing: Arc<app::Sharing>,
+    /// The user this process acts as, when the apiserver said (automatic rollbacks need it).
+    pub identity: Option<String>,
 }
 
 impl Context {

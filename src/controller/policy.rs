@@ -238,6 +238,7 @@ mod tests {
                 environments: pipeline.iter().map(|s| s.to_string()).collect(),
                 release: None,
                 rollout: vec![],
+                verification: None,
             },
         );
         a.metadata.namespace = Some("ns".into());

@@ -100,6 +100,7 @@ fn facts() -> impl Strategy<Value = Facts> {
                             environment,
                         })
                         .collect(),
+                    failed_stages: Default::default(),
                 }),
                 namespace_terminating,
                 granted: [

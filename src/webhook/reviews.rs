@@ -262,6 +262,7 @@ fn review_promotion(
         .or_else(|| promotion_with_edits(&r.name, edits, app))
         .or_else(|| illegal_step(&r.name, from, to, app))
         .or_else(|| promotion_not_permitted(r, to))
+        .or_else(|| out_of_failing_stage(&r.name, from, to, app))
         .or_else(|| target_lacks_requirements(&r.name, to, r.facts))
         .or_else(|| promotion_gate(r, to, override_reason))
         .unwrap_or_else(|| promotion_stamps(&r.name, old, new, r.user, (from, to), override_reason))
@@ -283,6 +284,19 @@ fn promoting_while_deleted(
              version in {first} and promote that one"
         ))
     })
+}
+
+/// No version leaves a stage whose workloads failed their last verification (a release, a
+/// promotion into it or a configuration change that did not come up): what failed there would
+/// go on to the next stage.
+fn out_of_failing_stage(name: &str, from: &str, to: &str, app: &AppFact) -> Option<Verdict> {
+    let failed = app.failed_stages.get(from)?;
+    Some(Deny(format!(
+        "AppVersion {name} cannot be promoted to {to}: {from}'s workloads failed their last verification \
+         ({failed}); see ToolJetApp {}'s status.verifications. Fix the workloads (the verification passes once \
+         they are available) and promote again",
+        app.name
+    )))
 }
 
 /// A promotion changes nothing but spec.environment.
@@ -1200,6 +1214,7 @@ mod tests {
                     environment: e.to_string(),
                 })
                 .collect(),
+            failed_stages: Default::default(),
         }
     }
 
@@ -1272,6 +1287,32 @@ mod tests {
             Deny(m) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
             Allow => panic!("allowed; expected a denial mentioning {needle:?}"),
         }
+    }
+
+    #[test]
+    fn no_version_leaves_a_stage_whose_verification_failed() {
+        let pipeline = ["development", "staging", "production"];
+        let mut f = facts(&pipeline);
+        let failure = "Deployment tooljet-staging: ProgressDeadlineExceeded: ReplicaSet \"x\" has timed out progressing.";
+        f.app
+            .as_mut()
+            .unwrap()
+            .failed_stages
+            .insert("staging".into(), failure.into());
+        let old = version("staging");
+        let mut new = old.clone();
+        new.spec.environment = "production".into();
+        denied_with(
+            update(&old, &new, &f),
+            "AppVersion crm-v4 cannot be promoted to production: staging's workloads failed their last verification (Deployment tooljet-staging: ProgressDeadlineExceeded",
+        );
+        // Another stage's failure does not hold it, and nor does its own once it passes.
+        let dev = version("development");
+        let mut to_staging = dev.clone();
+        to_staging.spec.environment = "staging".into();
+        assert_eq!(update(&dev, &to_staging, &f), Allow);
+        f.app.as_mut().unwrap().failed_stages.clear();
+        assert_eq!(update(&old, &new, &f), Allow);
     }
 
     #[test]
@@ -1448,6 +1489,7 @@ mod tests {
                 environments: pipeline.iter().map(|s| s.to_string()).collect(),
                 release: release.map(|v| Release { version: v.into() }),
                 rollout: vec![],
+                verification: None,
             },
         );
         a.metadata.namespace = Some("acme".into());

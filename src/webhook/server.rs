@@ -556,6 +556,7 @@ async fn review_version(
             name: app.name_any(),
             environments: app.spec.environments.clone(),
             versions,
+            failed_stages: failed_stages(app),
         });
     }
     if let (Some(new), Some(to)) = (new, promoted_to) {
@@ -689,6 +690,7 @@ async fn review_app(
         name: req.name.clone(),
         environments: subject.spec.environments.clone(),
         versions,
+        failed_stages: failed_stages(subject),
     });
     // A change of labels or stages that changes whom a policy guards is an edit of that policy.
     if let (Some(old), Some(new)) = (old, new)
@@ -906,4 +908,14 @@ async fn namespace_terminating(client: &Client, ns: &str) -> Result<bool, String
             "could not read namespace {ns} to check whether it is being deleted: {e}"
         )),
     }
+}
+
+/// The stages of `app` whose workloads failed their last verification, with what failed.
+fn failed_stages(app: &ToolJetApp) -> BTreeMap<String, String> {
+    app.status
+        .iter()
+        .flat_map(|s| &s.verifications)
+        .filter(|v| v.phase == crate::api::VerificationPhase::Failed)
+        .map(|v| (v.environment.clone(), v.message.clone()))
+        .collect()
 }

@@ -150,6 +150,9 @@ pub struct AppFact {
     pub name: String,
     pub environments: Vec<String>,
     pub versions: Vec<VersionFact>,
+    /// Stage -> what failed, for each stage whose workloads failed their last verification
+    /// (the app's status): no version is promoted out of it.
+    pub failed_stages: BTreeMap<String, String>,
 }
 
 impl AppFact {
