@@ -86,7 +86,6 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             .await
             .context("loading the installation's content-hash key")?,
     );
-    let identity = whoami(&client).await;
     let metrics = Arc::new(Metrics::default());
     metrics.prime(
         &controller::CONTROLLERS,
@@ -129,36 +128,9 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         echoes: Arc::new(Echoes::default()),
         unstamped: Arc::default(),
         sharing: Arc::default(),
-        identity,
     });
     run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);
     supervise(tasks).await
-}
-
-/// The user this process acts as (a SelfSubjectReview): releases it makes itself (automatic
-/// rollbacks) are recognised by it in the release history. `None`, with a warning, when the
-/// apiserver does not say (automatic rollbacks are then not made: they could not be told apart).
-async fn whoami(client: &Client) -> Option<String> {
-    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-    let review: SelfSubjectReview = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "SelfSubjectReview",
-    }))
-    .expect("a valid SelfSubjectReview");
-    match kube::Api::<SelfSubjectReview>::all(client.clone())
-        .create(&kube::api::PostParams::default(), &review)
-        .await
-    {
-        Ok(r) => {
-            let user = r.status.and_then(|s| s.user_info).and_then(|u| u.username);
-            tracing::info!(user = user.as_deref().unwrap_or(""), "acting as");
-            user
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not learn which user this process acts as (SelfSubjectReview); automatic rollbacks are off");
-            None
-        }
-    }
 }
 
 /// Every kind's cache, and the hubs that hand their changes to the controllers (subscribe, then

@@ -284,12 +284,32 @@ pub struct ToolJetAppStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verifications: Vec<StageVerification>,
 
+    /// The automatic rollback the operator is making: recorded here before it changes
+    /// `spec.release`, so that the release it makes is known for automatic (and never rolled back
+    /// itself), also after a restart. Cleared once that release is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_rollback: Option<AutomaticRollback>,
+
     /// `Ready`: the release points at a version in the last stage and every stage is consistent;
     /// `RolloutReady`: every rollout workload holds what it serves; `Verified`: no stage's
     /// workloads failed their last verification.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+/// An automatic rollback under way.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutomaticRollback {
+    /// The release that failed verification.
+    pub from: String,
+    /// The release it goes back to.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+    /// When the operator decided it.
+    pub at: Time,
 }
 
 /// What started a stage's verification.

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::{Stream, StreamExt, channel::mpsc};
 use k8s_openapi::{
     api::apps::v1::Deployment,
@@ -37,8 +37,8 @@ use super::{
     publish, set_condition,
 };
 use crate::api::{
-    AppVersion, EnvironmentVersions, OVERRIDE_REASON_ANNOTATION, PromotionPolicy,
-    RELEASE_ANNOTATION, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
+    AppVersion, AutomaticRollback, EnvironmentVersions, OVERRIDE_REASON_ANNOTATION,
+    PromotionPolicy, RELEASE_ANNOTATION, RELEASED_AT_ANNOTATION, RELEASED_BY_ANNOTATION,
     RELEASED_VERSION_ANNOTATION, ReleaseRecord, RolloutStrategy, StageGate, StageVerification,
     ToolJetApp, ToolJetAppStatus, VerificationCause, VerificationPhase,
 };
@@ -255,9 +255,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     };
     let rollout = roll_out(&ctx, &app, &ns, live.as_deref()).await?;
 
-    let identity = ctx.identity.as_deref();
-    let (status, record) =
-        desired_status(&app, &versions, &release, &rollout, gates, identity, now);
+    let (status, record) = desired_status(&app, &versions, &release, &rollout, gates, now);
     apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await?;
 
     if let Some(record) = &record {
@@ -265,7 +263,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     }
     report_verifications(&ctx, &app, &status).await;
     report_failures(&ctx, &app, &status).await;
-    roll_back_if_failed(&ctx, &app, &status, &versions).await?;
+    roll_back_if_failed(&ctx, &app, &status).await?;
     // A gate's window opening or closing changes the status by itself, and so does a
     // verification's timeout: wake at the first of them.
     let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
@@ -367,22 +365,24 @@ async fn report_failures(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppSta
     }
 }
 
-/// Releases the previous release again when the release failed verification and the app rolls
-/// back automatically ([`automatic_rollback`]): one merge patch of `spec.release`, made only if
-/// the app is still as read (its resourceVersion), judged by the webhook and the policies like
-/// a person's. Through a closed window it carries the reason as a break-glass override. A denial
-/// is reported (Event and log), not retried in a loop.
+/// Makes the automatic rollback the status records ([`automatic_rollback`]), if the release is
+/// still the one that failed: one merge patch of `spec.release`, made only if the app is still
+/// as read (its resourceVersion), judged by the webhook and the policies like a person's.
+/// Through a closed window it carries the reason as a break-glass override. A denial is reported
+/// (Event and log), not retried in a loop.
 async fn roll_back_if_failed(
     ctx: &Context,
     app: &ToolJetApp,
     status: &ToolJetAppStatus,
-    versions: &[Arc<AppVersion>],
 ) -> Result<(), Error> {
-    let Ok(Some((target, reason))) =
-        automatic_rollback(app, status, versions, ctx.identity.as_deref())
+    let Some(intent) = status
+        .automatic_rollback
+        .as_ref()
+        .filter(|i| app.released() == Some(i.from.as_str()))
     else {
         return Ok(());
     };
+    let (target, reason) = (&intent.to, &intent.reason);
     let last = Pipeline::of(app).last();
     let closed = status
         .gates
@@ -1029,15 +1029,13 @@ async fn apply_workload(
     Ok(Some(stamped))
 }
 
-/// The status (pure), and the release to record if the released version changed. `identity`:
-/// the user this process acts as (its own releases are automatic rollbacks).
+/// The status (pure), and the release to record if the released version changed.
 fn desired_status(
     app: &ToolJetApp,
     versions: &[Arc<AppVersion>],
     release: &Release,
     rollout: &Rollout,
     gates: Vec<StageGate>,
-    identity: Option<&str>,
     now: DateTime<Utc>,
 ) -> (ToolJetAppStatus, Option<ReleaseRecord>) {
     let mut status = app.status.clone().unwrap_or_default();
@@ -1046,7 +1044,16 @@ fn desired_status(
     status.gates = gates;
     let before = std::mem::take(&mut status.environments);
     status.environments = versions_per_stage(app, versions);
-    let (ready, record) = release_condition(app, release, &mut status, identity);
+    let (ready, record) = release_condition(app, release, &mut status);
+    // An automatic rollback is recorded with the release it made; one overtaken by another
+    // release is dropped.
+    if status
+        .automatic_rollback
+        .as_ref()
+        .is_some_and(|i| record.is_some() || app.released() != Some(i.from.as_str()))
+    {
+        status.automatic_rollback = None;
+    }
     status.verifications = verifications(app, &before, &status, record.as_ref(), rollout, now);
     record_outcome(app, &mut status);
     set_condition(&mut status.conditions, ready);
@@ -1054,7 +1061,13 @@ fn desired_status(
         &mut status.conditions,
         rollout_condition(&rollout.problems, generation),
     );
-    let rollback = automatic_rollback(app, &status, versions, identity);
+    let rollback = automatic_rollback(app, &status, versions, now);
+    if let Ok(Some(intent)) = &rollback {
+        let same = |i: &AutomaticRollback| i.from == intent.from && i.to == intent.to;
+        if !status.automatic_rollback.as_ref().is_some_and(same) {
+            status.automatic_rollback = Some(intent.clone());
+        }
+    }
     set_condition(
         &mut status.conditions,
         verified_condition(&status.verifications, &rollback, generation),
@@ -1189,16 +1202,17 @@ fn record_outcome(app: &ToolJetApp, status: &mut ToolJetAppStatus) {
     }
 }
 
-/// What the operator does about a release that failed verification (pure): `Ok(Some((version,
-/// reason)))` releases `version` again; `Ok(None)`: nothing to do (no failed release, automatic
-/// rollback off, or a rollback that failed: the operator never rolls back a rollback);
+/// What the operator does about a release that failed verification (pure): `Ok(Some(rollback))`
+/// releases an earlier release again (the newest that did not fail and is still in the last
+/// stage); `Ok(None)`: nothing to do (no failed release, automatic rollback off, the release
+/// changed since, or a rollback that failed: the operator never rolls back its own rollback);
 /// `Err(why)`: it should, and cannot.
 fn automatic_rollback(
     app: &ToolJetApp,
     status: &ToolJetAppStatus,
     versions: &[Arc<AppVersion>],
-    identity: Option<&str>,
-) -> Result<Option<(String, String)>, String> {
+    now: DateTime<Utc>,
+) -> Result<Option<AutomaticRollback>, String> {
     let last = Pipeline::of(app).last();
     let Some(failed) = status.verifications.iter().find(|v| {
         v.environment == last
@@ -1216,13 +1230,6 @@ fn automatic_rollback(
     if !app.verification().auto_rollback || app.released() != Some(failing) {
         return Ok(None);
     }
-    if identity.is_none() {
-        return Err(
-            "the operator could not learn which user it acts as (SelfSubjectReview), so it makes no \
-             automatic rollback; roll back by hand (spec.release.version)"
-                .into(),
-        );
-    }
     let in_last = |name: &str| {
         versions
             .iter()
@@ -1239,13 +1246,15 @@ fn automatic_rollback(
                 && in_last(&r.version)
         });
     match target {
-        Some(r) => Ok(Some((
-            r.version.clone(),
-            format!(
+        Some(r) => Ok(Some(AutomaticRollback {
+            from: failing.to_string(),
+            to: r.version.clone(),
+            reason: format!(
                 "automatic rollback: the release of {failing} failed verification ({})",
                 failed.message
             ),
-        ))),
+            at: verify::time(now.trunc_subsecs(0)),
+        })),
         None => Err(format!(
             "there is no earlier release of a {last} version that did not fail verification to go back to; \
              release one by hand"
@@ -1257,7 +1266,7 @@ fn automatic_rollback(
 /// one under way, else every stage verified (or none has workloads).
 fn verified_condition(
     vs: &[StageVerification],
-    rollback: &Result<Option<(String, String)>, String>,
+    rollback: &Result<Option<AutomaticRollback>, String>,
     generation: Option<i64>,
 ) -> Condition {
     if let Some(f) = vs.iter().find(|v| v.phase == VerificationPhase::Failed) {
@@ -1267,7 +1276,7 @@ fn verified_condition(
                  another version"
                     .to_string()
             }
-            (_, Ok(Some((target, _)))) => format!("; rolling back to {target} automatically"),
+            (_, Ok(Some(r))) => format!("; rolling back to {} automatically", r.to),
             (_, Err(why)) => format!("; no automatic rollback: {why}"),
             (_, Ok(None)) => String::new(),
         };
@@ -1342,7 +1351,6 @@ fn release_condition(
     app: &ToolJetApp,
     release: &Release,
     status: &mut ToolJetAppStatus,
-    identity: Option<&str>,
 ) -> (Condition, Option<ReleaseRecord>) {
     let generation = app.metadata.generation;
     let mut record = None;
@@ -1359,7 +1367,7 @@ fn release_condition(
         }
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
-                let r = release_record(app, version, status, identity);
+                let r = release_record(app, version, status);
                 history::record(&mut status.release_history, r.clone());
                 status.released_version = Some(version.clone());
                 record = Some(r);
@@ -1392,12 +1400,7 @@ fn release_condition(
 
 /// The history record of releasing `version` now: who and when from the webhook's stamps when
 /// they describe this release, and whether it was released before (a rollback).
-fn release_record(
-    app: &ToolJetApp,
-    version: &str,
-    status: &ToolJetAppStatus,
-    identity: Option<&str>,
-) -> ReleaseRecord {
+fn release_record(app: &ToolJetApp, version: &str, status: &ToolJetAppStatus) -> ReleaseRecord {
     let annotations = app.annotations();
     // The stamps describe the release of the version they name only.
     let made = if annotations
@@ -1409,31 +1412,19 @@ fn release_record(
     } else {
         stamps::Made::default()
     };
-    // Made by this process: its automatic rollback of the release whose verification failed.
-    let automatic = identity.is_some() && made.by.as_deref() == identity;
-    let reason = automatic
-        .then(|| {
-            let last = Pipeline::of(app).last();
-            let failed = status.verifications.iter().find(|v| {
-                v.environment == last
-                    && v.phase == VerificationPhase::Failed
-                    && verifies_a_release(v)
-            })?;
-            Some(format!(
-                "the release of {} failed verification: {}",
-                failed.version.as_deref().unwrap_or_default(),
-                failed.message
-            ))
-        })
-        .flatten();
+    // The operator's automatic rollback: recorded in the status before it was made.
+    let automatic = status
+        .automatic_rollback
+        .as_ref()
+        .filter(|i| i.to == version);
     ReleaseRecord {
         version: version.to_string(),
         at: Time(made.at.unwrap_or_else(Timestamp::now)),
         by: made.by,
         override_reason: made.override_reason,
         rollback: status.release_history.iter().any(|h| h.version == version),
-        automatic,
-        reason,
+        automatic: automatic.is_some(),
+        reason: automatic.map(|i| i.reason.clone()),
         verification: None,
     }
 }
@@ -1563,7 +1554,6 @@ mod tests {
             &check_release(a, &versions()),
             &production(state, revision),
             vec![],
-            Some(OPERATOR),
             secs(t),
         );
         a.status = Some(s);
@@ -1653,17 +1643,19 @@ mod tests {
             status.release_history.last().unwrap().verification,
             Some(VerificationPhase::Failed)
         );
-        let decision = automatic_rollback(&a, &status, &versions(), Some(OPERATOR));
-        let Ok(Some((target, why))) = decision else {
+        let decision = automatic_rollback(&a, &status, &versions(), secs(30));
+        let Ok(Some(rollback)) = decision else {
             panic!("{decision:?}")
         };
-        assert_eq!(target, "v1");
+        assert_eq!((rollback.from.as_str(), rollback.to.as_str()), ("v2", "v1"));
         assert!(
-            why.contains("the release of v2 failed verification"),
-            "{why}"
+            rollback
+                .reason
+                .contains("the release of v2 failed verification"),
+            "{rollback:?}"
         );
-        // Without knowing who it is, the operator does not roll back, and says why.
-        assert!(automatic_rollback(&a, &status, &versions(), None).is_err());
+        // Recorded before it is made, so that the release it makes is known for automatic.
+        assert_eq!(status.automatic_rollback, Some(rollback));
 
         // The operator's own release of v1: automatic, with the reason.
         release_by(&mut a, "v1", OPERATOR);
@@ -1688,7 +1680,7 @@ mod tests {
         // Nothing more to do while it is verified, and after.
         let status = a.status.clone().unwrap();
         assert_eq!(
-            automatic_rollback(&a, &status, &versions(), Some(OPERATOR)),
+            automatic_rollback(&a, &status, &versions(), secs(0)),
             Ok(None)
         );
         pass(&mut a, WorkloadState::Available, "r1", 45);
@@ -1726,7 +1718,7 @@ mod tests {
         pass(&mut a, stuck(), "r1", 20);
         let status = a.status.clone().unwrap();
         assert_eq!(
-            automatic_rollback(&a, &status, &versions(), Some(OPERATOR)),
+            automatic_rollback(&a, &status, &versions(), secs(0)),
             Ok(None)
         );
         assert!(
@@ -1742,7 +1734,7 @@ mod tests {
         pass(&mut b, stuck(), "r2", 10);
         let status = b.status.clone().unwrap();
         assert_eq!(
-            automatic_rollback(&b, &status, &versions(), Some(OPERATOR)),
+            automatic_rollback(&b, &status, &versions(), secs(0)),
             Ok(None)
         );
         let (status, _, message) = verified(&b);
@@ -1762,7 +1754,6 @@ mod tests {
             &Release::None,
             &production(WorkloadState::Available, "r1"),
             vec![],
-            None,
             secs(10),
         );
         let v = &s.verifications[0];
@@ -1790,7 +1781,6 @@ mod tests {
                 "r2",
             ),
             vec![],
-            None,
             secs(30),
         );
         assert_eq!(s.verifications[0].cause, VerificationCause::Configuration);
@@ -1853,7 +1843,6 @@ mod tests {
             &check_release(&a, &versions()),
             &Rollout::default(),
             vec![],
-            None,
             secs(0),
         );
         assert_eq!(s.released_version.as_deref(), Some("v1"));
@@ -1869,7 +1858,6 @@ mod tests {
             &check_release(&a, &versions()),
             &Rollout::default(),
             vec![],
-            None,
             secs(0),
         );
         assert_eq!(r.unwrap().version, "v2");
@@ -1884,7 +1872,6 @@ mod tests {
             &check_release(&a, &versions()),
             &Rollout::default(),
             vec![],
-            None,
             secs(0),
         );
         assert!(
@@ -1909,7 +1896,6 @@ mod tests {
             &check_release(&a, &versions()),
             &Rollout::default(),
             vec![],
-            None,
             secs(0),
         );
         assert!(r.is_none());
@@ -1935,7 +1921,6 @@ mod tests {
             &Release::None,
             &Rollout::default(),
             vec![],
-            None,
             secs(0),
         );
         let listed: Vec<(&str, Vec<&str>)> = s
@@ -2070,7 +2055,6 @@ mod tests {
             &Release::None,
             &Rollout::default(),
             gates,
-            None,
             secs(0),
         );
         assert_eq!(s.gates.len(), 2);
@@ -2096,15 +2080,7 @@ mod tests {
                 },
                 stages: BTreeMap::new(),
             };
-            let (s, _) = desired_status(
-                &a,
-                &versions(),
-                &Release::None,
-                &rollout,
-                vec![],
-                None,
-                secs(0),
-            );
+            let (s, _) = desired_status(&a, &versions(), &Release::None, &rollout, vec![], secs(0));
             s.conditions
                 .into_iter()
                 .find(|c| c.type_ == "RolloutReady")

@@ -168,8 +168,6 @@ pub struct Context {
     pub unstamped: Arc<appversion::Unstamped>,
     /// Rollout workloads that several apps share.
     pub sharing: Arc<app::Sharing>,
-    /// The user this process acts as, when the apiserver said (automatic rollbacks need it).
-    pub identity: Option<String>,
 }
 
 impl Context {
