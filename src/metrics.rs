@@ -3,8 +3,19 @@
 //! Every label value of the admission metrics comes from a closed set (the enums below): the
 //! webhook port answers whoever reaches it, and a label copied from a request would let any caller
 //! create series without bound.
+//!
+//! The delivery metrics (lead time, time in a stage, deliveries, verifications, automatic
+//! rollbacks, time to restore) also carry names: the namespace, the app and the stage
+//! (`environment`), never anything else of the objects. The namespace and the stage are kept as
+//! they are; the app is named only for the first [`MAX_APP_SERIES`] distinct (namespace, app)
+//! pairs the process records, every later app of a namespace shares the app label [`OTHER_APP`].
 
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use kube::core::admission::Operation;
 use prometheus_client::{
@@ -155,6 +166,64 @@ pub struct WebhookLabels {
     pub webhook: Webhook,
 }
 
+/// How many distinct (namespace, app) pairs the delivery metrics name; the app of every later
+/// pair is recorded as [`OTHER_APP`], so the series stay bounded however many apps come and go.
+pub const MAX_APP_SERIES: usize = 1000;
+
+/// The app label of the apps past the first [`MAX_APP_SERIES`] (not a valid object name, so it
+/// cannot be mistaken for an app).
+pub const OTHER_APP: &str = "_other";
+
+closed_label! {
+    /// How a version became the released one: a release, a rollback to an older version by a
+    /// person, or an automatic rollback by the operator.
+    DeliveryKind {
+        Release => "release",
+        Rollback => "rollback",
+        AutomaticRollback => "automatic_rollback",
+    }
+}
+
+closed_label! {
+    /// The outcome of a version's verification in a stage.
+    VerificationResult {
+        Verified => "verified",
+        Failed => "failed",
+    }
+}
+
+/// The labels of a delivery metric about one app: its namespace and its (bounded) name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub namespace: String,
+    pub app: String,
+}
+
+/// The labels of a delivery metric about one stage of an app.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub namespace: String,
+    pub app: String,
+    pub environment: String,
+}
+
+/// The labels of a delivery: the app and how the version was delivered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub namespace: String,
+    pub app: String,
+    pub kind: DeliveryKind,
+}
+
+/// The labels of a verification: the app, the stage and the outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerificationLabels {
+    pub namespace: String,
+    pub app: String,
+    pub environment: String,
+    pub result: VerificationResult,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -166,9 +235,19 @@ pub struct Metrics {
     pub secret_reads: Counter,
     pub promotions: Counter,
     pub releases: Counter,
+    // The delivery metrics are private: they are recorded through the methods below, which bound
+    // the app label.
+    lead_times: Family<AppLabels, Histogram>,
+    stage_times: Family<StageLabels, Histogram>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    verifications: Family<VerificationLabels, Counter>,
+    automatic_rollbacks: Family<AppLabels, Counter>,
+    restore_times: Family<AppLabels, Histogram>,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
     pub access_reviews: Family<AccessLabels, Counter>,
+    /// The (namespace, app) pairs the delivery metrics name, at most [`MAX_APP_SERIES`].
+    named_apps: Mutex<HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -217,6 +296,42 @@ impl Default for Metrics {
                 "Releases and rollbacks observed",
                 Counter::default(),
             ),
+            lead_times: register(
+                r,
+                "lead_time_seconds",
+                "Time from a version's creation to its release, by app",
+                Family::new_with_constructor(delivery_histogram),
+            ),
+            stage_times: register(
+                r,
+                "stage_time_seconds",
+                "Time a version stayed in a stage before it was promoted out of it",
+                Family::new_with_constructor(delivery_histogram),
+            ),
+            deliveries: register(
+                r,
+                "deliveries",
+                "Versions released, by kind (release, rollback, automatic_rollback)",
+                Family::default(),
+            ),
+            verifications: register(
+                r,
+                "verifications",
+                "Verifications of a version in a stage, by result (verified, failed)",
+                Family::default(),
+            ),
+            automatic_rollbacks: register(
+                r,
+                "automatic_rollbacks",
+                "Automatic rollbacks (a change-failure signal)",
+                Family::default(),
+            ),
+            restore_times: register(
+                r,
+                "time_to_restore_seconds",
+                "Time from the start of a release that failed verification to the verification of the rollback that replaced it",
+                Family::new_with_constructor(restore_histogram),
+            ),
             admission_requests: register(
                 r,
                 "admission_requests",
@@ -235,6 +350,7 @@ impl Default for Metrics {
                 "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
                 Family::default(),
             ),
+            named_apps: Mutex::default(),
             registry,
         };
         metrics.start_access_series();
@@ -254,6 +370,38 @@ fn reconcile_histogram() -> Histogram {
 fn admission_histogram() -> Histogram {
     Histogram::new([
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ])
+}
+
+/// The buckets of a lead time and of a time in a stage (seconds): a minute to a month.
+fn delivery_histogram() -> Histogram {
+    const HOUR: f64 = 3600.0;
+    const DAY: f64 = 24.0 * HOUR;
+    Histogram::new([
+        60.0,
+        300.0,
+        900.0,
+        HOUR,
+        4.0 * HOUR,
+        DAY,
+        3.0 * DAY,
+        7.0 * DAY,
+        30.0 * DAY,
+    ])
+}
+
+/// The buckets of a time to restore (seconds): ten seconds to four hours.
+fn restore_histogram() -> Histogram {
+    Histogram::new([
+        10.0,
+        30.0,
+        60.0,
+        120.0,
+        300.0,
+        600.0,
+        1800.0,
+        3600.0,
+        4.0 * 3600.0,
     ])
 }
 
@@ -383,6 +531,104 @@ impl Metrics {
         self.writes
             .get_or_create(&WriteLabels { controller, object })
             .inc();
+    }
+}
+
+/// The delivery metrics. Each takes the namespace and name of the app (and the stage's name),
+/// never anything else of the objects; the app label is bounded (see [`MAX_APP_SERIES`]).
+impl Metrics {
+    /// The app label of `app` in `namespace`: its name if the pair is already named or fewer
+    /// than [`MAX_APP_SERIES`] pairs are, [`OTHER_APP`] otherwise.
+    fn app_label(&self, namespace: &str, app: &str) -> String {
+        // A panic elsewhere while holding the lock leaves the set whole: keep using it.
+        let mut named = self
+            .named_apps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pair = (namespace.to_string(), app.to_string());
+        if named.contains(&pair) {
+            return pair.1;
+        }
+        if named.len() < MAX_APP_SERIES {
+            named.insert(pair.clone());
+            return pair.1;
+        }
+        OTHER_APP.to_string()
+    }
+
+    fn app_labels(&self, namespace: &str, app: &str) -> AppLabels {
+        AppLabels {
+            namespace: namespace.to_string(),
+            app: self.app_label(namespace, app),
+        }
+    }
+
+    /// Records a release's lead time: `seconds` from the version's creation to its release
+    /// (`tooljet_operator_lead_time_seconds`).
+    pub fn lead_time(&self, namespace: &str, app: &str, seconds: f64) {
+        self.lead_times
+            .get_or_create(&self.app_labels(namespace, app))
+            .observe(seconds);
+    }
+
+    /// Records that a version stayed `seconds` in the stage `environment` before it was
+    /// promoted out of it (`tooljet_operator_stage_time_seconds`).
+    pub fn stage_time(&self, namespace: &str, app: &str, environment: &str, seconds: f64) {
+        self.stage_times
+            .get_or_create(&StageLabels {
+                namespace: namespace.to_string(),
+                app: self.app_label(namespace, app),
+                environment: environment.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts one delivery of `kind` (`tooljet_operator_deliveries_total`). Independent of
+    /// [`Metrics::automatic_rollback`]: an automatic rollback shows in both families only when
+    /// the caller calls both.
+    pub fn delivered(&self, namespace: &str, app: &str, kind: DeliveryKind) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                namespace: namespace.to_string(),
+                app: self.app_label(namespace, app),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Counts one verification of a version in the stage `environment`, `verified` when `ok`,
+    /// `failed` otherwise (`tooljet_operator_verifications_total`).
+    pub fn verified(&self, namespace: &str, app: &str, environment: &str, ok: bool) {
+        let result = if ok {
+            VerificationResult::Verified
+        } else {
+            VerificationResult::Failed
+        };
+        self.verifications
+            .get_or_create(&VerificationLabels {
+                namespace: namespace.to_string(),
+                app: self.app_label(namespace, app),
+                environment: environment.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts one automatic rollback (`tooljet_operator_automatic_rollbacks_total`), a
+    /// change-failure signal. Independent of [`Metrics::delivered`].
+    pub fn automatic_rollback(&self, namespace: &str, app: &str) {
+        self.automatic_rollbacks
+            .get_or_create(&self.app_labels(namespace, app))
+            .inc();
+    }
+
+    /// Records a time to restore: `seconds` from the start of a release that failed
+    /// verification to the verification of the rollback that replaced it
+    /// (`tooljet_operator_time_to_restore_seconds`).
+    pub fn restored(&self, namespace: &str, app: &str, seconds: f64) {
+        self.restore_times
+            .get_or_create(&self.app_labels(namespace, app))
+            .observe(seconds);
     }
 }
 
@@ -533,6 +779,158 @@ mod tests {
                 "tooljet_operator_admission_requests_total{webhook=\"validate\",kind=\"other\",operation=\"other\",result=\"invalid\"} 0"
             ),
             "{text}"
+        );
+    }
+
+    /// The series of the delivery families in `text`, each as its name and its labels (`le`
+    /// left out).
+    fn delivery_series(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+        const FAMILIES: [&str; 6] = [
+            "tooljet_operator_lead_time_seconds",
+            "tooljet_operator_stage_time_seconds",
+            "tooljet_operator_deliveries_total",
+            "tooljet_operator_verifications_total",
+            "tooljet_operator_automatic_rollbacks_total",
+            "tooljet_operator_time_to_restore_seconds",
+        ];
+        text.lines()
+            .filter(|line| FAMILIES.iter().any(|f| line.starts_with(f)))
+            .map(|line| {
+                let (name, rest) = line.split_once('{').expect("labelled series");
+                let (labels, _) = rest.split_once('}').expect("closed label set");
+                let labels = labels
+                    .split(',')
+                    .map(|pair| {
+                        let (key, value) = pair.split_once('=').expect("key=value");
+                        (key.to_string(), value.trim_matches('"').to_string())
+                    })
+                    .filter(|(key, _)| key != "le")
+                    .collect();
+                (name.to_string(), labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn renders_every_delivery_family_with_its_labels() {
+        let m = Metrics::default();
+        m.lead_time("acme", "crm", 7200.0);
+        m.stage_time("acme", "crm", "staging", 600.0);
+        m.delivered("acme", "crm", DeliveryKind::Release);
+        m.delivered("acme", "crm", DeliveryKind::Rollback);
+        m.delivered("acme", "crm", DeliveryKind::AutomaticRollback);
+        m.verified("acme", "crm", "production", true);
+        m.verified("acme", "crm", "production", false);
+        m.automatic_rollback("acme", "crm");
+        m.restored("acme", "crm", 90.0);
+        let text = m.render();
+        for series in [
+            "tooljet_operator_lead_time_seconds_count{namespace=\"acme\",app=\"crm\"} 1",
+            "tooljet_operator_lead_time_seconds_bucket{le=\"14400.0\",namespace=\"acme\",app=\"crm\"} 1",
+            "tooljet_operator_stage_time_seconds_count{namespace=\"acme\",app=\"crm\",environment=\"staging\"} 1",
+            "tooljet_operator_deliveries_total{namespace=\"acme\",app=\"crm\",kind=\"release\"} 1",
+            "tooljet_operator_deliveries_total{namespace=\"acme\",app=\"crm\",kind=\"rollback\"} 1",
+            "tooljet_operator_deliveries_total{namespace=\"acme\",app=\"crm\",kind=\"automatic_rollback\"} 1",
+            "tooljet_operator_verifications_total{namespace=\"acme\",app=\"crm\",environment=\"production\",result=\"verified\"} 1",
+            "tooljet_operator_verifications_total{namespace=\"acme\",app=\"crm\",environment=\"production\",result=\"failed\"} 1",
+            "tooljet_operator_automatic_rollbacks_total{namespace=\"acme\",app=\"crm\"} 1",
+            "tooljet_operator_time_to_restore_seconds_count{namespace=\"acme\",app=\"crm\"} 1",
+            "tooljet_operator_time_to_restore_seconds_bucket{le=\"60.0\",namespace=\"acme\",app=\"crm\"} 0",
+            "tooljet_operator_time_to_restore_seconds_bucket{le=\"120.0\",namespace=\"acme\",app=\"crm\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+        // The releases counter is untouched by the delivery metrics.
+        assert!(text.contains("tooljet_operator_releases_total 0"), "{text}");
+    }
+
+    #[test]
+    fn delivery_labels_take_only_the_values_given() {
+        let m = Metrics::default();
+        m.lead_time("acme", "crm", 60.0);
+        m.stage_time("acme", "crm", "development", 1.0);
+        m.stage_time("beta", "hr", "staging", 1.0);
+        m.delivered("beta", "hr", DeliveryKind::Rollback);
+        m.verified("acme", "crm", "production", false);
+        m.automatic_rollback("beta", "hr");
+        m.restored("acme", "crm", 5.0);
+        let series = delivery_series(&m.render());
+        assert!(!series.is_empty());
+        for (name, labels) in series {
+            let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert!(
+                keys.starts_with(&["namespace", "app"]),
+                "{name}: {labels:?}"
+            );
+            for (key, value) in &labels {
+                let allowed: &[&str] = match key.as_str() {
+                    "namespace" => &["acme", "beta"],
+                    "app" => &["crm", "hr"],
+                    "environment" => &["development", "staging", "production"],
+                    "kind" => &["rollback"],
+                    "result" => &["failed"],
+                    _ => &[],
+                };
+                assert!(allowed.contains(&value.as_str()), "{name}: {key}={value}");
+            }
+        }
+    }
+
+    #[test]
+    fn apps_past_the_limit_share_the_other_label() {
+        let m = Metrics::default();
+        for i in 0..MAX_APP_SERIES {
+            m.delivered("acme", &format!("app-{i}"), DeliveryKind::Release);
+        }
+        // The 1001st pair, by app or by namespace, is not named; the pairs already named still are.
+        m.delivered("acme", "app-late", DeliveryKind::Release);
+        m.verified("beta", "app-0", "production", false);
+        m.automatic_rollback("acme", "app-0");
+        let text = m.render();
+        assert!(!text.contains("app-late"), "{text}");
+        assert!(
+            text.contains(
+                "tooljet_operator_deliveries_total{namespace=\"acme\",app=\"_other\",kind=\"release\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tooljet_operator_verifications_total{namespace=\"beta\",app=\"_other\",environment=\"production\",result=\"failed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tooljet_operator_automatic_rollbacks_total{namespace=\"acme\",app=\"app-0\"} 1"
+            ),
+            "{text}"
+        );
+        let apps: HashSet<String> = delivery_series(&text)
+            .into_iter()
+            .flat_map(|(_, labels)| labels)
+            .filter(|(key, _)| key == "app")
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(apps.len(), MAX_APP_SERIES + 1);
+        assert!(apps.contains(OTHER_APP));
+    }
+
+    #[test]
+    fn delivery_label_values_are_the_closed_sets() {
+        assert_eq!(
+            DeliveryKind::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+            ["release", "rollback", "automatic_rollback"]
+        );
+        assert_eq!(
+            VerificationResult::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+            ["verified", "failed"]
         );
     }
 }

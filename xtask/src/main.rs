@@ -459,6 +459,7 @@ const CHART_VALUE_SETS: &[&[&str]] = &[
     &[
         "webhook.certificates.mode=cert-manager",
         "metrics.serviceMonitor.enabled=true",
+        "grafanaDashboard.enabled=true",
         "replicaCount=3",
         "logging.format=text",
         "networkPolicy.enabled=true",
@@ -479,6 +480,9 @@ const CHART_VALUE_SETS: &[&[&str]] = &[
         "webhook.certificates.mode=cert-manager",
         "webhook.certificates.certManager.issuerRef.name=corp-ca",
         "webhook.certificates.certManager.issuerRef.kind=ClusterIssuer",
+        "grafanaDashboard.enabled=true",
+        "grafanaDashboard.namespace=monitoring",
+        "grafanaDashboard.labels.grafana_dashboard=tooljet",
     ],
 ];
 
