@@ -46,6 +46,7 @@ use crate::api::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_SECRET_KIND, WORKLOAD_SECRET_KIND, conditions,
 };
 use crate::materialize::{Claim, Materialized, workload, workload_secret_name};
+use crate::metrics::DeliveryKind;
 use crate::{
     cache::{Controlled, Echoes, Lookups, ManagedSecret},
     cache::{Hubs, triggers},
@@ -279,9 +280,29 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
 async fn report_release(
     ctx: &Context,
     app: &ToolJetApp,
-    _versions: &[Arc<AppVersion>],
+    versions: &[Arc<AppVersion>],
     record: &ReleaseRecord,
 ) {
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let kind = match (record.automatic, record.rollback) {
+        (true, _) => DeliveryKind::AutomaticRollback,
+        (false, true) => DeliveryKind::Rollback,
+        (false, false) => DeliveryKind::Release,
+    };
+    ctx.metrics.delivered(&ns, &name, kind);
+    if record.automatic {
+        ctx.metrics.automatic_rollback(&ns, &name);
+    }
+    // Lead time: from the version's creation to its (first) release.
+    if !record.rollback
+        && let Some(created) = versions
+            .iter()
+            .find(|v| v.name_any() == record.version)
+            .and_then(|v| v.metadata.creation_timestamp.as_ref())
+    {
+        let seconds = (record.at.0.as_second() - created.0.as_second()).max(0);
+        ctx.metrics.lead_time(&ns, &name, seconds as f64);
+    }
     let by = record
         .by
         .as_deref()
@@ -325,7 +346,16 @@ async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetA
             .as_deref()
             .map(|version| format!(" ({:?} of {version})", v.cause))
             .unwrap_or_else(|| format!(" ({:?})", v.cause));
-        let (type_, reason) = if v.phase == VerificationPhase::Verified {
+        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+        let ok = v.phase == VerificationPhase::Verified;
+        ctx.metrics.verified(&ns, &name, &v.environment, ok);
+        if ok
+            && v.cause == VerificationCause::AutomaticRollback
+            && let Some(seconds) = time_to_restore(status, v)
+        {
+            ctx.metrics.restored(&ns, &name, seconds);
+        }
+        let (type_, reason) = if ok {
             (EventType::Normal, conditions::VERIFIED_REASON)
         } else {
             warn!(stage = %v.environment, message = %v.message, "verification failed");
@@ -341,6 +371,18 @@ async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetA
         )
         .await;
     }
+}
+
+/// Time to restore: from the release that failed verification to the moment the automatic
+/// rollback that replaced it was verified (`v`).
+fn time_to_restore(status: &ToolJetAppStatus, v: &StageVerification) -> Option<f64> {
+    let history = &status.release_history;
+    let at = history
+        .iter()
+        .rposition(|r| r.automatic && Some(&r.version) == v.version.as_ref())?;
+    let failed = history.get(at.checked_sub(1)?)?;
+    let restored = v.finished_at.as_ref()?;
+    Some((restored.0.as_second() - failed.at.0.as_second()).max(0) as f64)
 }
 
 /// A Warning Event for each condition that newly failed (once, not on every pass).

@@ -284,8 +284,11 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     );
     apply_status(&ctx, CONTROLLER, &*v, v.status.as_ref(), &status).await?;
     report(&v, &ctx, &status, &promotions, change).await;
-    for _ in &promotions {
+    for (stage, seconds) in time_in_stages(&v, &promotions) {
         ctx.metrics.promotions.inc();
+        if let Some(seconds) = seconds {
+            ctx.metrics.stage_time(&ns, &v.spec.app, &stage, seconds);
+        }
     }
     Ok(if taken {
         // Waiting for the clashing Secret to go; its deletion normally wakes this version.
@@ -293,6 +296,34 @@ pub async fn reconcile(v: Arc<AppVersion>, ctx: Arc<Context>) -> Result<Action, 
     } else {
         Action::await_change()
     })
+}
+
+/// For each promotion just recorded: the stage it left, and how long the version was in it (from
+/// its promotion into it, or its creation for the first stage), when known.
+fn time_in_stages(v: &AppVersion, promotions: &[Promotion]) -> Vec<(String, Option<f64>)> {
+    let history = v
+        .status
+        .as_ref()
+        .map(|s| s.promotions.as_slice())
+        .unwrap_or_default();
+    let mut entered: Option<Timestamp> = None;
+    promotions
+        .iter()
+        .map(|p| {
+            let since = entered
+                .or_else(|| {
+                    history
+                        .iter()
+                        .rev()
+                        .find(|h| h.to == p.from)
+                        .map(|h| h.at.0)
+                })
+                .or_else(|| v.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            entered = Some(p.at.0);
+            let seconds = since.map(|t| (p.at.0.as_second() - t.as_second()).max(0) as f64);
+            (p.from.clone(), seconds)
+        })
+        .collect()
 }
 
 /// What a version's reconcile reads: its app, its stage's merged configuration, and its
