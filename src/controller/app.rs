@@ -69,6 +69,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
     let managed = triggers::all(hubs.managed.subscribe());
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
+    let written = ctx.written.clone();
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -83,6 +84,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
         .reconcile_on(crate::cache::triggers::mapped(
             deleted,
             move |app: Arc<ToolJetApp>| {
+                written.forget(&app.namespace().unwrap_or_default(), &app.name_any());
                 sharers.record(
                     &app.namespace().unwrap_or_default(),
                     &app.name_any(),
@@ -237,6 +239,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = app.namespace().ok_or(Error::NoNamespace)?;
+    let app = ctx.written.current(app);
     if app.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -257,7 +260,9 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let rollout = roll_out(&ctx, &app, &ns, live.as_deref()).await?;
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout, gates, now);
-    apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await?;
+    if let Some(rv) = apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await? {
+        ctx.written.wrote(&app, rv, &status);
+    }
 
     if let Some(record) = &record {
         report_release(&ctx, &app, &versions, record).await;
@@ -331,14 +336,83 @@ async fn report_release(
     .await;
 }
 
+/// Read-your-writes for the apps' status. A pass woken a moment after the status write of the
+/// pass before (a Deployment's status changes at once after its stamp) can find its app in the
+/// cache as it was before that write; it would then decide again what was decided (a release
+/// recorded twice, a verification started over). The status this process last wrote for an app
+/// stands in for the cached one while the cache still holds the object it was computed from
+/// (the same resourceVersion); once the cache shows any later version, the entry goes.
+#[derive(Default)]
+pub struct Written(std::sync::Mutex<HashMap<(String, String), WrittenStatus>>);
+
+/// The resourceVersion a status was computed from, the one its write made, and the status.
+type WrittenStatus = (String, String, ToolJetAppStatus);
+
+impl Written {
+    /// `app`, or, while the cache is behind this process's last status write, `app` with it.
+    fn current(&self, app: Arc<ToolJetApp>) -> Arc<ToolJetApp> {
+        let key = (app.namespace().unwrap_or_default(), app.name_any());
+        let mut written = self.0.lock().expect("not poisoned");
+        let Some((read, wrote, status)) = written.get(&key) else {
+            return app;
+        };
+        if app.resource_version().as_deref() == Some(read.as_str()) {
+            let mut newer = (*app).clone();
+            newer.status = Some(status.clone());
+            newer.metadata.resource_version = Some(wrote.clone());
+            return Arc::new(newer);
+        }
+        written.remove(&key);
+        app
+    }
+
+    /// Remembers the status written over `app` (as read), which gave `rv`.
+    fn wrote(&self, app: &ToolJetApp, rv: String, status: &ToolJetAppStatus) {
+        let key = (app.namespace().unwrap_or_default(), app.name_any());
+        let read = app.resource_version().unwrap_or_default();
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(key, (read, rv, status.clone()));
+    }
+
+    /// Forgets a deleted app.
+    fn forget(&self, ns: &str, name: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .remove(&(ns.to_string(), name.to_string()));
+    }
+}
+
+/// Verification outcomes this process reported (Events, metrics), by (namespace, app, stage):
+/// a pass that read its app before the status written by the pass before showed (a cache behind
+/// by a moment) would find the same outcome new again.
+#[derive(Default)]
+pub struct Reported(std::sync::Mutex<HashMap<StageKey, (Time, VerificationPhase)>>);
+
+/// (namespace, app, stage).
+type StageKey = (String, String, String);
+
+impl Reported {
+    /// Whether `v`'s outcome is reported for the first time (and remembers it).
+    fn first(&self, ns: &str, app: &str, v: &StageVerification) -> bool {
+        let key = (ns.to_string(), app.to_string(), v.environment.clone());
+        let outcome = (v.started_at.clone(), v.phase);
+        let mut reported = self.0.lock().expect("not poisoned");
+        reported.insert(key, outcome.clone()) != Some(outcome)
+    }
+}
+
 /// An Event for each stage whose verification ended in this pass: Normal when verified,
 /// Warning when failed.
 async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppStatus) {
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
     for v in &status.verifications {
         let before = app.verification_of(&v.environment);
         let ended = v.phase != VerificationPhase::Progressing
             && before.is_none_or(|b| b.phase != v.phase || b.started_at != v.started_at);
-        if !ended {
+        if !ended || !ctx.reported.first(&ns, &name, v) {
             continue;
         }
         let about = v
@@ -346,7 +420,6 @@ async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetA
             .as_deref()
             .map(|version| format!(" ({:?} of {version})", v.cause))
             .unwrap_or_else(|| format!(" ({:?})", v.cause));
-        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
         let ok = v.phase == VerificationPhase::Verified;
         ctx.metrics.verified(&ns, &name, &v.environment, ok);
         if ok
@@ -738,12 +811,7 @@ async fn roll_out(
         if template_differs(d, &m.hash, release.as_deref())
             && let Some(first) = turn_of_another(app, &members, &restarting, name)
         {
-            states.insert(
-                name.clone(),
-                WorkloadState::Waiting(format!(
-                    "waiting its turn (one workload at a time): Deployment {first} is rolling out"
-                )),
-            );
+            states.insert(name.clone(), WorkloadState::Queued(first));
             continue;
         }
         let target = (&api, &secrets);
@@ -1410,9 +1478,18 @@ fn release_condition(
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
                 let r = release_record(app, version, status);
-                history::record(&mut status.release_history, r.clone());
+                // A pass that read the app before its last status write showed (a cache behind
+                // by a moment) finds the same release, with the same stamps, again: it is
+                // recorded once.
+                let again = status
+                    .release_history
+                    .last()
+                    .is_some_and(|h| h.version == r.version && h.at == r.at);
+                if !again {
+                    history::record(&mut status.release_history, r.clone());
+                    record = Some(r);
+                }
                 status.released_version = Some(version.clone());
-                record = Some(r);
             }
             condition(
                 conditions::READY,

@@ -168,6 +168,10 @@ pub struct Context {
     pub unstamped: Arc<appversion::Unstamped>,
     /// Rollout workloads that several apps share.
     pub sharing: Arc<app::Sharing>,
+    /// Verification outcomes already reported by this process.
+    pub reported: Arc<app::Reported>,
+    /// The apps' status as this process last wrote it (read-your-writes).
+    pub written: Arc<app::Written>,
 }
 
 impl Context {
@@ -268,14 +272,14 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
 }
 
 /// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`
-/// (no write on a converged object). Returns whether it wrote.
+/// (no write on a converged object). The resourceVersion it wrote, if it wrote.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     controller: &'static str,
     obj: &K,
     current: Option<&S>,
     status: &S,
-) -> Result<bool, Error>
+) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -284,7 +288,7 @@ where
     S: Serialize + PartialEq,
 {
     if current == Some(status) {
-        return Ok(false);
+        return Ok(None);
     }
     ctx.may_write()?;
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
@@ -296,15 +300,16 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .at(Step::WriteStatus)?;
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .at(Step::WriteStatus)?;
     ctx.metrics.wrote(controller, "status");
-    Ok(true)
+    Ok(Some(written.resource_version().unwrap_or_default()))
 }
 
 /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.

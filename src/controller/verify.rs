@@ -18,8 +18,11 @@ pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 pub enum WorkloadState {
     /// Its newest ReplicaSet is fully available and no old pod is left.
     Available,
-    /// Still rolling out (or waiting its turn): why, in words.
+    /// Still rolling out: why, in words.
     Waiting(String),
+    /// Not restarted yet: in a stage that restarts one workload at a time, it waits for
+    /// the named Deployment.
+    Queued(String),
     /// Its rollout failed: the Deployment's own words.
     Failed(String),
 }
@@ -131,10 +134,30 @@ pub fn advance(
         WorkloadState::Failed(why) => Some((name, why)),
         _ => None,
     });
-    let waiting = workloads.iter().find_map(|(name, s)| match s {
-        WorkloadState::Waiting(why) => Some((name, why)),
-        _ => None,
-    });
+    // The workload being waited for: one rolling out, before those queued behind it.
+    let queued: Vec<&str> = workloads
+        .iter()
+        .filter(|(_, s)| matches!(s, WorkloadState::Queued(_)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let waiting = workloads
+        .iter()
+        .find_map(|(name, s)| match s {
+            WorkloadState::Waiting(why) => Some((name, why.clone())),
+            _ => None,
+        })
+        .or_else(|| {
+            workloads.iter().find_map(|(name, s)| match s {
+                WorkloadState::Queued(behind) => {
+                    Some((name, format!("queued behind Deployment {behind}")))
+                }
+                _ => None,
+            })
+        });
+    let then = match queued.as_slice() {
+        [] => String::new(),
+        names => format!("; queued, one at a time: {}", names.join(", ")),
+    };
     let (phase, workload, message) = match (failed, waiting) {
         (Some((name, why)), _) => (
             VerificationPhase::Failed,
@@ -154,7 +177,7 @@ pub fn advance(
         (None, Some((name, why))) => (
             VerificationPhase::Progressing,
             Some(name.clone()),
-            format!("waiting for Deployment {name}: {why}"),
+            format!("waiting for Deployment {name}: {why}{then}"),
         ),
         (None, None) => (
             VerificationPhase::Verified,
