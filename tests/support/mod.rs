@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod faults;
+pub mod pods;
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
