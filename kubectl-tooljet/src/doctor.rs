@@ -22,8 +22,12 @@ use kube::{
 use serde::Serialize;
 use serde_json::json;
 use tooljet_operator::{
-    api::{AppVersion, DEFAULT_PIPELINE, GROUP, ToolJetApp, VERSION},
+    api::{
+        AppVersion, DEFAULT_PIPELINE, GROUP, StageVerification, ToolJetApp, VERSION,
+        VerificationPhase,
+    },
     effective::{Effective, NameRules, Origin, SourceKind, container_env},
+    lifecycle::Pipeline,
     materialize::workload_secret_name,
     webhook::config,
 };
@@ -70,6 +74,7 @@ pub async fn run(cluster: &Cluster, operator_namespace: &str, format: Format) ->
     checks.push(deployment(cluster, operator_namespace).await);
     checks.extend(verbs(cluster).await);
     checks.extend(workloads(cluster).await);
+    checks.extend(verifications(cluster).await);
     output::print(format, &checks, |checks| {
         output::table(
             &["check", "state", "detail"],
@@ -480,6 +485,106 @@ async fn workloads(cluster: &Cluster) -> Vec<Check> {
         out.push(workload_check(cluster, &ns, &name, &workload, rules).await);
     }
     out
+}
+
+/// The last verification of every stage of the namespace's apps that has rollout workloads.
+async fn verifications(cluster: &Cluster) -> Vec<Check> {
+    match cluster.list_apps().await {
+        Ok(apps) => apps.iter().flat_map(verification_checks).collect(),
+        Err(e) => vec![check("verifications", State::Skip, e.to_string())],
+    }
+}
+
+/// The verdict on one app's verifications (pure): a Fail per stage whose workloads failed their
+/// last verification, else one Ok row with each stage's phase; nothing when no stage has rollout
+/// workloads.
+fn verification_checks(app: &ToolJetApp) -> Vec<Check> {
+    let verifications = app
+        .status
+        .as_ref()
+        .map(|s| s.verifications.as_slice())
+        .unwrap_or_default();
+    let label = |stage: &str| {
+        format!(
+            "verification of {}/{} in {stage}",
+            app.namespace().unwrap_or_default(),
+            app.name_any()
+        )
+    };
+    let failed: Vec<Check> = verifications
+        .iter()
+        .filter(|v| v.phase == VerificationPhase::Failed)
+        .map(|v| {
+            check(
+                label(&v.environment),
+                State::Fail,
+                failed_verification(app, v),
+            )
+        })
+        .collect();
+    if !failed.is_empty() || verifications.is_empty() {
+        return failed;
+    }
+    let phases: Vec<String> = verifications
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v.environment,
+                output::phase(v.phase),
+                v.progress
+            )
+        })
+        .collect();
+    vec![check(
+        format!(
+            "verifications of {}/{}",
+            app.namespace().unwrap_or_default(),
+            app.name_any()
+        ),
+        State::Ok,
+        phases.join(", "),
+    )]
+}
+
+/// What failed in a stage's verification, the fix (the workload to make available: the
+/// verification passes once it is, and a new configuration or release starts a new one) and what
+/// follows meanwhile.
+fn failed_verification(app: &ToolJetApp, v: &StageVerification) -> String {
+    let stage = &v.environment;
+    format!(
+        "{stage}'s workloads failed their last verification (after the {}): {}. Fix: {}; the verification \
+         passes once {stage}'s workloads are available, and a new configuration or release starts a new \
+         one{}",
+        output::started_by(v.cause, v.version.as_deref()),
+        v.message.trim_end_matches('.'),
+        make_available(app, v),
+        meanwhile(app, stage)
+    )
+}
+
+/// How to make the failed workload available, naming it when the operator did.
+fn make_available(app: &ToolJetApp, v: &StageVerification) -> String {
+    let ns = app.namespace().unwrap_or_default();
+    match &v.workload {
+        Some(w) => format!(
+            "make Deployment {w} available (see `kubectl -n {ns} rollout status deployment/{w}` and its pods' events)"
+        ),
+        None => format!("make {}'s rollout workloads available", v.environment),
+    }
+}
+
+/// What a failed verification of `stage` holds up: promotions out of it, or, in the last stage,
+/// nothing but the automatic rollback the operator may be making.
+fn meanwhile(app: &ToolJetApp, stage: &str) -> String {
+    if Pipeline::of(app).last() != stage {
+        return format!("; until then no version is promoted out of {stage}");
+    }
+    app.status
+        .as_ref()
+        .and_then(|s| s.automatic_rollback.as_ref())
+        .map(|r| format!("; the operator is rolling back from {} to {}", r.from, r.to))
+        .unwrap_or_default()
 }
 
 /// A Deployment that rollouts name or select, and the apps' RolloutReady conflicts about it.
@@ -925,6 +1030,122 @@ mod tests {
             (state, detail.as_str()),
             (State::Fail, "app hr: constant X differs")
         );
+    }
+
+    fn app_with(verifications: serde_json::Value, rollback: serde_json::Value) -> ToolJetApp {
+        serde_json::from_value(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp",
+            "metadata": { "name": "crm", "namespace": "ws" },
+            "spec": { "environments": ["development", "staging", "production"] },
+            "status": { "verifications": verifications, "automaticRollback": rollback },
+        }))
+        .unwrap()
+    }
+
+    fn verification(
+        stage: &str,
+        cause: &str,
+        phase: &str,
+        workload: &str,
+        message: &str,
+    ) -> serde_json::Value {
+        json!({ "environment": stage, "cause": cause, "version": "crm-v4", "phase": phase,
+                "startedAt": "2026-01-05T09:00:00Z", "workload": workload, "progress": "0/1",
+                "message": message })
+    }
+
+    #[test]
+    fn a_stage_whose_verification_failed_fails_with_the_workload_and_the_fix() {
+        let app = app_with(
+            json!([
+                verification(
+                    "staging",
+                    "Promotion",
+                    "Failed",
+                    "tooljet-staging",
+                    "Deployment tooljet-staging: ProgressDeadlineExceeded: ReplicaSet \"tooljet-staging-7c9\" has timed out progressing."
+                ),
+                verification(
+                    "production",
+                    "Release",
+                    "Progressing",
+                    "web",
+                    "waiting for Deployment web: 0 of 1 new pods available"
+                ),
+            ]),
+            json!(null),
+        );
+        let checks = verification_checks(&app);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].check, "verification of ws/crm in staging");
+        assert_eq!(checks[0].state, State::Fail);
+        assert_eq!(
+            checks[0].detail,
+            "staging's workloads failed their last verification (after the promotion of crm-v4): Deployment \
+             tooljet-staging: ProgressDeadlineExceeded: ReplicaSet \"tooljet-staging-7c9\" has timed out progressing. \
+             Fix: make Deployment tooljet-staging available (see `kubectl -n ws rollout status \
+             deployment/tooljet-staging` and its pods' events); the verification passes once staging's workloads \
+             are available, and a new configuration or release starts a new one; until then no version is \
+             promoted out of staging"
+        );
+
+        // The last stage, with the operator's rollback under way.
+        let app = app_with(
+            json!([verification(
+                "production",
+                "Release",
+                "Failed",
+                "web",
+                "Deployment web: ProgressDeadlineExceeded: x"
+            )]),
+            json!({ "from": "crm-v4", "to": "crm-v3", "reason": "automatic rollback: ...", "at": "2026-01-05T09:10:00Z" }),
+        );
+        let checks = verification_checks(&app);
+        assert!(
+            checks[0]
+                .detail
+                .ends_with("starts a new one; the operator is rolling back from crm-v4 to crm-v3"),
+            "{}",
+            checks[0].detail
+        );
+    }
+
+    #[test]
+    fn verified_and_progressing_stages_pass_and_an_app_without_workloads_has_no_row() {
+        let app = app_with(
+            json!([
+                verification(
+                    "staging",
+                    "Configuration",
+                    "Verified",
+                    "tooljet-staging",
+                    "its workload is available (3 s after it started)"
+                ),
+                verification(
+                    "production",
+                    "Release",
+                    "Progressing",
+                    "web",
+                    "waiting for Deployment web: 0 of 1 new pods available"
+                ),
+            ]),
+            json!(null),
+        );
+        let checks = verification_checks(&app);
+        assert_eq!(checks.len(), 1);
+        assert_eq!(
+            (
+                checks[0].check.as_str(),
+                checks[0].state,
+                checks[0].detail.as_str()
+            ),
+            (
+                "verifications of ws/crm",
+                State::Ok,
+                "staging Verified 0/1, production Progressing 0/1"
+            )
+        );
+        assert!(verification_checks(&app_with(json!([]), json!(null))).is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use kube::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tooljet_operator::api::{AppVersion, ToolJetApp};
+use tooljet_operator::api::{AppVersion, ReleaseRecord, ToolJetApp, VerificationPhase};
 use tooljet_operator::lifecycle::{Pipeline, ReleaseCheck};
 
 use crate::{
@@ -231,8 +231,9 @@ pub async fn resolve_app(cluster: &Cluster, app: Option<&str>) -> Result<ToolJet
     }
 }
 
-/// The version to roll back to: the newest earlier release that is not the current one and is
-/// still a version of the app in its last stage. Pure.
+/// The version to roll back to: the newest earlier release that is not the current one, is
+/// still a version of the app in its last stage, and whose release did not fail verification (as
+/// the operator's automatic rollback chooses). Pure.
 pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<String> {
     let current = app.released();
     let history = app
@@ -241,7 +242,6 @@ pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<Stri
         .map(|s| s.release_history.as_slice())
         .unwrap_or_default();
     let pipeline = Pipeline::of(app);
-    let last = pipeline.last();
     let releasable = |name: &str| {
         let stage = versions
             .iter()
@@ -249,18 +249,39 @@ pub fn rollback_target(app: &ToolJetApp, versions: &[AppVersion]) -> Result<Stri
             .map(|v| v.spec.environment.as_str());
         pipeline.release_check(stage) == ReleaseCheck::Releasable
     };
-    history
+    let earlier: Vec<&ReleaseRecord> = history
         .iter()
         .rev()
-        .map(|r| r.version.as_str())
-        .find(|v| Some(*v) != current && releasable(v))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "app {} has no earlier release still in {last} to roll back to; name one with --to VERSION",
-                app.name_any()
-            ))
-        })
+        .filter(|r| Some(r.version.as_str()) != current && releasable(&r.version))
+        .collect();
+    earlier
+        .iter()
+        .find(|r| r.verification != Some(VerificationPhase::Failed))
+        .map(|r| r.version.clone())
+        .ok_or_else(|| nothing_to_roll_back_to(app, pipeline.last(), &earlier))
+}
+
+/// Why `rollback` has no target: no earlier release in the last stage, or only ones whose
+/// release failed verification (named).
+fn nothing_to_roll_back_to(app: &ToolJetApp, last: &str, failed: &[&ReleaseRecord]) -> Error {
+    let mut names: Vec<&str> = Vec::new();
+    for r in failed {
+        if !names.contains(&r.version.as_str()) {
+            names.push(&r.version);
+        }
+    }
+    let why = if names.is_empty() {
+        format!("no earlier release still in {last}")
+    } else {
+        format!(
+            "no earlier release still in {last} that did not fail verification ({} failed when released)",
+            names.join(", ")
+        )
+    };
+    Error::Usage(format!(
+        "app {} has {why} to roll back to; name one with --to VERSION",
+        app.name_any()
+    ))
 }
 
 pub async fn rollback(
@@ -398,10 +419,22 @@ mod tests {
     use super::*;
 
     fn app(release: Option<&str>, history: &[&str]) -> ToolJetApp {
+        let verified: Vec<(&str, Option<&str>)> = history.iter().map(|v| (*v, None)).collect();
+        app_verified(release, &verified)
+    }
+
+    /// An app whose release history holds each version with how its verification ended.
+    fn app_verified(release: Option<&str>, history: &[(&str, Option<&str>)]) -> ToolJetApp {
+        let records: Vec<_> = history
+            .iter()
+            .map(|(v, verification)| {
+                json!({ "version": v, "at": "2026-01-01T00:00:00Z", "verification": verification })
+            })
+            .collect();
         serde_json::from_value(json!({
             "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp", "metadata": { "name": "crm" },
             "spec": { "environments": ["dev", "qa", "prod"], "release": release.map(|v| json!({ "version": v })) },
-            "status": { "releaseHistory": history.iter().map(|v| json!({ "version": v, "at": "2026-01-01T00:00:00Z" })).collect::<Vec<_>>() },
+            "status": { "releaseHistory": records },
         }))
         .unwrap()
     }
@@ -451,6 +484,51 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--to")
+        );
+    }
+
+    #[test]
+    fn rollback_passes_over_releases_that_failed_verification() {
+        let versions = [
+            version("v1", "prod"),
+            version("v2", "prod"),
+            version("v3", "prod"),
+        ];
+        // v3 failed (and is the release); v2 failed too: back to v1.
+        let a = app_verified(
+            Some("v3"),
+            &[
+                ("v1", Some("Verified")),
+                ("v2", Some("Failed")),
+                ("v3", Some("Failed")),
+            ],
+        );
+        assert_eq!(rollback_target(&a, &versions).unwrap(), "v1");
+        // A release still being verified (no outcome yet) is a target.
+        let a = app_verified(Some("v3"), &[("v1", None), ("v2", None), ("v3", None)]);
+        assert_eq!(rollback_target(&a, &versions).unwrap(), "v2");
+        // v1 was released again after it failed, and that one was verified: the newest record
+        // of v1 counts.
+        let a = app_verified(
+            Some("v3"),
+            &[
+                ("v1", Some("Failed")),
+                ("v2", Some("Failed")),
+                ("v1", Some("Verified")),
+                ("v3", None),
+            ],
+        );
+        assert_eq!(rollback_target(&a, &versions).unwrap(), "v1");
+        // Only failed ones left: the error names them and points to --to.
+        let a = app_verified(
+            Some("v3"),
+            &[("v1", Some("Failed")), ("v2", Some("Failed")), ("v3", None)],
+        );
+        let e = rollback_target(&a, &versions).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "app crm has no earlier release still in prod that did not fail verification (v2, v1 failed when \
+             released) to roll back to; name one with --to VERSION"
         );
     }
 

@@ -2,6 +2,7 @@
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
+use tooljet_operator::api::{VerificationCause, VerificationPhase};
 
 use crate::error::{Error, Result};
 
@@ -66,6 +67,31 @@ pub fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> String 
     t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// A verification phase as the API spells it: Progressing, Verified or Failed.
+pub fn phase(phase: VerificationPhase) -> &'static str {
+    match phase {
+        VerificationPhase::Progressing => "Progressing",
+        VerificationPhase::Verified => "Verified",
+        VerificationPhase::Failed => "Failed",
+    }
+}
+
+/// What started a verification, in words: `promotion of crm-v4`, `rollback to crm-v1`,
+/// `configuration change`.
+pub fn started_by(cause: VerificationCause, version: Option<&str>) -> String {
+    let (what, link) = match cause {
+        VerificationCause::Release => ("release", "of"),
+        VerificationCause::Rollback => ("rollback", "to"),
+        VerificationCause::AutomaticRollback => ("automatic rollback", "to"),
+        VerificationCause::Promotion => ("promotion", "of"),
+        VerificationCause::Configuration => ("configuration change", ""),
+    };
+    match version {
+        Some(version) if !link.is_empty() => format!("{what} {link} {version}"),
+        _ => what.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -86,5 +112,21 @@ mod tests {
         assert!(!t.contains('|') && !t.contains('+'));
         // Columns line up.
         assert_eq!(lines[1].find("staging"), lines[0].find("STAGE"));
+    }
+
+    #[test]
+    fn what_started_a_verification_reads_as_what_happened() {
+        use tooljet_operator::api::VerificationCause::*;
+        let cases = [
+            (Release, Some("v2"), "release of v2"),
+            (Rollback, Some("v1"), "rollback to v1"),
+            (AutomaticRollback, Some("v1"), "automatic rollback to v1"),
+            (Promotion, Some("v3"), "promotion of v3"),
+            (Configuration, None, "configuration change"),
+            (Release, None, "release"),
+        ];
+        for (cause, version, words) in cases {
+            assert_eq!(super::started_by(cause, version), words);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `status [APP]`: a board per app — the pipeline left to right, the versions in each stage,
-//! the release, and each version's readiness and missing requirements.
+//! the last verification of each stage's workloads, an automatic rollback under way, the release,
+//! and each version's readiness and missing requirements.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,10 @@ use kube::ResourceExt;
 use serde::Serialize;
 use tooljet_operator::{
     api::conditions,
-    api::{APPROVED_BY_ANNOTATION, AppVersion, PromotionPolicy, ToolJetApp},
+    api::{
+        APPROVED_BY_ANNOTATION, AppVersion, PromotionPolicy, StageVerification, ToolJetApp,
+        VerificationCause, VerificationPhase,
+    },
 };
 
 use crate::{
@@ -32,8 +36,22 @@ pub struct AppBoard {
     /// status.releasedVersion (what the operator has made live).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub released_version: Option<String>,
+    /// The automatic rollback the operator is making (status.automaticRollback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automatic_rollback: Option<RollingBack>,
     pub ready: Readiness,
     pub versions: Vec<VersionState>,
+}
+
+/// An automatic rollback under way: the release that failed verification, the one it goes back
+/// to, and why.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct RollingBack {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// When the operator decided it (RFC 3339, UTC).
+    pub at: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -44,6 +62,32 @@ pub struct Stage {
     /// cluster does not serve PromotionPolicies).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+    /// The last verification of the stage's rollout workloads (absent when it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationState>,
+}
+
+/// The last verification of one stage's rollout workloads, as the operator reports it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationState {
+    /// Progressing, Verified or Failed.
+    pub phase: VerificationPhase,
+    /// What started it: Release, Rollback, AutomaticRollback, Promotion or Configuration.
+    pub cause: VerificationCause,
+    /// The version released, rolled back to or promoted (none for a configuration change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Workloads available with what changed, of all: `1/3`.
+    pub progress: String,
+    /// The Deployment waited for (Progressing) or that failed (Failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// What it waits for, what failed, or how long it took.
+    pub message: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
 }
 
 /// One PromotionPolicy guarding a stage, as its status reports it.
@@ -152,6 +196,7 @@ pub fn board(
                 .map(|v| v.name_any())
                 .collect(),
             gates: gates(&name, stage, policies),
+            verification: app.verification_of(stage).map(verification_state),
         })
         .collect();
     let versions = mine
@@ -192,6 +237,7 @@ pub fn board(
         stages,
         release: app.released().map(str::to_string),
         released_version: released,
+        automatic_rollback: rolling_back(app),
         ready: readiness(
             app_conds,
             app.metadata.generation,
@@ -199,6 +245,31 @@ pub fn board(
         ),
         versions,
     }
+}
+
+/// A stage's verification as the board shows it.
+fn verification_state(v: &StageVerification) -> VerificationState {
+    VerificationState {
+        phase: v.phase,
+        cause: v.cause,
+        version: v.version.clone(),
+        progress: v.progress.clone(),
+        workload: v.workload.clone(),
+        message: v.message.clone(),
+        started_at: output::time(&v.started_at),
+        finished_at: v.finished_at.as_ref().map(output::time),
+    }
+}
+
+/// The automatic rollback the operator is making, if any (status.automaticRollback).
+fn rolling_back(app: &ToolJetApp) -> Option<RollingBack> {
+    let r = app.status.as_ref()?.automatic_rollback.as_ref()?;
+    Some(RollingBack {
+        from: r.from.clone(),
+        to: r.to.clone(),
+        reason: r.reason.clone(),
+        at: output::time(&r.at),
+    })
 }
 
 /// The policies guarding `stage` of `app`, as the operator resolved them (status.apps).
@@ -285,20 +356,29 @@ fn mark(v: &VersionState) -> String {
     }
 }
 
-/// The board as text: a header, the pipeline as columns, the gates into stages (when any), then
-/// one line per version.
+/// The board as text: a header, the pipeline as columns, the stages' verifications (when any),
+/// the gates into stages (when any), then one line per version.
 pub fn render(b: &AppBoard) -> String {
     let mut out = header(b);
     out += &pipeline_table(b);
+    if b.stages.iter().any(|s| s.verification.is_some()) {
+        section(&mut out, &verifications_table(b));
+    }
     if b.stages.iter().any(|s| !s.gates.is_empty()) {
-        out.push('\n');
-        out += &gates_table(b);
+        section(&mut out, &gates_table(b));
     }
     if !b.versions.is_empty() {
-        out.push('\n');
-        out += &versions_table(b);
+        section(&mut out, &versions_table(b));
     }
     out
+}
+
+/// Appends `table` after one blank line (a pipeline without versions already ends with one).
+fn section(out: &mut String, table: &str) {
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(table);
 }
 
 /// The app, its readiness (why, when not ready) and its released version.
@@ -319,10 +399,27 @@ fn header(b: &AppBoard) -> String {
         },
     );
     out += &format!(
-        "Released: {}\n\n",
+        "Released: {}\n",
         b.released_version.as_deref().unwrap_or("<none>")
     );
+    if let Some(r) = &b.automatic_rollback {
+        out += &rolling_back_line(r);
+    }
+    out.push('\n');
     out
+}
+
+/// What the operator is rolling back, since when, and why.
+fn rolling_back_line(r: &RollingBack) -> String {
+    // The operator's reason starts by saying it is an automatic rollback; the line says so first.
+    let why = r
+        .reason
+        .strip_prefix("automatic rollback: ")
+        .unwrap_or(&r.reason);
+    format!(
+        "Automatic rollback since {}: the operator is rolling back from {} to {}, because {why}\n",
+        r.at, r.from, r.to
+    )
 }
 
 /// The pipeline: a column per stage, left to right, with the versions in it.
@@ -366,6 +463,42 @@ fn pipeline_table(b: &AppBoard) -> String {
     });
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
     output::table(&header_refs, rows)
+}
+
+/// The last verification of each stage that has rollout workloads: a line per stage, with what
+/// started it, since when it stands, and what it waits for or what failed (when not Verified).
+fn verifications_table(b: &AppBoard) -> String {
+    let verifying: Vec<(&Stage, &VerificationState)> = b
+        .stages
+        .iter()
+        .filter_map(|s| s.verification.as_ref().map(|v| (s, v)))
+        .collect();
+    output::table(
+        &[
+            "stage",
+            "verification",
+            "progress",
+            "after",
+            "since",
+            "details",
+        ],
+        verifying.iter().map(|(s, v)| {
+            [
+                s.name.clone(),
+                output::phase(v.phase).to_string(),
+                v.progress.clone(),
+                output::started_by(v.cause, v.version.as_deref()),
+                v.finished_at
+                    .clone()
+                    .unwrap_or_else(|| v.started_at.clone()),
+                if v.phase == VerificationPhase::Verified {
+                    String::new()
+                } else {
+                    v.message.clone()
+                },
+            ]
+        }),
+    )
 }
 
 /// The PromotionPolicies guarding the stages: a line per stage and policy.
@@ -559,6 +692,145 @@ mod tests {
         assert!(text.contains("prod: dana"), "{text}");
     }
 
+    /// A verification started 2026-01-05T09:00:00Z; finished ten minutes later unless
+    /// Progressing.
+    fn verification(
+        phase: VerificationPhase,
+        cause: VerificationCause,
+        version: Option<&str>,
+        progress: &str,
+        message: &str,
+    ) -> VerificationState {
+        VerificationState {
+            phase,
+            cause,
+            version: version.map(str::to_string),
+            progress: progress.into(),
+            workload: None,
+            message: message.into(),
+            started_at: "2026-01-05T09:00:00Z".into(),
+            finished_at: (phase != VerificationPhase::Progressing)
+                .then(|| "2026-01-05T09:10:00Z".into()),
+        }
+    }
+
+    /// A verified stage shows when and after what, without its message; a board without
+    /// versions keeps one blank line between its pipeline and its verifications.
+    #[test]
+    fn a_verified_stage_shows_when_and_after_what_without_details() {
+        let stage = |name: &str, v| Stage {
+            name: name.into(),
+            versions: vec![],
+            gates: vec![],
+            verification: Some(v),
+        };
+        let b = AppBoard {
+            namespace: "ws".into(),
+            app: "crm".into(),
+            display_name: None,
+            stages: vec![
+                stage(
+                    "qa",
+                    verification(
+                        VerificationPhase::Verified,
+                        VerificationCause::Configuration,
+                        None,
+                        "2/2",
+                        "all 2 workloads are available (12 s after it started)",
+                    ),
+                ),
+                stage(
+                    "prod",
+                    verification(
+                        VerificationPhase::Failed,
+                        VerificationCause::Release,
+                        Some("crm-v2"),
+                        "0/1",
+                        "Deployment web was not available within the 600 s timeout (0 of 1 new pods available)",
+                    ),
+                ),
+            ],
+            release: Some("crm-v2".into()),
+            released_version: Some("crm-v2".into()),
+            automatic_rollback: None,
+            ready: ready("True", "Ready", ""),
+            versions: vec![],
+        };
+        assert_eq!(
+            render(&b),
+            "\
+App ws/crm  Ready: True
+Released: crm-v2
+
+QA ->   PROD
+
+STAGE   VERIFICATION   PROGRESS   AFTER                  SINCE                  DETAILS
+qa      Verified       2/2        configuration change   2026-01-05T09:10:00Z
+prod    Failed         0/1        release of crm-v2      2026-01-05T09:10:00Z   Deployment web was not available within the 600 s timeout (0 of 1 new pods available)
+"
+        );
+    }
+
+    #[test]
+    fn the_board_takes_each_stages_verification_and_the_rollback_under_way_from_the_status() {
+        let app: ToolJetApp = obj(json!({
+            "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp",
+            "metadata": { "name": "crm", "namespace": "ws", "generation": 1 },
+            "spec": { "environments": ["dev", "staging", "production"], "release": { "version": "v1" } },
+            "status": {
+                "observedGeneration": 1, "releasedVersion": "v2",
+                "verifications": [
+                    { "environment": "staging", "cause": "Promotion", "version": "v3", "phase": "Failed",
+                      "startedAt": "2026-01-05T09:00:00Z", "finishedAt": "2026-01-05T09:10:00Z",
+                      "workload": "tooljet-staging", "progress": "0/1",
+                      "message": "Deployment tooljet-staging: ProgressDeadlineExceeded: no progress" },
+                    { "environment": "production", "cause": "Release", "version": "v2", "phase": "Failed",
+                      "startedAt": "2026-01-05T09:30:00Z", "finishedAt": "2026-01-05T09:40:00Z",
+                      "workload": "web", "progress": "0/1", "message": "Deployment web: ProgressDeadlineExceeded: x" },
+                ],
+                "automaticRollback": { "from": "v2", "to": "v1", "at": "2026-01-05T09:40:01Z",
+                    "reason": "automatic rollback: the release of v2 failed verification (Deployment web: ProgressDeadlineExceeded: x)" },
+            },
+        }));
+        let b = board(&app, &[], None, &[]);
+        assert!(b.stages[0].verification.is_none(), "dev has no workloads");
+        let staging = b.stages[1].verification.as_ref().unwrap();
+        assert_eq!(
+            (
+                staging.phase,
+                staging.workload.as_deref(),
+                staging.progress.as_str()
+            ),
+            (VerificationPhase::Failed, Some("tooljet-staging"), "0/1")
+        );
+        assert_eq!(staging.finished_at.as_deref(), Some("2026-01-05T09:10:00Z"));
+        let rolling = b.automatic_rollback.as_ref().unwrap();
+        assert_eq!((rolling.from.as_str(), rolling.to.as_str()), ("v2", "v1"));
+
+        let text = render(&b);
+        assert!(
+            text.contains("the operator is rolling back from v2 to v1, because the release of v2 failed verification"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with("staging ")
+                && l.contains(" Failed ")
+                && l.contains(" 0/1 ")),
+            "{text}"
+        );
+
+        // -o json: the verification per stage and the rollback, in the API's words.
+        let doc = serde_json::to_value(&b).unwrap();
+        assert_eq!(doc["stages"][1]["verification"]["phase"], "Failed");
+        assert_eq!(doc["stages"][1]["verification"]["cause"], "Promotion");
+        assert_eq!(
+            doc["stages"][1]["verification"]["startedAt"],
+            "2026-01-05T09:00:00Z"
+        );
+        assert!(doc["stages"][0].get("verification").is_none());
+        assert_eq!(doc["automaticRollback"]["to"], "v1");
+    }
+
     fn ready(status: &str, reason: &str, message: &str) -> Readiness {
         Readiness {
             status: status.into(),
@@ -598,6 +870,7 @@ mod tests {
                     name: "dev".into(),
                     versions: vec!["crm-v4".into(), "crm-gone".into()],
                     gates: vec![],
+                    verification: None,
                 },
                 Stage {
                     name: "qa".into(),
@@ -611,6 +884,13 @@ mod tests {
                         ),
                         gate("always", Some(true), None, None),
                     ],
+                    verification: Some(verification(
+                        VerificationPhase::Failed,
+                        VerificationCause::Promotion,
+                        Some("crm-v3"),
+                        "0/1",
+                        "Deployment tooljet-qa: ProgressDeadlineExceeded: ReplicaSet \"tooljet-qa-7c9\" has timed out progressing.",
+                    )),
                 },
                 Stage {
                     name: "prod".into(),
@@ -620,10 +900,23 @@ mod tests {
                         gate("shut", Some(false), None, None),
                         gate("new", None, None, None),
                     ],
+                    verification: Some(verification(
+                        VerificationPhase::Progressing,
+                        VerificationCause::AutomaticRollback,
+                        Some("crm-v1"),
+                        "1/2",
+                        "waiting for Deployment web-2: 0 of 1 new pods available",
+                    )),
                 },
             ],
             release: Some("crm-v1".into()),
             released_version: Some("crm-v1".into()),
+            automatic_rollback: Some(RollingBack {
+                from: "crm-v2".into(),
+                to: "crm-v1".into(),
+                reason: "automatic rollback: the release of crm-v2 failed verification (Deployment web-1: ProgressDeadlineExceeded: no progress)".into(),
+                at: "2026-01-05T10:00:00Z".into(),
+            }),
             ready: ready("False", "RolloutFailed", "Deployment web is missing"),
             versions: vec![
                 version("crm-v1", "prod", true, ready("True", "Ready", ""), None),
@@ -647,10 +940,15 @@ mod tests {
         let expected = "\
 App ws/crm (CRM)  Ready: False (RolloutFailed: Deployment web is missing)
 Released: crm-v1
+Automatic rollback since 2026-01-05T10:00:00Z: the operator is rolling back from crm-v2 to crm-v1, because the release of crm-v2 failed verification (Deployment web-1: ProgressDeadlineExceeded: no progress)
 
 DEV ->               QA ->            PROD
 crm-v4 (not ready)   crm-v3 (ready)   crm-v1 (released, ready)
 crm-gone
+
+STAGE   VERIFICATION   PROGRESS   AFTER                          SINCE                  DETAILS
+qa      Failed         0/1        promotion of crm-v3            2026-01-05T09:10:00Z   Deployment tooljet-qa: ProgressDeadlineExceeded: ReplicaSet \"tooljet-qa-7c9\" has timed out progressing.
+prod    Progressing    1/2        automatic rollback to crm-v1   2026-01-05T09:00:00Z   waiting for Deployment web-2: 0 of 1 new pods available
 
 GATE        POLICY         WINDOW                              APPROVALS
 into qa     office-hours   open until 2026-01-05T18:00:00Z     1
@@ -677,10 +975,12 @@ crm-v5    v5     dev     Unknown              NotReconciled: not yet
                     name: s.into(),
                     versions: vec![],
                     gates: vec![],
+                    verification: None,
                 })
                 .into(),
             release: None,
             released_version: None,
+            automatic_rollback: None,
             ready: ready("True", "Ready", ""),
             versions: vec![],
         };
