@@ -235,19 +235,68 @@ pub struct Metrics {
     pub secret_reads: Counter,
     pub promotions: Counter,
     pub releases: Counter,
-    // The delivery metrics are private: they are recorded through the methods below, which bound
-    // the app label.
+    delivery: Delivery,
+    pub admission_requests: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Family<WebhookLabels, Histogram>,
+    pub access_reviews: Family<AccessLabels, Counter>,
+}
+
+/// The delivery metrics. Private: they are recorded through [`Metrics`]' methods, which bound
+/// the app label.
+struct Delivery {
     lead_times: Family<AppLabels, Histogram>,
     stage_times: Family<StageLabels, Histogram>,
     deliveries: Family<DeliveryLabels, Counter>,
     verifications: Family<VerificationLabels, Counter>,
     automatic_rollbacks: Family<AppLabels, Counter>,
     restore_times: Family<AppLabels, Histogram>,
-    pub admission_requests: Family<AdmissionLabels, Counter>,
-    pub admission_duration: Family<WebhookLabels, Histogram>,
-    pub access_reviews: Family<AccessLabels, Counter>,
-    /// The (namespace, app) pairs the delivery metrics name, at most [`MAX_APP_SERIES`].
+    /// The (namespace, app) pairs they name, at most [`MAX_APP_SERIES`].
     named_apps: Mutex<HashSet<(String, String)>>,
+}
+
+impl Delivery {
+    /// Registers the families in `r`, in this order.
+    fn register(r: &mut Registry) -> Delivery {
+        Delivery {
+            lead_times: register(
+                r,
+                "lead_time_seconds",
+                "Time from a version's creation to its release, by app",
+                Family::new_with_constructor(delivery_histogram),
+            ),
+            stage_times: register(
+                r,
+                "stage_time_seconds",
+                "Time a version stayed in a stage before it was promoted out of it",
+                Family::new_with_constructor(delivery_histogram),
+            ),
+            deliveries: register(
+                r,
+                "deliveries",
+                "Versions released, by kind (release, rollback, automatic_rollback)",
+                Family::default(),
+            ),
+            verifications: register(
+                r,
+                "verifications",
+                "Verifications of a version in a stage, by result (verified, failed)",
+                Family::default(),
+            ),
+            automatic_rollbacks: register(
+                r,
+                "automatic_rollbacks",
+                "Automatic rollbacks (a change-failure signal)",
+                Family::default(),
+            ),
+            restore_times: register(
+                r,
+                "time_to_restore_seconds",
+                "Time from the start of a release that failed verification to the verification of the rollback that replaced it",
+                Family::new_with_constructor(restore_histogram),
+            ),
+            named_apps: Mutex::default(),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -296,42 +345,7 @@ impl Default for Metrics {
                 "Releases and rollbacks observed",
                 Counter::default(),
             ),
-            lead_times: register(
-                r,
-                "lead_time_seconds",
-                "Time from a version's creation to its release, by app",
-                Family::new_with_constructor(delivery_histogram),
-            ),
-            stage_times: register(
-                r,
-                "stage_time_seconds",
-                "Time a version stayed in a stage before it was promoted out of it",
-                Family::new_with_constructor(delivery_histogram),
-            ),
-            deliveries: register(
-                r,
-                "deliveries",
-                "Versions released, by kind (release, rollback, automatic_rollback)",
-                Family::default(),
-            ),
-            verifications: register(
-                r,
-                "verifications",
-                "Verifications of a version in a stage, by result (verified, failed)",
-                Family::default(),
-            ),
-            automatic_rollbacks: register(
-                r,
-                "automatic_rollbacks",
-                "Automatic rollbacks (a change-failure signal)",
-                Family::default(),
-            ),
-            restore_times: register(
-                r,
-                "time_to_restore_seconds",
-                "Time from the start of a release that failed verification to the verification of the rollback that replaced it",
-                Family::new_with_constructor(restore_histogram),
-            ),
+            delivery: Delivery::register(r),
             admission_requests: register(
                 r,
                 "admission_requests",
@@ -350,7 +364,6 @@ impl Default for Metrics {
                 "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
                 Family::default(),
             ),
-            named_apps: Mutex::default(),
             registry,
         };
         metrics.start_access_series();
@@ -542,6 +555,7 @@ impl Metrics {
     fn app_label(&self, namespace: &str, app: &str) -> String {
         // A panic elsewhere while holding the lock leaves the set whole: keep using it.
         let mut named = self
+            .delivery
             .named_apps
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -566,7 +580,8 @@ impl Metrics {
     /// Records a release's lead time: `seconds` from the version's creation to its release
     /// (`tooljet_operator_lead_time_seconds`).
     pub fn lead_time(&self, namespace: &str, app: &str, seconds: f64) {
-        self.lead_times
+        self.delivery
+            .lead_times
             .get_or_create(&self.app_labels(namespace, app))
             .observe(seconds);
     }
@@ -574,7 +589,8 @@ impl Metrics {
     /// Records that a version stayed `seconds` in the stage `environment` before it was
     /// promoted out of it (`tooljet_operator_stage_time_seconds`).
     pub fn stage_time(&self, namespace: &str, app: &str, environment: &str, seconds: f64) {
-        self.stage_times
+        self.delivery
+            .stage_times
             .get_or_create(&StageLabels {
                 namespace: namespace.to_string(),
                 app: self.app_label(namespace, app),
@@ -587,7 +603,8 @@ impl Metrics {
     /// [`Metrics::automatic_rollback`]: an automatic rollback shows in both families only when
     /// the caller calls both.
     pub fn delivered(&self, namespace: &str, app: &str, kind: DeliveryKind) {
-        self.deliveries
+        self.delivery
+            .deliveries
             .get_or_create(&DeliveryLabels {
                 namespace: namespace.to_string(),
                 app: self.app_label(namespace, app),
@@ -604,7 +621,8 @@ impl Metrics {
         } else {
             VerificationResult::Failed
         };
-        self.verifications
+        self.delivery
+            .verifications
             .get_or_create(&VerificationLabels {
                 namespace: namespace.to_string(),
                 app: self.app_label(namespace, app),
@@ -617,7 +635,8 @@ impl Metrics {
     /// Counts one automatic rollback (`tooljet_operator_automatic_rollbacks_total`), a
     /// change-failure signal. Independent of [`Metrics::delivered`].
     pub fn automatic_rollback(&self, namespace: &str, app: &str) {
-        self.automatic_rollbacks
+        self.delivery
+            .automatic_rollbacks
             .get_or_create(&self.app_labels(namespace, app))
             .inc();
     }
@@ -626,7 +645,8 @@ impl Metrics {
     /// verification to the verification of the rollback that replaced it
     /// (`tooljet_operator_time_to_restore_seconds`).
     pub fn restored(&self, namespace: &str, app: &str, seconds: f64) {
-        self.restore_times
+        self.delivery
+            .restore_times
             .get_or_create(&self.app_labels(namespace, app))
             .observe(seconds);
     }

@@ -823,10 +823,22 @@ async fn roll_out(
         }
     }
     ctx.sharing.record(ns, &app.name_any(), seen);
-    rollout.stages = members
+    rollout.stages = stage_workloads(members, &states, &desired);
+    Ok(rollout)
+}
+
+/// Each stage's workloads after this pass, with the digest of what they are to carry (`desired`,
+/// by Deployment); stages without any left out.
+fn stage_workloads(
+    members: BTreeMap<String, Vec<String>>,
+    states: &BTreeMap<String, WorkloadState>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, StageWorkloads> {
+    members
         .into_iter()
+        .filter(|(_, names)| !names.is_empty())
         .map(|(stage, names)| {
-            let workloads: Vec<(String, WorkloadState)> = names
+            let workloads = names
                 .iter()
                 .map(|n| (n.clone(), states[n].clone()))
                 .collect();
@@ -839,9 +851,7 @@ async fn roll_out(
                 },
             )
         })
-        .filter(|(_, w)| !w.workloads.is_empty())
-        .collect();
-    Ok(rollout)
+        .collect()
 }
 
 /// For each stage of the app's rollout, the Deployments found that it takes, by name.
@@ -1887,7 +1897,7 @@ mod tests {
         // While a configuration change is being verified, a promotion does not restart it.
         pass(
             &mut a,
-            WorkloadState::Waiting("1 old pods still terminating".into()),
+            WorkloadState::Waiting("1 old pods not yet replaced".into()),
             "r2",
             20,
         );
@@ -1896,7 +1906,7 @@ mod tests {
             &more,
             &Release::None,
             &production(
-                WorkloadState::Waiting("1 old pods still terminating".into()),
+                WorkloadState::Waiting("1 old pods not yet replaced".into()),
                 "r2",
             ),
             vec![],

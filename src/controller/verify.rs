@@ -65,7 +65,7 @@ pub fn workload_state(d: &Deployment) -> WorkloadState {
         return WorkloadState::Waiting(format!("{updated} of {wanted} new pods created"));
     }
     if total > updated {
-        return WorkloadState::Waiting(format!("{} old pods still terminating", total - updated));
+        return WorkloadState::Waiting(format!("{} old pods not yet replaced", total - updated));
     }
     if available < updated {
         return WorkloadState::Waiting(format!("{available} of {updated} new pods available"));
@@ -98,24 +98,7 @@ pub fn advance(
     let now = now.trunc_subsecs(0);
     let mut v = match (previous, start) {
         (Some(p), None) => p.clone(),
-        (previous, start) => {
-            let start = start.unwrap_or(Start {
-                cause: previous.map_or(VerificationCause::Configuration, |p| p.cause),
-                version: previous.and_then(|p| p.version.clone()),
-            });
-            StageVerification {
-                environment: stage.to_string(),
-                cause: start.cause,
-                version: start.version,
-                phase: VerificationPhase::Progressing,
-                started_at: gate::to_time(now),
-                finished_at: None,
-                workload: None,
-                progress: String::new(),
-                message: String::new(),
-                revision: String::new(),
-            }
-        }
+        (previous, start) => begin(stage, previous, start, now),
     };
     let available = workloads
         .iter()
@@ -125,47 +108,69 @@ pub fn advance(
     if v.phase == VerificationPhase::Verified {
         return v;
     }
-    let started = v.started_at.0;
     let elapsed = now
-        .signed_duration_since(gate::to_chrono(started))
+        .signed_duration_since(gate::to_chrono(v.started_at.0))
         .to_std()
         .unwrap_or_default();
+    let Some((phase, workload, message)) = judge(&v, workloads, elapsed, timeout) else {
+        return v;
+    };
+    if phase != v.phase {
+        v.finished_at = (phase != VerificationPhase::Progressing).then(|| gate::to_time(now));
+    }
+    v.phase = phase;
+    v.workload = workload;
+    v.message = message;
+    v
+}
+
+/// A verification starting `now`: `start`'s, or, when nothing says what started it (a stage
+/// seen for the first time), the previous one's cause, else a configuration change.
+fn begin(
+    stage: &str,
+    previous: Option<&StageVerification>,
+    start: Option<Start>,
+    now: DateTime<Utc>,
+) -> StageVerification {
+    let start = start.unwrap_or(Start {
+        cause: previous.map_or(VerificationCause::Configuration, |p| p.cause),
+        version: previous.and_then(|p| p.version.clone()),
+    });
+    StageVerification {
+        environment: stage.to_string(),
+        cause: start.cause,
+        version: start.version,
+        phase: VerificationPhase::Progressing,
+        started_at: gate::to_time(now),
+        finished_at: None,
+        workload: None,
+        progress: String::new(),
+        message: String::new(),
+        revision: String::new(),
+    }
+}
+
+/// The phase, the workload concerned and the message after `elapsed` of `v` (Progressing or
+/// Failed), from its workloads; `None` leaves a failed verification as it failed while its
+/// workloads are still not all available.
+fn judge(
+    v: &StageVerification,
+    workloads: &[(String, WorkloadState)],
+    elapsed: Duration,
+    timeout: Duration,
+) -> Option<(VerificationPhase, Option<String>, String)> {
     let failed = workloads.iter().find_map(|(name, s)| match s {
         WorkloadState::Failed(why) => Some((name, why)),
         _ => None,
     });
-    // The workload being waited for: one rolling out, before those queued behind it.
-    let queued: Vec<&str> = workloads
-        .iter()
-        .filter(|(_, s)| matches!(s, WorkloadState::Queued(_)))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let waiting = workloads
-        .iter()
-        .find_map(|(name, s)| match s {
-            WorkloadState::Waiting(why) => Some((name, why.clone())),
-            _ => None,
-        })
-        .or_else(|| {
-            workloads.iter().find_map(|(name, s)| match s {
-                WorkloadState::Queued(behind) => {
-                    Some((name, format!("queued behind Deployment {behind}")))
-                }
-                _ => None,
-            })
-        });
-    let then = match queued.as_slice() {
-        [] => String::new(),
-        names => format!("; queued, one at a time: {}", names.join(", ")),
-    };
-    let (phase, workload, message) = match (failed, waiting) {
+    let (waiting, queued) = waited_for(workloads);
+    Some(match (failed, waiting) {
         (Some((name, why)), _) => (
             VerificationPhase::Failed,
             Some(name.clone()),
             format!("Deployment {name}: {why}"),
         ),
-        // A failed verification whose workloads are still not all available stays as it failed.
-        (None, Some(_)) if v.phase == VerificationPhase::Failed => return v,
+        (None, Some(_)) if v.phase == VerificationPhase::Failed => return None,
         (None, Some((name, why))) if elapsed >= timeout => (
             VerificationPhase::Failed,
             Some(name.clone()),
@@ -177,7 +182,7 @@ pub fn advance(
         (None, Some((name, why))) => (
             VerificationPhase::Progressing,
             Some(name.clone()),
-            format!("waiting for Deployment {name}: {why}{then}"),
+            format!("waiting for Deployment {name}: {why}{queued}"),
         ),
         (None, None) => (
             VerificationPhase::Verified,
@@ -188,14 +193,40 @@ pub fn advance(
                 v.phase == VerificationPhase::Failed,
             ),
         ),
+    })
+}
+
+/// The workload being waited for (one rolling out, before those queued behind it) and why, and
+/// the words naming the queued ones (empty when none is).
+fn waited_for(workloads: &[(String, WorkloadState)]) -> (Option<(&String, String)>, String) {
+    let rolling = workloads.iter().find_map(|(name, s)| match s {
+        WorkloadState::Waiting(why) => Some((name, why.clone())),
+        _ => None,
+    });
+    let queued: Vec<(&String, &String)> = workloads
+        .iter()
+        .filter_map(|(name, s)| match s {
+            WorkloadState::Queued(behind) => Some((name, behind)),
+            _ => None,
+        })
+        .collect();
+    let waiting = rolling.or_else(|| {
+        queued
+            .first()
+            .map(|(name, behind)| (*name, format!("queued behind Deployment {behind}")))
+    });
+    let words = match queued.as_slice() {
+        [] => String::new(),
+        names => format!(
+            "; queued, one at a time: {}",
+            names
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    if phase != v.phase {
-        v.finished_at = (phase != VerificationPhase::Progressing).then(|| gate::to_time(now));
-    }
-    v.phase = phase;
-    v.workload = workload;
-    v.message = message;
-    v
+    (waiting, words)
 }
 
 fn verified_message(workloads: usize, elapsed: Duration, recovered: bool) -> String {
@@ -278,7 +309,7 @@ mod tests {
         );
         assert_eq!(
             workload_state(&old_left),
-            WorkloadState::Waiting("1 old pods still terminating".into())
+            WorkloadState::Waiting("1 old pods not yet replaced".into())
         );
         let unavailable = deployment(
             3,
