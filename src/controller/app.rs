@@ -58,6 +58,9 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Obje
 /// This controller's name in metrics and logs.
 pub const CONTROLLER: &str = "tooljetapp";
 
+/// How soon a pass that found the cache behind its own last status write tries again.
+const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The controller and its triggers: its own kind, its versions, the stage configurations'
 /// Secrets (rollout), Deployments (metadata only) that a rollout may name or select, and the
 /// PromotionPolicies of its namespace (its stage gates), and the apps sharing its workloads.
@@ -239,7 +242,9 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     ctx.wait_for_caches().await;
     ctx.may_write()?;
     let ns = app.namespace().ok_or(Error::NoNamespace)?;
-    let app = ctx.written.current(app);
+    if ctx.written.behind(&app) {
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     if app.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -260,8 +265,8 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let rollout = roll_out(&ctx, &app, &ns, live.as_deref()).await?;
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout, gates, now);
-    if let Some(rv) = apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await? {
-        ctx.written.wrote(&app, rv, &status);
+    if apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await? {
+        ctx.written.wrote(&app);
     }
 
     if let Some(record) = &record {
@@ -338,42 +343,33 @@ async fn report_release(
 
 /// Read-your-writes for the apps' status. A pass woken a moment after the status write of the
 /// pass before (a Deployment's status changes at once after its stamp) can find its app in the
-/// cache as it was before that write; it would then decide again what was decided (a release
-/// recorded twice, a verification started over). The status this process last wrote for an app
-/// stands in for the cached one while the cache still holds the object it was computed from
-/// (the same resourceVersion); once the cache shows any later version, the entry goes.
+/// cache as it was before that write, and would decide again what was decided (a release
+/// recorded twice, a verification started over). Remembered per app: the resourceVersion the
+/// last written status was computed from; while the cache still holds that version, the pass
+/// waits for it to catch up (a short requeue) instead. A few dozen bytes per app.
 #[derive(Default)]
-pub struct Written(std::sync::Mutex<HashMap<(String, String), WrittenStatus>>);
-
-/// The resourceVersion a status was computed from, the one its write made, and the status.
-type WrittenStatus = (String, String, ToolJetAppStatus);
+pub struct Written(std::sync::Mutex<HashMap<(String, String), String>>);
 
 impl Written {
-    /// `app`, or, while the cache is behind this process's last status write, `app` with it.
-    fn current(&self, app: Arc<ToolJetApp>) -> Arc<ToolJetApp> {
+    /// Whether the cache still shows `app` as it was before this process's last status write.
+    fn behind(&self, app: &ToolJetApp) -> bool {
         let key = (app.namespace().unwrap_or_default(), app.name_any());
         let mut written = self.0.lock().expect("not poisoned");
-        let Some((read, wrote, status)) = written.get(&key) else {
-            return app;
-        };
-        if app.resource_version().as_deref() == Some(read.as_str()) {
-            let mut newer = (*app).clone();
-            newer.status = Some(status.clone());
-            newer.metadata.resource_version = Some(wrote.clone());
-            return Arc::new(newer);
+        match written.get(&key) {
+            Some(read) if app.resource_version().as_deref() == Some(read.as_str()) => true,
+            Some(_) => {
+                written.remove(&key);
+                false
+            }
+            None => false,
         }
-        written.remove(&key);
-        app
     }
 
-    /// Remembers the status written over `app` (as read), which gave `rv`.
-    fn wrote(&self, app: &ToolJetApp, rv: String, status: &ToolJetAppStatus) {
+    /// Remembers that a status was written over `app` as read.
+    fn wrote(&self, app: &ToolJetApp) {
         let key = (app.namespace().unwrap_or_default(), app.name_any());
         let read = app.resource_version().unwrap_or_default();
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .insert(key, (read, rv, status.clone()));
+        self.0.lock().expect("not poisoned").insert(key, read);
     }
 
     /// Forgets a deleted app.
@@ -1716,8 +1712,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_failed_release_is_rolled_back_once_and_recorded_as_automatic() {
+    /// An app that rolls back automatically, with v1 released and verified.
+    fn rolling_back_with_v1_verified() -> ToolJetApp {
         let mut a = app(None);
         a.spec.verification = Some(crate::api::Verification {
             timeout_seconds: 60,
@@ -1725,6 +1721,12 @@ mod tests {
         });
         release_by(&mut a, "v1", "carol");
         pass(&mut a, WorkloadState::Available, "r1", 0);
+        a
+    }
+
+    #[test]
+    fn a_failed_release_is_rolled_back_once_and_recorded_as_automatic() {
+        let mut a = rolling_back_with_v1_verified();
         assert_eq!(verified(&a).0, "True");
 
         release_by(&mut a, "v2", "carol");
@@ -1834,13 +1836,7 @@ mod tests {
 
     #[test]
     fn a_rollback_that_fails_is_not_rolled_back_again_and_without_opt_in_nothing_is() {
-        let mut a = app(None);
-        a.spec.verification = Some(crate::api::Verification {
-            timeout_seconds: 60,
-            auto_rollback: true,
-        });
-        release_by(&mut a, "v1", "carol");
-        pass(&mut a, WorkloadState::Available, "r1", 0);
+        let mut a = rolling_back_with_v1_verified();
         release_by(&mut a, "v2", "carol");
         pass(&mut a, stuck(), "r2", 10);
         release_by(&mut a, "v1", OPERATOR);

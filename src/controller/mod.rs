@@ -272,14 +272,14 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
 }
 
 /// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`
-/// (no write on a converged object). The resourceVersion it wrote, if it wrote.
+/// (no write on a converged object). Returns whether it wrote.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     controller: &'static str,
     obj: &K,
     current: Option<&S>,
     status: &S,
-) -> Result<Option<String>, Error>
+) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -288,7 +288,7 @@ where
     S: Serialize + PartialEq,
 {
     if current == Some(status) {
-        return Ok(None);
+        return Ok(false);
     }
     ctx.may_write()?;
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
@@ -300,16 +300,15 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    let written = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .at(Step::WriteStatus)?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .at(Step::WriteStatus)?;
     ctx.metrics.wrote(controller, "status");
-    Ok(Some(written.resource_version().unwrap_or_default()))
+    Ok(true)
 }
 
 /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
