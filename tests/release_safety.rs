@@ -149,6 +149,17 @@ async fn a_release_whose_pods_never_become_available_is_rolled_back_automaticall
     // From now on no new pod of this test starts: v2's never become available.
     node.cordon(&w.admin, true).await;
     release(&w, "v2").await;
+    // A freeze of production starts while v2 is being verified: the rollback passes it (it
+    // restores what users had), and says so.
+    w.create(
+        &w.admin,
+        "PromotionPolicy",
+        "freeze",
+        json!({ "environments": ["production"],
+                "windows": [{ "kind": "Deny", "schedule": "* * * * *", "duration": "1h", "description": "release freeze" }] }),
+    )
+    .await
+    .unwrap();
 
     let app = until_app(&w, "the automatic rollback to v-prod", |a| {
         let last = a["status"]["releaseHistory"].as_array()?.last()?;
@@ -185,6 +196,23 @@ async fn a_release_whose_pods_never_become_available_is_rolled_back_automaticall
         "{reason}"
     );
     assert!(last["rollback"] == true, "{last}");
+    assert!(
+        last["overrideReason"].as_str().is_some_and(
+            |r| r.starts_with("automatic rollback: the release of v2 failed verification")
+        ),
+        "the rollback passed the freeze as a break-glass override: {last}"
+    );
+    // People are still held by the freeze.
+    denied(
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "crm",
+            json!({ "spec": { "release": { "version": "v2" } } }),
+        )
+        .await,
+        "production is closed by Deny window",
+    );
 
     // The rollback goes back to the ReplicaSet that never went away, and is verified.
     let back = until_verified(&w, "production", "Verified", Some("v-prod")).await;

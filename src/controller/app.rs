@@ -1222,19 +1222,20 @@ fn newly_in<'a>(
     before: &[EnvironmentVersions],
     after: &'a [EnvironmentVersions],
 ) -> Option<&'a str> {
-    let was = before.iter().find(|e| e.name == stage);
+    // A stage not listed before (the app's first status) had no promotion seen into it.
+    let was = before.iter().find(|e| e.name == stage)?;
     after
         .iter()
         .find(|e| e.name == stage)?
         .versions
         .iter()
-        .find(|v| was.is_none_or(|w| !w.versions.contains(v)))
+        .find(|v| !was.versions.contains(v))
         .map(String::as_str)
 }
 
 /// Whether a new verification of `stage` starts in this pass, and why (pure): a release or
-/// rollback (the last stage); a version promoted into it (not while one is under way: that one
-/// verifies the stage too); or a change of what its workloads are to carry (a configuration
+/// rollback (the last stage); a version promoted into it (only into a verified stage: one under
+/// way verifies it too, and a failed one stays failed); or a change of what its workloads are to carry (a configuration
 /// change; while a release is being verified, it goes on as that release's, from now).
 fn start_of(
     app: &ToolJetApp,
@@ -1261,8 +1262,12 @@ fn start_of(
         });
     }
     let under_way = previous.filter(|p| p.phase == VerificationPhase::Progressing);
+    // A promotion changes no workload: it is verified by the verification under way, and a
+    // stage that failed stays failed (until its workloads are available, or a change) rather
+    // than being judged again from the start, which would let versions out meanwhile.
+    let settled = previous.is_none_or(|p| p.phase == VerificationPhase::Verified);
     if let Some(version) = entered.filter(|_| stage != pipeline.first())
-        && under_way.is_none()
+        && settled
     {
         return Some(verify::Start {
             cause: VerificationCause::Promotion,
@@ -1707,9 +1712,10 @@ mod tests {
     }
 
     fn stuck() -> WorkloadState {
-        WorkloadState::Failed(
-            "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
-        )
+        WorkloadState::Failed {
+            why: "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
+            since: None,
+        }
     }
 
     /// An app that rolls back automatically, with v1 released and verified.
@@ -1910,6 +1916,31 @@ mod tests {
         );
         assert_eq!(s.verifications[0].cause, VerificationCause::Configuration);
         assert_eq!(s.verifications[0].started_at, verify::time(secs(20)));
+    }
+
+    #[test]
+    fn a_promotion_into_a_failed_stage_leaves_it_failed() {
+        let mut a = app(None);
+        pass(&mut a, stuck(), "r1", 0);
+        let mut more = versions();
+        more.push(version("v5", "production"));
+        let (s, _) = desired_status(
+            &a,
+            &more,
+            &Release::None,
+            &production(stuck(), "r1"),
+            vec![],
+            secs(10),
+        );
+        let v = &s.verifications[0];
+        assert_eq!(
+            (v.cause, v.phase, v.started_at.clone()),
+            (
+                VerificationCause::Configuration,
+                VerificationPhase::Failed,
+                verify::time(secs(0))
+            )
+        );
     }
 
     #[test]

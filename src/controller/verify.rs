@@ -23,8 +23,8 @@ pub enum WorkloadState {
     /// Not restarted yet: in a stage that restarts one workload at a time, it waits for
     /// the named Deployment.
     Queued(String),
-    /// Its rollout failed: the Deployment's own words.
-    Failed(String),
+    /// Its rollout failed: the Deployment's own words, and when it said so.
+    Failed { why: String, since: Option<Time> },
 }
 
 /// Where the Deployment's rollout stands: the checks of `kubectl rollout status`, in its order.
@@ -50,12 +50,15 @@ pub fn workload_state(d: &Deployment) -> WorkloadState {
     if let Some(c) = progressing
         && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
     {
-        return WorkloadState::Failed(format!(
-            "{PROGRESS_DEADLINE_EXCEEDED}: {}",
-            c.message
-                .as_deref()
-                .unwrap_or("no progress within its deadline")
-        ));
+        return WorkloadState::Failed {
+            why: format!(
+                "{PROGRESS_DEADLINE_EXCEEDED}: {}",
+                c.message
+                    .as_deref()
+                    .unwrap_or("no progress within its deadline")
+            ),
+            since: c.last_update_time.clone(),
+        };
     }
     let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
@@ -112,7 +115,11 @@ pub fn advance(
         .signed_duration_since(gate::to_chrono(v.started_at.0))
         .to_std()
         .unwrap_or_default();
-    let Some((phase, workload, message)) = judge(&v, workloads, elapsed, timeout) else {
+    let workloads: Vec<(String, WorkloadState)> = workloads
+        .iter()
+        .map(|(name, s)| (name.clone(), since_start(s, &v.started_at)))
+        .collect();
+    let Some((phase, workload, message)) = judge(&v, &workloads, elapsed, timeout) else {
         return v;
     };
     if phase != v.phase {
@@ -122,6 +129,22 @@ pub fn advance(
     v.workload = workload;
     v.message = message;
     v
+}
+
+/// `state` as it bears on a verification started at `started`: a failure the Deployment reported
+/// before then belongs to an earlier rollout (the deployment controller keeps a
+/// ProgressDeadlineExceeded condition until the rollout after it completes, e.g. while it goes
+/// back to an earlier ReplicaSet), so the workload is still waited for.
+fn since_start(state: &WorkloadState, started: &Time) -> WorkloadState {
+    match state {
+        WorkloadState::Failed {
+            why,
+            since: Some(since),
+        } if since.0 <= started.0 => WorkloadState::Waiting(format!(
+            "its previous rollout failed ({why}); waiting for this one"
+        )),
+        other => other.clone(),
+    }
 }
 
 /// A verification starting `now`: `start`'s, or, when nothing says what started it (a stage
@@ -160,7 +183,7 @@ fn judge(
     timeout: Duration,
 ) -> Option<(VerificationPhase, Option<String>, String)> {
     let failed = workloads.iter().find_map(|(name, s)| match s {
-        WorkloadState::Failed(why) => Some((name, why)),
+        WorkloadState::Failed { why, .. } => Some((name, why)),
         _ => None,
     });
     let (waiting, queued) = waited_for(workloads);
@@ -337,9 +360,11 @@ mod tests {
         }]);
         assert_eq!(
             workload_state(&failed),
-            WorkloadState::Failed(
-                "ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.".into()
-            )
+            WorkloadState::Failed {
+                why: "ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing."
+                    .into(),
+                since: None,
+            }
         );
         // The same condition left from before the template changed judges nothing.
         failed.metadata.generation = Some(4);
@@ -430,7 +455,10 @@ mod tests {
             None,
             &[(
                 "a".into(),
-                WorkloadState::Failed("ProgressDeadlineExceeded: stuck".into()),
+                WorkloadState::Failed {
+                    why: "ProgressDeadlineExceeded: stuck".into(),
+                    since: Some(time(at(4))),
+                },
             )],
             TIMEOUT,
             at(5),
@@ -481,6 +509,42 @@ mod tests {
             progress: progress.into(),
             ..v.clone()
         }
+    }
+
+    #[test]
+    fn a_failure_reported_before_the_verification_started_is_an_earlier_rollouts() {
+        let stale = WorkloadState::Failed {
+            why: "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
+            since: Some(time(at(0))),
+        };
+        let v = advance(
+            "production",
+            None,
+            release("v1"),
+            &[("web".into(), stale.clone())],
+            TIMEOUT,
+            at(0),
+        );
+        assert_eq!(v.phase, VerificationPhase::Progressing);
+        assert!(
+            v.message.contains("its previous rollout failed"),
+            "{}",
+            v.message
+        );
+        // Reported after it started: this rollout's failure.
+        let fresh = WorkloadState::Failed {
+            why: "ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.".into(),
+            since: Some(time(at(11))),
+        };
+        let v = advance(
+            "production",
+            Some(&v),
+            None,
+            &[("web".into(), fresh)],
+            TIMEOUT,
+            at(12),
+        );
+        assert_eq!(v.phase, VerificationPhase::Failed);
     }
 
     #[test]
