@@ -40,6 +40,12 @@ use super::{DEFAULT_PIPELINE, matches, patterns, schema};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Verified\")].status",
+        description = "Whether every stage's workloads passed their last verification"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
