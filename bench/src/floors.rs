@@ -262,6 +262,7 @@ fn version_status(o: &Output, generation: i64, at: &Value) -> Value {
             condition("ConfigResolved", true, "Resolved",
                 format!("{} constants of {env} in Secret {}; {} data sources configured", o.constants, o.secret, o.data_sources), generation, at),
             condition("Released", false, "NotReleased", "another version (or none) is released".into(), generation, at),
+            condition("Verified", true, "NoWorkloads", format!("{env} has no rollout workloads to verify"), generation, at),
             condition("Ready", true, "Ready", format!("running with the {env} configuration"), generation, at),
         ],
     })
@@ -280,6 +281,7 @@ fn app_status(versions: &[String], generation: i64, at: &Value) -> Value {
         "conditions": [
             condition("Ready", true, "NoRelease", "no version is released yet".into(), generation, at),
             condition("RolloutReady", true, "Synced", "every rollout workload's Secret holds what it serves, and its pod template that Secret's hash".into(), generation, at),
+            condition("Verified", true, "NoWorkloads", "no stage has rollout workloads to verify".into(), generation, at),
         ],
     })
 }
