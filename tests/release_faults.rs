@@ -165,5 +165,10 @@ async fn a_restarted_operator_resumes_the_verification_and_rolls_back_once() {
             .count()
     };
     assert_eq!(made(&second_log), 1, "{second_log}");
+    // Made once, on the app as stored with its decision: no conflict to retry.
+    assert!(
+        !second_log.contains("(automatic rollback) failed"),
+        "{second_log}"
+    );
     assert_eq!(made(&third.log_text()), 0, "{}", third.log_text());
 }

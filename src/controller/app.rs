@@ -58,6 +58,10 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Obje
 /// This controller's name in metrics and logs.
 pub const CONTROLLER: &str = "tooljetapp";
 
+/// How soon an automatic rollback the webhook or a policy refused is tried again (the refusal
+/// may be transient, e.g. the webhook could not list the policies).
+const REFUSED_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How soon a pass that found the cache behind its own last status write tries again.
 const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -72,7 +76,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
     let managed = triggers::all(hubs.managed.subscribe());
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
-    let written = ctx.written.clone();
+    let (written, reported) = (ctx.written.clone(), ctx.reported.clone());
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -87,7 +91,9 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
         .reconcile_on(crate::cache::triggers::mapped(
             deleted,
             move |app: Arc<ToolJetApp>| {
-                written.forget(&app.namespace().unwrap_or_default(), &app.name_any());
+                let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+                written.forget(&ns, &name);
+                reported.forget(&ns, &name);
                 sharers.record(
                     &app.namespace().unwrap_or_default(),
                     &app.name_any(),
@@ -196,6 +202,16 @@ fn apps_rolling_out(
         .collect()
 }
 
+/// The release live now, which the workloads carry: the spec's when valid; an invalid one leaves
+/// the last one live.
+fn live_release(app: &ToolJetApp, release: &Release) -> Option<String> {
+    match release {
+        Release::Valid(v) => Some(v.clone()),
+        Release::Invalid { .. } => app.status.as_ref().and_then(|s| s.released_version.clone()),
+        Release::None => None,
+    }
+}
+
 /// The release as the spec asks it, checked against the versions.
 #[derive(Debug, PartialEq)]
 enum Release {
@@ -256,16 +272,12 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     let now = gate::to_chrono(Timestamp::now());
     let (gates, next_transition) = stage_gates(&app, &policies, now);
 
-    // What the workloads carry: the release live now (an invalid one leaves the last one live).
-    let live = match &release {
-        Release::Valid(v) => Some(v.clone()),
-        Release::Invalid { .. } => app.status.as_ref().and_then(|s| s.released_version.clone()),
-        Release::None => None,
-    };
+    let live = live_release(&app, &release);
     let rollout = roll_out(&ctx, &app, &ns, live.as_deref()).await?;
 
     let (status, record) = desired_status(&app, &versions, &release, &rollout, gates, now);
-    if apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await? {
+    let wrote = apply_status(&ctx, CONTROLLER, &*app, app.status.as_ref(), &status).await?;
+    if wrote {
         ctx.written.wrote(&app);
     }
 
@@ -274,7 +286,16 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     }
     report_verifications(&ctx, &app, &status).await;
     report_failures(&ctx, &app, &status).await;
-    roll_back_if_failed(&ctx, &app, &status).await?;
+    if status.automatic_rollback.is_some() {
+        // The rollback is made on the app as stored with its decision: after this pass's
+        // status write, once the cache shows it (the patch carries the resourceVersion read).
+        if wrote {
+            return Ok(Action::requeue(CACHE_CATCH_UP));
+        }
+        if roll_back_if_failed(&ctx, &app, &status).await? == Rollback::Refused {
+            return Ok(Action::requeue(REFUSED_RETRY));
+        }
+    }
     // A gate's window opening or closing changes the status by itself, and so does a
     // verification's timeout: wake at the first of them.
     let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
@@ -391,6 +412,14 @@ pub struct Reported(std::sync::Mutex<HashMap<StageKey, (Time, VerificationPhase)
 type StageKey = (String, String, String);
 
 impl Reported {
+    /// Forgets a deleted app.
+    fn forget(&self, ns: &str, app: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .retain(|(n, a, _), _| n != ns || a != app);
+    }
+
     /// Whether `v`'s outcome is reported for the first time (and remembers it).
     fn first(&self, ns: &str, app: &str, v: &StageVerification) -> bool {
         let key = (ns.to_string(), app.to_string(), v.environment.clone());
@@ -417,7 +446,12 @@ async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetA
             .map(|version| format!(" ({:?} of {version})", v.cause))
             .unwrap_or_else(|| format!(" ({:?})", v.cause));
         let ok = v.phase == VerificationPhase::Verified;
-        ctx.metrics.verified(&ns, &name, &v.environment, ok);
+        // A failed verification whose workloads came up later was counted when it failed.
+        let recovered = before
+            .is_some_and(|b| b.phase == VerificationPhase::Failed && b.started_at == v.started_at);
+        if !recovered {
+            ctx.metrics.verified(&ns, &name, &v.environment, ok);
+        }
         if ok
             && v.cause == VerificationCause::AutomaticRollback
             && let Some(seconds) = time_to_restore(status, v)
@@ -476,22 +510,32 @@ async fn report_failures(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppSta
     }
 }
 
+/// What became of an automatic rollback in a pass.
+#[derive(Debug, PartialEq, Eq)]
+enum Rollback {
+    /// None to make.
+    NotMade,
+    Made,
+    /// The webhook or a policy refused it (reported); tried again later.
+    Refused,
+}
+
 /// Makes the automatic rollback the status records ([`automatic_rollback`]), if the release is
 /// still the one that failed: one merge patch of `spec.release`, made only if the app is still
 /// as read (its resourceVersion), judged by the webhook and the policies like a person's.
-/// Through a closed window it carries the reason as a break-glass override. A denial is reported
-/// (Event and log), not retried in a loop.
+/// Through a closed window it carries the reason as a break-glass override. A refusal is
+/// reported (Event and log) and tried again a minute later.
 async fn roll_back_if_failed(
     ctx: &Context,
     app: &ToolJetApp,
     status: &ToolJetAppStatus,
-) -> Result<(), Error> {
+) -> Result<Rollback, Error> {
     let Some(intent) = status
         .automatic_rollback
         .as_ref()
         .filter(|i| app.released() == Some(i.from.as_str()))
     else {
-        return Ok(());
+        return Ok(Rollback::NotMade);
     };
     let (target, reason) = (&intent.to, &intent.reason);
     let last = Pipeline::of(app).last();
@@ -530,7 +574,7 @@ async fn roll_back_if_failed(
                 format!("{reason}; releasing {target} again"),
             )
             .await;
-            Ok(())
+            Ok(Rollback::Made)
         }
         // Someone changed the app meanwhile: judged again on the next pass.
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Kube {
@@ -548,7 +592,7 @@ async fn roll_back_if_failed(
                 format!("releasing {target} again was refused: {}", e.message),
             )
             .await;
-            Ok(())
+            Ok(Rollback::Refused)
         }
         Err(e) => Err(Error::Kube {
             step: Step::RollBack,
@@ -769,7 +813,9 @@ async fn roll_out(
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let deployments = rollout_deployments(&api, app, problems).await?;
     let apps = ctx.lookups.apps_with_rollout(ns);
-    let releases = live_releases(app, &apps, live);
+    let releases = live_releases(app, &apps, live, |a| {
+        ctx.lookups.versions_of(ns, &a.name_any())
+    });
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut seen: BTreeMap<String, Served> = BTreeMap::new();
     // Each (app, stage) configuration is merged once, however many Deployments take it in.
@@ -876,6 +922,12 @@ fn turn_of_another(
     restarting: &BTreeSet<String>,
     name: &str,
 ) -> Option<String> {
+    // One already rolling out (or failing) is not held back: changing it restarts nothing that
+    // is up, and a change may be what fixes it (two failing ones would otherwise wait for each
+    // other for ever).
+    if restarting.contains(name) {
+        return None;
+    }
     app.spec
         .rollout
         .iter()
@@ -904,18 +956,21 @@ fn revision_of<'a>(desired: impl Iterator<Item = (&'a str, &'a str)>) -> String 
 }
 
 /// App name -> (its last stage, its live release) for every app with a release: `app` with
-/// `live` (this pass's), the others with their last recorded release.
+/// `live` (this pass's), each other one as its own reconcile computes it ([`live_release`]), so
+/// that two apps sharing a workload never stamp each other's release back and forth while one's
+/// status is on its way.
 fn live_releases(
     app: &ToolJetApp,
     apps: &[Arc<ToolJetApp>],
     live: Option<&str>,
+    versions_of: impl Fn(&ToolJetApp) -> Vec<Arc<AppVersion>>,
 ) -> BTreeMap<String, (String, String)> {
     let this = app.name_any();
     let others = apps
         .iter()
         .filter(|a| a.name_any() != this)
         .filter_map(|a| {
-            let released = a.status.as_ref()?.released_version.clone()?;
+            let released = live_release(a, &check_release(a, &versions_of(a)))?;
             Some((a.name_any(), (Pipeline::of(a).last().to_string(), released)))
         });
     live.map(|v| {
@@ -1178,15 +1233,20 @@ fn desired_status(
         rollout_condition(&rollout.problems, generation),
     );
     let rollback = automatic_rollback(app, &status, versions, now);
-    if let Ok(Some(intent)) = &rollback {
-        let same = |i: &AutomaticRollback| i.from == intent.from && i.to == intent.to;
-        if !status.automatic_rollback.as_ref().is_some_and(same) {
-            status.automatic_rollback = Some(intent.clone());
+    match &rollback {
+        Ok(Some(intent)) => {
+            let same = |i: &AutomaticRollback| i.from == intent.from && i.to == intent.to;
+            if !status.automatic_rollback.as_ref().is_some_and(same) {
+                status.automatic_rollback = Some(intent.clone());
+            }
         }
+        // No longer decided (the release recovered, or automatic rollback was switched off)
+        // before it was made: it is not made.
+        _ => status.automatic_rollback = None,
     }
     set_condition(
         &mut status.conditions,
-        verified_condition(&status.verifications, &rollback, generation),
+        verified_condition(app, &status.verifications, &rollback, generation),
     );
     (status, record)
 }
@@ -1356,11 +1416,13 @@ fn automatic_rollback(
             .iter()
             .any(|v| v.name_any() == name && v.spec.environment == last)
     };
+    // Each version judged by its newest release: one whose last release failed is no target.
+    let mut seen = BTreeSet::new();
     let target = status
         .release_history
         .iter()
         .rev()
-        .skip_while(|r| r.version == failing)
+        .filter(|r| seen.insert(r.version.as_str()))
         .find(|r| {
             r.version != failing
                 && r.verification != Some(VerificationPhase::Failed)
@@ -1386,12 +1448,15 @@ fn automatic_rollback(
 /// The Verified condition: a failed stage first (with what the operator does about it), then
 /// one under way, else every stage verified (or none has workloads).
 fn verified_condition(
+    app: &ToolJetApp,
     vs: &[StageVerification],
     rollback: &Result<Option<AutomaticRollback>, String>,
     generation: Option<i64>,
 ) -> Condition {
     if let Some(f) = vs.iter().find(|v| v.phase == VerificationPhase::Failed) {
+        let releasing = f.environment == Pipeline::of(app).last() && verifies_a_release(f);
         let what = match (f.cause, rollback) {
+            _ if !releasing => String::new(),
             (VerificationCause::AutomaticRollback, _) => {
                 "; this was an automatic rollback, which is not rolled back again: fix the workloads or release \
                  another version"
@@ -1841,6 +1906,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_decided_but_not_made_is_dropped_when_the_release_recovers() {
+        let mut a = rolling_back_with_v1_verified();
+        release_by(&mut a, "v2", "carol");
+        pass(&mut a, stuck(), "r2", 10);
+        assert!(a.status.as_ref().unwrap().automatic_rollback.is_some());
+        // v2's pods came up after all before the rollback was made.
+        pass(&mut a, WorkloadState::Available, "r2", 20);
+        let status = a.status.as_ref().unwrap();
+        assert_eq!(status.automatic_rollback, None);
+        assert_eq!(verified(&a).0, "True");
+    }
+
+    #[test]
+    fn a_rollback_goes_only_to_a_version_whose_newest_release_did_not_fail() {
+        let mut a = rolling_back_with_v1_verified();
+        release_by(&mut a, "v2", "carol");
+        pass(&mut a, stuck(), "r2", 10);
+        release_by(&mut a, "v1", OPERATOR);
+        pass(&mut a, stuck(), "r1", 20);
+        // v1's newest release (the automatic one) failed too; a person releases v2 again, and
+        // it fails: v1's older, verified release does not make v1 a target.
+        release_by(&mut a, "v2", "carol");
+        pass(&mut a, stuck(), "r2", 30);
+        let status = a.status.clone().unwrap();
+        let decision = automatic_rollback(&a, &status, &versions(), secs(30));
+        assert!(decision.is_err(), "{decision:?}");
+        assert!(
+            verified(&a).2.contains("no automatic rollback"),
+            "{:?}",
+            verified(&a)
+        );
+    }
+
+    #[test]
     fn a_rollback_that_fails_is_not_rolled_back_again_and_without_opt_in_nothing_is() {
         let mut a = rolling_back_with_v1_verified();
         release_by(&mut a, "v2", "carol");
@@ -1961,6 +2060,11 @@ mod tests {
             turn_of_another(&a, &members, &restarting, "b"),
             Some("a".into())
         );
+        // Two failing: neither waits for the other (a change may be what fixes them).
+        let both = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        assert_eq!(turn_of_another(&a, &members, &both, "a"), None);
+        assert_eq!(turn_of_another(&a, &members, &both, "b"), None);
+        assert_eq!(turn_of_another(&a, &members, &both, "c"), Some("a".into()));
         // A workload never waits for itself (a failing one can be fixed by a new change).
         assert_eq!(turn_of_another(&a, &members, &restarting, "a"), None);
         assert_eq!(turn_of_another(&a, &members, &BTreeSet::new(), "b"), None);

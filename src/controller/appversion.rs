@@ -135,8 +135,9 @@ fn config_trigger(c: &CachedConfig) -> Option<String> {
 
 /// What of an app its versions depend on: its pipeline (which stage is next), its released
 /// version (a version's `Released` condition), its labels (which PromotionPolicies guard its
-/// stages), its stages' verifications (a version's `Verified` condition and promotion record),
-/// and whether it exists.
+/// stages), its stages' verifications (a version's `Verified` condition and promotion record:
+/// which one, and its phase; not its progress, which would wake every version of a stage at
+/// each pod), and whether it exists.
 fn app_trigger(app: &ToolJetApp) -> AppTrigger {
     let verifications = app
         .status
@@ -147,7 +148,7 @@ fn app_trigger(app: &ToolJetApp) -> AppTrigger {
                 v.environment.clone(),
                 format!("{:?}/{:?}", v.cause, v.phase),
                 v.version.clone(),
-                v.message.clone(),
+                v.started_at.0.as_second(),
             )
         })
         .collect();
@@ -164,7 +165,7 @@ type AppTrigger = (
     Vec<String>,
     Option<String>,
     std::collections::BTreeMap<String, String>,
-    Vec<(String, String, Option<String>, String)>,
+    Vec<(String, String, Option<String>, i64)>,
 );
 
 /// The versions a managed Secret matters to: its owner for a resolved-config Secret, every version
@@ -548,13 +549,13 @@ fn verified_condition(v: &AppVersion, app: Option<&ToolJetApp>) -> Condition {
             generation,
         ),
         VerificationPhase::Progressing => {
+            // Not the progress: it changes at each pod (the app's status has it).
             let mut c = condition(
                 conditions::VERIFIED,
                 false,
                 conditions::PROGRESSING,
                 format!(
-                    "{stage}'s workloads are being verified ({about}, {}): {}",
-                    check.progress, check.message
+                    "{stage}'s workloads are being verified ({about}); the app's status.verifications says how far"
                 ),
                 generation,
             );
@@ -613,6 +614,15 @@ fn record_promotions(
             override_reason: made.override_reason,
             verification: None,
         };
+        // A pass that read the version before its last status write showed finds the stamped
+        // step again: recorded once.
+        if status
+            .promotions
+            .last()
+            .is_some_and(|l| l.from == record.from && l.to == record.to && l.at == record.at)
+        {
+            continue;
+        }
         history::record(&mut status.promotions, record.clone());
         promotions.push(record);
     }
