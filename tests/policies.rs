@@ -291,33 +291,6 @@ async fn approvals_revoked_a_moment_ago_no_longer_count() {
 }
 
 #[tokio::test]
-async fn a_policy_created_a_moment_ago_gates_at_once() {
-    let w = Workspace::new("policy-new").await;
-    let versions: Vec<String> = (0..10).map(|i| format!("v-new-{i}")).collect();
-    for v in &versions {
-        version_in_staging(&w, v).await;
-    }
-    // No wait for the operator to see it: the webhook reads the policies as stored.
-    w.create(
-        &w.admin,
-        "PromotionPolicy",
-        "prod-gate",
-        json!({ "environments": ["production"], "approvals": { "required": 1 } }),
-    )
-    .await
-    .unwrap();
-    let w = &w;
-    futures::future::join_all(versions.iter().map(|v| async move {
-        denied(w.promote(&w.bob, v, "production").await, "0 of 1");
-    }))
-    .await;
-    for v in &versions {
-        let stored = w.get("AppVersion", v).await.unwrap();
-        assert_eq!(stored.data["spec"]["environment"], json!("staging"), "{v}");
-    }
-}
-
-#[tokio::test]
 async fn a_deny_window_open_now_refuses_promotions_and_releases_until_an_override() {
     let w = Workspace::new("policy-freeze").await;
     w.bind("olivia", "tooljet-admin").await;

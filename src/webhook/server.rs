@@ -222,10 +222,9 @@ async fn stored_version(
 }
 
 /// The gate facts for `version` (as stored before the request) entering `stage` of `app`,
-/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release). The policies and,
-/// where they require approvals, the version's Approvals are read from the API: a policy
-/// created, or an approval revoked, a moment before the request counts (the cache may not show
-/// it yet). Promotions, releases and approvals are rare; one namespaced list each.
+/// promoted by `promoter` (`None`: approvals are not judged, e.g. a release). The policies come
+/// from the cache; where they require approvals, the version's Approvals are read from the API,
+/// so that one revoked a moment before the request no longer counts.
 async fn gate_facts(
     state: &WebhookState,
     ns: &str,
@@ -233,8 +232,7 @@ async fn gate_facts(
     stage: &str,
     version: Option<(&AppVersion, &str)>,
 ) -> Result<Option<GateFacts>, String> {
-    let policies = stored_policies(state, ns).await?;
-    let Some(gate) = crate::gate::stage_gate_among(&policies, app, stage) else {
+    let Some(gate) = crate::gate::stage_gate(&state.lookups, app, stage) else {
         return Ok(None);
     };
     let window = gate.windows_at(crate::gate::to_chrono(Timestamp::now()));
@@ -257,18 +255,6 @@ async fn gate_facts(
         approvals,
         closed: window.closed,
     }))
-}
-
-/// The PromotionPolicies of `ns`, as stored.
-async fn stored_policies(
-    state: &WebhookState,
-    ns: &str,
-) -> Result<Vec<Arc<PromotionPolicy>>, String> {
-    Api::<PromotionPolicy>::namespaced(state.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.into_iter().map(Arc::new).collect())
-        .map_err(|e| format!("could not list the PromotionPolicies of namespace {ns}: {e}"))
 }
 
 /// The validating decision.
@@ -539,16 +525,11 @@ async fn review_version(
     let (ns, old, new) = (&r.ns, r.old.as_ref(), r.new.as_ref());
     let subject = new.or(old).ok_or(vocabulary::MALFORMED)?;
     let mut facts = Facts::default();
+    let app = app_of(state, ns, &subject.spec.app).await?;
     // The stage a promotion enters.
     let promoted_to = match (old, new) {
         (Some(old), Some(new)) => needs::promotion(old, new).map(|(_, to)| to),
         _ => None,
-    };
-    // A promotion is judged on the app as stored: whether the stage it leaves failed its
-    // verification a moment ago must count.
-    let app = match promoted_to {
-        Some(_) => stored_app(state, ns, &subject.spec.app).await?,
-        None => app_of(state, ns, &subject.spec.app).await?,
     };
     let versions;
     (
@@ -675,15 +656,6 @@ async fn app_of(
     if let Some(app) = state.lookups.apps.get(&ObjectRef::new(name).within(ns)) {
         return Ok(Some(app));
     }
-    stored_app(state, ns, name).await
-}
-
-/// The app `name`, as stored.
-async fn stored_app(
-    state: &WebhookState,
-    ns: &str,
-    name: &str,
-) -> Result<Option<Arc<ToolJetApp>>, String> {
     Api::<ToolJetApp>::namespaced(state.client.clone(), ns)
         .get_opt(name)
         .await
@@ -889,10 +861,9 @@ async fn review_approval(
         && let Some(app) = &app
     {
         // Only who guards the stage and whether separation of duties applies matter here: no
-        // windows or counts. The policies as stored: one created a moment ago counts.
-        let policies = stored_policies(state, ns).await?;
+        // windows or counts.
         facts.gate =
-            crate::gate::stage_gate_among(&policies, app, &subject.spec.environment).map(|g| {
+            crate::gate::stage_gate(&state.lookups, app, &subject.spec.environment).map(|g| {
                 GateFacts {
                     separation_of_duties: g
                         .requirement
