@@ -128,7 +128,6 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         echoes: Arc::new(Echoes::default()),
         unstamped: Arc::default(),
         sharing: Arc::default(),
-        reported: Arc::default(),
         written: Arc::default(),
     });
     run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);

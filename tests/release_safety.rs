@@ -95,6 +95,18 @@ async fn release(w: &Workspace, version: &str) {
     .unwrap_or_else(|e| panic!("carol releasing {version}: {e}"));
 }
 
+/// A change of staging's configuration (its workloads restart).
+async fn set_staging_api_url(w: &Workspace, url: &str) {
+    w.merge(
+        &w.admin,
+        "EnvironmentConfig",
+        "crm-staging",
+        json!({ "spec": { "constants": [{ "name": "API_URL", "type": "Global", "value": url }] } }),
+    )
+    .await
+    .unwrap();
+}
+
 /// The pod-template annotation that carries the release to the workload.
 async fn release_stamp(w: &Workspace, deployment: &str) -> Option<String> {
     let d = Api::<Deployment>::namespaced(w.admin.clone(), &w.ns)
@@ -341,14 +353,7 @@ async fn without_automatic_rollback_a_failed_release_is_reported_and_a_failing_s
     );
 
     // A configuration change of staging whose pods never come up: no version leaves staging.
-    w.merge(
-        &w.admin,
-        "EnvironmentConfig",
-        "crm-staging",
-        json!({ "spec": { "constants": [{ "name": "API_URL", "type": "Global", "value": "https://staging-2" }] } }),
-    )
-    .await
-    .unwrap();
+    set_staging_api_url(&w, "https://staging-2").await;
     let failed = until_verified(&w, "staging", "Failed", None).await;
     assert_eq!(failed["cause"], "Configuration", "{failed}");
     support::eventually(ROLL, "v-stg's Verified condition False", || async {
@@ -447,14 +452,7 @@ async fn one_workload_at_a_time_never_restarts_two_together() {
         list.items.iter().map(config_hash).collect()
     };
 
-    w.merge(
-        &w.admin,
-        "EnvironmentConfig",
-        "crm-staging",
-        json!({ "spec": { "constants": [{ "name": "API_URL", "type": "Global", "value": "https://staging-3" }] } }),
-    )
-    .await
-    .unwrap();
+    set_staging_api_url(&w, "https://staging-3").await;
     // Sample every Deployment until all three carry the new configuration and are rolled out:
     // at no sample may two of them with the new configuration be rolling out together.
     let deadline = tokio::time::Instant::now() + ROLL;

@@ -119,6 +119,13 @@ fn default_verification_timeout() -> u32 {
     DEFAULT_VERIFICATION_TIMEOUT
 }
 
+impl Verification {
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_seconds.into())
+    }
+}
+
 impl Default for Verification {
     fn default() -> Verification {
         Verification {
@@ -316,6 +323,16 @@ pub struct AutomaticRollback {
     pub reason: String,
     /// When the operator decided it.
     pub at: Time,
+}
+
+impl StageVerification {
+    /// What it verifies, in words: `Release of crm-v2`, `Configuration`.
+    pub fn about(&self) -> String {
+        match &self.version {
+            Some(version) => format!("{:?} of {version}", self.cause),
+            None => format!("{:?}", self.cause),
+        }
+    }
 }
 
 /// What started a stage's verification.

@@ -76,7 +76,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
     let managed = triggers::all(hubs.managed.subscribe());
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
-    let (written, reported) = (ctx.written.clone(), ctx.reported.clone());
+    let written = ctx.written.clone();
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -93,12 +93,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
             move |app: Arc<ToolJetApp>| {
                 let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
                 written.forget(&ns, &name);
-                reported.forget(&ns, &name);
-                sharers.record(
-                    &app.namespace().unwrap_or_default(),
-                    &app.name_any(),
-                    BTreeMap::new(),
-                );
+                sharers.record(&ns, &name, BTreeMap::new());
                 Vec::<ObjectRef<ToolJetApp>>::new()
             },
         ))
@@ -298,7 +293,7 @@ pub async fn reconcile(app: Arc<ToolJetApp>, ctx: Arc<Context>) -> Result<Action
     }
     // A gate's window opening or closing changes the status by itself, and so does a
     // verification's timeout: wake at the first of them.
-    let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
+    let timeout = app.verification().timeout();
     let deadlines = status
         .verifications
         .iter()
@@ -402,33 +397,6 @@ impl Written {
     }
 }
 
-/// Verification outcomes this process reported (Events, metrics), by (namespace, app, stage):
-/// a pass that read its app before the status written by the pass before showed (a cache behind
-/// by a moment) would find the same outcome new again.
-#[derive(Default)]
-pub struct Reported(std::sync::Mutex<HashMap<StageKey, (Time, VerificationPhase)>>);
-
-/// (namespace, app, stage).
-type StageKey = (String, String, String);
-
-impl Reported {
-    /// Forgets a deleted app.
-    fn forget(&self, ns: &str, app: &str) {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .retain(|(n, a, _), _| n != ns || a != app);
-    }
-
-    /// Whether `v`'s outcome is reported for the first time (and remembers it).
-    fn first(&self, ns: &str, app: &str, v: &StageVerification) -> bool {
-        let key = (ns.to_string(), app.to_string(), v.environment.clone());
-        let outcome = (v.started_at.clone(), v.phase);
-        let mut reported = self.0.lock().expect("not poisoned");
-        reported.insert(key, outcome.clone()) != Some(outcome)
-    }
-}
-
 /// An Event for each stage whose verification ended in this pass: Normal when verified,
 /// Warning when failed.
 async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetAppStatus) {
@@ -437,14 +405,10 @@ async fn report_verifications(ctx: &Context, app: &ToolJetApp, status: &ToolJetA
         let before = app.verification_of(&v.environment);
         let ended = v.phase != VerificationPhase::Progressing
             && before.is_none_or(|b| b.phase != v.phase || b.started_at != v.started_at);
-        if !ended || !ctx.reported.first(&ns, &name, v) {
+        if !ended {
             continue;
         }
-        let about = v
-            .version
-            .as_deref()
-            .map(|version| format!(" ({:?} of {version})", v.cause))
-            .unwrap_or_else(|| format!(" ({:?})", v.cause));
+        let about = format!(" ({})", v.about());
         let ok = v.phase == VerificationPhase::Verified;
         // A failed verification whose workloads came up later was counted when it failed.
         let recovered = before
@@ -813,9 +777,13 @@ async fn roll_out(
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let deployments = rollout_deployments(&api, app, problems).await?;
     let apps = ctx.lookups.apps_with_rollout(ns);
-    let releases = live_releases(app, &apps, live, |a| {
-        ctx.lookups.versions_of(ns, &a.name_any())
-    });
+    let mut releases = Releases {
+        this: app,
+        live,
+        apps: &apps,
+        lookups: &ctx.lookups,
+        known: BTreeMap::new(),
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut seen: BTreeMap<String, Served> = BTreeMap::new();
     // Each (app, stage) configuration is merged once, however many Deployments take it in.
@@ -832,7 +800,7 @@ async fn roll_out(
         .collect();
     let mut desired: BTreeMap<String, String> = BTreeMap::new();
     for (name, d) in &deployments {
-        let plan = plan_workload(ctx, app, &apps, ns, (name, d), &mut merged, &releases);
+        let plan = plan_workload(ctx, app, &apps, ns, (name, d), &mut merged, &mut releases);
         seen.insert(name.clone(), (plan.fingerprint.clone(), plan.served));
         let release = plan.release;
         desired.insert(
@@ -858,7 +826,7 @@ async fn roll_out(
         }
         let target = (&api, &secrets);
         if let Some(stamped) =
-            apply_workload(ctx, app, target, d, &plan.serves, m, release, problems).await?
+            apply_workload(ctx, app, target, d, &plan.serves, (m, release), problems).await?
         {
             states.insert(name.clone(), verify::workload_state(&stamped));
             restarting.insert(name.clone());
@@ -955,33 +923,41 @@ fn revision_of<'a>(desired: impl Iterator<Item = (&'a str, &'a str)>) -> String 
         .collect()
 }
 
-/// App name -> (its last stage, its live release) for every app with a release: `app` with
-/// `live` (this pass's), each other one as its own reconcile computes it ([`live_release`]), so
-/// that two apps sharing a workload never stamp each other's release back and forth while one's
-/// status is on its way.
-fn live_releases(
-    app: &ToolJetApp,
-    apps: &[Arc<ToolJetApp>],
-    live: Option<&str>,
-    versions_of: impl Fn(&ToolJetApp) -> Vec<Arc<AppVersion>>,
-) -> BTreeMap<String, (String, String)> {
-    let this = app.name_any();
-    let others = apps
-        .iter()
-        .filter(|a| a.name_any() != this)
-        .filter_map(|a| {
-            let released = live_release(a, &check_release(a, &versions_of(a)))?;
-            Some((a.name_any(), (Pipeline::of(a).last().to_string(), released)))
+/// The live release of the apps whose last stage a workload of this pass serves, worked out once
+/// each and only for them: `this` app's is this pass's; each other one's as its own reconcile
+/// computes it ([`live_release`]), so that two apps sharing a workload never stamp each other's
+/// release back and forth while one's status is on its way.
+struct Releases<'a> {
+    this: &'a ToolJetApp,
+    live: Option<&'a str>,
+    apps: &'a [Arc<ToolJetApp>],
+    lookups: &'a Lookups,
+    /// App name -> its live release, once worked out.
+    known: BTreeMap<String, Option<String>>,
+}
+
+impl Releases<'_> {
+    /// `app=version` when `stage` is the last stage of app `name` and it has a live release.
+    fn stamp(&mut self, name: &str, stage: &str) -> Option<String> {
+        let is_this = name == self.this.name_any();
+        let app = if is_this {
+            self.this
+        } else {
+            self.apps.iter().find(|a| a.name_any() == name)?
+        };
+        if Pipeline::of(app).last() != stage {
+            return None;
+        }
+        let (live, lookups) = (self.live, self.lookups);
+        let version = self.known.entry(name.to_string()).or_insert_with(|| {
+            if is_this {
+                return live.map(str::to_string);
+            }
+            let versions = lookups.versions_of(&app.namespace().unwrap_or_default(), name);
+            live_release(app, &check_release(app, &versions))
         });
-    live.map(|v| {
-        (
-            this.clone(),
-            (Pipeline::of(app).last().to_string(), v.to_string()),
-        )
-    })
-    .into_iter()
-    .chain(others)
-    .collect()
+        version.as_ref().map(|v| format!("{name}={v}"))
+    }
 }
 
 /// Whether the Deployment's pod template lacks the configuration hash or the release annotation
@@ -1058,17 +1034,12 @@ fn plan_workload(
     ns: &str,
     (name, d): (&str, &Deployment),
     merged: &mut BTreeMap<(String, String), Materialized>,
-    releases: &BTreeMap<String, (String, String)>,
+    releases: &mut Releases,
 ) -> WorkloadPlan {
     let claims = claims_on(app, apps, name, d.labels());
     let released: Vec<String> = claims
         .iter()
-        .filter_map(|(a, stage)| {
-            releases
-                .get(a)
-                .filter(|(last, _)| last == stage)
-                .map(|(_, version)| format!("{a}={version}"))
-        })
+        .filter_map(|(a, stage)| releases.stamp(a, stage))
         .collect();
     let release = (!released.is_empty()).then(|| released.join(","));
     for (a, stage) in &claims {
@@ -1126,16 +1097,14 @@ fn plan_workload(
 
 /// Writes the Deployment's workload Secret (unless another object holds its name: reported
 /// invalid) and, when its hash or release changed, stamps both on the pod template, which
-/// restarts it. The Deployment as stamped, when it was.
-#[allow(clippy::too_many_arguments)]
+/// restarts it. `(m, release)`: what it is to carry. The Deployment as stamped, when it was.
 async fn apply_workload(
     ctx: &Context,
     app: &ToolJetApp,
     (api, secrets): (&Api<Deployment>, &Api<Secret>),
     d: &Deployment,
     serves: &str,
-    m: Materialized,
-    release: Option<String>,
+    (m, release): (Materialized, Option<String>),
     problems: &mut RolloutProblems,
 ) -> Result<Option<Deployment>, Error> {
     let name = d.name_any();
@@ -1260,7 +1229,7 @@ fn verifications(
     rollout: &Rollout,
     now: DateTime<Utc>,
 ) -> Vec<StageVerification> {
-    let timeout = std::time::Duration::from_secs(app.verification().timeout_seconds.into());
+    let timeout = app.verification().timeout();
     app.spec
         .environments
         .iter()
@@ -1436,7 +1405,7 @@ fn automatic_rollback(
                 "automatic rollback: the release of {failing} failed verification ({})",
                 failed.message
             ),
-            at: verify::time(now.trunc_subsecs(0)),
+            at: gate::to_time(now.trunc_subsecs(0)),
         })),
         None => Err(format!(
             "there is no earlier release of a {last} version that did not fail verification to go back to; \
@@ -1466,10 +1435,11 @@ fn verified_condition(
             (_, Err(why)) => format!("; no automatic rollback: {why}"),
             (_, Ok(None)) => String::new(),
         };
+        // A configuration change names no version: the stage says it.
         let about = f
             .version
-            .as_deref()
-            .map(|v| format!(" ({:?} of {v})", f.cause))
+            .as_ref()
+            .map(|_| format!(" ({})", f.about()))
             .unwrap_or_default();
         return condition(
             conditions::VERIFIED,
@@ -1554,18 +1524,9 @@ fn release_condition(
         Release::Valid(version) => {
             if status.released_version.as_ref() != Some(version) {
                 let r = release_record(app, version, status);
-                // A pass that read the app before its last status write showed (a cache behind
-                // by a moment) finds the same release, with the same stamps, again: it is
-                // recorded once.
-                let again = status
-                    .release_history
-                    .last()
-                    .is_some_and(|h| h.version == r.version && h.at == r.at);
-                if !again {
-                    history::record(&mut status.release_history, r.clone());
-                    record = Some(r);
-                }
+                history::record(&mut status.release_history, r.clone());
                 status.released_version = Some(version.clone());
+                record = Some(r);
             }
             condition(
                 conditions::READY,
@@ -2014,7 +1975,7 @@ mod tests {
             secs(30),
         );
         assert_eq!(s.verifications[0].cause, VerificationCause::Configuration);
-        assert_eq!(s.verifications[0].started_at, verify::time(secs(20)));
+        assert_eq!(s.verifications[0].started_at, gate::to_time(secs(20)));
     }
 
     #[test]
@@ -2037,7 +1998,7 @@ mod tests {
             (
                 VerificationCause::Configuration,
                 VerificationPhase::Failed,
-                verify::time(secs(0))
+                gate::to_time(secs(0))
             )
         );
     }

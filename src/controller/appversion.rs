@@ -533,10 +533,7 @@ fn verified_condition(v: &AppVersion, app: Option<&ToolJetApp>) -> Condition {
             generation,
         );
     };
-    let about = match &check.version {
-        Some(version) => format!("{:?} of {version}", check.cause),
-        None => format!("{:?}", check.cause),
-    };
+    let about = check.about();
     match check.phase {
         VerificationPhase::Verified => condition(
             conditions::VERIFIED,

@@ -168,8 +168,6 @@ pub struct Context {
     pub unstamped: Arc<appversion::Unstamped>,
     /// Rollout workloads that several apps share.
     pub sharing: Arc<app::Sharing>,
-    /// Verification outcomes already reported by this process.
-    pub reported: Arc<app::Reported>,
     /// The apps' status as this process last wrote it (read-your-writes).
     pub written: Arc<app::Written>,
 }

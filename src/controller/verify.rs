@@ -284,11 +284,6 @@ pub fn deadline(v: &StageVerification, timeout: Duration) -> Option<DateTime<Utc
     })
 }
 
-/// `Time` from a chrono instant (re-export for callers that only hold chrono).
-pub fn time(t: DateTime<Utc>) -> Time {
-    gate::to_time(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,7 +452,7 @@ mod tests {
                 "a".into(),
                 WorkloadState::Failed {
                     why: "ProgressDeadlineExceeded: stuck".into(),
-                    since: Some(time(at(4))),
+                    since: Some(gate::to_time(at(4))),
                 },
             )],
             TIMEOUT,
@@ -465,7 +460,7 @@ mod tests {
         );
         assert_eq!(failed.phase, VerificationPhase::Failed);
         assert_eq!(failed.workload.as_deref(), Some("a"));
-        assert_eq!(failed.finished_at, Some(time(at(5))));
+        assert_eq!(failed.finished_at, Some(gate::to_time(at(5))));
         // Still not available: still failed, the first failure's time kept.
         let still = advance(
             "production",
@@ -501,7 +496,7 @@ mod tests {
             (next.phase, next.version.as_deref()),
             (VerificationPhase::Progressing, Some("v3"))
         );
-        assert_eq!(next.started_at, time(at(500)));
+        assert_eq!(next.started_at, gate::to_time(at(500)));
     }
 
     fn with_progress(v: &StageVerification, progress: &str) -> StageVerification {
@@ -515,7 +510,7 @@ mod tests {
     fn a_failure_reported_before_the_verification_started_is_an_earlier_rollouts() {
         let stale = WorkloadState::Failed {
             why: "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing.".into(),
-            since: Some(time(at(0))),
+            since: Some(gate::to_time(at(0))),
         };
         let v = advance(
             "production",
@@ -534,7 +529,7 @@ mod tests {
         // Reported after it started: this rollout's failure.
         let fresh = WorkloadState::Failed {
             why: "ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.".into(),
-            since: Some(time(at(11))),
+            since: Some(gate::to_time(at(11))),
         };
         let v = advance(
             "production",
