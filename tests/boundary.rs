@@ -302,7 +302,7 @@ async fn a_release_manager_cannot_reshape_the_pipeline() {
         .unwrap();
     let needs = |app: &str, what: &str| {
         format!(
-            "user carol may not change {what} of ToolJetApp {app}: changing an app's pipeline or rollout needs \
+            "user carol may not change {what} of ToolJetApp {app}: changing an app's pipeline, rollout or verification needs \
              verb configure on resource tooljetapps named {app} (group tooljet.io) in namespace {}",
             w.ns
         )
@@ -332,6 +332,18 @@ async fn a_release_manager_cannot_reshape_the_pipeline() {
             json!({ "spec": { "rollout": [{ "environment": "production", "deployments": ["web"] }] } }))
             .await,
         &needs("crm", "spec.rollout"),
+    );
+    // Switching automatic rollback on makes the operator release through closed windows: it is
+    // configuring the app, as its rollout is.
+    denied(
+        w.merge(
+            carol,
+            "ToolJetApp",
+            "crm",
+            json!({ "spec": { "verification": { "autoRollback": true } } }),
+        )
+        .await,
+        &needs("crm", "spec.verification"),
     );
     assert_eq!(
         w.get("ToolJetApp", "crm").await.unwrap().data["spec"],

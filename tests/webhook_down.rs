@@ -257,7 +257,17 @@ async fn forbidden_edits_fail_with_the_webhook_down() {
             json!({ "spec": { "environments": ["dev", "prod"] } }),
         )
         .await,
-        "user carol may not change spec.environments of ToolJetApp ops: changing an app's pipeline or rollout needs verb configure on resource tooljetapps named ops",
+        "user carol may not change spec.environments of ToolJetApp ops: changing an app's pipeline, rollout or verification needs verb configure on resource tooljetapps named ops",
+    );
+    denied(
+        w.merge(
+            &w.carol,
+            "ToolJetApp",
+            "ops",
+            json!({ "spec": { "verification": { "autoRollback": true } } }),
+        )
+        .await,
+        "user carol may not change spec.verification of ToolJetApp ops: changing an app's pipeline, rollout or verification needs verb configure on resource tooljetapps named ops",
     );
     denied(
         w.create(

@@ -570,6 +570,14 @@ pub fn app_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBind
             "newRollout",
             "request.operation == 'DELETE' || !has(object.spec.rollout) ? [] : object.spec.rollout",
         ),
+        // Whether spec.verification is as before (on create: absent). Automatic rollback makes
+        // the operator release through closed windows: switching it is configuring the app.
+        variable(
+            "sameVerification",
+            "request.operation == 'DELETE' || (request.operation == 'CREATE' ? !has(object.spec.verification) : \
+             (has(object.spec.verification) ? has(oldObject.spec.verification) && \
+             object.spec.verification == oldObject.spec.verification : !has(oldObject.spec.verification)))",
+        ),
     ];
     let last = "object.spec.environments[size(object.spec.environments) - 1]";
     let validations = vec![
@@ -589,15 +597,17 @@ pub fn app_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBind
             format!(
                 "request.operation == 'DELETE' || ((request.operation == 'CREATE' || \
                  object.spec.environments == oldObject.spec.environments) && \
-                 variables.oldRollout == variables.newRollout) || {}",
+                 variables.oldRollout == variables.newRollout && variables.sameVerification) || {}",
                 authorized(GROUP, "tooljetapps", "object.metadata.name", "configure")
             ),
             // The same words as the webhook's denial.
             "'user ' + request.userInfo.username + ' may not change ' + \
-             (request.operation == 'UPDATE' && object.spec.environments != oldObject.spec.environments ? \
-               (variables.oldRollout != variables.newRollout ? 'spec.environments and spec.rollout' : 'spec.environments') : \
-               'spec.rollout') + \
-             ' of ToolJetApp ' + object.metadata.name + ': changing an app\\'s pipeline or rollout needs verb configure \
+             ['spec.environments', 'spec.rollout', 'spec.verification'].filter(f, \
+               f == 'spec.environments' ? \
+                 (request.operation == 'UPDATE' && object.spec.environments != oldObject.spec.environments) : \
+               f == 'spec.rollout' ? variables.oldRollout != variables.newRollout : !variables.sameVerification \
+             ).join(' and ') + \
+             ' of ToolJetApp ' + object.metadata.name + ': changing an app\\'s pipeline, rollout or verification needs verb configure \
              on resource tooljetapps named ' + object.metadata.name + ' (group tooljet.io) in namespace ' + \
              request.namespace"
                 .into(),

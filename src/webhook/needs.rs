@@ -42,6 +42,13 @@ pub fn rollout_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     old.map(|o| o.spec.rollout.as_slice()).unwrap_or_default() != new.spec.rollout.as_slice()
 }
 
+/// Whether the verification settings change (on create: whether any are set). Automatic
+/// rollback makes the operator release, through closed windows: switching it is configuring the
+/// app, as its rollout is.
+pub fn verification_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
+    old.and_then(|o| o.spec.verification.as_ref()) != new.spec.verification.as_ref()
+}
+
 pub(super) fn protection_changed(old: Option<&ToolJetApp>, new: &ToolJetApp) -> bool {
     let before = old.and_then(|o| o.annotations().get(DELETION_PROTECTION_ANNOTATION));
     new.annotations().get(DELETION_PROTECTION_ANNOTATION) != before
@@ -92,7 +99,7 @@ pub fn needed_for_app(
             needed.insert(Access::environment(OVERRIDE, Pipeline::of(new).last()));
         }
     }
-    if pipeline_changed(old, new) || rollout_changed(old, new) {
+    if pipeline_changed(old, new) || rollout_changed(old, new) || verification_changed(old, new) {
         needed.insert(Access::app(CONFIGURE, &name));
     }
     if protection_changed(old, new) {

@@ -698,6 +698,7 @@ fn pipeline_or_rollout_change_not_permitted(
     let changes: Vec<&str> = [
         ("spec.environments", pipeline_changed(old, new)),
         ("spec.rollout", rollout_changed(old, new)),
+        ("spec.verification", verification_changed(old, new)),
     ]
     .into_iter()
     .filter_map(|(field, changed)| changed.then_some(field))
@@ -711,7 +712,7 @@ fn pipeline_or_rollout_change_not_permitted(
         forbidden(
             r.user,
             &format!("change {} of ToolJetApp {name}", changes.join(" and ")),
-            "changing an app's pipeline or rollout",
+            "changing an app's pipeline, rollout or verification",
             &access,
             &r.ns,
             "ask an admin for a role that grants it (e.g. tooljet-environment-admin)",
@@ -1760,7 +1761,7 @@ mod tests {
         );
         denied_with(
             app_update(&old, &shorter, &no_rbac),
-            "user alice may not change spec.environments of ToolJetApp crm: changing an app's pipeline or rollout \
+            "user alice may not change spec.environments of ToolJetApp crm: changing an app's pipeline, rollout or verification \
              needs verb configure on resource tooljetapps named crm (group tooljet.io) in namespace acme",
         );
         assert_eq!(app_update(&old, &shorter, &f), Allow);
