@@ -45,13 +45,15 @@ pub struct Cluster {
     pub all_namespaces: bool,
 }
 
-impl Cluster {
-    pub async fn connect(args: &ConnectionArgs) -> Result<Cluster> {
+/// The kubeconfig's configuration for the chosen context (`--kubeconfig`, `KUBECONFIG`, then
+/// `~/.kube/config`).
+pub async fn load_config(args: &ConnectionArgs) -> Result<Config> {
+    {
         let options = KubeConfigOptions {
             context: args.context.clone(),
             ..Default::default()
         };
-        let config = match &args.kubeconfig {
+        match &args.kubeconfig {
             Some(path) => {
                 // KUBECONFIG may list several files separated by ':'; the first readable wins
                 // here, as a plain path.
@@ -71,8 +73,13 @@ impl Cluster {
             Error::Api(format!(
                 "loading the kubeconfig: {e}; pass --kubeconfig or set KUBECONFIG"
             ))
-        })?;
-        let mut config = config;
+        })
+    }
+}
+
+impl Cluster {
+    pub async fn connect(args: &ConnectionArgs) -> Result<Cluster> {
+        let mut config = load_config(args).await?;
         if let Some(user) = &args.as_user {
             config.auth_info.impersonate = Some(user.clone());
         }

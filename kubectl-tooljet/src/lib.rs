@@ -3,6 +3,7 @@
 //! (the ToolJet export mapping) next to the real binary.
 
 pub mod cluster;
+pub mod dashboard;
 pub mod diff;
 pub mod doctor;
 pub mod error;

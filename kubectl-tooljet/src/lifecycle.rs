@@ -45,7 +45,8 @@ fn params(dry_run: bool) -> PatchParams {
     }
 }
 
-fn report(format: Format, outcome: &Outcome) -> Result<()> {
+/// Prints what a command did (its message, or the Outcome as JSON/YAML).
+pub fn report(format: Format, outcome: &Outcome) -> Result<()> {
     output::print(format, outcome, |o| format!("{}\n", o.message))
 }
 
@@ -72,8 +73,7 @@ pub async fn promote(
     name: &str,
     to: Option<String>,
     dry_run: bool,
-    format: Format,
-) -> Result<()> {
+) -> Result<Outcome> {
     let version = cluster.version(name).await?;
     let app = cluster.app(&version.spec.app).await?;
     let from = version.spec.environment.clone();
@@ -122,19 +122,16 @@ pub async fn promote(
     } else {
         format!("appversion/{name} promoted {from} -> {target}")
     };
-    report(
-        format,
-        &Outcome {
-            action: "promote",
-            namespace: cluster.namespace.clone(),
-            app: app.name_any(),
-            version: name.into(),
-            from: Some(from),
-            to: Some(target),
-            dry_run,
-            message,
-        },
-    )
+    Ok(Outcome {
+        action: "promote",
+        namespace: cluster.namespace.clone(),
+        app: app.name_any(),
+        version: name.into(),
+        from: Some(from),
+        to: Some(target),
+        dry_run,
+        message,
+    })
 }
 
 /// Sets `app`'s release to `version` (release and rollback are the same patch).
@@ -144,8 +141,7 @@ async fn set_release(
     version: &str,
     action: &'static str,
     dry_run: bool,
-    format: Format,
-) -> Result<()> {
+) -> Result<Outcome> {
     let name = app.name_any();
     let from = app.released().map(str::to_string);
     let patch = json!({ "spec": { "release": { "version": version } } });
@@ -175,27 +171,19 @@ async fn set_release(
     } else {
         format!("tooljetapp/{name} {verb} {version}{was}")
     };
-    report(
-        format,
-        &Outcome {
-            action,
-            namespace: cluster.namespace.clone(),
-            app: name,
-            version: version.into(),
-            from,
-            to: Some(version.into()),
-            dry_run,
-            message,
-        },
-    )
+    Ok(Outcome {
+        action,
+        namespace: cluster.namespace.clone(),
+        app: name,
+        version: version.into(),
+        from,
+        to: Some(version.into()),
+        dry_run,
+        message,
+    })
 }
 
-pub async fn release(
-    cluster: &Cluster,
-    version: &str,
-    dry_run: bool,
-    format: Format,
-) -> Result<()> {
+pub async fn release(cluster: &Cluster, version: &str, dry_run: bool) -> Result<Outcome> {
     let v = cluster.version(version).await?;
     let app = cluster.app(&v.spec.app).await?;
     if app.released() == Some(version) {
@@ -204,7 +192,7 @@ pub async fn release(
             app.name_any()
         )));
     }
-    set_release(cluster, &app, version, "release", dry_run, format).await
+    set_release(cluster, &app, version, "release", dry_run).await
 }
 
 /// The app named, or the namespace's only app.
@@ -289,8 +277,7 @@ pub async fn rollback(
     app: Option<&str>,
     to: Option<String>,
     dry_run: bool,
-    format: Format,
-) -> Result<()> {
+) -> Result<Outcome> {
     let app = resolve_app(cluster, app).await?;
     let target = match to {
         Some(t) => {
@@ -305,7 +292,7 @@ pub async fn rollback(
             app.name_any()
         )));
     }
-    set_release(cluster, &app, &target, "rollback", dry_run, format).await
+    set_release(cluster, &app, &target, "rollback", dry_run).await
 }
 
 /// The requesting user's name, as the apiserver sees it (SelfSubjectReview).
@@ -341,8 +328,7 @@ pub async fn approve(
     stage: &str,
     comment: Option<String>,
     generation: Option<i64>,
-    format: Format,
-) -> Result<()> {
+) -> Result<Outcome> {
     let v = cluster.version(version).await?;
     let generation = generation.unwrap_or_else(|| v.metadata.generation.unwrap_or_default());
     let app = cluster.app(&v.spec.app).await?;
@@ -394,22 +380,19 @@ pub async fn approve(
         }
         Err(e) => return Err(Error::kube(format!("approving {version} for {stage}"), e)),
     };
-    report(
-        format,
-        &Outcome {
-            action: "approve",
-            namespace: cluster.namespace.clone(),
-            app: app.name_any(),
-            version: version.into(),
-            from: None,
-            to: Some(stage.into()),
-            dry_run: false,
-            message: format!(
-                "approval/{} created: {version} (generation {generation}) approved for {stage}",
-                created.name_any()
-            ),
-        },
-    )
+    Ok(Outcome {
+        action: "approve",
+        namespace: cluster.namespace.clone(),
+        app: app.name_any(),
+        version: version.into(),
+        from: None,
+        to: Some(stage.into()),
+        dry_run: false,
+        message: format!(
+            "approval/{} created: {version} (generation {generation}) approved for {stage}",
+            created.name_any()
+        ),
+    })
 }
 
 #[cfg(test)]

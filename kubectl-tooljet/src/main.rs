@@ -7,7 +7,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use kubectl_tooljet::{
     cluster::{Cluster, ConnectionArgs},
-    diff, doctor,
+    dashboard, diff, doctor,
     error::{self, Error, Result},
     history, lifecycle,
     output::Format,
@@ -129,6 +129,13 @@ enum Command {
         #[arg(long, default_value = "tooljet-system")]
         operator_namespace: String,
     },
+    /// Serve a web dashboard for people who do not use kubectl (QA, product managers): boards,
+    /// version pages, the freeze calendar, live updates; approve, promote, release and roll back,
+    /// each as one API call with your own credentials.
+    Dashboard {
+        #[command(flatten)]
+        options: dashboard::Options,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
 }
@@ -166,12 +173,18 @@ async fn run(cli: Cli) -> Result<()> {
             version,
             to,
             dry_run,
-        } => lifecycle::promote(&connect().await?, &version, to, dry_run, format).await,
+        } => {
+            let done = lifecycle::promote(&connect().await?, &version, to, dry_run).await?;
+            lifecycle::report(format, &done)
+        }
         Command::Release { version, dry_run } => {
-            lifecycle::release(&connect().await?, &version, dry_run, format).await
+            let done = lifecycle::release(&connect().await?, &version, dry_run).await?;
+            lifecycle::report(format, &done)
         }
         Command::Rollback { app, to, dry_run } => {
-            lifecycle::rollback(&connect().await?, app.as_deref(), to, dry_run, format).await
+            let cluster = connect().await?;
+            let done = lifecycle::rollback(&cluster, app.as_deref(), to, dry_run).await?;
+            lifecycle::report(format, &done)
         }
         Command::History { name } => history::run(&connect().await?, &name, format).await,
         Command::Approve {
@@ -180,15 +193,9 @@ async fn run(cli: Cli) -> Result<()> {
             comment,
             generation,
         } => {
-            lifecycle::approve(
-                &connect().await?,
-                &version,
-                &to,
-                comment,
-                generation,
-                format,
-            )
-            .await
+            let cluster = connect().await?;
+            let done = lifecycle::approve(&cluster, &version, &to, comment, generation).await?;
+            lifecycle::report(format, &done)
         }
         Command::Diff {
             stage_a,
@@ -208,6 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
             version,
             environment,
         } => transfer_cmd::export(&connect().await?, &version, environment).await,
+        Command::Dashboard { options } => dashboard::run(&cli.connection, options).await,
         Command::Doctor { operator_namespace } => {
             doctor::run(&connect().await?, &operator_namespace, format).await
         }

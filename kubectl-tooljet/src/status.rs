@@ -138,24 +138,7 @@ pub async fn run(cluster: &Cluster, app: Option<&str>, format: Format) -> Result
         Some(name) => vec![cluster.app(name).await?],
         None => cluster.list_apps().await?,
     };
-    type Facts = (
-        Vec<AppVersion>,
-        Option<Vec<kube::api::DynamicObject>>,
-        Vec<PromotionPolicy>,
-    );
-    let mut by_namespace: BTreeMap<String, Facts> = BTreeMap::new();
-    let mut boards = Vec::new();
-    for app in &apps {
-        let ns = app.namespace().unwrap_or_default();
-        if !by_namespace.contains_key(&ns) {
-            let versions = cluster.list_versions(&ns).await?;
-            let approvals = cluster.list_approvals(&ns).await?;
-            let policies = cluster.list_policies(&ns).await?;
-            by_namespace.insert(ns.clone(), (versions, approvals, policies));
-        }
-        let (versions, approvals, policies) = &by_namespace[&ns];
-        boards.push(board(app, versions, approvals.as_deref(), policies));
-    }
+    let boards = boards(cluster, &apps).await?;
     if boards.is_empty() && format == Format::Table {
         let scope = if cluster.all_namespaces {
             "any namespace".to_string()
@@ -170,6 +153,29 @@ pub async fn run(cluster: &Cluster, app: Option<&str>, format: Format) -> Result
     output::print(format, &boards, |boards| {
         boards.iter().map(render).collect::<Vec<_>>().join("\n")
     })
+}
+
+/// The boards of `apps`, reading each namespace's versions, Approvals and PromotionPolicies once.
+pub async fn boards(cluster: &Cluster, apps: &[ToolJetApp]) -> Result<Vec<AppBoard>> {
+    type Facts = (
+        Vec<AppVersion>,
+        Option<Vec<kube::api::DynamicObject>>,
+        Vec<PromotionPolicy>,
+    );
+    let mut by_namespace: BTreeMap<String, Facts> = BTreeMap::new();
+    let mut boards = Vec::new();
+    for app in apps {
+        let ns = app.namespace().unwrap_or_default();
+        if !by_namespace.contains_key(&ns) {
+            let versions = cluster.list_versions(&ns).await?;
+            let approvals = cluster.list_approvals(&ns).await?;
+            let policies = cluster.list_policies(&ns).await?;
+            by_namespace.insert(ns.clone(), (versions, approvals, policies));
+        }
+        let (versions, approvals, policies) = &by_namespace[&ns];
+        boards.push(board(app, versions, approvals.as_deref(), policies));
+    }
+    Ok(boards)
 }
 
 /// The board of one app from its versions (any app's, filtered here) and, when the kind is

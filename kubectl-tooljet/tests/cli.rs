@@ -10,69 +10,11 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use support::{apply, cli, eventually, workspace};
+use support::{CANARY, apply, cli, crm, eventually, workspace};
 use tooljet_operator::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
     lifecycle::References,
 };
-
-const CANARY: &str = "canary-5f1e-plugin";
-
-/// App crm (default pipeline), a configuration per stage, versions v1 and v2 in development.
-async fn crm(prefix: &str) -> (Client, String) {
-    let (admin, ns) = workspace(prefix).await;
-    apply(
-        &admin,
-        &ns,
-        "ToolJetApp",
-        "crm",
-        json!({ "environments": ["development", "staging", "production"] }),
-    )
-    .await;
-    for stage in ["development", "staging", "production"] {
-        let host = if stage == "production" {
-            format!("db.{CANARY}")
-        } else {
-            format!("db.{stage}")
-        };
-        apply(
-            &admin,
-            &ns,
-            "EnvironmentConfig",
-            &format!("crm-{stage}"),
-            json!({ "app": "crm", "environment": stage,
-                    "dataSources": [{ "name": "crm-db", "kind": "postgresql", "options": { "host": host } }],
-                    "constants": [{ "name": "API_URL", "type": "Global", "value": format!("https://{stage}.example") }] }),
-        )
-        .await;
-    }
-    // Each stage materialised before anything is promoted into it.
-    let configs = Api::<EnvironmentConfig>::namespaced(admin.clone(), &ns);
-    for stage in ["development", "staging", "production"] {
-        let name = format!("crm-{stage}");
-        eventually(&format!("EnvironmentConfig {name} Ready"), || async {
-            let c = configs.get(&name).await.ok()?;
-            c.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-    for v in ["v1", "v2"] {
-        apply(
-            &admin,
-            &ns,
-            "AppVersion",
-            v,
-            json!({ "app": "crm", "versionName": v, "requires": { "dataSources": ["crm-db"] },
-                    "definition": { "queries": [{ "url": "{{constants.API_URL}}/customers" }] } }),
-        )
-        .await;
-    }
-    (admin, ns)
-}
 
 /// `status -o json` once `pred` holds for the app's board.
 async fn board_when(ns: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {

@@ -805,6 +805,8 @@ pub fn user_roles() -> Vec<ClusterRole> {
             vec![
                 grant(&["appversions", "environmentconfigs"], &WRITE),
                 grant(&["tooljetapps"], &READ),
+                // What gates the stages, and who approved (the dashboard and `status` show both).
+                grant(&["promotionpolicies", "approvals"], &READ),
                 // The default pipeline's first stage only; see README for custom pipelines.
                 configure_stages(&[DEFAULT_PIPELINE[0]]),
             ],
@@ -817,6 +819,7 @@ pub fn user_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch", "update", "patch"],
                 ),
                 grant(&["tooljetapps", "environmentconfigs"], &READ),
+                grant(&["promotionpolicies", "approvals"], &READ),
                 grant(&["environments"], &["promote"]),
             ],
         ),
@@ -827,7 +830,15 @@ pub fn user_roles() -> Vec<ClusterRole> {
                     &["tooljetapps"],
                     &["get", "list", "watch", "update", "patch"],
                 ),
-                grant(&["appversions", "environmentconfigs"], &READ),
+                grant(
+                    &[
+                        "appversions",
+                        "environmentconfigs",
+                        "promotionpolicies",
+                        "approvals",
+                    ],
+                    &READ,
+                ),
                 grant(&["environments"], &["release"]),
             ],
         ),

@@ -258,6 +258,7 @@ fn test(extra: &[String]) -> Result<()> {
     // The Go tools build (when missing) while cargo checks and compiles: on a cold machine the two
     // overlap instead of adding up (each waits on downloads and single-threaded links at times).
     let go_tools = std::thread::spawn(testenv::binaries::build_missing);
+    let browser = std::thread::spawn(ensure_browser);
     let checks = (|| {
         println!("cargo fmt --check");
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -274,6 +275,9 @@ fn test(extra: &[String]) -> Result<()> {
     go_tools
         .join()
         .map_err(|_| anyhow::anyhow!("building the Go tools panicked"))??;
+    browser
+        .join()
+        .map_err(|_| anyhow::anyhow!("installing the browser panicked"))??;
     checks?;
     println!(
         "tools, fmt and clippy done in {:.0}s",
@@ -288,6 +292,38 @@ fn test(extra: &[String]) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The dashboard's browser tests drive Debian's Chromium through its WebDriver: installed with
+/// apt when missing (as root), or a message that says how.
+fn ensure_browser() -> Result<()> {
+    let on_path = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if on_path("chromium") && on_path("chromedriver") {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !on_path("apt-get") {
+        anyhow::bail!(
+            "the dashboard's browser tests need chromium and chromedriver on PATH; on Debian: \
+             `sudo apt-get install chromium chromium-driver`"
+        );
+    }
+    println!("installing chromium and chromium-driver (apt-get) for the browser tests");
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn image(push: Option<&str>, out: Option<PathBuf>) -> Result<()> {

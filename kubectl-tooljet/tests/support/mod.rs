@@ -4,6 +4,8 @@
 //! crate's tests/support (test helpers of another crate cannot be imported).
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::{
     process::Command,
     sync::{
@@ -25,7 +27,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tooljet_operator::{
-    api::AppVersion,
+    api::{AppVersion, EnvironmentConfig},
     controller::Settings,
     leader::Leadership,
     operator::{self, Options, WebhookOptions},
@@ -277,4 +279,62 @@ pub async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Valu
         }
     })
     .await;
+}
+
+pub const CANARY: &str = "canary-5f1e-plugin";
+
+/// App crm (default pipeline), a configuration per stage, versions v1 and v2 in development.
+pub async fn crm(prefix: &str) -> (Client, String) {
+    let (admin, ns) = workspace(prefix).await;
+    apply(
+        &admin,
+        &ns,
+        "ToolJetApp",
+        "crm",
+        json!({ "environments": ["development", "staging", "production"] }),
+    )
+    .await;
+    for stage in ["development", "staging", "production"] {
+        let host = if stage == "production" {
+            format!("db.{CANARY}")
+        } else {
+            format!("db.{stage}")
+        };
+        apply(
+            &admin,
+            &ns,
+            "EnvironmentConfig",
+            &format!("crm-{stage}"),
+            json!({ "app": "crm", "environment": stage,
+                    "dataSources": [{ "name": "crm-db", "kind": "postgresql", "options": { "host": host } }],
+                    "constants": [{ "name": "API_URL", "type": "Global", "value": format!("https://{stage}.example") }] }),
+        )
+        .await;
+    }
+    // Each stage materialised before anything is promoted into it.
+    let configs = Api::<EnvironmentConfig>::namespaced(admin.clone(), &ns);
+    for stage in ["development", "staging", "production"] {
+        let name = format!("crm-{stage}");
+        eventually(&format!("EnvironmentConfig {name} Ready"), || async {
+            let c = configs.get(&name).await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+    for v in ["v1", "v2"] {
+        apply(
+            &admin,
+            &ns,
+            "AppVersion",
+            v,
+            json!({ "app": "crm", "versionName": v, "requires": { "dataSources": ["crm-db"] },
+                    "definition": { "queries": [{ "url": "{{constants.API_URL}}/customers" }] } }),
+        )
+        .await;
+    }
+    (admin, ns)
 }

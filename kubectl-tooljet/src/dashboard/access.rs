@@ -1,0 +1,464 @@
+//! Who may reach the dashboard, and whose credentials its API calls carry.
+//!
+//! [`Guard`] keeps other local processes and web pages out: the Host header must be one the
+//! server answers to (a page on another site that rebinds its DNS name to 127.0.0.1 sends its
+//! own name), a laptop dashboard needs the random token of its printed URL (exchanged for an
+//! HttpOnly, SameSite=Strict cookie), and every write must come from the page's own origin
+//! with the CSRF token derived from the viewer's credential.
+//!
+//! [`Access`] gives each request a [`Cluster`] acting as the person: the kubeconfig's (laptop),
+//! or one built from the viewer's own bearer token (`--forward-token`).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, Method, header};
+use kube::{Client, Config, config::AuthInfo};
+use sha2::{Digest, Sha256};
+
+use super::Options;
+use crate::{
+    cluster::Cluster,
+    error::{Error, Result},
+};
+
+/// The laptop dashboard's cookie (holds the URL's token).
+pub const TOKEN_COOKIE: &str = "tooljet_dashboard";
+/// The in-cluster dashboard's cookie (holds a token the viewer pasted on the sign-in page).
+pub const SESSION_COOKIE: &str = "tooljet_dashboard_session";
+
+/// 32 random bytes from the kernel, hex-encoded.
+pub fn random_token() -> Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| {
+            Error::Api(format!(
+                "reading random bytes for the dashboard's token: {e}"
+            ))
+        })?;
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Why a request is turned away, with the status and the words the person sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// 400: the Host header names another site.
+    ForeignHost(String),
+    /// 401: no token (laptop) or no credential (in the cluster).
+    NoToken,
+    /// 403: a write from another origin, or without the page's CSRF token.
+    ForeignOrigin,
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::ForeignHost(_) => 400,
+            Refusal::NoToken => 401,
+            Refusal::ForeignOrigin => 403,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::ForeignHost(h) => format!(
+                "this dashboard does not answer to the host {h:?}; open the address kubectl tooljet dashboard printed"
+            ),
+            Refusal::NoToken => "this dashboard needs the link kubectl tooljet dashboard printed (it carries a token); open that link".into(),
+            Refusal::ForeignOrigin => "a change must be made from this dashboard's own pages; reload the page and try again".into(),
+        }
+    }
+}
+
+/// The checks every request passes before a handler runs.
+pub struct Guard {
+    /// The laptop dashboard's URL token (none with --forward-token).
+    token: Option<String>,
+    /// Mixed into each viewer's CSRF token.
+    secret: String,
+    /// Host header values accepted (none: any, for --forward-token without --allowed-host).
+    hosts: Option<Vec<String>>,
+    /// Cookies are `Secure` (served over TLS).
+    pub secure: bool,
+}
+
+impl Guard {
+    pub fn new(addr: SocketAddr, options: &Options, secure: bool) -> Result<Guard> {
+        let hosts = if options.forward_token {
+            (!options.allowed_hosts.is_empty()).then(|| options.allowed_hosts.clone())
+        } else {
+            let port = addr.port();
+            let mut hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+            if addr.ip().is_ipv6() {
+                hosts.push(format!("[{}]:{port}", addr.ip()));
+            } else if !addr.ip().is_loopback() {
+                hosts.push(format!("{}:{port}", addr.ip()));
+            }
+            Some(hosts)
+        };
+        Ok(Guard {
+            token: if options.forward_token {
+                None
+            } else {
+                Some(random_token()?)
+            },
+            secret: random_token()?,
+            hosts,
+            secure,
+        })
+    }
+
+    /// Whether viewers bring their own tokens (--forward-token) rather than the URL's.
+    pub fn forwarding(&self) -> bool {
+        self.token.is_none()
+    }
+
+    /// The URL to open first: with the token on a laptop.
+    pub fn first_url(&self, addr: SocketAddr, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        let host = match &self.hosts {
+            Some(h) if !h.is_empty() => h[0].clone(),
+            _ => addr.to_string(),
+        };
+        match &self.token {
+            Some(t) => format!("{scheme}://{host}/?token={t}"),
+            None => format!("{scheme}://{host}/"),
+        }
+    }
+
+    /// The Host header, if it is one this server answers to.
+    pub fn host<'a>(&self, headers: &'a HeaderMap) -> std::result::Result<&'a str, Refusal> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        match &self.hosts {
+            Some(allowed) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) => {
+                Err(Refusal::ForeignHost(host.to_string()))
+            }
+            _ => Ok(host),
+        }
+    }
+
+    /// Whether the URL's `token` query parameter is this dashboard's token (laptop only).
+    pub fn url_token_matches(&self, query: Option<&str>) -> bool {
+        let (Some(token), Some(query)) = (&self.token, query) else {
+            return false;
+        };
+        query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("token="))
+            .any(|t| same_secret(t, token))
+    }
+
+    /// The cookie that carries the token after the first visit.
+    pub fn token_cookie(&self) -> Option<String> {
+        self.token.as_ref().map(|t| self.cookie(TOKEN_COOKIE, t))
+    }
+
+    /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, `Secure` over TLS.
+    pub fn cookie(&self, name: &str, value: &str) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{secure}")
+    }
+
+    /// The credential this request proves: the laptop token's cookie, or (in the cluster) the
+    /// bearer token from the proxy's header or the sign-in cookie.
+    pub fn credential(&self, headers: &HeaderMap) -> std::result::Result<String, Refusal> {
+        match &self.token {
+            Some(token) => match cookie(headers, TOKEN_COOKIE) {
+                Some(c) if same_secret(&c, token) => Ok(c),
+                _ => Err(Refusal::NoToken),
+            },
+            None => bearer(headers)
+                .or_else(|| cookie(headers, SESSION_COOKIE))
+                .filter(|t| !t.is_empty())
+                .ok_or(Refusal::NoToken),
+        }
+    }
+
+    /// A write must name this page's origin (browsers send `Origin` on every POST).
+    pub fn check_origin(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        host: &str,
+    ) -> std::result::Result<(), Refusal> {
+        if matches!(*method, Method::GET | Method::HEAD) {
+            return Ok(());
+        }
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        match origin {
+            Some(o) if own.iter().any(|x| x.eq_ignore_ascii_case(o)) => Ok(()),
+            _ => Err(Refusal::ForeignOrigin),
+        }
+    }
+
+    /// The CSRF token of a viewer: derived from their credential, so one viewer's page does
+    /// not carry another's.
+    pub fn csrf(&self, credential: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.secret.as_bytes());
+        h.update([0]);
+        h.update(credential.as_bytes());
+        hex(&h.finalize()[..16])
+    }
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+/// Clients built from viewers' tokens are kept this long (a connection pool each).
+const CLIENT_TTL: Duration = Duration::from_secs(300);
+const MAX_CLIENTS: usize = 256;
+
+/// Whose credentials the dashboard's API calls carry.
+pub enum Access {
+    /// The person's kubeconfig (the laptop dashboard).
+    Local {
+        cluster: Cluster,
+        user: Option<String>,
+    },
+    /// Each viewer's bearer token, on a kubeconfig (or in-cluster) config stripped of its own
+    /// credentials.
+    Forwarding {
+        config: Box<Config>,
+        clients: Mutex<HashMap<String, (Client, Instant)>>,
+    },
+}
+
+impl Access {
+    pub async fn local(cluster: Cluster) -> Access {
+        let user = crate::lifecycle::whoami(&cluster).await;
+        Access::Local { cluster, user }
+    }
+
+    /// `config` without any credential of its own: only the viewers' tokens are ever sent.
+    pub fn forwarding(mut config: Config) -> Access {
+        config.auth_info = AuthInfo::default();
+        Access::Forwarding {
+            config: Box::new(config),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn local_user(&self) -> Option<&str> {
+        match self {
+            Access::Local { user, .. } => user.as_deref(),
+            Access::Forwarding { .. } => None,
+        }
+    }
+
+    /// A cluster handle for `namespace` acting as the viewer whose `credential` this is.
+    pub fn cluster(&self, credential: &str, namespace: &str) -> Result<Cluster> {
+        let client = match self {
+            Access::Local { cluster, .. } => cluster.client.clone(),
+            Access::Forwarding { config, clients } => {
+                let key = hex(&Sha256::digest(credential.as_bytes()));
+                let mut clients = clients.lock().expect("client cache lock");
+                clients.retain(|_, (_, at)| at.elapsed() < CLIENT_TTL);
+                match clients.get(&key) {
+                    Some((c, _)) => c.clone(),
+                    None => {
+                        let mut config = (**config).clone();
+                        config.auth_info = AuthInfo {
+                            token: Some(credential.to_string().into()),
+                            ..AuthInfo::default()
+                        };
+                        let client = Client::try_from(config)
+                            .map_err(|e| Error::Api(format!("building the API client: {e}")))?;
+                        if clients.len() < MAX_CLIENTS {
+                            clients.insert(key, (client.clone(), Instant::now()));
+                        }
+                        client
+                    }
+                }
+            }
+        };
+        Ok(Cluster {
+            client,
+            namespace: namespace.to_string(),
+            all_namespaces: false,
+        })
+    }
+}
+
+/// The TLS server configuration from PEM files.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| Error::Usage(format!("reading {}: {e}", p.display())))
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Usage(format!(
+                "{}: not a PEM certificate chain: {e}",
+                cert.display()
+            ))
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| Error::Usage(format!("{}: not a PEM private key: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| Error::Usage(format!("the dashboard's TLS certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(forward: bool) -> Options {
+        Options {
+            port: 0,
+            address: "127.0.0.1".parse().unwrap(),
+            no_open: true,
+            forward_token: forward,
+            allowed_hosts: vec![],
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_laptop_dashboard_answers_only_to_its_loopback_host() {
+        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
+        assert_eq!(
+            g.host(&headers(&[("host", "127.0.0.1:4321")])),
+            Ok("127.0.0.1:4321")
+        );
+        assert_eq!(
+            g.host(&headers(&[("host", "localhost:4321")])),
+            Ok("localhost:4321")
+        );
+        assert_eq!(
+            g.host(&headers(&[("host", "evil.example:4321")])),
+            Err(Refusal::ForeignHost("evil.example:4321".into()))
+        );
+        assert!(g.host(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn the_token_is_needed_once_in_the_url_then_in_the_cookie() {
+        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
+        let url = g.first_url("127.0.0.1:4321".parse().unwrap(), false);
+        let token = url.split("token=").nth(1).unwrap().to_string();
+        assert_eq!(token.len(), 64);
+        assert!(g.url_token_matches(Some(&format!("a=1&token={token}"))));
+        assert!(!g.url_token_matches(Some("token=0000")));
+        assert!(!g.url_token_matches(None));
+        let cookie = format!("other=1; {TOKEN_COOKIE}={token}");
+        assert_eq!(
+            g.credential(&headers(&[("cookie", &cookie)])),
+            Ok(token.clone())
+        );
+        assert_eq!(
+            g.credential(&headers(&[("cookie", "tooljet_dashboard=wrong")])),
+            Err(Refusal::NoToken)
+        );
+        assert!(
+            g.token_cookie()
+                .unwrap()
+                .contains("HttpOnly; SameSite=Strict")
+        );
+    }
+
+    #[test]
+    fn writes_must_come_from_the_pages_own_origin() {
+        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
+        let host = "127.0.0.1:4321";
+        assert!(g.check_origin(&Method::GET, &headers(&[]), host).is_ok());
+        assert!(
+            g.check_origin(
+                &Method::POST,
+                &headers(&[("origin", "http://127.0.0.1:4321")]),
+                host
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            g.check_origin(
+                &Method::POST,
+                &headers(&[("origin", "http://evil.example")]),
+                host
+            ),
+            Err(Refusal::ForeignOrigin)
+        );
+        assert_eq!(
+            g.check_origin(&Method::POST, &headers(&[]), host),
+            Err(Refusal::ForeignOrigin)
+        );
+    }
+
+    #[test]
+    fn in_the_cluster_the_viewers_own_token_is_the_credential() {
+        let g = Guard::new("0.0.0.0:8080".parse().unwrap(), &options(true), true).unwrap();
+        assert_eq!(
+            g.credential(&headers(&[("authorization", "Bearer abc")])),
+            Ok("abc".into())
+        );
+        let cookie = format!("{SESSION_COOKIE}=def");
+        assert_eq!(
+            g.credential(&headers(&[("cookie", &cookie)])),
+            Ok("def".into())
+        );
+        assert_eq!(g.credential(&headers(&[])), Err(Refusal::NoToken));
+        assert_ne!(g.csrf("abc"), g.csrf("def"));
+        assert!(g.cookie(SESSION_COOKIE, "x").ends_with("; Secure"));
+        // Any host unless --allowed-host names some.
+        assert!(g.host(&headers(&[("host", "tooljet.example")])).is_ok());
+    }
+}

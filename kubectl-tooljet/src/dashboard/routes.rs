@@ -1,0 +1,703 @@
+//! The dashboard's routes: pages (GET) and actions (POST), each made with the viewer's own
+//! credentials ([`Access`]) after the [`Guard`] let the request in.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Extension, Form, Router,
+    extract::{Path, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use kube::{ResourceExt, api::DynamicObject};
+use serde::Deserialize;
+use tooljet_operator::{
+    api::{
+        APPROVED_AT_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, AppVersion,
+    },
+    lifecycle::Pipeline,
+};
+
+use super::{
+    access::{Access, Guard, Refusal, SESSION_COOKIE, same_secret},
+    html::{self, Answer, ApprovalView, CalendarRow, Confirm, Frame, VersionExtra},
+    live,
+};
+use crate::{
+    cluster::Cluster,
+    diff,
+    error::{Error, Result},
+    history,
+    lifecycle::{self, Outcome},
+    status,
+};
+
+pub struct Server {
+    pub access: Access,
+    pub guard: Guard,
+    /// The namespace the index lists (unless every namespace).
+    pub default_namespace: String,
+    pub all_namespaces: bool,
+}
+
+/// Who is asking, as the guard established it.
+#[derive(Clone)]
+pub struct Viewer {
+    /// The laptop token, or the viewer's bearer token (never logged, never rendered).
+    pub credential: String,
+}
+
+type Shared = Arc<Server>;
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<()> {
+    let app = router(state);
+    match tls {
+        None => axum::serve(listener, app)
+            .await
+            .map_err(|e| Error::Api(format!("serving the dashboard: {e}"))),
+        Some(config) => serve_tls(listener, app, config).await,
+    }
+}
+
+/// HTTPS: each connection's TLS handshake, then HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<()> {
+    use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            if let Ok(Ok(tls)) = handshake.await {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            }
+        });
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page).post(login))
+        .route("/ns/{ns}/apps/{app}", get(board))
+        .route("/ns/{ns}/apps/{app}/rollback", post(rollback))
+        .route("/ns/{ns}/versions/{version}", get(version))
+        .route("/ns/{ns}/versions/{version}/promote", post(promote))
+        .route("/ns/{ns}/versions/{version}/approve", post(approve))
+        .route("/ns/{ns}/versions/{version}/release", post(release))
+        .route("/ns/{ns}/calendar", get(calendar))
+        .route("/events", get(live::events))
+        .route("/static/dashboard.js", get(script))
+        .route("/static/dashboard.css", get(style))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Every request: the Host, the token or credential, the origin of a write; then the headers
+/// that keep the pages out of frames, caches and referrers.
+async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
+    let g = &s.guard;
+    let host = match g.host(req.headers()) {
+        Ok(h) => h.to_string(),
+        Err(r) => return refused(&r),
+    };
+    if g.url_token_matches(req.uri().query()) {
+        // The token leaves the address bar (and the history) for an HttpOnly cookie.
+        let mut back = Redirect::to(req.uri().path()).into_response();
+        if let Some(c) = g
+            .token_cookie()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            back.headers_mut().insert(header::SET_COOKIE, c);
+        }
+        return secure(back);
+    }
+    if let Err(r) = g.check_origin(req.method(), req.headers(), &host) {
+        return refused(&r);
+    }
+    let signing_in = g.forwarding() && req.uri().path() == "/login";
+    let credential = match g.credential(req.headers()) {
+        Ok(c) => c,
+        Err(_) if signing_in => String::new(),
+        Err(_) if g.forwarding() => return secure(Redirect::to("/login").into_response()),
+        Err(r) => return refused(&r),
+    };
+    req.extensions_mut().insert(Viewer { credential });
+    secure(next.run(req).await)
+}
+
+fn secure(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    let set = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on form posts, which the
+        // origin check must refuse. The token never stays in an address to leak anyway.
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ];
+    for (k, v) in set {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    resp
+}
+
+fn refused(r: &Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Refused</title></head><body><h1>Refused</h1><p role=\"alert\">{}</p></body></html>",
+        html::esc(&r.message())
+    );
+    secure(
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+    )
+}
+
+/// A page that could not be shown: the cluster's own words, with the status they map to.
+struct Failure(Error);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            Error::Usage(_) => StatusCode::BAD_REQUEST,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Api(_) | Error::ChecksFailed => StatusCode::BAD_GATEWAY,
+        };
+        let body = html::page(
+            &Frame {
+                title: "Cannot show this",
+                acting_as: "you",
+                live: None,
+                namespace: "default",
+            },
+            &format!(
+                "<h1>Cannot show this</h1>\n<p class=\"alert\" role=\"alert\">{}</p>\n<p><a href=\"/\">Apps</a></p>",
+                html::esc(&self.0.to_string())
+            ),
+        );
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+type Page = std::result::Result<Response, Failure>;
+
+impl Server {
+    fn cluster(&self, viewer: &Viewer, ns: &str) -> Result<Cluster> {
+        self.access.cluster(&viewer.credential, ns)
+    }
+
+    /// Who the apiserver says the viewer is (asked per page when forwarding tokens).
+    async fn who(&self, cluster: &Cluster) -> String {
+        match self.access.local_user() {
+            Some(u) => u.to_string(),
+            None => lifecycle::whoami(cluster)
+                .await
+                .unwrap_or_else(|| "you".into()),
+        }
+    }
+
+    async fn page(&self, cluster: &Cluster, title: &str, live: bool, body: &str) -> Response {
+        let who = self.who(cluster).await;
+        let ns = cluster.namespace.clone();
+        let frame = Frame {
+            title,
+            acting_as: &who,
+            live: live.then_some(ns.as_str()),
+            namespace: &ns,
+        };
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html::page(&frame, body),
+        )
+            .into_response()
+    }
+}
+
+async fn index(State(s): State<Shared>, Extension(v): Extension<Viewer>) -> Page {
+    let mut cluster = s.cluster(&v, &s.default_namespace)?;
+    cluster.all_namespaces = s.all_namespaces;
+    let apps = cluster.list_apps().await?;
+    let boards = status::boards(&cluster, &apps).await?;
+    let scope = if s.all_namespaces {
+        "every namespace".to_string()
+    } else {
+        format!("namespace {}", s.default_namespace)
+    };
+    let live = !s.all_namespaces;
+    Ok(
+        s.page(&cluster, "Apps", live, &html::index(&boards, &scope))
+            .await,
+    )
+}
+
+async fn board(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, app)): Path<(String, String)>,
+) -> Page {
+    let cluster = s.cluster(&v, &ns)?;
+    let app = cluster.app(&app).await?;
+    let versions = cluster.list_versions(&ns).await?;
+    let approvals = cluster.list_approvals(&ns).await?;
+    let policies = cluster.list_policies(&ns).await?;
+    let b = status::board(&app, &versions, approvals.as_deref(), &policies);
+    let pipeline = Pipeline::of(&app);
+    let extras: BTreeMap<String, VersionExtra> = versions
+        .iter()
+        .filter(|x| x.spec.app == app.name_any())
+        .map(|x| {
+            let generation = x.metadata.generation.unwrap_or_default();
+            let next = pipeline.next(&x.spec.environment).map(str::to_string);
+            let approvals = approvals
+                .as_deref()
+                .map(|all| approval_views(all, &x.name_any(), next.as_deref(), generation));
+            (
+                x.name_any(),
+                VersionExtra {
+                    generation,
+                    next,
+                    approvals,
+                },
+            )
+        })
+        .collect();
+    let body = html::board(&b, &extras, &s.guard.csrf(&v.credential));
+    let title = b.display_name.clone().unwrap_or_else(|| b.app.clone());
+    Ok(s.page(&cluster, &title, true, &body).await)
+}
+
+/// The approvals of `version` (for `stage`, or every stage), as stamped by the webhook.
+fn approval_views(
+    all: &[DynamicObject],
+    version: &str,
+    stage: Option<&str>,
+    generation: i64,
+) -> Vec<ApprovalView> {
+    let mut out: Vec<ApprovalView> = all
+        .iter()
+        .filter(|a| a.data["spec"]["version"].as_str() == Some(version))
+        .filter(|a| stage.is_none_or(|s| a.data["spec"]["environment"].as_str() == Some(s)))
+        .map(|a| {
+            let annotations = a.annotations();
+            let reviewed = annotations
+                .get(APPROVED_GENERATION_ANNOTATION)
+                .and_then(|g| g.parse().ok())
+                .or_else(|| a.data["spec"]["generation"].as_i64());
+            ApprovalView {
+                stage: a.data["spec"]["environment"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                approver: annotations
+                    .get(APPROVED_BY_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_else(|| a.name_any()),
+                generation: reviewed,
+                at: annotations.get(APPROVED_AT_ANNOTATION).cloned(),
+                comment: a.data["spec"]["comment"].as_str().map(str::to_string),
+                counts: reviewed == Some(generation),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.stage, &a.at).cmp(&(&b.stage, &b.at)));
+    out
+}
+
+async fn version(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Page {
+    let cluster = s.cluster(&v, &ns)?;
+    let version: AppVersion = cluster.version(&name).await?;
+    let app = cluster.app(&version.spec.app).await?;
+    let approvals = cluster.list_approvals(&ns).await?;
+    let generation = version.metadata.generation.unwrap_or_default();
+    let one = std::slice::from_ref(&version);
+    let b = status::board(&app, one, approvals.as_deref(), &[]);
+    let state = b.versions.first().ok_or_else(|| {
+        Error::NotFound(format!(
+            "AppVersion {name} is not a version of app {}",
+            app.name_any()
+        ))
+    })?;
+    let views = approvals
+        .as_deref()
+        .map(|all| approval_views(all, &name, None, generation));
+    let history = history::entries(&app, one, Some(&name));
+    let stage = &version.spec.environment;
+    // Approvers may not read stage configurations: the page then says so instead of failing.
+    let d = match Pipeline::of(&app).next(stage) {
+        Some(next) => match cluster.list_configs(&ns).await {
+            Ok(configs) => Ok(Some(diff::diff(
+                &ns,
+                &configs,
+                stage,
+                next,
+                Some(&app.name_any()),
+            ))),
+            Err(Error::Denied(why)) => Err(why),
+            Err(e) => return Err(e.into()),
+        },
+        None => Ok(None),
+    };
+    let body = html::version_page(
+        &ns,
+        state,
+        generation,
+        &app.name_any(),
+        views.as_deref(),
+        &history,
+        d.as_ref().map(Option::as_ref).map_err(String::as_str),
+    );
+    Ok(s.page(&cluster, &format!("Version {name}"), true, &body)
+        .await)
+}
+
+async fn calendar(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path(ns): Path<String>,
+) -> Page {
+    let cluster = s.cluster(&v, &ns)?;
+    let policies = cluster.list_policies(&ns).await?;
+    let rows: Vec<CalendarRow> = policies
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            CalendarRow {
+                policy: p.name_any(),
+                environments: p.spec.environments.clone(),
+                apps: status.apps.iter().map(|a| a.name.clone()).collect(),
+                open: status.open,
+                next_open: status.next_open.as_ref().map(crate::output::time),
+                next_close: status.next_close.as_ref().map(crate::output::time),
+                windows: p
+                    .spec
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "{:?} from {} for {} ({}){}",
+                            w.kind,
+                            w.schedule,
+                            w.duration,
+                            w.time_zone.as_deref().unwrap_or("UTC"),
+                            w.description
+                                .as_deref()
+                                .map(|d| format!(": {d}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect(),
+                approvals_required: p.spec.approvals.as_ref().map(|a| a.required).unwrap_or(0),
+            }
+        })
+        .collect();
+    Ok(s.page(
+        &cluster,
+        "Freeze calendar",
+        true,
+        &html::calendar(&ns, &rows),
+    )
+    .await)
+}
+
+/// What an action's form carries.
+#[derive(Deserialize, Debug, Default)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    /// The stage to promote to, or the version to roll back to (pinned by the confirmation).
+    to: Option<String>,
+    /// The stage an approval is for.
+    stage: Option<String>,
+    /// The generation on screen when approving.
+    generation: Option<i64>,
+    comment: Option<String>,
+    /// Set by the confirmation page: do it (otherwise: the dry run first).
+    confirm: Option<String>,
+}
+
+impl ActionForm {
+    fn confirmed(&self) -> bool {
+        self.confirm.as_deref() == Some("1")
+    }
+}
+
+impl Server {
+    /// Whether the form carries the CSRF token of this viewer's pages.
+    fn csrf_ok(&self, v: &Viewer, form: &ActionForm) -> bool {
+        same_secret(&form.csrf, &self.guard.csrf(&v.credential))
+    }
+
+    /// The page after an action: its outcome, or the refusal in the cluster's words.
+    async fn answered(
+        &self,
+        cluster: &Cluster,
+        what: &str,
+        done: Result<Outcome>,
+        back: &str,
+    ) -> Response {
+        let (status, body) = match &done {
+            Ok(o) => {
+                let back = format!("/ns/{}/apps/{}", html::url(&o.namespace), html::url(&o.app));
+                (
+                    StatusCode::OK,
+                    html::answer(&Answer::Done(&o.message), &back),
+                )
+            }
+            Err(e) => (
+                refusal_status(e),
+                html::answer(
+                    &Answer::Refused {
+                        what,
+                        why: &e.to_string(),
+                    },
+                    back,
+                ),
+            ),
+        };
+        let title = if done.is_ok() { "Done" } else { "Refused" };
+        let mut resp = self.page(cluster, title, false, &body).await;
+        *resp.status_mut() = status;
+        resp
+    }
+
+    /// The dry run's answer with a button to do it, or its refusal.
+    async fn confirmation(
+        &self,
+        cluster: &Cluster,
+        v: &Viewer,
+        what: &str,
+        dry: Result<Outcome>,
+        action: &str,
+        back: &str,
+    ) -> Response {
+        match dry {
+            Ok(o) => {
+                let to = o.to.clone().unwrap_or_default();
+                let version = o.version.clone();
+                let pinned: Vec<(&str, &str)> = match o.action {
+                    "rollback" => vec![("to", version.as_str())],
+                    "promote" => vec![("to", to.as_str())],
+                    _ => vec![],
+                };
+                let body = html::confirm(
+                    &Confirm {
+                        title: what,
+                        dry_run: &o.message,
+                        action,
+                        fields: &pinned,
+                        back,
+                    },
+                    &self.guard.csrf(&v.credential),
+                );
+                self.page(cluster, what, false, &body).await
+            }
+            Err(e) => self.answered(cluster, what, Err(e), back).await,
+        }
+    }
+}
+
+fn refusal_status(e: &Error) -> StatusCode {
+    match e {
+        Error::Denied(_) => StatusCode::FORBIDDEN,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Usage(_) => StatusCode::CONFLICT,
+        Error::Api(_) | Error::ChecksFailed => StatusCode::BAD_GATEWAY,
+    }
+}
+
+async fn promote(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, name)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Page {
+    if !s.csrf_ok(&v, &form) {
+        return Ok(refused(&Refusal::ForeignOrigin));
+    }
+    let cluster = s.cluster(&v, &ns)?;
+    let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
+    let what = match &form.to {
+        Some(to) => format!("Promote {name} to {to}"),
+        None => format!("Promote {name}"),
+    };
+    if !form.confirmed() {
+        let dry = lifecycle::promote(&cluster, &name, form.to.clone(), true).await;
+        let action = format!("{back}/promote");
+        return Ok(s
+            .confirmation(&cluster, &v, &what, dry, &action, &back)
+            .await);
+    }
+    let done = lifecycle::promote(&cluster, &name, form.to.clone(), false).await;
+    Ok(s.answered(&cluster, &what, done, &back).await)
+}
+
+async fn approve(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, name)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Page {
+    if !s.csrf_ok(&v, &form) {
+        return Ok(refused(&Refusal::ForeignOrigin));
+    }
+    let cluster = s.cluster(&v, &ns)?;
+    let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
+    let Some(stage) = form.stage.clone() else {
+        return Err(Error::Usage("the approval names no stage".into()).into());
+    };
+    let comment = form.comment.clone().filter(|c| !c.trim().is_empty());
+    let what = format!("Approve {name} for {stage}");
+    let done = lifecycle::approve(&cluster, &name, &stage, comment, form.generation).await;
+    Ok(s.answered(&cluster, &what, done, &back).await)
+}
+
+async fn release(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, name)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Page {
+    if !s.csrf_ok(&v, &form) {
+        return Ok(refused(&Refusal::ForeignOrigin));
+    }
+    let cluster = s.cluster(&v, &ns)?;
+    let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
+    let what = format!("Release {name}");
+    if !form.confirmed() {
+        let dry = lifecycle::release(&cluster, &name, true).await;
+        let action = format!("{back}/release");
+        return Ok(s
+            .confirmation(&cluster, &v, &what, dry, &action, &back)
+            .await);
+    }
+    let done = lifecycle::release(&cluster, &name, false).await;
+    Ok(s.answered(&cluster, &what, done, &back).await)
+}
+
+async fn rollback(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Path((ns, app)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Page {
+    if !s.csrf_ok(&v, &form) {
+        return Ok(refused(&Refusal::ForeignOrigin));
+    }
+    let cluster = s.cluster(&v, &ns)?;
+    let back = format!("/ns/{}/apps/{}", html::url(&ns), html::url(&app));
+    if !form.confirmed() {
+        let dry = lifecycle::rollback(&cluster, Some(&app), None, true).await;
+        let what = match &dry {
+            Ok(o) => format!("Roll {app} back to {}", o.version),
+            Err(_) => format!("Roll {app} back"),
+        };
+        let action = format!("{back}/rollback");
+        return Ok(s
+            .confirmation(&cluster, &v, &what, dry, &action, &back)
+            .await);
+    }
+    let what = format!(
+        "Roll {app} back to {}",
+        form.to.as_deref().unwrap_or("the previous release")
+    );
+    let done = lifecycle::rollback(&cluster, Some(&app), form.to.clone(), false).await;
+    Ok(s.answered(&cluster, &what, done, &back).await)
+}
+
+/// The in-cluster sign-in page: paste a token (as the Kubernetes Dashboard and Headlamp offer),
+/// kept in an HttpOnly cookie and sent to the apiserver only.
+async fn login_page(State(s): State<Shared>) -> Response {
+    if !s.guard.forwarding() {
+        return Redirect::to("/").into_response();
+    }
+    let body = r#"<h1>Sign in</h1>
+<p>This dashboard acts with your own Kubernetes identity. If an authenticating proxy does not sign you in, paste a token the cluster accepts (for example from <code>kubectl create token</code> or your OIDC login).</p>
+<form method="post" action="/login"><label>Token <input type="password" name="token" autocomplete="off" required></label> <button type="submit">Sign in</button></form>
+"#;
+    let frame = Frame {
+        title: "Sign in",
+        acting_as: "nobody yet",
+        live: None,
+        namespace: &s.default_namespace,
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html::page(&frame, body),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(s): State<Shared>, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim();
+    let valid = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+    if !s.guard.forwarding() || !valid {
+        return Redirect::to("/login").into_response();
+    }
+    let mut resp = Redirect::to("/").into_response();
+    if let Ok(c) = HeaderValue::from_str(&s.guard.cookie(SESSION_COOKIE, token)) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("dashboard.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("dashboard.css"),
+    )
+        .into_response()
+}
