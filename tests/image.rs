@@ -247,6 +247,14 @@ async fn the_image_is_reproducible_and_its_root_filesystem_runs_the_operator() {
         .collect();
     top.sort();
     assert_eq!(top, ["etc", "home", "root", "tmp", "usr"]);
+    // The kubectl plugin beside the operator, for the chart's opt-in dashboard.
+    let plugin = rootfs.join(image::PLUGIN.trim_start_matches('/'));
+    let help = std::process::Command::new(&plugin)
+        .args(["dashboard", "--help"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", plugin.display()));
+    assert!(help.status.success(), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--forward-token"));
 
     // Its entrypoint, inside it, against the control plane: ready and serving the webhook.
     let client = support::client().await;

@@ -24,6 +24,8 @@ use crate::binaries::Binary;
 pub const REPOSITORY: &str = "tooljet-operator";
 /// Where the operator binary lives in the image (as in the Dockerfile).
 pub const ENTRYPOINT: &str = "/usr/local/bin/tooljet-operator";
+/// The kubectl plugin, whose `dashboard --forward-token` the chart's opt-in dashboard runs.
+pub const PLUGIN: &str = "/usr/local/bin/kubectl-tooljet";
 /// The user and group the image runs as: distroless' `nonroot`.
 pub const USER: &str = "65532:65532";
 pub const PLATFORM: &str = "linux/amd64";
@@ -70,8 +72,14 @@ pub fn build(root: &Path, out: &Path) -> Result<Image> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
 
-    step("building the static operator binary (cargo build --release, +crt-static)");
-    let binary = build_static_binary(root, &out.join("cargo"), "tooljet-operator")?;
+    step(
+        "building the static operator and dashboard binaries (cargo build --release, +crt-static)",
+    );
+    let binaries = build_static_binaries(
+        root,
+        &out.join("cargo"),
+        &["tooljet-operator", "kubectl-tooljet"],
+    )?;
 
     step("writing the base and application layers");
     let ca = fs::read(CA_BUNDLE).with_context(|| {
@@ -88,8 +96,9 @@ pub fn build(root: &Path, out: &Path) -> Result<Image> {
     let base = layers.join("base.tar");
     fs::write(&base, base_layer(&ca, epoch))?;
     let app = layers.join("app.tar");
-    let exe = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    fs::write(&app, app_layer(&exe, epoch))?;
+    let read = |p: &PathBuf| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (operator, plugin) = (read(&binaries[0])?, read(&binaries[1])?);
+    fs::write(&app, app_layer(&operator, &plugin, epoch))?;
 
     step("assembling the image with crane (on a loopback registry)");
     let registry = Registry::start(&out.join("registry.log"))?;
@@ -298,6 +307,12 @@ fn registry_answers(addr: &str) -> bool {
 /// where the checkout or the cargo home is. Fails unless the result is static (no ELF
 /// interpreter).
 fn build_static_binary(root: &Path, target_dir: &Path, name: &str) -> Result<PathBuf> {
+    Ok(build_static_binaries(root, target_dir, &[name])?.remove(0))
+}
+
+/// Builds the static binaries `names` (each its package's binary of the same name) in one cargo
+/// run, so the dependencies they share compile once.
+fn build_static_binaries(root: &Path, target_dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -311,37 +326,37 @@ fn build_static_binary(root: &Path, target_dir: &Path, name: &str) -> Result<Pat
     );
     // The variables cargo sets for what it runs (`cargo xtask`, `cargo test`) are left out, so the
     // build is the same (and reused) whoever asks for it.
+    let mut args = vec!["build", "--release", "--locked"];
+    for name in names {
+        args.extend(["-p", name, "--bin", name]);
+    }
+    args.extend(["--target", RUST_TARGET]);
     let status = Command::new(&cargo)
         .env_clear()
         .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            name,
-            "--bin",
-            name,
-            "--target",
-            RUST_TARGET,
-        ])
+        .args(&args)
         .envs(std::env::vars_os().filter(|(k, _)| !is_cargo_set(k)))
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RUSTFLAGS", rustflags)
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
-        bail!("building the static {name} binary failed ({status})");
+        bail!("building the static {names:?} binaries failed ({status})");
     }
-    let binary = target_dir.join(RUST_TARGET).join("release").join(name);
-    let elf = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    if has_interpreter(&elf)? {
-        bail!(
-            "{} is dynamically linked (it has an ELF interpreter); the image has no libc",
-            binary.display()
-        );
-    }
-    Ok(binary)
+    names
+        .iter()
+        .map(|name| {
+            let binary = target_dir.join(RUST_TARGET).join("release").join(name);
+            let elf = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+            if has_interpreter(&elf)? {
+                bail!(
+                    "{} is dynamically linked (it has an ELF interpreter); the image has no libc",
+                    binary.display()
+                );
+            }
+            Ok(binary)
+        })
+        .collect()
 }
 
 /// The krew platform the plugin archive is built for (the only one this machine builds).
@@ -497,12 +512,14 @@ fn base_layer(ca: &[u8], mtime: i64) -> Vec<u8> {
 }
 
 /// The application layer: the operator binary at [`ENTRYPOINT`].
-fn app_layer(exe: &[u8], mtime: i64) -> Vec<u8> {
+fn app_layer(operator: &[u8], plugin: &[u8], mtime: i64) -> Vec<u8> {
     let mut tar = Tar::new(mtime);
     tar.dir("usr/", 0o755, 0);
     tar.dir("usr/local/", 0o755, 0);
     tar.dir("usr/local/bin/", 0o755, 0);
-    tar.file(ENTRYPOINT.trim_start_matches('/'), 0o755, exe);
+    // Sorted by name, as every entry of the layer.
+    tar.file(PLUGIN.trim_start_matches('/'), 0o755, plugin);
+    tar.file(ENTRYPOINT.trim_start_matches('/'), 0o755, operator);
     tar.finish()
 }
 

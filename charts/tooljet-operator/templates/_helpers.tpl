@@ -56,3 +56,9 @@ service:
   port: 443
 {{- end -}}
 {{- end -}}
+
+{{/* The dashboard's pods: a name of their own, so no selector of the operator's matches them. */}}
+{{- define "tooljet-operator.dashboardSelectorLabels" -}}
+app.kubernetes.io/name: tooljet-dashboard
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

@@ -91,8 +91,14 @@ fn csrf_field(csrf: &str) -> String {
 }
 
 /// The list of apps: one row each, linking to its board.
-pub fn index(boards: &[AppBoard], scope: &str) -> String {
-    let mut out = format!("<h1>Apps in {}</h1>\n", esc(scope));
+pub fn index(boards: &[AppBoard], scope: &str, namespace: &str) -> String {
+    let mut out = format!(
+        r#"<h1>Apps in {}</h1>
+<form method="get" action="/" class="namespace"><label>Namespace <input name="ns" value="{}" required></label> <button type="submit">Show</button></form>
+"#,
+        esc(scope),
+        esc(namespace)
+    );
     if boards.is_empty() {
         out.push_str(
             "<p>No ToolJetApps here yet. A platform engineer imports one with <code>kubectl tooljet import FILE.json --apply</code>.</p>\n",

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Extension, Form, Router,
-    extract::{Path, Request, State},
+    extract::{Path, Query, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
@@ -250,21 +250,31 @@ impl Server {
     }
 }
 
-async fn index(State(s): State<Shared>, Extension(v): Extension<Viewer>) -> Page {
-    let mut cluster = s.cluster(&v, &s.default_namespace)?;
-    cluster.all_namespaces = s.all_namespaces;
+#[derive(Deserialize)]
+struct IndexQuery {
+    /// Another namespace than the one the dashboard started in.
+    ns: Option<String>,
+}
+
+async fn index(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Query(q): Query<IndexQuery>,
+) -> Page {
+    let chosen = q.ns.filter(|n| !n.is_empty());
+    let all = s.all_namespaces && chosen.is_none();
+    let ns = chosen.unwrap_or_else(|| s.default_namespace.clone());
+    let mut cluster = s.cluster(&v, &ns)?;
+    cluster.all_namespaces = all;
     let apps = cluster.list_apps().await?;
     let boards = status::boards(&cluster, &apps).await?;
-    let scope = if s.all_namespaces {
+    let scope = if all {
         "every namespace".to_string()
     } else {
-        format!("namespace {}", s.default_namespace)
+        format!("namespace {ns}")
     };
-    let live = !s.all_namespaces;
-    Ok(
-        s.page(&cluster, "Apps", live, &html::index(&boards, &scope))
-            .await,
-    )
+    let body = html::index(&boards, &scope, &ns);
+    Ok(s.page(&cluster, "Apps", !all, &body).await)
 }
 
 async fn board(
