@@ -471,3 +471,74 @@ async fn with_forward_token_each_viewer_acts_with_their_own_token_and_nothing_el
     .await;
     assert_eq!(index.status, 200, "{}", index.body);
 }
+
+#[tokio::test]
+async fn a_release_manager_releases_and_rolls_back_after_the_servers_dry_run() {
+    let (admin, ns) = crm("dash-release").await;
+    for v in ["v1", "v2"] {
+        for _ in 0..2 {
+            support::cli(&["-n", &ns, "--as", "bob", "promote", v]).ok();
+        }
+    }
+    let d = dashboard(&["-n", &ns, "--as", "carol"]);
+    let carol = Viewer::of(&d).await;
+    let board = format!("/ns/{ns}/apps/crm");
+    let page = eventually("both versions in production on the board", || async {
+        let page = carol.get(&board).await;
+        (page.body.matches("Release to end users").count() == 2).then_some(page)
+    })
+    .await;
+    let csrf = csrf_of(&page.body);
+    let apps: Api<tooljet_operator::api::ToolJetApp> = Api::namespaced(admin.clone(), &ns);
+    for v in ["v1", "v2"] {
+        let release = format!("/ns/{ns}/versions/{v}/release");
+        let dry = carol.post(&release, &[("csrf", &csrf)]).await;
+        assert_eq!(dry.status, 200, "{}", dry.body);
+        assert!(
+            dry.body.contains(&format!("can be released {v}")),
+            "{}",
+            dry.body
+        );
+        let done = carol
+            .post(&release, &[("csrf", &csrf), ("confirm", "1")])
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+        assert!(
+            done.body.contains(&format!("tooljetapp/crm released {v}")),
+            "{}",
+            done.body
+        );
+        assert_eq!(apps.get("crm").await.unwrap().released(), Some(v));
+    }
+    // The rollback's dry run names the release it goes back to; the confirmation pins it.
+    let rollback = format!("/ns/{ns}/apps/crm/rollback");
+    let dry = carol.post(&rollback, &[("csrf", &csrf)]).await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert!(dry.body.contains("Roll crm back to v1"), "{}", dry.body);
+    assert!(dry.body.contains(r#"name="to" value="v1""#), "{}", dry.body);
+    let done = carol
+        .post(
+            &rollback,
+            &[("csrf", &csrf), ("to", "v1"), ("confirm", "1")],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        done.body.contains("rolled back to v1 (was v2)"),
+        "{}",
+        done.body
+    );
+    assert_eq!(apps.get("crm").await.unwrap().released(), Some("v1"));
+    // bob may not release: the refusal, and nothing changes.
+    let bob_d = dashboard(&["-n", &ns, "--as", "bob"]);
+    let bob = Viewer::of(&bob_d).await;
+    let bob_csrf = csrf_of(&bob.get(&board).await.body);
+    let refused = bob
+        .post(
+            &format!("/ns/{ns}/versions/v2/release"),
+            &[("csrf", &bob_csrf), ("confirm", "1")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(apps.get("crm").await.unwrap().released(), Some("v1"));
+}
