@@ -892,11 +892,12 @@ impl Up {
                 self.operator_log().display(),
                 env_exports()
             );
+            println!("{DASHBOARD_HINT}");
             println!("Stop everything with `cargo xtask control-plane stop`.");
             return Ok(());
         }
         println!(
-            "The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}",
+            "The operator runs in the foreground; Ctrl-C stops it (the control plane stays up).\n{}{DASHBOARD_HINT}",
             env_exports()
         );
         let status = operator.wait()?;
@@ -904,6 +905,10 @@ impl Up {
         Ok(())
     }
 }
+
+/// How to see the examples in a browser (after the exports above).
+const DASHBOARD_HINT: &str = "The web dashboard of the examples: `kubectl tooljet -n acme-workspace dashboard` \
+     (add `--as USER` to act as someone with fewer rights; README: People in the loop).";
 
 /// Refuses to start a second operator: the webhook and health addresses must be free.
 fn ensure_operator_addresses_free() -> Result<()> {
