@@ -208,6 +208,18 @@ async fn people_approve_promote_and_see_refusals_and_live_changes_in_the_browser
 
     let png = c.screenshot().await.unwrap();
     save_screenshot("dashboard-board.png", &png);
+
+    // The version page and the calendar, as bob reads them.
+    c.goto(&format!("{}/ns/{ns}/versions/v1", bob_d.base))
+        .await
+        .unwrap();
+    until_text(c, "main", "dana").await;
+    save_screenshot("dashboard-version.png", &c.screenshot().await.unwrap());
+    c.goto(&format!("{}/ns/{ns}/calendar", bob_d.base))
+        .await
+        .unwrap();
+    until_text(c, "main", "browser-test freeze").await;
+    save_screenshot("dashboard-calendar.png", &c.screenshot().await.unwrap());
     browser.close().await;
 }
 

@@ -340,7 +340,7 @@ fn approval_views(
                     .cloned()
                     .unwrap_or_else(|| a.name_any()),
                 generation: reviewed,
-                at: annotations.get(APPROVED_AT_ANNOTATION).cloned(),
+                at: annotations.get(APPROVED_AT_ANNOTATION).map(|t| seconds(t)),
                 comment: a.data["spec"]["comment"].as_str().map(str::to_string),
                 counts: reviewed == Some(generation),
             }
@@ -348,6 +348,13 @@ fn approval_views(
         .collect();
     out.sort_by(|a, b| (&a.stage, &a.at).cmp(&(&b.stage, &b.at)));
     out
+}
+
+/// An RFC 3339 time to the second, as the rest of the plugin shows times (unparsable: as is).
+fn seconds(t: &str) -> String {
+    t.parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| t.to_string())
 }
 
 async fn version(
