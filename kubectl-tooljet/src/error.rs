@@ -33,6 +33,8 @@ pub enum Error {
     NotFound(String),
     /// The API could not be reached or answered with an error.
     Api(String),
+    /// The apiserver did not accept the credentials (401): expired or unknown.
+    Unauthenticated(String),
     /// `doctor` ran and at least one check failed (already printed).
     ChecksFailed,
 }
@@ -43,7 +45,7 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::Denied(_) => exit::DENIED,
             Error::NotFound(_) => exit::NOT_FOUND,
-            Error::Api(_) => exit::API,
+            Error::Api(_) | Error::Unauthenticated(_) => exit::API,
             Error::ChecksFailed => exit::CHECKS_FAILED,
         }
     }
@@ -54,6 +56,10 @@ impl Error {
             kube::Error::Api(status) => {
                 let message = denial_message(&status.message);
                 match status.code {
+                    401 => Error::Unauthenticated(format!(
+                        "{context}: the apiserver did not accept your credentials ({}); log in again",
+                        status.message
+                    )),
                     404 => Error::NotFound(format!("{context}: {}", status.message)),
                     // 403: RBAC or an admission webhook/policy; 422: schema or CEL rule; 400:
                     // e.g. a webhook denial with a custom code.
@@ -70,7 +76,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Usage(m) | Error::NotFound(m) | Error::Api(m) => f.write_str(m),
+            Error::Usage(m) | Error::NotFound(m) | Error::Api(m) | Error::Unauthenticated(m) => {
+                f.write_str(m)
+            }
             Error::Denied(m) => write!(f, "denied: {m}"),
             Error::ChecksFailed => f.write_str("doctor: at least one check failed"),
         }

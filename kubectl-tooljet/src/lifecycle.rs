@@ -295,6 +295,17 @@ pub async fn rollback(
     set_release(cluster, &app, &target, "rollback", dry_run).await
 }
 
+/// Whether the apiserver accepts the cluster's credentials (a SelfSubjectReview answers).
+pub async fn authenticated(cluster: &Cluster) -> Result<()> {
+    let api: Api<SelfSubjectReview> = Api::all(cluster.client.clone());
+    let review: SelfSubjectReview = serde_json::from_value(json!({}))
+        .map_err(|e| Error::Api(format!("building a SelfSubjectReview: {e}")))?;
+    api.create(&PostParams::default(), &review)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::kube("asking the apiserver who you are", e))
+}
+
 /// The requesting user's name, as the apiserver sees it (SelfSubjectReview).
 pub async fn whoami(cluster: &Cluster) -> Option<String> {
     let api: Api<SelfSubjectReview> = Api::all(cluster.client.clone());

@@ -116,7 +116,10 @@ async fn only_the_printed_link_from_the_dashboards_own_pages_gets_in() {
         &d.host,
         "GET",
         "/",
-        &[("Host", &d.host), ("Cookie", "tooljet_dashboard=0123")],
+        &[
+            ("Host", &d.host),
+            ("Cookie", "tooljet_dashboard=0123; tooljet_dashboard_1=0123"),
+        ],
         "",
     )
     .await;
@@ -159,7 +162,7 @@ async fn only_the_printed_link_from_the_dashboards_own_pages_gets_in() {
         &promote,
         &[
             ("Host", &d.host),
-            ("Cookie", &bob.cookie),
+            ("Cookie", &bob.cookies()),
             ("Origin", "http://evil.example"),
             ("Content-Type", "application/x-www-form-urlencoded"),
         ],
@@ -395,24 +398,50 @@ async fn with_forward_token_each_viewer_acts_with_their_own_token_and_nothing_el
     .await;
     let who = format!("system:serviceaccount:{ns}:qa");
     assert!(page.body.contains(&who), "{}", page.body);
+    // The CSRF cookie the page set goes back with the form, as a browser sends it.
+    let csrf_cookie = page
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("the first page sets the CSRF cookie")
+        .to_string();
     let body = format!(
         "csrf={}&stage=staging&generation=1",
         encode(&csrf_of(&page.body))
     );
     let origin = format!("http://{}", d.host);
-    let approved = request(
-        &d.host,
-        "POST",
-        &format!("/ns/{ns}/versions/v1/approve"),
-        &[
-            ("Host", &d.host),
-            ("Authorization", &auth),
-            ("Origin", &origin),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        &body,
-    )
-    .await;
+    let approve = format!("/ns/{ns}/versions/v1/approve");
+    let post = |cookie: &'static str| {
+        let (d, auth, origin, body, approve, csrf_cookie) =
+            (&d, &auth, &origin, &body, &approve, &csrf_cookie);
+        async move {
+            let cookie = if cookie.is_empty() {
+                ""
+            } else {
+                csrf_cookie.as_str()
+            };
+            request(
+                &d.host,
+                "POST",
+                approve,
+                &[
+                    ("Host", &d.host),
+                    ("Authorization", auth),
+                    ("Cookie", cookie),
+                    ("Origin", origin),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let without = post("").await;
+    assert_eq!(
+        without.status, 403,
+        "no CSRF cookie, no change: {}",
+        without.body
+    );
+    let approved = post("with").await;
     assert_eq!(approved.status, 200, "{}", approved.body);
     let approvals: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),

@@ -3,8 +3,10 @@
 //! [`Guard`] keeps other local processes and web pages out: the Host header must be one the
 //! server answers to (a page on another site that rebinds its DNS name to 127.0.0.1 sends its
 //! own name), a laptop dashboard needs the random token of its printed URL (exchanged for an
-//! HttpOnly, SameSite=Strict cookie), and every write must come from the page's own origin
-//! with the CSRF token derived from the viewer's credential.
+//! HttpOnly, SameSite=Strict cookie named after its port, so two dashboards on one machine keep
+//! theirs), and every write must come from the page's own origin and carry the CSRF token of
+//! the viewer's CSRF cookie (double submit: any replica checks it, and it survives a viewer's
+//! token being refreshed by their proxy).
 //!
 //! [`Access`] gives each request a [`Cluster`] acting as the person: the kubeconfig's (laptop),
 //! or one built from the viewer's own bearer token (`--forward-token`).
@@ -27,10 +29,12 @@ use crate::{
     error::{Error, Result},
 };
 
-/// The laptop dashboard's cookie (holds the URL's token).
+/// The laptop dashboard's cookie (holds the URL's token), suffixed with its port.
 pub const TOKEN_COOKIE: &str = "tooljet_dashboard";
 /// The in-cluster dashboard's cookie (holds a token the viewer pasted on the sign-in page).
 pub const SESSION_COOKIE: &str = "tooljet_dashboard_session";
+/// The CSRF cookie whose value every form carries (suffixed with the port on a laptop).
+pub const CSRF_COOKIE: &str = "tooljet_csrf";
 
 /// 32 random bytes from the kernel, hex-encoded.
 pub fn random_token() -> Result<String> {
@@ -94,37 +98,53 @@ impl Refusal {
 pub struct Guard {
     /// The laptop dashboard's URL token (none with --forward-token).
     token: Option<String>,
-    /// Mixed into each viewer's CSRF token.
-    secret: String,
+    /// The cookies' names: the token's (laptop) and the CSRF one.
+    token_cookie: String,
+    csrf_cookie: String,
     /// Host header values accepted (none: any, for --forward-token without --allowed-host).
     hosts: Option<Vec<String>>,
-    /// Cookies are `Secure` (served over TLS).
-    pub secure: bool,
+    /// The URL to open first.
+    first: String,
+    /// Cookies are `Secure`: served over TLS, or in the cluster (HTTPS at the viewer's browser,
+    /// whether here or at the proxy).
+    secure: bool,
 }
 
 impl Guard {
-    pub fn new(addr: SocketAddr, options: &Options, secure: bool) -> Result<Guard> {
-        let hosts = if options.forward_token {
-            (!options.allowed_hosts.is_empty()).then(|| options.allowed_hosts.clone())
-        } else {
-            let port = addr.port();
-            let mut hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
-            if addr.ip().is_ipv6() {
-                hosts.push(format!("[{}]:{port}", addr.ip()));
-            } else if !addr.ip().is_loopback() {
-                hosts.push(format!("{}:{port}", addr.ip()));
+    pub fn new(addr: SocketAddr, options: &Options, tls: bool) -> Result<Guard> {
+        let port = addr.port();
+        let scheme = if tls { "https" } else { "http" };
+        // The address as a URL host: the loopback name a browser resolves, or the literal.
+        let own = match addr.ip() {
+            ip if ip.is_unspecified() || ip == std::net::Ipv4Addr::LOCALHOST => {
+                format!("127.0.0.1:{port}")
             }
-            Some(hosts)
+            std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            ip => format!("{ip}:{port}"),
         };
+        if options.forward_token {
+            let hosts = (!options.allowed_hosts.is_empty()).then(|| options.allowed_hosts.clone());
+            return Ok(Guard {
+                token: None,
+                token_cookie: SESSION_COOKIE.into(),
+                csrf_cookie: CSRF_COOKIE.into(),
+                hosts,
+                first: format!("{scheme}://{own}/"),
+                secure: true,
+            });
+        }
+        let token = random_token()?;
+        let mut hosts = vec![own.clone(), format!("localhost:{port}")];
+        if own != format!("127.0.0.1:{port}") && addr.ip().is_loopback() {
+            hosts.push(format!("127.0.0.1:{port}"));
+        }
         Ok(Guard {
-            token: if options.forward_token {
-                None
-            } else {
-                Some(random_token()?)
-            },
-            secret: random_token()?,
-            hosts,
-            secure,
+            first: format!("{scheme}://{own}/?token={token}"),
+            token: Some(token),
+            token_cookie: format!("{TOKEN_COOKIE}_{port}"),
+            csrf_cookie: format!("{CSRF_COOKIE}_{port}"),
+            hosts: Some(hosts),
+            secure: tls,
         })
     }
 
@@ -134,16 +154,8 @@ impl Guard {
     }
 
     /// The URL to open first: with the token on a laptop.
-    pub fn first_url(&self, addr: SocketAddr, tls: bool) -> String {
-        let scheme = if tls { "https" } else { "http" };
-        let host = match &self.hosts {
-            Some(h) if !h.is_empty() => h[0].clone(),
-            _ => addr.to_string(),
-        };
-        match &self.token {
-            Some(t) => format!("{scheme}://{host}/?token={t}"),
-            None => format!("{scheme}://{host}/"),
-        }
+    pub fn first_url(&self) -> &str {
+        &self.first
     }
 
     /// The Host header, if it is one this server answers to.
@@ -173,7 +185,29 @@ impl Guard {
 
     /// The cookie that carries the token after the first visit.
     pub fn token_cookie(&self) -> Option<String> {
-        self.token.as_ref().map(|t| self.cookie(TOKEN_COOKIE, t))
+        self.token
+            .as_ref()
+            .map(|t| self.cookie(&self.token_cookie, t))
+    }
+
+    /// A pasted token's cookie (in the cluster), or its removal (`None`).
+    pub fn session_cookie(&self, token: Option<&str>) -> String {
+        match token {
+            Some(t) => self.cookie(SESSION_COOKIE, t),
+            None => format!("{}; Max-Age=0", self.cookie(SESSION_COOKIE, "")),
+        }
+    }
+
+    /// The viewer's CSRF token (their cookie's), or a new one with the cookie that sets it.
+    pub fn csrf(&self, headers: &HeaderMap) -> Result<(String, Option<String>)> {
+        match cookie(headers, &self.csrf_cookie) {
+            Some(c) if c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()) => Ok((c, None)),
+            _ => {
+                let fresh = random_token()?;
+                let set = self.cookie(&self.csrf_cookie, &fresh);
+                Ok((fresh, Some(set)))
+            }
+        }
     }
 
     /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, `Secure` over TLS.
@@ -186,7 +220,7 @@ impl Guard {
     /// bearer token from the proxy's header or the sign-in cookie.
     pub fn credential(&self, headers: &HeaderMap) -> std::result::Result<String, Refusal> {
         match &self.token {
-            Some(token) => match cookie(headers, TOKEN_COOKIE) {
+            Some(token) => match cookie(headers, &self.token_cookie) {
                 Some(c) if same_secret(&c, token) => Ok(c),
                 _ => Err(Refusal::NoToken),
             },
@@ -213,16 +247,6 @@ impl Guard {
             Some(o) if own.iter().any(|x| x.eq_ignore_ascii_case(o)) => Ok(()),
             _ => Err(Refusal::ForeignOrigin),
         }
-    }
-
-    /// The CSRF token of a viewer: derived from their credential, so one viewer's page does
-    /// not carry another's.
-    pub fn csrf(&self, credential: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(self.secret.as_bytes());
-        h.update([0]);
-        h.update(credential.as_bytes());
-        hex(&h.finalize()[..16])
     }
 }
 
@@ -287,27 +311,39 @@ impl Access {
         }
     }
 
-    /// A cluster handle for `namespace` acting as the viewer whose `credential` this is.
-    pub fn cluster(&self, credential: &str, namespace: &str) -> Result<Cluster> {
+    /// A cluster handle for `namespace` acting as the viewer whose `credential` this is. A
+    /// forwarded token's client is kept (for its connection pool) only once the apiserver has
+    /// accepted the token, so unknown tokens never crowd out real viewers.
+    pub async fn cluster(&self, credential: &str, namespace: &str) -> Result<Cluster> {
         let client = match self {
             Access::Local { cluster, .. } => cluster.client.clone(),
             Access::Forwarding { config, clients } => {
                 let key = hex(&Sha256::digest(credential.as_bytes()));
-                let mut clients = clients.lock().expect("client cache lock");
-                clients.retain(|_, (_, at)| at.elapsed() < CLIENT_TTL);
-                match clients.get(&key) {
-                    Some((c, _)) => c.clone(),
+                let cached = {
+                    let mut clients = clients.lock().expect("client cache lock");
+                    clients.retain(|_, (_, at)| at.elapsed() < CLIENT_TTL);
+                    clients.get(&key).map(|(c, _)| c.clone())
+                };
+                match cached {
+                    Some(c) => c,
                     None => {
-                        let mut config = (**config).clone();
-                        config.auth_info = AuthInfo {
-                            token: Some(credential.to_string().into()),
-                            ..AuthInfo::default()
+                        let client = client_for(config, credential)?;
+                        let probe = Cluster {
+                            client: client.clone(),
+                            namespace: namespace.to_string(),
+                            all_namespaces: false,
                         };
-                        let client = Client::try_from(config)
-                            .map_err(|e| Error::Api(format!("building the API client: {e}")))?;
-                        if clients.len() < MAX_CLIENTS {
-                            clients.insert(key, (client.clone(), Instant::now()));
+                        crate::lifecycle::authenticated(&probe).await?;
+                        let mut clients = clients.lock().expect("client cache lock");
+                        if clients.len() >= MAX_CLIENTS
+                            && let Some(oldest) = clients
+                                .iter()
+                                .min_by_key(|(_, (_, at))| *at)
+                                .map(|(k, _)| k.clone())
+                        {
+                            clients.remove(&oldest);
                         }
+                        clients.insert(key, (client.clone(), Instant::now()));
                         client
                     }
                 }
@@ -319,6 +355,16 @@ impl Access {
             all_namespaces: false,
         })
     }
+}
+
+/// A client sending only `token` (on the apiserver address and CA of `config`).
+fn client_for(config: &Config, token: &str) -> Result<Client> {
+    let mut config = config.clone();
+    config.auth_info = AuthInfo {
+        token: Some(token.to_string().into()),
+        ..AuthInfo::default()
+    };
+    Client::try_from(config).map_err(|e| Error::Api(format!("building the API client: {e}")))
 }
 
 /// The TLS server configuration from PEM files.
@@ -373,9 +419,13 @@ mod tests {
         h
     }
 
+    fn guard(addr: &str, forward: bool, tls: bool) -> Guard {
+        Guard::new(addr.parse().unwrap(), &options(forward), tls).unwrap()
+    }
+
     #[test]
     fn a_laptop_dashboard_answers_only_to_its_loopback_host() {
-        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
+        let g = guard("127.0.0.1:4321", false, false);
         assert_eq!(
             g.host(&headers(&[("host", "127.0.0.1:4321")])),
             Ok("127.0.0.1:4321")
@@ -389,36 +439,65 @@ mod tests {
             Err(Refusal::ForeignHost("evil.example:4321".into()))
         );
         assert!(g.host(&headers(&[])).is_err());
+        let v6 = guard("[::1]:4321", false, false);
+        assert!(
+            v6.first_url().starts_with("http://[::1]:4321/?token="),
+            "{}",
+            v6.first_url()
+        );
+        assert!(v6.host(&headers(&[("host", "[::1]:4321")])).is_ok());
     }
 
     #[test]
-    fn the_token_is_needed_once_in_the_url_then_in_the_cookie() {
-        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
-        let url = g.first_url("127.0.0.1:4321".parse().unwrap(), false);
-        let token = url.split("token=").nth(1).unwrap().to_string();
+    fn the_token_is_needed_once_in_the_url_then_in_the_cookie_of_this_port() {
+        let g = guard("127.0.0.1:4321", false, false);
+        let token = g.first_url().split("token=").nth(1).unwrap().to_string();
         assert_eq!(token.len(), 64);
         assert!(g.url_token_matches(Some(&format!("a=1&token={token}"))));
         assert!(!g.url_token_matches(Some("token=0000")));
         assert!(!g.url_token_matches(None));
-        let cookie = format!("other=1; {TOKEN_COOKIE}={token}");
+        let cookie = format!("other=1; {TOKEN_COOKIE}_4321={token}");
         assert_eq!(
             g.credential(&headers(&[("cookie", &cookie)])),
             Ok(token.clone())
         );
+        // Another dashboard's cookie (another port) is not this one's.
+        let other = format!("{TOKEN_COOKIE}_5555={token}");
         assert_eq!(
-            g.credential(&headers(&[("cookie", "tooljet_dashboard=wrong")])),
+            g.credential(&headers(&[("cookie", &other)])),
             Err(Refusal::NoToken)
         );
+        let set = g.token_cookie().unwrap();
+        assert!(set.starts_with("tooljet_dashboard_4321="), "{set}");
         assert!(
-            g.token_cookie()
-                .unwrap()
-                .contains("HttpOnly; SameSite=Strict")
+            set.contains("HttpOnly; SameSite=Strict") && !set.contains("Secure"),
+            "{set}"
         );
     }
 
     #[test]
+    fn the_csrf_token_is_the_viewers_cookie_or_a_new_one() {
+        let g = guard("127.0.0.1:4321", false, false);
+        let (fresh, set) = g.csrf(&headers(&[])).unwrap();
+        let set = set.expect("a new viewer gets a CSRF cookie");
+        assert!(
+            set.starts_with(&format!("{CSRF_COOKIE}_4321={fresh};")),
+            "{set}"
+        );
+        let cookie = format!("{CSRF_COOKIE}_4321={fresh}");
+        assert_eq!(
+            g.csrf(&headers(&[("cookie", &cookie)])).unwrap(),
+            (fresh, None)
+        );
+        let (_, again) = g
+            .csrf(&headers(&[("cookie", "tooljet_csrf_4321=short")]))
+            .unwrap();
+        assert!(again.is_some(), "a malformed CSRF cookie is replaced");
+    }
+
+    #[test]
     fn writes_must_come_from_the_pages_own_origin() {
-        let g = Guard::new("127.0.0.1:4321".parse().unwrap(), &options(false), false).unwrap();
+        let g = guard("127.0.0.1:4321", false, false);
         let host = "127.0.0.1:4321";
         assert!(g.check_origin(&Method::GET, &headers(&[]), host).is_ok());
         assert!(
@@ -438,6 +517,10 @@ mod tests {
             Err(Refusal::ForeignOrigin)
         );
         assert_eq!(
+            g.check_origin(&Method::POST, &headers(&[("origin", "null")]), host),
+            Err(Refusal::ForeignOrigin)
+        );
+        assert_eq!(
             g.check_origin(&Method::POST, &headers(&[]), host),
             Err(Refusal::ForeignOrigin)
         );
@@ -445,7 +528,7 @@ mod tests {
 
     #[test]
     fn in_the_cluster_the_viewers_own_token_is_the_credential() {
-        let g = Guard::new("0.0.0.0:8080".parse().unwrap(), &options(true), true).unwrap();
+        let g = guard("0.0.0.0:8080", true, false);
         assert_eq!(
             g.credential(&headers(&[("authorization", "Bearer abc")])),
             Ok("abc".into())
@@ -456,8 +539,10 @@ mod tests {
             Ok("def".into())
         );
         assert_eq!(g.credential(&headers(&[])), Err(Refusal::NoToken));
-        assert_ne!(g.csrf("abc"), g.csrf("def"));
-        assert!(g.cookie(SESSION_COOKIE, "x").ends_with("; Secure"));
+        // HTTPS at the viewer's browser (here or at the proxy): cookies are Secure.
+        assert!(g.session_cookie(Some("x")).ends_with("; Secure"));
+        assert!(g.session_cookie(None).ends_with("Max-Age=0"));
+        assert_eq!(g.first_url(), "http://127.0.0.1:8080/");
         // Any host unless --allowed-host names some.
         assert!(g.host(&headers(&[("host", "tooljet.example")])).is_ok());
     }

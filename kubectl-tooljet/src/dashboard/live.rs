@@ -57,11 +57,14 @@ pub async fn events(
     Extension(v): Extension<Viewer>,
     Query(q): Query<Live>,
 ) -> Response {
-    let cluster = match s.access.cluster(&v.credential, &q.ns) {
-        Ok(c) => c,
-        Err(e) => {
-            return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response();
-        }
+    let checked = super::routes::valid_name("namespace", &q.ns);
+    let cluster = match checked.map(|()| s.access.cluster(&v.credential, &q.ns)) {
+        Ok(pending) => match pending.await {
+            Ok(c) => c,
+            // No stream: the page stays as it is (and says so).
+            Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        },
+        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let c = cluster.client;
     let ns = q.ns.as_str();

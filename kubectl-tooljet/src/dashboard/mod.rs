@@ -105,7 +105,7 @@ pub async fn run(connection: &ConnectionArgs, options: Options) -> Result<()> {
     };
     let guard = Guard::new(addr, &options, tls.is_some())?;
     let (access, namespace) = access(connection, &options).await?;
-    let url = guard.first_url(addr, tls.is_some());
+    let url = guard.first_url().to_string();
     if options.forward_token {
         println!("Serving the dashboard at {url} (each viewer's own token; Ctrl-C stops it)");
     } else {
@@ -127,16 +127,41 @@ pub async fn run(connection: &ConnectionArgs, options: Options) -> Result<()> {
 }
 
 /// Opens `url` in the person's browser, if the desktop has an opener; the URL is printed anyway.
+/// The opener (and the browser it starts) get a file that only this user can read, which
+/// redirects to the URL: a command line with the token would be readable by every local user in
+/// /proc. The file is removed after a minute.
 fn open_browser(url: &str) {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {
         "xdg-open"
     };
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let file = dir.join(format!("tooljet-dashboard-{}.html", std::process::id()));
+    let page = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={0}\"><a href=\"{0}\">Open the dashboard</a>\n",
+        html::esc(url)
+    );
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .and_then(|mut f| f.write_all(page.as_bytes()));
+    if written.is_err() {
+        return;
+    }
     let _ = std::process::Command::new(opener)
-        .arg(url)
+        .arg(&file)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let _ = std::fs::remove_file(file);
+    });
 }

@@ -47,6 +47,8 @@ pub struct Server {
 pub struct Viewer {
     /// The laptop token, or the viewer's bearer token (never logged, never rendered).
     pub credential: String,
+    /// The viewer's CSRF token (their CSRF cookie's value), which every form carries.
+    pub csrf: String,
 }
 
 type Shared = Arc<Server>;
@@ -95,6 +97,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
         .route("/ns/{ns}/apps/{app}", get(board))
         .route("/ns/{ns}/apps/{app}/rollback", post(rollback))
         .route("/ns/{ns}/versions/{version}", get(version))
@@ -138,8 +141,16 @@ async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Respons
         Err(_) if g.forwarding() => return secure(Redirect::to("/login").into_response()),
         Err(r) => return refused(&r),
     };
-    req.extensions_mut().insert(Viewer { credential });
-    secure(next.run(req).await)
+    let (csrf, set_csrf) = match g.csrf(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return Failure(e).into_response(),
+    };
+    req.extensions_mut().insert(Viewer { credential, csrf });
+    let mut resp = next.run(req).await;
+    if let Some(c) = set_csrf.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    secure(resp)
 }
 
 fn secure(mut resp: Response) -> Response {
@@ -189,11 +200,16 @@ impl From<Error> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
+        if let Error::Unauthenticated(why) = &self.0 {
+            return signed_out(why);
+        }
         let status = match &self.0 {
             Error::Usage(_) => StatusCode::BAD_REQUEST,
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Api(_) | Error::ChecksFailed => StatusCode::BAD_GATEWAY,
+            Error::Api(_) | Error::Unauthenticated(_) | Error::ChecksFailed => {
+                StatusCode::BAD_GATEWAY
+            }
         };
         let body = html::page(
             &Frame {
@@ -216,11 +232,51 @@ impl IntoResponse for Failure {
     }
 }
 
+/// A name from the URL must be a Kubernetes object name (a DNS subdomain) before it goes into an
+/// apiserver path.
+pub fn valid_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{what} {name:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.')"
+        )))
+    }
+}
+
+/// The apiserver no longer accepts the viewer's token: the pasted one is forgotten, and the
+/// page says to sign in again.
+fn signed_out(why: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in again</title></head><body><h1>Sign in again</h1><p role=\"alert\">{}</p><p><a href=\"/login\">Sign in</a></p></body></html>",
+        html::esc(why)
+    );
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0");
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response();
+    if let Ok(c) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp
+}
+
 type Page = std::result::Result<Response, Failure>;
 
 impl Server {
-    fn cluster(&self, viewer: &Viewer, ns: &str) -> Result<Cluster> {
-        self.access.cluster(&viewer.credential, ns)
+    async fn cluster(&self, viewer: &Viewer, ns: &str) -> Result<Cluster> {
+        valid_name("namespace", ns)?;
+        self.access.cluster(&viewer.credential, ns).await
     }
 
     /// Who the apiserver says the viewer is (asked per page when forwarding tokens).
@@ -264,7 +320,7 @@ async fn index(
     let chosen = q.ns.filter(|n| !n.is_empty());
     let all = s.all_namespaces && chosen.is_none();
     let ns = chosen.unwrap_or_else(|| s.default_namespace.clone());
-    let mut cluster = s.cluster(&v, &ns)?;
+    let mut cluster = s.cluster(&v, &ns).await?;
     cluster.all_namespaces = all;
     let apps = cluster.list_apps().await?;
     let boards = status::boards(&cluster, &apps).await?;
@@ -282,7 +338,8 @@ async fn board(
     Extension(v): Extension<Viewer>,
     Path((ns, app)): Path<(String, String)>,
 ) -> Page {
-    let cluster = s.cluster(&v, &ns)?;
+    valid_name("app", &app)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let app = cluster.app(&app).await?;
     let versions = cluster.list_versions(&ns).await?;
     let approvals = cluster.list_approvals(&ns).await?;
@@ -308,7 +365,7 @@ async fn board(
             )
         })
         .collect();
-    let body = html::board(&b, &extras, &s.guard.csrf(&v.credential));
+    let body = html::board(&b, &extras, &v.csrf);
     let title = b.display_name.clone().unwrap_or_else(|| b.app.clone());
     Ok(s.page(&cluster, &title, true, &body).await)
 }
@@ -362,7 +419,8 @@ async fn version(
     Extension(v): Extension<Viewer>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Page {
-    let cluster = s.cluster(&v, &ns)?;
+    valid_name("version", &name)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let version: AppVersion = cluster.version(&name).await?;
     let app = cluster.app(&version.spec.app).await?;
     let approvals = cluster.list_approvals(&ns).await?;
@@ -413,7 +471,7 @@ async fn calendar(
     Extension(v): Extension<Viewer>,
     Path(ns): Path<String>,
 ) -> Page {
-    let cluster = s.cluster(&v, &ns)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let policies = cluster.list_policies(&ns).await?;
     let rows: Vec<CalendarRow> = policies
         .iter()
@@ -480,9 +538,9 @@ impl ActionForm {
 }
 
 impl Server {
-    /// Whether the form carries the CSRF token of this viewer's pages.
+    /// Whether the form carries the viewer's CSRF token.
     fn csrf_ok(&self, v: &Viewer, form: &ActionForm) -> bool {
-        same_secret(&form.csrf, &self.guard.csrf(&v.credential))
+        !v.csrf.is_empty() && same_secret(&form.csrf, &v.csrf)
     }
 
     /// The page after an action: its outcome, or the refusal in the cluster's words.
@@ -545,7 +603,7 @@ impl Server {
                         fields: &pinned,
                         back,
                     },
-                    &self.guard.csrf(&v.credential),
+                    &v.csrf,
                 );
                 self.page(cluster, what, false, &body).await
             }
@@ -559,6 +617,7 @@ fn refusal_status(e: &Error) -> StatusCode {
         Error::Denied(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Usage(_) => StatusCode::CONFLICT,
+        Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Error::Api(_) | Error::ChecksFailed => StatusCode::BAD_GATEWAY,
     }
 }
@@ -572,7 +631,7 @@ async fn promote(
     if !s.csrf_ok(&v, &form) {
         return Ok(refused(&Refusal::ForeignOrigin));
     }
-    let cluster = s.cluster(&v, &ns)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let what = match &form.to {
         Some(to) => format!("Promote {name} to {to}"),
@@ -598,7 +657,7 @@ async fn approve(
     if !s.csrf_ok(&v, &form) {
         return Ok(refused(&Refusal::ForeignOrigin));
     }
-    let cluster = s.cluster(&v, &ns)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let Some(stage) = form.stage.clone() else {
         return Err(Error::Usage("the approval names no stage".into()).into());
@@ -618,7 +677,7 @@ async fn release(
     if !s.csrf_ok(&v, &form) {
         return Ok(refused(&Refusal::ForeignOrigin));
     }
-    let cluster = s.cluster(&v, &ns)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let what = format!("Release {name}");
     if !form.confirmed() {
@@ -641,7 +700,7 @@ async fn rollback(
     if !s.csrf_ok(&v, &form) {
         return Ok(refused(&Refusal::ForeignOrigin));
     }
-    let cluster = s.cluster(&v, &ns)?;
+    let cluster = s.cluster(&v, &ns).await?;
     let back = format!("/ns/{}/apps/{}", html::url(&ns), html::url(&app));
     if !form.confirmed() {
         let dry = lifecycle::rollback(&cluster, Some(&app), None, true).await;
@@ -697,7 +756,23 @@ async fn login(State(s): State<Shared>, Form(form): Form<LoginForm>) -> Response
         return Redirect::to("/login").into_response();
     }
     let mut resp = Redirect::to("/").into_response();
-    if let Ok(c) = HeaderValue::from_str(&s.guard.cookie(SESSION_COOKIE, token)) {
+    if let Ok(c) = HeaderValue::from_str(&s.guard.session_cookie(Some(token))) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// Forgets a pasted token (in the cluster).
+async fn logout(
+    State(s): State<Shared>,
+    Extension(v): Extension<Viewer>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if !s.csrf_ok(&v, &form) {
+        return refused(&Refusal::ForeignOrigin);
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    if let Ok(c) = HeaderValue::from_str(&s.guard.session_cookie(None)) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
     }
     resp

@@ -145,10 +145,11 @@ fn dechunk(body: &str) -> String {
     }
 }
 
-/// A viewer of a laptop dashboard: the cookie its token URL sets.
+/// A viewer of a laptop dashboard, with a cookie jar as a browser keeps one (the token's cookie
+/// from the URL, the CSRF cookie from the first page).
 pub struct Viewer {
     pub host: String,
-    pub cookie: String,
+    jar: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Viewer {
@@ -157,26 +158,49 @@ impl Viewer {
         let path = &d.url[d.base.len()..];
         let first = request(&d.host, "GET", path, &[("Host", &d.host)], "").await;
         assert_eq!(first.status, 303, "the token URL redirects: {first:?}");
-        let cookie = first
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next())
-            .expect("the token URL sets a cookie")
-            .to_string();
-        Viewer {
+        let viewer = Viewer {
             host: d.host.clone(),
-            cookie,
+            jar: Default::default(),
+        };
+        viewer.keep(&first);
+        assert!(!viewer.cookies().is_empty(), "the token URL sets a cookie");
+        viewer
+    }
+
+    /// The cookies a response sets, kept for the next requests.
+    pub fn keep(&self, answer: &Answer) {
+        let mut jar = self.jar.lock().unwrap();
+        for (k, v) in &answer.headers {
+            if !k.eq_ignore_ascii_case("set-cookie") {
+                continue;
+            }
+            if let Some((name, value)) = v.split(';').next().and_then(|c| c.split_once('=')) {
+                jar.insert(name.trim().to_string(), value.to_string());
+            }
         }
     }
 
+    /// The `Cookie` header this viewer sends.
+    pub fn cookies(&self) -> String {
+        let jar = self.jar.lock().unwrap();
+        jar.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
-        request(
+        let cookies = self.cookies();
+        let answer = request(
             &self.host,
             "GET",
             path,
-            &[("Host", &self.host), ("Cookie", &self.cookie)],
+            &[("Host", &self.host), ("Cookie", &cookies)],
             "",
         )
-        .await
+        .await;
+        self.keep(&answer);
+        answer
     }
 
     /// A form post from the dashboard's own page (its Origin, the page's CSRF token).
@@ -186,19 +210,22 @@ impl Viewer {
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect();
-        request(
+        let cookies = self.cookies();
+        let answer = request(
             &self.host,
             "POST",
             path,
             &[
                 ("Host", &self.host),
-                ("Cookie", &self.cookie),
+                ("Cookie", &cookies),
                 ("Origin", &origin),
                 ("Content-Type", "application/x-www-form-urlencoded"),
             ],
             &body.join("&"),
         )
-        .await
+        .await;
+        self.keep(&answer);
+        answer
     }
 
     /// The CSRF token of this viewer's pages (from a page with a form).
