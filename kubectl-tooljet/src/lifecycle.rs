@@ -5,11 +5,13 @@
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::{
     Api, ResourceExt,
-    api::{DynamicObject, Patch, PatchParams, PostParams},
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions},
 };
 use serde::Serialize;
 use serde_json::json;
-use tooljet_operator::api::{AppVersion, ReleaseRecord, ToolJetApp, VerificationPhase};
+use tooljet_operator::api::{
+    APPROVED_GENERATION_ANNOTATION, AppVersion, ReleaseRecord, ToolJetApp, VerificationPhase,
+};
 use tooljet_operator::lifecycle::{Pipeline, ReleaseCheck};
 
 use crate::{
@@ -135,26 +137,43 @@ pub async fn promote(
 }
 
 /// Sets `app`'s release to `version` (release and rollback are the same patch).
+///
+/// With `seen`, the release the person was shown (the dashboard's confirmation pins it): if it
+/// is no longer the release, nothing changes. Either way the patch carries the resourceVersion
+/// read, so a release someone else sets meanwhile is never silently replaced.
 async fn set_release(
     cluster: &Cluster,
     app: &ToolJetApp,
     version: &str,
     action: &'static str,
     dry_run: bool,
+    seen: Option<Option<&str>>,
 ) -> Result<Outcome> {
     let name = app.name_any();
     let from = app.released().map(str::to_string);
-    let patch = json!({ "spec": { "release": { "version": version } } });
-    cluster
-        .apps()
-        .patch(&name, &params(dry_run), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| {
-            Error::kube(
-                format!("setting the release of ToolJetApp {name} to {version}"),
-                e,
-            )
-        })?;
+    unchanged_since_seen(app, seen)?;
+    let context = format!("setting the release of ToolJetApp {name} to {version}");
+    let mut current = app.clone();
+    for attempt in 0.. {
+        let patch = json!({
+            "metadata": { "resourceVersion": current.resource_version() },
+            "spec": { "release": { "version": version } },
+        });
+        match cluster
+            .apps()
+            .patch(&name, &params(dry_run), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => break,
+            // Any write bumps the resourceVersion (the operator's status updates too): retried
+            // while the release is still the one read.
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => {
+                current = cluster.app(&name).await?;
+                unchanged_since_seen(&current, Some(from.as_deref()))?;
+            }
+            Err(e) => return Err(Error::kube(&context, e)),
+        }
+    }
     let was = from
         .as_deref()
         .map(|f| format!(" (was {f})"))
@@ -183,16 +202,34 @@ async fn set_release(
     })
 }
 
-pub async fn release(cluster: &Cluster, version: &str, dry_run: bool) -> Result<Outcome> {
+/// Refuses when the app's release is no longer the one the person saw (`seen`).
+fn unchanged_since_seen(app: &ToolJetApp, seen: Option<Option<&str>>) -> Result<()> {
+    match seen {
+        Some(seen) if seen != app.released() => Err(Error::Usage(format!(
+            "the release of app {} was changed meanwhile (it is now {}); review it again",
+            app.name_any(),
+            app.released().unwrap_or("none")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub async fn release(
+    cluster: &Cluster,
+    version: &str,
+    dry_run: bool,
+    seen: Option<Option<&str>>,
+) -> Result<Outcome> {
     let v = cluster.version(version).await?;
     let app = cluster.app(&v.spec.app).await?;
+    unchanged_since_seen(&app, seen)?;
     if app.released() == Some(version) {
         return Err(Error::Usage(format!(
             "AppVersion {version} is already the release of app {}",
             app.name_any()
         )));
     }
-    set_release(cluster, &app, version, "release", dry_run).await
+    set_release(cluster, &app, version, "release", dry_run, seen).await
 }
 
 /// The app named, or the namespace's only app.
@@ -277,8 +314,10 @@ pub async fn rollback(
     app: Option<&str>,
     to: Option<String>,
     dry_run: bool,
+    seen: Option<Option<&str>>,
 ) -> Result<Outcome> {
     let app = resolve_app(cluster, app).await?;
+    unchanged_since_seen(&app, seen)?;
     let target = match to {
         Some(t) => {
             cluster.version(&t).await?;
@@ -292,7 +331,7 @@ pub async fn rollback(
             app.name_any()
         )));
     }
-    set_release(cluster, &app, &target, "rollback", dry_run).await
+    set_release(cluster, &app, &target, "rollback", dry_run, seen).await
 }
 
 /// Whether the apiserver accepts the cluster's credentials (a SelfSubjectReview answers).
@@ -370,27 +409,28 @@ pub async fn approve(
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
-    let created = match cluster
-        .approvals(&cluster.namespace)
-        .create(&pp, &body)
-        .await
-    {
-        Ok(o) => o,
-        Err(kube::Error::Api(s))
-            if s.code == 404 && s.reason == "NotFound" && !s.message.contains(version) =>
-        {
-            return Err(Error::NotFound(
-                "this cluster does not serve Approvals (tooljet.io/v1alpha1 approvals); upgrade tooljet-operator's CRDs".into(),
-            ));
+    let api = cluster.approvals(&cluster.namespace);
+    let mut replaced = None;
+    let created = loop {
+        match api.create(&pp, &body).await {
+            Ok(o) => break o,
+            Err(kube::Error::Api(s))
+                if s.code == 404 && s.reason == "NotFound" && !s.message.contains(version) =>
+            {
+                return Err(Error::NotFound(
+                    "this cluster does not serve Approvals (tooljet.io/v1alpha1 approvals); upgrade tooljet-operator's CRDs".into(),
+                ));
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 && replaced.is_none() => {
+                replaced =
+                    Some(replace_stale(&api, &body.name_any(), version, stage, generation).await?);
+            }
+            Err(e) => return Err(Error::kube(format!("approving {version} for {stage}"), e)),
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Err(Error::Usage(format!(
-                "you have already approved {version} for {stage} (Approval {}); Approvals are immutable",
-                body.name_any()
-            )));
-        }
-        Err(e) => return Err(Error::kube(format!("approving {version} for {stage}"), e)),
     };
+    let replaced = replaced
+        .map(|g| format!(" (it replaces your approval of generation {g}, which no longer counted)"))
+        .unwrap_or_default();
     Ok(Outcome {
         action: "approve",
         namespace: cluster.namespace.clone(),
@@ -400,10 +440,58 @@ pub async fn approve(
         to: Some(stage.into()),
         dry_run: false,
         message: format!(
-            "approval/{} created: {version} (generation {generation}) approved for {stage}",
+            "approval/{} created: {version} (generation {generation}) approved for {stage}{replaced}",
             created.name_any()
         ),
     })
+}
+
+/// Your Approval `name` exists: of this generation, it stands (Approvals are immutable); of an
+/// earlier one (the version was edited since), it no longer counts and is deleted so that the
+/// new one can take its name. Returns the generation it had.
+async fn replace_stale(
+    api: &Api<DynamicObject>,
+    name: &str,
+    version: &str,
+    stage: &str,
+    generation: i64,
+) -> Result<i64> {
+    let context = format!("approving {version} for {stage}");
+    let existing = api.get(name).await.map_err(|e| Error::kube(&context, e))?;
+    let reviewed = existing
+        .annotations()
+        .get(APPROVED_GENERATION_ANNOTATION)
+        .and_then(|g| g.parse::<i64>().ok())
+        .or_else(|| existing.data["spec"]["generation"].as_i64());
+    if reviewed == Some(generation) || reviewed.is_none() {
+        return Err(Error::Usage(format!(
+            "you have already approved {version} generation {generation} for {stage} (Approval {name}); Approvals are immutable"
+        )));
+    }
+    let uid = existing.uid();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(Error::kube(&context, e)),
+    }
+    // Gone before its name is taken again (deletion may wait on the garbage collector).
+    for _ in 0..50 {
+        match api.get_opt(name).await {
+            Ok(None) => return Ok(reviewed.unwrap_or_default()),
+            Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => return Err(Error::kube(&context, e)),
+        }
+    }
+    Err(Error::Api(format!(
+        "{context}: your earlier Approval {name} is still being deleted; try again in a moment"
+    )))
 }
 
 #[cfg(test)]

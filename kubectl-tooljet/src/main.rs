@@ -178,12 +178,12 @@ async fn run(cli: Cli) -> Result<()> {
             lifecycle::report(format, &done)
         }
         Command::Release { version, dry_run } => {
-            let done = lifecycle::release(&connect().await?, &version, dry_run).await?;
+            let done = lifecycle::release(&connect().await?, &version, dry_run, None).await?;
             lifecycle::report(format, &done)
         }
         Command::Rollback { app, to, dry_run } => {
             let cluster = connect().await?;
-            let done = lifecycle::rollback(&cluster, app.as_deref(), to, dry_run).await?;
+            let done = lifecycle::rollback(&cluster, app.as_deref(), to, dry_run, None).await?;
             lifecycle::report(format, &done)
         }
         Command::History { name } => history::run(&connect().await?, &name, format).await,

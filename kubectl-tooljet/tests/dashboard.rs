@@ -313,6 +313,68 @@ async fn an_approver_approves_then_the_promoter_promotes_each_with_their_own_acc
         let page = bob.get(&path).await;
         assert_no_value(what, &page.body);
     }
+    // dana approves v2's generation 1; a developer then edits v2. Her approval no longer counts
+    // (the operator's own count shows it), and approving the new generation replaces it.
+    let approve_v2 = format!("/ns/{ns}/versions/v2/approve");
+    let first = dana
+        .post(
+            &approve_v2,
+            &[("csrf", &csrf), ("stage", "staging"), ("generation", "1")],
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    support::apply(
+        &admin,
+        &ns,
+        "AppVersion",
+        "v2",
+        json!({ "app": "crm", "versionName": "v2", "requires": { "dataSources": ["crm-db"] },
+                "definition": { "queries": [{ "url": "{{constants.API_URL}}/customers?edited=1" }] } }),
+    )
+    .await;
+    eventually("the edit voids dana's approval on the board", || async {
+        let page = dana.get(&board).await;
+        (page
+            .body
+            .contains("Approvals for staging: <strong>0/1</strong>")
+            && page.body.contains("Approve generation 2 for staging"))
+        .then_some(())
+    })
+    .await;
+    let again = dana
+        .post(
+            &approve_v2,
+            &[("csrf", &csrf), ("stage", "staging"), ("generation", "2")],
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(
+        again
+            .body
+            .contains("it replaces your approval of generation 1"),
+        "{}",
+        again.body
+    );
+    eventually("the new approval counts", || async {
+        let page = dana.get(&board).await;
+        page.body
+            .contains("Approvals for staging: <strong>1/1</strong> (dana)")
+            .then_some(())
+    })
+    .await;
+    let twice = dana
+        .post(
+            &approve_v2,
+            &[("csrf", &csrf), ("stage", "staging"), ("generation", "2")],
+        )
+        .await;
+    assert_eq!(twice.status, 409, "{}", twice.body);
+    assert!(
+        twice.body.contains("already approved v2 generation 2"),
+        "{}",
+        twice.body
+    );
+
     // dana may not read stage configurations: her version page says so instead of failing.
     let hers = dana.get(&format!("/ns/{ns}/versions/v2")).await;
     assert_eq!(hers.status, 200, "{}", hers.body);
@@ -558,16 +620,44 @@ async fn a_release_manager_releases_and_rolls_back_after_the_servers_dry_run() {
         done.body
     );
     assert_eq!(apps.get("crm").await.unwrap().released(), Some("v1"));
+    // A confirmation pins the release it was shown: if someone releases meanwhile, nothing
+    // changes and the page says so.
+    let dry = carol.post(&rollback, &[("csrf", &csrf)]).await;
+    assert!(
+        dry.body.contains(r#"name="current" value="v1""#),
+        "{}",
+        dry.body
+    );
+    support::cli(&["-n", &ns, "--as", "carol", "release", "v2"]).ok();
+    let stale = carol
+        .post(
+            &rollback,
+            &[
+                ("csrf", &csrf),
+                ("to", "v2"),
+                ("current", "v1"),
+                ("confirm", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(
+        stale.body.contains("was changed meanwhile (it is now v2)"),
+        "{}",
+        stale.body
+    );
+    assert_eq!(apps.get("crm").await.unwrap().released(), Some("v2"));
+
     // bob may not release: the refusal, and nothing changes.
     let bob_d = dashboard(&["-n", &ns, "--as", "bob"]);
     let bob = Viewer::of(&bob_d).await;
     let bob_csrf = csrf_of(&bob.get(&board).await.body);
     let refused = bob
         .post(
-            &format!("/ns/{ns}/versions/v2/release"),
+            &format!("/ns/{ns}/versions/v1/release"),
             &[("csrf", &bob_csrf), ("confirm", "1")],
         )
         .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
-    assert_eq!(apps.get("crm").await.unwrap().released(), Some("v1"));
+    assert_eq!(apps.get("crm").await.unwrap().released(), Some("v2"));
 }

@@ -152,14 +152,32 @@ pub struct ApprovalView {
     pub counts: bool,
 }
 
+/// Where a version stands with the approvals its next stage requires.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ApprovalsState {
+    /// No policy requires approvals to enter the next stage (or there is none).
+    #[default]
+    NotRequired,
+    /// The viewer may not list Approvals.
+    Hidden,
+    /// As the operator counts them.
+    Counted {
+        counted: u32,
+        required: u32,
+        approvers: Vec<String>,
+        /// Why approvals of this version do not count (separation of duties).
+        not_counted: Vec<String>,
+    },
+}
+
 /// What the board knows about one version beyond its [`VersionState`].
 #[derive(Debug, Clone, Default)]
 pub struct VersionExtra {
     pub generation: i64,
     /// The stage after the version's (none in the last stage or off the pipeline).
     pub next: Option<String>,
-    /// Approvals of the version for its next stage (none: the viewer may not list them).
-    pub approvals: Option<Vec<ApprovalView>>,
+    /// Approvals of the version for its next stage.
+    pub approvals: ApprovalsState,
 }
 
 /// An app's board: the pipeline left to right, each stage's gates, verification and versions,
@@ -298,16 +316,10 @@ fn version_card(
             .stages
             .iter()
             .find(|s| s.name == next)
-            .map(|s| {
-                s.gates
-                    .iter()
-                    .map(|g| g.approvals_required)
-                    .max()
-                    .unwrap_or(0)
-            })
+            .and_then(|s| s.gates.iter().map(|g| g.approvals_required).max())
             .unwrap_or(0);
-        if required > 0 {
-            out.push_str(&approvals_line(next, required, x.approvals.as_deref()));
+        if required > 0 || matches!(x.approvals, ApprovalsState::Counted { .. }) {
+            out.push_str(&approvals_line(next, required, &x.approvals));
             let _ = writeln!(
                 out,
                 r#"<form method="post" action="/ns/{ns}/versions/{name}/approve" class="approve">{csrf}<input type="hidden" name="stage" value="{next}"><input type="hidden" name="generation" value="{generation}"><label>Comment <input name="comment" maxlength="1000"></label> <button type="submit">Approve generation {generation} for {next}</button></form>"#,
@@ -391,29 +403,37 @@ pub fn version_page(
     out
 }
 
-/// `Approvals for production: 1/2 (dana)`: those that count (of the generation on screen).
-fn approvals_line(next: &str, required: u32, approvals: Option<&[ApprovalView]>) -> String {
-    let Some(approvals) = approvals else {
-        return format!(
+/// `Approvals for production: 1/2 (dana)`, as the operator counts them, and why others do not
+/// count.
+fn approvals_line(next: &str, required: u32, state: &ApprovalsState) -> String {
+    match state {
+        ApprovalsState::Hidden => format!(
             "<p class=\"approvals\">Approvals for {}: {required} required (you may not list Approvals)</p>\n",
             esc(next)
-        );
-    };
-    let counting: Vec<String> = approvals
-        .iter()
-        .filter(|a| a.counts)
-        .map(|a| esc(&a.approver))
-        .collect();
-    let who = if counting.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", counting.join(", "))
-    };
-    format!(
-        "<p class=\"approvals\">Approvals for {}: <strong>{}/{required}</strong>{who}</p>\n",
-        esc(next),
-        counting.len()
-    )
+        ),
+        ApprovalsState::NotRequired => String::new(),
+        ApprovalsState::Counted {
+            counted,
+            required,
+            approvers,
+            not_counted,
+        } => {
+            let who = if approvers.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> = approvers.iter().map(|a| esc(a)).collect();
+                format!(" ({})", names.join(", "))
+            };
+            let mut out = format!(
+                "<p class=\"approvals\">Approvals for {}: <strong>{counted}/{required}</strong>{who}</p>\n",
+                esc(next)
+            );
+            for why in not_counted {
+                let _ = writeln!(out, "<p class=\"why\">{}</p>", esc(why));
+            }
+            out
+        }
+    }
 }
 
 fn approvals_table(approvals: &[ApprovalView], generation: i64) -> String {

@@ -16,13 +16,15 @@ use serde::Deserialize;
 use tooljet_operator::{
     api::{
         APPROVED_AT_ANNOTATION, APPROVED_BY_ANNOTATION, APPROVED_GENERATION_ANNOTATION, AppVersion,
+        Approval, PromotionPolicy, ToolJetApp,
     },
+    gate,
     lifecycle::Pipeline,
 };
 
 use super::{
     access::{Access, Guard, Refusal, SESSION_COOKIE, same_secret},
-    html::{self, Answer, ApprovalView, CalendarRow, Confirm, Frame, VersionExtra},
+    html::{self, Answer, ApprovalView, ApprovalsState, CalendarRow, Confirm, Frame, VersionExtra},
     live,
 };
 use crate::{
@@ -346,19 +348,22 @@ async fn board(
     let policies = cluster.list_policies(&ns).await?;
     let b = status::board(&app, &versions, approvals.as_deref(), &policies);
     let pipeline = Pipeline::of(&app);
+    let typed = approvals.as_deref().map(typed_approvals);
+    let policies: Vec<Arc<PromotionPolicy>> = policies.into_iter().map(Arc::new).collect();
     let extras: BTreeMap<String, VersionExtra> = versions
         .iter()
         .filter(|x| x.spec.app == app.name_any())
         .map(|x| {
-            let generation = x.metadata.generation.unwrap_or_default();
             let next = pipeline.next(&x.spec.environment).map(str::to_string);
-            let approvals = approvals
-                .as_deref()
-                .map(|all| approval_views(all, &x.name_any(), next.as_deref(), generation));
+            let approvals = match (&typed, next.as_deref()) {
+                (_, None) => ApprovalsState::NotRequired,
+                (None, Some(_)) => ApprovalsState::Hidden,
+                (Some(all), Some(next)) => tally(&policies, &app, next, all, x),
+            };
             (
                 x.name_any(),
                 VersionExtra {
-                    generation,
+                    generation: x.metadata.generation.unwrap_or_default(),
                     next,
                     approvals,
                 },
@@ -370,36 +375,76 @@ async fn board(
     Ok(s.page(&cluster, &title, true, &body).await)
 }
 
-/// The approvals of `version` (for `stage`, or every stage), as stamped by the webhook.
+/// The namespace's Approvals, typed (those that do not parse are left out).
+fn typed_approvals(all: &[DynamicObject]) -> Vec<Approval> {
+    all.iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+/// The approvals that count for `version` entering `stage`, by the operator's own rules (the
+/// webhook's count without a promoter: owned by this version, of its current generation, not
+/// revoked, one per person, separation of duties).
+fn tally(
+    policies: &[Arc<PromotionPolicy>],
+    app: &ToolJetApp,
+    stage: &str,
+    approvals: &[Approval],
+    version: &AppVersion,
+) -> ApprovalsState {
+    let Some(tally) = gate::stage_gate_among(policies, app, stage)
+        .and_then(|g| g.tally_of(gate::approval_facts(approvals, version), version, None))
+        .filter(|t| t.required > 0)
+    else {
+        return ApprovalsState::NotRequired;
+    };
+    ApprovalsState::Counted {
+        counted: tally.counted(),
+        required: tally.required,
+        approvers: tally.approvers.clone(),
+        not_counted: tally
+            .ignored
+            .iter()
+            .filter(|i| i.is_relevant())
+            .map(|i| i.to_string())
+            .collect(),
+    }
+}
+
+/// Every approval of `version` as the version page lists it; `counts` when the operator would
+/// count it (its generation, owned by this version, not revoked, not excluded by separation of
+/// duties under the policies guarding its stage).
 fn approval_views(
-    all: &[DynamicObject],
-    version: &str,
-    stage: Option<&str>,
-    generation: i64,
+    approvals: &[Approval],
+    policies: &[Arc<PromotionPolicy>],
+    app: &ToolJetApp,
+    version: &AppVersion,
 ) -> Vec<ApprovalView> {
-    let mut out: Vec<ApprovalView> = all
+    let name = version.name_any();
+    let facts = gate::approval_facts(approvals, version);
+    let mut out: Vec<ApprovalView> = approvals
         .iter()
-        .filter(|a| a.data["spec"]["version"].as_str() == Some(version))
-        .filter(|a| stage.is_none_or(|s| a.data["spec"]["environment"].as_str() == Some(s)))
+        .filter(|a| a.spec.version == name)
         .map(|a| {
             let annotations = a.annotations();
             let reviewed = annotations
                 .get(APPROVED_GENERATION_ANNOTATION)
                 .and_then(|g| g.parse().ok())
-                .or_else(|| a.data["spec"]["generation"].as_i64());
+                .or(a.spec.generation);
+            let excluded = gate::stage_gate_among(policies, app, &a.spec.environment)
+                .and_then(|g| g.tally_of(facts.clone(), version, None))
+                .is_some_and(|t| t.ignored.iter().any(|i| i.approval == a.name_any()));
             ApprovalView {
-                stage: a.data["spec"]["environment"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                stage: a.spec.environment.clone(),
                 approver: annotations
                     .get(APPROVED_BY_ANNOTATION)
                     .cloned()
                     .unwrap_or_else(|| a.name_any()),
                 generation: reviewed,
                 at: annotations.get(APPROVED_AT_ANNOTATION).map(|t| seconds(t)),
-                comment: a.data["spec"]["comment"].as_str().map(str::to_string),
-                counts: reviewed == Some(generation),
+                comment: a.spec.comment.clone(),
+                counts: facts.iter().any(|f| f.name == a.name_any()) && !excluded,
             }
         })
         .collect();
@@ -433,9 +478,16 @@ async fn version(
             app.name_any()
         ))
     })?;
+    let policies: Vec<Arc<PromotionPolicy>> = cluster
+        .list_policies(&ns)
+        .await?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let views = approvals
         .as_deref()
-        .map(|all| approval_views(all, &name, None, generation));
+        .map(typed_approvals)
+        .map(|all| approval_views(&all, &policies, &app, &version));
     let history = history::entries(&app, one, Some(&name));
     let stage = &version.spec.environment;
     // Approvers may not read stage configurations: the page then says so instead of failing.
@@ -529,11 +581,21 @@ pub struct ActionForm {
     comment: Option<String>,
     /// Set by the confirmation page: do it (otherwise: the dry run first).
     confirm: Option<String>,
+    /// The release shown by the confirmation page ("" for none): a release or rollback only
+    /// happens if it is still the release.
+    current: Option<String>,
 }
 
 impl ActionForm {
     fn confirmed(&self) -> bool {
         self.confirm.as_deref() == Some("1")
+    }
+
+    /// The release the person was shown, when the confirmation pinned it.
+    fn seen(&self) -> Option<Option<&str>> {
+        self.current
+            .as_deref()
+            .map(|c| (!c.is_empty()).then_some(c))
     }
 }
 
@@ -590,8 +652,10 @@ impl Server {
             Ok(o) => {
                 let to = o.to.clone().unwrap_or_default();
                 let version = o.version.clone();
+                let current = o.from.clone().unwrap_or_default();
                 let pinned: Vec<(&str, &str)> = match o.action {
-                    "rollback" => vec![("to", version.as_str())],
+                    "rollback" => vec![("to", version.as_str()), ("current", current.as_str())],
+                    "release" => vec![("current", current.as_str())],
                     "promote" => vec![("to", to.as_str())],
                     _ => vec![],
                 };
@@ -681,13 +745,13 @@ async fn release(
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let what = format!("Release {name}");
     if !form.confirmed() {
-        let dry = lifecycle::release(&cluster, &name, true).await;
+        let dry = lifecycle::release(&cluster, &name, true, None).await;
         let action = format!("{back}/release");
         return Ok(s
             .confirmation(&cluster, &v, &what, dry, &action, &back)
             .await);
     }
-    let done = lifecycle::release(&cluster, &name, false).await;
+    let done = lifecycle::release(&cluster, &name, false, form.seen()).await;
     Ok(s.answered(&cluster, &what, done, &back).await)
 }
 
@@ -703,7 +767,7 @@ async fn rollback(
     let cluster = s.cluster(&v, &ns).await?;
     let back = format!("/ns/{}/apps/{}", html::url(&ns), html::url(&app));
     if !form.confirmed() {
-        let dry = lifecycle::rollback(&cluster, Some(&app), None, true).await;
+        let dry = lifecycle::rollback(&cluster, Some(&app), None, true, None).await;
         let what = match &dry {
             Ok(o) => format!("Roll {app} back to {}", o.version),
             Err(_) => format!("Roll {app} back"),
@@ -717,7 +781,7 @@ async fn rollback(
         "Roll {app} back to {}",
         form.to.as_deref().unwrap_or("the previous release")
     );
-    let done = lifecycle::rollback(&cluster, Some(&app), form.to.clone(), false).await;
+    let done = lifecycle::rollback(&cluster, Some(&app), form.to.clone(), false, form.seen()).await;
     Ok(s.answered(&cluster, &what, done, &back).await)
 }
 
