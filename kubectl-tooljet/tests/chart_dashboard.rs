@@ -22,12 +22,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RELEASE: &str = "t";
 
-/// `helm template` of the chart with the dashboard on, as JSON documents.
-fn render(namespace: &str) -> Vec<Value> {
+/// `helm template` of the chart with the dashboard on (and `extra` arguments), as JSON
+/// documents.
+fn render(namespace: &str, extra: &[&str]) -> Vec<Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tooljet-operator");
     let out = Command::new(testenv::Binary::Helm.require().unwrap())
         .args(["template", RELEASE, chart, "--namespace", namespace])
         .args(["--set", "dashboard.enabled=true"])
+        .args(extra)
+        .env("KUBECONFIG", &testenv::shared().kubeconfig)
         .env("HELM_CACHE_HOME", testenv::shared().dir.join("helm-cache"))
         .env(
             "HELM_CONFIG_HOME",
@@ -59,7 +62,7 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 #[tokio::test]
 async fn the_charts_dashboard_has_no_privileges_and_serves_https_with_the_viewers_token() {
     let (admin, ns) = crm("chart-dash").await;
-    let docs = render(&ns);
+    let docs = render(&ns, &[]);
     let name = "t-tooljet-operator-dashboard";
 
     // Nothing of its own: no token mounted, no binding names its ServiceAccount.
@@ -112,6 +115,40 @@ async fn the_charts_dashboard_has_no_privileges_and_serves_https_with_the_viewer
         .patch(name, &apply, &Patch::Apply(deployment))
         .await
         .unwrap();
+
+    // An upgrade keeps the certificate (helm reads the stored Secret: `--dry-run=server` lets
+    // `helm template` look it up); new host names make a new one that names them.
+    let stored_cert = |docs: &[Value]| {
+        find(docs, "Secret", &tls_name)["data"]["tls.crt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let applied = stored_cert(&docs);
+    let upgraded = render(&ns, &["--dry-run=server"]);
+    assert_eq!(
+        stored_cert(&upgraded),
+        applied,
+        "an upgrade keeps the certificate"
+    );
+    let renamed = render(
+        &ns,
+        &[
+            "--dry-run=server",
+            "--set",
+            "dashboard.hosts[0]=tooljet.example.com",
+        ],
+    );
+    assert_ne!(
+        stored_cert(&renamed),
+        applied,
+        "new names, a new certificate"
+    );
+    let names = &find(&renamed, "Secret", &tls_name)["metadata"]["annotations"]["tooljet.io/names"];
+    assert!(
+        names.as_str().unwrap().ends_with(",tooljet.example.com"),
+        "{names}"
+    );
 
     // The binary with the Deployment's arguments and the chart's certificate (listening on
     // loopback here instead of the pod's address; the apiserver's address from the kubeconfig

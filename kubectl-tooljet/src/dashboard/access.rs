@@ -367,8 +367,49 @@ fn client_for(config: &Config, token: &str) -> Result<Client> {
     Client::try_from(config).map_err(|e| Error::Api(format!("building the API client: {e}")))
 }
 
-/// The TLS server configuration from PEM files.
+/// The TLS server configuration from PEM files, which are read again when they change (a
+/// cert-manager renewal rewrites the mounted Secret; the server keeps running).
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    let resolver = ReloadingCert::new(cert, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Usage(format!("the dashboard's TLS configuration: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A certificate and key from files, reloaded when either file's modification time changes.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: Mutex<(
+        Option<std::time::SystemTime>,
+        Arc<rustls::sign::CertifiedKey>,
+    )>,
+}
+
+impl ReloadingCert {
+    fn new(cert: &Path, key: &Path) -> Result<ReloadingCert> {
+        let loaded = load_certified(cert, key)?;
+        Ok(ReloadingCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: Mutex::new((stamp(cert, key), Arc::new(loaded))),
+        })
+    }
+}
+
+/// The later of the two files' modification times (a Secret volume swaps both at once).
+fn stamp(cert: &Path, key: &Path) -> Option<std::time::SystemTime> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    m(cert).max(m(key))
+}
+
+fn load_certified(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| Error::Usage(format!("reading {}: {e}", p.display())))
@@ -381,15 +422,35 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
                 cert.display()
             ))
         })?;
-    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|e| Error::Usage(format!("{}: not a PEM private key: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| Error::Usage(format!("the dashboard's TLS certificate: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider)
+        .map_err(|e| Error::Usage(format!("the dashboard's TLS certificate and key: {e}")))
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ReloadingCert {
+    /// The pair to serve: the files' current one if they changed and load, else the last.
+    fn current(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut current = self.current.lock().ok()?;
+        let now = stamp(&self.cert, &self.key);
+        if now != current.0 {
+            // A half-written pair fails to load: the previous one serves until both are there.
+            if let Ok(fresh) = load_certified(&self.cert, &self.key) {
+                *current = (now, Arc::new(fresh));
+            }
+        }
+        Some(current.1.clone())
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +585,42 @@ mod tests {
             g.check_origin(&Method::POST, &headers(&[]), host),
             Err(Refusal::ForeignOrigin)
         );
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_without_a_restart_and_a_half_written_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("dashboard-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let write = |name: &str, at: std::time::SystemTime| {
+            let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            std::fs::write(&cert, c.cert.pem()).unwrap();
+            std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+            for p in [&cert, &key] {
+                std::fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_modified(at)
+                    .unwrap();
+            }
+            c.cert.der().to_vec()
+        };
+        let t0 = std::time::SystemTime::now();
+        let first = write("a.example", t0);
+        let r = ReloadingCert::new(&cert, &key).unwrap();
+        assert_eq!(r.current().unwrap().cert[0].as_ref(), first.as_slice());
+        let second = write("b.example", t0 + Duration::from_secs(60));
+        assert_eq!(r.current().unwrap().cert[0].as_ref(), second.as_slice());
+        std::fs::write(&key, "not yet").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&key)
+            .unwrap()
+            .set_modified(t0 + Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(r.current().unwrap().cert[0].as_ref(), second.as_slice());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

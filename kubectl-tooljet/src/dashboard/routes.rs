@@ -69,26 +69,54 @@ pub async fn serve(
     }
 }
 
-/// HTTPS: each connection's TLS handshake, then HTTP/1.1.
+/// At most this many HTTPS connections at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+
+/// HTTPS: each connection's TLS handshake (bounded in time), then HTTP/2 or HTTP/1.1 as ALPN
+/// agreed (HTTP/2 lets a browser keep many tabs' live updates on one connection), with hyper's
+/// header-read timeout.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: Router,
     config: Arc<rustls::ServerConfig>,
 ) -> Result<()> {
-    use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
+    use std::time::Duration;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Api(format!("the dashboard's connection limit: {e}")))?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            // Out of file descriptors, typically: wait rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let acceptor = acceptor.clone();
+        let (acceptor, builder) = (acceptor.clone(), builder.clone());
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let _slot = slot;
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
             if let Ok(Ok(tls)) = handshake.await {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await;
             }
         });
