@@ -10,7 +10,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use support::{CANARY, apply, cli, crm, eventually, workspace};
+use support::{CANARY, apply, cli, crm, eventually, stage_of, workspace};
 use tooljet_operator::{
     api::{AppVersion, EnvironmentConfig, ToolJetApp},
     lifecycle::References,
@@ -32,15 +32,6 @@ fn version_ready(board: &Value, version: &str) -> bool {
         .unwrap()
         .iter()
         .any(|v| v["name"] == version && v["ready"]["status"] == "True")
-}
-
-async fn stage_of(admin: &Client, ns: &str, version: &str) -> String {
-    Api::<AppVersion>::namespaced(admin.clone(), ns)
-        .get(version)
-        .await
-        .unwrap()
-        .spec
-        .environment
 }
 
 /// Promotes `version` through the CLI as bob until it is in `stage`.

@@ -15,10 +15,9 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    CANARY, crm, eventually,
+    CANARY, crm, eventually, stage_of,
     web::{Viewer, csrf_of, dashboard, encode, request},
 };
-use tooljet_operator::api::AppVersion;
 
 const SECRET_CANARY: &str = "canary-9c4d-dashboard-secret";
 
@@ -86,15 +85,6 @@ fn assert_no_value(what: &str, body: &str) {
             "{what} shows a configuration value ({canary}): {body}"
         );
     }
-}
-
-async fn stage_of(admin: &Client, ns: &str, version: &str) -> String {
-    Api::<AppVersion>::namespaced(admin.clone(), ns)
-        .get(version)
-        .await
-        .unwrap()
-        .spec
-        .environment
 }
 
 #[tokio::test]

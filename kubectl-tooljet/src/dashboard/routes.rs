@@ -173,7 +173,7 @@ async fn guard(State(s): State<Shared>, mut req: Request, next: Next) -> Respons
     };
     let (csrf, set_csrf) = match g.csrf(req.headers()) {
         Ok(c) => c,
-        Err(e) => return Failure(e).into_response(),
+        Err(e) => return Failure::Cluster(e).into_response(),
     };
     req.extensions_mut().insert(Viewer { credential, csrf });
     let mut resp = next.run(req).await;
@@ -219,21 +219,29 @@ fn refused(r: &Refusal) -> Response {
     )
 }
 
-/// A page that could not be shown: the cluster's own words, with the status they map to.
-struct Failure(Error);
+/// A page that could not be shown: the cluster's own words, with the status they map to; or a
+/// request the guard's checks turn away.
+enum Failure {
+    Cluster(Error),
+    Refused(Refusal),
+}
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure(e)
+        Failure::Cluster(e)
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        if let Error::Unauthenticated(why) = &self.0 {
+        let e = match self {
+            Failure::Refused(r) => return refused(&r),
+            Failure::Cluster(e) => e,
+        };
+        if let Error::Unauthenticated(why) = &e {
             return signed_out(why);
         }
-        let status = match &self.0 {
+        let status = match &e {
             Error::Usage(_) => StatusCode::BAD_REQUEST,
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -250,7 +258,7 @@ impl IntoResponse for Failure {
             },
             &format!(
                 "<h1>Cannot show this</h1>\n<p class=\"alert\" role=\"alert\">{}</p>\n<p><a href=\"/\">Apps</a></p>",
-                html::esc(&self.0.to_string())
+                html::esc(&e.to_string())
             ),
         );
         (
@@ -633,6 +641,19 @@ impl Server {
         !v.csrf.is_empty() && same_secret(&form.csrf, &v.csrf)
     }
 
+    /// What every action starts with: the form's CSRF token, then the viewer's cluster.
+    async fn acting(
+        &self,
+        v: &Viewer,
+        form: &ActionForm,
+        ns: &str,
+    ) -> std::result::Result<Cluster, Failure> {
+        if !self.csrf_ok(v, form) {
+            return Err(Failure::Refused(Refusal::ForeignOrigin));
+        }
+        Ok(self.cluster(v, ns).await?)
+    }
+
     /// The page after an action: its outcome, or the refusal in the cluster's words.
     async fn answered(
         &self,
@@ -720,10 +741,7 @@ async fn promote(
     Path((ns, name)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Page {
-    if !s.csrf_ok(&v, &form) {
-        return Ok(refused(&Refusal::ForeignOrigin));
-    }
-    let cluster = s.cluster(&v, &ns).await?;
+    let cluster = s.acting(&v, &form, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let what = match &form.to {
         Some(to) => format!("Promote {name} to {to}"),
@@ -746,10 +764,7 @@ async fn approve(
     Path((ns, name)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Page {
-    if !s.csrf_ok(&v, &form) {
-        return Ok(refused(&Refusal::ForeignOrigin));
-    }
-    let cluster = s.cluster(&v, &ns).await?;
+    let cluster = s.acting(&v, &form, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let Some(stage) = form.stage.clone() else {
         return Err(Error::Usage("the approval names no stage".into()).into());
@@ -766,10 +781,7 @@ async fn release(
     Path((ns, name)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Page {
-    if !s.csrf_ok(&v, &form) {
-        return Ok(refused(&Refusal::ForeignOrigin));
-    }
-    let cluster = s.cluster(&v, &ns).await?;
+    let cluster = s.acting(&v, &form, &ns).await?;
     let back = format!("/ns/{}/versions/{}", html::url(&ns), html::url(&name));
     let what = format!("Release {name}");
     if !form.confirmed() {
@@ -789,10 +801,7 @@ async fn rollback(
     Path((ns, app)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Page {
-    if !s.csrf_ok(&v, &form) {
-        return Ok(refused(&Refusal::ForeignOrigin));
-    }
-    let cluster = s.cluster(&v, &ns).await?;
+    let cluster = s.acting(&v, &form, &ns).await?;
     let back = format!("/ns/{}/apps/{}", html::url(&ns), html::url(&app));
     if !form.confirmed() {
         let dry = lifecycle::rollback(&cluster, Some(&app), None, true, None).await;

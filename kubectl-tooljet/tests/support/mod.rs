@@ -338,3 +338,13 @@ pub async fn crm(prefix: &str) -> (Client, String) {
     }
     (admin, ns)
 }
+
+/// The stage `version` is in, as stored.
+pub async fn stage_of(admin: &Client, ns: &str, version: &str) -> String {
+    Api::<AppVersion>::namespaced(admin.clone(), ns)
+        .get(version)
+        .await
+        .unwrap()
+        .spec
+        .environment
+}
