@@ -224,6 +224,14 @@ pub struct VerificationLabels {
     pub result: VerificationResult,
 }
 
+/// The labels of a Notification's delivery attempt: the event type and the result (`delivered`,
+/// or why it failed: `status`, `timeout`, `transport`, `invalid_url`). No URL, no name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub event: &'static str,
+    pub result: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -239,6 +247,7 @@ pub struct Metrics {
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
     pub access_reviews: Family<AccessLabels, Counter>,
+    pub notifications: Family<NotificationLabels, Counter>,
 }
 
 /// The delivery metrics. Private: they are recorded through [`Metrics`]' methods, which bound
@@ -362,6 +371,12 @@ impl Default for Metrics {
                 r,
                 "access_reviews",
                 "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
+                Family::default(),
+            ),
+            notifications: register(
+                r,
+                "notifications",
+                "Notification delivery attempts, by event type and result",
                 Family::default(),
             ),
             registry,
@@ -597,6 +612,13 @@ impl Metrics {
                 environment: environment.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts one attempt to deliver a Notification's `event` (`tooljet_operator_notifications_total`).
+    pub fn notified(&self, event: &'static str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels { event, result })
+            .inc();
     }
 
     /// Counts one delivery of `kind` (`tooljet_operator_deliveries_total`). Independent of
