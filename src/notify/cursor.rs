@@ -84,6 +84,7 @@ mod tests {
             source: "tooljetapps/crm".into(),
             subject: "crm-v4".into(),
             facts: Facts::default(),
+            order: Default::default(),
         }
     }
 

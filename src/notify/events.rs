@@ -55,6 +55,30 @@ pub struct Event {
     /// What within the source: the version, or the policy's window (`windows[0]`).
     pub subject: String,
     pub facts: Facts,
+    /// The order among events of the same second (see [`Order`]).
+    pub order: Order,
+}
+
+/// The order of events within one second, the precision Kubernetes keeps of a time: the
+/// lifecycle's. A version's promotion into the stage at `position` of its pipeline, then the
+/// approval it needs, then approvals for the next stage, then the next promotion; releases after
+/// the promotions, in the order of the release history; a freeze ends first and starts last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Order {
+    pub position: usize,
+    pub step: u8,
+    /// The entry's index in its history (an Approval's: the nanoseconds of its stamp).
+    pub index: usize,
+}
+
+impl Order {
+    fn at(position: usize, step: u8, index: usize) -> Order {
+        Order {
+            position,
+            step,
+            index,
+        }
+    }
 }
 
 /// What an event says: names, stages, who, when. Never a value or a definition.
@@ -87,7 +111,7 @@ pub struct Facts {
 }
 
 /// Every event of `sources` whose time is within `[from, until]`, in delivery order: by time,
-/// then by a fixed order of kinds (a promotion before the approval it makes needed), then by id.
+/// then in the lifecycle's order ([`Order`]), then by id.
 pub fn derive(sources: &Sources, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Event> {
     let mut events = vec![];
     for app in &sources.apps {
@@ -102,22 +126,15 @@ pub fn derive(sources: &Sources, from: DateTime<Utc>, until: DateTime<Utc>) -> V
     for policy in &sources.policies {
         events.extend(freezes(sources, policy, from, until));
     }
-    events.sort_by(|a, b| (a.at, rank(a.kind), &a.id).cmp(&(b.at, rank(b.kind), &b.id)));
+    events.sort_by(|a, b| (a.at, a.order, &a.id).cmp(&(b.at, b.order, &b.id)));
     events
 }
 
-/// The order of kinds at the same second.
-fn rank(kind: LifecycleEvent) -> u8 {
-    match kind {
-        LifecycleEvent::FreezeEnded => 0,
-        LifecycleEvent::Promoted => 1,
-        LifecycleEvent::ApprovalNeeded => 2,
-        LifecycleEvent::Approved => 3,
-        LifecycleEvent::Released => 4,
-        LifecycleEvent::RolledBack => 5,
-        LifecycleEvent::FreezeStarted => 6,
-    }
-}
+/// Steps of [`Order`] at one position.
+const ENTERED: u8 = 0;
+const NEEDS_APPROVAL: u8 = 1;
+const APPROVED: u8 = 2;
+const RELEASED: u8 = 3;
 
 /// The stable id of an event: its parts hashed (128 bits, hex).
 fn id(parts: &[&str]) -> String {
@@ -144,8 +161,7 @@ fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Ut
 fn app_event(
     sources: &Sources,
     app: &ToolJetApp,
-    kind: LifecycleEvent,
-    at: DateTime<Utc>,
+    (kind, at, order): (LifecycleEvent, DateTime<Utc>, Order),
     id: String,
     subject: &str,
 ) -> Event {
@@ -153,6 +169,7 @@ fn app_event(
         id,
         kind,
         at,
+        order,
         namespace: sources.namespace.clone(),
         source: format!("tooljetapps/{}", app.name_any()),
         subject: subject.to_string(),
@@ -174,9 +191,11 @@ fn versions_of<'a>(
 /// Released and RolledBack: the app's release history.
 fn releases<'a>(sources: &'a Sources, app: &'a ToolJetApp) -> impl Iterator<Item = Event> + 'a {
     let history = app.status.iter().flat_map(|s| &s.release_history);
-    let last = Pipeline::of(app).last().to_string();
+    let pipeline = Pipeline::of(app);
+    let last = pipeline.last().to_string();
+    let position = pipeline.index(&last).unwrap_or_default();
     let uid = app.uid().unwrap_or_default();
-    history.map(move |r| {
+    history.enumerate().map(move |(index, r)| {
         let at = time(&r.at);
         let kind = if r.rollback || r.automatic {
             LifecycleEvent::RolledBack
@@ -191,7 +210,8 @@ fn releases<'a>(sources: &'a Sources, app: &'a ToolJetApp) -> impl Iterator<Item
             &at.timestamp().to_string(),
             &r.version,
         ]);
-        let mut e = app_event(sources, app, kind, at, key, &r.version);
+        let order = Order::at(position, RELEASED, index);
+        let mut e = app_event(sources, app, (kind, at, order), key, &r.version);
         e.facts.version = Some(r.version.clone());
         e.facts.environment = Some(last.clone());
         e.facts.by = r.by.clone();
@@ -209,7 +229,8 @@ fn promotions<'a>(
 ) -> impl Iterator<Item = Event> + 'a {
     let uid = v.uid().unwrap_or_default();
     let history = v.status.iter().flat_map(|s| &s.promotions);
-    history.map(move |p| {
+    let pipeline = Pipeline::of(app);
+    history.enumerate().map(move |(index, p)| {
         let at = time(&p.at);
         let key = id(&[
             &sources.namespace,
@@ -220,11 +241,11 @@ fn promotions<'a>(
             &p.from,
             &p.to,
         ]);
+        let order = Order::at(pipeline.index(&p.to).unwrap_or_default(), ENTERED, index);
         let mut e = app_event(
             sources,
             app,
-            LifecycleEvent::Promoted,
-            at,
+            (LifecycleEvent::Promoted, at, order),
             key,
             &v.name_any(),
         );
@@ -279,11 +300,12 @@ fn approvals_needed(sources: &Sources, app: &ToolJetApp, v: &AppVersion) -> Vec<
                     &at.timestamp().to_string(),
                     &stage,
                 ]);
+                let position = pipeline.index(&stage).unwrap_or_default();
+                let order = Order::at(position, NEEDS_APPROVAL, 0);
                 let mut e = app_event(
                     sources,
                     app,
-                    LifecycleEvent::ApprovalNeeded,
-                    at,
+                    (LifecycleEvent::ApprovalNeeded, at, order),
                     key,
                     &v.name_any(),
                 );
@@ -298,17 +320,18 @@ fn approvals_needed(sources: &Sources, app: &ToolJetApp, v: &AppVersion) -> Vec<
         .collect()
 }
 
-/// When an Approval was given: the webhook's stamp, else its creation.
+/// When an Approval was given, as precisely as known: the webhook's stamp, else its creation.
 fn approved_at(a: &Approval) -> Option<DateTime<Utc>> {
     let stamped = a
         .annotations()
         .get(APPROVED_AT_ANNOTATION)
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .map(|t| seconds(gate::to_chrono(t)));
+        .map(gate::to_chrono);
     stamped.or_else(|| a.metadata.creation_timestamp.as_ref().map(time))
 }
 
-/// The Approvals of `version` for `stage` given at or before `at`.
+/// The Approvals of `version` for `stage` given at or before `at` (an approval given in the
+/// second a version entered its stage, but after, counts for the approvals that follow only).
 fn counted(sources: &Sources, version: &str, stage: &str, at: DateTime<Utc>) -> u32 {
     let n = sources
         .approvals
@@ -331,14 +354,18 @@ fn approvals(sources: &Sources) -> Vec<Event> {
         .filter_map(|a| {
             let v = versions.get(&a.spec.version)?;
             let app = apps.get(&v.spec.app)?;
-            let at = approved_at(a)?;
+            let precise = approved_at(a)?;
+            let at = seconds(precise);
             let key = id(&[&sources.namespace, "Approval", &a.uid().unwrap_or_default()]);
             let stage = &a.spec.environment;
+            let position = Pipeline::of(app).index(stage).unwrap_or(1);
+            // Approvals of one second in the order given.
+            let nanos = precise.timestamp_subsec_nanos() as usize;
+            let order = Order::at(position.saturating_sub(1), APPROVED, nanos);
             let mut e = app_event(
                 sources,
                 app,
-                LifecycleEvent::Approved,
-                at,
+                (LifecycleEvent::Approved, at, order),
                 key,
                 &v.name_any(),
             );
@@ -346,7 +373,7 @@ fn approvals(sources: &Sources) -> Vec<Event> {
             e.facts.environment = Some(stage.clone());
             e.facts.by = a.annotations().get(APPROVED_BY_ANNOTATION).cloned();
             e.facts.approvals = Some((
-                counted(sources, &v.name_any(), stage, at),
+                counted(sources, &v.name_any(), stage, precise),
                 required(sources, app, stage),
             ));
             Some(e)
@@ -390,10 +417,11 @@ fn freezes(
             continue;
         }
         for (at, starts, ends) in boundaries(w, from, until) {
-            let (kind, edge) = if starts {
-                (LifecycleEvent::FreezeStarted, "start")
+            let (kind, edge, order) = if starts {
+                let last = Order::at(usize::MAX, u8::MAX, 0);
+                (LifecycleEvent::FreezeStarted, "start", last)
             } else {
-                (LifecycleEvent::FreezeEnded, "end")
+                (LifecycleEvent::FreezeEnded, "end", Order::default())
             };
             let index = i.to_string();
             let key = id(&[
@@ -408,6 +436,7 @@ fn freezes(
                 id: key,
                 kind,
                 at,
+                order,
                 namespace: sources.namespace.clone(),
                 source: format!("promotionpolicies/{}", policy.name_any()),
                 subject: format!("windows[{i}]"),
@@ -784,5 +813,55 @@ pub(crate) mod tests {
                 (LifecycleEvent::FreezeEnded, at(13, 5, 0))
             ]
         );
+    }
+
+    #[test]
+    fn events_of_one_second_follow_the_lifecycle() {
+        use LifecycleEvent::*;
+        let second = t(10, 0, 0);
+        let mut s = sources();
+        let mut a = app();
+        for r in &mut a.status.as_mut().unwrap().release_history {
+            r.at = second.clone();
+        }
+        let mut v = version();
+        for p in &mut v.status.as_mut().unwrap().promotions {
+            p.at = second.clone();
+        }
+        s.apps = vec![Arc::new(a)];
+        s.versions = vec![Arc::new(v)];
+        s.approvals = vec![
+            Arc::new(approval("ok-erin", "erin", "2026-12-01T10:00:00.7Z")),
+            Arc::new(approval("ok-dave", "dave", "2026-12-01T10:00:00.5Z")),
+        ];
+        s.policies[0] = Arc::new(policy(vec![]));
+        let events = derive(&s, at(10, 0, 0), at(10, 0, 0));
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Promoted,
+                ApprovalNeeded,
+                Approved,
+                Approved,
+                Promoted,
+                Released,
+                Released,
+                RolledBack
+            ],
+            "{events:#?}"
+        );
+        assert_eq!(
+            events[1].facts.approvals,
+            Some((0, 2)),
+            "approvals come after"
+        );
+        assert_eq!(events[2].facts.by.as_deref(), Some("dave"));
+        assert_eq!(events[3].facts.approvals, Some((2, 2)));
+        let released: Vec<_> = events[5..]
+            .iter()
+            .map(|e| e.facts.version.clone().unwrap())
+            .collect();
+        assert_eq!(released, ["crm-v3", "crm-v4", "crm-v3"], "in history order");
     }
 }

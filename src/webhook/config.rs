@@ -748,6 +748,7 @@ pub fn gate_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBin
 /// namespace, and point at a Secret (new or changed reference) only with `get` on it: the
 /// webhook's rule ([`super::notifications`]), kept while the webhook is down.
 pub fn notification_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    use super::notifications::{ASK_ADMIN, ASK_SECRET_OWNER, READING_SECRET, SENDING_EVENTS};
     let secret = "object.spec.endpoint.urlFrom.secretKeyRef";
     let verb = "(request.operation == 'CREATE' ? 'create' : 'change')";
     let validations = vec![
@@ -758,8 +759,8 @@ pub fn notification_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionP
             ),
             format!(
                 "'user ' + request.userInfo.username + ' may not ' + {verb} + ' Notification ' + object.metadata.name + \
-                 ': sending the events of the apps it selects needs verb configure on every object of resource \
-                 tooljetapps (group tooljet.io) in namespace ' + request.namespace"
+                 ': {SENDING_EVENTS} needs verb configure on every object of resource tooljetapps (group tooljet.io) \
+                 in namespace ' + request.namespace + '; {ASK_ADMIN}'"
             ),
         ),
         validation(
@@ -770,9 +771,10 @@ pub fn notification_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionP
                 authorized("", "secrets", &format!("{secret}.name"), "get")
             ),
             format!(
-                "'user ' + request.userInfo.username + ' may not reference Secret ' + {secret}.name + \
-                 ' from Notification ' + object.metadata.name + ': it needs verb get on resource secrets named ' + \
-                 {secret}.name + ' (group core) in namespace ' + request.namespace"
+                "'user ' + request.userInfo.username + ' may not reference Secret ' + {secret}.name + ' (key ' + \
+                 {secret}.key + ') from Notification ' + object.metadata.name + ': {READING_SECRET} needs verb get on \
+                 resource secrets named ' + {secret}.name + ' (group core) in namespace ' + request.namespace + \
+                 '; {ASK_SECRET_OWNER}'"
             ),
         ),
     ];

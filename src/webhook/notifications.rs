@@ -15,6 +15,20 @@ use super::{
 };
 use crate::api::{Notification, SecretKeySelector};
 
+/// Why configuring a Notification needs `configure` on the apps (the denial's words, shared with
+/// the ValidatingAdmissionPolicy in [`super::config`]).
+pub(super) const SENDING_EVENTS: &str = "sending the events of the apps spec.appSelector selects (who promoted, approved and \
+     released what; with no selector, every app of the namespace, including apps created later)";
+/// Whom to ask.
+pub(super) const ASK_ADMIN: &str =
+    "ask a workspace admin (e.g. tooljet-admin or tooljet-environment-admin) to create it";
+/// Why referencing a Secret needs `get` on it.
+pub(super) const READING_SECRET: &str = "spec.endpoint.urlFrom.secretKeyRef makes the operator read that value and send events \
+     to it, which";
+/// What to do instead.
+pub(super) const ASK_SECRET_OWNER: &str =
+    "reference a Secret you may read, or ask whoever manages that Secret to add the reference";
+
 /// The Secret reference of a Notification.
 fn secret_of(n: &Notification) -> &SecretKeySelector {
     &n.spec.endpoint.url_from.secret_key_ref
@@ -92,11 +106,10 @@ fn configuring_not_permitted(
     Some(forbidden(
         r.user,
         &format!("{verb} Notification {}", r.name),
-        "sending the events of the apps spec.appSelector selects (who promoted, approved and released \
-         what; with no selector, every app of the namespace, including apps created later)",
+        SENDING_EVENTS,
         &access,
         &r.ns,
-        "ask a workspace admin (e.g. tooljet-admin or tooljet-environment-admin) to create it",
+        ASK_ADMIN,
     ))
 }
 
@@ -117,10 +130,10 @@ fn secret_read_not_permitted(
             "reference Secret {} (key {}) from Notification {}",
             secret.name, secret.key, r.name
         ),
-        "spec.endpoint.urlFrom.secretKeyRef makes the operator read that value and send events to it, which",
+        READING_SECRET,
         &access,
         &r.ns,
-        "reference a Secret you may read, or ask whoever manages that Secret to add the reference",
+        ASK_SECRET_OWNER,
     ))
 }
 
