@@ -123,6 +123,7 @@ pub async fn reconcile(n: Arc<Notification>, ctx: Arc<Context>) -> Result<Action
         Ok(sources) => sources,
         Err(problem) => {
             let status = settled_status(&n, Outcome::InvalidSelector(problem), 0);
+            report(&ctx, &n, &status).await;
             write_status(&ctx, &n, &status).await?;
             return Ok(Action::await_change());
         }
@@ -419,14 +420,14 @@ async fn deliver(
 ) -> Result<Action, Error> {
     let api: Api<Notification> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let Some(mut n) = api
+    let Some(n) = api
         .get_opt(&cached.name_any())
         .await
         .at(Step::ReadNotification)?
     else {
         return Ok(Action::await_change());
     };
-    let mut cursor = Cursor::of(n.status.as_ref(), created(&n));
+    let cursor = Cursor::of(n.status.as_ref(), created(&n));
     let events: Vec<&Event> = cursor.pending(&plan.events);
     let waiting = events.len() + plan.held;
     if let Some(next) = next_attempt(&n).filter(|t| *t > now) {
@@ -447,31 +448,47 @@ async fn deliver(
             return Ok(Action::requeue(ENDPOINT_RECHECK));
         }
     };
+    let pending: Vec<Event> = events.into_iter().cloned().collect();
+    let (n, failed) = send_in_order(ctx, n, &url, &pending, cursor, waiting).await?;
+    if let Some(wait) = failed {
+        return Ok(Action::requeue(wait));
+    }
+    // What waits for the statuses or to settle (also when another pass delivered the rest).
+    write_status(ctx, &n, &settled_status(&n, plan.outcome(), plan.held)).await?;
+    Ok(plan.wake_action(now))
+}
+
+/// POSTs `events` in order, advancing the cursor in status after each success; stops at the
+/// first failure and returns the wait before the next attempt. Returns the object as stored.
+async fn send_in_order(
+    ctx: &Context,
+    mut n: Notification,
+    url: &str,
+    events: &[Event],
+    mut cursor: Cursor,
+    waiting: usize,
+) -> Result<(Notification, Option<Duration>), Error> {
     for (i, e) in events.iter().enumerate() {
         ctx.may_write()?;
         let body = payload::build(n.spec.endpoint.format, e);
-        let sent = send::post(&ctx.http, &url, &body, &e.id, n.spec.endpoint.timeout()).await;
+        let sent = send::post(&ctx.http, url, &body, &e.id, n.spec.endpoint.timeout()).await;
         ctx.may_write()?;
-        match sent {
-            Ok(()) => {
-                ctx.metrics.notified(e.kind.name(), "delivered");
-                info!(id = %e.id, event = e.kind.name(), at = %e.at, "delivered");
-                cursor.advance(e);
-                let status = delivered_status(&n, e, &cursor, waiting - i - 1);
-                n = write_status(ctx, &n, &status).await?;
-            }
-            Err(failure) => {
-                ctx.metrics.notified(e.kind.name(), failure.label());
-                let status = failed_status(&n, &failure, waiting - i);
-                warn!(id = %e.id, event = e.kind.name(), failures = status.failures, error = status.last_error.as_deref().unwrap_or_default(), "delivery failed");
-                report(ctx, &n, &status).await;
-                let wait = notify::backoff(status.failures);
-                write_status(ctx, &n, &status).await?;
-                return Ok(Action::requeue(wait));
-            }
+        if let Err(failure) = sent {
+            ctx.metrics.notified(e.kind.name(), failure.label());
+            let status = failed_status(&n, &failure, waiting - i);
+            warn!(id = %e.id, event = e.kind.name(), failures = status.failures, error = status.last_error.as_deref().unwrap_or_default(), "delivery failed");
+            report(ctx, &n, &status).await;
+            let wait = notify::backoff(status.failures);
+            let n = write_status(ctx, &n, &status).await?;
+            return Ok((n, Some(wait)));
         }
+        ctx.metrics.notified(e.kind.name(), "delivered");
+        info!(id = %e.id, event = e.kind.name(), at = %e.at, "delivered");
+        cursor.advance(e);
+        let status = delivered_status(&n, e, &cursor, waiting - i - 1);
+        n = write_status(ctx, &n, &status).await?;
     }
-    Ok(plan.wake_action(now))
+    Ok((n, None))
 }
 
 /// The status after a failed attempt: one more failure, the error, the next attempt.

@@ -72,7 +72,8 @@ pub fn review_notification(
     let Some(new) = new.filter(|_| op != Op::Delete) else {
         return Allow;
     };
-    configuring_not_permitted(&r, op, old, new)
+    invalid_selector(&r, new)
+        .or_else(|| configuring_not_permitted(&r, op, old, new))
         .or_else(|| secret_read_not_permitted(&r, old, new))
         .or_else(|| {
             deletion_metadata_rule(
@@ -89,6 +90,16 @@ pub fn review_notification(
 }
 
 use Verdict::{Allow, Deny};
+
+/// A selector the label machinery cannot evaluate (an unknown operator, `In` without values).
+fn invalid_selector(r: &Review<Notification>, new: &Notification) -> Option<Verdict> {
+    let selector = new.spec.app_selector.clone()?;
+    let problem = kube::core::Selector::try_from(selector).err()?;
+    Some(Deny(format!(
+        "Notification {}: spec.appSelector: {problem}; use In, NotIn, Exists or DoesNotExist",
+        r.name
+    )))
+}
 
 /// A new or changed spec without `configure` on the namespace's apps.
 fn configuring_not_permitted(
@@ -238,6 +249,22 @@ mod tests {
                 &facts(&[Access::configure_apps()]),
             ),
             "reference Secret other-hook",
+        );
+    }
+
+    #[test]
+    fn an_unreadable_selector_is_refused_with_its_field() {
+        let bad = notification(
+            "slack-webhook",
+            json!({ "matchExpressions": [{ "key": "team", "operator": "Matches", "values": ["crm"] }] }),
+        );
+        let admin = facts(&[
+            Access::configure_apps(),
+            Access::read_secret("slack-webhook"),
+        ]);
+        denied_with(
+            review_notification(Op::Create, None, Some(&bad), USER, &admin),
+            "Notification team-chat: spec.appSelector: ",
         );
     }
 
