@@ -233,7 +233,7 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
 }
 
 /// The first covered app or version whose status has not recorded its generation yet: its
-/// history may be about to grow with an entry of the past.
+/// history may be about to grow with an entry of the past. (Apps being deleted are not covered.)
 fn unsettled(sources: &Sources) -> Option<String> {
     let behind = |generation: Option<i64>, observed: Option<i64>| observed < generation;
     let app = sources.apps.iter().find(|a| {
@@ -249,11 +249,13 @@ fn unsettled(sources: &Sources) -> Option<String> {
             a.metadata.generation.unwrap_or_default()
         ));
     }
+    // A version being deleted records nothing more (and its deletion mark bumps its generation).
     let version = sources.versions.iter().find(|v| {
-        behind(
-            v.metadata.generation,
-            v.status.as_ref().and_then(|s| s.observed_generation),
-        )
+        v.metadata.deletion_timestamp.is_none()
+            && behind(
+                v.metadata.generation,
+                v.status.as_ref().and_then(|s| s.observed_generation),
+            )
     })?;
     Some(format!(
         "waiting for AppVersion {}'s status to record generation {}",
@@ -665,6 +667,15 @@ mod tests {
             plan.waiting.as_deref(),
             Some("waiting for ToolJetApp crm's status to record generation 2")
         );
+        // A version lagging its generation holds them too, unless it is being deleted.
+        let mut lagging = settled();
+        Arc::make_mut(&mut lagging.versions[0]).metadata.generation = Some(3);
+        assert!(super::plan(&n, &lagging, at(11, 30, 0)).events.is_empty());
+        Arc::make_mut(&mut lagging.versions[0])
+            .metadata
+            .deletion_timestamp = Some(gate::to_time(at(11, 20, 0)));
+        assert_eq!(super::plan(&n, &lagging, at(11, 30, 0)).events.len(), 2);
+
         let fresh = super::plan(&n, &settled(), at(11, 5, 1));
         assert_eq!(kinds(&fresh), [LifecycleEvent::Released]);
         assert_eq!(fresh.held, 1, "the rollback a second ago settles first");
