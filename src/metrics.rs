@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::{Metric, Registry},
 };
 
-use crate::api::GROUP;
+use crate::api::{GROUP, LifecycleEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -383,6 +383,7 @@ impl Default for Metrics {
         };
         metrics.start_access_series();
         metrics.start_admission_series();
+        metrics.start_notification_series();
         metrics
     }
 }
@@ -440,6 +441,16 @@ fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, 
 }
 
 impl Metrics {
+    /// Starts the delivered series of every event type at zero.
+    fn start_notification_series(&self) {
+        for event in LifecycleEvent::ALL {
+            let _ = self.notifications.get_or_create(&NotificationLabels {
+                event: event.name(),
+                result: "delivered",
+            });
+        }
+    }
+
     /// Starts the series of every access answer at zero.
     fn start_access_series(&self) {
         for &answer in AccessAnswer::ALL {
@@ -723,6 +734,7 @@ mod tests {
             "tooljet_operator_releases_total",
             "tooljet_operator_admission_requests_total",
             "tooljet_operator_admission_duration_seconds_bucket",
+            "tooljet_operator_notifications_total{event=\"FreezeEnded\",result=\"delivered\"} 0",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }

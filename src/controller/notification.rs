@@ -214,15 +214,14 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
         after.partition_point(|e| e.at <= now - SETTLE)
     };
     let held: Vec<Event> = after.split_off(ready);
-    let waiting = unsettled.or_else(|| {
-        (!held.is_empty()).then(|| {
-            format!(
-                "{} event(s) settle for {}s",
-                held.len(),
-                SETTLE.num_seconds()
-            )
-        })
-    });
+    let settling = || {
+        format!(
+            "{} event(s) settle for {}s",
+            held.len(),
+            SETTLE.num_seconds()
+        )
+    };
+    let waiting = (!held.is_empty()).then(|| unsettled.unwrap_or_else(settling));
     let retry = (!held.is_empty()).then(|| now + SETTLE);
     Plan {
         events: after,
