@@ -7,10 +7,7 @@
 
 mod support;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use chrono::Timelike;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Secret};
@@ -19,10 +16,9 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use serde_json::{Value, json};
-use support::admission::{WAIT, Workspace, denied};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+use support::{
+    admission::{WAIT, Workspace, denied},
+    receiver::{Answer, Received, Receiver, URL_TOKEN},
 };
 
 /// Held by each test: they run one at a time.
@@ -30,143 +26,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// A value that must never leave the cluster's Secrets and definitions.
 const CANARY: &str = "CANARY-7c1d52f9e0";
-/// A token in the endpoint's URL (a credential too).
-const URL_TOKEN: &str = "URLTOKEN-b83f";
-
-/// How the receiver answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    Ok,
-    Fail(u16),
-    /// Reads the request and never answers.
-    Hang,
-}
-
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-struct Received {
-    content_type: String,
-    key: String,
-    body: Value,
-    raw: String,
-}
-
-impl Received {
-    /// The event's type: the CloudEvent's `data.event`, or the Slack text's `[Type]`.
-    fn kind(&self) -> String {
-        match self.body["data"]["event"].as_str() {
-            Some(kind) => kind.to_string(),
-            None => self.body["text"]
-                .as_str()
-                .and_then(|t| t.strip_prefix('['))
-                .and_then(|t| t.split(']').next())
-                .unwrap_or_default()
-                .to_string(),
-        }
-    }
-}
-
-/// An HTTP/1.1 endpoint on loopback that records every request.
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Received>>>,
-    answer: Arc<Mutex<Answer>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/hooks/{URL_TOKEN}",
-            listener.local_addr().unwrap()
-        );
-        let got = Arc::new(Mutex::new(vec![]));
-        let answer = Arc::new(Mutex::new(Answer::Ok));
-        let (g, a) = (got.clone(), answer.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                tokio::spawn(serve(stream, g.clone(), a.clone()));
-            }
-        });
-        Receiver { url, got, answer }
-    }
-
-    fn answer(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
-    }
-
-    fn got(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// Waits until `n` requests arrived; returns them.
-    async fn until(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        support::eventually(
-            timeout,
-            &format!("{n} request(s) at the receiver"),
-            || async {
-                let got = self.got();
-                (got.len() >= n).then_some(got)
-            },
-        )
-        .await
-    }
-}
-
-/// Reads one request (head, then `Content-Length` bytes of body), records it, answers.
-async fn serve(
-    mut stream: tokio::net::TcpStream,
-    got: Arc<Mutex<Vec<Received>>>,
-    answer: Arc<Mutex<Answer>>,
-) {
-    let mut buf = vec![];
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let length: usize = header("content-length").parse().unwrap_or(0);
-    while buf.len() < head_end + length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let raw = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
-    got.lock().unwrap().push(Received {
-        content_type: header("content-type"),
-        key: header("idempotency-key"),
-        body: serde_json::from_str(&raw).unwrap_or(Value::Null),
-        raw: format!("{head}{raw}"),
-    });
-    let status = match *answer.lock().unwrap() {
-        Answer::Ok => 200,
-        Answer::Fail(code) => code,
-        Answer::Hang => 0,
-    };
-    if status == 0 {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        return;
-    }
-    let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    let _ = stream.write_all(response.as_bytes()).await;
-}
 
 /// A workspace (app crm with versions in every stage), a canary Secret referenced by a
 /// workspace-wide configuration of staging, the endpoint's Secret, and one second for the

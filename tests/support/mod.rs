@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod faults;
 pub mod pods;
+pub mod receiver;
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
