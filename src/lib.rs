@@ -10,6 +10,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod materialize;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod policy;
 pub mod telemetry;

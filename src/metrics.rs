@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::{Metric, Registry},
 };
 
-use crate::api::GROUP;
+use crate::api::{GROUP, LifecycleEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -224,6 +224,14 @@ pub struct VerificationLabels {
     pub result: VerificationResult,
 }
 
+/// The labels of a Notification's delivery attempt: the event type and the result (`delivered`,
+/// or why it failed: `status`, `timeout`, `transport`, `invalid_url`). No URL, no name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub event: &'static str,
+    pub result: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -239,6 +247,7 @@ pub struct Metrics {
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
     pub access_reviews: Family<AccessLabels, Counter>,
+    pub notifications: Family<NotificationLabels, Counter>,
 }
 
 /// The delivery metrics. Private: they are recorded through [`Metrics`]' methods, which bound
@@ -364,10 +373,17 @@ impl Default for Metrics {
                 "Accesses the webhook checked: asked of the apiserver (allowed, denied) or remembered",
                 Family::default(),
             ),
+            notifications: register(
+                r,
+                "notifications",
+                "Notification delivery attempts, by event type and result",
+                Family::default(),
+            ),
             registry,
         };
         metrics.start_access_series();
         metrics.start_admission_series();
+        metrics.start_notification_series();
         metrics
     }
 }
@@ -425,6 +441,16 @@ fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, 
 }
 
 impl Metrics {
+    /// Starts the delivered series of every event type at zero.
+    fn start_notification_series(&self) {
+        for event in LifecycleEvent::ALL {
+            let _ = self.notifications.get_or_create(&NotificationLabels {
+                event: event.name(),
+                result: "delivered",
+            });
+        }
+    }
+
     /// Starts the series of every access answer at zero.
     fn start_access_series(&self) {
         for &answer in AccessAnswer::ALL {
@@ -599,6 +625,13 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts one attempt to deliver a Notification's `event` (`tooljet_operator_notifications_total`).
+    pub fn notified(&self, event: &'static str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels { event, result })
+            .inc();
+    }
+
     /// Counts one delivery of `kind` (`tooljet_operator_deliveries_total`). Independent of
     /// [`Metrics::automatic_rollback`]: an automatic rollback shows in both families only when
     /// the caller calls both.
@@ -701,6 +734,7 @@ mod tests {
             "tooljet_operator_releases_total",
             "tooljet_operator_admission_requests_total",
             "tooljet_operator_admission_duration_seconds_bucket",
+            "tooljet_operator_notifications_total{event=\"FreezeEnded\",result=\"delivered\"} 0",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }

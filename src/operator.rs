@@ -25,9 +25,11 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 use crate::{
-    api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Notification},
     cache::{CachedConfig, Echoes, Hubs, Lean, Lookups, ManagedSecret, Readiness, RefIndex, watch},
-    controller::{self, Context, MANAGER, Settings, app, appversion, envconfig, policy},
+    controller::{
+        self, Context, MANAGER, Settings, app, appversion, envconfig, notification, policy,
+    },
     leader::Leadership,
     materialize::HashKey,
     metrics::Metrics,
@@ -129,6 +131,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         unstamped: Arc::default(),
         sharing: Arc::default(),
         written: Arc::default(),
+        http: crate::notify::send::client(),
     });
     run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);
     supervise(tasks).await
@@ -140,6 +143,7 @@ struct Caches {
     readiness: Arc<Readiness>,
     lookups: Lookups,
     managed_secrets: Store<ManagedSecret>,
+    notifications: Store<Notification>,
     hubs: Hubs,
 }
 
@@ -153,6 +157,7 @@ impl Caches {
             "ToolJetApps",
             "PromotionPolicies",
             "Approvals",
+            "Notifications",
             envconfig::REFERENCED_SECRETS,
         ]);
         let any = || watcher::Config::default().any_semantic();
@@ -179,6 +184,8 @@ impl Caches {
             watch::watch(client, any(), readiness.clone(), "PromotionPolicies");
         let (approvals, mut approval_hub) =
             watch::watch(client, any(), readiness.clone(), "Approvals");
+        let (notifications, notification_hub) =
+            watch::watch(client, any(), readiness.clone(), "Notifications");
         let lookups = Lookups::new(
             (&configs, &mut config_hub),
             (&versions, &mut version_hub),
@@ -190,6 +197,7 @@ impl Caches {
             readiness,
             lookups,
             managed_secrets,
+            notifications,
             hubs: Hubs {
                 managed: managed_hub,
                 configs: config_hub,
@@ -197,6 +205,7 @@ impl Caches {
                 apps: app_hub,
                 policies: policy_hub,
                 approvals: approval_hub,
+                notifications: notification_hub,
             },
         }
     }
@@ -259,7 +268,7 @@ async fn serve_health(
     Ok(())
 }
 
-/// The four controllers, each subscribed to the changes it reacts to, and the hubs that feed
+/// The five controllers, each subscribed to the changes it reacts to, and the hubs that feed
 /// them. When this replica becomes the leader, everything is reconciled once.
 fn run_controllers(
     tasks: &mut JoinSet<(&'static str, Result<()>)>,
@@ -269,6 +278,7 @@ fn run_controllers(
     leadership: &Arc<Leadership>,
 ) {
     let mut hubs = caches.hubs;
+    let notifications = notification::controller(settings, &mut hubs, caches.notifications);
     let envconfigs = envconfig::controller(&ctx, settings, &mut hubs);
     let versions = appversion::controller(&ctx, settings, &mut hubs);
     let apps = app::controller(&ctx, settings, &mut hubs);
@@ -280,6 +290,7 @@ fn run_controllers(
         apps: app_hub,
         policies: policy_hub,
         approvals,
+        notifications: notification_hub,
     } = hubs;
     tasks.spawn(hub("watch of managed Secrets", managed.run()));
     tasks.spawn(hub("watch of EnvironmentConfigs", configs.run()));
@@ -287,6 +298,7 @@ fn run_controllers(
     tasks.spawn(hub("watch of ToolJetApps", app_hub.run()));
     tasks.spawn(hub("watch of PromotionPolicies", policy_hub.run()));
     tasks.spawn(hub("watch of Approvals", approvals.run()));
+    tasks.spawn(hub("watch of Notifications", notification_hub.run()));
     let leadership = leadership.clone();
     tasks.spawn(async move {
         let all = || leadership.acquisitions();
@@ -308,7 +320,12 @@ fn run_controllers(
             policies
                 .reconcile_all_on(all())
                 .shutdown_on_signal()
-                .run(policy::reconcile, policy::error_policy, ctx)
+                .run(policy::reconcile, policy::error_policy, ctx.clone())
+                .for_each(drain),
+            notifications
+                .reconcile_all_on(all())
+                .shutdown_on_signal()
+                .run(notification::reconcile, notification::error_policy, ctx)
                 .for_each(drain),
         );
         (CONTROLLERS, Ok(()))

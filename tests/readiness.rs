@@ -39,6 +39,7 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
         "tooljet_operator_releases_total",
         "tooljet_operator_admission_requests_total",
         "tooljet_operator_admission_duration_seconds",
+        "tooljet_operator_notifications_total",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {family}"))

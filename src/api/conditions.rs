@@ -6,10 +6,16 @@ pub const CONFIG_RESOLVED: &str = "ConfigResolved";
 pub const RELEASED: &str = "Released";
 pub const ROLLOUT_READY: &str = "RolloutReady";
 pub const VERIFIED: &str = "Verified";
+pub const DELIVERING: &str = "Delivering";
 
 /// Reasons.
 pub const APP_NOT_FOUND: &str = "AppNotFound";
 pub const CONFLICT: &str = "Conflict";
+pub const DELIVERED: &str = "Delivered";
+pub const ENDPOINT_MISSING: &str = "EndpointMissing";
+pub const FAILING: &str = "Failing";
+pub const PENDING: &str = "Pending";
+pub const UP_TO_DATE: &str = "UpToDate";
 pub const DEPLOYMENT_NOT_FOUND: &str = "DeploymentNotFound";
 pub const ENVIRONMENT_NOT_IN_PIPELINE: &str = "EnvironmentNotInPipeline";
 pub const EVALUATED: &str = "Evaluated";

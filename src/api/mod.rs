@@ -1,5 +1,5 @@
 //! The `tooljet.io/v1alpha1` API: ToolJetApp, AppVersion and EnvironmentConfig; PromotionPolicy and
-//! Approval for the gates on entering a stage.
+//! Approval for the gates on entering a stage; Notification for telling people about them.
 //!
 //! Validation that needs no other object lives in the schema and in CEL rules
 //! (`x-kubernetes-validations`), so the apiserver rejects bad input before anything is stored;
@@ -11,12 +11,14 @@
 mod app;
 pub mod conditions;
 mod envconfig;
+mod notification;
 mod policy;
 pub mod schema;
 mod version;
 
 pub use app::*;
 pub use envconfig::*;
+pub use notification::*;
 pub use policy::*;
 pub use version::*;
 
@@ -191,6 +193,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         EnvironmentConfig::crd(),
         PromotionPolicy::crd(),
         Approval::crd(),
+        Notification::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -64,6 +64,20 @@ pub fn deployment_names(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A set of Notification event types (at most one of each).
+pub fn event_types(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 7,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "enum": ["ApprovalNeeded", "Approved", "Promoted", "Released", "RolledBack",
+                     "FreezeStarted", "FreezeEnded"],
+        },
+    })
+}
+
 /// `metav1.Condition`s as a map keyed by `type`, as the API conventions ask.
 pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
     let item =

@@ -19,8 +19,9 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
 use crate::api::{
     AppVersion, AppVersionSpec, AppVersionStatus, Approval, ApprovalSpec, EnvironmentConfig,
-    EnvironmentConfigSpec, EnvironmentConfigStatus, PromotionPolicy, PromotionPolicySpec,
-    PromotionPolicyStatus, ToolJetApp, ToolJetAppSpec, ToolJetAppStatus,
+    EnvironmentConfigSpec, EnvironmentConfigStatus, Notification, NotificationSpec,
+    NotificationStatus, PromotionPolicy, PromotionPolicySpec, PromotionPolicyStatus, ToolJetApp,
+    ToolJetAppSpec, ToolJetAppStatus,
 };
 
 /// `ObjectMeta` as the API serves it, less `managedFields` (an unknown field here, skipped).
@@ -155,6 +156,7 @@ with_status! {
     EnvironmentConfig: EnvironmentConfigSpec, EnvironmentConfigStatus;
     ToolJetApp: ToolJetAppSpec, ToolJetAppStatus;
     PromotionPolicy: PromotionPolicySpec, PromotionPolicyStatus;
+    Notification: NotificationSpec, NotificationStatus;
 }
 
 /// An AppVersion's spec less `definition`: serde skips a field the struct does not name without

@@ -13,7 +13,7 @@ use kube::{ResourceExt, runtime::reflector::Store};
 use super::watch::watch_nothing;
 use super::{config::CachedConfig, index::Index, secret::ManagedSecret, watch::Hub};
 use crate::{
-    api::{AppVersion, Approval, PromotionPolicy, ToolJetApp},
+    api::{AppVersion, Approval, Notification, PromotionPolicy, ToolJetApp},
     lifecycle::names::app_label_value,
 };
 
@@ -26,6 +26,7 @@ pub struct Hubs {
     pub apps: Hub<ToolJetApp>,
     pub policies: Hub<PromotionPolicy>,
     pub approvals: Hub<Approval>,
+    pub notifications: Hub<Notification>,
 }
 
 /// (namespace, app or none for workspace-wide, stage): what makes two EnvironmentConfigs rivals.

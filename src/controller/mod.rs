@@ -3,6 +3,7 @@
 pub mod app;
 pub mod appversion;
 pub mod envconfig;
+pub mod notification;
 pub mod policy;
 pub mod secrets;
 pub mod verify;
@@ -81,6 +82,8 @@ pub enum Step {
     PatchDeployment,
     ReadVersion,
     RollBack,
+    ReadNotification,
+    ReadEndpointSecret,
 }
 
 impl Step {
@@ -99,6 +102,8 @@ impl Step {
             Step::PatchDeployment => "PatchDeployment",
             Step::ReadVersion => "ReadVersion",
             Step::RollBack => "RollBack",
+            Step::ReadNotification => "ReadNotification",
+            Step::ReadEndpointSecret => "ReadEndpointSecret",
         }
     }
 
@@ -119,6 +124,8 @@ impl Step {
             Step::PatchDeployment => "stamping a rollout Deployment",
             Step::ReadVersion => "reading an AppVersion that carries no references stamp",
             Step::RollBack => "releasing the previous release again (automatic rollback)",
+            Step::ReadNotification => "reading a Notification's delivery cursor",
+            Step::ReadEndpointSecret => "reading the Secret that holds a Notification's URL",
         }
     }
 }
@@ -170,6 +177,8 @@ pub struct Context {
     pub sharing: Arc<app::Sharing>,
     /// The apps' status as this process last wrote it (read-your-writes).
     pub written: Arc<app::Written>,
+    /// The HTTP(S) client of Notifications' deliveries.
+    pub http: crate::notify::send::HttpClient,
 }
 
 impl Context {

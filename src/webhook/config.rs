@@ -36,6 +36,8 @@ pub const APP_POLICY_NAME: &str = "tooljet-operator-app-rules";
 pub const CONFIG_POLICY_NAME: &str = "tooljet-operator-config-rules";
 /// The ValidatingAdmissionPolicy guarding PromotionPolicies and the creation of Approvals.
 pub const GATE_POLICY_NAME: &str = "tooljet-operator-gate-rules";
+/// The ValidatingAdmissionPolicy guarding Notifications.
+pub const NOTIFICATION_POLICY_NAME: &str = "tooljet-operator-notification-rules";
 
 /// How the apiserver reaches the webhook.
 #[derive(Clone, Debug)]
@@ -173,6 +175,7 @@ pub fn validating(endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> ValidatingWe
                 "promotionpolicies",
                 None,
             ),
+            webhook("notifications.validate.tooljet.io", "notifications", None),
         ]),
     }
 }
@@ -741,6 +744,48 @@ pub fn gate_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBin
     (policy, binding)
 }
 
+/// Notifications are created and changed (spec) only with `configure` on every ToolJetApp of the
+/// namespace, and point at a Secret (new or changed reference) only with `get` on it: the
+/// webhook's rule ([`super::notifications`]), kept while the webhook is down.
+pub fn notification_policy() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    use super::notifications::{ASK_ADMIN, ASK_SECRET_OWNER, READING_SECRET, SENDING_EVENTS};
+    let secret = "object.spec.endpoint.urlFrom.secretKeyRef";
+    let verb = "(request.operation == 'CREATE' ? 'create' : 'change')";
+    let validations = vec![
+        validation(
+            format!(
+                "request.operation == 'DELETE' || (request.operation == 'UPDATE' && object.spec == oldObject.spec) || \
+                 authorizer.group('{GROUP}').resource('tooljetapps').namespace(request.namespace).check('{CONFIGURE}').allowed()"
+            ),
+            format!(
+                "'user ' + request.userInfo.username + ' may not ' + {verb} + ' Notification ' + object.metadata.name + \
+                 ': {SENDING_EVENTS} needs verb configure on every object of resource tooljetapps (group tooljet.io) \
+                 in namespace ' + request.namespace + '; {ASK_ADMIN}'"
+            ),
+        ),
+        validation(
+            format!(
+                "request.operation == 'DELETE' || \
+                 (request.operation == 'UPDATE' && {secret} == oldObject.spec.endpoint.urlFrom.secretKeyRef) || \
+                 {}",
+                authorized("", "secrets", &format!("{secret}.name"), "get")
+            ),
+            format!(
+                "'user ' + request.userInfo.username + ' may not reference Secret ' + {secret}.name + ' (key ' + \
+                 {secret}.key + ') from Notification ' + object.metadata.name + ': {READING_SECRET} needs verb get on \
+                 resource secrets named ' + {secret}.name + ' (group core) in namespace ' + request.namespace + \
+                 '; {ASK_SECRET_OWNER}'"
+            ),
+        ),
+    ];
+    policy_for(
+        NOTIFICATION_POLICY_NAME,
+        "notifications",
+        vec![],
+        validations,
+    )
+}
+
 /// Every policy and its binding.
 pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     vec![
@@ -748,6 +793,7 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
         app_policy(),
         config_policy(),
         gate_policy(),
+        notification_policy(),
     ]
 }
 
@@ -852,6 +898,7 @@ pub fn user_roles() -> Vec<ClusterRole> {
                 ),
                 grant(&["appversions"], &READ),
                 grant(&["environments", "tooljetapps"], &[CONFIGURE]),
+                grant(&["notifications"], &WRITE),
             ],
         ),
         role(
@@ -874,6 +921,7 @@ pub fn user_roles() -> Vec<ClusterRole> {
                         "appversions",
                         "environmentconfigs",
                         "promotionpolicies",
+                        "notifications",
                     ],
                     &WRITE,
                 ),

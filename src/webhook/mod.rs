@@ -9,6 +9,7 @@ pub mod limits;
 pub mod metadata;
 pub mod mutations;
 pub mod needs;
+pub mod notifications;
 #[cfg(test)]
 mod proptests;
 pub mod reviews;

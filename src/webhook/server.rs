@@ -17,13 +17,13 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{
-    access, gates, mutations, needs, reviews,
+    access, gates, mutations, needs, notifications, reviews,
     vocabulary::{self, AppFact, ApprovedVersion, Facts, GateFacts, Op, Verdict, VersionFact},
 };
 use crate::{
     api::{
         AppVersion, Approval, CREATED_BY_ANNOTATION, EnvironmentConfig, LAST_EDITED_BY_ANNOTATION,
-        PromotionPolicy, ToolJetApp,
+        Notification, PromotionPolicy, ToolJetApp,
     },
     cache::{Lean, Lookups, Readiness},
     lifecycle::References,
@@ -275,6 +275,7 @@ pub async fn review(
         "EnvironmentConfig" => review_config(state, req, op).await,
         "Approval" => review_approval(state, req, op).await,
         "PromotionPolicy" => review_policy(state, req, op).await,
+        "Notification" => review_notification(state, req, op).await,
         // Registered only for the kinds above: anything else is a misconfiguration. Fail closed.
         other => Err(format!(
             "tooljet-operator's webhook does not judge kind {other}; remove it from the webhook configuration"
@@ -897,6 +898,24 @@ async fn review_policy(
         .await?;
     Ok(gates::review_policy(
         op, old, new, &r.user, &problems, &facts,
+    ))
+}
+
+async fn review_notification(
+    state: &WebhookState,
+    req: &mut AdmissionRequest<DynamicObject>,
+    op: Op,
+) -> Result<Verdict, String> {
+    let r = Request::<Notification>::decode(req)?;
+    let (old, new) = (r.old.as_ref(), r.new.as_ref());
+    let facts = Facts {
+        granted: r
+            .grants(state, notifications::needed_for_notification(op, old, new))
+            .await?,
+        ..Default::default()
+    };
+    Ok(notifications::review_notification(
+        op, old, new, &r.user, &facts,
     ))
 }
 

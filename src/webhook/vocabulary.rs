@@ -76,6 +76,17 @@ impl Access {
         }
     }
 
+    /// `configure` on every ToolJetApp of the namespace (no name: a selector can match apps
+    /// created later).
+    pub fn configure_apps() -> Access {
+        Access {
+            verb: CONFIGURE,
+            group: GROUP,
+            resource: "tooljetapps",
+            name: None,
+        }
+    }
+
     /// `update` on the PromotionPolicy `name`: what RBAC asks of editing it.
     pub fn edit_policy(name: &str) -> Access {
         Access {

@@ -124,6 +124,7 @@ pub fn ar(kind: &str) -> ApiResource {
         "EnvironmentConfig" => "environmentconfigs",
         "PromotionPolicy" => "promotionpolicies",
         "Approval" => "approvals",
+        "Notification" => "notifications",
         other => panic!("{other}"),
     };
     ApiResource::from_gvk_with_plural(

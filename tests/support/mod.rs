@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod faults;
 pub mod pods;
+pub mod receiver;
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -220,22 +221,51 @@ pub fn shared_operator() -> &'static std::path::Path {
 pub fn shared_operator_with(args: &[&str]) -> &'static std::path::Path {
     SHARED_OPERATOR_LOG.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (restarts, requests) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<_>>();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         std::thread::spawn(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let operator = if args.is_empty() {
-                Operator::start("shared")
-            } else {
-                Operator::start_with("shared", &args)
+            let start = || {
+                if args.is_empty() {
+                    Operator::start("shared")
+                } else {
+                    Operator::start_with("shared", &args)
+                }
             };
+            let mut operator = start();
             tx.send(operator.log.clone()).unwrap();
-            let _keep = operator;
+            // This thread started the process (PR_SET_PDEATHSIG): it serves restarts until the
+            // test binary exits.
+            for reply in requests {
+                drop(operator);
+                operator = start();
+                let _ = reply.send(operator.log.clone());
+            }
             loop {
                 std::thread::park();
             }
         });
+        *SHARED_OPERATOR_RESTARTS.lock().unwrap() = Some(restarts);
         rx.recv().unwrap()
     })
+}
+
+static SHARED_OPERATOR_RESTARTS: std::sync::Mutex<
+    Option<std::sync::mpsc::Sender<std::sync::mpsc::Sender<std::path::PathBuf>>>,
+> = std::sync::Mutex::new(None);
+
+/// Kills the shared operator (SIGKILL: no graceful shutdown) and starts it again with the same
+/// arguments; returns the new process's log.
+pub fn restart_shared_operator() -> std::path::PathBuf {
+    let (reply, log) = std::sync::mpsc::channel();
+    SHARED_OPERATOR_RESTARTS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .expect("the shared operator was started")
+        .send(reply)
+        .unwrap();
+    log.recv().unwrap()
 }
 
 /// A client that acts as `user` in `groups` (impersonation by the admin).
