@@ -908,7 +908,7 @@ impl Up {
 
 /// How to see the examples in a browser (after the exports above).
 const DASHBOARD_HINT: &str = "The web dashboard of the examples: `kubectl tooljet -n acme-workspace dashboard` \
-     (add `--as USER` to act as someone with fewer rights; README: People in the loop).";
+     (add `--as USER` to act as someone with fewer rights; README: The dashboard).";
 
 /// Refuses to start a second operator: the webhook and health addresses must be free.
 fn ensure_operator_addresses_free() -> Result<()> {
