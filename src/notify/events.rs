@@ -149,6 +149,23 @@ fn id(parts: &[&str]) -> String {
         .collect()
 }
 
+/// How many times each identity was seen in one history: two entries of one second alike in
+/// everything (v3, v4, v3 released within a second) are told apart by their occurrence. The
+/// count is of equal entries, not the index in the history, so trimming the history's oldest
+/// entries leaves the ids of the rest unchanged; the first occurrence adds nothing (the ids of
+/// the events delivered before this count existed stay the same).
+#[derive(Default)]
+struct Occurrences(BTreeMap<Vec<String>, usize>);
+
+impl Occurrences {
+    fn next(&mut self, parts: &[&str]) -> Option<String> {
+        let key = parts.iter().map(|p| p.to_string()).collect();
+        let n = self.0.entry(key).or_default();
+        *n += 1;
+        (*n > 1).then(|| format!("#{}", *n - 1))
+    }
+}
+
 /// A time as events carry it: whole seconds.
 pub fn seconds(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
@@ -195,6 +212,7 @@ fn releases<'a>(sources: &'a Sources, app: &'a ToolJetApp) -> impl Iterator<Item
     let last = pipeline.last().to_string();
     let position = pipeline.index(&last).unwrap_or_default();
     let uid = app.uid().unwrap_or_default();
+    let mut seen = Occurrences::default();
     history.enumerate().map(move |(index, r)| {
         let at = time(&r.at);
         let kind = if r.rollback || r.automatic {
@@ -202,14 +220,18 @@ fn releases<'a>(sources: &'a Sources, app: &'a ToolJetApp) -> impl Iterator<Item
         } else {
             LifecycleEvent::Released
         };
-        let key = id(&[
-            &sources.namespace,
+        let second = at.timestamp().to_string();
+        let mut parts = vec![
+            sources.namespace.as_str(),
             "ToolJetApp",
             &uid,
             "release",
-            &at.timestamp().to_string(),
+            &second,
             &r.version,
-        ]);
+        ];
+        let occurrence = seen.next(&parts);
+        parts.extend(occurrence.as_deref());
+        let key = id(&parts);
         let order = Order::at(position, RELEASED, index);
         let mut e = app_event(sources, app, (kind, at, order), key, &r.version);
         e.facts.version = Some(r.version.clone());
@@ -230,17 +252,22 @@ fn promotions<'a>(
     let uid = v.uid().unwrap_or_default();
     let history = v.status.iter().flat_map(|s| &s.promotions);
     let pipeline = Pipeline::of(app);
+    let mut seen = Occurrences::default();
     history.enumerate().map(move |(index, p)| {
         let at = time(&p.at);
-        let key = id(&[
-            &sources.namespace,
+        let second = at.timestamp().to_string();
+        let mut parts = vec![
+            sources.namespace.as_str(),
             "AppVersion",
             &uid,
             "promotion",
-            &at.timestamp().to_string(),
+            &second,
             &p.from,
             &p.to,
-        ]);
+        ];
+        let occurrence = seen.next(&parts);
+        parts.extend(occurrence.as_deref());
+        let key = id(&parts);
         let order = Order::at(pipeline.index(&p.to).unwrap_or_default(), ENTERED, index);
         let mut e = app_event(
             sources,
@@ -863,5 +890,13 @@ pub(crate) mod tests {
             .map(|e| e.facts.version.clone().unwrap())
             .collect();
         assert_eq!(released, ["crm-v3", "crm-v4", "crm-v3"], "in history order");
+        let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            events.len(),
+            "v3 released twice in one second: two ids"
+        );
     }
 }
