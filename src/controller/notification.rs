@@ -61,7 +61,7 @@ pub fn controller(
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     Controller::for_shared_stream(main, notifications.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(apps, in_namespace(notifications.clone()))
+        .watches_shared_stream(apps, covering(notifications.clone()))
         .watches_shared_stream(versions, in_namespace(notifications.clone()))
         .watches_shared_stream(approvals, in_namespace(notifications.clone()))
         .watches_shared_stream(policies, in_namespace(notifications))
@@ -100,6 +100,30 @@ fn version_trigger(v: &AppVersion) -> impl std::hash::Hash + use<> {
         )
     });
     (v.metadata.generation, history)
+}
+
+/// Maps an app to the Notifications of its namespace that select it (or whose selector cannot
+/// be read: they report it). An app whose labels no longer match has no events to send there.
+fn covering(
+    notifications: Store<Notification>,
+) -> impl Fn(Arc<ToolJetApp>) -> Vec<ObjectRef<Notification>> + Send + Sync + 'static {
+    move |app| {
+        let ns = app.namespace();
+        notifications
+            .state()
+            .iter()
+            .filter(|n| n.namespace() == ns && selects(n, &app))
+            .map(|n| ObjectRef::from(&**n))
+            .collect()
+    }
+}
+
+/// Whether `n` covers `app` (true when its selector cannot be read).
+fn selects(n: &Notification, app: &ToolJetApp) -> bool {
+    match &n.spec.app_selector {
+        None => true,
+        Some(s) => Selector::try_from(s.clone()).map_or(true, |s| s.matches(app.labels())),
+    }
 }
 
 /// Maps an object to the Notifications of its namespace (a scan: there are few).
@@ -236,10 +260,12 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
             LifecycleEvent::FreezeStarted | LifecycleEvent::FreezeEnded
         )
     };
-    let derived: Vec<Event> = notify::derive(sources, cursor.from(), seconds(now) + HORIZON)
-        .into_iter()
-        .filter(|e| wanted(e) && !(freeze(e) && e.at > now))
-        .collect();
+    let until = seconds(now) + HORIZON;
+    let derived: Vec<Event> =
+        notify::events::derive_kinds(sources, cursor.from(), until, &n.spec.events)
+            .into_iter()
+            .filter(|e| wanted(e) && !(freeze(e) && e.at > now))
+            .collect();
     let triage = cursor.triage(&derived);
     let too_late: Vec<Event> = triage.too_late.into_iter().cloned().collect();
     let mut after: Vec<Event> = triage.pending.into_iter().cloned().collect();
@@ -743,6 +769,8 @@ async fn report(ctx: &Context, n: &Notification, status: &NotificationStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
     use crate::{
         api::{LifecycleEvent, NotificationSpec},
         notify::events::tests::{at, sources},
@@ -938,6 +966,21 @@ mod tests {
             with_too_late(&recorded, &beyond.too_late).status,
             recorded.status
         );
+    }
+
+    #[test]
+    fn an_app_wakes_only_the_notifications_selecting_it() {
+        let app = sources().apps[0].clone();
+        let mut n = notification(&[], at(10, 0, 0));
+        assert!(selects(&n, &app), "no selector: every app");
+        n.spec.app_selector = Some(LabelSelector {
+            match_labels: Some([("team".to_string(), "billing".to_string())].into()),
+            match_expressions: None,
+        });
+        assert!(!selects(&n, &app));
+        let mut labelled = (*app).clone();
+        labelled.metadata.labels = Some([("team".to_string(), "billing".to_string())].into());
+        assert!(selects(&n, &labelled));
     }
 
     #[test]
