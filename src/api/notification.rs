@@ -196,8 +196,10 @@ pub struct NotificationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,
 
-    /// `Ready`: the endpoint's Secret resolves and the last delivery succeeded; `Delivering`:
-    /// whether events wait (reasons `Pending`, `UpToDate`, `Failing`, `EndpointMissing`).
+    /// `Ready`: the endpoint's Secret resolves to a URL and the last delivery succeeded
+    /// (reasons `Failing`, `Rejected` when the endpoint refuses the event, `EndpointMissing`,
+    /// `InvalidURL`, `InvalidSelector`); `Delivering`: whether events wait (`Pending`,
+    /// `UpToDate`, or the same failure reasons).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
