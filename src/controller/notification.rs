@@ -5,12 +5,12 @@
 //! (conditions, a Warning Event when delivery starts failing, metrics).
 //!
 //! Only the leader delivers (every write and every POST is fenced by [`Context::may_write`]).
-//! Events are taken once the statuses they come from are current (every covered app and version
-//! has recorded its generation) and [`SETTLE`] old; an entry that still arrives late (a relist,
+//! An app's events are taken once the statuses they come from are current (the app and its
+//! versions have recorded their generation) and [`SETTLE`] old; an entry that still arrives late (a relist,
 //! a skewed clock) is sent if it is within the cursor's horizon ([`HORIZON`]), and counted as
 //! too late otherwise. A pass sends at most [`PASS_EVENTS`] events for at most [`PASS_TIME`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Secret;
@@ -268,15 +268,17 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
             .collect();
     let triage = cursor.triage(&derived);
     let too_late: Vec<Event> = triage.too_late.into_iter().cloned().collect();
-    let mut after: Vec<Event> = triage.pending.into_iter().cloned().collect();
+    let pending = triage.pending.into_iter().cloned();
     let boundary = notify::events::next_boundary(sources, now).map(|t| t + SETTLE);
-    let unsettled = unsettled(sources);
-    let ready = if unsettled.is_some() {
-        0
-    } else {
-        after.partition_point(|e| e.at <= now - SETTLE)
+    // Held: too new, or of an app whose status (or a version's) lags. Other apps go on.
+    let lagging = unsettled(sources);
+    let behind = |e: &Event| {
+        e.source
+            .strip_prefix("tooljetapps/")
+            .and_then(|app| lagging.get(app))
     };
-    let held: Vec<Event> = after.split_off(ready);
+    let (after, held): (Vec<Event>, Vec<Event>) =
+        pending.partition(|e| e.at <= now - SETTLE && behind(e).is_none());
     let settling = || {
         format!(
             "{} event(s) wait until they are {}s old",
@@ -284,7 +286,12 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
             SETTLE.num_seconds()
         )
     };
-    let waiting = (!held.is_empty()).then(|| unsettled.unwrap_or_else(settling));
+    let waiting = (!held.is_empty()).then(|| {
+        held.iter()
+            .find_map(behind)
+            .cloned()
+            .unwrap_or_else(settling)
+    });
     // Each held event's time to settle, at least SETTLE from now, at most HORIZON.
     let retry = held
         .iter()
@@ -300,36 +307,45 @@ fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
     }
 }
 
-/// The first covered app or version whose status has not recorded its generation yet: its
-/// history may be about to grow with an entry of the past. (Apps being deleted are not covered.)
-fn unsettled(sources: &Sources) -> Option<String> {
+/// The covered apps whose status, or one of whose versions' status, has not recorded its
+/// generation yet (their history may be about to grow with an entry of the past), with why.
+/// Only their events wait: an app that stays behind longer than [`HORIZON`] may lose entries
+/// stamped that long ago (counted as too late). (Apps being deleted are not covered.)
+fn unsettled(sources: &Sources) -> BTreeMap<String, String> {
     let behind = |generation: Option<i64>, observed: Option<i64>| observed < generation;
-    let app = sources.apps.iter().find(|a| {
-        behind(
-            a.metadata.generation,
-            a.status.as_ref().and_then(|s| s.observed_generation),
-        )
-    });
-    if let Some(a) = app {
-        return Some(format!(
-            "waiting for ToolJetApp {}'s status to record generation {}",
-            a.name_any(),
-            a.metadata.generation.unwrap_or_default()
-        ));
-    }
+    let mut lagging = BTreeMap::new();
     // A version being deleted records nothing more (and its deletion mark bumps its generation).
-    let version = sources.versions.iter().find(|v| {
+    for v in sources.versions.iter().filter(|v| {
         v.metadata.deletion_timestamp.is_none()
             && behind(
                 v.metadata.generation,
                 v.status.as_ref().and_then(|s| s.observed_generation),
             )
-    })?;
-    Some(format!(
-        "waiting for AppVersion {}'s status to record generation {}",
-        version.name_any(),
-        version.metadata.generation.unwrap_or_default()
-    ))
+    }) {
+        lagging.entry(v.spec.app.clone()).or_insert_with(|| {
+            format!(
+                "waiting for AppVersion {}'s status to record generation {}",
+                v.name_any(),
+                v.metadata.generation.unwrap_or_default()
+            )
+        });
+    }
+    for a in sources.apps.iter().filter(|a| {
+        behind(
+            a.metadata.generation,
+            a.status.as_ref().and_then(|s| s.observed_generation),
+        )
+    }) {
+        lagging.insert(
+            a.name_any(),
+            format!(
+                "waiting for ToolJetApp {}'s status to record generation {}",
+                a.name_any(),
+                a.metadata.generation.unwrap_or_default()
+            ),
+        );
+    }
+    lagging
 }
 
 /// `n` with the events found too late recorded in its status (so they are counted once):
@@ -965,6 +981,25 @@ mod tests {
         assert_eq!(
             with_too_late(&recorded, &beyond.too_late).status,
             recorded.status
+        );
+    }
+
+    #[test]
+    fn an_app_whose_status_lags_holds_only_its_own_events() {
+        let n = notification(&[LifecycleEvent::Released], at(10, 45, 0));
+        let mut s = settled();
+        let mut hr = (*s.apps[0]).clone();
+        hr.metadata.name = Some("hr".into());
+        hr.metadata.uid = Some("hr-uid".into());
+        hr.metadata.generation = Some(2);
+        s.apps.push(Arc::new(hr));
+        let plan = plan(&n, &s, at(11, 30, 0));
+        let apps: Vec<&str> = plan.events.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(apps, ["tooljetapps/crm"], "crm's release goes; hr's waits");
+        assert_eq!(plan.held, 1);
+        assert_eq!(
+            plan.waiting.as_deref(),
+            Some("waiting for ToolJetApp hr's status to record generation 2")
         );
     }
 
