@@ -38,6 +38,11 @@ struct Args {
     /// Elect a leader among replicas with a Lease; only the leader reconciles.
     #[arg(long, env = "TOOLJET_LEADER_ELECT")]
     leader_elect: bool,
+    /// Let Notifications deliver to loopback and link-local addresses (127.0.0.0/8, ::1,
+    /// 169.254.0.0/16 with the cloud metadata service, fe80::/10), refused otherwise: whoever
+    /// can write an endpoint's Secret would reach the operator's own pod or node.
+    #[arg(long, env = "TOOLJET_NOTIFICATIONS_ALLOW_LOCAL_ENDPOINTS")]
+    notifications_allow_local_endpoints: bool,
     /// The Lease's name.
     #[arg(long, default_value = "tooljet-operator")]
     lease_name: String,
@@ -160,6 +165,7 @@ async fn run() -> anyhow::Result<()> {
         settings: Settings {
             concurrency: args.concurrency,
             instance,
+            allow_local_endpoints: args.notifications_allow_local_endpoints,
         },
         namespace: args.namespace.clone(),
         health_addr: Some(args.health_addr),

@@ -451,3 +451,54 @@ async fn only_who_may_configure_every_app_creates_a_notification() {
     })
     .await;
 }
+
+/// Ready's status and reason and message.
+fn ready_of(status: &Value) -> Option<(String, String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn a_notification_is_ready_only_once_its_endpoint_resolves() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let receiver = Receiver::start().await;
+    let w = workspace("notify-ready", &receiver).await;
+    w.create(
+        &w.admin,
+        "Notification",
+        "team-chat",
+        json!({ "endpoint": { "format": "CloudEvents",
+                              "urlFrom": { "secretKeyRef": { "name": "later", "key": "url" } } } }),
+    )
+    .await
+    .unwrap();
+    let missing = support::eventually(WAIT, "Ready False, EndpointMissing", || async {
+        ready_of(&status(&w).await).filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(missing.1, "EndpointMissing", "{missing:?}");
+    assert!(missing.2.contains("Secret later not found"), "{missing:?}");
+
+    let secrets: Api<Secret> = Api::namespaced(w.admin.clone(), &w.ns);
+    let later: Secret = serde_json::from_value(
+        json!({ "metadata": { "name": "later" }, "stringData": { "url": receiver.url } }),
+    )
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &later)
+        .await
+        .unwrap();
+    let ready = support::eventually(WAIT, "Ready True once the Secret exists", || async {
+        ready_of(&status(&w).await).filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(ready.2, "the endpoint resolves; no event yet");
+    assert!(receiver.got().is_empty());
+}

@@ -118,6 +118,8 @@ async fn only_the_leader_delivers_and_its_successor_resumes_from_the_cursor() {
                 h,
                 "--instance",
                 &name,
+                // The receiver listens on loopback.
+                "--notifications-allow-local-endpoints",
             ];
             Some(support::Operator::start_with(&name, &args))
         })

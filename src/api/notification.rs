@@ -161,14 +161,20 @@ pub struct NotificationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Every event up to this time has been delivered, except those at exactly this time that
-    /// `deliveredIds` does not list. Starts at the Notification's creation.
+    /// The time of the newest event delivered (at first, the Notification's creation). An event
+    /// up to 10 minutes older that `recentlyDelivered` does not list is still sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_through: Option<Time>,
 
-    /// The ids of the events delivered whose time is exactly `deliveredThrough`.
+    /// The events delivered (or given up as too late) within 20 minutes of `deliveredThrough`,
+    /// oldest first, at most 1000.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub delivered_ids: Vec<String>,
+    pub recently_delivered: Vec<DeliveredId>,
+
+    /// Events found more than 10 minutes behind `deliveredThrough` (their entry reached the API
+    /// late, or a clock was that far off), and therefore not sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub too_late: u32,
 
     /// The last event delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,11 +196,27 @@ pub struct NotificationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,
 
-    /// `Ready`: the endpoint's Secret resolves and the last delivery succeeded; `Delivering`:
-    /// whether events wait (reasons `Pending`, `UpToDate`, `Failing`, `EndpointMissing`).
+    /// `Ready`: the endpoint's Secret resolves to a URL and the last delivery succeeded
+    /// (reasons `Failing`, `Rejected` when the endpoint refuses the event, `EndpointMissing`,
+    /// `InvalidURL`, `InvalidSelector`); `Delivering`: whether events wait (`Pending`,
+    /// `UpToDate`, or the same failure reasons).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An event delivered, by id.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveredId {
+    /// Its id (the idempotency key sent with it).
+    pub id: String,
+    /// When it happened.
+    pub at: Time,
 }
 
 /// An event delivered.

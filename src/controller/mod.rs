@@ -178,7 +178,7 @@ pub struct Context {
     /// The apps' status as this process last wrote it (read-your-writes).
     pub written: Arc<app::Written>,
     /// The HTTP(S) client of Notifications' deliveries.
-    pub http: crate::notify::send::HttpClient,
+    pub http: crate::notify::send::Sender,
 }
 
 impl Context {
@@ -223,6 +223,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Reported as the Events' reporting instance (the pod name in a cluster).
     pub instance: String,
+    /// Notifications may deliver to loopback and link-local addresses (tests, a sidecar).
+    pub allow_local_endpoints: bool,
 }
 
 /// `Ready`-style condition builder.

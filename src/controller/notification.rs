@@ -5,11 +5,12 @@
 //! (conditions, a Warning Event when delivery starts failing, metrics).
 //!
 //! Only the leader delivers (every write and every POST is fenced by [`Context::may_write`]).
-//! Events are taken only once the statuses they come from are current (every covered app and
-//! version has recorded its generation) and [`SETTLE`] old, so an entry recorded a moment late
-//! is never behind a cursor that already moved past its time.
+//! An app's events are taken once the statuses they come from are current (the app and its
+//! versions have recorded their generation) and [`SETTLE`] old; an entry that still arrives late (a relist,
+//! a skewed clock) is sent if it is within the cursor's horizon ([`HORIZON`]), and counted as
+//! too late otherwise. A pass sends at most [`PASS_EVENTS`] events for at most [`PASS_TIME`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Secret;
@@ -30,10 +31,13 @@ use super::{
     AtStep, Context, Error, MANAGER, Settings, Step, condition, new_failure, publish, set_condition,
 };
 use crate::{
-    api::{AppVersion, DeliveredEvent, Notification, NotificationStatus, ToolJetApp, conditions},
+    api::{
+        AppVersion, DeliveredEvent, LifecycleEvent, Notification, NotificationStatus, ToolJetApp,
+        conditions,
+    },
     cache::{Hubs, Lookups, triggers},
     gate,
-    notify::{self, Cursor, Event, Sources, events::seconds, payload, send},
+    notify::{self, Cursor, Event, Sources, cursor::HORIZON, events::seconds, payload, send},
 };
 
 pub const CONTROLLER: &str = "notification";
@@ -57,11 +61,16 @@ pub fn controller(
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     Controller::for_shared_stream(main, notifications.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_shared_stream(apps, in_namespace(notifications.clone()))
+        .watches_shared_stream(apps, covering(notifications.clone()))
         .watches_shared_stream(versions, in_namespace(notifications.clone()))
         .watches_shared_stream(approvals, in_namespace(notifications.clone()))
         .watches_shared_stream(policies, in_namespace(notifications))
 }
+
+/// At most this many events are sent in one pass, and no more are started after [`PASS_TIME`];
+/// the pass then comes back at once, letting the other Notifications have the worker.
+const PASS_EVENTS: usize = 20;
+const PASS_TIME: Duration = Duration::from_secs(30);
 
 /// What of an app its events come from: labels and pipeline (coverage, approvals needed), its
 /// release history, and whether its status caught up with its spec.
@@ -93,6 +102,30 @@ fn version_trigger(v: &AppVersion) -> impl std::hash::Hash + use<> {
     (v.metadata.generation, history)
 }
 
+/// Maps an app to the Notifications of its namespace that select it (or whose selector cannot
+/// be read: they report it). An app whose labels no longer match has no events to send there.
+fn covering(
+    notifications: Store<Notification>,
+) -> impl Fn(Arc<ToolJetApp>) -> Vec<ObjectRef<Notification>> + Send + Sync + 'static {
+    move |app| {
+        let ns = app.namespace();
+        notifications
+            .state()
+            .iter()
+            .filter(|n| n.namespace() == ns && selects(n, &app))
+            .map(|n| ObjectRef::from(&**n))
+            .collect()
+    }
+}
+
+/// Whether `n` covers `app` (true when its selector cannot be read).
+fn selects(n: &Notification, app: &ToolJetApp) -> bool {
+    match &n.spec.app_selector {
+        None => true,
+        Some(s) => Selector::try_from(s.clone()).map_or(true, |s| s.matches(app.labels())),
+    }
+}
+
 /// Maps an object to the Notifications of its namespace (a scan: there are few).
 fn in_namespace<K: ResourceExt>(
     notifications: Store<Notification>,
@@ -122,7 +155,8 @@ pub async fn reconcile(n: Arc<Notification>, ctx: Arc<Context>) -> Result<Action
     let sources = match gather(&ctx.lookups, &ns, &n) {
         Ok(sources) => sources,
         Err(problem) => {
-            let status = settled_status(&n, Outcome::InvalidSelector(problem), 0);
+            let outcome = Outcome::Unusable(conditions::INVALID_SELECTOR, problem);
+            let status = settled_status(&n, outcome, 0);
             report(&ctx, &n, &status).await;
             write_status(&ctx, &n, &status).await?;
             return Ok(Action::await_change());
@@ -131,6 +165,16 @@ pub async fn reconcile(n: Arc<Notification>, ctx: Arc<Context>) -> Result<Action
     // Decide (pure).
     let plan = plan(&n, &sources, now);
     if plan.events.is_empty() {
+        let n = given_up(&ctx, &n, &plan.too_late);
+        // Ready only once the endpoint resolves: checked on a spec change, and until it does.
+        if !endpoint_checked(&n)
+            && let Err((reason, why)) = endpoint_url(&ctx, &n).await?
+        {
+            let status = settled_status(&n, Outcome::Unusable(reason, why), plan.held);
+            report(&ctx, &n, &status).await;
+            write_status(&ctx, &n, &status).await?;
+            return Ok(Action::requeue(ENDPOINT_RECHECK));
+        }
         let status = settled_status(&n, plan.outcome(), plan.held);
         write_status(&ctx, &n, &status).await?;
         return Ok(plan.wake_action(now));
@@ -175,9 +219,14 @@ fn gather(lookups: &Lookups, ns: &str, n: &Notification) -> Result<Sources, Stri
 
 /// What a pass found to deliver.
 struct Plan {
+    /// The Notification's generation the plan was made from.
+    generation: Option<i64>,
     /// Events not delivered yet that may be sent now, oldest first.
     events: Vec<Event>,
-    /// Events that wait: newer than [`SETTLE`], or behind a status that is not current.
+    /// Events found more than [`notify::cursor::HORIZON`] behind the cursor: never sent.
+    too_late: Vec<Event>,
+    /// Events that wait: newer than [`SETTLE`] (or stamped ahead of this clock), or behind a
+    /// status that is not current.
     held: usize,
     /// Why events wait, when they do.
     waiting: Option<String>,
@@ -198,69 +247,150 @@ impl Plan {
     }
 }
 
-/// The events after the cursor of `n`'s status (pure).
+/// The events of `n`'s status's cursor not delivered yet (pure): from the horizon behind it to
+/// now, and up to [`HORIZON`] ahead (held until their time: a webhook replica's clock ahead of
+/// this one's stamps them in the future).
 fn plan(n: &Notification, sources: &Sources, now: DateTime<Utc>) -> Plan {
     let cursor = Cursor::of(n.status.as_ref(), created(n));
     let wanted = |e: &Event| n.spec.events.is_empty() || n.spec.events.contains(&e.kind);
-    let mut after: Vec<Event> = notify::derive(sources, cursor.through, seconds(now))
-        .into_iter()
-        .filter(|e| wanted(e) && !cursor.covers(e))
-        .collect();
-    let boundary = notify::events::next_boundary(sources, now).map(|t| t + SETTLE);
-    let unsettled = unsettled(sources);
-    let ready = if unsettled.is_some() {
-        0
-    } else {
-        after.partition_point(|e| e.at <= now - SETTLE)
+    // A freeze's boundaries come from this clock: those ahead are the wake-up, not events.
+    let freeze = |e: &Event| {
+        matches!(
+            e.kind,
+            LifecycleEvent::FreezeStarted | LifecycleEvent::FreezeEnded
+        )
     };
-    let held: Vec<Event> = after.split_off(ready);
+    let until = seconds(now) + HORIZON;
+    let derived: Vec<Event> =
+        notify::events::derive_kinds(sources, cursor.from(), until, &n.spec.events)
+            .into_iter()
+            .filter(|e| wanted(e) && !(freeze(e) && e.at > now))
+            .collect();
+    let triage = cursor.triage(&derived);
+    let too_late: Vec<Event> = triage.too_late.into_iter().cloned().collect();
+    let pending = triage.pending.into_iter().cloned();
+    let boundary = notify::events::next_boundary(sources, now).map(|t| t + SETTLE);
+    // Held: too new, or of an app whose status (or a version's) lags. Other apps go on.
+    let lagging = unsettled(sources);
+    let behind = |e: &Event| {
+        e.source
+            .strip_prefix("tooljetapps/")
+            .and_then(|app| lagging.get(app))
+    };
+    let (after, held): (Vec<Event>, Vec<Event>) =
+        pending.partition(|e| e.at <= now - SETTLE && behind(e).is_none());
     let settling = || {
         format!(
-            "{} event(s) settle for {}s",
+            "{} event(s) wait until they are {}s old",
             held.len(),
             SETTLE.num_seconds()
         )
     };
-    let waiting = (!held.is_empty()).then(|| unsettled.unwrap_or_else(settling));
-    let retry = (!held.is_empty()).then(|| now + SETTLE);
+    let waiting = (!held.is_empty()).then(|| {
+        held.iter()
+            .find_map(behind)
+            .cloned()
+            .unwrap_or_else(settling)
+    });
+    // Each held event's time to settle, at least SETTLE from now, at most HORIZON.
+    let retry = held
+        .iter()
+        .map(|e| (e.at + SETTLE).clamp(now + SETTLE, now + HORIZON))
+        .min();
     Plan {
+        generation: n.metadata.generation,
         events: after,
+        too_late,
         held: held.len(),
         waiting,
         wake: [boundary, retry].into_iter().flatten().min(),
     }
 }
 
-/// The first covered app or version whose status has not recorded its generation yet: its
-/// history may be about to grow with an entry of the past. (Apps being deleted are not covered.)
-fn unsettled(sources: &Sources) -> Option<String> {
+/// The covered apps whose status, or one of whose versions' status, has not recorded its
+/// generation yet (their history may be about to grow with an entry of the past), with why.
+/// Only their events wait: an app that stays behind longer than [`HORIZON`] may lose entries
+/// stamped that long ago (counted as too late). (Apps being deleted are not covered.)
+fn unsettled(sources: &Sources) -> BTreeMap<String, String> {
     let behind = |generation: Option<i64>, observed: Option<i64>| observed < generation;
-    let app = sources.apps.iter().find(|a| {
-        behind(
-            a.metadata.generation,
-            a.status.as_ref().and_then(|s| s.observed_generation),
-        )
-    });
-    if let Some(a) = app {
-        return Some(format!(
-            "waiting for ToolJetApp {}'s status to record generation {}",
-            a.name_any(),
-            a.metadata.generation.unwrap_or_default()
-        ));
-    }
+    let mut lagging = BTreeMap::new();
     // A version being deleted records nothing more (and its deletion mark bumps its generation).
-    let version = sources.versions.iter().find(|v| {
+    for v in sources.versions.iter().filter(|v| {
         v.metadata.deletion_timestamp.is_none()
             && behind(
                 v.metadata.generation,
                 v.status.as_ref().and_then(|s| s.observed_generation),
             )
-    })?;
-    Some(format!(
-        "waiting for AppVersion {}'s status to record generation {}",
-        version.name_any(),
-        version.metadata.generation.unwrap_or_default()
-    ))
+    }) {
+        lagging.entry(v.spec.app.clone()).or_insert_with(|| {
+            format!(
+                "waiting for AppVersion {}'s status to record generation {}",
+                v.name_any(),
+                v.metadata.generation.unwrap_or_default()
+            )
+        });
+    }
+    for a in sources.apps.iter().filter(|a| {
+        behind(
+            a.metadata.generation,
+            a.status.as_ref().and_then(|s| s.observed_generation),
+        )
+    }) {
+        lagging.insert(
+            a.name_any(),
+            format!(
+                "waiting for ToolJetApp {}'s status to record generation {}",
+                a.name_any(),
+                a.metadata.generation.unwrap_or_default()
+            ),
+        );
+    }
+    lagging
+}
+
+/// `n` with the events found too late recorded in its status (so they are counted once):
+/// their ids kept with the delivered ones, `tooLate` counted up. Pure.
+fn with_too_late(n: &Notification, too_late: &[Event]) -> Notification {
+    let mut cursor = Cursor::of(n.status.as_ref(), created(n));
+    let new: Vec<&Event> = too_late.iter().filter(|e| !cursor.holds(&e.id)).collect();
+    if new.is_empty() {
+        return n.clone();
+    }
+    for e in &new {
+        cursor.advance(e);
+    }
+    let mut with = n.clone();
+    let status = with.status.get_or_insert_with(Default::default);
+    status.delivered_through = Some(gate::to_time(cursor.through));
+    status.recently_delivered = cursor.recently_delivered();
+    let count = u32::try_from(new.len()).unwrap_or(u32::MAX);
+    status.too_late = status.too_late.saturating_add(count);
+    with
+}
+
+/// [`with_too_late`], logged and counted.
+fn given_up(ctx: &Context, n: &Notification, too_late: &[Event]) -> Notification {
+    let with = with_too_late(n, too_late);
+    let before = n.status.as_ref().map_or(0, |s| s.too_late);
+    if with.status.as_ref().map_or(0, |s| s.too_late) > before {
+        for e in too_late {
+            ctx.metrics.notified(e.kind.name(), "too_late");
+            warn!(id = %e.id, event = e.kind.name(), at = %e.at, horizon_minutes = HORIZON.num_minutes(), "event found beyond the horizon behind the cursor; not sent");
+        }
+    }
+    with
+}
+
+/// Whether the status says the endpoint of the current spec resolved.
+fn endpoint_checked(n: &Notification) -> bool {
+    let Some(status) = &n.status else {
+        return false;
+    };
+    status.observed_generation == n.metadata.generation
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == conditions::READY && c.status == "True")
 }
 
 /// The time now.
@@ -280,9 +410,23 @@ fn created(n: &Notification) -> DateTime<Utc> {
 enum Outcome {
     UpToDate,
     Waiting(String),
-    Failing { error: String, next: DateTime<Utc> },
-    EndpointMissing(String),
-    InvalidSelector(String),
+    /// A delivery failed: `reason` `Failing`, or `Rejected` when the endpoint refuses the event.
+    Failing {
+        reason: &'static str,
+        error: String,
+        next: DateTime<Utc>,
+    },
+    /// Nothing can be sent: `EndpointMissing`, `InvalidURL` or `InvalidSelector`, and why.
+    Unusable(&'static str, String),
+}
+
+/// Ready's message when it is true.
+fn ready_message(status: &NotificationStatus) -> &'static str {
+    if status.last_delivered.is_some() {
+        "the endpoint took the last event"
+    } else {
+        "the endpoint resolves; no event yet"
+    }
 }
 
 /// The status for `outcome` with `pending` events waiting, the cursor and last delivery kept.
@@ -297,7 +441,7 @@ fn settled_status(n: &Notification, outcome: Outcome, pending: usize) -> Notific
                 conditions::READY,
                 true,
                 conditions::READY_REASON,
-                "the endpoint took the last event",
+                ready_message(&status),
                 generation,
             ),
             condition(
@@ -318,7 +462,11 @@ fn settled_status(n: &Notification, outcome: Outcome, pending: usize) -> Notific
                 generation,
             ),
         ),
-        Outcome::Failing { error, next } => {
+        Outcome::Failing {
+            reason,
+            error,
+            next,
+        } => {
             status.last_error = Some(error.clone());
             status.next_attempt_at = Some(gate::to_time(next));
             let attempt = format!(
@@ -327,33 +475,14 @@ fn settled_status(n: &Notification, outcome: Outcome, pending: usize) -> Notific
                 next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
             (
-                condition(
-                    conditions::READY,
-                    false,
-                    conditions::FAILING,
-                    error,
-                    generation,
-                ),
-                condition(
-                    conditions::DELIVERING,
-                    false,
-                    conditions::FAILING,
-                    attempt,
-                    generation,
-                ),
+                condition(conditions::READY, false, reason, error, generation),
+                condition(conditions::DELIVERING, false, reason, attempt, generation),
             )
         }
-        Outcome::EndpointMissing(why) | Outcome::InvalidSelector(why) => {
-            let reason = if why.starts_with("spec.appSelector") {
-                conditions::INVALID_SELECTOR
-            } else {
-                conditions::ENDPOINT_MISSING
-            };
-            (
-                condition(conditions::READY, false, reason, why.clone(), generation),
-                condition(conditions::DELIVERING, false, reason, why, generation),
-            )
-        }
+        Outcome::Unusable(reason, why) => (
+            condition(conditions::READY, false, reason, why.clone(), generation),
+            condition(conditions::DELIVERING, false, reason, why, generation),
+        ),
     };
     set_condition(&mut status.conditions, ready);
     set_condition(&mut status.conditions, delivering);
@@ -365,11 +494,17 @@ fn ready_unless_failing(
     status: &NotificationStatus,
     generation: Option<i64>,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let failing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY && c.status == "False")
+        .map(|c| c.reason.as_str())
+        .filter(|r| [conditions::FAILING, conditions::REJECTED].contains(r));
     match &status.last_error {
         Some(error) if status.failures > 0 => condition(
             conditions::READY,
             false,
-            conditions::FAILING,
+            failing.unwrap_or(conditions::FAILING),
             error.clone(),
             generation,
         ),
@@ -377,7 +512,7 @@ fn ready_unless_failing(
             conditions::READY,
             true,
             conditions::READY_REASON,
-            "the endpoint took the last event",
+            ready_message(status),
             generation,
         ),
     }
@@ -392,7 +527,7 @@ fn delivered_status(
 ) -> NotificationStatus {
     let mut status = n.status.clone().unwrap_or_default();
     status.delivered_through = Some(gate::to_time(cursor.through));
-    status.delivered_ids = cursor.ids.clone();
+    status.recently_delivered = cursor.recently_delivered();
     status.last_delivered = Some(DeliveredEvent {
         id: e.id.clone(),
         type_: e.kind,
@@ -428,12 +563,24 @@ async fn deliver(
     else {
         return Ok(Action::await_change());
     };
+    if n.metadata.generation != plan.generation {
+        // The spec changed since the plan: plan again from it.
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let n = given_up(ctx, &n, &plan.too_late);
     let cursor = Cursor::of(n.status.as_ref(), created(&n));
     let events: Vec<&Event> = cursor.pending(&plan.events);
     let waiting = events.len() + plan.held;
     if let Some(next) = next_attempt(&n).filter(|t| *t > now) {
-        let error = n.status.as_ref().and_then(|s| s.last_error.clone());
+        let status = n.status.as_ref();
+        let error = status.and_then(|s| s.last_error.clone());
+        let reason = status
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY))
+            .map(|c| c.reason.as_str())
+            .filter(|r| *r == conditions::REJECTED)
+            .map_or(conditions::FAILING, |_| conditions::REJECTED);
         let outcome = Outcome::Failing {
+            reason,
             error: error.unwrap_or_default(),
             next,
         };
@@ -442,16 +589,16 @@ async fn deliver(
     }
     let url = match endpoint_url(ctx, &n).await? {
         Ok(url) => url,
-        Err(missing) => {
-            let status = settled_status(&n, Outcome::EndpointMissing(missing), waiting);
+        Err((reason, why)) => {
+            let status = settled_status(&n, Outcome::Unusable(reason, why), waiting);
             report(ctx, &n, &status).await;
             write_status(ctx, &n, &status).await?;
             return Ok(Action::requeue(ENDPOINT_RECHECK));
         }
     };
     let pending: Vec<Event> = events.into_iter().cloned().collect();
-    let (n, failed) = send_in_order(ctx, n, &url, &pending, cursor, waiting).await?;
-    if let Some(wait) = failed {
+    let (n, stopped) = send_in_order(ctx, n, &url, &pending, cursor, waiting).await?;
+    if let Some(wait) = stopped {
         return Ok(Action::requeue(wait));
     }
     // What waits for the statuses or to settle (also when another pass delivered the rest).
@@ -460,7 +607,9 @@ async fn deliver(
 }
 
 /// POSTs `events` in order, advancing the cursor in status after each success; stops at the
-/// first failure and returns the wait before the next attempt. Returns the object as stored.
+/// first failure and returns the wait before the next attempt, or once the pass's budget
+/// ([`PASS_EVENTS`], [`PASS_TIME`]) is spent, to come back at once (a slow endpoint does not
+/// hold a worker for its whole backlog). Returns the object as stored.
 async fn send_in_order(
     ctx: &Context,
     mut n: Notification,
@@ -469,17 +618,23 @@ async fn send_in_order(
     mut cursor: Cursor,
     waiting: usize,
 ) -> Result<(Notification, Option<Duration>), Error> {
+    let started = std::time::Instant::now();
     for (i, e) in events.iter().enumerate() {
+        if i >= PASS_EVENTS || started.elapsed() >= PASS_TIME {
+            return Ok((n, Some(Duration::ZERO)));
+        }
         ctx.may_write()?;
         let body = payload::build(n.spec.endpoint.format, e);
-        let sent = send::post(&ctx.http, url, &body, &e.id, n.spec.endpoint.timeout()).await;
+        let sent = ctx
+            .http
+            .post(url, &body, &e.id, n.spec.endpoint.timeout())
+            .await;
         ctx.may_write()?;
         if let Err(failure) = sent {
             ctx.metrics.notified(e.kind.name(), failure.label());
-            let status = failed_status(&n, &failure, waiting - i);
+            let (status, wait) = failed_status(&n, &failure, waiting - i, clock());
             warn!(id = %e.id, event = e.kind.name(), failures = status.failures, error = status.last_error.as_deref().unwrap_or_default(), "delivery failed");
             report(ctx, &n, &status).await;
-            let wait = notify::backoff(status.failures);
             let n = write_status(ctx, &n, &status).await?;
             return Ok((n, Some(wait)));
         }
@@ -492,18 +647,37 @@ async fn send_in_order(
     Ok((n, None))
 }
 
-/// The status after a failed attempt: one more failure, the error, the next attempt.
-fn failed_status(n: &Notification, failure: &send::Failure, pending: usize) -> NotificationStatus {
+/// The wait before the next attempt after `failures` consecutive failures: what the endpoint
+/// asked for (`Retry-After` on 429 or 503), else the backoff; at most the longest backoff.
+fn retry_wait(failure: &send::Failure, failures: u32) -> Duration {
+    match failure.retry_after() {
+        Some(after) => after.clamp(Duration::from_secs(1), notify::cursor::LONGEST_RETRY),
+        None => notify::backoff(failures),
+    }
+}
+
+/// The status after a failed attempt at `now` (one more failure, the error, the next
+/// attempt), and the wait before that attempt.
+fn failed_status(
+    n: &Notification,
+    failure: &send::Failure,
+    pending: usize,
+    now: DateTime<Utc>,
+) -> (NotificationStatus, Duration) {
     let mut with = n.clone();
     let status = with.status.get_or_insert_with(Default::default);
     status.failures = status.failures.saturating_add(1);
-    let failures = status.failures;
-    let wait = TimeDelta::from_std(notify::backoff(failures)).unwrap_or_default();
+    let wait = retry_wait(failure, status.failures);
     let outcome = Outcome::Failing {
+        reason: if failure.rejected() {
+            conditions::REJECTED
+        } else {
+            conditions::FAILING
+        },
         error: failure.describe(&secret_ref(n)),
-        next: clock() + wait,
+        next: now + TimeDelta::from_std(wait).unwrap_or_default(),
     };
-    settled_status(&with, outcome, pending)
+    (settled_status(&with, outcome, pending), wait)
 }
 
 fn next_attempt(n: &Notification) -> Option<DateTime<Utc>> {
@@ -520,8 +694,12 @@ fn secret_ref(n: &Notification) -> String {
     format!("{}/{}", r.name, r.key)
 }
 
-/// The endpoint's URL from its Secret, or what is missing (with the command that fixes it).
-async fn endpoint_url(ctx: &Context, n: &Notification) -> Result<Result<String, String>, Error> {
+/// The endpoint's URL from its Secret, or why there is none (`EndpointMissing` with the command
+/// that fixes it, or `InvalidURL`), never the value.
+async fn endpoint_url(
+    ctx: &Context,
+    n: &Notification,
+) -> Result<Result<String, (&'static str, String)>, Error> {
     let ns = n.namespace().unwrap_or_default();
     let r = &n.spec.endpoint.url_from.secret_key_ref;
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
@@ -532,19 +710,26 @@ async fn endpoint_url(ctx: &Context, n: &Notification) -> Result<Result<String, 
         "kubectl -n {ns} create secret generic {} --from-file={}=<file> (the <file> holding the URL)",
         r.name, r.key
     );
+    let missing = |why: String| Ok(Err((conditions::ENDPOINT_MISSING, why)));
     let Some(secret) = secret else {
-        return Ok(Err(format!(
+        return missing(format!(
             "spec.endpoint.urlFrom: Secret {} not found; {fix}",
             r.name
-        )));
+        ));
     };
     let value = secret.data.as_ref().and_then(|d| d.get(&r.key));
-    Ok(match value.map(|v| String::from_utf8(v.0.clone())) {
-        Some(Ok(url)) if !url.trim().is_empty() => Ok(url.trim().to_string()),
-        _ => Err(format!(
-            "spec.endpoint.urlFrom: Secret {} has no key {} holding a URL; {fix}",
-            r.name, r.key
-        )),
+    let url = match value.map(|v| String::from_utf8(v.0.clone())) {
+        Some(Ok(url)) if !url.trim().is_empty() => url.trim().to_string(),
+        _ => {
+            return missing(format!(
+                "spec.endpoint.urlFrom: Secret {} has no key {} holding a URL; {fix}",
+                r.name, r.key
+            ));
+        }
+    };
+    Ok(match send::parse(&url) {
+        Ok(_) => Ok(url),
+        Err(failure) => Err((conditions::INVALID_URL, failure.describe(&secret_ref(n)))),
     })
 }
 
@@ -600,6 +785,8 @@ async fn report(ctx: &Context, n: &Notification, status: &NotificationStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
     use crate::{
         api::{LifecycleEvent, NotificationSpec},
         notify::events::tests::{at, sources},
@@ -684,22 +871,22 @@ mod tests {
     #[test]
     fn conditions_say_what_waits_what_fails_and_what_is_missing() {
         let n = notification(&[], at(10, 0, 0));
-        let condition = |s: &NotificationStatus, t: &str| {
-            let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
-            (c.status.clone(), c.reason.clone(), c.message.clone())
-        };
         let up = settled_status(&n, Outcome::UpToDate, 0);
         assert_eq!(condition(&up, "Ready").0, "True");
+        assert_eq!(
+            condition(&up, "Ready").2,
+            "the endpoint resolves; no event yet"
+        );
         assert_eq!(condition(&up, "Delivering").1, "UpToDate");
 
-        let failure = send::Failure::Status(500);
-        let failing = failed_status(&n, &failure, 3);
-        assert_eq!(failing.failures, 1);
+        let failure = send::Failure::Status(500, None);
+        let (failing, wait) = failed_status(&n, &failure, 3, at(10, 0, 0));
+        assert_eq!((failing.failures, wait), (1, Duration::from_secs(1)));
         assert_eq!(
             failing.last_error.as_deref(),
             Some("POST to the endpoint from Secret hook/url answered 500")
         );
-        assert!(failing.next_attempt_at.is_some());
+        assert_eq!(failing.next_attempt_at, Some(gate::to_time(at(10, 0, 1))));
         let (status, reason, message) = condition(&failing, "Delivering");
         assert_eq!((status.as_str(), reason.as_str()), ("False", "Failing"));
         assert!(
@@ -708,14 +895,149 @@ mod tests {
         );
         let mut again = n.clone();
         again.status = Some(failing);
-        assert_eq!(failed_status(&again, &failure, 3).failures, 2);
+        assert_eq!(
+            failed_status(&again, &failure, 3, at(10, 0, 0)).0.failures,
+            2
+        );
 
         let missing = settled_status(
             &n,
-            Outcome::EndpointMissing("spec.endpoint.urlFrom: Secret hook not found".into()),
+            Outcome::Unusable(
+                conditions::ENDPOINT_MISSING,
+                "spec.endpoint.urlFrom: Secret hook not found".into(),
+            ),
             2,
         );
         assert_eq!(condition(&missing, "Ready").1, "EndpointMissing");
         assert_eq!(missing.pending, 2);
+    }
+
+    fn condition(s: &NotificationStatus, t: &str) -> (String, String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn an_endpoint_refusing_the_event_is_rejected_and_a_retry_after_is_honoured() {
+        let n = notification(&[], at(10, 0, 0));
+        let (rejected, _) = failed_status(&n, &send::Failure::Status(404, None), 1, at(10, 0, 0));
+        assert_eq!(condition(&rejected, "Ready").1, "Rejected");
+        assert!(
+            rejected
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("recreate the Notification"),
+            "{rejected:?}"
+        );
+        // While it waits for the next attempt, the reason stays.
+        let mut waiting = n.clone();
+        waiting.status = Some(rejected);
+        let still = settled_status(&waiting, Outcome::Waiting("1 event(s) wait".into()), 1);
+        assert_eq!(condition(&still, "Ready").1, "Rejected");
+
+        let throttled = send::Failure::Status(429, Some(Duration::from_secs(42)));
+        let (status, wait) = failed_status(&n, &throttled, 1, at(10, 0, 0));
+        assert_eq!(wait, Duration::from_secs(42));
+        assert_eq!(condition(&status, "Ready").1, "Failing");
+        let forever = send::Failure::Status(503, Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            retry_wait(&forever, 1),
+            notify::cursor::LONGEST_RETRY,
+            "at most the longest backoff"
+        );
+    }
+
+    #[test]
+    fn a_late_event_within_the_horizon_is_planned_and_one_beyond_is_recorded_once() {
+        use LifecycleEvent::*;
+        // Delivered through the rollback at 11:05; the release at 11:00 never arrived.
+        let n = notification(&[Released, RolledBack], at(10, 45, 0));
+        let all = plan(&n, &settled(), at(11, 30, 0));
+        let mut cursor = Cursor::of(None, at(10, 45, 0));
+        cursor.advance(&all.events[1]);
+        let mut delivered = n.clone();
+        delivered.status = Some(delivered_status(&n, &all.events[1], &cursor, 0));
+        let late = plan(&delivered, &settled(), at(11, 30, 0));
+        assert_eq!(kinds(&late), [Released], "five minutes behind: sent");
+
+        // A rollback at 11:20 delivered: the release at 11:00 is 20 minutes behind.
+        let mut s = settled();
+        let mut app = (*s.apps[0]).clone();
+        app.status.as_mut().unwrap().release_history[2].at = gate::to_time(at(11, 20, 0));
+        s.apps[0] = Arc::new(app);
+        let all = plan(&n, &s, at(11, 30, 0));
+        let mut cursor = Cursor::of(None, at(10, 45, 0));
+        cursor.advance(&all.events[1]);
+        let mut delivered = n.clone();
+        delivered.status = Some(delivered_status(&n, &all.events[1], &cursor, 0));
+        let beyond = plan(&delivered, &s, at(11, 30, 0));
+        assert!(beyond.events.is_empty());
+        assert_eq!(beyond.too_late.len(), 1);
+        let recorded = with_too_late(&delivered, &beyond.too_late);
+        assert_eq!(recorded.status.as_ref().unwrap().too_late, 1);
+        let again = plan(&recorded, &s, at(11, 30, 0));
+        assert!(again.too_late.is_empty(), "counted once");
+        assert_eq!(
+            with_too_late(&recorded, &beyond.too_late).status,
+            recorded.status
+        );
+    }
+
+    #[test]
+    fn an_app_whose_status_lags_holds_only_its_own_events() {
+        let n = notification(&[LifecycleEvent::Released], at(10, 45, 0));
+        let mut s = settled();
+        let mut hr = (*s.apps[0]).clone();
+        hr.metadata.name = Some("hr".into());
+        hr.metadata.uid = Some("hr-uid".into());
+        hr.metadata.generation = Some(2);
+        s.apps.push(Arc::new(hr));
+        let plan = plan(&n, &s, at(11, 30, 0));
+        let apps: Vec<&str> = plan.events.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(apps, ["tooljetapps/crm"], "crm's release goes; hr's waits");
+        assert_eq!(plan.held, 1);
+        assert_eq!(
+            plan.waiting.as_deref(),
+            Some("waiting for ToolJetApp hr's status to record generation 2")
+        );
+    }
+
+    #[test]
+    fn an_app_wakes_only_the_notifications_selecting_it() {
+        let app = sources().apps[0].clone();
+        let mut n = notification(&[], at(10, 0, 0));
+        assert!(selects(&n, &app), "no selector: every app");
+        n.spec.app_selector = Some(LabelSelector {
+            match_labels: Some([("team".to_string(), "billing".to_string())].into()),
+            match_expressions: None,
+        });
+        assert!(!selects(&n, &app));
+        let mut labelled = (*app).clone();
+        labelled.metadata.labels = Some([("team".to_string(), "billing".to_string())].into());
+        assert!(selects(&n, &labelled));
+    }
+
+    #[test]
+    fn the_endpoint_is_checked_until_it_resolves_and_again_on_a_spec_change() {
+        let mut n = notification(&[], at(10, 0, 0));
+        assert!(!endpoint_checked(&n), "a new Notification is checked first");
+        let missing = Outcome::Unusable(conditions::ENDPOINT_MISSING, "no Secret".into());
+        n.status = Some(settled_status(&n, missing, 0));
+        assert!(!endpoint_checked(&n), "checked again until it resolves");
+        n.status = Some(settled_status(&n, Outcome::UpToDate, 0));
+        assert!(endpoint_checked(&n));
+        n.metadata.generation = Some(2);
+        assert!(!endpoint_checked(&n), "a spec change checks again");
+    }
+
+    #[test]
+    fn an_event_stamped_ahead_of_this_clock_is_held_and_woken_for() {
+        let n = notification(&[LifecycleEvent::Released], at(10, 45, 0));
+        // The release at 11:00 seen at 10:58 (the stamping clock two minutes ahead).
+        let plan = plan(&n, &settled(), at(10, 58, 0));
+        assert!(plan.events.is_empty());
+        assert_eq!(plan.held, 1);
+        assert_eq!(plan.wake, Some(at(11, 0, 0) + SETTLE));
     }
 }

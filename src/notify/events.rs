@@ -113,21 +113,83 @@ pub struct Facts {
 /// Every event of `sources` whose time is within `[from, until]`, in delivery order: by time,
 /// then in the lifecycle's order ([`Order`]), then by id.
 pub fn derive(sources: &Sources, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Event> {
+    derive_kinds(sources, from, until, &[])
+}
+
+/// [`derive`], of the kinds `kinds` only (all when empty). What no kind asks for is not
+/// computed (a Notification without freeze events computes no window boundary), nor is a
+/// history entry before `from`; the Approvals are grouped once.
+pub fn derive_kinds(
+    sources: &Sources,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    kinds: &[LifecycleEvent],
+) -> Vec<Event> {
+    use LifecycleEvent::*;
+    let wants = |k: &[LifecycleEvent]| kinds.is_empty() || k.iter().any(|k| kinds.contains(k));
+    let given = Given::of(sources);
+    let mut versions: BTreeMap<&str, Vec<&Arc<AppVersion>>> = BTreeMap::new();
+    for v in &sources.versions {
+        versions.entry(v.spec.app.as_str()).or_default().push(v);
+    }
     let mut events = vec![];
     for app in &sources.apps {
-        events.extend(releases(sources, app));
-        for v in versions_of(sources, app) {
-            events.extend(promotions(sources, app, v));
-            events.extend(approvals_needed(sources, app, v));
+        if wants(&[Released, RolledBack]) {
+            events.extend(releases(sources, app, from));
+        }
+        let name = app.name_any();
+        for v in versions.get(name.as_str()).into_iter().flatten() {
+            if wants(&[Promoted]) {
+                events.extend(promotions(sources, app, v, from));
+            }
+            if wants(&[ApprovalNeeded]) {
+                events.extend(approvals_needed(sources, &given, app, v, from));
+            }
         }
     }
-    events.extend(approvals(sources));
-    events.retain(|e| from <= e.at && e.at <= until);
-    for policy in &sources.policies {
-        events.extend(freezes(sources, policy, from, until));
+    if wants(&[Approved]) {
+        events.extend(approvals(sources, &given, from));
     }
+    events.retain(|e| from <= e.at && e.at <= until && wants(&[e.kind]));
+    if wants(&[FreezeStarted, FreezeEnded]) {
+        for policy in &sources.policies {
+            events.extend(freezes(sources, policy, from, until));
+        }
+    }
+    events.retain(|e| wants(&[e.kind]));
     events.sort_by(|a, b| (a.at, a.order, &a.id).cmp(&(b.at, b.order, &b.id)));
     events
+}
+
+/// When each Approval was given (as precisely as known), by version and stage, oldest first:
+/// grouped once per derivation rather than scanned for every event.
+struct Given<'a>(BTreeMap<(&'a str, &'a str), Vec<DateTime<Utc>>>);
+
+impl<'a> Given<'a> {
+    fn of(sources: &'a Sources) -> Given<'a> {
+        let mut by: BTreeMap<(&str, &str), Vec<DateTime<Utc>>> = BTreeMap::new();
+        for a in &sources.approvals {
+            if let Some(t) = approved_at(a) {
+                let key = (a.spec.version.as_str(), a.spec.environment.as_str());
+                by.entry(key).or_default().push(t);
+            }
+        }
+        for times in by.values_mut() {
+            times.sort();
+        }
+        Given(by)
+    }
+
+    /// The Approvals of `version` for `stage` given at or before `at` (an approval given in the
+    /// second a version entered its stage, but after, counts for the approvals that follow
+    /// only).
+    fn counted(&self, version: &str, stage: &str, at: DateTime<Utc>) -> u32 {
+        let n = self
+            .0
+            .get(&(version, stage))
+            .map_or(0, |times| times.partition_point(|t| *t <= at));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
 }
 
 /// Steps of [`Order`] at one position.
@@ -147,6 +209,23 @@ fn id(parts: &[&str]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// How many times each identity was seen in one history: two entries of one second alike in
+/// everything (v3, v4, v3 released within a second) are told apart by their occurrence. The
+/// count is of equal entries, not the index in the history, so trimming the history's oldest
+/// entries leaves the ids of the rest unchanged; the first occurrence adds nothing (the ids of
+/// the events delivered before this count existed stay the same).
+#[derive(Default)]
+struct Occurrences(BTreeMap<Vec<String>, usize>);
+
+impl Occurrences {
+    fn next(&mut self, parts: &[&str]) -> Option<String> {
+        let key = parts.iter().map(|p| p.to_string()).collect();
+        let n = self.0.entry(key).or_default();
+        *n += 1;
+        (*n > 1).then(|| format!("#{}", *n - 1))
+    }
 }
 
 /// A time as events carry it: whole seconds.
@@ -180,36 +259,41 @@ fn app_event(
     }
 }
 
-fn versions_of<'a>(
+/// Released and RolledBack: the app's release history.
+fn releases<'a>(
     sources: &'a Sources,
     app: &'a ToolJetApp,
-) -> impl Iterator<Item = &'a Arc<AppVersion>> {
-    let name = app.name_any();
-    sources.versions.iter().filter(move |v| v.spec.app == name)
-}
-
-/// Released and RolledBack: the app's release history.
-fn releases<'a>(sources: &'a Sources, app: &'a ToolJetApp) -> impl Iterator<Item = Event> + 'a {
+    from: DateTime<Utc>,
+) -> impl Iterator<Item = Event> + 'a {
     let history = app.status.iter().flat_map(|s| &s.release_history);
     let pipeline = Pipeline::of(app);
     let last = pipeline.last().to_string();
     let position = pipeline.index(&last).unwrap_or_default();
     let uid = app.uid().unwrap_or_default();
-    history.enumerate().map(move |(index, r)| {
+    let mut seen = Occurrences::default();
+    // Entries of one second are all before `from` or none: skipping keeps the occurrences.
+    let recent = history
+        .enumerate()
+        .filter(move |(_, r)| time(&r.at) >= from);
+    recent.map(move |(index, r)| {
         let at = time(&r.at);
         let kind = if r.rollback || r.automatic {
             LifecycleEvent::RolledBack
         } else {
             LifecycleEvent::Released
         };
-        let key = id(&[
-            &sources.namespace,
+        let second = at.timestamp().to_string();
+        let mut parts = vec![
+            sources.namespace.as_str(),
             "ToolJetApp",
             &uid,
             "release",
-            &at.timestamp().to_string(),
+            &second,
             &r.version,
-        ]);
+        ];
+        let occurrence = seen.next(&parts);
+        parts.extend(occurrence.as_deref());
+        let key = id(&parts);
         let order = Order::at(position, RELEASED, index);
         let mut e = app_event(sources, app, (kind, at, order), key, &r.version);
         e.facts.version = Some(r.version.clone());
@@ -226,21 +310,30 @@ fn promotions<'a>(
     sources: &'a Sources,
     app: &'a ToolJetApp,
     v: &'a AppVersion,
+    from: DateTime<Utc>,
 ) -> impl Iterator<Item = Event> + 'a {
     let uid = v.uid().unwrap_or_default();
     let history = v.status.iter().flat_map(|s| &s.promotions);
     let pipeline = Pipeline::of(app);
-    history.enumerate().map(move |(index, p)| {
+    let mut seen = Occurrences::default();
+    let recent = history
+        .enumerate()
+        .filter(move |(_, p)| time(&p.at) >= from);
+    recent.map(move |(index, p)| {
         let at = time(&p.at);
-        let key = id(&[
-            &sources.namespace,
+        let second = at.timestamp().to_string();
+        let mut parts = vec![
+            sources.namespace.as_str(),
             "AppVersion",
             &uid,
             "promotion",
-            &at.timestamp().to_string(),
+            &second,
             &p.from,
             &p.to,
-        ]);
+        ];
+        let occurrence = seen.next(&parts);
+        parts.extend(occurrence.as_deref());
+        let key = id(&parts);
         let order = Order::at(pipeline.index(&p.to).unwrap_or_default(), ENTERED, index);
         let mut e = app_event(
             sources,
@@ -283,11 +376,18 @@ fn required(sources: &Sources, app: &ToolJetApp, stage: &str) -> u32 {
 }
 
 /// ApprovalNeeded: each stage the version entered whose next stage requires approvals.
-fn approvals_needed(sources: &Sources, app: &ToolJetApp, v: &AppVersion) -> Vec<Event> {
+fn approvals_needed(
+    sources: &Sources,
+    given: &Given,
+    app: &ToolJetApp,
+    v: &AppVersion,
+    from: DateTime<Utc>,
+) -> Vec<Event> {
     let uid = v.uid().unwrap_or_default();
     let pipeline = Pipeline::of(app);
     entries(app, v)
         .into_iter()
+        .filter(|(at, _, _)| *at >= from)
         .filter_map(|(at, stage, by)| {
             let next = pipeline.next(&stage)?;
             let needed = required(sources, app, next);
@@ -313,7 +413,7 @@ fn approvals_needed(sources: &Sources, app: &ToolJetApp, v: &AppVersion) -> Vec<
                 e.facts.environment = Some(stage);
                 e.facts.approval_for = Some(next.to_string());
                 e.facts.by = by;
-                e.facts.approvals = Some((counted(sources, &v.name_any(), next, at), needed));
+                e.facts.approvals = Some((given.counted(&v.name_any(), next, at), needed));
                 e
             })
         })
@@ -330,20 +430,8 @@ fn approved_at(a: &Approval) -> Option<DateTime<Utc>> {
     stamped.or_else(|| a.metadata.creation_timestamp.as_ref().map(time))
 }
 
-/// The Approvals of `version` for `stage` given at or before `at` (an approval given in the
-/// second a version entered its stage, but after, counts for the approvals that follow only).
-fn counted(sources: &Sources, version: &str, stage: &str, at: DateTime<Utc>) -> u32 {
-    let n = sources
-        .approvals
-        .iter()
-        .filter(|a| a.spec.version == version && a.spec.environment == stage)
-        .filter(|a| approved_at(a).is_some_and(|t| t <= at))
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 /// Approved: every Approval of a covered version.
-fn approvals(sources: &Sources) -> Vec<Event> {
+fn approvals(sources: &Sources, given: &Given, from: DateTime<Utc>) -> Vec<Event> {
     let apps: BTreeMap<String, &Arc<ToolJetApp>> =
         sources.apps.iter().map(|a| (a.name_any(), a)).collect();
     let versions: BTreeMap<String, &Arc<AppVersion>> =
@@ -356,6 +444,9 @@ fn approvals(sources: &Sources) -> Vec<Event> {
             let app = apps.get(&v.spec.app)?;
             let precise = approved_at(a)?;
             let at = seconds(precise);
+            if at < from {
+                return None;
+            }
             let key = id(&[&sources.namespace, "Approval", &a.uid().unwrap_or_default()]);
             let stage = &a.spec.environment;
             let position = Pipeline::of(app).index(stage).unwrap_or(1);
@@ -373,7 +464,7 @@ fn approvals(sources: &Sources) -> Vec<Event> {
             e.facts.environment = Some(stage.clone());
             e.facts.by = a.annotations().get(APPROVED_BY_ANNOTATION).cloned();
             e.facts.approvals = Some((
-                counted(sources, &v.name_any(), stage, precise),
+                given.counted(&v.name_any(), stage, precise),
                 required(sources, app, stage),
             ));
             Some(e)
@@ -776,6 +867,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn deriving_some_kinds_gives_what_deriving_all_gives_of_them() {
+        use LifecycleEvent::*;
+        let all = derive(&sources(), at(0, 0, 0), at(23, 0, 0));
+        for kinds in [
+            vec![Released, RolledBack],
+            vec![ApprovalNeeded],
+            vec![Approved, FreezeEnded],
+            vec![Promoted],
+        ] {
+            let some = derive_kinds(&sources(), at(0, 0, 0), at(23, 0, 0), &kinds);
+            let expected: Vec<Event> = all
+                .iter()
+                .filter(|e| kinds.contains(&e.kind))
+                .cloned()
+                .collect();
+            assert_eq!(some, expected, "{kinds:?}");
+        }
+        // From a time on, the facts (approvals counted) are those derived from the start.
+        let later = derive(&sources(), at(10, 25, 0), at(23, 0, 0));
+        let expected: Vec<Event> = all
+            .iter()
+            .filter(|e| e.at >= at(10, 25, 0))
+            .cloned()
+            .collect();
+        assert_eq!(later, expected);
+    }
+
+    #[test]
     fn a_freeze_under_way_at_the_start_ends_without_starting_again() {
         let events = derive(&sources(), at(12, 30, 0), at(13, 30, 0));
         assert_eq!(
@@ -863,5 +982,13 @@ pub(crate) mod tests {
             .map(|e| e.facts.version.clone().unwrap())
             .collect();
         assert_eq!(released, ["crm-v3", "crm-v4", "crm-v3"], "in history order");
+        let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            events.len(),
+            "v3 released twice in one second: two ids"
+        );
     }
 }

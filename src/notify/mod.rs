@@ -5,8 +5,9 @@
 //!  caches (apps, versions, Approvals, PromotionPolicies)
 //!        │  events.rs: each history entry, Approval and Deny-window boundary is an event with
 //!        ▼  a stable id (a hash of where it comes from), sorted by time
-//!  cursor.rs: the Notification's status says what was delivered (a time and the ids at it);
-//!        │    what lies after it waits, oldest first
+//!  cursor.rs: the Notification's status says what was delivered (the newest time, and the
+//!        │    ids of the last 20 minutes); what it does not hold within 10 minutes behind the
+//!        │    newest time (the horizon) waits, oldest first
 //!        ▼
 //!  payload.rs: CloudEvents 1.0 or Slack JSON (names, stages, who, when; never a value)
 //!        │

@@ -149,12 +149,22 @@ pub fn text(e: &Event) -> String {
             f.environments.join(", ")
         ),
     };
-    format!(
+    let text = format!(
         "[{}] {line} (namespace {}, {})",
         e.kind.name(),
         e.namespace,
         rfc3339(e.at)
-    )
+    );
+    // The templates hold none of `&`, `<`, `>`: escaping the line escapes every value in it.
+    slack_escaped(&text)
+}
+
+/// Slack's escaping of message text: `&`, `<` and `>` as entities, so a value (a reason, a
+/// window's description) cannot mention `<!channel>` or make a link.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn by(f: &Facts) -> String {
@@ -264,6 +274,23 @@ mod tests {
         }));
         assert!(texts.iter().any(|t| t.starts_with("[RolledBack] crm: rolled back to crm-v3 automatically (reason: Deployment tooljet-production: ProgressDeadlineExceeded)")));
         assert!(texts.iter().any(|t| t.starts_with("[FreezeStarted] Freeze started: Deny window \"lunch freeze of PromotionPolicy prod-gate\"")), "{texts:#?}");
+    }
+
+    #[test]
+    fn slack_text_escapes_what_would_mention_or_link() {
+        let mut e = events().remove(0);
+        e.facts.reason = Some("<!channel> see <https://evil.example|docs> & more".into());
+        e.facts.by = Some("<@U123>".into());
+        e.kind = LifecycleEvent::Promoted;
+        let v = json_of(&build(PayloadFormat::Slack, &e));
+        let text = v["text"].as_str().unwrap();
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(
+            text.contains("by &lt;@U123&gt;")
+                && text
+                    .contains("&lt;!channel&gt; see &lt;https://evil.example|docs&gt; &amp; more"),
+            "{text}"
+        );
     }
 
     #[test]

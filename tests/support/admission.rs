@@ -76,6 +76,8 @@ pub async fn env() -> Arc<WebhookEnv> {
             "tooljet-system",
             "--health-addr",
             &health,
+            // The Notifications' receiver listens on loopback.
+            "--notifications-allow-local-endpoints",
         ]);
 
         let endpoint = Endpoint::Url(format!("https://{addr}"));

@@ -162,6 +162,7 @@ pub async fn environment() {
                             settings: Settings {
                                 concurrency: 4,
                                 instance: "kubectl-tooljet-tests".into(),
+                                allow_local_endpoints: false,
                             },
                             namespace: "tooljet-system".into(),
                             health_addr: None,
