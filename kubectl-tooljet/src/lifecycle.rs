@@ -334,23 +334,22 @@ pub async fn rollback(
     set_release(cluster, &app, &target, "rollback", dry_run, seen).await
 }
 
-/// Whether the apiserver accepts the cluster's credentials (a SelfSubjectReview answers).
-pub async fn authenticated(cluster: &Cluster) -> Result<()> {
+/// Who the apiserver says the cluster's credentials are (a SelfSubjectReview): an error when it
+/// does not accept them, `None` when it names nobody.
+pub async fn identify(cluster: &Cluster) -> Result<Option<String>> {
     let api: Api<SelfSubjectReview> = Api::all(cluster.client.clone());
     let review: SelfSubjectReview = serde_json::from_value(json!({}))
         .map_err(|e| Error::Api(format!("building a SelfSubjectReview: {e}")))?;
-    api.create(&PostParams::default(), &review)
+    let answer = api
+        .create(&PostParams::default(), &review)
         .await
-        .map(|_| ())
-        .map_err(|e| Error::kube("asking the apiserver who you are", e))
+        .map_err(|e| Error::kube("asking the apiserver who you are", e))?;
+    Ok(answer.status.and_then(|s| s.user_info?.username))
 }
 
-/// The requesting user's name, as the apiserver sees it (SelfSubjectReview).
+/// The requesting user's name, as the apiserver sees it (none if it cannot tell).
 pub async fn whoami(cluster: &Cluster) -> Option<String> {
-    let api: Api<SelfSubjectReview> = Api::all(cluster.client.clone());
-    let review: SelfSubjectReview = serde_json::from_value(json!({})).ok()?;
-    let answer = api.create(&PostParams::default(), &review).await.ok()?;
-    answer.status?.user_info?.username
+    identify(cluster).await.ok().flatten()
 }
 
 /// The Approval's name: `<version>-<stage>-<user>`, a DNS subdomain of at most 253 characters.

@@ -237,12 +237,13 @@ fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Ut
     seconds(gate::to_chrono(t.0))
 }
 
+/// An event of `app` about `version` (its subject).
 fn app_event(
     sources: &Sources,
     app: &ToolJetApp,
     (kind, at, order): (LifecycleEvent, DateTime<Utc>, Order),
     id: String,
-    subject: &str,
+    version: &str,
 ) -> Event {
     Event {
         id,
@@ -251,9 +252,10 @@ fn app_event(
         order,
         namespace: sources.namespace.clone(),
         source: format!("tooljetapps/{}", app.name_any()),
-        subject: subject.to_string(),
+        subject: version.to_string(),
         facts: Facts {
             apps: vec![app.name_any()],
+            version: Some(version.to_string()),
             ..Default::default()
         },
     }
@@ -296,7 +298,6 @@ fn releases<'a>(
         let key = id(&parts);
         let order = Order::at(position, RELEASED, index);
         let mut e = app_event(sources, app, (kind, at, order), key, &r.version);
-        e.facts.version = Some(r.version.clone());
         e.facts.environment = Some(last.clone());
         e.facts.by = r.by.clone();
         e.facts.reason = r.reason.clone().or_else(|| r.override_reason.clone());
@@ -342,7 +343,6 @@ fn promotions<'a>(
             key,
             &v.name_any(),
         );
-        e.facts.version = Some(v.name_any());
         e.facts.environment = Some(p.to.clone());
         e.facts.from = Some(p.from.clone());
         e.facts.by = p.by.clone();
@@ -409,7 +409,6 @@ fn approvals_needed(
                     key,
                     &v.name_any(),
                 );
-                e.facts.version = Some(v.name_any());
                 e.facts.environment = Some(stage);
                 e.facts.approval_for = Some(next.to_string());
                 e.facts.by = by;
@@ -460,7 +459,6 @@ fn approvals(sources: &Sources, given: &Given, from: DateTime<Utc>) -> Vec<Event
                 key,
                 &v.name_any(),
             );
-            e.facts.version = Some(v.name_any());
             e.facts.environment = Some(stage.clone());
             e.facts.by = a.annotations().get(APPROVED_BY_ANNOTATION).cloned();
             e.facts.approvals = Some((

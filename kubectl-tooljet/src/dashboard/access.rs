@@ -24,6 +24,8 @@ use kube::{Client, Config, config::AuthInfo};
 use sha2::{Digest, Sha256};
 
 use super::Options;
+use tooljet_operator::materialize::hex;
+
 use crate::{
     cluster::Cluster,
     error::{Error, Result},
@@ -36,22 +38,14 @@ pub const SESSION_COOKIE: &str = "tooljet_dashboard_session";
 /// The CSRF cookie whose value every form carries (suffixed with the port on a laptop).
 pub const CSRF_COOKIE: &str = "tooljet_csrf";
 
-/// 32 random bytes from the kernel, hex-encoded.
+/// 32 random bytes, hex-encoded (as the operator makes its hash key).
 pub fn random_token() -> Result<String> {
-    use std::io::Read as _;
+    use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| {
-            Error::Api(format!(
-                "reading random bytes for the dashboard's token: {e}"
-            ))
-        })?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Api("no random bytes for the dashboard's token".into()))?;
     Ok(hex(&bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares secrets without an early exit on the first differing byte.
@@ -274,6 +268,32 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 const CLIENT_TTL: Duration = Duration::from_secs(300);
 const MAX_CLIENTS: usize = 256;
 
+/// A cluster handle acting as one viewer, and who the apiserver says the viewer is.
+pub struct Acting {
+    pub cluster: Cluster,
+    pub user: Option<String>,
+}
+
+impl std::ops::Deref for Acting {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Acting {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+/// A forwarded token's client and identity, kept for a while.
+pub struct Session {
+    client: Client,
+    user: Option<String>,
+    at: Instant,
+}
+
 /// Whose credentials the dashboard's API calls carry.
 pub enum Access {
     /// The person's kubeconfig (the laptop dashboard).
@@ -285,7 +305,7 @@ pub enum Access {
     /// credentials.
     Forwarding {
         config: Box<Config>,
-        clients: Mutex<HashMap<String, (Client, Instant)>>,
+        clients: Mutex<HashMap<String, Session>>,
     },
 }
 
@@ -312,20 +332,23 @@ impl Access {
     }
 
     /// A cluster handle for `namespace` acting as the viewer whose `credential` this is. A
-    /// forwarded token's client is kept (for its connection pool) only once the apiserver has
-    /// accepted the token, so unknown tokens never crowd out real viewers.
-    pub async fn cluster(&self, credential: &str, namespace: &str) -> Result<Cluster> {
-        let client = match self {
-            Access::Local { cluster, .. } => cluster.client.clone(),
+    /// forwarded token's client is kept (for its connection pool), with the identity the
+    /// apiserver gave it, only once the apiserver has accepted the token, so unknown tokens never
+    /// crowd out real viewers.
+    pub async fn cluster(&self, credential: &str, namespace: &str) -> Result<Acting> {
+        let (client, user) = match self {
+            Access::Local { cluster, user } => (cluster.client.clone(), user.clone()),
             Access::Forwarding { config, clients } => {
                 let key = hex(&Sha256::digest(credential.as_bytes()));
                 let cached = {
                     let mut clients = clients.lock().expect("client cache lock");
-                    clients.retain(|_, (_, at)| at.elapsed() < CLIENT_TTL);
-                    clients.get(&key).map(|(c, _)| c.clone())
+                    clients.retain(|_, s| s.at.elapsed() < CLIENT_TTL);
+                    clients
+                        .get(&key)
+                        .map(|s| (s.client.clone(), s.user.clone()))
                 };
                 match cached {
-                    Some(c) => c,
+                    Some(found) => found,
                     None => {
                         let client = client_for(config, credential)?;
                         let probe = Cluster {
@@ -333,26 +356,34 @@ impl Access {
                             namespace: namespace.to_string(),
                             all_namespaces: false,
                         };
-                        crate::lifecycle::authenticated(&probe).await?;
+                        let user = crate::lifecycle::identify(&probe).await?;
                         let mut clients = clients.lock().expect("client cache lock");
                         if clients.len() >= MAX_CLIENTS
                             && let Some(oldest) = clients
                                 .iter()
-                                .min_by_key(|(_, (_, at))| *at)
+                                .min_by_key(|(_, s)| s.at)
                                 .map(|(k, _)| k.clone())
                         {
                             clients.remove(&oldest);
                         }
-                        clients.insert(key, (client.clone(), Instant::now()));
-                        client
+                        let session = Session {
+                            client: client.clone(),
+                            user: user.clone(),
+                            at: Instant::now(),
+                        };
+                        clients.insert(key, session);
+                        (client, user)
                     }
                 }
             }
         };
-        Ok(Cluster {
-            client,
-            namespace: namespace.to_string(),
-            all_namespaces: false,
+        Ok(Acting {
+            cluster: Cluster {
+                client,
+                namespace: namespace.to_string(),
+                all_namespaces: false,
+            },
+            user,
         })
     }
 }

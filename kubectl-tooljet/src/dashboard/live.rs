@@ -57,16 +57,17 @@ pub async fn events(
     Extension(v): Extension<Viewer>,
     Query(q): Query<Live>,
 ) -> Response {
-    let checked = super::routes::valid_name("namespace", &q.ns);
-    let cluster = match checked.map(|()| s.access.cluster(&v.credential, &q.ns)) {
-        Ok(pending) => match pending.await {
-            Ok(c) => c,
-            // No stream: the page stays as it is (and says so).
-            Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-        },
-        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    let c = match s.cluster(&v, &q.ns).await {
+        Ok(acting) => acting.client.clone(),
+        // No stream: the page stays as it is (and says so).
+        Err(e) => {
+            let status = match e {
+                crate::error::Error::Usage(_) => axum::http::StatusCode::BAD_REQUEST,
+                _ => axum::http::StatusCode::BAD_GATEWAY,
+            };
+            return (status, e.to_string()).into_response();
+        }
     };
-    let c = cluster.client;
     let ns = q.ns.as_str();
     let streams = vec![
         changes::<ToolJetApp>(c.clone(), ns, "ToolJetApp"),

@@ -1,7 +1,10 @@
 //! The dashboard's routes: pages (GET) and actions (POST), each made with the viewer's own
 //! credentials ([`Access`]) after the [`Guard`] let the request in.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use axum::{
     Extension, Form, Router,
@@ -23,12 +26,11 @@ use tooljet_operator::{
 };
 
 use super::{
-    access::{Access, Guard, Refusal, SESSION_COOKIE, same_secret},
+    access::{Access, Acting, Guard, Refusal, SESSION_COOKIE, same_secret},
     html::{self, Answer, ApprovalView, ApprovalsState, CalendarRow, Confirm, Frame, VersionExtra},
     live,
 };
 use crate::{
-    cluster::Cluster,
     diff,
     error::{Error, Result},
     history,
@@ -312,23 +314,13 @@ fn signed_out(why: &str) -> Response {
 type Page = std::result::Result<Response, Failure>;
 
 impl Server {
-    async fn cluster(&self, viewer: &Viewer, ns: &str) -> Result<Cluster> {
+    pub(super) async fn cluster(&self, viewer: &Viewer, ns: &str) -> Result<Acting> {
         valid_name("namespace", ns)?;
         self.access.cluster(&viewer.credential, ns).await
     }
 
-    /// Who the apiserver says the viewer is (asked per page when forwarding tokens).
-    async fn who(&self, cluster: &Cluster) -> String {
-        match self.access.local_user() {
-            Some(u) => u.to_string(),
-            None => lifecycle::whoami(cluster)
-                .await
-                .unwrap_or_else(|| "you".into()),
-        }
-    }
-
-    async fn page(&self, cluster: &Cluster, title: &str, live: bool, body: &str) -> Response {
-        let who = self.who(cluster).await;
+    async fn page(&self, cluster: &Acting, title: &str, live: bool, body: &str) -> Response {
+        let who = cluster.user.clone().unwrap_or_else(|| "you".into());
         let ns = cluster.namespace.clone();
         let frame = Frame {
             title,
@@ -459,6 +451,22 @@ fn approval_views(
 ) -> Vec<ApprovalView> {
     let name = version.name_any();
     let facts = gate::approval_facts(approvals, version);
+    // Those separation of duties excludes, counted once per stage the version has approvals for.
+    let mut stages: Vec<&str> = approvals
+        .iter()
+        .filter(|a| a.spec.version == name)
+        .map(|a| a.spec.environment.as_str())
+        .collect();
+    stages.sort();
+    stages.dedup();
+    let excluded: BTreeSet<String> = stages
+        .into_iter()
+        .filter_map(|stage| gate::stage_gate_among(policies, app, stage))
+        .filter_map(|g| g.tally_of(facts.clone(), version, None))
+        .flat_map(|t| t.ignored.into_iter())
+        .filter(|i| i.is_relevant())
+        .map(|i| i.approval)
+        .collect();
     let mut out: Vec<ApprovalView> = approvals
         .iter()
         .filter(|a| a.spec.version == name)
@@ -468,9 +476,7 @@ fn approval_views(
                 .get(APPROVED_GENERATION_ANNOTATION)
                 .and_then(|g| g.parse().ok())
                 .or(a.spec.generation);
-            let excluded = gate::stage_gate_among(policies, app, &a.spec.environment)
-                .and_then(|g| g.tally_of(facts.clone(), version, None))
-                .is_some_and(|t| t.ignored.iter().any(|i| i.approval == a.name_any()));
+            let excluded = excluded.contains(&a.name_any());
             ApprovalView {
                 stage: a.spec.environment.clone(),
                 approver: annotations
@@ -490,8 +496,8 @@ fn approval_views(
 
 /// An RFC 3339 time to the second, as the rest of the plugin shows times (unparsable: as is).
 fn seconds(t: &str) -> String {
-    t.parse::<k8s_openapi::jiff::Timestamp>()
-        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    t.parse()
+        .map(|ts| crate::output::time(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)))
         .unwrap_or_else(|_| t.to_string())
 }
 
@@ -647,7 +653,7 @@ impl Server {
         v: &Viewer,
         form: &ActionForm,
         ns: &str,
-    ) -> std::result::Result<Cluster, Failure> {
+    ) -> std::result::Result<Acting, Failure> {
         if !self.csrf_ok(v, form) {
             return Err(Failure::Refused(Refusal::ForeignOrigin));
         }
@@ -657,7 +663,7 @@ impl Server {
     /// The page after an action: its outcome, or the refusal in the cluster's words.
     async fn answered(
         &self,
-        cluster: &Cluster,
+        cluster: &Acting,
         what: &str,
         done: Result<Outcome>,
         back: &str,
@@ -690,7 +696,7 @@ impl Server {
     /// The dry run's answer with a button to do it, or its refusal.
     async fn confirmation(
         &self,
-        cluster: &Cluster,
+        cluster: &Acting,
         v: &Viewer,
         what: &str,
         dry: Result<Outcome>,
