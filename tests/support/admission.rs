@@ -5,8 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    authorization::v1::SubjectAccessReview,
     core::v1::Namespace,
-    rbac::v1::{Role, RoleBinding},
+    rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -224,10 +225,44 @@ impl Workspace {
         .await;
     }
 
-    /// Binds `user` to the ClusterRole `role` in the workspace.
+    /// Binds `user` to the ClusterRole `role` in the workspace, and waits until the apiserver's
+    /// authorizer grants what the role's first rule allows (its RBAC cache lags a new binding,
+    /// so a request made at once could be refused by RBAC rather than by the rule under test).
     pub async fn bind(&self, user: &str, role: &str) {
         self.bind_to(user, "ClusterRole", role, &format!("{user}-{role}"))
             .await;
+        let role = Api::<ClusterRole>::all(self.admin.clone())
+            .get(role)
+            .await
+            .unwrap();
+        let Some(rule) = role.rules.unwrap_or_default().into_iter().next() else {
+            return;
+        };
+        let first = |v: &Option<Vec<String>>| v.as_ref().and_then(|v| v.first().cloned());
+        let review: SubjectAccessReview = serde_json::from_value(json!({
+            "spec": { "user": user, "resourceAttributes": {
+                "namespace": self.ns, "group": first(&rule.api_groups).unwrap_or_default(),
+                "resource": first(&rule.resources).unwrap_or_default(),
+                "verb": rule.verbs.first().cloned().unwrap_or_default(),
+                "name": first(&rule.resource_names).unwrap_or_default() } },
+        }))
+        .unwrap();
+        let reviews: Api<SubjectAccessReview> = Api::all(self.admin.clone());
+        support::eventually(
+            WAIT,
+            &format!(
+                "{user}'s binding to {}",
+                role.metadata.name.as_deref().unwrap_or_default()
+            ),
+            || {
+                let (reviews, review) = (reviews.clone(), review.clone());
+                async move {
+                    let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+                    answer.status.filter(|s| s.allowed).map(|_| ())
+                }
+            },
+        )
+        .await;
     }
 
     /// Grants `user` a namespaced Role `name` with `rules`.
