@@ -18,6 +18,7 @@ mod floors;
 mod idle;
 mod latency;
 mod operator;
+mod peers;
 mod prom;
 mod results;
 mod sizes;
@@ -87,6 +88,13 @@ struct Args {
     /// Repetitions of each `--sizes` workload.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Measure the peers (External Secrets Operator, Reloader) at the main point, after the
+    /// operator's phases (the default; `cargo xtask bench` builds them first).
+    #[arg(long, conflicts_with = "no_peers")]
+    peers: bool,
+    /// Leave the peers out.
+    #[arg(long)]
+    no_peers: bool,
 }
 
 impl Args {
@@ -105,6 +113,7 @@ struct Full {
     changes: Changes,
     idle: idle::Idle,
     admission: admission::Admission,
+    peers: Option<peers::Peers>,
 }
 
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -293,12 +302,36 @@ async fn run_point(
         admission.calls_without
     );
     drop(operator);
+    let peers = if args.no_peers {
+        None
+    } else {
+        let operator = peers::OperatorFigures {
+            convergence_seconds: point.convergence.seconds,
+            cpu_seconds: point
+                .convergence
+                .cpu
+                .seconds
+                .get("operator")
+                .copied()
+                .unwrap_or(0.0),
+            rss_peak_mib: point.convergence.rss_peak_mib,
+            rotation: rotation.latency.clone(),
+        };
+        let opts = peers::Options {
+            changes: args.changes,
+            concurrency: args.concurrency,
+            steady_seconds: args.idle_seconds,
+            operator,
+        };
+        Some(peers::measure(&cluster, &w, &opts, dir).await)
+    };
     Ok((
         point,
         Some(Full {
             changes: Changes { config, rotation },
             idle,
             admission,
+            peers,
         }),
     ))
 }
@@ -354,6 +387,7 @@ async fn measure(args: &Args) -> Result<Results> {
         points,
         changes: full.as_ref().map(|f| f.changes.clone()),
         idle: full.as_ref().map(|f| f.idle.clone()),
+        peers: full.as_ref().and_then(|f| f.peers.clone()),
         admission: full.map(|f| f.admission),
     })
 }
