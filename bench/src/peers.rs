@@ -74,7 +74,18 @@ pub const ESO_DEFAULT_REFRESH_INTERVAL: &str = "1h";
 /// Reloader's fixed HTTP address (`/live`, `/metrics`): not configurable in v1.4.22.
 const RELOADER_HTTP: &str = "127.0.0.1:9090";
 const TIMEOUT: Duration = Duration::from_secs(1800);
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// One change until its effect is seen. ESO's cycle over every ExternalSecret is bounded by its
+/// client's QPS (50 by default: about 2 requests per ExternalSecret and refresh, 6 s at N=50,
+/// about 2 minutes at N=1000), not by `refreshInterval` alone.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The rotation samples of a peer stop at `--changes` or after this long, whichever comes first
+/// (ESO's rotations take one of its cycles each); the count taken is reported.
+const ROTATION_BUDGET: Duration = Duration::from_secs(300);
+/// The resources whose requests are counted in ESO's steady window.
+const ESO_RESOURCES: [&str; 3] = ["secrets", "externalsecrets", "secretstores"];
+const VERBS: [&str; 8] = [
+    "GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "APPLY", "DELETE",
+];
 
 /// What the caller gives: the sizes of the run, and the operator's figures at the same point,
 /// to print side by side.
@@ -130,6 +141,9 @@ pub struct ExternalSecrets {
     pub convergence_cpu: PhaseCpu,
     /// The window after convergence (nothing changes; ESO polls).
     pub steady_cpu: PhaseCpu,
+    /// Requests the apiserver served on Secrets, ExternalSecrets and SecretStores in that window
+    /// (by `VERB resource[/subresource]`; the operator is stopped, the workload idle).
+    pub steady_requests: BTreeMap<String, u64>,
     pub rotation: Summary,
     pub rotation_cpu: PhaseCpu,
     /// Sampled every 250 ms over the whole phase, and `VmHWM`.
@@ -583,9 +597,14 @@ async fn external_secrets(
     converged?;
 
     // Steady: nothing changes, ESO re-reads every source each interval.
+    let requests_before = cluster.requests(&VERBS, &ESO_RESOURCES).await?;
     let before = Snapshot::take(&processes);
     tokio::time::sleep(Duration::from_secs(opts.steady_seconds)).await;
     let steady_cpu = Snapshot::take(&processes).since(&before);
+    let steady_requests = crate::cluster::difference(
+        &requests_before,
+        &cluster.requests(&VERBS, &ESO_RESOURCES).await?,
+    );
     let rss_steady_mib = eso.rss_mib();
     eso.alive()?;
 
@@ -595,8 +614,12 @@ async fn external_secrets(
     let sources: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut watch = watch_one::<Secret>(&client, ns, &target).await?;
     let before = Snapshot::take(&processes);
+    let rotations_started = Instant::now();
     let mut samples = vec![];
     for k in 0..opts.changes {
+        if rotations_started.elapsed() > ROTATION_BUDGET {
+            break;
+        }
         let value = format!("rotated-{k}");
         let t = Instant::now();
         sources
@@ -642,6 +665,7 @@ async fn external_secrets(
         convergence_seconds: convergence.as_secs_f64(),
         convergence_cpu,
         steady_cpu,
+        steady_requests,
         rotation: Summary::of(samples),
         rotation_cpu,
         rss_peak_mib,
@@ -858,8 +882,12 @@ async fn reloader(
         bail!("Reloader did not update Deployment app-0 after 10 Secret changes");
     }
     let before = Snapshot::take(&processes);
+    let rotations_started = Instant::now();
     let mut samples = vec![];
     for k in 0..opts.changes {
+        if rotations_started.elapsed() > ROTATION_BUDGET {
+            break;
+        }
         let (took, g) = change(format!("rotated-{k}"), generation).await?;
         generation = g;
         samples.push(took);
@@ -943,9 +971,16 @@ impl Peers {
                         e.steady_cpu.wall_seconds, e.refresh_interval
                     ),
                     format!(
-                        "{}; RSS {:.0} MiB",
+                        "{}; RSS {:.0} MiB; {:.0} requests/s ({})",
                         e.steady_cpu.describe(),
-                        e.rss_steady_mib
+                        e.rss_steady_mib,
+                        e.steady_requests.values().sum::<u64>() as f64
+                            / e.steady_cpu.wall_seconds.max(f64::EPSILON),
+                        e.steady_requests
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
                 rows.push(row(
