@@ -74,9 +74,10 @@ pub const ESO_DEFAULT_REFRESH_INTERVAL: &str = "1h";
 /// Reloader's fixed HTTP address (`/live`, `/metrics`): not configurable in v1.4.22.
 const RELOADER_HTTP: &str = "127.0.0.1:9090";
 const TIMEOUT: Duration = Duration::from_secs(1800);
-/// One change until its effect is seen. ESO's cycle over every ExternalSecret is bounded by its
-/// client's QPS (50 by default: about 2 requests per ExternalSecret and refresh, 6 s at N=50,
-/// about 2 minutes at N=1000), not by `refreshInterval` alone.
+/// One change until its effect is seen. ESO's cycle over every ExternalSecret is longer than
+/// `refreshInterval`: 6 s at N=50 in a quick run, with the machine mostly idle, which fits its
+/// client's 50 QPS (its default) at about 2 rate-limited requests per refresh; about 2 minutes at
+/// N=1000 by the same count.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The rotation samples of a peer stop at `--changes` or after this long, whichever comes first
 /// (ESO's rotations take one of its cycles each); the count taken is reported.
