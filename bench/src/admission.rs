@@ -1,5 +1,5 @@
-//! Admission cost, with the operator serving its webhooks and the configurations the operator's
-//! library builds (`webhook::config::{validating, mutating}`) registered by URL:
+//! Admission cost, with the standby replica serving the webhooks and the configurations the
+//! chart renders registered by URL:
 //!
 //! - (a) first-stage edits: merge patches of an AppVersion's description in development, one at
 //!   a time with quiet spacing, with the webhooks registered and then without; client-side
@@ -15,8 +15,9 @@
 use std::{collections::BTreeMap, time::Duration, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    rbac::v1::RoleBinding,
 };
 use kube::{
     Api, ResourceExt,
@@ -90,6 +91,20 @@ pub struct Admission {
     pub promotion_webhooks: Vec<WebhookCost>,
     /// (b) the operator's side.
     pub promotion_operator: Vec<WebhookCost>,
+    /// Edits of a version by someone other than the one who last edited it (impersonated, with
+    /// the `tooljet-developer` role): client side, and per webhook apiserver side.
+    #[serde(default)]
+    pub other_user_edit: Spaced,
+    #[serde(default)]
+    pub other_user_webhooks: Vec<WebhookCost>,
+    /// The first edit of a version just created (each sample a new version).
+    #[serde(default)]
+    pub first_edit: Spaced,
+    #[serde(default)]
+    pub first_edit_webhooks: Vec<WebhookCost>,
+    /// Who promoted: `admin`, or the impersonated user with the `tooljet-promoter` role.
+    #[serde(default)]
+    pub promoter: String,
     /// (b) the accesses the validating webhook checked, by how it learnt the answer
     /// (`tooljet_operator_access_reviews_total`: `allowed` and `denied` were asked of the
     /// apiserver, `remembered` reused an allowing answer).
@@ -106,42 +121,23 @@ impl Admission {
     }
 }
 
-/// A typed admissionregistration object with its apiVersion and kind.
-fn admission_json<T: Serialize>(obj: &T, kind: &str) -> Result<Value> {
-    let mut v = serde_json::to_value(obj)?;
-    v["apiVersion"] = "admissionregistration.k8s.io/v1".into();
-    v["kind"] = kind.into();
-    Ok(v)
-}
-
 /// Registers the webhooks at `https://127.0.0.1:<port>` and waits until the apiserver uses them
 /// (the operator has put its CA into them and a patch passes).
-async fn register(cluster: &Cluster, port: u16) -> Result<()> {
+async fn register(cluster: &Cluster, configs: &[Value]) -> Result<()> {
     let client = &cluster.client;
-    let endpoint = admission::Endpoint::Url(format!("https://127.0.0.1:{port}"));
     let apply = PatchParams::apply("bench").force();
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    validating
-        .patch(
-            admission::CONFIGURATION_NAME,
-            &apply,
-            &Patch::Apply(admission_json(
-                &admission::validating(&endpoint, None),
-                "ValidatingWebhookConfiguration",
-            )?),
-        )
-        .await?;
-    mutating
-        .patch(
-            admission::CONFIGURATION_NAME,
-            &apply,
-            &Patch::Apply(admission_json(
-                &admission::mutating(&endpoint, None),
-                "MutatingWebhookConfiguration",
-            )?),
-        )
-        .await?;
+    for config in configs {
+        let name = config["metadata"]["name"].as_str().unwrap_or_default();
+        if config["kind"] == "ValidatingWebhookConfiguration" {
+            validating
+                .patch(name, &apply, &Patch::Apply(config))
+                .await?;
+        } else {
+            mutating.patch(name, &apply, &Patch::Apply(config)).await?;
+        }
+    }
     let versions = Kind::AppVersion.api(client, NS);
     let started = Instant::now();
     loop {
@@ -188,17 +184,25 @@ async fn describe(api: &Api<DynamicObject>, version: &str, text: &str) -> Result
 
 /// Creates the versions edited in (a) through the webhooks and waits until they are Ready.
 /// Returns whether both carry the stage record.
+/// Creates version `name` of `app` in development (as the admin, through the webhooks), with a
+/// definition of a real app's median size (40 KiB).
+async fn create_version(cluster: &Cluster, name: &str, app: &str) -> Result<()> {
+    let api = Kind::AppVersion.api(&cluster.client, NS);
+    let version: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
+        "spec": { "app": app, "versionName": name, "environment": "development",
+                  "definition": testenv::definitions::realistic(40 * 1024, 0) },
+    }))?;
+    api.create(&PostParams::default(), &version)
+        .await
+        .with_context(|| format!("creating AppVersion {name}"))?;
+    Ok(())
+}
+
 async fn create_edited(cluster: &Cluster) -> Result<bool> {
     let api = Kind::AppVersion.api(&cluster.client, NS);
     for (name, app) in [(EDITED_WITH, "app-0"), (EDITED_WITHOUT, "app-1")] {
-        let version: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
-            "spec": { "app": app, "versionName": "edited", "environment": "development",
-                      "definition": { "queries": [{ "url": "{{constants.C0}}/x", "auth": "{{secrets.S0}}" }] } },
-        }))?;
-        api.create(&PostParams::default(), &version)
-            .await
-            .with_context(|| format!("creating AppVersion {name}"))?;
+        create_version(cluster, name, app).await?;
     }
     let started = Instant::now();
     let mut stamped = true;
@@ -229,23 +233,26 @@ struct EditSeries {
 
 impl EditSeries {
     /// `n` more edits of `version`, with the metrics scraped around them.
+    #[allow(clippy::too_many_arguments)]
     async fn block(
         &mut self,
         cluster: &Cluster,
         operator: &Operator,
+        webhook: &Operator,
+        client: &kube::Client,
         version: &'static str,
         tag: &'static str,
         n: usize,
     ) -> Result<()> {
-        let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
-        let client = cluster.client.clone();
+        let (api_before, op_before) = (cluster.metrics().await?, webhook.metrics().await);
+        let client = client.clone();
         self.series
             .take(cluster, operator, n, move |k| {
                 let api = Kind::AppVersion.api(&client, NS);
                 Box::pin(async move { describe(&api, version, &format!("{tag} {k}")).await })
             })
             .await?;
-        let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
+        let (api_after, op_after) = (cluster.metrics().await?, webhook.metrics().await);
         self.webhooks.add(apiserver_calls(&api_before, &api_after));
         if let (Some(before), Some(after)) = (op_before.as_ref(), op_after.as_ref()) {
             self.operator.add(operator_calls(before, after));
@@ -419,16 +426,80 @@ async fn unregister_and_wait(cluster: &Cluster) -> Result<()> {
     }
 }
 
-/// Measures (a) and (b) with an operator that serves its webhooks on `port`.
+/// Who writes in the admission phase besides the admin: clients impersonating users bound (in
+/// the workload's namespace) to the chart's people roles.
+pub struct People {
+    pub developer: kube::Client,
+    pub promoter: kube::Client,
+    pub promoter_name: String,
+}
+
+/// Binds a developer and a promoter (the chart's `tooljet-developer` and `tooljet-promoter`
+/// ClusterRoles, by RoleBindings in the workload's namespace) and returns clients impersonating
+/// them; waits until the apiserver's authorizer grants them.
+pub async fn people(cluster: &Cluster) -> Result<People> {
+    let mut clients = vec![];
+    for (user, role) in [
+        ("bench-developer", "tooljet-developer"),
+        ("bench-promoter", "tooljet-promoter"),
+    ] {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": user },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io" }],
+        }))?;
+        Api::<RoleBinding>::namespaced(cluster.client.clone(), NS)
+            .patch(
+                user,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(&binding),
+            )
+            .await?;
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(cluster.kubeconfig())?,
+            &Default::default(),
+        )
+        .await?;
+        config.auth_info.impersonate = Some(user.to_string());
+        let client = kube::Client::try_from(config)?;
+        // The authorizer's cache lags the binding: wait until a read is allowed.
+        let started = Instant::now();
+        while Kind::AppVersion
+            .api(&client, NS)
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await
+            .is_err()
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{user} was not granted {role} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        clients.push(client);
+    }
+    let promoter = clients.pop().expect("two");
+    let developer = clients.pop().expect("two");
+    Ok(People {
+        developer,
+        promoter,
+        promoter_name: "bench-promoter".into(),
+    })
+}
+
+/// Measures (a) and (b): `operator` is the leader (quiet spacing), `webhook` the replica the
+/// configurations `configs` reach.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     cluster: &Cluster,
     operator: &Operator,
-    port: u16,
+    webhook: &Operator,
+    configs: &[Value],
+    people: &People,
     apps: usize,
     edits_n: usize,
     promotions_n: usize,
 ) -> Result<Admission> {
-    register(cluster, port).await?;
+    register(cluster, configs).await?;
     let edited_versions_stamped = create_edited(cluster).await?;
     if !edited_versions_stamped {
         println!(
@@ -443,8 +514,8 @@ pub async fn measure(
             plan.len()
         );
     }
-    let (api_before, op_before) = (cluster.metrics().await?, operator.metrics().await);
-    let client = cluster.client.clone();
+    let (api_before, op_before) = (cluster.metrics().await?, webhook.metrics().await);
+    let client = people.promoter.clone();
     let promotion = spaced(cluster, operator, plan.len(), move |k| {
         let api = Kind::AppVersion.api(&client, NS);
         let (version, to) = plan[k].clone();
@@ -461,7 +532,7 @@ pub async fn measure(
         })
     })
     .await?;
-    let (api_after, op_after) = (cluster.metrics().await?, operator.metrics().await);
+    let (api_after, op_after) = (cluster.metrics().await?, webhook.metrics().await);
     let promotion_webhooks = apiserver_costs(&api_before, &api_after);
     let promotion_operator = operator_costs(op_before.as_ref(), op_after.as_ref());
     let promotion_access_reviews = access_reviews(op_before.as_ref(), op_after.as_ref());
@@ -469,12 +540,14 @@ pub async fn measure(
     let (mut with, mut without) = (EditSeries::default(), EditSeries::default());
     for b in 0..EDIT_BLOCKS {
         if b > 0 {
-            register(cluster, port).await?;
+            register(cluster, configs).await?;
         }
         warm_up(cluster, EDITED_WITH).await?;
         with.block(
             cluster,
             operator,
+            webhook,
+            &cluster.client,
             EDITED_WITH,
             "with",
             block_size(edits_n, b),
@@ -486,9 +559,54 @@ pub async fn measure(
             .block(
                 cluster,
                 operator,
+                webhook,
+                &cluster.client,
                 EDITED_WITHOUT,
                 "without",
                 block_size(edits_n, b),
+            )
+            .await?;
+    }
+    register(cluster, configs).await?;
+
+    // Edits by someone else: the admin made the version; a developer edits it, every other edit
+    // (the developer's edit follows the admin's warm-up edit, so each is by another user than
+    // the last).
+    let others_n = (edits_n / 5).max(1);
+    let mut other = EditSeries::default();
+    for k in 0..others_n {
+        describe(
+            &Kind::AppVersion.api(&cluster.client, NS),
+            EDITED_WITH,
+            &format!("admin {k}"),
+        )
+        .await?;
+        other
+            .block(
+                cluster,
+                operator,
+                webhook,
+                &people.developer,
+                EDITED_WITH,
+                "developer",
+                1,
+            )
+            .await?;
+    }
+    // First edits: a version created now (through the webhooks), edited once.
+    let mut first = EditSeries::default();
+    for k in 0..others_n {
+        let name: &'static str = Box::leak(format!("app-0-first-{k}").into_boxed_str());
+        create_version(cluster, name, "app-0").await?;
+        first
+            .block(
+                cluster,
+                operator,
+                webhook,
+                &cluster.client,
+                name,
+                "first",
+                1,
             )
             .await?;
     }
@@ -514,6 +632,11 @@ pub async fn measure(
         promotion_webhooks,
         promotion_operator,
         promotion_access_reviews,
+        other_user_webhooks: other.webhooks.costs(),
+        other_user_edit: other.series.summary(),
+        first_edit_webhooks: first.webhooks.costs(),
+        first_edit: first.series.summary(),
+        promoter: people.promoter_name.clone(),
     })
 }
 

@@ -2,27 +2,33 @@
 //! operator is stopped, in namespaces of their own that are deleted before it starts (so that
 //! nothing they write is found by the operator later):
 //!
-//! - the Secret floor: the same Secrets (names and data) server-side applied by a tight client
-//!   loop, `--concurrency` at once;
+//! - the Secret floor: the same Secrets (names and data) created (POST, the operator's verb for a
+//!   new Secret) by a tight client loop;
 //! - the contract floor: what the operator's contract asks for each object, no more: the same
-//!   Secrets with the operator's labels, hash annotation and controller ownerReference, and one
-//!   server-side apply of a status shaped like the operator's on the status subresource of every
-//!   EnvironmentConfig, AppVersion and ToolJetApp; same client, concurrency and sizes.
+//!   Secrets with the operator's labels, hash annotation and controller ownerReference, created,
+//!   and one server-side apply (the operator's status verb) of a status shaped like the
+//!   operator's on the status subresource of every EnvironmentConfig, AppVersion and ToolJetApp.
+//!
+//! Both write with the operator's credentials (the chart's ServiceAccount token: RBAC and
+//! priority-and-fairness judge them as they judge the operator), through the same admission
+//! chain, at a concurrency the caller sweeps; the apiserver's request counts of each are kept so
+//! that they can be held against the operator's.
 
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, difference},
     cpu::{PhaseCpu, Snapshot},
     workload::{Kind, Output, Workload, apply_all},
 };
@@ -37,24 +43,85 @@ pub struct Floor {
     pub seconds: f64,
     pub writes: usize,
     pub cpu: PhaseCpu,
+    /// Writes in flight at once.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Requests the apiserver served on the profiled resources while it ran, by
+    /// `VERB resource[/subresource]`.
+    #[serde(default)]
+    pub requests: BTreeMap<String, u64>,
 }
 
-/// The Secret floor: the operator's Secrets, data only.
-pub async fn secret_floor(cluster: &Cluster, w: &Workload, concurrency: usize) -> Result<Floor> {
-    let objects: Vec<Value> = w
-        .outputs
-        .iter()
-        .map(|o| {
-            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": o.secret }, "type": "Opaque", "data": secret_data(o) })
+/// The resources whose requests are counted around a floor or a convergence.
+pub const PROFILED: [&str; 5] = [
+    "secrets",
+    "environmentconfigs",
+    "appversions",
+    "tooljetapps",
+    "events",
+];
+/// The verbs counted.
+pub const VERBS: [&str; 8] = [
+    "GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "APPLY", "DELETE",
+];
+
+/// Creates each Secret, `concurrency` at once, with `client`.
+async fn create_all(
+    client: &Client,
+    ns: &str,
+    secrets: impl Iterator<Item = Value>,
+    concurrency: usize,
+) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(FLOOR_MANAGER.into()),
+        ..Default::default()
+    };
+    stream::iter(secrets)
+        .map(|secret| {
+            let (api, params) = (&api, &params);
+            async move {
+                let secret: Secret = serde_json::from_value(secret)?;
+                api.create(params, &secret)
+                    .await
+                    .with_context(|| format!("creating Secret {}", secret.name_any()))?;
+                Ok::<_, anyhow::Error>(())
+            }
         })
-        .collect();
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// The Secret floor: the operator's Secrets, data only, created in `ns` by `client`.
+pub async fn secret_floor(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    w: &Workload,
+    concurrency: usize,
+) -> Result<Floor> {
+    let objects = w.outputs.iter().map(|o| {
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": o.secret }, "type": "Opaque", "data": secret_data(o) })
+    });
     let processes = cluster.processes();
+    let requests_before = cluster.requests(&VERBS, &PROFILED).await?;
     let before = Snapshot::take(&processes);
-    let took = apply_all(&cluster.client, SECRET_FLOOR_NS, &objects, concurrency).await?;
+    let started = Instant::now();
+    create_all(client, ns, objects, concurrency).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = Snapshot::take(&processes).since(&before);
+    let requests = difference(
+        &requests_before,
+        &cluster.requests(&VERBS, &PROFILED).await?,
+    );
     Ok(Floor {
-        seconds: took.as_secs_f64(),
-        writes: objects.len(),
-        cpu: Snapshot::take(&processes).since(&before),
+        seconds,
+        writes: w.outputs.len(),
+        cpu,
+        concurrency,
+        requests,
     })
 }
 
@@ -69,17 +136,21 @@ struct Unit {
 /// The contract floor. Returns it and the mean status size it wrote per kind (bytes of JSON).
 pub async fn contract_floor(
     cluster: &Cluster,
+    writer: &Client,
+    ns: &str,
     w: &Workload,
     concurrency: usize,
 ) -> Result<(Floor, BTreeMap<String, f64>)> {
     let client = &cluster.client;
-    // Untimed: the owners exist, with the uids and generations the writes refer to.
-    apply_all(client, CONTRACT_FLOOR_NS, &w.sources(), concurrency).await?;
+    let contract_ns = ns;
+    // Untimed: the owners exist, with the uids and generations the writes refer to (written by
+    // the admin, as people write them).
+    apply_all(client, contract_ns, w.sources(), 16).await?;
     let mut owners: BTreeMap<(Kind, String), (String, i64)> = BTreeMap::new();
     for kind in Kind::SOURCES {
         for obj in kind
-            .api(client, CONTRACT_FLOOR_NS)
-            .list(&ListParams::default())
+            .api(client, contract_ns)
+            .list_metadata(&ListParams::default())
             .await?
         {
             let uid = obj.uid().context("a stored object without a uid")?;
@@ -135,24 +206,29 @@ pub async fn contract_floor(
         .sum();
 
     let processes = cluster.processes();
+    let requests_before = cluster.requests(&VERBS, &PROFILED).await?;
     let before = Snapshot::take(&processes);
     let started = Instant::now();
     let apply = PatchParams::apply(FLOOR_MANAGER).force();
+    let secrets: Api<Secret> = Api::namespaced(writer.clone(), contract_ns);
+    let create = PostParams {
+        field_manager: Some(FLOOR_MANAGER.into()),
+        ..Default::default()
+    };
     stream::iter(units.iter())
         .map(|u| {
-            let apply = apply.clone();
+            let (apply, secrets, create) = (apply.clone(), &secrets, &create);
             async move {
                 if let Some(secret) = &u.secret {
-                    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
-                    Kind::Secret
-                        .api(client, CONTRACT_FLOOR_NS)
-                        .patch(name, &apply, &Patch::Apply(secret))
+                    let secret: Secret = serde_json::from_value(secret.clone())?;
+                    secrets
+                        .create(create, &secret)
                         .await
-                        .with_context(|| format!("applying Secret {name}"))?;
+                        .with_context(|| format!("creating Secret {}", secret.name_any()))?;
                 }
                 let body = json!({ "apiVersion": u.kind.api_version(), "kind": u.kind.name(), "status": u.status });
                 u.kind
-                    .api(client, CONTRACT_FLOOR_NS)
+                    .api(writer, contract_ns)
                     .patch_status(&u.name, &apply, &Patch::Apply(&body))
                     .await
                     .with_context(|| format!("applying the status of {} {}", u.kind.name(), u.name))?;
@@ -162,10 +238,18 @@ pub async fn contract_floor(
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
         .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = Snapshot::take(&processes).since(&before);
+    let requests = difference(
+        &requests_before,
+        &cluster.requests(&VERBS, &PROFILED).await?,
+    );
     let floor = Floor {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         writes,
-        cpu: Snapshot::take(&processes).since(&before),
+        cpu,
+        concurrency,
+        requests,
     };
     let means = bytes
         .into_iter()

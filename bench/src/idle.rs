@@ -1,19 +1,19 @@
-//! Idle after a restart: the converged operator is stopped and started again; for the next
-//! `--idle-seconds` the apiserver counts every write to the kinds the operator touches, and
-//! `/proc` its CPU time. A converged system needs neither.
+//! Idle after a restart: the converged replicas are stopped and started again, and the leader
+//! elected; for the next `--idle-seconds` (from the start) the apiserver counts every write to
+//! the kinds the operator touches, and `/proc` their CPU time. A converged system needs neither.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cluster::{Cluster, WRITE_VERBS, difference},
-    cpu::{PhaseCpu, Snapshot},
+    cpu::{PhaseCpu, Process, Snapshot},
     operator::Operator,
 };
 
-const WRITTEN: [&str; 6] = [
+pub const WRITTEN: [&str; 6] = [
     "secrets",
     "environmentconfigs",
     "appversions",
@@ -36,36 +36,34 @@ pub struct Idle {
     pub cpu: PhaseCpu,
 }
 
-/// Starts the operator on the converged system (the caller stopped the previous one) and counts
-/// what it does in `seconds`. Returns the measurement and the running operator.
-pub async fn after_restart(
-    cluster: &Cluster,
-    start: impl FnOnce(&Path) -> Result<Operator>,
-    seconds: u64,
-    log: &Path,
-) -> Result<(Idle, Operator)> {
-    let before = cluster.requests(&WRITE_VERBS, &WRITTEN).await?;
-    let mut processes = cluster.processes();
-    let cpu_before = Snapshot::take(&processes);
-    let operator = start(log)?;
-    processes.push(operator.process());
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let cpu = Snapshot::take(&processes).since(&cpu_before);
-    let after = cluster.requests(&WRITE_VERBS, &WRITTEN).await?;
-    let writes_by_request = difference(&before, &after);
-    let operator_writes = match operator.metrics().await {
-        Some(scrape) if scrape.has("tooljet_operator_writes_total") => {
-            Some(scrape.sum("tooljet_operator_writes_total", |_| true))
-        }
-        _ => None,
-    };
-    let idle = Idle {
-        seconds,
-        writes: writes_by_request.values().sum(),
-        writes_by_request,
-        operator_writes,
-        operator_cpu_seconds: cpu.seconds.get("operator").copied().unwrap_or(f64::NAN),
-        cpu,
-    };
-    Ok((idle, operator))
+impl Idle {
+    /// The window that began with the request counts `before` and the CPU snapshot
+    /// `cpu_before` (taken before the replicas started): the writes the apiserver served since,
+    /// the leader's own write count, and CPU seconds per process (the replicas' whole lives).
+    pub async fn measured(
+        cluster: &Cluster,
+        leader: &Operator,
+        before: &BTreeMap<String, u64>,
+        processes: &[Process],
+        cpu_before: &Snapshot,
+        seconds: u64,
+    ) -> Result<Idle> {
+        let cpu = Snapshot::take(processes).since(cpu_before);
+        let after = cluster.requests(&WRITE_VERBS, &WRITTEN).await?;
+        let writes_by_request = difference(before, &after);
+        let operator_writes = match leader.metrics().await {
+            Some(scrape) if scrape.has("tooljet_operator_writes_total") => {
+                Some(scrape.sum("tooljet_operator_writes_total", |_| true))
+            }
+            _ => None,
+        };
+        Ok(Idle {
+            seconds,
+            writes: writes_by_request.values().sum(),
+            writes_by_request,
+            operator_writes,
+            operator_cpu_seconds: cpu.seconds.get("operator").copied().unwrap_or(f64::NAN),
+            cpu,
+        })
+    }
 }

@@ -11,6 +11,7 @@
 //! as JSON and as the table of `docs/benchmarks.md`.
 
 mod admission;
+mod chart;
 mod cluster;
 mod converge;
 mod cpu;
@@ -20,11 +21,14 @@ mod latency;
 mod operator;
 mod peers;
 mod prom;
+mod replicas;
 mod results;
+mod rss;
 mod sizes;
 mod workload;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -32,14 +36,17 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 
 use crate::{
+    chart::Chart,
     cluster::{Cluster, NS, OPERATOR_NS},
     cpu::Snapshot,
-    floors::{CONTRACT_FLOOR_NS, SECRET_FLOOR_NS},
-    operator::Operator,
-    results::{Changes, Convergence, Results, Role, ScalePoint, StatusBytes},
-    workload::{Workload, apply_all},
+    floors::{CONTRACT_FLOOR_NS, Floor, SECRET_FLOOR_NS},
+    replicas::Replicas,
+    results::{Changes, Convergence, Repetition, Results, Role, ScalePoint, Spreads, StatusBytes},
+    rss::{Sampler, Spread},
+    workload::{Definitions, Workload, apply_all},
 };
 
 #[derive(Parser, Debug)]
@@ -85,9 +92,18 @@ struct Args {
     /// 200 KiB, 100 apps of 20 versions of 40 KiB, each beside its 1 KiB twin), `--repeat` times.
     #[arg(long)]
     sizes: bool,
-    /// Repetitions of each `--sizes` workload.
+    /// Repetitions of the floors and the convergence at the main and large points (each on a
+    /// fresh control plane), and of each `--sizes` workload.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// The floors' concurrencies swept in a point's first repetition; the fastest is kept and
+    /// used by its other repetitions.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
+    floor_concurrency: Vec<usize>,
+    /// Every AppVersion definition of this many KiB (the size sweep), instead of the realistic
+    /// spread (median 40 KiB, one in 20 at 400 KiB).
+    #[arg(long)]
+    definition_kib: Option<usize>,
     /// Measure the peers (External Secrets Operator, Reloader) at the main point, after the
     /// operator's phases (the default; `cargo xtask bench` builds them first).
     #[arg(long, conflicts_with = "no_peers")]
@@ -101,10 +117,27 @@ impl Args {
     /// Whether this run's sizes are the reference ones (those of the targets).
     fn is_reference(&self) -> bool {
         self.apps >= 1000
+            && self.large.is_some_and(|l| l >= 5000)
+            && self.repeat >= 3
+            && self.definition_kib.is_none()
             && self.changes >= 300
             && self.admission >= 300
             && self.promotions >= 300
             && self.idle_seconds >= 60
+    }
+
+    fn repeat_for(&self, role: Role) -> usize {
+        match role {
+            Role::Small => 1,
+            _ => self.repeat.max(1),
+        }
+    }
+
+    fn definitions(&self) -> Definitions {
+        match self.definition_kib {
+            Some(kib) => Definitions::Uniform(kib),
+            None => Definitions::Realistic,
+        }
     }
 }
 
@@ -122,9 +155,206 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(1800);
 const SETTLE_QUIET: Duration = Duration::from_secs(3);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn start_operator(args: &Args, cluster: &Cluster, extra: &[&str], log: &Path) -> Result<Operator> {
+/// A fresh control plane with the chart installed and its two replicas running (no leader yet)
+/// and the workload applied through admission.
+struct Setup {
+    cluster: Cluster,
+    chart: Chart,
+    replicas: Replicas,
+    webhook_port: u16,
+    w: Workload,
+    /// The chart's ServiceAccount: what the floors write as.
+    operator_client: Client,
+    applied: Duration,
+}
+
+async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Result<Setup> {
+    std::fs::create_dir_all(dir)?;
+    let cluster = Cluster::start(dir, &[NS, OPERATOR_NS]).await?;
+    let client = cluster.client.clone();
+    // The installation's hash key, made now (the operator then reads it), so that the expected
+    // hashes can be computed before it starts.
+    let key = tooljet_operator::controller::secrets::load_or_create_hash_key(&client, OPERATOR_NS)
+        .await?;
+    let w = Workload::new(&key, apps, args.definitions())?;
+    let webhook_port = operator::free_port()?;
+    let chart = chart::install(&cluster, &format!("https://127.0.0.1:{webhook_port}"), dir).await?;
+    println!("   the chart's objects applied: {:?}", chart.applied);
     let bin = args.operator.as_deref().context("--operator is required")?;
-    Operator::start(bin, cluster.kubeconfig(), args.concurrency, extra, log)
+    let replicas = Replicas::start(bin, &cluster, &chart, webhook_port, &[], dir, "0").await?;
+    sampler.watch("operator", replicas.leader.pid());
+    sampler.watch("standby", replicas.standby.pid());
+    // Through admission, as people create them: the references and stage record are stamped.
+    let started = Instant::now();
+    apply_all(&client, NS, w.secrets.iter().cloned(), args.concurrency).await?;
+    apply_all(&client, NS, w.tooljetapps.iter().cloned(), args.concurrency).await?;
+    apply_all(&client, NS, w.configs.iter().cloned(), args.concurrency).await?;
+    apply_all(
+        &client,
+        NS,
+        (0..w.versions.len()).map(|k| w.version(k)),
+        args.concurrency,
+    )
+    .await?;
+    let applied = started.elapsed();
+    println!(
+        "   applied {} objects ({:.0} MiB of definitions) through admission in {:.1}s",
+        w.inputs_len(),
+        w.definition_bytes as f64 / 1048576.0,
+        applied.as_secs_f64()
+    );
+    let operator_client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&chart.kubeconfig)?,
+            &Default::default(),
+        )
+        .await?,
+    )?;
+    Ok(Setup {
+        cluster,
+        chart,
+        replicas,
+        webhook_port,
+        w,
+        operator_client,
+        applied,
+    })
+}
+
+/// Both floors at `concurrency`, in namespaces of their own, deleted afterwards.
+async fn floors_at(s: &Setup, concurrency: usize) -> Result<(Floor, Floor, BTreeMap<String, f64>)> {
+    let (secrets_ns, contract_ns) = (
+        format!("{SECRET_FLOOR_NS}-{concurrency}"),
+        format!("{CONTRACT_FLOOR_NS}-{concurrency}"),
+    );
+    s.cluster.create_namespace(&secrets_ns).await?;
+    s.cluster.create_namespace(&contract_ns).await?;
+    let secret_floor = floors::secret_floor(
+        &s.cluster,
+        &s.operator_client,
+        &secrets_ns,
+        &s.w,
+        concurrency,
+    )
+    .await?;
+    let (contract_floor, bytes) = floors::contract_floor(
+        &s.cluster,
+        &s.operator_client,
+        &contract_ns,
+        &s.w,
+        concurrency,
+    )
+    .await?;
+    println!(
+        "   floors at concurrency {concurrency}: Secret {} writes in {:.2}s; contract {} writes in {:.2}s",
+        secret_floor.writes, secret_floor.seconds, contract_floor.writes, contract_floor.seconds
+    );
+    let deleted = s
+        .cluster
+        .delete_namespaces(&[&secrets_ns, &contract_ns], CONVERGENCE_TIMEOUT)
+        .await?;
+    let settled = s
+        .cluster
+        .settle(&floors::PROFILED, SETTLE_QUIET, SETTLE_TIMEOUT)
+        .await?;
+    println!(
+        "   floors' namespaces deleted in {:.1}s; settled {:.1}s later",
+        deleted.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    Ok((secret_floor, contract_floor, bytes))
+}
+
+/// One repetition: the floors (at each of `concurrencies`, the fastest kept), then the
+/// operator's convergence from the moment its leader is elected.
+async fn repetition(
+    s: &mut Setup,
+    concurrencies: &[usize],
+    sampler: &Sampler,
+) -> Result<(Repetition, BTreeMap<String, f64>)> {
+    let (mut best_secret, mut best_contract, mut bytes): (Option<Floor>, Option<Floor>, _) =
+        (None, None, BTreeMap::new());
+    for &c in concurrencies {
+        let (sf, cf, b) = floors_at(s, c).await?;
+        if best_secret.as_ref().is_none_or(|f| sf.seconds < f.seconds) {
+            best_secret = Some(sf);
+        }
+        if best_contract
+            .as_ref()
+            .is_none_or(|f| cf.seconds < f.seconds)
+        {
+            best_contract = Some(cf);
+            bytes = b;
+        }
+    }
+    let (secret_floor, contract_floor) = (
+        best_secret.context("no floor concurrency")?,
+        best_contract.context("no floor concurrency")?,
+    );
+
+    let requests_before = s
+        .cluster
+        .requests(&floors::VERBS, &floors::PROFILED)
+        .await?;
+    let mut processes = s.cluster.processes();
+    processes.extend(s.replicas.processes());
+    let cpu_before = Snapshot::take(&processes);
+    let (handed, acquired) = s.replicas.hand_over(&s.cluster).await?;
+    let (took, _) = converge::converge(
+        &s.cluster.client,
+        NS,
+        &s.w,
+        &s.replicas.leader,
+        acquired,
+        CONVERGENCE_TIMEOUT,
+    )
+    .await?;
+    let converged = Instant::now();
+    let cpu = Snapshot::take(&processes).since(&cpu_before);
+    let requests = cluster::difference(
+        &requests_before,
+        &s.cluster
+            .requests(&floors::VERBS, &floors::PROFILED)
+            .await?,
+    );
+    s.replicas.leader.wait_quiet().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let steady_kib = s.replicas.leader.memory_kib("VmRSS:");
+    let rss = sampler.phase("operator", acquired, converged);
+    let standby_rss = sampler.phase("standby", acquired, converged);
+    let seconds = took.as_secs_f64();
+    println!(
+        "   converged in {seconds:.2}s after the leader's election ({:.2}s after the hand-over; \
+         {:.2}x the contract floor, {:.2}x the Secret floor); RSS peak {:.1} MiB, median {:.1}, \
+         steady {:.1}",
+        converged.duration_since(handed).as_secs_f64(),
+        seconds / contract_floor.seconds,
+        seconds / secret_floor.seconds,
+        rss.peak_mib,
+        rss.median_mib,
+        steady_kib as f64 / 1024.0
+    );
+    println!("   CPU s while converging: {}", cpu.describe());
+    Ok((
+        Repetition {
+            convergence: Convergence {
+                seconds,
+                over_contract_floor: seconds / contract_floor.seconds,
+                over_secret_floor: seconds / secret_floor.seconds,
+                cpu,
+                requests,
+                rss_peak_mib: rss.peak_mib,
+                rss_steady_mib: steady_kib as f64 / 1024.0,
+            },
+            from_hand_over_seconds: converged.duration_since(handed).as_secs_f64(),
+            rss,
+            standby_rss,
+            apply_seconds: s.applied.as_secs_f64(),
+            secret_floor,
+            contract_floor,
+        },
+        bytes,
+    ))
 }
 
 async fn run_point(
@@ -134,166 +364,199 @@ async fn run_point(
     dir: &Path,
 ) -> Result<(ScalePoint, Option<Full>)> {
     println!(
-        "== N = {apps} apps ({} EnvironmentConfigs, {} AppVersions, {} ToolJetApps)",
+        "== N = {apps} apps ({} EnvironmentConfigs, {} AppVersions, {} ToolJetApps), {} repetition(s)",
         apps * 3,
         apps * 2,
-        apps
+        apps,
+        args.repeat_for(role)
     );
-    let cluster =
-        Cluster::start(dir, &[NS, OPERATOR_NS, SECRET_FLOOR_NS, CONTRACT_FLOOR_NS]).await?;
-    let client = cluster.client.clone();
-    // The installation's hash key, made now (the operator then reads it), so that the expected
-    // hashes can be computed before it starts.
-    let key = tooljet_operator::controller::secrets::load_or_create_hash_key(&client, OPERATOR_NS)
-        .await?;
-    let w = Workload::new(&key, apps)?;
-    let inputs = w.inputs();
-    let applied = apply_all(&client, NS, &inputs, args.concurrency).await?;
-    println!(
-        "   applied {} objects in {:.1}s",
-        inputs.len(),
-        applied.as_secs_f64()
-    );
-
-    // The floors, back to back, with the operator stopped.
-    let secret_floor = floors::secret_floor(&cluster, &w, args.concurrency).await?;
-    let (contract_floor, floor_status_bytes) =
-        floors::contract_floor(&cluster, &w, args.concurrency).await?;
-    println!(
-        "   Secret floor: {} writes in {:.2}s; contract floor: {} writes in {:.2}s",
-        secret_floor.writes, secret_floor.seconds, contract_floor.writes, contract_floor.seconds
-    );
-    let profiled = [
-        "secrets",
-        "environmentconfigs",
-        "appversions",
-        "tooljetapps",
-        "events",
-    ];
-    let deleted = cluster
-        .delete_namespaces(&[SECRET_FLOOR_NS, CONTRACT_FLOOR_NS], CONVERGENCE_TIMEOUT)
-        .await?;
-    let settled = cluster
-        .settle(&profiled, SETTLE_QUIET, SETTLE_TIMEOUT)
-        .await?;
-    let cleanup = deleted + settled;
-    println!(
-        "   floors' namespaces deleted in {:.1}s; the control plane settled {:.1}s later",
-        deleted.as_secs_f64(),
-        settled.as_secs_f64()
-    );
-
-    // Convergence.
-    let verbs = [
-        "GET", "LIST", "WATCH", "POST", "PUT", "PATCH", "APPLY", "DELETE",
-    ];
-    let requests_before = cluster.requests(&verbs, &profiled).await?;
-    let mut processes = cluster.processes();
-    let cpu_before = Snapshot::take(&processes);
-    let started = Instant::now();
-    let mut operator =
-        start_operator(args, &cluster, &["--no-webhook"], &dir.join("operator.log"))?;
-    let (took, peak_kib) =
-        converge::converge(&client, NS, &w, &operator, started, CONVERGENCE_TIMEOUT).await?;
-    processes.push(operator.process());
-    let cpu = Snapshot::take(&processes).since(&cpu_before);
-    let requests = cluster::difference(
-        &requests_before,
-        &cluster.requests(&verbs, &profiled).await?,
-    );
-    operator.wait_metrics(Duration::from_secs(30)).await?;
-    operator.wait_quiet().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let steady_kib = operator.memory_kib("VmRSS:");
-    let operator_status_bytes = floors::status_bytes(&client, NS).await?;
-    println!(
-        "   converged in {:.2}s ({:.2}x the contract floor, {:.2}x the Secret floor); RSS peak {} MiB, steady {} MiB",
-        took.as_secs_f64(),
-        took.as_secs_f64() / contract_floor.seconds,
-        took.as_secs_f64() / secret_floor.seconds,
-        peak_kib / 1024,
-        steady_kib / 1024
-    );
-    println!("   CPU s while converging: {}", cpu.describe());
-    println!("   requests while converging: {requests:?}");
+    let sampler = Sampler::start();
+    let mut reps = vec![];
+    let mut floor_bytes = BTreeMap::new();
+    let mut concurrencies = args.floor_concurrency.clone();
+    let repeat = args.repeat_for(role);
+    let mut last = None;
+    for r in 0..repeat {
+        println!("-- repetition {} of {repeat}", r + 1);
+        let mut s = setup(args, apps, &dir.join(format!("rep-{r}")), &sampler).await?;
+        let (rep, bytes) = repetition(&mut s, &concurrencies, &sampler).await?;
+        // The sweep runs once per point; the repetitions after it use its fastest concurrency.
+        concurrencies = vec![rep.contract_floor.concurrency];
+        floor_bytes = bytes;
+        reps.push(rep);
+        if r + 1 == repeat {
+            last = Some(s);
+        } else {
+            s.replicas.stop();
+        }
+    }
+    let mut s = last.context("no repetition")?;
+    let operator_status_bytes = floors::status_bytes(&s.cluster.client, NS).await?;
+    let median = |f: fn(&Repetition) -> f64| Spread::of(reps.iter().map(f));
+    let spreads = Spreads {
+        convergence_seconds: median(|r| r.convergence.seconds),
+        over_contract_floor: median(|r| r.convergence.over_contract_floor),
+        over_secret_floor: median(|r| r.convergence.over_secret_floor),
+        contract_floor_seconds: median(|r| r.contract_floor.seconds),
+        secret_floor_seconds: median(|r| r.secret_floor.seconds),
+        rss_peak_mib: median(|r| r.rss.peak_mib),
+        rss_median_mib: median(|r| r.rss.median_mib),
+        rss_steady_mib: median(|r| r.convergence.rss_steady_mib),
+        operator_cpu_seconds: median(|r| {
+            r.convergence
+                .cpu
+                .seconds
+                .get("operator")
+                .copied()
+                .unwrap_or(f64::NAN)
+        }),
+    };
+    // The repetition whose convergence is the median one stands for the point in the details.
+    let mut order: Vec<usize> = (0..reps.len()).collect();
+    order.sort_by(|a, b| {
+        reps[*a]
+            .convergence
+            .seconds
+            .total_cmp(&reps[*b].convergence.seconds)
+    });
+    let mid = &reps[order[order.len() / 2]];
     let point = ScalePoint {
         role,
         apps,
         environment_configs: apps * 3,
         app_versions: apps * 2,
         tooljet_apps: apps,
-        secrets: w.outputs.len(),
-        managed_objects: w.managed_objects(),
-        apply_seconds: applied.as_secs_f64(),
-        floor_cleanup_seconds: cleanup.as_secs_f64(),
-        convergence: Convergence {
-            seconds: took.as_secs_f64(),
-            over_contract_floor: took.as_secs_f64() / contract_floor.seconds,
-            over_secret_floor: took.as_secs_f64() / secret_floor.seconds,
-            cpu,
-            requests,
-            rss_peak_mib: peak_kib as f64 / 1024.0,
-            rss_steady_mib: steady_kib as f64 / 1024.0,
-        },
-        status_bytes: floor_status_bytes
+        secrets: s.w.outputs.len(),
+        managed_objects: s.w.managed_objects(),
+        definition_bytes: s.w.definition_bytes,
+        apply_seconds: mid.apply_seconds,
+        secret_floor: mid.secret_floor.clone(),
+        contract_floor: mid.contract_floor.clone(),
+        floor_cleanup_seconds: 0.0,
+        convergence: mid.convergence.clone(),
+        status_bytes: floor_bytes
             .into_iter()
             .map(|(kind, floor)| {
                 let operator = operator_status_bytes.get(&kind).copied();
                 (kind, StatusBytes { floor, operator })
             })
             .collect(),
-        secret_floor,
-        contract_floor,
+        spreads: Some(spreads),
+        repetitions: reps,
+        memory_limit: s.chart.memory_limit.clone(),
+        rss_phases: BTreeMap::new(),
     };
     if role != Role::Main {
-        operator.stop();
+        s.replicas.stop();
         return Ok((point, None));
     }
+    let mut point = point;
+    let phase = |name: &str, from: Instant| {
+        (
+            name.to_string(),
+            sampler.phase("operator", from, Instant::now()),
+        )
+    };
 
-    let config = latency::config_changes(&cluster, &operator, &w, args.changes).await?;
+    let t = Instant::now();
+    let config =
+        latency::config_changes(&s.cluster, &s.replicas.leader, &s.w, args.changes).await?;
+    point.rss_phases.extend([phase("config changes", t)]);
     println!(
         "   config change latency: {:?} (quiet timeouts {})",
         config.latency, config.quiet_timeouts
     );
-    let rotation = latency::rotations(&cluster, &operator, args.changes).await?;
+    let t = Instant::now();
+    let rotation = latency::rotations(&s.cluster, &s.replicas.leader, args.changes).await?;
+    point.rss_phases.extend([phase("rotations", t)]);
     println!(
         "   Secret rotation latency: {:?} (quiet timeouts {})",
         rotation.latency, rotation.quiet_timeouts
     );
 
-    operator.stop();
+    // Idle after a restart of both replicas (a rolling update's end state).
+    s.replicas.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (idle, mut operator) = idle::after_restart(
-        &cluster,
-        |log| start_operator(args, &cluster, &["--no-webhook"], log),
-        args.idle_seconds,
-        &dir.join("operator-restart.log"),
+    let bin = args.operator.as_deref().context("--operator is required")?;
+    let restart_dir = dir.join("restart");
+    std::fs::create_dir_all(&restart_dir)?;
+    let before = s
+        .cluster
+        .requests(&cluster::WRITE_VERBS, &idle::WRITTEN)
+        .await?;
+    let mut processes = s.cluster.processes();
+    let cpu_before = Snapshot::take(&processes);
+    let t = Instant::now();
+    s.replicas = Replicas::start(
+        bin,
+        &s.cluster,
+        &s.chart,
+        s.webhook_port,
+        &[],
+        &restart_dir,
+        "1",
     )
     .await?;
+    sampler.watch("operator", s.replicas.leader.pid());
+    sampler.watch("standby", s.replicas.standby.pid());
+    s.replicas.hand_over(&s.cluster).await?;
+    let elapsed = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds).saturating_sub(elapsed)).await;
+    processes.extend(s.replicas.processes());
+    let idle = idle::Idle::measured(
+        &s.cluster,
+        &s.replicas.leader,
+        &before,
+        &processes,
+        &cpu_before,
+        args.idle_seconds,
+    )
+    .await?;
+    point.rss_phases.extend([phase("restart and idle", t)]);
     println!(
         "   idle {} s after a restart: {} writes {:?}, operator CPU {:.2} s",
         idle.seconds, idle.writes, idle.writes_by_request, idle.operator_cpu_seconds
     );
-    operator.stop();
 
-    let port = operator::free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let operator = start_operator(
-        args,
-        &cluster,
-        &["--webhook-addr", &addr, "--webhook-host", "127.0.0.1"],
-        &dir.join("operator-webhook.log"),
-    )?;
-    operator.wait_metrics(Duration::from_secs(60)).await?;
+    // Admission: the standby serves it, asking the apiserver on every access.
+    s.replicas.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let admission_dir = dir.join("admission");
+    std::fs::create_dir_all(&admission_dir)?;
+    s.replicas = Replicas::start(
+        bin,
+        &s.cluster,
+        &s.chart,
+        s.webhook_port,
+        &["--access-review-ttl=0s".to_string()],
+        &admission_dir,
+        "2",
+    )
+    .await?;
+    sampler.watch("operator", s.replicas.leader.pid());
+    sampler.watch("standby", s.replicas.standby.pid());
+    s.replicas.hand_over(&s.cluster).await?;
+    s.replicas.leader.wait_quiet().await;
+    let people = admission::people(&s.cluster).await?;
+    let t = Instant::now();
     let admission = admission::measure(
-        &cluster,
-        &operator,
-        port,
+        &s.cluster,
+        &s.replicas.leader,
+        &s.replicas.standby,
+        &s.chart.webhooks,
+        &people,
         apps,
         args.admission,
         args.promotions,
     )
     .await?;
+    point.rss_phases.extend([
+        phase("admission (leader)", t),
+        (
+            "admission (standby, serving)".to_string(),
+            sampler.phase("standby", t, Instant::now()),
+        ),
+    ]);
     println!(
         "   admission: validating calls on edits {}, added p50/p99 {:.2}/{:.2} ms, calls without {}",
         admission.validating_calls_on_edits,
@@ -301,7 +564,7 @@ async fn run_point(
         admission.added_p99_ms,
         admission.calls_without
     );
-    drop(operator);
+    s.replicas.stop();
     let peers = if args.no_peers {
         None
     } else {
@@ -323,7 +586,7 @@ async fn run_point(
             steady_seconds: args.idle_seconds,
             operator,
         };
-        Some(peers::measure(&cluster, &w, &opts, dir).await)
+        Some(peers::measure(&s.cluster, &s.w, &opts, dir).await)
     };
     Ok((
         point,
@@ -340,14 +603,25 @@ async fn run_point(
 /// run's scratch directory to `to/<point>/`, replacing those of an earlier run.
 fn keep_operator_logs(root: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
-    for point in ["small", "main", "large"] {
-        let Ok(entries) = std::fs::read_dir(root.join(point)) else {
+    let mut dirs: Vec<(PathBuf, PathBuf)> = ["small", "main", "large"]
+        .into_iter()
+        .map(|p| (root.join(p), to.join(p)))
+        .collect();
+    while let Some((from, into)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&from) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with("operator") {
-                let dir = to.join(point);
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let n = name.to_string_lossy();
+                if n.starts_with("rep-") || n == "restart" || n == "admission" {
+                    dirs.push((entry.path(), into.join(&name)));
+                }
+                continue;
+            }
+            if name.to_string_lossy().starts_with("replica") {
+                let dir = into.clone();
                 let copied = std::fs::create_dir_all(&dir)
                     .and_then(|()| std::fs::copy(entry.path(), dir.join(&name)));
                 if let Err(e) = copied {

@@ -71,6 +71,69 @@ impl Operator {
         Ok(Operator { child, health })
     }
 
+    /// A process with the chart's arguments and environment (`args`, `env`), its `/metrics` on
+    /// `health`, credentials from `kubeconfig`, named `instance` (the lease holder identity).
+    pub fn spawn(
+        bin: &Path,
+        kubeconfig: &Path,
+        health: &str,
+        instance: &str,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Operator> {
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", instance)
+            .env("POD_NAMESPACE", OPERATOR_NS)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Operator {
+            child,
+            health: health.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn ready(&self) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&self.health).await else {
+            return false;
+        };
+        if s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {}\r\n\r\n", self.health).as_bytes())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        while !self.ready().await {
+            if started.elapsed() > timeout {
+                bail!(
+                    "the operator on {} was not ready within {timeout:?}",
+                    self.health
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     pub fn process(&self) -> Process {
         Process {
             name: "operator".into(),

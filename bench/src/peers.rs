@@ -135,7 +135,7 @@ pub struct ExternalSecrets {
     pub flags: Vec<String>,
     pub refresh_interval: String,
     pub default_refresh_interval: String,
-    /// ExternalSecrets (one per EnvironmentConfig), each syncing one Secret's 4 keys.
+    /// ExternalSecrets (one per EnvironmentConfig), each syncing every key of one Secret.
     pub external_secrets: usize,
     /// From ESO's start until every target Secret holds its source's data.
     pub convergence_seconds: f64,
@@ -527,7 +527,7 @@ async fn external_secrets(
         .context("ESO has a CRD directory")?;
     install_crds(&client, &crds).await?;
     let secrets = source_secrets(w);
-    crate::workload::apply_all(&client, ns, &secrets, opts.concurrency).await?;
+    crate::workload::apply_all(&client, ns, secrets.iter().cloned(), opts.concurrency).await?;
     reader_token(&client, ns).await?;
     let (server, ca) = server_and_ca(cluster.kubeconfig())?;
     let store = json!({
@@ -784,7 +784,8 @@ async fn reloader(
     let client = cluster.client.clone();
     let ns = RELOADER_NS;
     cluster.create_namespace(ns).await?;
-    crate::workload::apply_all(&client, ns, &source_secrets(w), opts.concurrency).await?;
+    crate::workload::apply_all(&client, ns, source_secrets(w).into_iter(), opts.concurrency)
+        .await?;
     let deployments: Vec<Value> = (0..w.apps)
         .map(|i| {
             let app = format!("app-{i}");

@@ -92,6 +92,32 @@ pub struct Output {
     pub data_sources: usize,
 }
 
+/// AppVersion definition sizes (KiB), one drawn per version by its position: real ToolJet
+/// apps, as the exports in `kubectl-tooljet/tests/fixtures/` grown by
+/// `testenv::definitions::realistic` (median 40 KiB, mean 72 KiB, one in 20 at 400 KiB).
+pub const DEFINITION_KIB: [usize; 20] = [
+    4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 40, 44, 48, 56, 64, 80, 100, 150, 200, 400,
+];
+
+/// Data source kinds, as ToolJet names them, drawn in turn.
+const DATA_SOURCE_KINDS: [&str; 6] = [
+    "postgresql",
+    "restapi",
+    "mysql",
+    "mongodb",
+    "graphql",
+    "redis",
+];
+
+/// How the workload's definitions are sized.
+#[derive(Clone, Copy, Debug)]
+pub enum Definitions {
+    /// [`DEFINITION_KIB`], drawn by position.
+    Realistic,
+    /// Every definition of this many KiB (the size sweep).
+    Uniform(usize),
+}
+
 /// N apps x 3 environments, and what the operator must produce from them.
 pub struct Workload {
     pub apps: usize,
@@ -99,53 +125,111 @@ pub struct Workload {
     pub secrets: Vec<Value>,
     pub tooljetapps: Vec<Value>,
     pub configs: Vec<Value>,
+    /// The versions without their definition (`spec.definition` is added when one is written,
+    /// see [`Workload::version`]): the definitions are shared, so N = 5000 does not hold 700 MB of
+    /// JSON trees.
     pub versions: Vec<Value>,
+    /// Per version, its index into `definitions`.
+    definition_of: Vec<usize>,
+    definitions: Vec<Value>,
     pub outputs: Vec<Output>,
+    /// Serialized bytes of every version's definition, summed.
+    pub definition_bytes: u64,
+}
+
+/// A deterministic spread of `i` over `0..n` (so neighbouring apps differ).
+fn spread(i: usize, salt: usize, n: usize) -> usize {
+    (i.wrapping_mul(2654435761)
+        .wrapping_add(salt.wrapping_mul(40503))
+        >> 7)
+        % n
 }
 
 impl Workload {
-    /// Per app and stage: an EnvironmentConfig with 10 constants (8 `Global`, 2 `Secret`) and 2
-    /// data sources (PostgreSQL and REST API, each with a secret option), and the Secret they
-    /// reference; per app a ToolJetApp and 2 AppVersions in development.
-    pub fn new(key: &materialize::HashKey, apps: usize) -> Result<Workload> {
+    /// Per app and stage, an EnvironmentConfig of a real workspace's shape: 3-8 data sources
+    /// of 5-15 options each, 2-3 of them from the stage's Secret; 20-50 constants, 2-3 of them
+    /// `Secret` ones from the same Secret, and `GEMINI_API_KEY` (a Global constant one of the
+    /// exports references). Per app a ToolJetApp and 2 AppVersions in development whose
+    /// definitions are real ToolJet exports grown to [`DEFINITION_KIB`].
+    pub fn new(
+        key: &materialize::HashKey,
+        apps: usize,
+        definitions: Definitions,
+    ) -> Result<Workload> {
+        let sizes: Vec<usize> = match definitions {
+            Definitions::Realistic => DEFINITION_KIB.to_vec(),
+            Definitions::Uniform(kib) => vec![kib],
+        };
+        let mut defs = vec![];
+        for kib in &sizes {
+            for seed in 0..3 {
+                defs.push(testenv::definitions::realistic(kib * 1024, seed));
+            }
+        }
+        let def_bytes: Vec<u64> = defs
+            .iter()
+            .map(|d| serde_json::to_vec(d).map(|b| b.len() as u64).unwrap_or(0))
+            .collect();
         let mut w = Workload {
             apps,
             secrets: vec![],
             tooljetapps: vec![],
             configs: vec![],
             versions: vec![],
+            definition_of: vec![],
+            definitions: defs,
             outputs: vec![],
+            definition_bytes: 0,
         };
         for i in 0..apps {
             let app = format!("app-{i}");
             w.tooljetapps.push(json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "ToolJetApp", "metadata": { "name": app }, "spec": {} }));
             let mut by_stage = BTreeMap::new();
-            for stage in STAGES {
+            for (s, stage) in STAGES.into_iter().enumerate() {
                 let creds = format!("creds-{i}-{stage}");
-                let secret_values: BTreeMap<String, String> = [
-                    ("db-password", format!("pw-{i}-{stage}")),
-                    ("api-token", format!("tok-{i}-{stage}")),
-                    ("s0", format!("secret-0-{i}-{stage}")),
-                    ("s1", format!("secret-1-{i}-{stage}")),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-                w.secrets.push(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": creds }, "stringData": secret_values }));
-                let mut constants: Vec<Value> = (0..8)
+                let mut secret_values: BTreeMap<String, String> = BTreeMap::new();
+                let mut data_sources = vec![];
+                for d in 0..3 + spread(i, s * 10 + 1, 6) {
+                    let kind = DATA_SOURCE_KINDS[(i + d) % DATA_SOURCE_KINDS.len()];
+                    let options_n = 5 + spread(i, s * 100 + d * 7 + 2, 11);
+                    let secrets_n = 2 + spread(i, s * 100 + d * 7 + 3, 2);
+                    let mut options = serde_json::Map::new();
+                    for o in 0..options_n - secrets_n {
+                        let value = match o {
+                            0 => json!(format!("{kind}-{d}.{stage}.app-{i}.internal")),
+                            1 => json!(5432 + d),
+                            2 => json!(o % 2 == 0),
+                            _ => json!(format!("option-{o}-{d}-{i}-{stage}")),
+                        };
+                        options.insert(format!("opt{o}"), value);
+                    }
+                    let mut secret_options = serde_json::Map::new();
+                    for o in 0..secrets_n {
+                        let k = format!("ds{d}-secret{o}");
+                        secret_values.insert(k.clone(), format!("{k}-{i}-{stage}-value"));
+                        secret_options.insert(
+                            format!("secret{o}"),
+                            json!({ "secretKeyRef": { "name": creds, "key": k } }),
+                        );
+                    }
+                    data_sources.push(json!({ "name": format!("{kind}-{d}"), "kind": kind,
+                        "options": options, "secretOptions": secret_options }));
+                }
+                let constants_n = 20 + spread(i, s * 10 + 4, 31);
+                let secret_constants = 2 + spread(i, s * 10 + 5, 2);
+                let mut constants: Vec<Value> = (0..constants_n - secret_constants - 1)
                     .map(|k| json!({ "name": format!("C{k}"), "type": "Global", "value": format!("value-{k}-{i}-{stage}") }))
                     .collect();
-                for k in 0..2 {
-                    constants.push(json!({ "name": format!("S{k}"), "type": "Secret", "valueFrom": { "secretKeyRef": { "name": creds, "key": format!("s{k}") } } }));
+                constants.push(json!({ "name": "GEMINI_API_KEY", "type": "Global", "value": format!("gemini-{i}-{stage}") }));
+                for k in 0..secret_constants {
+                    let key = format!("s{k}");
+                    secret_values.insert(key.clone(), format!("secret-{k}-{i}-{stage}"));
+                    constants.push(json!({ "name": format!("S{k}"), "type": "Secret", "valueFrom": { "secretKeyRef": { "name": creds, "key": key } } }));
                 }
+                w.secrets.push(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": creds }, "stringData": secret_values }));
                 let spec = json!({
                     "app": app, "environment": stage,
-                    "dataSources": [
-                        { "name": "db", "kind": "postgresql", "options": { "host": format!("db-{i}.{stage}.internal"), "port": 5432, "database": "app" },
-                          "secretOptions": { "password": { "secretKeyRef": { "name": creds, "key": "db-password" } } } },
-                        { "name": "api", "kind": "restapi", "options": { "url": format!("https://api.{stage}.example/{i}") },
-                          "secretOptions": { "token": { "secretKeyRef": { "name": creds, "key": "api-token" } } } },
-                    ],
+                    "dataSources": data_sources,
                     "constants": constants,
                 });
                 let typed: EnvironmentConfigSpec = serde_json::from_value(spec.clone())?;
@@ -177,9 +261,12 @@ impl Workload {
             }
             for v in 1..=2 {
                 let name = format!("{app}-v{v}");
+                let size = spread(i, v, sizes.len());
+                let definition = size * 3 + (i + v) % 3;
+                w.definition_bytes += def_bytes[definition];
+                w.definition_of.push(definition);
                 w.versions.push(json!({ "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion", "metadata": { "name": name },
-                    "spec": { "app": app, "versionName": format!("v{v}"), "environment": "development",
-                              "definition": { "queries": [{ "url": "{{constants.C0}}/x", "auth": "{{secrets.S0}}" }] } } }));
+                    "spec": { "app": app, "versionName": format!("v{v}"), "environment": "development" } }));
                 let resolved =
                     materialize::merge_layers(key, &[&by_stage["development"]]).constants_only(key);
                 w.outputs.push(Output {
@@ -199,25 +286,26 @@ impl Workload {
         Ok(w)
     }
 
-    /// Everything to apply before the operator starts, referenced Secrets first.
-    pub fn inputs(&self) -> Vec<Value> {
-        self.secrets
-            .iter()
-            .chain(&self.tooljetapps)
-            .chain(&self.configs)
-            .chain(&self.versions)
-            .cloned()
-            .collect()
+    /// Version `k` with its definition.
+    pub fn version(&self, k: usize) -> Value {
+        let mut v = self.versions[k].clone();
+        v["spec"]["definition"] = self.definitions[self.definition_of[k]].clone();
+        v
     }
 
-    /// The ToolJet objects only (the owners of the Secrets and the holders of a status).
-    pub fn sources(&self) -> Vec<Value> {
+    /// How many objects the workload applies (Secrets, apps, configs, versions).
+    pub fn inputs_len(&self) -> usize {
+        self.secrets.len() + self.tooljetapps.len() + self.configs.len() + self.versions.len()
+    }
+
+    /// The ToolJet objects only (the owners of the Secrets and the holders of a status), made
+    /// one at a time.
+    pub fn sources(&self) -> impl Iterator<Item = Value> + '_ {
         self.tooljetapps
             .iter()
             .chain(&self.configs)
-            .chain(&self.versions)
             .cloned()
-            .collect()
+            .chain((0..self.versions.len()).map(|k| self.version(k)))
     }
 
     /// Secret name -> the content hash the operator must write into it.
@@ -252,12 +340,12 @@ impl Workload {
 pub async fn apply_all(
     client: &Client,
     ns: &str,
-    objects: &[Value],
+    objects: impl Iterator<Item = Value>,
     concurrency: usize,
 ) -> Result<Duration> {
     let started = Instant::now();
     let apply = PatchParams::apply("bench").force();
-    stream::iter(objects.iter())
+    stream::iter(objects)
         .map(|obj| {
             let apply = apply.clone();
             async move {
@@ -266,7 +354,7 @@ pub async fn apply_all(
                     .as_str()
                     .context("an object without a name")?;
                 kind.api(client, ns)
-                    .patch(name, &apply, &Patch::Apply(obj))
+                    .patch(name, &apply, &Patch::Apply(&obj))
                     .await
                     .with_context(|| format!("applying {} {name}", kind.name()))?;
                 Ok::<_, anyhow::Error>(())
