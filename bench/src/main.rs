@@ -19,6 +19,7 @@ mod floors;
 mod idle;
 mod latency;
 mod operator;
+mod peers;
 mod prom;
 mod replicas;
 mod results;
@@ -103,6 +104,13 @@ struct Args {
     /// spread (median 40 KiB, one in 20 at 400 KiB).
     #[arg(long)]
     definition_kib: Option<usize>,
+    /// Measure the peers (External Secrets Operator, Reloader) at the main point, after the
+    /// operator's phases (the default; `cargo xtask bench` builds them first).
+    #[arg(long, conflicts_with = "no_peers")]
+    peers: bool,
+    /// Leave the peers out.
+    #[arg(long)]
+    no_peers: bool,
 }
 
 impl Args {
@@ -138,6 +146,7 @@ struct Full {
     changes: Changes,
     idle: idle::Idle,
     admission: admission::Admission,
+    peers: Option<peers::Peers>,
 }
 
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -556,12 +565,36 @@ async fn run_point(
         admission.calls_without
     );
     s.replicas.stop();
+    let peers = if args.no_peers {
+        None
+    } else {
+        let operator = peers::OperatorFigures {
+            convergence_seconds: point.convergence.seconds,
+            cpu_seconds: point
+                .convergence
+                .cpu
+                .seconds
+                .get("operator")
+                .copied()
+                .unwrap_or(0.0),
+            rss_peak_mib: point.convergence.rss_peak_mib,
+            rotation: rotation.latency.clone(),
+        };
+        let opts = peers::Options {
+            changes: args.changes,
+            concurrency: args.concurrency,
+            steady_seconds: args.idle_seconds,
+            operator,
+        };
+        Some(peers::measure(&s.cluster, &s.w, &opts, dir).await)
+    };
     Ok((
         point,
         Some(Full {
             changes: Changes { config, rotation },
             idle,
             admission,
+            peers,
         }),
     ))
 }
@@ -628,6 +661,7 @@ async fn measure(args: &Args) -> Result<Results> {
         points,
         changes: full.as_ref().map(|f| f.changes.clone()),
         idle: full.as_ref().map(|f| f.idle.clone()),
+        peers: full.as_ref().and_then(|f| f.peers.clone()),
         admission: full.map(|f| f.admission),
     })
 }

@@ -186,6 +186,9 @@ pub struct Results {
     pub changes: Option<Changes>,
     pub idle: Option<Idle>,
     pub admission: Option<Admission>,
+    /// The peers at the main point (`--no-peers` leaves them out).
+    #[serde(default)]
+    pub peers: Option<crate::peers::Peers>,
 }
 
 /// A measure, its result, its target and whether it was met (by how much it was missed).
@@ -678,6 +681,9 @@ impl Results {
                 "| {} | {} | {} | {} |\n",
                 r.measure, r.result, r.target, r.verdict
             );
+        }
+        for [measure, result, target, verdict] in self.peers.iter().flat_map(|p| p.rows()) {
+            t += &format!("| {measure} | {result} | {target} | {verdict} |\n");
         }
         t
     }

@@ -463,14 +463,24 @@ fn kubernetes_module() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn go_module(dir_name: &str, name: &str, require: &str, replaces: &[String]) -> Result<PathBuf> {
+pub(crate) fn go_module(
+    dir_name: &str,
+    name: &str,
+    require: &str,
+    replaces: &[String],
+) -> Result<PathBuf> {
     let dir = cache_dir().join("src").join(dir_name);
     fs::create_dir_all(&dir)?;
     write_go_mod(&dir, name, require, replaces)?;
     Ok(dir)
 }
 
-fn write_go_mod(dir: &Path, name: &str, require: &str, replaces: &[String]) -> Result<()> {
+pub(crate) fn write_go_mod(
+    dir: &Path,
+    name: &str,
+    require: &str,
+    replaces: &[String],
+) -> Result<()> {
     let mut gomod =
         format!("module tooljet-operator/control-plane/{name}\n\ngo 1.24.0\n\nrequire {require}\n");
     for r in replaces {
@@ -480,7 +490,7 @@ fn write_go_mod(dir: &Path, name: &str, require: &str, replaces: &[String]) -> R
     Ok(())
 }
 
-fn go_build(module: &Path, pkgs: &[&str], ldflags: &str, out: &Path) -> Result<()> {
+pub(crate) fn go_build(module: &Path, pkgs: &[&str], ldflags: &str, out: &Path) -> Result<()> {
     let out = out.to_str().context("non-UTF-8 cache path")?;
     let mut args = vec![
         "build",
@@ -506,7 +516,7 @@ fn go_command(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-fn go(dir: &Path, args: &[&str]) -> Result<()> {
+pub(crate) fn go(dir: &Path, args: &[&str]) -> Result<()> {
     let status = go_command(dir, args).status().with_context(|| {
         "could not run `go`: install Go 1.24 or newer and put it on PATH".to_string()
     })?;
@@ -520,7 +530,7 @@ fn go(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn go_output(dir: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn go_output(dir: &Path, args: &[&str]) -> Result<String> {
     let out = go_command(dir, args)
         .output()
         .context("could not run `go`: install Go 1.24 or newer and put it on PATH")?;
@@ -537,7 +547,7 @@ fn go_output(dir: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// The value of a top-level `"Field": "value"` in `go ... -json` output (paths only, no escapes).
-fn json_string_field(json: &str, field: &str) -> Option<String> {
+pub(crate) fn json_string_field(json: &str, field: &str) -> Option<String> {
     let key = format!("\"{field}\": \"");
     let start = json.find(&key)? + key.len();
     let end = json[start..].find('"')? + start;

@@ -11,6 +11,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod definitions;
 pub mod image;
+pub mod peers;
 mod pki;
 mod shared;
 

@@ -74,7 +74,8 @@ enum Task {
     /// results section of docs/benchmarks.md.
     Bench {
         /// Arguments for the benchmark (e.g. `--large 5000`, or a quick `--apps 50 --small 20
-        /// --changes 30 --admission 30 --promotions 30 --idle-seconds 10`).
+        /// --changes 30 --admission 30 --promotions 30 --idle-seconds 10`; `--no-peers` leaves
+        /// out the peers, External Secrets Operator and Reloader, and their build).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -463,6 +464,25 @@ fn crdgen() -> Result<()> {
 
 fn bench(extra: &[String]) -> Result<()> {
     testenv::binaries::build_missing()?;
+    // The peers (External Secrets Operator, Reloader) are measured unless `--no-peers`; a run
+    // that measures nothing (`--from`) or only sizes (`--sizes`) needs none. A peer that cannot
+    // be built is reported by the benchmark as not measured, with the reason.
+    let measures_peers = !extra
+        .iter()
+        .any(|a| a == "--no-peers" || a == "--sizes" || a == "--from" || a.starts_with("--from="));
+    if measures_peers {
+        println!(
+            "Building the peers (External Secrets Operator, Reloader; --no-peers skips them) ..."
+        );
+        for (peer, e) in testenv::peers::build_missing() {
+            eprintln!(
+                "warning: peer {} {} could not be built; the benchmark reports it as not \
+                 measured: {e:#}",
+                peer.name(),
+                peer.version()
+            );
+        }
+    }
     let root = root();
     println!("Building the operator and the benchmark (release) ...");
     run_cmd(cargo().args([
