@@ -241,3 +241,104 @@ pub async fn rotations(cluster: &Cluster, operator: &Operator, n: usize) -> Resu
     })
     .await
 }
+
+/// The Deployment app-0's rollout names for development.
+const WORKLOAD: &str = "tooljet-app-0-development";
+
+/// A key of a referenced Secret rotated, `n` times, each until the Deployment that app-0's
+/// `spec.rollout` names for development has a new pod template (the operator stamped the new
+/// content hash on it: what restarts the workload). The Deployment (one replica, `envFrom` the
+/// materialised Secret) and the rollout are set up first, by the admin; there are no nodes, so
+/// its pods stay Pending, as the peers' are.
+pub async fn rotations_to_restart(
+    cluster: &Cluster,
+    operator: &Operator,
+    n: usize,
+) -> Result<Spaced> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let client = cluster.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": WORKLOAD },
+        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": WORKLOAD } },
+                  "template": { "metadata": { "labels": { "app": WORKLOAD } },
+                                "spec": { "containers": [{ "name": "tooljet", "image": "tooljet/tooljet:ee-lts-latest",
+                                    "envFrom": [{ "secretRef": { "name": TARGET } }] }] } } },
+    }))?;
+    deployments
+        .patch(
+            WORKLOAD,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&deployment),
+        )
+        .await?;
+    Kind::ToolJetApp
+        .api(&client, NS)
+        .patch(
+            "app-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "rollout": [
+                { "environment": "development", "deployments": [WORKLOAD] } ] } })),
+        )
+        .await
+        .context("naming the Deployment in app-0's spec.rollout")?;
+    let generation = async || -> Result<i64> {
+        Ok(deployments
+            .get(WORKLOAD)
+            .await?
+            .metadata
+            .generation
+            .unwrap_or(0))
+    };
+    // The rollout's first stamp.
+    let started = Instant::now();
+    while generation().await? < 2 {
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("the operator did not stamp Deployment {WORKLOAD} within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watch = std::sync::Arc::new(tokio::sync::Mutex::new({
+        let mut w = watcher(
+            deployments.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={WORKLOAD}")),
+        )
+        .applied_objects()
+        .boxed();
+        w.try_next()
+            .await?
+            .context("the Deployment's watch ended")?;
+        w
+    }));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    spaced(cluster, operator, n, move |k| {
+        let (secrets, watch, deployments) = (secrets.clone(), watch.clone(), deployments.clone());
+        Box::pin(async move {
+            let before = deployments
+                .get(WORKLOAD)
+                .await?
+                .metadata
+                .generation
+                .unwrap_or(0);
+            let mut watch = watch.lock().await;
+            let started = Instant::now();
+            secrets
+                .patch(
+                    CREDS,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "stringData": { "s1": format!("restart-{k}") } })),
+                )
+                .await?;
+            loop {
+                let d = tokio::time::timeout(Duration::from_secs(30), watch.try_next())
+                    .await
+                    .context("the Deployment was not restarted within 30 s")??
+                    .context("the watch ended")?;
+                if d.metadata.generation.unwrap_or(0) > before {
+                    return Ok(started.elapsed());
+                }
+            }
+        })
+    })
+    .await
+}

@@ -474,6 +474,17 @@ async fn run_point(
         rotation.latency, rotation.quiet_timeouts
     );
 
+    let t = Instant::now();
+    let restart =
+        latency::rotations_to_restart(&s.cluster, &s.replicas.leader, args.changes).await?;
+    point
+        .rss_phases
+        .extend([phase("rotations to a restart", t)]);
+    println!(
+        "   rotation to a workload restart: {:?} (quiet timeouts {})",
+        restart.latency, restart.quiet_timeouts
+    );
+
     // Idle after a restart of both replicas (a rolling update's end state).
     s.replicas.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -579,6 +590,7 @@ async fn run_point(
                 .unwrap_or(0.0),
             rss_peak_mib: point.convergence.rss_peak_mib,
             rotation: rotation.latency.clone(),
+            restart: Some(restart.latency.clone()),
         };
         let opts = peers::Options {
             changes: args.changes,
@@ -591,7 +603,11 @@ async fn run_point(
     Ok((
         point,
         Some(Full {
-            changes: Changes { config, rotation },
+            changes: Changes {
+                config,
+                rotation,
+                restart: Some(restart),
+            },
             idle,
             admission,
             peers,

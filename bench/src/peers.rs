@@ -107,6 +107,9 @@ pub struct OperatorFigures {
     pub cpu_seconds: f64,
     pub rss_peak_mib: f64,
     pub rotation: Summary,
+    /// Rotation until the rollout's Deployment has a new pod template.
+    #[serde(default)]
+    pub restart: Option<Summary>,
 }
 
 /// A peer's measurement, or why there is none.
@@ -1019,7 +1022,15 @@ impl Peers {
                 ));
                 rows.push(row(
                     "peer Reloader: Secret change -> Deployment template p50 / p95 / p99".into(),
-                    latency(&r.rotation),
+                    format!(
+                        "{}; operator (a referenced Secret's rotation -> its Secret -> the \
+                         rollout's Deployment): {}",
+                        latency(&r.rotation),
+                        op.restart
+                            .as_ref()
+                            .map(latency)
+                            .unwrap_or("not measured".into())
+                    ),
                 ));
                 rows.push(row(
                     format!("CPU s in {} Reloader changes", r.rotation.n),

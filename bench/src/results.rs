@@ -30,6 +30,8 @@ pub mod target {
     pub const EDIT_ADDED_P99_MS: f64 = 2.0;
     /// Apiserver-side p99 of each AppVersion webhook on a promotion (ms), strictly below.
     pub const PROMOTION_WEBHOOK_P99_MS: f64 = 10.0;
+    /// Secret rotation until the rollout's Deployment has a new pod template (ms), strictly below.
+    pub const RESTART_P99_MS: f64 = 100.0;
     /// Peak RSS of the leader at N=1000 (MiB), through every phase.
     pub const RSS_PEAK_MIB: f64 = 64.0;
     /// Apiserver-side p99 of each AppVersion webhook on a first edit, or an edit by another user
@@ -173,6 +175,9 @@ pub struct ScalePoint {
 pub struct Changes {
     pub config: Spaced,
     pub rotation: Spaced,
+    /// Rotation until the rollout's Deployment has a new pod template.
+    #[serde(default)]
+    pub restart: Option<Spaced>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -501,6 +506,15 @@ impl Results {
                     format!("CPU s in {} {what}s (quiet-spaced)", s.latency.n),
                     s.cpu.describe(),
                 ));
+            }
+            if let Some(r) = &ch.restart {
+                let t = target::RESTART_P99_MS;
+                rows.push(Row {
+                    measure: "Secret rotation -> workload restart stamped p50 / p95 / p99".into(),
+                    result: latency(&r.latency),
+                    target: format!("p99 < {t} ms"),
+                    verdict: judge_at_most(r.latency.p99_ms, t, true, " ms"),
+                });
             }
         }
         if let Some(idle) = &self.idle {
