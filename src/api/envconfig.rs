@@ -25,6 +25,7 @@ use super::{SecretValueSource, matches, patterns, schema};
            (each data source secret option as secret constant <SOURCE>_<OPTION>) and a datasources.json document; \
            ToolJet workloads take in their workload Secret (tooljet-workload.<deployment>), constants only.",
     selectable = ".spec.environment",
+    selectable = ".spec.app",
     printcolumn(
         name = "App",
         type_ = "string",

@@ -325,32 +325,41 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
+    stored_selected(client, ns, &format!("{field}={value}")).await
+}
+
+/// [`stored`] with a whole field selector (`a=x,b=y`). The caller filters the answer again: a
+/// CRD installed before it declared one of the fields (the apiserver answers 400) is listed whole.
+async fn stored_selected<K>(client: &Client, ns: &str, selector: &str) -> Result<Vec<K>, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
     let api = Api::<K>::namespaced(client.clone(), ns);
-    let selected = api
-        .list(&ListParams::default().fields(&format!("{field}={value}")))
-        .await;
+    let selected = api.list(&ListParams::default().fields(selector)).await;
     let items = match selected {
         Ok(list) => list.items,
         Err(kube::Error::Api(e)) if e.code == 400 => {
-            warn!(kind = %K::kind(&()), %field, error = %e.message, "field selector refused; listing the namespace whole");
+            warn!(kind = %K::kind(&()), %selector, error = %e.message, "field selector refused; listing the namespace whole");
             api.list(&ListParams::default())
                 .await
-                .map_err(|e| stored_error::<K>(ns, field, value, e))?
+                .map_err(|e| stored_error::<K>(ns, selector, e))?
                 .items
         }
-        Err(e) => return Err(stored_error::<K>(ns, field, value, e)),
+        Err(e) => return Err(stored_error::<K>(ns, selector, e)),
     };
     Ok(items)
 }
 
 fn stored_error<K: kube::Resource<DynamicType = ()>>(
     ns: &str,
-    field: &str,
-    value: &str,
+    selector: &str,
     e: kube::Error,
 ) -> String {
     format!(
-        "could not list the {}s of namespace {ns} with {field}={value} to decide on a view as new as the request: {e}",
+        "could not list the {}s of namespace {ns} with {selector} to decide on a view as new as the request: {e}",
         K::kind(&())
     )
 }
@@ -797,23 +806,29 @@ async fn review_config(
         });
         facts.rival = if keyed {
             // A config that takes an (app, stage) must not miss a rival created a moment ago.
-            stored::<EnvironmentConfig>(
-                &state.client,
-                ns,
-                "spec.environment",
-                &new.spec.environment,
-            )
-            .await?
-            .into_iter()
-            // One being deleted is on its way out, however long a finalizer holds it: not a rival
-            // (a finalizer on the old config must not keep its replacement out).
-            .find(|c| {
-                c.name_any() != req.name
-                    && c.metadata.deletion_timestamp.is_none()
-                    && c.spec.app == new.spec.app
-                    && c.spec.environment == new.spec.environment
-            })
-            .map(|c| c.name_any())
+            // Selected by stage and app, so the apiserver sends the few configs of that pair,
+            // not every config of the stage (a namespace of a thousand apps answered each create
+            // with a thousand configs, each with its data sources and constants).
+            let selector = match new.spec.app.as_deref() {
+                Some(app) => format!(
+                    "spec.environment={},spec.app={}",
+                    field_value(&new.spec.environment),
+                    field_value(app)
+                ),
+                None => format!("spec.environment={}", field_value(&new.spec.environment)),
+            };
+            stored_selected::<EnvironmentConfig>(&state.client, ns, &selector)
+                .await?
+                .into_iter()
+                // One being deleted is on its way out, however long a finalizer holds it: not a rival
+                // (a finalizer on the old config must not keep its replacement out).
+                .find(|c| {
+                    c.name_any() != req.name
+                        && c.metadata.deletion_timestamp.is_none()
+                        && c.spec.app == new.spec.app
+                        && c.spec.environment == new.spec.environment
+                })
+                .map(|c| c.name_any())
         } else {
             state
                 .lookups
