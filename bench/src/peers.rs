@@ -316,16 +316,7 @@ impl PeerProcess {
     /// SIGTERM, then SIGKILL after 10 s.
     fn stop(&mut self) {
         self.sampler.abort();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::operator::terminate(&mut self.child);
     }
 }
 
