@@ -740,8 +740,9 @@ async fn main() -> Result<()> {
             println!("updated {}", md.display());
         } else {
             println!(
-                "{} left as it is: not a run at the reference sizes (--apps >= 1000, --changes, \
-                 --admission, --promotions >= 300, --idle-seconds >= 60)",
+                "{} left as it is: not a run at the reference sizes (--apps >= 1000, --large >= \
+                 5000, --repeat >= 3, realistic definitions, --changes, --admission, --promotions \
+                 >= 300, --idle-seconds >= 60)",
                 md.display()
             );
         }

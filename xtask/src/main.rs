@@ -70,8 +70,8 @@ enum Task {
     /// Lint the Helm chart (strict) and render it with default and non-default values.
     Chart,
     /// Benchmarks against a fresh local control plane; prints a table and writes
-    /// target/bench/results.json; a run at the reference sizes (the defaults) also rewrites the
-    /// results section of docs/benchmarks.md.
+    /// target/bench/results.json; a run at the reference sizes (`--large 5000`, the other
+    /// defaults) also rewrites the results section of docs/benchmarks.md.
     Bench {
         /// Arguments for the benchmark (e.g. `--large 5000`, or a quick `--apps 50 --small 20
         /// --changes 30 --admission 30 --promotions 30 --idle-seconds 10`; `--no-peers` leaves
