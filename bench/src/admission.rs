@@ -240,16 +240,16 @@ impl EditSeries {
         operator: &Operator,
         webhook: &Operator,
         client: &kube::Client,
-        version: &'static str,
+        version: &str,
         tag: &'static str,
         n: usize,
     ) -> Result<()> {
         let (api_before, op_before) = (cluster.metrics().await?, webhook.metrics().await);
-        let client = client.clone();
+        let (client, version) = (client.clone(), version.to_string());
         self.series
             .take(cluster, operator, n, move |k| {
-                let api = Kind::AppVersion.api(&client, NS);
-                Box::pin(async move { describe(&api, version, &format!("{tag} {k}")).await })
+                let (api, version) = (Kind::AppVersion.api(&client, NS), version.clone());
+                Box::pin(async move { describe(&api, &version, &format!("{tag} {k}")).await })
             })
             .await?;
         let (api_after, op_after) = (cluster.metrics().await?, webhook.metrics().await);
@@ -455,13 +455,7 @@ pub async fn people(cluster: &Cluster) -> Result<People> {
                 &Patch::Apply(&binding),
             )
             .await?;
-        let mut config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(cluster.kubeconfig())?,
-            &Default::default(),
-        )
-        .await?;
-        config.auth_info.impersonate = Some(user.to_string());
-        let client = kube::Client::try_from(config)?;
+        let client = crate::cluster::client_from(cluster.kubeconfig(), Some(user)).await?;
         // The authorizer's cache lags the binding: wait until a read is allowed.
         let started = Instant::now();
         while Kind::AppVersion
@@ -596,15 +590,15 @@ pub async fn measure(
     // First edits: a version created now (through the webhooks), edited once.
     let mut first = EditSeries::default();
     for k in 0..others_n {
-        let name: &'static str = Box::leak(format!("app-0-first-{k}").into_boxed_str());
-        create_version(cluster, name, "app-0").await?;
+        let name = format!("app-0-first-{k}");
+        create_version(cluster, &name, "app-0").await?;
         first
             .block(
                 cluster,
                 operator,
                 webhook,
                 &cluster.client,
-                name,
+                &name,
                 "first",
                 1,
             )

@@ -46,11 +46,7 @@ impl Cluster {
     pub async fn start(dir: &Path, namespaces: &[&str]) -> Result<Cluster> {
         // Attached: the control plane dies with this (main) thread whatever happens.
         let cp = ControlPlane::start(dir, Mode::Attached)?;
-        let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig)?;
-        let mut config =
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        config.read_timeout = Some(Duration::from_secs(300));
-        let client = Client::try_from(config)?;
+        let client = client_from(&cp.kubeconfig, None).await?;
         let cluster = Cluster { cp, client };
         let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
         for crd in api::crds() {
@@ -215,6 +211,19 @@ impl Cluster {
         }
         Ok(counts)
     }
+}
+
+/// A client with the credentials of `kubeconfig`, acting as `impersonate` when given; reads
+/// time out after 300 s.
+pub async fn client_from(kubeconfig: &Path, impersonate: Option<&str>) -> Result<Client> {
+    let mut config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    config.read_timeout = Some(Duration::from_secs(300));
+    config.auth_info.impersonate = impersonate.map(String::from);
+    Ok(Client::try_from(config)?)
 }
 
 /// The verbs the apiserver counts as writes.

@@ -1,4 +1,4 @@
-//! The convergence clock: from the operator's start until watches have seen every expected
+//! The convergence clock: from the leader's election until watches have seen every expected
 //! Secret carry its expected content hash and every EnvironmentConfig, AppVersion and ToolJetApp
 //! report `observedGeneration == metadata.generation` with a `Ready` condition `True`.
 
@@ -16,10 +16,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
-use crate::{
-    operator::Operator,
-    workload::{Kind, Workload},
-};
+use crate::workload::{Kind, Workload};
 
 /// What a watch event says about one object: done or not (yet, or any more).
 type Observation = ((Kind, String), bool);
@@ -39,16 +36,14 @@ pub fn ready(obj: &DynamicObject) -> bool {
     observed.is_some() && observed == current && is_ready
 }
 
-/// Watches until every expected object is done; samples the operator's RSS meanwhile. Returns
-/// the time since `started` and the peak RSS (KiB, including `VmHWM`).
+/// Watches until every expected object is done. Returns the time since `started`.
 pub async fn converge(
     client: &Client,
     ns: &str,
     w: &Workload,
-    operator: &Operator,
     started: Instant,
     timeout: Duration,
-) -> Result<(Duration, u64)> {
+) -> Result<Duration> {
     let expected = w.expected();
     let mut pending: BTreeSet<(Kind, String)> = expected
         .keys()
@@ -83,11 +78,9 @@ pub async fn converge(
         );
     }
     let mut events = futures::stream::select_all(streams);
-    let mut peak = 0;
     let deadline = started + timeout;
     let mut done: BTreeMap<(Kind, String), bool> = BTreeMap::new();
     while !pending.is_empty() {
-        peak = peak.max(operator.memory_kib("VmRSS:"));
         let next = tokio::time::timeout(Duration::from_millis(200), events.try_next()).await;
         if let Ok(event) = next
             && let Some((key, is_done)) = event?
@@ -113,5 +106,5 @@ pub async fn converge(
             );
         }
     }
-    Ok((started.elapsed(), peak.max(operator.memory_kib("VmHWM:"))))
+    Ok(started.elapsed())
 }

@@ -149,13 +149,24 @@ async fn seen(
     }
 }
 
-/// A watch of one Secret, established (its initial list seen) before the first change, so that
-/// no sample includes setting it up.
+/// A watch of one Secret of the workload's namespace (see [`watch_named`]).
 async fn watch_secret(
     client: &Client,
     name: &str,
 ) -> Result<impl futures::Stream<Item = Result<Secret, watcher::Error>> + Unpin + Send + 'static> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), NS);
+    watch_named(Api::namespaced(client.clone(), NS), name).await
+}
+
+/// A watch of the object `name`, established (its initial list seen) before the first change, so
+/// that no sample includes setting it up.
+async fn watch_named<K>(
+    api: Api<K>,
+    name: &str,
+) -> Result<impl futures::Stream<Item = Result<K, watcher::Error>> + Unpin + Send + 'static>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
     let mut watch = watcher(
         api,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
@@ -164,8 +175,8 @@ async fn watch_secret(
     .boxed();
     tokio::time::timeout(Duration::from_secs(30), watch.try_next())
         .await
-        .with_context(|| format!("Secret {name} was not listed within 30 s"))??
-        .with_context(|| format!("the watch of Secret {name} ended"))?;
+        .with_context(|| format!("{name} was not listed within 30 s"))??
+        .with_context(|| format!("the watch of {name} ended"))?;
     Ok(watch)
 }
 
@@ -298,18 +309,9 @@ pub async fn rotations_to_restart(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let watch = std::sync::Arc::new(tokio::sync::Mutex::new({
-        let mut w = watcher(
-            deployments.clone(),
-            watcher::Config::default().fields(&format!("metadata.name={WORKLOAD}")),
-        )
-        .applied_objects()
-        .boxed();
-        w.try_next()
-            .await?
-            .context("the Deployment's watch ended")?;
-        w
-    }));
+    let watch = std::sync::Arc::new(tokio::sync::Mutex::new(
+        watch_named(deployments.clone(), WORKLOAD).await?,
+    ));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     spaced(cluster, operator, n, move |k| {
         let (secrets, watch, deployments) = (secrets.clone(), watch.clone(), deployments.clone());

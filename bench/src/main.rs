@@ -182,8 +182,7 @@ async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Resul
     println!("   the chart's objects applied: {:?}", chart.applied);
     let bin = args.operator.as_deref().context("--operator is required")?;
     let replicas = Replicas::start(bin, &cluster, &chart, webhook_port, &[], dir, "0").await?;
-    sampler.watch("operator", replicas.leader.pid());
-    sampler.watch("standby", replicas.standby.pid());
+    replicas.sampled_by(sampler);
     // Through admission, as people create them: the references and stage record are stamped.
     let started = Instant::now();
     apply_all(&client, NS, w.secrets.iter().cloned(), args.concurrency).await?;
@@ -203,13 +202,7 @@ async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Resul
         w.definition_bytes as f64 / 1048576.0,
         applied.as_secs_f64()
     );
-    let operator_client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&chart.kubeconfig)?,
-            &Default::default(),
-        )
-        .await?,
-    )?;
+    let operator_client = cluster::client_from(&chart.kubeconfig, None).await?;
     Ok(Setup {
         cluster,
         chart,
@@ -219,6 +212,42 @@ async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Resul
         operator_client,
         applied,
     })
+}
+
+impl Setup {
+    /// Stops both replicas, waits 2 s.
+    async fn stop_replicas(&mut self) {
+        self.replicas.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    /// Starts both replicas again (the old ones stopped) with the chart's arguments and `extra`
+    /// (logs in `dir/<tag>`), sampled by `sampler`; returns once the new replica A leads.
+    async fn start_replicas(
+        &mut self,
+        args: &Args,
+        sampler: &Sampler,
+        extra: &[String],
+        dir: &Path,
+        tag: &str,
+    ) -> Result<()> {
+        let bin = args.operator.as_deref().context("--operator is required")?;
+        let logs = dir.join(tag);
+        std::fs::create_dir_all(&logs)?;
+        self.replicas = Replicas::start(
+            bin,
+            &self.cluster,
+            &self.chart,
+            self.webhook_port,
+            extra,
+            &logs,
+            tag,
+        )
+        .await?;
+        self.replicas.sampled_by(sampler);
+        self.replicas.hand_over(&self.cluster).await?;
+        Ok(())
+    }
 }
 
 /// Both floors at `concurrency`, in namespaces of their own, deleted afterwards.
@@ -300,15 +329,8 @@ async fn repetition(
     processes.extend(s.replicas.processes());
     let cpu_before = Snapshot::take(&processes);
     let (handed, acquired) = s.replicas.hand_over(&s.cluster).await?;
-    let (took, _) = converge::converge(
-        &s.cluster.client,
-        NS,
-        &s.w,
-        &s.replicas.leader,
-        acquired,
-        CONVERGENCE_TIMEOUT,
-    )
-    .await?;
+    let took =
+        converge::converge(&s.cluster.client, NS, &s.w, acquired, CONVERGENCE_TIMEOUT).await?;
     let converged = Instant::now();
     let cpu = Snapshot::take(&processes).since(&cpu_before);
     let requests = cluster::difference(
@@ -432,7 +454,6 @@ async fn run_point(
         apply_seconds: mid.apply_seconds,
         secret_floor: mid.secret_floor.clone(),
         contract_floor: mid.contract_floor.clone(),
-        floor_cleanup_seconds: 0.0,
         convergence: mid.convergence.clone(),
         status_bytes: floor_bytes
             .into_iter()
@@ -486,11 +507,7 @@ async fn run_point(
     );
 
     // Idle after a restart of both replicas (a rolling update's end state).
-    s.replicas.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let bin = args.operator.as_deref().context("--operator is required")?;
-    let restart_dir = dir.join("restart");
-    std::fs::create_dir_all(&restart_dir)?;
+    s.stop_replicas().await;
     let before = s
         .cluster
         .requests(&cluster::WRITE_VERBS, &idle::WRITTEN)
@@ -498,19 +515,8 @@ async fn run_point(
     let mut processes = s.cluster.processes();
     let cpu_before = Snapshot::take(&processes);
     let t = Instant::now();
-    s.replicas = Replicas::start(
-        bin,
-        &s.cluster,
-        &s.chart,
-        s.webhook_port,
-        &[],
-        &restart_dir,
-        "1",
-    )
-    .await?;
-    sampler.watch("operator", s.replicas.leader.pid());
-    sampler.watch("standby", s.replicas.standby.pid());
-    s.replicas.hand_over(&s.cluster).await?;
+    s.start_replicas(args, &sampler, &[], dir, "restart")
+        .await?;
     let elapsed = t.elapsed();
     tokio::time::sleep(Duration::from_secs(args.idle_seconds).saturating_sub(elapsed)).await;
     processes.extend(s.replicas.processes());
@@ -530,23 +536,15 @@ async fn run_point(
     );
 
     // Admission: the standby serves it, asking the apiserver on every access.
-    s.replicas.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let admission_dir = dir.join("admission");
-    std::fs::create_dir_all(&admission_dir)?;
-    s.replicas = Replicas::start(
-        bin,
-        &s.cluster,
-        &s.chart,
-        s.webhook_port,
+    s.stop_replicas().await;
+    s.start_replicas(
+        args,
+        &sampler,
         &["--access-review-ttl=0s".to_string()],
-        &admission_dir,
-        "2",
+        dir,
+        "admission",
     )
     .await?;
-    sampler.watch("operator", s.replicas.leader.pid());
-    sampler.watch("standby", s.replicas.standby.pid());
-    s.replicas.hand_over(&s.cluster).await?;
     s.replicas.leader.wait_quiet().await;
     let people = admission::people(&s.cluster).await?;
     let t = Instant::now();

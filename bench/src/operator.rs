@@ -143,12 +143,7 @@ impl Operator {
 
     /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
     pub fn memory_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
+        crate::rss::status_kib(self.child.id(), field).unwrap_or(0)
     }
 
     /// SIGTERM, then SIGKILL after 10 s.

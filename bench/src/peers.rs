@@ -23,10 +23,6 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -55,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use testenv::peers::Peer;
 
+use crate::rss::Sampler;
 use crate::{
     cluster::Cluster,
     cpu::{PhaseCpu, Process, Snapshot},
@@ -234,25 +231,20 @@ fn not_measured<T>(e: anyhow::Error) -> Measured<T> {
 struct PeerProcess {
     name: &'static str,
     child: Child,
-    peak_kib: Arc<AtomicU64>,
-    sampler: tokio::task::JoinHandle<()>,
+    /// VmRSS every 250 ms, for the whole life of the process.
+    sampler: Sampler,
+    started: Instant,
 }
 
 impl Drop for PeerProcess {
     fn drop(&mut self) {
-        self.sampler.abort();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    crate::rss::status_kib(pid, field).unwrap_or(0)
 }
 
 impl PeerProcess {
@@ -272,20 +264,13 @@ impl PeerProcess {
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let peak_kib = Arc::new(AtomicU64::new(0));
-        let (peak, pid) = (peak_kib.clone(), child.id());
-        // VmRSS every 250 ms, for the whole life of the process.
-        let sampler = tokio::spawn(async move {
-            loop {
-                peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
+        let sampler = Sampler::start();
+        sampler.watch(name, child.id());
         Ok(PeerProcess {
             name,
             child,
-            peak_kib,
             sampler,
+            started: Instant::now(),
         })
     }
 
@@ -309,13 +294,12 @@ impl PeerProcess {
 
     /// The peak of the 250 ms samples and of `VmHWM`, in MiB.
     fn peak_mib(&self) -> f64 {
-        let hwm = status_kib(self.child.id(), "VmHWM:");
-        self.peak_kib.load(Ordering::Relaxed).max(hwm) as f64 / 1024.0
+        let hwm = status_kib(self.child.id(), "VmHWM:") as f64 / 1024.0;
+        self.sampler.peak_since(self.name, self.started).max(hwm)
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
     fn stop(&mut self) {
-        self.sampler.abort();
         crate::operator::terminate(&mut self.child);
     }
 }

@@ -29,6 +29,7 @@ use crate::{
     cluster::{Cluster, OPERATOR_NS},
     cpu::Process,
     operator::{Operator, free_port},
+    rss::Sampler,
 };
 
 /// The benchmark's own holder of the Lease while no replica may lead.
@@ -118,6 +119,12 @@ impl Replicas {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// From now on `sampler` samples the leader as `operator` and the standby as `standby`.
+    pub fn sampled_by(&self, sampler: &Sampler) {
+        sampler.watch("operator", self.leader.pid());
+        sampler.watch("standby", self.standby.pid());
     }
 
     /// The leader as `operator` and the standby as `standby`, for CPU accounting.

@@ -150,8 +150,6 @@ pub struct ScalePoint {
     pub apply_seconds: f64,
     pub secret_floor: Floor,
     pub contract_floor: Floor,
-    /// Deleting the floors' namespaces before the operator starts (not measured against).
-    pub floor_cleanup_seconds: f64,
     /// The median repetition's convergence.
     pub convergence: Convergence,
     pub status_bytes: BTreeMap<String, StatusBytes>,

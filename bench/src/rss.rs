@@ -42,12 +42,17 @@ impl Drop for Sampler {
     }
 }
 
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); `None` when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 impl Sampler {
@@ -91,6 +96,23 @@ impl Sampler {
     /// From now on, `name` is the process `pid` (a restarted replica replaces the old one).
     pub fn watch(&self, name: &'static str, pid: u32) {
         self.pids.lock().expect("lock").insert(name, pid);
+    }
+
+    /// The peak (MiB) of `name` since `from`: its samples and a reading now.
+    pub fn peak_since(&self, name: &str, from: Instant) -> f64 {
+        let now = self
+            .pids
+            .lock()
+            .expect("lock")
+            .get(name)
+            .and_then(|pid| rss_kib(*pid))
+            .map_or(0.0, |k| k as f64 / 1024.0);
+        let sampled = self.phase(name, from, Instant::now()).peak_mib;
+        if sampled.is_nan() {
+            now
+        } else {
+            sampled.max(now)
+        }
     }
 
     /// Peak and median of `name`'s samples between `from` and `to`.

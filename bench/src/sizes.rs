@@ -9,10 +9,6 @@
 
 use std::{
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -27,6 +23,7 @@ use serde_json::{Value, json};
 use crate::{
     cluster::{Cluster, OPERATOR_NS},
     operator::{Operator, free_port},
+    rss::Sampler,
     workload::Kind,
 };
 
@@ -59,49 +56,6 @@ pub struct SizeResult {
     pub restart_writes: u64,
     /// RSS 20 s after the restart, MiB.
     pub steady_mib: f64,
-}
-
-/// Samples a process's VmRSS every 250 ms; the peak since the last [`Sampler::take_peak`].
-struct Sampler {
-    peak_kib: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let (peak_kib, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (peak, done) = (peak_kib.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        });
-        Sampler { peak_kib, stop }
-    }
-
-    fn take_peak(&self, pid: u32) -> f64 {
-        let now = rss_kib(pid);
-        self.peak_kib.swap(0, Ordering::Relaxed).max(now) as f64 / 1024.0
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The namespace of the workload.
@@ -181,9 +135,9 @@ pub async fn measure(bin: &Path, shape: Shape, dir: &Path) -> Result<SizeResult>
         .map(|seed| testenv::definitions::realistic(shape.kib * 1024, seed))
         .collect();
 
-    let pid = operator.process().pid;
-    let sampler = Sampler::start(pid);
-    sampler.take_peak(pid);
+    let sampler = Sampler::start();
+    sampler.watch("operator", operator.pid());
+    let creating = Instant::now();
     // Versions are created app by app, as a team adds them; the time of each create is kept
     // by how many versions its app had.
     let mut by_count: Vec<Vec<f64>> = vec![vec![]; shape.versions];
@@ -205,7 +159,7 @@ pub async fn measure(bin: &Path, shape: Shape, dir: &Path) -> Result<SizeResult>
         }
     }
     operator.wait_quiet().await;
-    let creation_peak_mib = sampler.take_peak(pid);
+    let creation_peak_mib = sampler.peak_since("operator", creating);
     let (server_after, operator_after) = (cluster.metrics().await?, operator.metrics().await);
     let mean = |scrape: &crate::prom::Scrape,
                 before: &crate::prom::Scrape,
@@ -289,8 +243,8 @@ pub async fn measure(bin: &Path, shape: Shape, dir: &Path) -> Result<SizeResult>
     operator.stop();
     let (operator, health) =
         start_with_webhook(bin, &cluster, &dir.join("operator-restart.log"), port).await?;
-    let pid = operator.process().pid;
-    let sampler = Sampler::start(pid);
+    let sampler = Sampler::start();
+    sampler.watch("operator", operator.pid());
     let started = Instant::now();
     ready(&health, Duration::from_secs(120)).await?;
     let restart_ready = started.elapsed();
@@ -298,8 +252,8 @@ pub async fn measure(bin: &Path, shape: Shape, dir: &Path) -> Result<SizeResult>
     let writes_before = writes(&operator).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let restart_writes = writes(&operator).await - writes_before;
-    let restart_peak_mib = sampler.take_peak(pid);
-    let steady_mib = rss_kib(pid) as f64 / 1024.0;
+    let restart_peak_mib = sampler.peak_since("operator", started);
+    let steady_mib = operator.memory_kib("VmRSS:") as f64 / 1024.0;
     drop(sampler);
     Ok(SizeResult {
         shape,
