@@ -131,6 +131,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         unstamped: Arc::default(),
         sharing: Arc::default(),
         written: Arc::default(),
+        statuses: Arc::default(),
         http: crate::notify::send::Sender::new(options.settings.allow_local_endpoints),
     });
     run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);

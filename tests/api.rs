@@ -824,3 +824,41 @@ async fn examples_apply_and_kubectl_explains_and_lists_them() {
         support::kubectl(&["explain", "environmentconfig.spec.constants.valueFrom"]).unwrap();
     assert!(explained.contains("secretKeyRef"), "{explained}");
 }
+
+/// The operator writes statuses asking for the object's metadata only in the answer: the real
+/// apiserver applies the status and sends back no spec (an AppVersion's definition stays home).
+#[tokio::test]
+async fn a_status_write_is_answered_with_metadata_only() {
+    use tooljet_operator::{api::AppVersion, controller::status_apply_request};
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "status-answer").await;
+    let definition =
+        json!({ "pages": [{ "name": "Home", "components": [{ "text": "x".repeat(20_000) }] }] });
+    let spec = with(version_spec(), "/definition", definition.clone());
+    apply(&client, &ns, "AppVersion", "crm-v1", spec)
+        .await
+        .unwrap();
+
+    let body = json!({
+        "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion",
+        "status": { "environment": "development", "observedGeneration": 1 },
+    });
+    let request = status_apply_request::<AppVersion>(&ns, "crm-v1", &body).unwrap();
+    let answer: Value = client.request(request).await.unwrap();
+    assert_eq!(answer["kind"], "PartialObjectMetadata", "{answer:#}");
+    assert_eq!(answer["metadata"]["name"], "crm-v1");
+    assert!(answer.get("spec").is_none() && answer.get("status").is_none());
+    assert!(
+        answer.to_string().len() < 5_000,
+        "the answer carries more than metadata: {} bytes",
+        answer.to_string().len()
+    );
+
+    let stored = api(&client, &ns, "AppVersion").get("crm-v1").await.unwrap();
+    assert_eq!(
+        stored.data["status"]["observedGeneration"], 1,
+        "the status was written"
+    );
+    assert_eq!(stored.data["spec"]["definition"], definition);
+}

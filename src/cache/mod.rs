@@ -38,7 +38,7 @@
 //! | `index.rs` | [`Index`]: objects by a derived key, kept in step by the Hub |
 //! | `lookups.rs` | [`Lookups`]: the indexed reads the controllers and the webhook make |
 //! | `triggers.rs` | which changes wake which controller |
-//! | `echoes.rs` | [`Echoes`]: the operator's own writes, so their events do not wake it |
+//! | `echoes.rs` | [`Echoes`]: the operator's own Secret writes, so their events do not wake it; [`StatusEchoes`]: its status writes, so a pass ahead of the cache does not repeat one |
 //! | `ownership.rs` | who owns a Secret (by UID), and which Secret is a stage's configuration |
 //! | `stage.rs` | a stage's configuration as the caches hold it, and why something is missing |
 //! | `refs.rs` | [`RefIndex`]: referenced Secrets -> their referrers, versions and values |
@@ -56,7 +56,7 @@ pub mod triggers;
 pub mod watch;
 
 pub use config::CachedConfig;
-pub use echoes::Echoes;
+pub use echoes::{Echoes, StatusEchoes};
 pub use index::Index;
 pub use lean::Lean;
 pub use lookups::{Hubs, Lookups};

@@ -15,7 +15,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         events::{Event, EventType, Recorder},
@@ -177,6 +177,8 @@ pub struct Context {
     pub sharing: Arc<app::Sharing>,
     /// The apps' status as this process last wrote it (read-your-writes).
     pub written: Arc<app::Written>,
+    /// Every status this process wrote, until the cache shows it ([`apply_status`]).
+    pub statuses: Arc<crate::cache::StatusEchoes>,
     /// The HTTP(S) client of Notifications' deliveries.
     pub http: crate::notify::send::Sender,
 }
@@ -281,7 +283,8 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
 }
 
 /// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`
-/// (no write on a converged object). Returns whether it wrote.
+/// (no write on a converged object) or this process already wrote it over `obj` as cached (the
+/// cache has not shown that write yet: [`crate::cache::StatusEchoes`]). Returns whether it wrote.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     controller: &'static str,
@@ -301,23 +304,54 @@ where
     }
     ctx.may_write()?;
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
-    // The answer is the whole object (an AppVersion's definition included): only its metadata is
-    // read, the rest skipped by the parser without being built.
-    let api: Api<kube::api::PartialObjectMeta<K>> = Api::namespaced(ctx.client.clone(), &ns);
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .at(Step::WriteStatus)?;
+    // The cache has not shown this process's last write yet, and that write was this status.
+    if ctx.statuses.already_written(obj, &body) {
+        return Ok(false);
+    }
+    let request = status_apply_request::<K>(&ns, &obj.name_any(), &body)
+        .map_err(kube::Error::BuildRequest)
+        .at(Step::WriteStatus)?;
+    ctx.client
+        .request::<kube::api::PartialObjectMeta<K>>(request)
+        .await
+        .at(Step::WriteStatus)?;
+    ctx.statuses.record(obj, &body);
     ctx.metrics.wrote(controller, "status");
     Ok(true)
+}
+
+/// What the apiserver is asked to answer a status write with: the object's metadata only
+/// (`PartialObjectMetadata`). Its handlers for PATCH and PUT convert the written object as they
+/// do for GET, so it encodes no spec: without this, every status write of an AppVersion sent its
+/// definition back (72 KiB on average at real ToolJet sizes) only for the operator to skip it.
+pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// A server-side apply of `body` to the status of `K` `name`, forced, as the operator's field
+/// manager, answered with the object's metadata only ([`METADATA_ONLY`]).
+pub fn status_apply_request<K>(
+    ns: &str,
+    name: &str,
+    body: &serde_json::Value,
+) -> Result<http::Request<Vec<u8>>, kube::core::request::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let mut request = kube::core::Request::new(K::url_path(&(), Some(ns))).patch_subresource(
+        "status",
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )?;
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    Ok(request)
 }
 
 /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
