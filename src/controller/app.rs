@@ -76,7 +76,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
     let managed = triggers::all(hubs.managed.subscribe());
     let policies = triggers::changes(hubs.policies.subscribe(), triggers::generation);
     let (for_secrets, sharers) = ((lookups.clone(), echoes.clone()), sharing.clone());
-    let written = ctx.written.clone();
+    let (written, caught_up) = (ctx.written.clone(), ctx.written.clone());
     let for_deployments = lookups.clone();
     let for_policies = lookups.clone();
     Controller::for_shared_stream(main, lookups.apps.clone())
@@ -96,6 +96,12 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
                 sharers.record(&ns, &name, BTreeMap::new());
                 Vec::<ObjectRef<ToolJetApp>>::new()
             },
+        ))
+        // A pass that found its app behind its own last status write goes on as soon as the
+        // cache shows that write (rather than at its requeue).
+        .reconcile_on(crate::cache::triggers::mapped(
+            triggers::all(hubs.apps.subscribe()),
+            move |app: Arc<ToolJetApp>| caught_up.caught_up(&app).then(|| ObjectRef::from(&*app)),
         ))
         .reconcile_on(crate::cache::triggers::mapped(
             managed,
@@ -362,7 +368,9 @@ async fn report_release(
 /// cache as it was before that write, and would decide again what was decided (a release
 /// recorded twice, a verification started over). Remembered per app: the resourceVersion the
 /// last written status was computed from; while the cache still holds that version, the pass
-/// waits for it to catch up (a short requeue) instead. A few dozen bytes per app.
+/// waits for it to catch up instead: the cache's next version of the app wakes it
+/// ([`Written::caught_up`]), and a short requeue stands in should that never come. A few dozen
+/// bytes per app.
 #[derive(Default)]
 pub struct Written(std::sync::Mutex<HashMap<(String, String), String>>);
 
@@ -379,6 +387,16 @@ impl Written {
             }
             None => false,
         }
+    }
+
+    /// Whether a pass is waiting for the cache to show this process's last status write over
+    /// `app`, and `app` (as cached now) shows it.
+    fn caught_up(&self, app: &ToolJetApp) -> bool {
+        let key = (app.namespace().unwrap_or_default(), app.name_any());
+        let written = self.0.lock().expect("not poisoned");
+        written
+            .get(&key)
+            .is_some_and(|read| app.resource_version().as_deref() != Some(read.as_str()))
     }
 
     /// Remembers that a status was written over `app` as read.
