@@ -4,10 +4,12 @@
 //!
 //! - the Secret floor: the same Secrets (names and data) created (POST, the operator's verb for a
 //!   new Secret) by a tight client loop;
-//! - the contract floor: what the operator's contract asks for each object, no more: the same
-//!   Secrets with the operator's labels, hash annotation and controller ownerReference, created,
-//!   and one server-side apply (the operator's status verb) of a status shaped like the
-//!   operator's on the status subresource of every EnvironmentConfig, AppVersion and ToolJetApp.
+//! - the contract floor: what the operator's contract asks for each object, no more: one read
+//!   (GET) of each Secret an EnvironmentConfig references (its values cannot be known otherwise),
+//!   the same Secrets with the operator's labels, hash annotation and controller ownerReference,
+//!   created, and one server-side apply (the operator's status verb, answered with the object's
+//!   metadata only, as the operator asks) of a status shaped like the operator's on the status
+//!   subresource of every EnvironmentConfig, AppVersion and ToolJetApp.
 //!
 //! Both write with the operator's credentials (the chart's ServiceAccount token: RBAC and
 //! priority-and-fairness judge them as they judge the operator), through the same admission
@@ -22,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -125,12 +127,37 @@ pub async fn secret_floor(
     })
 }
 
-/// One object's share of the contract: its Secret (if it has one), then its status.
+/// One object's share of the contract: the Secrets it references read, its Secret (if it has
+/// one) created, then its status applied.
 struct Unit {
     kind: Kind,
     name: String,
+    reads: Vec<String>,
     secret: Option<Value>,
     status: Value,
+}
+
+/// The Secrets an EnvironmentConfig's spec references (`secretKeyRef.name` of its data sources'
+/// secret options and of its constants), each once.
+fn referenced_secrets(config: &Value) -> Vec<String> {
+    let spec = &config["spec"];
+    let options = spec["dataSources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["secretOptions"].as_object())
+        .flat_map(|o| o.values());
+    let constants = spec["constants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| &c["valueFrom"]);
+    let names: std::collections::BTreeSet<String> = options
+        .chain(constants)
+        .filter_map(|r| r["secretKeyRef"]["name"].as_str())
+        .map(str::to_string)
+        .collect();
+    names.into_iter().collect()
 }
 
 /// The contract floor. Returns it and the mean status size it wrote per kind (bytes of JSON).
@@ -143,9 +170,20 @@ pub async fn contract_floor(
 ) -> Result<(Floor, BTreeMap<String, f64>)> {
     let client = &cluster.client;
     let contract_ns = ns;
-    // Untimed: the owners exist, with the uids and generations the writes refer to (written by
-    // the admin, as people write them).
+    // Untimed: the referenced Secrets and the owners exist, with the uids and generations the
+    // writes refer to (written by the admin, as people write them).
+    apply_all(client, contract_ns, w.secrets.iter().cloned(), 16).await?;
     apply_all(client, contract_ns, w.sources(), 16).await?;
+    let reads: BTreeMap<&str, Vec<String>> = w
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c["metadata"]["name"].as_str().unwrap_or_default(),
+                referenced_secrets(c),
+            )
+        })
+        .collect();
     let mut owners: BTreeMap<(Kind, String), (String, i64)> = BTreeMap::new();
     for kind in Kind::SOURCES {
         for obj in kind
@@ -172,9 +210,14 @@ pub async fn contract_floor(
             Kind::EnvironmentConfig => config_status(o, generation, &at),
             _ => version_status(o, generation, &at),
         };
+        let reads = match o.owner_kind {
+            Kind::EnvironmentConfig => reads.get(o.owner.as_str()).cloned().unwrap_or_default(),
+            _ => vec![],
+        };
         units.push(Unit {
             kind: o.owner_kind,
             name: o.owner.clone(),
+            reads,
             secret: Some(managed_secret(o, &uid)),
             status,
         });
@@ -190,6 +233,7 @@ pub async fn contract_floor(
         units.push(Unit {
             kind: Kind::ToolJetApp,
             name: app,
+            reads: vec![],
             secret: None,
             status: app_status(&versions, generation, &at),
         });
@@ -209,7 +253,6 @@ pub async fn contract_floor(
     let requests_before = cluster.requests(&VERBS, &PROFILED).await?;
     let before = Snapshot::take(&processes);
     let started = Instant::now();
-    let apply = PatchParams::apply(FLOOR_MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(writer.clone(), contract_ns);
     let create = PostParams {
         field_manager: Some(FLOOR_MANAGER.into()),
@@ -217,8 +260,14 @@ pub async fn contract_floor(
     };
     stream::iter(units.iter())
         .map(|u| {
-            let (apply, secrets, create) = (apply.clone(), &secrets, &create);
+            let (secrets, create) = (&secrets, &create);
             async move {
+                for name in &u.reads {
+                    secrets
+                        .get(name)
+                        .await
+                        .with_context(|| format!("reading Secret {name}"))?;
+                }
                 if let Some(secret) = &u.secret {
                     let secret: Secret = serde_json::from_value(secret.clone())?;
                     secrets
@@ -228,8 +277,7 @@ pub async fn contract_floor(
                 }
                 let body = json!({ "apiVersion": u.kind.api_version(), "kind": u.kind.name(), "status": u.status });
                 u.kind
-                    .api(writer, contract_ns)
-                    .patch_status(&u.name, &apply, &Patch::Apply(&body))
+                    .apply_status(writer, contract_ns, &u.name, FLOOR_MANAGER, &body)
                     .await
                     .with_context(|| format!("applying the status of {} {}", u.kind.name(), u.name))?;
                 Ok::<_, anyhow::Error>(())

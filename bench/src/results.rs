@@ -323,6 +323,43 @@ fn compare_requests(floor: &BTreeMap<String, u64>, operator: &BTreeMap<String, u
     }
 }
 
+/// The verbs whose counts grow with the objects: a read or a write per object. LISTs and WATCHes
+/// are the caches' start-up, a few whatever the size.
+const PER_OBJECT_VERBS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "APPLY", "DELETE"];
+
+/// "equal" when the operator made exactly the floor's per-object requests; otherwise each
+/// difference, operator minus floor (`APPLY environmentconfigs/status +79`).
+fn judge_requests(floor: &BTreeMap<String, u64>, operator: &BTreeMap<String, u64>) -> String {
+    if floor.is_empty() || operator.is_empty() {
+        return "not recorded".into();
+    }
+    let per_object = |k: &&String| {
+        PER_OBJECT_VERBS
+            .iter()
+            .any(|v| k.split(' ').next() == Some(*v))
+    };
+    let mut keys: Vec<&String> = floor
+        .keys()
+        .chain(operator.keys())
+        .filter(per_object)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let f = floor.get(k).copied().unwrap_or(0) as i64;
+            let o = operator.get(k).copied().unwrap_or(0) as i64;
+            (f != o).then(|| format!("{k} {:+}", o - f))
+        })
+        .collect();
+    if differences.is_empty() {
+        "equal".into()
+    } else {
+        format!("**differs**: {}", differences.join(", "))
+    }
+}
+
 fn growth(from: &ScalePoint, to: &ScalePoint) -> f64 {
     (to.convergence.rss_steady_mib - from.convergence.rss_steady_mib) * 1024.0 * 1024.0
         / (to.managed_objects as f64 - from.managed_objects as f64)
@@ -392,10 +429,12 @@ impl Results {
                     format!("CPU s in the Secret floor, N={n} (median run)"),
                     p.secret_floor.cpu.describe(),
                 ));
-                rows.push(info(
-                    format!("requests, contract floor / operator, N={n} (median run)"),
-                    compare_requests(&p.contract_floor.requests, &c.requests),
-                ));
+                rows.push(Row {
+                    measure: format!("requests, contract floor / operator, N={n} (median run)"),
+                    result: compare_requests(&p.contract_floor.requests, &c.requests),
+                    target: "GETs and writes equal".into(),
+                    verdict: judge_requests(&p.contract_floor.requests, &c.requests),
+                });
             }
             let rss = match &p.spreads {
                 Some(sp) => format!(
@@ -729,6 +768,32 @@ impl Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_counts_are_judged_on_reads_and_writes_only() {
+        let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let floor = counts(&[("GET secrets", 3000), ("POST secrets", 5000)]);
+        let operator = counts(&[
+            ("GET secrets", 3000),
+            ("POST secrets", 5000),
+            ("LIST secrets", 1),
+            ("WATCH secrets", 2),
+        ]);
+        assert_eq!(judge_requests(&floor, &operator), "equal");
+        let operator = counts(&[
+            ("GET secrets", 3004),
+            ("POST secrets", 5000),
+            ("APPLY environmentconfigs/status", 79),
+            ("GET secrets 404", 2),
+        ]);
+        assert_eq!(
+            judge_requests(&floor, &operator),
+            "**differs**: APPLY environmentconfigs/status +79, GET secrets +4, GET secrets 404 +2"
+        );
+        assert_eq!(judge_requests(&BTreeMap::new(), &operator), "not recorded");
+    }
 
     #[test]
     fn a_missed_bound_says_by_how_much() {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration, time::Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
 use serde_json::{Value, json};
@@ -73,6 +73,31 @@ impl Kind {
 
     pub fn api(self, client: &Client, ns: &str) -> Api<DynamicObject> {
         Api::namespaced_with(client.clone(), ns, &self.resource())
+    }
+
+    /// A forced server-side apply of `body` to the status of `name`, answered with the object's
+    /// metadata only, as the operator asks (`controller::METADATA_ONLY`).
+    pub async fn apply_status(
+        self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        body: &Value,
+    ) -> Result<()> {
+        let url = DynamicObject::url_path(&self.resource(), Some(ns));
+        let mut request = kube::core::Request::new(url).patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(body),
+        )?;
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(tooljet_operator::controller::METADATA_ONLY),
+        );
+        client.request::<Value>(request).await?;
+        Ok(())
     }
 }
 
