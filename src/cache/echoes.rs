@@ -57,24 +57,25 @@ impl Echoes {
 
 /// The statuses this process wrote, so that a pass that finds its object in the cache as it was
 /// before its own last status write (the watch event of a write comes a few milliseconds after
-/// its answer, and a Secret's event can wake the next pass in between) does not apply the same
-/// status again. Per object (kind, namespace, name): the resourceVersion the status was written
-/// over and the status, as 64-bit hashes.
+/// its answer, and a Secret's event can wake the next pass in between) compares what it would
+/// write with what it wrote, not with the cache's older status: it neither applies the same
+/// status again nor takes a stale cached status for the server's. Per object (kind, namespace,
+/// name): the resourceVersion the status was written over and the status, as 64-bit hashes.
 ///
-/// A write is skipped only when the object is cached at exactly the resourceVersion recorded
-/// and the status is the one recorded: resourceVersions are never shared between objects, so two
-/// objects whose keys collide can never make one skip the other's write. A record is dropped
-/// once the cache has moved past it; the map is emptied when it reaches [`Self::CAPACITY`]
-/// records (objects deleted before their next pass leave theirs), which costs at most one
-/// redundant write per object.
+/// A record speaks only while the object is cached at exactly the resourceVersion recorded:
+/// resourceVersions are never shared between objects, so two objects whose keys collide can never
+/// answer for each other. A record is dropped once the cache has moved past it, and the map is
+/// replaced when it reaches [`Self::CAPACITY`] records (a record is needed only for the moments
+/// before the cache shows its write; losing one costs at most one redundant write).
 #[derive(Default)]
 pub struct StatusEchoes {
     written: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl StatusEchoes {
-    /// Records kept at most (about 30 bytes each).
-    pub const CAPACITY: usize = 100_000;
+    /// Records kept at most (about 30 bytes each): far more than the writes of the few seconds a
+    /// watch event can lag its write, at the operator's write rate.
+    pub const CAPACITY: usize = 4096;
 
     fn key<K: Resource<DynamicType = ()>>(obj: &K) -> u64 {
         let meta = obj.meta();
@@ -85,24 +86,23 @@ impl StatusEchoes {
         ))
     }
 
-    /// Whether `status` is what this process last wrote over `obj` as it is cached now.
-    pub fn already_written<K: Resource<DynamicType = ()>>(
+    /// What this process wrote over `obj` as it is cached now: `Some(true)` when that was
+    /// `status`, `Some(false)` when it was another status (the cached status is not the server's),
+    /// `None` when it wrote nothing over this resourceVersion (the cache is the truth).
+    pub fn written_over<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         status: &serde_json::Value,
-    ) -> bool {
-        let Some(rv) = obj.meta().resource_version.as_deref() else {
-            return false;
-        };
+    ) -> Option<bool> {
+        let rv = obj.meta().resource_version.as_deref()?;
         let key = Self::key(obj);
         let mut written = self.written.lock().expect("status echo lock");
-        match written.get(&key) {
-            Some(&(read, digest)) if read == hash64(rv) => digest == hash64(&status.to_string()),
-            Some(_) => {
-                written.remove(&key);
-                false
-            }
-            None => false,
+        let &(read, digest) = written.get(&key)?;
+        if read == hash64(rv) {
+            Some(digest == hash64(&status.to_string()))
+        } else {
+            written.remove(&key);
+            None
         }
     }
 
@@ -113,7 +113,7 @@ impl StatusEchoes {
         };
         let mut written = self.written.lock().expect("status echo lock");
         if written.len() >= Self::CAPACITY {
-            written.clear();
+            *written = HashMap::new();
         }
         written.insert(Self::key(obj), (hash64(rv), hash64(&status.to_string())));
     }
@@ -131,30 +131,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_status_is_skipped_only_while_the_cache_is_behind_the_write_and_unchanged() {
+    fn a_record_speaks_only_while_the_cache_is_behind_the_write() {
         let statuses = StatusEchoes::default();
         let (read, ready) = (config_map("c", 1, "10"), json!({ "ready": true }));
-        assert!(
-            !statuses.already_written(&read, &ready),
+        assert_eq!(
+            statuses.written_over(&read, &ready),
+            None,
             "nothing written yet"
         );
         statuses.record(&read, &ready);
-        assert!(
-            statuses.already_written(&read, &ready),
-            "the cache is behind"
+        assert_eq!(
+            statuses.written_over(&read, &ready),
+            Some(true),
+            "the same again"
         );
-        assert!(
-            !statuses.already_written(&read, &json!({ "ready": false })),
-            "another status is written"
-        );
-        assert!(
-            !statuses.already_written(&config_map("other", 1, "10"), &ready),
+        // Back to the status the stale cache shows: still a write, the server holds `ready`.
+        let stale = json!({ "ready": false });
+        assert_eq!(statuses.written_over(&read, &stale), Some(false));
+        assert_eq!(
+            statuses.written_over(&config_map("other", 1, "10"), &ready),
+            None,
             "another object"
         );
         // The cache shows the write (or anyone's later one): the record is spent.
-        assert!(!statuses.already_written(&config_map("c", 1, "11"), &ready));
+        assert_eq!(
+            statuses.written_over(&config_map("c", 1, "11"), &ready),
+            None
+        );
         assert_eq!(statuses.len(), 0);
-        assert!(!statuses.already_written(&read, &ready));
+        assert_eq!(statuses.written_over(&read, &ready), None);
     }
 
     #[test]

@@ -372,15 +372,26 @@ async fn report_release(
 /// ([`Written::caught_up`]), and a short requeue stands in should that never come. A few dozen
 /// bytes per app.
 #[derive(Default)]
-pub struct Written(std::sync::Mutex<HashMap<(String, String), String>>);
+pub struct Written(std::sync::Mutex<HashMap<(String, String), Wrote>>);
+
+/// Of an app's last status write: the resourceVersion it was computed from, and whether a pass
+/// found the cache still there and waits for it to move on.
+struct Wrote {
+    read: String,
+    waiting: bool,
+}
 
 impl Written {
-    /// Whether the cache still shows `app` as it was before this process's last status write.
+    /// Whether the cache still shows `app` as it was before this process's last status write
+    /// (the pass is then waiting for [`Written::caught_up`]).
     fn behind(&self, app: &ToolJetApp) -> bool {
         let key = (app.namespace().unwrap_or_default(), app.name_any());
         let mut written = self.0.lock().expect("not poisoned");
-        match written.get(&key) {
-            Some(read) if app.resource_version().as_deref() == Some(read.as_str()) => true,
+        match written.get_mut(&key) {
+            Some(w) if app.resource_version().as_deref() == Some(w.read.as_str()) => {
+                w.waiting = true;
+                true
+            }
             Some(_) => {
                 written.remove(&key);
                 false
@@ -389,21 +400,27 @@ impl Written {
         }
     }
 
-    /// Whether a pass is waiting for the cache to show this process's last status write over
-    /// `app`, and `app` (as cached now) shows it.
+    /// Whether a pass waits for the cache to show this process's last status write over `app`,
+    /// and `app` (as cached now) shows it.
     fn caught_up(&self, app: &ToolJetApp) -> bool {
         let key = (app.namespace().unwrap_or_default(), app.name_any());
         let written = self.0.lock().expect("not poisoned");
-        written
-            .get(&key)
-            .is_some_and(|read| app.resource_version().as_deref() != Some(read.as_str()))
+        written.get(&key).is_some_and(|w| {
+            w.waiting && app.resource_version().as_deref() != Some(w.read.as_str())
+        })
     }
 
     /// Remembers that a status was written over `app` as read.
     fn wrote(&self, app: &ToolJetApp) {
         let key = (app.namespace().unwrap_or_default(), app.name_any());
         let read = app.resource_version().unwrap_or_default();
-        self.0.lock().expect("not poisoned").insert(key, read);
+        self.0.lock().expect("not poisoned").insert(
+            key,
+            Wrote {
+                read,
+                waiting: false,
+            },
+        );
     }
 
     /// Forgets a deleted app.
@@ -1670,6 +1687,30 @@ mod tests {
         );
         a.metadata.generation = Some(2);
         a
+    }
+
+    #[test]
+    fn only_a_pass_that_found_its_app_behind_is_woken_when_the_cache_catches_up() {
+        let at = |rv: &str| {
+            let mut a = app(None);
+            a.metadata.namespace = Some("team".into());
+            a.metadata.resource_version = Some(rv.into());
+            a
+        };
+        let written = Written::default();
+        written.wrote(&at("10"));
+        assert!(
+            !written.caught_up(&at("11")),
+            "no pass waits: the write's own event wakes nothing"
+        );
+        assert!(!written.behind(&at("11")), "the cache shows the write");
+
+        written.wrote(&at("11"));
+        assert!(written.behind(&at("11")), "a pass ahead of the cache waits");
+        assert!(!written.caught_up(&at("11")), "the cache has not moved");
+        assert!(written.caught_up(&at("12")), "the write's event wakes it");
+        assert!(!written.behind(&at("12")));
+        assert!(!written.caught_up(&at("13")), "the record is spent");
     }
 
     fn version(name: &str, env: &str) -> Arc<AppVersion> {

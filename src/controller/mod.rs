@@ -283,8 +283,9 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
 }
 
 /// Server-side applies `status` to `obj`'s status subresource, unless it is already `current`
-/// (no write on a converged object) or this process already wrote it over `obj` as cached (the
-/// cache has not shown that write yet: [`crate::cache::StatusEchoes`]). Returns whether it wrote.
+/// (no write on a converged object). While the cache has not shown this process's last status
+/// write over `obj`, that write stands for `current` ([`crate::cache::StatusEchoes`]). Returns
+/// whether it wrote.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     controller: &'static str,
@@ -299,25 +300,28 @@ where
         + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
-    if current == Some(status) {
-        return Ok(false);
-    }
-    ctx.may_write()?;
-    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
-    // The cache has not shown this process's last write yet, and that write was this status.
-    if ctx.statuses.already_written(obj, &body) {
+    // While the cache has not shown this process's last write over `obj`, that write, not the
+    // cached status, is what the server holds.
+    let written = match ctx.statuses.written_over(obj, &body) {
+        Some(same) => same,
+        None => current == Some(status),
+    };
+    if written {
         return Ok(false);
     }
+    ctx.may_write()?;
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let request = status_apply_request::<K>(&ns, &obj.name_any(), &body)
         .map_err(kube::Error::BuildRequest)
         .at(Step::WriteStatus)?;
+    // The answer is not read (an error answer still is an error).
     ctx.client
-        .request::<kube::api::PartialObjectMeta<K>>(request)
+        .request_text(request)
         .await
         .at(Step::WriteStatus)?;
     ctx.statuses.record(obj, &body);
@@ -329,7 +333,9 @@ where
 /// (`PartialObjectMetadata`). Its handlers for PATCH and PUT convert the written object as they
 /// do for GET, so it encodes no spec: without this, every status write of an AppVersion sent its
 /// definition back (72 KiB on average at real ToolJet sizes) only for the operator to skip it.
-pub const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+/// Plain JSON is accepted as well, from a server that cannot convert.
+pub const METADATA_ONLY: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
 
 /// A server-side apply of `body` to the status of `K` `name`, forced, as the operator's field
 /// manager, answered with the object's metadata only ([`METADATA_ONLY`]).
