@@ -361,7 +361,14 @@ impl Workload {
     }
 }
 
-/// Server-side applies `objects` into `ns`, `concurrency` at once; returns the time it took.
+/// Attempts per object when the apiserver could not call a webhook in time (an overloaded
+/// control plane: at N=5000 on 2 cores its watch cache fell thousands of revisions behind, and
+/// the webhook's consistent reads waited past the 5 s timeout). A person would apply again.
+const WEBHOOK_ATTEMPTS: usize = 5;
+
+/// Server-side applies `objects` into `ns`, `concurrency` at once; returns the time it took. An
+/// apply the apiserver failed because it could not call a webhook is tried again (up to
+/// [`WEBHOOK_ATTEMPTS`] times, 2 s apart), and how many were is printed.
 pub async fn apply_all(
     client: &Client,
     ns: &str,
@@ -370,23 +377,41 @@ pub async fn apply_all(
 ) -> Result<Duration> {
     let started = Instant::now();
     let apply = PatchParams::apply("bench").force();
+    let retried = std::sync::atomic::AtomicUsize::new(0);
     stream::iter(objects)
         .map(|obj| {
-            let apply = apply.clone();
+            let (apply, retried) = (apply.clone(), &retried);
             async move {
                 let kind = Kind::parse(obj["kind"].as_str().unwrap_or_default())?;
                 let name = obj["metadata"]["name"]
                     .as_str()
                     .context("an object without a name")?;
-                kind.api(client, ns)
-                    .patch(name, &apply, &Patch::Apply(&obj))
-                    .await
-                    .with_context(|| format!("applying {} {name}", kind.name()))?;
+                let api = kind.api(client, ns);
+                for attempt in 1.. {
+                    match api.patch(name, &apply, &Patch::Apply(&obj)).await {
+                        Ok(_) => break,
+                        Err(kube::Error::Api(e))
+                            if attempt < WEBHOOK_ATTEMPTS
+                                && e.message.contains("failed calling webhook") =>
+                        {
+                            retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!("applying {} {name}", kind.name())));
+                        }
+                    }
+                }
                 Ok::<_, anyhow::Error>(())
             }
         })
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
         .await?;
+    let retried = retried.into_inner();
+    if retried > 0 {
+        println!("   {retried} applies into {ns} failed calling a webhook and were applied again");
+    }
     Ok(started.elapsed())
 }
