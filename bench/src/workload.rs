@@ -85,17 +85,12 @@ impl Kind {
         manager: &str,
         body: &Value,
     ) -> Result<()> {
-        let url = DynamicObject::url_path(&self.resource(), Some(ns));
-        let mut request = kube::core::Request::new(url).patch_subresource(
-            "status",
+        let request = tooljet_operator::controller::metadata_only_status_apply(
+            DynamicObject::url_path(&self.resource(), Some(ns)),
             name,
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(body),
+            manager,
+            body,
         )?;
-        request.headers_mut().insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static(tooljet_operator::controller::METADATA_ONLY),
-        );
         client.request::<Value>(request).await?;
         Ok(())
     }
