@@ -103,11 +103,13 @@ closed_label! {
 
 closed_label! {
     /// What the webhook answered: `invalid` is a body that is not an AdmissionReview (HTTP 4xx),
-    /// never decided.
+    /// never decided; `timeout`, a review refused because it was not decided before the
+    /// apiserver stops waiting (its checks' reads were too slow).
     AdmissionResult {
         Allowed => "allowed",
         Denied => "denied",
         Invalid => "invalid",
+        Timeout => "timeout",
     }
 }
 
@@ -471,7 +473,11 @@ impl Metrics {
                     AdmissionOperation::Update,
                     AdmissionOperation::Delete,
                 ] {
-                    for result in [AdmissionResult::Allowed, AdmissionResult::Denied] {
+                    for result in [
+                        AdmissionResult::Allowed,
+                        AdmissionResult::Denied,
+                        AdmissionResult::Timeout,
+                    ] {
                         let _ = self.admission_requests.get_or_create(&AdmissionLabels {
                             webhook,
                             kind,
@@ -806,7 +812,7 @@ mod tests {
                 .iter()
                 .map(|v| v.as_str())
                 .collect::<Vec<_>>(),
-            ["allowed", "denied", "invalid"]
+            ["allowed", "denied", "invalid", "timeout"]
         );
     }
 

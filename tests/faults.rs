@@ -394,6 +394,94 @@ async fn wait_for_admission(client: &Client) {
     .await;
 }
 
+/// Scenario 2b: etcd stalls while a version is created. The webhook's create check reads the
+/// app's stored versions from the apiserver, which cannot answer; the webhook refuses the create
+/// with its own message (the object, the time spent against what the apiserver waits, the
+/// cause, what to do) before the apiserver stops waiting, rather than leaving the apiserver to
+/// fail it as "context deadline exceeded". Nothing is created, the refusal is counted as
+/// `result="timeout"`, and once etcd answers again the same create is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_the_apiserver_cannot_feed_is_refused_in_time_with_why() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let operator = Replica::start("deadline", None, true, &[]);
+    operator.ready().await;
+    let _admission = Admission::install(
+        &client,
+        &format!("https://{}", operator.webhook.unwrap()),
+        None,
+    )
+    .await;
+    wait_for_admission(&client).await;
+    let ns = support::namespace(&client, "deadline").await;
+    let definition = testenv::definitions::realistic(2048, 0);
+    // The app and a first version, so the webhook's cache holds the app: the stalled read is
+    // the check of the stored versions, not a look-up of the app.
+    create_versions(&client, &ns, "crm", 1, &definition).await;
+    let versions: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar("AppVersion"));
+    let body: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "tooljet.io/v1alpha1", "kind": "AppVersion",
+        "metadata": { "name": "crm-1" },
+        "spec": { "app": "crm", "versionName": "v1", "definition": definition } }))
+    .unwrap();
+    let timeouts = r#"tooljet_operator_admission_requests_total{webhook="validate",kind="AppVersion",operation="CREATE",result="timeout""#;
+    assert_eq!(faults::counter(&operator.health, timeouts).await, 0);
+
+    // kubectl, as a person runs it: it does not retry a 503 (kube-rs clients do, with backoff).
+    let manifest = std::env::temp_dir().join(format!("{ns}-crm-1.json"));
+    std::fs::write(&manifest, serde_json::to_vec(&body).unwrap()).unwrap();
+    let started = Instant::now();
+    let refused = {
+        let _etcd = faults::Frozen::new(faults::etcd_pid());
+        let (file, ns) = (manifest.display().to_string(), ns.clone());
+        tokio::task::spawn_blocking(move || {
+            support::kubectl(&["create", "-n", &ns, "--request-timeout=30s", "-f", &file])
+        })
+        .await
+        .unwrap()
+    };
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&manifest);
+    let message = match refused {
+        Err(e) => e.to_string(),
+        Ok(out) => panic!("the create was admitted while etcd was frozen: {out}"),
+    };
+    println!(
+        "figure: a create whose check could not read was refused after {} (the apiserver waits 5 s): {message}",
+        secs(took)
+    );
+    for part in [
+        "Error from server (ServiceUnavailable)".to_string(),
+        format!("AppVersion {ns}/crm-1: tooljet-operator could not decide this CREATE in"),
+        "of the 5s the API server waits for it".to_string(),
+        "Nothing was changed; retry the request".to_string(),
+    ] {
+        assert!(message.contains(&part), "{part:?} not in {message:?}");
+    }
+    assert!(
+        !message.contains("deadline exceeded"),
+        "the apiserver gave up first: {message}"
+    );
+    assert_eq!(faults::counter(&operator.health, timeouts).await, 1);
+
+    // Nothing was stored, and once etcd answers the same create is admitted.
+    support::eventually(Duration::from_secs(60), "the same create admitted", || {
+        let (versions, body) = (versions.clone(), body.clone());
+        async move {
+            versions
+                .create(&PostParams::default(), &body)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    assert_eq!(
+        versions.get("crm-1").await.unwrap().data["spec"]["versionName"],
+        json!("v1")
+    );
+}
+
 /// Scenario 3: the operator's watches expire (`410 Gone`) while changes are made: it is frozen,
 /// kube-apiserver restarts (a fresh watch cache) and etcd is compacted; the changes made
 /// meanwhile (edits, rotations, a new version, a deleted configuration) are all applied.

@@ -157,7 +157,7 @@ fn assert_closed_label_values(metrics: &str) {
             "operation",
             &["CREATE", "UPDATE", "DELETE", "CONNECT", "other"][..],
         ),
-        ("result", &["allowed", "denied", "invalid"][..]),
+        ("result", &["allowed", "denied", "invalid", "timeout"][..]),
     ];
     for line in metrics
         .lines()

@@ -61,10 +61,17 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// (HTTP/2 has no such bound in hyper: see [`H2_KEEP_ALIVE_INTERVAL`].)
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Time for a whole request, body and decision included. The apiserver waits `timeoutSeconds`
-/// (5 s in the chart and the generated configurations) and then gives up, so a request still
-/// running after twice that has no one waiting for it.
+/// The longest a request is served, body and decision included, when the caller does not say how
+/// long it waits. The apiserver does say it (see [`apiserver_wait`]); with its default of 5 s
+/// (the chart's and the generated configurations' `timeoutSeconds`), that bound is what applies.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the decision leaves of the apiserver's wait for the answer to travel back. The apiserver
+/// rounds the wait it announces *up* to whole seconds, so its own deadline can be nearly a second
+/// before the announced one: the decision ends this much before the announced deadline (at most
+/// half of it), and a review that is not decided by then is refused with a message that says why
+/// ([`too_slow`]), rather than left to fail in the apiserver as "context deadline exceeded".
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(1250);
 
 /// Connections served at once; further ones wait in the listen backlog until one ends. The
 /// apiserver needs a few (HTTP/2 multiplexes its reviews); the bound caps memory and descriptors.
@@ -103,6 +110,75 @@ pub fn router(state: Arc<WebhookState>) -> Router {
     bounded(routes, REQUEST_TIMEOUT)
 }
 
+/// When the decision of a request must be made by, set by [`limit`] from what the apiserver
+/// waits ([`decision_deadline`]) and read by [`admit`].
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    arrived: tokio::time::Instant,
+    at: tokio::time::Instant,
+    /// What the apiserver announced it waits (or [`REQUEST_TIMEOUT`]), for the refusal's message.
+    waited: Duration,
+}
+
+/// How long the apiserver waits for the answer to `uri`: it sends a webhook call with the query
+/// parameter `timeout` (Go's duration syntax, e.g. `5s`: the webhook's `timeoutSeconds`, or less
+/// when the request being admitted has less time left, rounded up to a second). Capped at
+/// [`REQUEST_TIMEOUT`], which also applies when there is none or it cannot be read.
+pub fn apiserver_wait(uri: &axum::http::Uri) -> Duration {
+    uri.query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("timeout="))
+        .and_then(go_duration)
+        .filter(|d| !d.is_zero())
+        .map_or(REQUEST_TIMEOUT, |d| d.min(REQUEST_TIMEOUT))
+}
+
+/// A duration in Go's `time.Duration.String()` syntax, as the apiserver writes one: a sequence of
+/// decimal numbers each with a unit (`h`, `m`, `s`, `ms`, `us`, `µs`, `ns`), e.g. `5s`, `1m0s`,
+/// `1.5s`. `None` for anything else, or a negative one.
+fn go_duration(text: &str) -> Option<Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// When a decision must be made by, for a request that arrived at `arrived` and that the
+/// apiserver waits `waited` for: [`ANSWER_MARGIN`] before the end of the wait, or half-way
+/// through a wait shorter than twice the margin.
+fn decision_deadline(arrived: tokio::time::Instant, waited: Duration) -> Deadline {
+    let budget = waited.saturating_sub(ANSWER_MARGIN).max(waited / 2);
+    Deadline {
+        arrived,
+        at: arrived + budget,
+        waited,
+    }
+}
+
 /// What the [`limit`] middleware shares across requests.
 #[derive(Clone)]
 struct Limits {
@@ -137,10 +213,15 @@ fn bounded(routes: Router, request_timeout: Duration) -> Router {
 }
 
 /// Waits for a slot among [`MAX_IN_FLIGHT`] and for its body's share of [`MAX_IN_FLIGHT_BYTES`],
-/// and runs the request, all within the timeout: a request that waits, sends its body slowly or
-/// is decided slowly is answered 503 and dropped.
-async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+/// and runs the request, all within the time the apiserver waits for it (at most the timeout):
+/// a request that waits or sends its body until then is answered 503 and dropped. A request that
+/// is read but decided slowly is refused by [`admit`] before that, at its [`Deadline`].
+async fn limit(State(limits): State<Limits>, mut request: Request, next: Next) -> Response {
     let cost = review_cost(declared_length(&request));
+    let waited = apiserver_wait(request.uri()).min(limits.request_timeout);
+    request
+        .extensions_mut()
+        .insert(decision_deadline(tokio::time::Instant::now(), waited));
     let work = async {
         // The semaphores are never closed, so acquiring only waits.
         let Ok(_slot) = limits.in_flight.acquire().await else {
@@ -151,18 +232,18 @@ async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Re
         };
         next.run(request).await
     };
-    match tokio::time::timeout(limits.request_timeout, work).await {
+    match tokio::time::timeout(waited, work).await {
         Ok(response) => response,
         Err(_) => {
             warn!(
-                timeout = ?limits.request_timeout,
+                timeout = ?waited,
                 "admission request abandoned: not answered in time"
             );
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the admission review was not answered within {}s",
-                    limits.request_timeout.as_secs_f64()
+                    waited.as_secs_f64()
                 ),
             )
                 .into_response()
@@ -318,13 +399,19 @@ async fn read(request: Request) -> Result<Bytes, Invalid> {
 }
 
 /// One admission review end to end: read and decode the body, let `decide` answer a valid
-/// review, count the answer and encode it. Anything else is answered 4xx with the reason and
-/// counted as `invalid`; it never reaches `decide`.
+/// review by its [`Deadline`] (a review not decided by then is refused: [`too_slow`]), count the
+/// answer and encode it. Anything else is answered 4xx with the reason and counted as
+/// `invalid`; it never reaches `decide`.
 async fn admit<F, Fut>(metrics: &Metrics, webhook: Webhook, request: Request, decide: F) -> Response
 where
     F: FnOnce(AdmissionRequest<DynamicObject>) -> Fut,
     Fut: Future<Output = AdmissionResponse>,
 {
+    let deadline = request
+        .extensions()
+        .get::<Deadline>()
+        .copied()
+        .unwrap_or_else(|| decision_deadline(tokio::time::Instant::now(), REQUEST_TIMEOUT));
     let body = read(request).await;
     // Timed from here: the histogram measures deciding a review, not receiving it.
     let started = Instant::now();
@@ -339,11 +426,27 @@ where
     };
     let kind = AdmissionKind::of(&req.kind.group, &req.kind.kind);
     let operation = AdmissionOperation::from(&req.operation);
-    let response = decide(req).await;
-    let result = if response.allowed {
-        AdmissionResult::Allowed
-    } else {
-        AdmissionResult::Denied
+    let subject = Subject::of(&req);
+    let unanswered = AdmissionResponse::from(&req);
+    let (response, result) = match tokio::time::timeout_at(deadline.at, decide(req)).await {
+        Ok(response) if response.allowed => (response, AdmissionResult::Allowed),
+        Ok(response) => (response, AdmissionResult::Denied),
+        Err(_) => {
+            let message = too_slow(&subject, deadline.arrived.elapsed(), deadline.waited);
+            warn!(
+                webhook = webhook.as_str(),
+                kind = %subject.kind,
+                namespace = %subject.namespace,
+                name = %subject.name,
+                operation = %subject.operation,
+                waited = ?deadline.waited,
+                "admission review refused: not decided before the apiserver stops waiting"
+            );
+            (
+                refuse_unavailable(unanswered, message),
+                AdmissionResult::Timeout,
+            )
+        }
     };
     let labels = AdmissionLabels {
         webhook,
@@ -353,6 +456,63 @@ where
     };
     record(metrics, labels, started);
     respond(response)
+}
+
+/// What a refusal names of the object under review. Kind, namespace and name are the apiserver's
+/// (the object's name is never a value); for a generated name not yet assigned, `name` says so.
+struct Subject {
+    kind: String,
+    namespace: String,
+    name: String,
+    operation: &'static str,
+}
+
+impl Subject {
+    fn of(req: &AdmissionRequest<DynamicObject>) -> Subject {
+        Subject {
+            kind: req.kind.kind.clone(),
+            namespace: req.namespace.clone().unwrap_or_default(),
+            name: if req.name.is_empty() {
+                "(name not yet generated)".into()
+            } else {
+                req.name.clone()
+            },
+            operation: AdmissionOperation::from(&req.operation).as_str(),
+        }
+    }
+}
+
+/// The refusal of a review that was not decided in time: the object, the time spent against what
+/// the apiserver waits, the likely cause and what to do. Nothing was changed.
+fn too_slow(subject: &Subject, spent: Duration, waited: Duration) -> String {
+    let Subject {
+        kind,
+        namespace,
+        name,
+        operation,
+    } = subject;
+    let object = if namespace.is_empty() {
+        name.clone()
+    } else {
+        format!("{namespace}/{name}")
+    };
+    format!(
+        "{kind} {object}: tooljet-operator could not decide this {operation} in {:.1}s of the {}s \
+         the API server waits for it (its checks read from the API server, which answered too \
+         slowly: it is likely overloaded). Nothing was changed; retry the request, and if it \
+         keeps failing, look at the API server's load and the operator's logs",
+        spent.as_secs_f64(),
+        waited.as_secs_f64(),
+    )
+}
+
+/// `response` turned into a refusal with `message`, as 503 Service Unavailable: the request was
+/// not judged, so it is not "forbidden".
+fn refuse_unavailable(response: AdmissionResponse, message: String) -> AdmissionResponse {
+    let mut refused = response.deny(message);
+    refused.result.code = StatusCode::SERVICE_UNAVAILABLE.as_u16();
+    refused.result.reason = "ServiceUnavailable".into();
+    refused
 }
 
 fn respond(response: AdmissionResponse) -> Response {
@@ -757,26 +917,103 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_request_past_the_timeout_gets_503() {
-        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
-        // The decision never comes, so only the timeout can answer; its length does not matter.
-        let app = app(
-            metrics.clone(),
-            decided.clone(),
-            never,
-            Duration::from_millis(50),
+    #[test]
+    fn the_wait_the_apiserver_announces_is_read_and_capped() {
+        let wait = |uri: &str| apiserver_wait(&uri.parse().unwrap());
+        // As the apiserver's REST client writes it (Go's Duration.String()).
+        assert_eq!(wait("/validate?timeout=5s"), Duration::from_secs(5));
+        assert_eq!(wait("/validate?timeout=1s"), Duration::from_secs(1));
+        assert_eq!(
+            wait("/mutate?a=b&timeout=2.5s"),
+            Duration::from_millis(2500)
         );
+        assert_eq!(wait("/validate?timeout=1m0s"), REQUEST_TIMEOUT);
+        assert_eq!(wait("/validate?timeout=1h2m3.5s"), REQUEST_TIMEOUT);
+        assert_eq!(wait("/validate?timeout=750ms"), Duration::from_millis(750));
+        // None, unreadable, zero or negative: the webhook's own bound.
+        for uri in [
+            "/validate",
+            "/validate?timeout=",
+            "/validate?timeout=5",
+            "/validate?timeout=s",
+            "/validate?timeout=5x",
+            "/validate?timeout=-5s",
+            "/validate?timeout=0s",
+        ] {
+            assert_eq!(wait(uri), REQUEST_TIMEOUT, "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_decision_ends_a_margin_before_the_wait_or_half_way_through_a_short_one() {
+        let now = tokio::time::Instant::now();
+        let budget = |waited: Duration| decision_deadline(now, waited).at - now;
+        assert_eq!(budget(Duration::from_secs(5)), Duration::from_millis(3750));
+        assert_eq!(budget(Duration::from_secs(10)), Duration::from_millis(8750));
+        assert_eq!(budget(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(budget(Duration::from_secs(1)), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_not_decided_before_the_apiserver_stops_waiting_is_refused_with_why() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        // The decision never comes, as when the checks' reads from the apiserver hang.
+        let app = app(metrics.clone(), decided.clone(), never, REQUEST_TIMEOUT);
         let body = bytes(&review_json("tooljet.io", "AppVersion", "CREATE"));
+        let started = tokio::time::Instant::now();
         let (status, _, text) = call(
             app,
-            "/validate",
+            "/validate?timeout=5s",
             axum::http::Request::builder(),
             Body::from(body),
         )
         .await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(text.contains("not answered within"), "{text}");
+        // Answered, as an AdmissionReview the apiserver accepts (its uid), before it stops waiting.
+        assert_eq!(started.elapsed(), Duration::from_millis(3750));
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        let response = &answer["response"];
+        assert_eq!(
+            response["uid"],
+            json!("705ab4f5-6393-11e8-b7cc-42010a800002")
+        );
+        assert_eq!(response["allowed"], json!(false));
+        assert_eq!(response["status"]["code"], json!(503));
+        assert_eq!(response["status"]["reason"], json!("ServiceUnavailable"));
+        assert_eq!(
+            response["status"]["message"],
+            json!(
+                "AppVersion ns/v: tooljet-operator could not decide this CREATE in 3.8s of the 5s \
+                 the API server waits for it (its checks read from the API server, which answered \
+                 too slowly: it is likely overloaded). Nothing was changed; retry the request, and \
+                 if it keeps failing, look at the API server's load and the operator's logs"
+            )
+        );
         assert_eq!(decided.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            series(&metrics, "validate", "AppVersion", "CREATE", "timeout"),
+            "1"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_not_sent_before_the_apiserver_stops_waiting_gets_503() {
+        let (metrics, decided) = (Arc::new(Metrics::default()), Arc::new(AtomicUsize::new(0)));
+        let app = app(metrics.clone(), decided.clone(), allow, REQUEST_TIMEOUT);
+        // The body never ends: no review to answer, so the bound on the request answers.
+        let stalled =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let started = tokio::time::Instant::now();
+        let (status, _, text) = call(
+            app,
+            "/validate?timeout=2s",
+            axum::http::Request::builder(),
+            stalled,
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text, "the admission review was not answered within 2s");
+        assert_eq!(decided.load(Ordering::SeqCst), 0);
     }
 }
