@@ -648,36 +648,76 @@ fn keep_operator_logs(root: &Path, to: &Path) {
 
 async fn measure(args: &Args) -> Result<Results> {
     let root = std::env::temp_dir().join(format!("tooljet-bench-{}", std::process::id()));
-    let mut points = vec![];
-    if args.small > 0 && args.small < args.apps {
-        points.push(
-            run_point(args, Role::Small, args.small, &root.join("small"))
-                .await?
-                .0,
-        );
-    }
-    let (main, full) = run_point(args, Role::Main, args.apps, &root.join("main")).await?;
-    points.push(main);
-    if let Some(large) = args.large.filter(|l| *l > args.apps) {
-        points.push(
-            run_point(args, Role::Large, large, &root.join("large"))
-                .await?
-                .0,
-        );
-    }
-    keep_operator_logs(&root, &args.out.with_file_name("logs"));
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(Results {
+    let mut results = Results {
         date: Timestamp::now().to_string().chars().take(10).collect(),
         machine: results::Machine::this(),
         concurrency: args.concurrency,
-        reference: args.is_reference(),
-        points,
-        changes: full.as_ref().map(|f| f.changes.clone()),
-        idle: full.as_ref().map(|f| f.idle.clone()),
-        peers: full.as_ref().and_then(|f| f.peers.clone()),
-        admission: full.map(|f| f.admission),
-    })
+        reference: false,
+        points: vec![],
+        changes: None,
+        idle: None,
+        peers: None,
+        admission: None,
+        incomplete: None,
+    };
+    let outcome = measure_points(args, &root, &mut results).await;
+    keep_operator_logs(&root, &args.out.with_file_name("logs"));
+    let _ = std::fs::remove_dir_all(&root);
+    match outcome {
+        Ok(()) => {
+            results.reference = args.is_reference();
+            write_results(&args.out, &results)?;
+            Ok(results)
+        }
+        Err(e) => {
+            results.incomplete = Some(format!("{e:#}"));
+            write_results(&args.out, &results)?;
+            println!("\n{}", results.table());
+            Err(e.context(format!(
+                "the run stopped; the figures of the points before are in {}",
+                args.out.display()
+            )))
+        }
+    }
+}
+
+/// Runs the points in order into `results`, writing the file after each one, so that a point
+/// that fails (the large one, where the control plane saturates first) loses only itself.
+async fn measure_points(args: &Args, root: &Path, results: &mut Results) -> Result<()> {
+    if args.small > 0 && args.small < args.apps {
+        let (point, _) = run_point(args, Role::Small, args.small, &root.join("small"))
+            .await
+            .with_context(|| format!("the small point (N={})", args.small))?;
+        results.points.push(point);
+        write_results(&args.out, results)?;
+    }
+    let (main, full) = run_point(args, Role::Main, args.apps, &root.join("main"))
+        .await
+        .with_context(|| format!("the main point (N={})", args.apps))?;
+    results.points.push(main);
+    if let Some(full) = full {
+        results.changes = Some(full.changes);
+        results.idle = Some(full.idle);
+        results.peers = full.peers;
+        results.admission = Some(full.admission);
+    }
+    write_results(&args.out, results)?;
+    if let Some(large) = args.large.filter(|l| *l > args.apps) {
+        let (point, _) = run_point(args, Role::Large, large, &root.join("large"))
+            .await
+            .with_context(|| format!("the large point (N={large})"))?;
+        results.points.push(point);
+    }
+    Ok(())
+}
+
+/// Writes `results` to `out` (its directory created).
+fn write_results(out: &Path, results: &Results) -> Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(results)?)
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 /// `--sizes`: each workload and its 1 KiB twin, alternating, `--repeat` times.
@@ -723,10 +763,6 @@ async fn main() -> Result<()> {
         )?,
         None => {
             let results = measure(&args).await?;
-            if let Some(parent) = args.out.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
             println!("results written to {}", args.out.display());
             results
         }

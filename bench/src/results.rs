@@ -192,6 +192,10 @@ pub struct Results {
     /// The peers at the main point (`--no-peers` leaves them out).
     #[serde(default)]
     pub peers: Option<crate::peers::Peers>,
+    /// The point that failed and why, when the run stopped there: the figures before it are
+    /// kept (the file is written after every point), and such a run is never a reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// A measure, its result, its target and whether it was met (by how much it was missed).
@@ -732,7 +736,11 @@ impl Results {
 
     /// The table (Markdown).
     pub fn table(&self) -> String {
-        let mut t = String::from("| measure | result | target | verdict |\n|---|---|---|---|\n");
+        let mut t = String::new();
+        if let Some(why) = &self.incomplete {
+            t += &format!("Incomplete run: {why}\n\n");
+        }
+        t += "| measure | result | target | verdict |\n|---|---|---|---|\n";
         for r in self.rows() {
             t += &format!(
                 "| {} | {} | {} | {} |\n",
