@@ -645,6 +645,18 @@ pub fn parse_constant_key(key: &str) -> Option<(ConstantType, &str, &str)> {
     Some((kind, environment, name))
 }
 
+/// A data source document (`datasources.json`: name -> the data source) reduced to its names,
+/// each mapped to `null`: what [`merge_layers`] and [`missing_requirements`] read of it, and what
+/// the caches keep of it ([`crate::cache::secret`]). A document that is not a JSON object is kept
+/// as it is (neither reads anything from it).
+pub fn data_source_names(document: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(document) {
+        Ok(names) => serde_json::to_vec(&names.keys().map(|n| (n, ())).collect::<BTreeMap<_, _>>())
+            .expect("names serialize"),
+        Err(_) => document.to_vec(),
+    }
+}
+
 /// Merges materialised data (of the workspace-wide and the app's EnvironmentConfig, lowest
 /// precedence first) into one configuration: a later layer's constant replaces an earlier one of
 /// the same name (whatever its type), its data source replaces one of the same name. Hashed with

@@ -301,6 +301,9 @@ async fn rotation_of_a_referenced_secret_is_rematerialised() {
             == Some("sk_old")
     })
     .await;
+    // Once its status reports it materialised, the operator's cache keeps none of the config's
+    // entries (`cache::config`): the rotation reads the config from the API again.
+    f.wait_ready("crm-dev", "Materialized").await;
 
     f.put_secret("creds", &[("pg", CANARY), ("stripe", "sk_rotated")])
         .await;

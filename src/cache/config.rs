@@ -1,11 +1,17 @@
 //! What the operator keeps in memory of each EnvironmentConfig.
 //!
 //! Every controller and the admission webhook read a cached config's metadata, its key (app and
-//! environment) and its status; only the EnvironmentConfig reconcile, when it checks or
-//! materialises, reads its data sources and constants. Typed, those are most of a cached config:
-//! every name, value, option and Secret reference a string of its own. A [`CachedConfig`] keeps
-//! them as the compact JSON they came in (one allocation), and [`CachedConfig::spec`] reads them
-//! back (the saving is measured in docs/benchmarks.md).
+//! environment) and its status; only the EnvironmentConfig reconcile, when it materialises, and
+//! the explanation of a configuration that cannot be materialised read its data sources and
+//! constants. Typed, those are most of a cached config: every name, value, option and Secret
+//! reference a string of its own. A [`CachedConfig`] keeps them as the compact JSON they came in
+//! (one allocation), and [`CachedConfig::spec`] reads them back.
+//!
+//! And only while they may be needed: a config whose status reports it materialised at its
+//! generation ([`materialised_as_is`]) keeps no entries, only the names of the Secrets they
+//! reference (what a rotation finds it by). That is every config of a converged installation,
+//! so a restarted operator holds none. Materialising such a config again (a referenced Secret
+//! rotated, its Secret edited or deleted) reads it from the API once ([`Entries::NotKept`]).
 
 use std::borrow::Cow;
 
@@ -19,15 +25,33 @@ use crate::api::{
 };
 
 /// An EnvironmentConfig as cached: metadata, key and status as they are, data sources and
-/// constants packed. Built from the object ([`CachedConfig::from`]).
+/// constants packed while they may be needed. Built from the object ([`CachedConfig::from`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedConfig {
     pub metadata: ObjectMeta,
     /// `spec.app` and `spec.environment`.
     pub spec: ConfigScope,
-    /// `spec.dataSources` and `spec.constants`, as JSON.
-    entries: Box<[u8]>,
+    /// The Secrets its data sources and constants reference, by name, sorted.
+    referenced: Box<[Box<str>]>,
+    /// `spec.dataSources` and `spec.constants`, as JSON; `None` when the status reports them
+    /// materialised ([`materialised_as_is`]).
+    entries: Option<Box<[u8]>>,
     pub status: Option<EnvironmentConfigStatus>,
+}
+
+/// Whether the status of a config with `metadata` reports its spec as it is materialised: Ready
+/// with reason Materialized, at its generation. Such a config's Secret holds what its entries
+/// make (the reconcile checks that before trusting it), so the entries are not kept.
+pub fn materialised_as_is(metadata: &ObjectMeta, status: Option<&EnvironmentConfigStatus>) -> bool {
+    status.is_some_and(|status| {
+        metadata.generation.is_some()
+            && status.observed_generation == metadata.generation
+            && status.conditions.iter().any(|c| {
+                c.type_ == crate::api::conditions::READY
+                    && c.status == "True"
+                    && c.reason == crate::api::conditions::MATERIALIZED
+            })
+    })
 }
 
 /// The part of a config's spec that says what it configures.
@@ -47,7 +71,7 @@ struct EntriesRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct Entries {
+struct PackedEntries {
     d: Vec<DataSource>,
     c: Vec<Constant>,
 }
@@ -59,20 +83,28 @@ impl From<EnvironmentConfig> for CachedConfig {
             spec,
             status,
         } = cfg;
-        let entries = serde_json::to_vec(&EntriesRef {
-            d: &spec.data_sources,
-            c: &spec.constants,
-        })
-        // Serialising typed values to a Vec does not fail (string keys, no I/O); were it to,
-        // the empty entries would fail to read back, never read as a spec without entries.
-        .unwrap_or_default()
-        .into_boxed_slice();
+        let referenced = crate::materialize::referenced_secrets(&spec)
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect();
+        let entries = (!materialised_as_is(&metadata, status.as_ref())).then(|| {
+            serde_json::to_vec(&EntriesRef {
+                d: &spec.data_sources,
+                c: &spec.constants,
+            })
+            // Serialising typed values to a Vec does not fail (string keys, no I/O); were it
+            // to, the empty entries would fail to read back, never read as a spec without
+            // entries.
+            .unwrap_or_default()
+            .into_boxed_slice()
+        });
         CachedConfig {
             metadata,
             spec: ConfigScope {
                 environment: spec.environment,
                 app: spec.app,
             },
+            referenced,
             entries,
             status,
         }
@@ -90,22 +122,40 @@ pub struct UnreadableSpec {
     column: usize,
 }
 
+/// A cached config's data sources and constants, as far as the cache holds them.
+#[derive(Debug, PartialEq)]
+pub enum Entries {
+    /// The whole spec, its data sources and constants unpacked.
+    Kept(EnvironmentConfigSpec),
+    /// Not kept: the status reports them materialised ([`materialised_as_is`]); read the
+    /// config from the API when they are needed.
+    NotKept,
+}
+
 impl CachedConfig {
-    /// The whole spec, its data sources and constants unpacked. An error only if the packed
-    /// entries cannot be read back: the caller fails the reconcile rather than act on a partial
-    /// spec.
-    pub fn spec(&self) -> Result<EnvironmentConfigSpec, UnreadableSpec> {
-        let Entries { d, c } =
-            serde_json::from_slice(&self.entries).map_err(|e| UnreadableSpec {
+    /// The whole spec, when its entries are kept. An error only if the packed entries cannot be
+    /// read back: the caller fails the reconcile rather than act on a partial spec.
+    pub fn spec(&self) -> Result<Entries, UnreadableSpec> {
+        let Some(entries) = &self.entries else {
+            return Ok(Entries::NotKept);
+        };
+        let packed: PackedEntries =
+            serde_json::from_slice(entries).map_err(|e| UnreadableSpec {
                 category: e.classify(),
                 column: e.column(),
             })?;
-        Ok(EnvironmentConfigSpec {
+        Ok(Entries::Kept(EnvironmentConfigSpec {
             environment: self.spec.environment.clone(),
             app: self.spec.app.clone(),
-            data_sources: d,
-            constants: c,
-        })
+            data_sources: packed.d,
+            constants: packed.c,
+        }))
+    }
+
+    /// The names of the Secrets its data sources and constants reference
+    /// ([`crate::materialize::referenced_secrets`]), kept whether or not the entries are.
+    pub fn referenced(&self) -> std::collections::BTreeSet<String> {
+        self.referenced.iter().map(|s| s.to_string()).collect()
     }
 }
 
@@ -171,7 +221,7 @@ mod tests {
     fn the_spec_reads_back_exactly() {
         let cfg = config();
         let cached = CachedConfig::from(cfg.clone());
-        assert_eq!(cached.spec().unwrap(), cfg.spec);
+        assert_eq!(cached.spec().unwrap(), Entries::Kept(cfg.spec));
         assert_eq!(cached.spec.app.as_deref(), Some("crm"));
         assert_eq!(cached.spec.environment, "staging");
         assert_eq!(cached.metadata, cfg.metadata);
@@ -181,7 +231,7 @@ mod tests {
     #[test]
     fn entries_that_cannot_be_read_back_are_an_error_that_shows_no_value() {
         let mut cached = CachedConfig::from(config());
-        cached.entries = br#"{"d":[],"c":[{"name":"API_URL","value":"s3cr3t"#.to_vec().into();
+        cached.entries = Some(br#"{"d":[],"c":[{"name":"API_URL","value":"s3cr3t"#.to_vec().into());
         let error = cached.spec().unwrap_err().to_string();
         assert!(error.contains("could not be read back"), "{error}");
         assert!(
@@ -196,7 +246,49 @@ mod tests {
         cfg.spec.app = None;
         cfg.spec.data_sources.clear();
         cfg.spec.constants.clear();
-        assert_eq!(CachedConfig::from(cfg.clone()).spec().unwrap(), cfg.spec);
+        assert_eq!(
+            CachedConfig::from(cfg.clone()).spec().unwrap(),
+            Entries::Kept(cfg.spec)
+        );
+    }
+
+    /// `config()`'s status, reporting it materialised at `generation`.
+    fn materialised_at(generation: i64) -> EnvironmentConfig {
+        let mut cfg = config();
+        cfg.status = Some(serde_json::from_value(json!({
+            "observedGeneration": generation, "hash": "abc",
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "Materialized",
+                "message": "materialised into Secret tooljet.staging.crm",
+                "lastTransitionTime": "2026-12-07T00:00:00Z", "observedGeneration": generation }],
+        }))
+        .unwrap());
+        cfg
+    }
+
+    #[test]
+    fn a_config_materialised_at_its_generation_keeps_only_the_names_of_its_secrets() {
+        let cached = CachedConfig::from(materialised_at(2));
+        assert_eq!(cached.spec().unwrap(), Entries::NotKept);
+        assert_eq!(cached.referenced(), ["creds".to_string()].into());
+        // Anything else keeps the entries: another generation, not Ready, another reason.
+        let mut others = vec![materialised_at(1)];
+        for (field, value) in [("status", "False"), ("reason", "SecretNotFound")] {
+            let mut cfg = materialised_at(2);
+            let mut status = serde_json::to_value(cfg.status.take()).unwrap();
+            status["conditions"][0][field] = json!(value);
+            cfg.status = serde_json::from_value(status).unwrap();
+            others.push(cfg);
+        }
+        for cfg in others {
+            let cached = CachedConfig::from(cfg.clone());
+            assert_eq!(
+                cached.spec().unwrap(),
+                Entries::Kept(cfg.spec),
+                "{:?}",
+                cfg.status
+            );
+            assert_eq!(cached.referenced(), ["creds".to_string()].into());
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! judged by the owner's UID, [`crate::cache::ownership::controlled_by`]) and a digest of every field; the
 //! values of the operator's own labels and of its content-hash annotation, as plain fields rather
 //! than maps; a SHA-256 digest of its data, to tell an edit from the content the operator wrote;
-//! and, for a stage configuration's Secret only, its data, packed into one allocation, because
-//! every version of the stage reads it ([`crate::cache::stage::resolve`]). A version's resolved Secret
-//! is read by nothing but workloads.
+//! and, for a stage configuration's Secret only, its constants and the names of its data
+//! sources, packed into one allocation, because every version of the stage reads them
+//! ([`crate::cache::stage::resolve`]): the data sources' options are read by ToolJet from the
+//! Secret, never by the operator from its cache. A version's resolved Secret is read by nothing
+//! but workloads.
 //!
 //! It is not a kube `Resource` (which must lend out a whole `ObjectMeta`, 360 bytes inline and
 //! mostly empty); kube's store keys it through [`Lookup`], and the controllers are triggered by
@@ -32,7 +34,7 @@ use crate::{
         APP_LABEL, ENVIRONMENT_LABEL, GROUP, HASH_ANNOTATION, INPUTS_ANNOTATION, KIND_LABEL,
         MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretKind,
     },
-    materialize::{FORMAT, HashKey, hex},
+    materialize::{DATASOURCES_KEY, FORMAT, HashKey, data_source_names, hex},
 };
 
 /// A managed Secret as cached. Built from the Secret ([`ManagedSecret::from`]); read through its
@@ -57,7 +59,8 @@ pub struct ManagedSecret {
     digest: [u8; 32],
     /// The inputs annotation, decoded ([`inputs_annotation`]).
     inputs: Option<[u8; 32]>,
-    /// A stage configuration's data, packed ([`pack`]).
+    /// A stage configuration's data, packed ([`pack`]), its data source document reduced to
+    /// the names ([`crate::materialize::data_source_names`]).
     layer: Option<Box<[u8]>>,
 }
 
@@ -109,11 +112,17 @@ impl From<Secret> for ManagedSecret {
         let annotation = |key: &str| metadata.annotations.as_ref().and_then(|a| a.get(key));
         let kind = label(KIND_LABEL).and_then(SecretKind::of_label);
         let layer = (kind == Some(SecretKind::Stage)).then(|| {
-            pack(
-                data.iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str(), v.0.as_slice())),
-            )
+            let sources = data
+                .as_ref()
+                .and_then(|d| d.get(DATASOURCES_KEY))
+                .map(|d| data_source_names(&d.0));
+            pack(data.iter().flatten().map(|(k, v)| {
+                let value = match &sources {
+                    Some(names) if k == DATASOURCES_KEY => names.as_slice(),
+                    _ => v.0.as_slice(),
+                };
+                (k.as_str(), value)
+            }))
         });
         let owner_references = metadata.owner_references.as_deref().unwrap_or_default();
         ManagedSecret {
@@ -205,7 +214,8 @@ impl ManagedSecret {
             .is_some_and(|recorded| recorded == inputs_mac(key, &self.digest, self.hash(), inputs))
     }
 
-    /// The data of a stage configuration's Secret; `None` for any other.
+    /// The data of a stage configuration's Secret, its data source document reduced to the
+    /// data sources' names; `None` for any other Secret.
     pub fn layer(&self) -> Option<BTreeMap<String, Vec<u8>>> {
         self.layer.as_deref().map(unpack)
     }
@@ -427,6 +437,45 @@ mod tests {
             type_: Some("Opaque".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_stage_secret_keeps_the_names_of_its_data_sources_not_their_options() {
+        let mut stage = secret(STAGE_SECRET_KIND);
+        let document = serde_json::json!({
+            "db": { "kind": "postgresql", "options": { "host": "canary-7f3a9c.internal", "password": "{{secrets.DB}}" } },
+            "api": { "kind": "restapi", "options": { "url": "https://canary-7f3a9c" } },
+        });
+        stage.data.as_mut().unwrap().insert(
+            DATASOURCES_KEY.into(),
+            ByteString(serde_json::to_vec(&document).unwrap()),
+        );
+        let cached = ManagedSecret::from(stage.clone());
+        let layer = cached.layer().unwrap();
+        assert_eq!(layer[DATASOURCES_KEY], br#"{"api":null,"db":null}"#);
+        assert_eq!(layer["A"], b"1", "constants are kept whole");
+        assert!(
+            !format!("{cached:?}").contains("canary"),
+            "no option is kept"
+        );
+        // The digest is of the whole data: an edit of an option is still told from ours.
+        assert!(cached.holds(&stage));
+        let mut edited = stage.clone();
+        edited.data.as_mut().unwrap().insert(
+            DATASOURCES_KEY.into(),
+            ByteString(br#"{"api":{"kind":"restapi"},"db":{"kind":"mysql"}}"#.to_vec()),
+        );
+        assert!(!cached.holds(&edited));
+        // A document that is not an object is kept as it is (nothing reads a name from it).
+        let mut odd = stage;
+        odd.data
+            .as_mut()
+            .unwrap()
+            .insert(DATASOURCES_KEY.into(), ByteString(b"[1]".to_vec()));
+        assert_eq!(
+            ManagedSecret::from(odd).layer().unwrap()[DATASOURCES_KEY],
+            b"[1]"
+        );
     }
 
     #[test]

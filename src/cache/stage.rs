@@ -18,7 +18,8 @@ use crate::api::conditions;
 use crate::materialize::{HashKey, Materialized, merge_layers, secret_name};
 
 /// The merged configuration of (app, environment) from the materialised stage Secrets, workspace
-/// first, hashed with `key`. Reads only the caches. A Secret of a stage's name is a layer only
+/// first, hashed with `key`: the constants, and the data source document with the data sources'
+/// names only (what the caches keep: [`ManagedSecret::layer`]). Reads only the caches. A Secret of a stage's name is a layer only
 /// when [`is_stage_config`] says so; any other is ignored, its content never read.
 pub fn resolve(
     key: &HashKey,
@@ -80,7 +81,11 @@ pub fn explain_missing(
         .chain(lookups.configs_for(ns, None, stage))
         .filter_map(|c| {
             let why = unmaterialisable(&c)?.to_string();
-            Some((c.name_any(), c.spec().ok()?, why))
+            // Kept: a config that cannot be materialised never reports itself materialised.
+            match c.spec().ok()? {
+                crate::cache::config::Entries::Kept(spec) => Some((c.name_any(), spec, why)),
+                crate::cache::config::Entries::NotKept => None,
+            }
         })
         .collect();
     missing

@@ -333,7 +333,8 @@ struct Found {
     app: Option<Arc<ToolJetApp>>,
     /// What the version's definition references.
     references: Arc<References>,
-    /// The stage's configuration merged (workspace, then app), data source document included.
+    /// The stage's configuration merged (workspace, then app): the constants, and the data
+    /// source document with the data sources' names only.
     resolved: Materialized,
     /// What the version's resolved Secret holds: the constants of `resolved`.
     published: Materialized,

@@ -32,17 +32,17 @@ use super::{
 };
 use crate::{
     api::{
-        EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION, MANAGED_BY_LABEL,
-        MANAGED_BY_VALUE, STAGE_SECRET_KIND, conditions,
+        EnvironmentConfig, EnvironmentConfigSpec, EnvironmentConfigStatus, INPUTS_ANNOTATION,
+        MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_SECRET_KIND, conditions,
     },
     cache::{
-        CachedConfig, Lookups, ManagedSecret, controlled_by,
+        CachedConfig, Lean, Lookups, ManagedSecret,
+        config::Entries,
+        controlled_by,
         secret::{Inputs, OwnerKind, inputs_annotation},
     },
     cache::{Hubs, triggers},
-    materialize::{
-        Materialized, SecretData, Unresolved, materialize, referenced_secrets, secret_name,
-    },
+    materialize::{Materialized, SecretData, Unresolved, materialize, secret_name},
 };
 
 /// This controller's name in metrics and logs.
@@ -206,6 +206,9 @@ enum Outcome {
     Unresolved(Vec<Unresolved>),
     Conflict(Vec<String>),
     SecretTaken(String),
+    /// The config's entries were not cached and the API holds a newer config than the cache:
+    /// nothing was done; the newer config's event comes.
+    Behind,
 }
 
 #[instrument(skip_all, fields(kind = "EnvironmentConfig", namespace = cfg.namespace().unwrap_or_default(), name = cfg.name_any()))]
@@ -219,15 +222,18 @@ pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Acti
         ctx.refs.remove(&ns, &name);
         return Ok(Action::await_change());
     }
-    let spec = cfg.spec()?;
-    let referenced = referenced_secrets(&spec);
+    let referenced = cfg.referenced();
     ctx.refs.set(&ns, &name, referenced.clone());
 
-    let outcome = outcome(&cfg, &spec, &ctx, &ns, referenced).await?;
-    report(&cfg, &ctx, &outcome).await?;
+    let outcome = outcome(&cfg, &ctx, &ns, referenced).await?;
+    if !matches!(outcome, Outcome::Behind) {
+        report(&cfg, &ctx, &outcome).await?;
+    }
     Ok(match outcome {
         // Converged: the next change of the config, its Secrets or its siblings wakes it.
         Outcome::Materialized { .. } | Outcome::Current => Action::await_change(),
+        // The cache is behind the config read from the API: its event wakes this again.
+        Outcome::Behind => Action::requeue(RECHECK),
         // Waiting states that events end; the recheck is a safety net for a missed event.
         Outcome::Conflict(_) | Outcome::SecretTaken(_) | Outcome::Unresolved(_) => {
             Action::requeue(RECHECK)
@@ -239,7 +245,6 @@ pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Acti
 /// apply (the stage Secret, and the Secret of a key it no longer has).
 async fn outcome(
     cfg: &CachedConfig,
-    spec: &EnvironmentConfigSpec,
     ctx: &Context,
     ns: &str,
     referenced: std::collections::BTreeSet<String>,
@@ -257,9 +262,16 @@ async fn outcome(
         return Ok(Outcome::Current);
     }
 
+    let spec = match cfg.spec()? {
+        Entries::Kept(spec) => spec,
+        Entries::NotKept => match stored_spec(ctx, cfg, ns).await? {
+            Some(spec) => spec,
+            None => return Ok(Outcome::Behind),
+        },
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let (data, versions) = read_referenced(ctx, &secrets, ns, &referenced).await?;
-    let materialized = match materialize(&ctx.hash_key, &spec.environment, &[spec], &data) {
+    let materialized = match materialize(&ctx.hash_key, &spec.environment, &[&spec], &data) {
         Ok(m) => m,
         Err(problems) => return Ok(Outcome::Unresolved(problems)),
     };
@@ -280,6 +292,25 @@ async fn outcome(
         secret: target,
         change,
     })
+}
+
+/// The spec of `cfg` read from the API, for a config whose status reports it materialised, so
+/// that the cache keeps no entries ([`crate::cache::config`]): needed again when a referenced
+/// Secret rotated or its Secret was changed. `None` when the API holds another resourceVersion
+/// than the cache (the cache's event for it comes) or no such config.
+async fn stored_spec(
+    ctx: &Context,
+    cfg: &CachedConfig,
+    ns: &str,
+) -> Result<Option<EnvironmentConfigSpec>, Error> {
+    let api: Api<Lean<EnvironmentConfig>> = Api::namespaced(ctx.client.clone(), ns);
+    let stored = api.get_opt(&cfg.name_any()).await.at(Step::ReadConfig)?;
+    Ok(stored
+        .filter(|Lean(stored)| {
+            stored.metadata.resource_version == cfg.metadata.resource_version
+                && stored.metadata.uid == cfg.metadata.uid
+        })
+        .map(|Lean(stored)| stored.spec))
 }
 
 /// The data of the referenced Secrets that exist, and the resourceVersion of each. Reads from
@@ -511,7 +542,8 @@ fn desired_status(cfg: &CachedConfig, outcome: &Outcome) -> EnvironmentConfigSta
     let generation = cfg.metadata.generation;
     status.observed_generation = generation;
     let ready = match outcome {
-        Outcome::Current => return status,
+        // Behind is never reported (see `reconcile`); were it, nothing would change.
+        Outcome::Current | Outcome::Behind => return status,
         Outcome::Materialized {
             materialized,
             secret,
@@ -614,7 +646,7 @@ async fn report(cfg: &CachedConfig, ctx: &Context, outcome: &Outcome) -> Result<
             )
             .await;
         }
-        Outcome::Materialized { .. } | Outcome::Current => {}
+        Outcome::Materialized { .. } | Outcome::Current | Outcome::Behind => {}
         _ => {
             if let Some(after) = failure {
                 warn!(reason = %after.reason, message = %after.message, "EnvironmentConfig not materialised");
@@ -666,7 +698,10 @@ mod tests {
 
     fn materialized(cfg: &CachedConfig) -> Materialized {
         let key = crate::materialize::HashKey::new(&[5; 32]).unwrap();
-        materialize(&key, "staging", &[&cfg.spec().unwrap()], &SecretData::new()).unwrap()
+        let Entries::Kept(spec) = cfg.spec().unwrap() else {
+            panic!("a config not yet materialised keeps its entries")
+        };
+        materialize(&key, "staging", &[&spec], &SecretData::new()).unwrap()
     }
 
     /// A Secret named like `cfg`'s target, labelled managed-by, controlled by `owner_uid` (if any).

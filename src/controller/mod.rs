@@ -84,6 +84,7 @@ pub enum Step {
     RollBack,
     ReadNotification,
     ReadEndpointSecret,
+    ReadConfig,
 }
 
 impl Step {
@@ -104,6 +105,7 @@ impl Step {
             Step::RollBack => "RollBack",
             Step::ReadNotification => "ReadNotification",
             Step::ReadEndpointSecret => "ReadEndpointSecret",
+            Step::ReadConfig => "ReadConfig",
         }
     }
 
@@ -126,6 +128,9 @@ impl Step {
             Step::RollBack => "releasing the previous release again (automatic rollback)",
             Step::ReadNotification => "reading a Notification's delivery cursor",
             Step::ReadEndpointSecret => "reading the Secret that holds a Notification's URL",
+            Step::ReadConfig => {
+                "reading an EnvironmentConfig whose entries the cache does not keep"
+            }
         }
     }
 }
