@@ -262,15 +262,22 @@ async fn outcome(
         return Ok(Outcome::Current);
     }
 
-    let spec = match cfg.spec()? {
-        Entries::Kept(spec) => spec,
-        Entries::NotKept => match stored_spec(ctx, cfg, ns).await? {
-            Some(spec) => spec,
-            None => return Ok(Outcome::Behind),
-        },
-    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let (data, versions) = read_referenced(ctx, &secrets, ns, &referenced).await?;
+    // A config whose entries the cache does not keep is read beside the referenced Secrets (a
+    // rotation reads both): one round trip, not two.
+    let entries = cfg.spec()?;
+    let (spec, (data, versions)) = tokio::try_join!(
+        async {
+            match entries {
+                Entries::Kept(spec) => Ok(Some(spec)),
+                Entries::NotKept => stored_spec(ctx, cfg, ns).await,
+            }
+        },
+        read_referenced(ctx, &secrets, ns, &referenced),
+    )?;
+    let Some(spec) = spec else {
+        return Ok(Outcome::Behind);
+    };
     let materialized = match materialize(&ctx.hash_key, &spec.environment, &[&spec], &data) {
         Ok(m) => m,
         Err(problems) => return Ok(Outcome::Unresolved(problems)),
