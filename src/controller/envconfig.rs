@@ -206,8 +206,8 @@ enum Outcome {
     Unresolved(Vec<Unresolved>),
     Conflict(Vec<String>),
     SecretTaken(String),
-    /// The config's entries were not cached and the API holds a newer config than the cache:
-    /// nothing was done; the newer config's event comes.
+    /// The config's entries were not cached and the API holds a newer generation of it than
+    /// the cache: nothing was done; that generation's event wakes the controller.
     Behind,
 }
 
@@ -232,7 +232,7 @@ pub async fn reconcile(cfg: Arc<CachedConfig>, ctx: Arc<Context>) -> Result<Acti
     Ok(match outcome {
         // Converged: the next change of the config, its Secrets or its siblings wakes it.
         Outcome::Materialized { .. } | Outcome::Current => Action::await_change(),
-        // The cache is behind the config read from the API: its event wakes this again.
+        // The cache is behind the config's generation in the API: its event wakes this again.
         Outcome::Behind => Action::requeue(RECHECK),
         // Waiting states that events end; the recheck is a safety net for a missed event.
         Outcome::Conflict(_) | Outcome::SecretTaken(_) | Outcome::Unresolved(_) => {
@@ -303,8 +303,10 @@ async fn outcome(
 
 /// The spec of `cfg` read from the API, for a config whose status reports it materialised, so
 /// that the cache keeps no entries ([`crate::cache::config`]): needed again when a referenced
-/// Secret rotated or its Secret was changed. `None` when the API holds another resourceVersion
-/// than the cache (the cache's event for it comes) or no such config.
+/// Secret rotated or its Secret was changed. The stored config may be newer than the cached one
+/// (its own status write, a label): at the same generation its spec is the same (every change of
+/// a spec is a new generation). `None` when the API holds another generation (the spec changed;
+/// that change's event wakes this controller) or no such config.
 async fn stored_spec(
     ctx: &Context,
     cfg: &CachedConfig,
@@ -314,7 +316,7 @@ async fn stored_spec(
     let stored = api.get_opt(&cfg.name_any()).await.at(Step::ReadConfig)?;
     Ok(stored
         .filter(|Lean(stored)| {
-            stored.metadata.resource_version == cfg.metadata.resource_version
+            stored.metadata.generation == cfg.metadata.generation
                 && stored.metadata.uid == cfg.metadata.uid
         })
         .map(|Lean(stored)| stored.spec))
