@@ -333,15 +333,7 @@ async fn an_apiserver_restart_during_convergence_and_admissions_loses_nothing() 
     let _serial = SERIAL.lock().await;
     let client = client().await;
     let mut rng = Rng::new();
-    let mut operator = Replica::start("restart", None, true, &[]);
-    operator.ready().await;
-    let _admission = Admission::install(
-        &client,
-        &format!("https://{}", operator.webhook.unwrap()),
-        None,
-    )
-    .await;
-    wait_for_admission(&client).await;
+    let (mut operator, _admission) = admitting(&client, "restart").await;
     let apps = if faults::long() { 100 } else { 12 };
     let fleet = Arc::new(Fleet::new(&client, "restart", apps).await);
     let changes = stream(fleet.clone(), &mut rng);
@@ -370,6 +362,21 @@ async fn an_apiserver_restart_during_convergence_and_admissions_loses_nothing() 
         secs(took)
     );
     faults::assert_no_canary(&[operator.log()], &fleet.canary);
+}
+
+/// A replica named `name` serving the webhook, registered by URL (with the CA the replica puts
+/// in the configurations) and answering through the apiserver.
+async fn admitting(client: &Client, name: &str) -> (Replica, Admission) {
+    let operator = Replica::start(name, None, true, &[]);
+    operator.ready().await;
+    let admission = Admission::install(
+        client,
+        &format!("https://{}", operator.webhook.unwrap()),
+        None,
+    )
+    .await;
+    wait_for_admission(client).await;
+    (operator, admission)
 }
 
 /// Waits until the webhook answers through the apiserver (a dry-run create in a fresh namespace
@@ -404,15 +411,7 @@ async fn wait_for_admission(client: &Client) {
 async fn a_review_the_apiserver_cannot_feed_is_refused_in_time_with_why() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let operator = Replica::start("deadline", None, true, &[]);
-    operator.ready().await;
-    let _admission = Admission::install(
-        &client,
-        &format!("https://{}", operator.webhook.unwrap()),
-        None,
-    )
-    .await;
-    wait_for_admission(&client).await;
+    let (operator, _admission) = admitting(&client, "deadline").await;
     let ns = support::namespace(&client, "deadline").await;
     let definition = testenv::definitions::realistic(2048, 0);
     // The app and a first version, so the webhook's cache holds the app: the stalled read is
@@ -746,15 +745,7 @@ fn issue(ca_pem: &str, ca_key_pem: &str, days: i64) -> (String, String) {
 async fn a_self_managed_certificate_renews_without_a_failed_admission() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let operator = Replica::start("rotate-self", None, true, &[]);
-    operator.ready().await;
-    let _admission = Admission::install(
-        &client,
-        &format!("https://{}", operator.webhook.unwrap()),
-        None,
-    )
-    .await;
-    wait_for_admission(&client).await;
+    let (operator, _admission) = admitting(&client, "rotate-self").await;
     let fleet = Fleet::new(&client, "rotate-self", 1).await;
     let probe = Probe::start(&client, &fleet.ns, "a0");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -996,15 +987,7 @@ async fn under_memory_pressure_other_namespaces_converge_and_admission_answers()
     let _serial = SERIAL.lock().await;
     let client = client().await;
     let mut rng = Rng::new();
-    let operator = Replica::start("pressure", None, true, &[]);
-    operator.ready().await;
-    let _admission = Admission::install(
-        &client,
-        &format!("https://{}", operator.webhook.unwrap()),
-        None,
-    )
-    .await;
-    wait_for_admission(&client).await;
+    let (operator, _admission) = admitting(&client, "pressure").await;
     let pid = operator.operator.pid();
     let (_, idle) = memory(pid);
     let other = Fleet::new(&client, "calm", 3).await;
@@ -1151,15 +1134,7 @@ async fn restarted(name: &str, addr: SocketAddr) -> (Replica, u64) {
 async fn a_restarted_operator_reads_no_definition() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
-    let operator = Replica::start("definitions", None, true, &[]);
-    operator.ready().await;
-    let _admission = Admission::install(
-        &client,
-        &format!("https://{}", operator.webhook.unwrap()),
-        None,
-    )
-    .await;
-    wait_for_admission(&client).await;
+    let (operator, _admission) = admitting(&client, "definitions").await;
     let versions = if faults::long() { 200 } else { 24 };
     let max = tooljet_operator::webhook::limits::MAX_DEFINITION_BYTES;
     let mut large = testenv::definitions::realistic(max - 96 * 1024, 0);
