@@ -37,7 +37,7 @@ use crate::{
     },
     cache::{
         CachedConfig, Lean, Lookups, ManagedSecret,
-        config::Entries,
+        config::{Entries, materialised_as_is},
         controlled_by,
         secret::{Inputs, OwnerKind, inputs_annotation},
     },
@@ -466,14 +466,8 @@ fn current(
     let Some(status) = cfg.status.as_ref() else {
         return false;
     };
-    let reported = cfg.metadata.generation.is_some()
-        && status.observed_generation == cfg.metadata.generation
-        && status.secret_name.as_deref() == Some(target)
-        && status.conditions.iter().any(|c| {
-            c.type_ == conditions::READY
-                && c.status == "True"
-                && c.reason == conditions::MATERIALIZED
-        });
+    let reported = materialised_as_is(&cfg.metadata, Some(status))
+        && status.secret_name.as_deref() == Some(target);
     if !reported {
         return false;
     }
