@@ -20,7 +20,7 @@ use std::{
 use kube::core::admission::Operation;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Metric, Registry},
 };
 
@@ -250,6 +250,28 @@ pub struct Metrics {
     pub admission_duration: Family<WebhookLabels, Histogram>,
     pub access_reviews: Family<AccessLabels, Counter>,
     pub notifications: Family<NotificationLabels, Counter>,
+    heap: Option<HeapGauges>,
+}
+
+/// What the process's allocator holds, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heap {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes in the resident pages the allocator maps: live allocations, freed memory not yet
+    /// handed back to the system, and its own metadata. The process's RSS less this is code,
+    /// stacks and what is not allocated through it.
+    pub resident: u64,
+}
+
+/// How the binary reads its allocator's figures (`None` when it cannot).
+pub type HeapReader = fn() -> Option<Heap>;
+
+/// The heap gauges, set from `read` when `/metrics` is rendered.
+struct HeapGauges {
+    read: HeapReader,
+    allocated: Gauge,
+    resident: Gauge,
 }
 
 /// The delivery metrics. Private: they are recorded through [`Metrics`]' methods, which bound
@@ -311,8 +333,17 @@ impl Delivery {
 }
 
 impl Default for Metrics {
-    /// Every family registered, and the series of the closed label sets started at zero.
+    /// Every family registered, and the series of the closed label sets started at zero; no
+    /// heap figures.
     fn default() -> Self {
+        Metrics::with_heap(None)
+    }
+}
+
+impl Metrics {
+    /// [`Metrics::default`], and the heap figures `heap` reads (the binary's allocator), set
+    /// each time `/metrics` is rendered.
+    pub fn with_heap(heap: Option<HeapReader>) -> Self {
         let mut registry = Registry::with_prefix("tooljet_operator");
         let r = &mut registry;
         // Fields are initialised in the order written, so the families are registered (and
@@ -381,6 +412,21 @@ impl Default for Metrics {
                 "Notification delivery attempts, by event type and result",
                 Family::default(),
             ),
+            heap: heap.map(|read| HeapGauges {
+                read,
+                allocated: register(
+                    r,
+                    "heap_allocated_bytes",
+                    "Bytes in live allocations, as the allocator reports them",
+                    Gauge::default(),
+                ),
+                resident: register(
+                    r,
+                    "heap_resident_bytes",
+                    "Bytes in the resident pages the allocator maps (live, freed not yet returned, its metadata)",
+                    Gauge::default(),
+                ),
+            }),
             registry,
         };
         metrics.start_access_series();
@@ -533,6 +579,16 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(gauges) = &self.heap
+            && let Some(heap) = (gauges.read)()
+        {
+            gauges
+                .allocated
+                .set(i64::try_from(heap.allocated).unwrap_or(i64::MAX));
+            gauges
+                .resident
+                .set(i64::try_from(heap.resident).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -708,6 +764,32 @@ impl Drop for ReconcileGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heap_is_read_when_rendered_and_only_when_a_reader_is_given() {
+        fn heap() -> Option<Heap> {
+            Some(Heap {
+                allocated: 41 << 20,
+                resident: 57 << 20,
+            })
+        }
+        let text = Metrics::with_heap(Some(heap)).render();
+        assert!(
+            text.contains("tooljet_operator_heap_allocated_bytes 42991616\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tooljet_operator_heap_resident_bytes 59768832\n"),
+            "{text}"
+        );
+        assert!(!Metrics::default().render().contains("heap_"));
+        // A reader that cannot read leaves the gauges as they were (zero), never fails.
+        let text = Metrics::with_heap(Some(|| None)).render();
+        assert!(
+            text.contains("tooljet_operator_heap_allocated_bytes 0\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_every_family() {

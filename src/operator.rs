@@ -56,6 +56,9 @@ pub struct Options {
     /// How `/healthz` judges the replica.
     pub liveness: Liveness,
     pub webhook: Option<WebhookOptions>,
+    /// How `/metrics` reads the allocator's figures (`tooljet_operator_heap_*_bytes`); the
+    /// binary's allocator knows them, a library user's may not.
+    pub heap: Option<crate::metrics::HeapReader>,
 }
 
 /// How `/healthz` (the liveness probe) judges the replica.
@@ -88,7 +91,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
             .await
             .context("loading the installation's content-hash key")?,
     );
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_heap(options.heap));
     metrics.prime(
         &controller::CONTROLLERS,
         controller::Step::WriteStatus.label(),

@@ -1,6 +1,6 @@
 //! Health endpoints, in a test binary of its own (its control plane starts without the CRDs):
 //! /readyz is false until the caches have synced, /healthz answers from the start, /metrics
-//! exposes every family.
+//! exposes every family, the allocator's figures among them.
 
 mod support;
 
@@ -40,6 +40,8 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
         "tooljet_operator_admission_requests_total",
         "tooljet_operator_admission_duration_seconds",
         "tooljet_operator_notifications_total",
+        "tooljet_operator_heap_allocated_bytes",
+        "tooljet_operator_heap_resident_bytes",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {family}"))
@@ -47,4 +49,16 @@ async fn readyz_waits_for_the_caches_and_metrics_expose_every_family() {
             "{family} missing:\n{metrics}"
         );
     }
+    // The binary's allocator answers: something is live (the caches, the runtime), and the
+    // resident pages hold at least that, within the process's RSS.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no value:\n{metrics}"))
+    };
+    let allocated = gauge("tooljet_operator_heap_allocated_bytes");
+    let resident = gauge("tooljet_operator_heap_resident_bytes");
+    assert!(allocated > 100_000.0, "{allocated}");
+    assert!(resident >= allocated, "{resident} < {allocated}");
 }

@@ -34,6 +34,9 @@ pub struct Idle {
     /// The restarted operator's CPU seconds in the window (its whole life).
     pub operator_cpu_seconds: f64,
     pub cpu: PhaseCpu,
+    /// The leader's allocator figures at the end of the window; absent from older results.
+    #[serde(default)]
+    pub heap: Option<crate::results::HeapMib>,
 }
 
 impl Idle {
@@ -51,12 +54,14 @@ impl Idle {
         let cpu = Snapshot::take(processes).since(cpu_before);
         let after = cluster.requests(&WRITE_VERBS, &WRITTEN).await?;
         let writes_by_request = difference(before, &after);
-        let operator_writes = match leader.metrics().await {
+        let scrape = leader.metrics().await;
+        let operator_writes = match &scrape {
             Some(scrape) if scrape.has("tooljet_operator_writes_total") => {
                 Some(scrape.sum("tooljet_operator_writes_total", |_| true))
             }
             _ => None,
         };
+        let heap = scrape.as_ref().and_then(crate::results::HeapMib::of);
         Ok(Idle {
             seconds,
             writes: writes_by_request.values().sum(),
@@ -64,6 +69,7 @@ impl Idle {
             operator_writes,
             operator_cpu_seconds: cpu.seconds.get("operator").copied().unwrap_or(f64::NAN),
             cpu,
+            heap,
         })
     }
 }

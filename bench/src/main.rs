@@ -44,7 +44,9 @@ use crate::{
     cpu::Snapshot,
     floors::{CONTRACT_FLOOR_NS, Floor, SECRET_FLOOR_NS},
     replicas::Replicas,
-    results::{Changes, Convergence, Repetition, Results, Role, ScalePoint, Spreads, StatusBytes},
+    results::{
+        Changes, Convergence, HeapMib, Repetition, Results, Role, ScalePoint, Spreads, StatusBytes,
+    },
     rss::{Sampler, Spread},
     workload::{Definitions, Workload, apply_all},
 };
@@ -342,19 +344,24 @@ async fn repetition(
     s.replicas.leader.wait_quiet().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let steady_kib = s.replicas.leader.memory_kib("VmRSS:");
+    let heap_steady = match s.replicas.leader.metrics().await {
+        Some(scrape) => HeapMib::of(&scrape),
+        None => None,
+    };
     let rss = sampler.phase("operator", acquired, converged);
     let standby_rss = sampler.phase("standby", acquired, converged);
     let seconds = took.as_secs_f64();
     println!(
         "   converged in {seconds:.2}s after the leader's election ({:.2}s after the hand-over; \
          {:.2}x the contract floor, {:.2}x the Secret floor); RSS peak {:.1} MiB, median {:.1}, \
-         steady {:.1}",
+         steady {:.1} ({})",
         converged.duration_since(handed).as_secs_f64(),
         seconds / contract_floor.seconds,
         seconds / secret_floor.seconds,
         rss.peak_mib,
         rss.median_mib,
-        steady_kib as f64 / 1024.0
+        steady_kib as f64 / 1024.0,
+        HeapMib::describe(heap_steady)
     );
     println!("   CPU s while converging: {}", cpu.describe());
     Ok((
@@ -367,6 +374,7 @@ async fn repetition(
                 requests,
                 rss_peak_mib: rss.peak_mib,
                 rss_steady_mib: steady_kib as f64 / 1024.0,
+                heap_steady,
             },
             from_hand_over_seconds: converged.duration_since(handed).as_secs_f64(),
             rss,
@@ -531,8 +539,12 @@ async fn run_point(
     .await?;
     point.rss_phases.extend([phase("restart and idle", t)]);
     println!(
-        "   idle {} s after a restart: {} writes {:?}, operator CPU {:.2} s",
-        idle.seconds, idle.writes, idle.writes_by_request, idle.operator_cpu_seconds
+        "   idle {} s after a restart: {} writes {:?}, operator CPU {:.2} s ({})",
+        idle.seconds,
+        idle.writes,
+        idle.writes_by_request,
+        idle.operator_cpu_seconds,
+        HeapMib::describe(idle.heap)
     );
 
     // Admission: the standby serves it, asking the apiserver on every access.

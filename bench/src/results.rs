@@ -95,6 +95,42 @@ pub struct Convergence {
     pub rss_peak_mib: f64,
     /// 5 s after the operator went quiet.
     pub rss_steady_mib: f64,
+    /// Its allocator's figures at the same moment (`/metrics`); absent from older results.
+    #[serde(default)]
+    pub heap_steady: Option<HeapMib>,
+}
+
+/// What the operator's allocator reported (`tooljet_operator_heap_*_bytes`), in MiB: live
+/// allocations, and the resident pages it maps (live, freed not yet returned, metadata).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct HeapMib {
+    pub allocated: f64,
+    pub resident: f64,
+}
+
+impl HeapMib {
+    /// Read from a scrape of `/metrics`; `None` if the operator exports no heap figures.
+    pub fn of(scrape: &crate::prom::Scrape) -> Option<HeapMib> {
+        let mib = |name: &str| {
+            scrape
+                .has(name)
+                .then(|| scrape.sum(name, |_| true) / (1024.0 * 1024.0))
+        };
+        Some(HeapMib {
+            allocated: mib("tooljet_operator_heap_allocated_bytes")?,
+            resident: mib("tooljet_operator_heap_resident_bytes")?,
+        })
+    }
+
+    pub fn describe(heap: Option<HeapMib>) -> String {
+        match heap {
+            Some(h) => format!(
+                "heap {:.1} MiB live, {:.1} MiB resident",
+                h.allocated, h.resident
+            ),
+            None => "heap not reported".into(),
+        }
+    }
 }
 
 /// One repetition of a point: its floors (the fastest of the swept concurrencies) and the
@@ -470,6 +506,12 @@ impl Results {
             } else {
                 info(measure, rss)
             });
+            if let Some(heap) = c.heap_steady {
+                rows.push(info(
+                    format!("leader heap when steady after converging (last run), N={n}"),
+                    HeapMib::describe(Some(heap)),
+                ));
+            }
             for (phase, r) in &p.rss_phases {
                 let row = format!(
                     "{:.1} / {:.1} MiB ({} samples)",
@@ -595,6 +637,12 @@ impl Results {
                 format!("CPU s in {} s after a restart", idle.seconds),
                 idle.cpu.describe(),
             ));
+            if let Some(heap) = idle.heap {
+                rows.push(info(
+                    format!("leader heap {} s after a restart", idle.seconds),
+                    HeapMib::describe(Some(heap)),
+                ));
+            }
         }
         if let Some(a) = &self.admission {
             rows.push(Row {

@@ -177,6 +177,7 @@ pub async fn environment() {
                                 },
                                 access_review_ttl: access::DEFAULT_TTL,
                             }),
+                            heap: None,
                         };
                         if let Err(e) =
                             operator::run(client().await, options, Leadership::always()).await
