@@ -344,10 +344,13 @@ async fn repetition(
     s.replicas.leader.wait_quiet().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let steady_kib = s.replicas.leader.memory_kib("VmRSS:");
-    let heap_steady = match s.replicas.leader.metrics().await {
-        Some(scrape) => HeapMib::of(&scrape),
-        None => None,
-    };
+    let heap_steady = s
+        .replicas
+        .leader
+        .metrics()
+        .await
+        .as_ref()
+        .and_then(HeapMib::of);
     let rss = sampler.phase("operator", acquired, converged);
     let standby_rss = sampler.phase("standby", acquired, converged);
     let seconds = took.as_secs_f64();
