@@ -2,6 +2,7 @@
 //! as Kubernetes custom resources.
 
 pub mod api;
+pub mod apiclient;
 pub mod cache;
 pub mod controller;
 pub mod effective;

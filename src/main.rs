@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(&args.log_level, args.log_format);
-    let client = kube::Client::try_default().await?;
+    let client = tooljet_operator::apiclient::infer().await?;
     let version = client.apiserver_version().await?;
     let instance = args.instance.clone().unwrap_or_else(|| {
         let host =

@@ -213,17 +213,17 @@ impl Cluster {
     }
 }
 
-/// A client with the credentials of `kubeconfig`, acting as `impersonate` when given; reads
-/// time out after 300 s.
+/// A client with the credentials of `kubeconfig`, acting as `impersonate` when given, on the
+/// operator's own transport (one HTTP/2 connection, `tooljet_operator::apiclient`): the floor
+/// and the load are sent the way the operator sends its requests.
 pub async fn client_from(kubeconfig: &Path, impersonate: Option<&str>) -> Result<Client> {
     let mut config = Config::from_custom_kubeconfig(
         Kubeconfig::read_from(kubeconfig)?,
         &KubeConfigOptions::default(),
     )
     .await?;
-    config.read_timeout = Some(Duration::from_secs(300));
     config.auth_info.impersonate = impersonate.map(String::from);
-    Ok(Client::try_from(config)?)
+    Ok(tooljet_operator::apiclient::client(config)?)
 }
 
 /// The verbs the apiserver counts as writes.
