@@ -168,6 +168,9 @@ struct Setup {
     /// The chart's ServiceAccount: what the floors write as.
     operator_client: Client,
     applied: Duration,
+    /// Both replicas' RSS while the workload was created through admission (the standby serving
+    /// it), by phase name.
+    creation: BTreeMap<String, rss::PhaseRss>,
 }
 
 async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Result<Setup> {
@@ -198,11 +201,28 @@ async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Resul
     )
     .await?;
     let applied = started.elapsed();
+    let done = Instant::now();
+    let creation = BTreeMap::from([
+        (
+            "creation through admission (leader-to-be, caching)".to_string(),
+            sampler.phase("operator", started, done),
+        ),
+        (
+            "creation through admission (standby, serving)".to_string(),
+            sampler.phase("standby", started, done),
+        ),
+    ]);
     println!(
-        "   applied {} objects ({:.0} MiB of definitions) through admission in {:.1}s",
+        "   applied {} objects ({:.0} MiB of definitions) through admission in {:.1}s; RSS peak {}",
         w.inputs_len(),
         w.definition_bytes as f64 / 1048576.0,
-        applied.as_secs_f64()
+        applied.as_secs_f64(),
+        creation
+            .values()
+            .map(|r| format!("{:.1} MiB", r.peak_mib))
+            .collect::<Vec<_>>()
+            .join(" (leader-to-be) / ")
+            + " (standby, serving)"
     );
     let operator_client = cluster::client_from(&chart.kubeconfig, None).await?;
     Ok(Setup {
@@ -213,6 +233,7 @@ async fn setup(args: &Args, apps: usize, dir: &Path, sampler: &Sampler) -> Resul
         w,
         operator_client,
         applied,
+        creation,
     })
 }
 
@@ -476,7 +497,7 @@ async fn run_point(
         spreads: Some(spreads),
         repetitions: reps,
         memory_limit: s.chart.memory_limit.clone(),
-        rss_phases: BTreeMap::new(),
+        rss_phases: s.creation.clone(),
     };
     if role != Role::Main {
         s.replicas.stop();
