@@ -10,11 +10,7 @@ mod support;
 use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api,
-    api::{ListParams, Patch, PatchParams},
-};
-use serde_json::json;
+use kube::{Api, api::ListParams};
 use tooljet_operator::api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 const CONFIGS: usize = 150;
@@ -70,28 +66,7 @@ async fn the_operator_shares_one_connection_to_the_apiserver() {
     let ns = support::namespace(&client, "conns").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let configs: Api<EnvironmentConfig> = Api::namespaced(client.clone(), &ns);
-    let apply = PatchParams::apply("test-user");
-    for i in 0..CONFIGS {
-        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": format!("creds-{i}") }, "stringData": { "token": format!("t-{i}") } });
-        secrets
-            .patch(&format!("creds-{i}"), &apply, &Patch::Apply(&secret))
-            .await
-            .unwrap();
-        let config = json!({
-            "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
-            "metadata": { "name": format!("app-{i}") },
-            "spec": {
-                "app": format!("app-{i}"), "environment": "production",
-                "dataSources": [{ "name": "api", "kind": "restapi", "options": { "url": "https://api" },
-                                  "secretOptions": { "token": { "secretKeyRef": { "name": format!("creds-{i}"), "key": "token" } } } }],
-                "constants": [{ "name": "N", "type": "Global", "value": i.to_string() }],
-            },
-        });
-        configs
-            .patch(&format!("app-{i}"), &apply, &Patch::Apply(&config))
-            .await
-            .unwrap();
-    }
+    support::configs::referencing(&client, &ns, CONFIGS).await;
 
     // Started on a backlog: every config is due at once, so requests pile up in flight.
     let mut operator = support::Operator::start("connections");
@@ -103,16 +78,7 @@ async fn the_operator_shares_one_connection_to_the_apiserver() {
         most = most.max(connections_to(pid, port));
         samples += 1;
         let list = configs.list(&ListParams::default()).await.unwrap();
-        let ready = list
-            .iter()
-            .filter(|c| {
-                c.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
+        let ready = support::configs::ready(&list.items);
         if ready == CONFIGS {
             break;
         }

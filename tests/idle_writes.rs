@@ -37,27 +37,7 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
     let configs: Api<EnvironmentConfig> = Api::namespaced(client.clone(), &ns);
     let apply = PatchParams::apply("test-user");
 
-    for i in 0..CONFIGS {
-        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": format!("creds-{i}") }, "stringData": { "token": format!("t-{i}") } });
-        secrets
-            .patch(&format!("creds-{i}"), &apply, &Patch::Apply(&secret))
-            .await
-            .unwrap();
-        let config = json!({
-            "apiVersion": "tooljet.io/v1alpha1", "kind": "EnvironmentConfig",
-            "metadata": { "name": format!("app-{i}") },
-            "spec": {
-                "app": format!("app-{i}"), "environment": "production",
-                "dataSources": [{ "name": "api", "kind": "restapi", "options": { "url": "https://api" },
-                                  "secretOptions": { "token": { "secretKeyRef": { "name": format!("creds-{i}"), "key": "token" } } } }],
-                "constants": [{ "name": "N", "type": "Global", "value": i.to_string() }],
-            },
-        });
-        configs
-            .patch(&format!("app-{i}"), &apply, &Patch::Apply(&config))
-            .await
-            .unwrap();
-    }
+    support::configs::referencing(&client, &ns, CONFIGS).await;
 
     // One of each other kind with a status: an app with a version, and a policy guarding its
     // production with approvals and a window (statuses that depend on the clock).
@@ -117,17 +97,7 @@ async fn restarting_on_a_converged_namespace_issues_no_writes() {
         let configs = configs_for_wait.clone();
         async move {
             let list = configs.list(&ListParams::default()).await.unwrap();
-            let ready = list
-                .iter()
-                .filter(|c| {
-                    c.status.as_ref().is_some_and(|s| {
-                        s.observed_generation == c.metadata.generation
-                            && s.conditions
-                                .iter()
-                                .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-                })
-                .count();
+            let ready = support::configs::ready(&list.items);
             (ready == CONFIGS).then_some(())
         }
     })

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod admission;
+pub mod configs;
 pub mod faults;
 pub mod pods;
 pub mod receiver;
