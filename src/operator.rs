@@ -97,7 +97,8 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         controller::Step::WriteStatus.label(),
     );
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
-    let caches = Caches::watch(&client, watch::version_watch(&client).await);
+    let lists = watch::Lists::probe(&client).await;
+    let caches = Caches::watch(&client, lists);
     let resolver = Arc::new(certs::ReloadingResolver::default());
     if let Some(webhook) = &options.webhook {
         serve_webhook(
@@ -136,6 +137,7 @@ pub async fn run(client: Client, options: Options, leadership: Arc<Leadership>) 
         written: Arc::default(),
         statuses: Arc::default(),
         http: crate::notify::send::Sender::new(options.settings.allow_local_endpoints),
+        lists,
     });
     run_controllers(&mut tasks, &options.settings, caches, ctx, &leadership);
     supervise(tasks).await
@@ -153,7 +155,7 @@ struct Caches {
 
 impl Caches {
     /// One watch and one cache per kind, shared by the controllers and the webhook.
-    fn watch(client: &Client, versions: watcher::Config) -> Caches {
+    fn watch(client: &Client, lists: watch::Lists) -> Caches {
         let readiness = Readiness::new(&[
             "managed Secrets",
             "EnvironmentConfigs",
@@ -164,10 +166,11 @@ impl Caches {
             "Notifications",
             envconfig::REFERENCED_SECRETS,
         ]);
-        let any = || watcher::Config::default().any_semantic();
+        let any = || lists.of(watcher::Config::default().any_semantic());
         let (managed_secrets, managed_hub) = watch::watch_as(
             Api::<Lean<Secret>>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+            lists.of(watcher::Config::default()
+                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))),
             readiness.clone(),
             "managed Secrets",
             |Lean(secret)| ManagedSecret::from(secret),
@@ -180,9 +183,9 @@ impl Caches {
             CachedConfig::from as fn(EnvironmentConfig) -> CachedConfig,
         );
         // Read without their definitions (`cache::lean::VersionSpecParts`), one at a time or in small
-        // pages (`watch::version_watch`).
+        // pages (`Lists::versions`).
         let (versions, mut version_hub) =
-            watch::watch(client, versions, readiness.clone(), "AppVersions");
+            watch::watch(client, lists.versions(), readiness.clone(), "AppVersions");
         let (apps, mut app_hub) = watch::watch(client, any(), readiness.clone(), "ToolJetApps");
         let (policies, mut policy_hub) =
             watch::watch(client, any(), readiness.clone(), "PromotionPolicies");

@@ -1,9 +1,13 @@
-//! How many connections the operator holds to the apiserver, counted from the kernel's side
-//! (`/proc`), not from the client's: while it converges 150 EnvironmentConfigs with dozens of
-//! reconciles in flight, and at rest afterwards. kube's own client (HTTP/1.1) held one
-//! connection per request in flight, about 76 at N=300 in docs/benchmarks.md; the operator's
-//! client multiplexes them over HTTP/2. Its own test binary, so nothing else shares its control
-//! plane.
+//! How the operator uses the apiserver, counted from outside it.
+//!
+//! - How many connections it holds, from the kernel's side (`/proc`), not from the client's:
+//!   while it converges 150 EnvironmentConfigs with dozens of reconciles in flight, and at rest
+//!   afterwards. kube's own client (HTTP/1.1) held one connection per request in flight, about 76
+//!   at N=300 in docs/benchmarks.md; the operator's client multiplexes them over HTTP/2.
+//! - How it fills its caches, from the apiserver's request counts: as watch streams, never as
+//!   LISTs (a page of 500 objects is read whole before any of it is cached).
+//!
+//! Its own test binary, and its tests one at a time, so nothing else uses its control plane.
 
 mod support;
 
@@ -14,6 +18,9 @@ use kube::{Api, api::ListParams};
 use tooljet_operator::api::{EnvironmentConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 const CONFIGS: usize = 150;
+
+/// One operator at a time: each test counts what its own operator does.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The established TCP connections of process `pid` whose far end is `port`.
 fn connections_to(pid: i32, port: u16) -> usize {
@@ -55,6 +62,7 @@ fn connections_to(pid: i32, port: u16) -> usize {
 
 #[tokio::test]
 async fn the_operator_shares_one_connection_to_the_apiserver() {
+    let _serial = SERIAL.lock().await;
     let client = support::client().await;
     support::install_crds(&client).await;
     let port: u16 = testenv::shared()
@@ -113,6 +121,84 @@ async fn the_operator_shares_one_connection_to_the_apiserver() {
         connections_to(pid, port),
         1,
         "at rest the operator holds its one connection (its watches ride on it)"
+    );
+    operator.stop();
+}
+
+/// Every kind the operator watches cluster-wide.
+const WATCHED: [&str; 8] = [
+    "secrets",
+    "environmentconfigs",
+    "appversions",
+    "tooljetapps",
+    "promotionpolicies",
+    "approvals",
+    "notifications",
+    "deployments",
+];
+
+/// The apiserver here serves streaming lists (Kubernetes 1.34: `WatchList` is on), so a started
+/// operator fills every cache from watch streams (`sendInitialEvents`) and sends no LIST; with
+/// kube's default pages it sent one LIST per watch at least, each page of up to 500 objects read
+/// whole before any of it was cached (docs/benchmarks.md, "The fifth day").
+#[tokio::test]
+async fn the_operator_fills_its_caches_from_watch_streams() {
+    let _serial = SERIAL.lock().await;
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "streams").await;
+    let configs: Api<EnvironmentConfig> = Api::namespaced(client.clone(), &ns);
+    let count = 20;
+    support::configs::referencing(&client, &ns, count).await;
+
+    // Cluster-wide only: the operator's watches are; the namespace controller's LISTs of a
+    // deleted namespace are namespaced.
+    let lists = || {
+        support::apiserver_requests(
+            "apiserver_request_total",
+            &["LIST"],
+            &WATCHED,
+            Some("cluster"),
+        )
+    };
+    // Open watches (a watch is counted in `apiserver_request_total` only when it ends).
+    let watches = || {
+        support::apiserver_requests(
+            "apiserver_longrunning_requests",
+            &["WATCH"],
+            &WATCHED,
+            Some("cluster"),
+        )
+    };
+    let (lists_before, watches_before) = (lists(), watches());
+    let mut operator = support::Operator::start("streams");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = configs.list(&ListParams::default()).await.unwrap();
+        if support::configs::ready(&list.items) == count {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the configs are not Ready after 120 s:\n{}",
+            operator.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(operator.is_running(), "{}", operator.log_text());
+    let (listed, watched) = (
+        lists() - lists_before,
+        watches().saturating_sub(watches_before),
+    );
+    assert!(
+        watched >= WATCHED.len() as u64,
+        "{watched} more cluster-wide watches of the watched kinds open with the operator running \
+         than before: the count does not see the operator's watches"
+    );
+    assert_eq!(
+        listed, 0,
+        "the operator sent {listed} cluster-wide LISTs while filling its caches; the apiserver \
+         streams the initial list of a watch"
     );
     operator.stop();
 }

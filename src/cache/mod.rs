@@ -63,7 +63,7 @@ pub use lookups::{Hubs, Lookups};
 pub use ownership::{Controlled, controlled_by};
 pub use refs::RefIndex;
 pub use secret::ManagedSecret;
-pub use watch::{Change, Hub, Readiness, VERSION_PAGE};
+pub use watch::{Change, Hub, Lists, Readiness, VERSION_PAGE};
 
 /// Objects for the cache's unit tests: a ConfigMap stands in for any cached kind.
 #[cfg(test)]

@@ -292,37 +292,64 @@ where
 /// Objects per page when AppVersions are listed in pages: a page is read whole before it is
 /// parsed, and a version may hold a definition of up to
 /// [`crate::webhook::limits::MAX_DEFINITION_BYTES`] (1 MiB), so a page holds at most about 16
-/// MiB however large the app is. Streaming lists need no pages at all ([`version_watch`]).
+/// MiB however large the app is. Streaming lists need no pages at all ([`Lists`]).
 pub const VERSION_PAGE: u32 = 16;
 
-/// How AppVersions are listed and watched: as a stream of single objects when the apiserver
-/// serves streaming lists (`sendInitialEvents`, on by default from Kubernetes 1.34, and in 1.32),
-/// so that no more than one version is ever read at once; in pages of [`VERSION_PAGE`] otherwise.
-/// One metadata-only watch that selects no object asks the apiserver, whose first answer (the
-/// bookmark that ends the initial events, or a refusal) says whether it streams.
-pub async fn version_watch(client: &Client) -> watcher::Config {
-    let paged = watcher::Config::default()
-        .any_semantic()
-        .page_size(VERSION_PAGE);
-    let api = Api::<AppVersion>::all(client.clone());
-    let params = kube::api::WatchParams::streaming_lists()
-        .fields("metadata.name=.")
-        .timeout(5);
-    let streams = match api.watch_metadata(&params, "0").await {
-        Ok(stream) => {
-            let mut stream = std::pin::pin!(stream);
-            matches!(stream.next().await, Some(Ok(_)))
+/// How every watch of the operator gets its initial list (and each relist).
+///
+/// As a stream of single objects when the apiserver serves streaming lists
+/// (`sendInitialEvents`: the `WatchList` feature, on by default from Kubernetes 1.34): each object
+/// arrives as one watch event and is parsed and cached before the next is read, so no more than
+/// one object is ever held as JSON. Otherwise in pages: kube's default of 500 objects a page (a
+/// page is read whole, copied and parsed before any of it is cached: at 1000 apps a page of
+/// EnvironmentConfigs or of managed Secrets is 5 MiB of JSON), and [`VERSION_PAGE`] for
+/// AppVersions, whose definitions may be large.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lists {
+    Streamed,
+    Paged,
+}
+
+impl Lists {
+    /// Asks the apiserver: one metadata-only watch of AppVersions that selects no object, with
+    /// `sendInitialEvents`. Its first answer (the bookmark that ends the initial events, or a
+    /// refusal) says whether it streams.
+    pub async fn probe(client: &Client) -> Lists {
+        let api = Api::<AppVersion>::all(client.clone());
+        let params = kube::api::WatchParams::streaming_lists()
+            .fields("metadata.name=.")
+            .timeout(5);
+        let streams = match api.watch_metadata(&params, "0").await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                matches!(stream.next().await, Some(Ok(_)))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the apiserver does not serve streaming lists; caches are listed in pages");
+                false
+            }
+        };
+        if streams {
+            tracing::debug!("caches are listed as streams");
+            Lists::Streamed
+        } else {
+            Lists::Paged
         }
-        Err(e) => {
-            tracing::info!(error = %e, "the apiserver does not serve streaming lists; AppVersions are listed in pages");
-            false
+    }
+
+    /// `config` (its selectors and list semantic), listed this way.
+    pub fn of(self, config: watcher::Config) -> watcher::Config {
+        match self {
+            Lists::Streamed => config.streaming_lists(),
+            Lists::Paged => config,
         }
-    };
-    if streams {
-        tracing::debug!("AppVersions are listed as a stream");
-        paged.streaming_lists()
-    } else {
-        paged
+    }
+
+    /// The watch of AppVersions: as [`Lists::of`], in pages of [`VERSION_PAGE`] when paged.
+    pub fn versions(self) -> watcher::Config {
+        self.of(watcher::Config::default()
+            .any_semantic()
+            .page_size(VERSION_PAGE))
     }
 }
 

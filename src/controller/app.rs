@@ -112,7 +112,7 @@ pub fn controller(ctx: &Context, settings: &Settings, hubs: &mut Hubs) -> Contro
         .watches_stream(
             watcher(
                 Api::<PartialObjectMeta<Deployment>>::all(ctx.client.clone()),
-                watcher::Config::default().any_semantic(),
+                ctx.lists.of(watcher::Config::default().any_semantic()),
             )
             .default_backoff()
             .touched_objects(),

@@ -108,7 +108,9 @@ fn referenced_secrets_watch(
     let (refs, readiness) = (ctx.refs.clone(), ctx.readiness.clone());
     watcher(
         Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}")),
+        ctx.lists
+            .of(watcher::Config::default()
+                .labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"))),
     )
     .default_backoff()
     .modify(crate::cache::watch::strip)

@@ -186,6 +186,8 @@ pub struct Context {
     pub statuses: Arc<crate::cache::StatusEchoes>,
     /// The HTTP(S) client of Notifications' deliveries.
     pub http: crate::notify::send::Sender,
+    /// How the controllers' own watches are listed (as the caches are).
+    pub lists: crate::cache::Lists,
 }
 
 impl Context {

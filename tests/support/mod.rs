@@ -309,20 +309,32 @@ where
 
 /// Sum of the apiserver's `apiserver_request_total` for write verbs on `resources`.
 pub fn apiserver_writes(resources: &[&str]) -> u64 {
+    apiserver_requests(
+        "apiserver_request_total",
+        &["POST", "PUT", "PATCH", "APPLY", "DELETE"],
+        resources,
+        None,
+    )
+}
+
+/// Sum of the apiserver's request metric `family` (a counter such as `apiserver_request_total`,
+/// or the gauge `apiserver_longrunning_requests`) for `verbs` on `resources`, of `scope`
+/// (`cluster`, `namespace`, `resource`) when given.
+pub fn apiserver_requests(
+    family: &str,
+    verbs: &[&str],
+    resources: &[&str],
+    scope: Option<&str>,
+) -> u64 {
     let metrics = kubectl(&["get", "--raw", "/metrics"]).expect("apiserver metrics");
+    let has = |line: &str, label: &str, value: &str| line.contains(&format!("{label}=\"{value}\""));
+    let prefix = format!("{family}{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter(|l| {
-            resources
-                .iter()
-                .any(|r| l.contains(&format!("resource=\"{r}\"")))
-        })
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| verbs.iter().any(|v| has(l, "verb", v)))
+        .filter(|l| resources.iter().any(|r| has(l, "resource", r)))
+        .filter(|l| scope.is_none_or(|s| has(l, "scope", s)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
