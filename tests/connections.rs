@@ -172,19 +172,14 @@ async fn the_operator_fills_its_caches_from_watch_streams() {
     };
     let (lists_before, watches_before) = (lists(), watches());
     let mut operator = support::Operator::start("streams");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let list = configs.list(&ListParams::default()).await.unwrap();
-        if support::configs::ready(&list.items) == count {
-            break;
+    support::eventually(Duration::from_secs(120), "every config Ready", || {
+        let configs = configs.clone();
+        async move {
+            let list = configs.list(&ListParams::default()).await.ok()?;
+            (support::configs::ready(&list.items) == count).then_some(())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the configs are not Ready after 120 s:\n{}",
-            operator.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert!(operator.is_running(), "{}", operator.log_text());
     let (listed, watched) = (
         lists() - lists_before,

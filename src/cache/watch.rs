@@ -300,10 +300,11 @@ pub const VERSION_PAGE: u32 = 16;
 /// As a stream of single objects when the apiserver serves streaming lists
 /// (`sendInitialEvents`: the `WatchList` feature, on by default from Kubernetes 1.34): each object
 /// arrives as one watch event and is parsed and cached before the next is read, so no more than
-/// one object is ever held as JSON. Otherwise in pages: kube's default of 500 objects a page (a
-/// page is read whole, copied and parsed before any of it is cached: at 1000 apps a page of
-/// EnvironmentConfigs or of managed Secrets is 5 MiB of JSON), and [`VERSION_PAGE`] for
-/// AppVersions, whose definitions may be large.
+/// one object is ever held as JSON. Otherwise in pages: kube-runtime's default of 500 objects a
+/// page (kube-client reads a page whole and copies it before parsing it, and none of it is cached
+/// before all of it is parsed: at 1000 apps of the benchmark's workload a page of
+/// EnvironmentConfigs is about 5 MiB of JSON), and [`VERSION_PAGE`] for AppVersions, whose
+/// definitions may be large.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lists {
     Streamed,
